@@ -1,0 +1,105 @@
+//! Generated types and services of the `msfleet.v1` protobuf package, shared by
+//! the scheduler, the agent, msctl and the tests, plus the few naming rules
+//! every side must agree on (state names, limits).
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("msfleet.v1");
+
+    /// Encoded `FileDescriptorSet`, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("msfleet_descriptor");
+}
+
+pub use v1::*;
+
+/// Largest log chunk (bytes of `LogChunk.data`) the scheduler accepts; agents split to this.
+pub const MAX_LOG_CHUNK: usize = 64 * 1024;
+
+/// Largest gRPC message either side decodes.
+pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
+
+impl JobState {
+    /// The lower-case name users see and type (`queued`, `timed_out`, ...).
+    pub fn label(self) -> &'static str {
+        match self {
+            JobState::Unspecified => "unspecified",
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Passed => "passed",
+            JobState::Failed => "failed",
+            JobState::Error => "error",
+            JobState::Cancelled => "cancelled",
+            JobState::TimedOut => "timed_out",
+            JobState::Expired => "expired",
+        }
+    }
+
+    /// Parses a name as printed by [`JobState::label`].
+    pub fn from_label(s: &str) -> Option<JobState> {
+        ALL_STATES.iter().copied().find(|st| st.label() == s)
+    }
+
+    /// True once the job can no longer change.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Passed
+                | JobState::Failed
+                | JobState::Error
+                | JobState::Cancelled
+                | JobState::TimedOut
+                | JobState::Expired
+        )
+    }
+}
+
+/// Every state a job can be in, in lifecycle order.
+pub const ALL_STATES: [JobState; 9] = [
+    JobState::Queued,
+    JobState::Assigned,
+    JobState::Running,
+    JobState::Passed,
+    JobState::Failed,
+    JobState::Error,
+    JobState::Cancelled,
+    JobState::TimedOut,
+    JobState::Expired,
+];
+
+impl AgentAdmin {
+    /// `active`, `drained` or `quarantined`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AgentAdmin::Unspecified | AgentAdmin::Active => "active",
+            AgentAdmin::Drained => "drained",
+            AgentAdmin::Quarantined => "quarantined",
+        }
+    }
+}
+
+impl TestCounts {
+    /// Counts one result under pytest's terminal category; other categories
+    /// (`rerun`, ...) are not part of pytest's summary and are not counted.
+    pub fn record(&mut self, outcome: &str) {
+        let slot = match outcome {
+            "passed" => &mut self.passed,
+            "failed" => &mut self.failed,
+            "skipped" => &mut self.skipped,
+            "xfailed" => &mut self.xfailed,
+            "xpassed" => &mut self.xpassed,
+            "error" => &mut self.errors,
+            _ => return,
+        };
+        *slot += 1;
+        self.total += 1;
+    }
+}
+
+impl AttemptRef {
+    /// `task#attempt@epoch`, for logs and error messages.
+    pub fn display(&self) -> String {
+        format!("{}#{}@{}", self.task_id, self.attempt, self.epoch)
+    }
+}

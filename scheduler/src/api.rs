@@ -1,0 +1,229 @@
+//! The two gRPC services. They translate requests into core commands and back;
+//! all state and every rule lives in [`crate::core`].
+
+use crate::core::{Command, CoreHandle, Progress};
+use crate::store::Store;
+use futures::Stream;
+use msfleet_proto as pb;
+use msfleet_proto::{agent_link_server::AgentLink, agent_message, fleet_server::Fleet};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Events read from the store per round trip of a watch.
+const WATCH_PAGE: u64 = 512;
+
+/// The user-facing `msfleet.v1.Fleet` service.
+pub struct FleetService {
+    core: CoreHandle,
+    store: Store,
+}
+
+impl FleetService {
+    pub fn new(core: CoreHandle, store: Store) -> Self {
+        FleetService { core, store }
+    }
+}
+
+#[tonic::async_trait]
+impl Fleet for FleetService {
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("SubmitRequest.spec is missing"))?;
+        let job = self.core.call(|reply| Command::Submit { spec, reply }).await?;
+        Ok(Response::new(job))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = req.into_inner().id;
+        Ok(Response::new(
+            self.core.call(|reply| Command::GetJob { id, reply }).await?,
+        ))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let req = req.into_inner();
+        let jobs = self.core.call(|reply| Command::ListJobs { req, reply }).await?;
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id = req.into_inner().id;
+        Ok(Response::new(
+            self.core.call(|reply| Command::Cancel { id, reply }).await?,
+        ))
+    }
+
+    type WatchJobStream = BoxStream<pb::JobEvent>;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let req = req.into_inner();
+        let id = req.id;
+        let handle = self.core.call(|reply| Command::Watch { id, reply }).await?;
+        let store = self.store.clone();
+        let (tx, rx) = mpsc::channel::<Result<pb::JobEvent, Status>>(64);
+        tokio::spawn(async move {
+            let job = handle.job;
+            let mut progress = handle.progress;
+            let mut cursor = req.after_seq;
+            loop {
+                let Progress { durable_seq, done } = *progress.borrow_and_update();
+                while cursor < durable_seq {
+                    let upto = durable_seq.min(cursor + WATCH_PAGE);
+                    let s = store.clone();
+                    let from = cursor;
+                    let page = tokio::task::spawn_blocking(move || s.events(job, from, upto))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))
+                        .and_then(|r| r.map_err(|e| Status::internal(e.to_string())));
+                    match page {
+                        Ok(events) => {
+                            for ev in events {
+                                cursor = ev.seq;
+                                if tx.send(Ok(ev)).await.is_err() {
+                                    return; // the watcher went away
+                                }
+                            }
+                            cursor = cursor.max(upto);
+                        }
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
+                if done {
+                    return;
+                }
+                if progress.changed().await.is_err() {
+                    // The core let go of the job: the last value is final.
+                    let last = *progress.borrow();
+                    if last.durable_seq <= cursor {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list_agents(
+        &self,
+        _req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let agents = self.core.call(|reply| Command::ListAgents { reply }).await?;
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    async fn set_agent_admin(
+        &self,
+        req: Request<pb::SetAgentAdminRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let req = req.into_inner();
+        let admin = pb::AgentAdmin::try_from(req.admin)
+            .map_err(|_| Status::invalid_argument(format!("unknown agent state {}", req.admin)))?;
+        let name = req.name;
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::SetAgentAdmin { name, admin, reply })
+                .await?,
+        ))
+    }
+
+    async fn list_queues(
+        &self,
+        _req: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let queues = self.core.call(|reply| Command::ListQueues { reply }).await?;
+        Ok(Response::new(pb::ListQueuesResponse { queues }))
+    }
+}
+
+/// The agent-facing `msfleet.v1.AgentLink` service: one session per agent process.
+pub struct AgentLinkService {
+    core: CoreHandle,
+    next_session: Arc<AtomicU64>,
+}
+
+impl AgentLinkService {
+    pub fn new(core: CoreHandle) -> Self {
+        AgentLinkService {
+            core,
+            next_session: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentLink for AgentLinkService {
+    type SessionStream = BoxStream<pb::SchedulerMessage>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let reg = match inbound.message().await? {
+            Some(pb::AgentMessage {
+                msg: Some(agent_message::Msg::Register(reg)),
+            }) => reg,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Register",
+                ))
+            }
+            None => return Err(Status::cancelled("the agent closed the session before registering")),
+        };
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.core
+            .call(|reply| Command::Register {
+                session,
+                reg,
+                tx,
+                reply,
+            })
+            .await?;
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => match msg.msg {
+                        Some(agent_message::Msg::Heartbeat(hb)) => {
+                            core.send(Command::Heartbeat { session, hb })
+                        }
+                        Some(agent_message::Msg::Update(update)) => {
+                            core.send(Command::Update { session, update })
+                        }
+                        Some(agent_message::Msg::Register(_)) | None => {
+                            tracing::warn!(session, "ignoring a repeated or empty agent message")
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(session, %status, "agent session ended");
+                        break;
+                    }
+                }
+            }
+            core.send(Command::Disconnected { session });
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}

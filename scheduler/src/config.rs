@@ -1,0 +1,46 @@
+//! Scheduler settings (from `msched` flags).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The queues every scheduler has, with their aging interval.
+pub const BUILTIN_QUEUES: [&str; 4] = ["default", "nightly", "benchmark", "npu"];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// How long an agent may be silent before its attempts are declared lost.
+    pub lease_timeout: Duration,
+    /// How often agents are told to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// After start-up, how long known agents get to reconnect before their leases can expire.
+    pub restart_grace: Duration,
+    /// Attempt timeout for jobs that set none.
+    pub default_timeout: Duration,
+    /// Retries of a lost attempt for jobs that set none.
+    pub default_retries: u32,
+    /// Queue name -> wait that raises a job's priority by one.
+    pub queues: BTreeMap<String, Duration>,
+    /// sled page cache.
+    pub cache_bytes: u64,
+}
+
+impl Config {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            lease_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            restart_grace: Duration::from_secs(30),
+            default_timeout: Duration::from_secs(3600),
+            default_retries: 2,
+            queues: BUILTIN_QUEUES
+                .iter()
+                .map(|q| (q.to_string(), Duration::from_secs(300)))
+                .collect(),
+            cache_bytes: 64 << 20,
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! What a valid job spec is. Every check here runs before anything is written,
+//! so a refused submit changes nothing.
+
+use crate::config::Config;
+use crate::requirement::Requirement;
+use msfleet_proto::{source, JobSpec};
+use std::path::{Component, Path};
+use tonic::Status;
+
+/// Most arguments, env entries and labels a spec may carry, and their size.
+const MAX_ITEMS: usize = 1024;
+const MAX_TEXT: usize = 16 * 1024;
+
+/// Validates `spec` in place (fills defaults) and returns its parsed requirement.
+pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status> {
+    if spec.kind.is_empty() {
+        spec.kind = "pytest".into();
+    }
+    if spec.kind != "pytest" {
+        return Err(Status::invalid_argument(format!(
+            "unknown job kind '{}': this scheduler runs 'pytest' jobs",
+            spec.kind
+        )));
+    }
+    if spec.queue.is_empty() {
+        spec.queue = "default".into();
+    }
+    if !cfg.queues.contains_key(&spec.queue) {
+        let known: Vec<&str> = cfg.queues.keys().map(String::as_str).collect();
+        return Err(Status::invalid_argument(format!(
+            "unknown queue '{}' (known queues: {})",
+            spec.queue,
+            known.join(", ")
+        )));
+    }
+    match spec.source.as_ref().and_then(|s| s.kind.as_ref()) {
+        None => {
+            return Err(Status::invalid_argument(
+                "the job has no source: give a directory (--dir) or a git repository (--git URL --ref REF)",
+            ))
+        }
+        Some(source::Kind::Dir(d)) => {
+            let p = Path::new(d);
+            if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
+                return Err(Status::invalid_argument(format!(
+                    "source dir '{d}' must be an absolute path without '..'"
+                )));
+            }
+        }
+        Some(source::Kind::Git(g)) => {
+            if g.url.trim().is_empty() {
+                return Err(Status::invalid_argument("git source has an empty url"));
+            }
+            if g.r#ref.starts_with('-') || g.url.starts_with('-') {
+                return Err(Status::invalid_argument(
+                    "git url and ref must not start with '-'",
+                ));
+            }
+        }
+    }
+    match spec.timeout_ms {
+        Some(t) if t <= 0 => {
+            return Err(Status::invalid_argument(format!(
+                "timeout must be positive, got {t} ms"
+            )))
+        }
+        Some(_) => {}
+        None => spec.timeout_ms = Some(cfg.default_timeout.as_millis() as i64),
+    }
+    if spec.retries.is_none() {
+        spec.retries = Some(cfg.default_retries);
+    }
+    let too_big = spec.args.len() > MAX_ITEMS
+        || spec.env.len() > MAX_ITEMS
+        || spec.labels.len() > MAX_ITEMS
+        || spec.args.iter().any(|a| a.len() > MAX_TEXT)
+        || spec
+            .env
+            .iter()
+            .chain(spec.labels.iter())
+            .any(|(k, v)| k.len() > MAX_TEXT || v.len() > MAX_TEXT);
+    if too_big {
+        return Err(Status::invalid_argument(format!(
+            "job spec too large: at most {MAX_ITEMS} args/env/labels of {MAX_TEXT} bytes each"
+        )));
+    }
+    if let Some(k) = spec.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+        return Err(Status::invalid_argument(format!(
+            "bad environment variable name '{k}'"
+        )));
+    }
+    if spec.name.is_empty() {
+        spec.name = default_name(spec);
+    }
+    Requirement::parse(&spec.requirements).map_err(|e| {
+        Status::invalid_argument(format!(
+            "bad requirement: {}\n{}",
+            e,
+            e.render(&spec.requirements)
+        ))
+    })
+}
+
+fn default_name(spec: &JobSpec) -> String {
+    let mut name = format!("{} {}", spec.kind, spec.args.join(" "));
+    name.truncate(name.trim_end().len().min(80));
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msfleet_proto::Source;
+    use tonic::Code;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            source: Some(Source {
+                kind: Some(source::Kind::Dir("/srv/p".into())),
+            }),
+            args: vec!["tests/smoke".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled() {
+        let cfg = Config::new("/tmp/x");
+        let mut s = spec();
+        validate(&mut s, &cfg).unwrap();
+        assert_eq!(s.queue, "default");
+        assert_eq!(s.kind, "pytest");
+        assert_eq!(s.retries, Some(2));
+        assert_eq!(s.timeout_ms, Some(3_600_000));
+        assert_eq!(s.name, "pytest tests/smoke");
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_a_reason() {
+        let cfg = Config::new("/tmp/x");
+        let cases: Vec<(Box<dyn Fn(&mut JobSpec)>, &str)> = vec![
+            (Box::new(|s| s.queue = "nope".into()), "unknown queue 'nope'"),
+            (Box::new(|s| s.timeout_ms = Some(0)), "timeout must be positive"),
+            (Box::new(|s| s.timeout_ms = Some(-5)), "timeout must be positive"),
+            (Box::new(|s| s.requirements = "gpu.count >= ".into()), "bad requirement"),
+            (Box::new(|s| s.source = None), "no source"),
+            (
+                Box::new(|s| {
+                    s.source = Some(Source {
+                        kind: Some(source::Kind::Dir("rel/dir".into())),
+                    })
+                }),
+                "absolute path",
+            ),
+            (Box::new(|s| s.kind = "make".into()), "unknown job kind"),
+        ];
+        for (mutate, want) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let err = validate(&mut s, &cfg).unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+            assert!(err.message().contains(want), "{} !~ {want}", err.message());
+        }
+    }
+}

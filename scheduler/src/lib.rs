@@ -1,0 +1,19 @@
+//! msched: the msfleet scheduler as a library. `main.rs` is a thin wrapper.
+//!
+//! Code map: [`store`] (sled, group commit) <- [`core`] (the single-threaded
+//! state machine: jobs, [`queue`], [`lease`], [`matching`] with
+//! [`requirement`]) <- [`api`] (gRPC services) <- [`server`] (wiring).
+
+pub mod api;
+pub mod config;
+pub mod core;
+pub mod jobspec;
+pub mod lease;
+pub mod matching;
+pub mod queue;
+pub mod requirement;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::serve;

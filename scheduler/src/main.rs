@@ -1,0 +1,89 @@
+//! `msched`: the msfleet scheduler daemon.
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+/// The msfleet scheduler: durable job queues, leases and the gRPC API.
+#[derive(Parser, Debug)]
+#[command(name = "msched", version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port; see --ready-file).
+    #[arg(long, env = "MSCHED_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Where the sled database lives.
+    #[arg(long, env = "MSCHED_DATA_DIR", default_value = ".msfleet/sched")]
+    data_dir: PathBuf,
+    /// Write the bound address here once the scheduler accepts connections.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// How long an agent may be silent before its attempts are lost (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    lease_timeout: Duration,
+    /// How often agents heartbeat.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// After a restart, how long known agents get to reconnect (default: the lease timeout).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    restart_grace: Option<Duration>,
+    /// Attempt timeout of jobs that set none.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    default_timeout: Duration,
+    /// Extra queue, besides default, nightly, benchmark and npu (repeatable).
+    #[arg(long = "queue")]
+    queues: Vec<String>,
+    /// Wait that raises a pending job's priority by one (aging).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    aging: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.lease_timeout <= args.heartbeat_interval {
+        anyhow::bail!("--lease-timeout must be longer than --heartbeat-interval");
+    }
+    let mut cfg = msched::Config::new(&args.data_dir);
+    cfg.lease_timeout = args.lease_timeout;
+    cfg.heartbeat_interval = args.heartbeat_interval;
+    cfg.restart_grace = args.restart_grace.unwrap_or(args.lease_timeout);
+    cfg.default_timeout = args.default_timeout;
+    for q in cfg.queues.values_mut() {
+        *q = args.aging;
+    }
+    for q in &args.queues {
+        if q.is_empty() || !q.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            anyhow::bail!("bad queue name '{q}': use letters, digits, '-' and '_'");
+        }
+        cfg.queues.insert(q.clone(), args.aging);
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "msched listening");
+    if let Some(path) = &args.ready_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, addr.to_string())?;
+        std::fs::rename(&tmp, path)?;
+    }
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+    };
+    msched::serve(cfg, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! Durable state in sled, and group commit.
+//!
+//! Everything lives in one sled tree under key prefixes, so that the writes of
+//! one scheduler step (a job, its event, its pending-index entry, ...) go in as
+//! one atomic `sled::Batch`: after a crash either all of them are there or none.
+//!
+//! Key layout (ids are big-endian so keys sort numerically):
+//! - `j` job id            -> `msfleet.v1.Job` (protobuf)
+//! - `e` job id, seq       -> `msfleet.v1.JobEvent` (protobuf)
+//! - `a` job id            -> [`AttemptRecord`] (JSON)
+//! - `p` job id            -> queue name: the pending index, small and separate from history
+//! - `g` agent name        -> `msfleet.v1.Agent` (protobuf, registration + admin state)
+//! - `m` name              -> u64 counters (next epoch)
+//!
+//! Durability: [`Store::after_durable`] hands a callback to the flusher thread,
+//! which calls `Db::flush` once for every callback queued while it was busy and
+//! then runs them all. Many concurrent submits therefore share one fsync, and
+//! nothing is acknowledged before the flush that covers it has returned.
+
+use msfleet_proto::{Agent, Job, JobEvent};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::thread;
+
+/// What a storage failure looks like to the rest of the scheduler.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record under key {key:?}: {reason}")]
+    Corrupt { key: Vec<u8>, reason: String },
+}
+
+/// The live attempt of a task, as the lease and resume logic need it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub epoch: u64,
+    pub agent: String,
+    /// Highest task-update sequence number applied (updates are gap-free from 1).
+    pub applied_seq: u64,
+    pub cancel_requested: bool,
+}
+
+/// A callback run once the writes before it are on disk (`true`) or failed to get there.
+pub type Durable = Box<dyn FnOnce(bool) + Send>;
+
+/// Everything loaded at start-up.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub jobs: Vec<Job>,
+    pub attempts: Vec<(u64, AttemptRecord)>,
+    pub pending: Vec<u64>,
+    pub agents: Vec<Agent>,
+    pub meta: Vec<(String, u64)>,
+}
+
+/// A batch of writes that goes to disk atomically.
+#[derive(Default)]
+pub struct WriteSet {
+    batch: sled::Batch,
+    writes: usize,
+}
+
+impl WriteSet {
+    pub fn put_job(&mut self, id: u64, job: &Job) {
+        self.put(key(b'j', id), job.encode_to_vec());
+    }
+
+    pub fn put_event(&mut self, job: u64, event: &JobEvent) {
+        let mut k = key(b'e', job);
+        k.extend_from_slice(&event.seq.to_be_bytes());
+        self.put(k, event.encode_to_vec());
+    }
+
+    pub fn put_attempt(&mut self, job: u64, attempt: &AttemptRecord) {
+        // Serialising a plain struct of integers and strings cannot fail.
+        let bytes = serde_json::to_vec(attempt).unwrap_or_default();
+        self.put(key(b'a', job), bytes);
+    }
+
+    pub fn remove_attempt(&mut self, job: u64) {
+        self.batch.remove(key(b'a', job));
+        self.writes += 1;
+    }
+
+    pub fn set_pending(&mut self, job: u64, queue: Option<&str>) {
+        match queue {
+            Some(q) => self.put(key(b'p', job), q.as_bytes().to_vec()),
+            None => {
+                self.batch.remove(key(b'p', job));
+                self.writes += 1;
+            }
+        }
+    }
+
+    pub fn put_agent(&mut self, agent: &Agent) {
+        let mut k = vec![b'g'];
+        k.extend_from_slice(agent.name.as_bytes());
+        self.put(k, agent.encode_to_vec());
+    }
+
+    pub fn put_meta(&mut self, name: &str, value: u64) {
+        let mut k = vec![b'm'];
+        k.extend_from_slice(name.as_bytes());
+        self.put(k, value.to_be_bytes().to_vec());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes == 0
+    }
+
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.batch.insert(k, v);
+        self.writes += 1;
+    }
+}
+
+fn key(prefix: u8, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(prefix);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn id_of(k: &[u8]) -> Result<u64, StoreError> {
+    k.get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            key: k.to_vec(),
+            reason: "short key".into(),
+        })
+}
+
+/// The scheduler's sled database plus its flusher thread.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    flusher: mpsc::Sender<Durable>,
+    _thread: Arc<FlushThread>,
+}
+
+/// Joins the flusher when the last `Store` handle goes, so the database is
+/// closed (and its lock released) when `Store` is dropped. Fields drop in
+/// declaration order, so every handle's sender is gone by then and the
+/// flusher's `recv` fails and ends its loop.
+struct FlushThread(Option<thread::JoinHandle<()>>);
+
+impl Drop for FlushThread {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir` and starts the flusher thread.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        let (tx, rx) = mpsc::channel::<Durable>();
+        let flush_db = db.clone();
+        let handle = thread::Builder::new()
+            .name("msched-flush".into())
+            .spawn(move || flush_loop(flush_db, rx))
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        Ok(Store {
+            db,
+            flusher: tx,
+            _thread: Arc::new(FlushThread(Some(handle))),
+        })
+    }
+
+    /// Applies `writes` atomically (visible at once, durable after the next flush).
+    pub fn apply(&self, writes: WriteSet) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.db.apply_batch(writes.batch)?;
+        Ok(())
+    }
+
+    /// Runs `then(true)` once everything applied so far is on disk.
+    pub fn after_durable(&self, then: Durable) {
+        if let Err(mpsc::SendError(then)) = self.flusher.send(then) {
+            then(false);
+        }
+    }
+
+    /// Loads the whole durable state (start-up).
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut snap = Snapshot::default();
+        for item in self.db.scan_prefix([b'j']) {
+            let (k, v) = item?;
+            snap.jobs.push(Job::decode(&*v).map_err(|e| corrupt(&k, e))?);
+        }
+        for item in self.db.scan_prefix([b'a']) {
+            let (k, v) = item?;
+            let rec = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
+            snap.attempts.push((id_of(&k)?, rec));
+        }
+        for item in self.db.scan_prefix([b'p']) {
+            let (k, _) = item?;
+            snap.pending.push(id_of(&k)?);
+        }
+        for item in self.db.scan_prefix([b'g']) {
+            let (k, v) = item?;
+            snap.agents.push(Agent::decode(&*v).map_err(|e| corrupt(&k, e))?);
+        }
+        for item in self.db.scan_prefix([b'm']) {
+            let (k, v) = item?;
+            let value = <[u8; 8]>::try_from(&*v).map_err(|e| corrupt(&k, e))?;
+            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+            snap.meta.push((name, u64::from_be_bytes(value)));
+        }
+        Ok(snap)
+    }
+
+    /// Events of `job` with `after < seq <= upto`, in order (blocking: call off the async runtime).
+    pub fn events(&self, job: u64, after: u64, upto: u64) -> Result<Vec<JobEvent>, StoreError> {
+        let mut from = key(b'e', job);
+        from.extend_from_slice(&(after.saturating_add(1)).to_be_bytes());
+        let mut to = key(b'e', job);
+        to.extend_from_slice(&upto.to_be_bytes());
+        self.db
+            .range(from..=to)
+            .map(|item| {
+                let (k, v) = item?;
+                JobEvent::decode(&*v).map_err(|e| corrupt(&k, e))
+            })
+            .collect()
+    }
+
+    /// Flushes synchronously (shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn corrupt(k: &[u8], e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        key: k.to_vec(),
+        reason: e.to_string(),
+    }
+}
+
+/// Group commit: one `flush` for every callback that queued up while the last one ran.
+fn flush_loop(db: sled::Db, rx: mpsc::Receiver<Durable>) {
+    let mut waiting: Vec<Durable> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        waiting.push(first);
+        waiting.extend(rx.try_iter());
+        let ok = match db.flush() {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "flushing the store failed; acknowledging nothing");
+                false
+            }
+        };
+        for then in waiting.drain(..) {
+            then(ok);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msfleet_proto::JobState;
+
+    #[test]
+    fn writes_survive_reopen_and_events_come_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let mut w = WriteSet::default();
+            let job = Job {
+                id: "7".into(),
+                state: JobState::Queued as i32,
+                ..Default::default()
+            };
+            w.put_job(7, &job);
+            w.set_pending(7, Some("default"));
+            for seq in 1..=300u64 {
+                w.put_event(
+                    7,
+                    &JobEvent {
+                        seq,
+                        ..Default::default()
+                    },
+                );
+            }
+            store.apply(w).unwrap();
+            let (tx, rx) = mpsc::channel();
+            store.after_durable(Box::new(move |ok| tx.send(ok).unwrap()));
+            assert!(rx.recv().unwrap());
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(snap.jobs.len(), 1);
+        assert_eq!(snap.pending, vec![7]);
+        let evs = store.events(7, 255, 300).unwrap();
+        let seqs: Vec<u64> = evs.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (256..=300).collect::<Vec<_>>());
+    }
+}
