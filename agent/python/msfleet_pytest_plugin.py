@@ -1,0 +1,278 @@
+"""msfleet pytest plugin: streams test results live to the msfleet agent.
+
+Loaded by the agent as ``python -m pytest -p msfleet_pytest_plugin ...`` with
+``MSFLEET_RESULT_SOCKET`` naming a Unix stream socket the agent listens on.
+Without that variable the plugin does nothing, so loading it by hand is
+harmless.
+
+Protocol: one JSON object per line (UTF-8, ``\\n``-terminated), sent as soon
+as each result is known::
+
+    {"type": "test", "nodeid": "tests/test_a.py::test_x[1-2]",
+     "when": "call", "outcome": "failed", "category": "failed",
+     "duration_s": 0.0123, "longrepr": "...", "markers": ["nightly"]}
+    ...
+    {"type": "session", "exitstatus": 1, "collected": 17}
+
+``outcome`` is one of passed, failed, skipped, xfailed, xpassed, error,
+rerun or other.  Every message except rerun/other corresponds one-to-one to
+an entry counted in pytest's own terminal summary line ("3 failed,
+10 passed, ..."), because each report is classified with the same
+``pytest_report_teststatus`` hook the terminal reporter uses.  ``category``
+is the raw category returned by that hook (useful for ``other``).
+
+This file is embedded in the Rust agent (include_str!) and must stay a single
+self-contained module: stdlib + pytest only, Python >= 3.8, pytest 7 and 8.
+"""
+
+import json
+import os
+import socket
+import sys
+import threading
+
+import pytest
+
+ENV_SOCKET = "MSFLEET_RESULT_SOCKET"
+MAX_LONGREPR_BYTES = 64 * 1024
+_TRUNC_SUFFIX = "\n[msfleet: longrepr truncated]"
+
+# Terminal-reporter categories -> protocol outcomes.  Categories mapped to
+# None are never sent ("" is a passed setup/teardown).
+_CATEGORY_TO_OUTCOME = {
+    "passed": "passed",
+    "failed": "failed",
+    "skipped": "skipped",
+    "xfailed": "xfailed",
+    "xpassed": "xpassed",
+    "error": "error",
+    "errors": "error",
+    "rerun": "rerun",
+    "": None,
+    "deselected": None,
+    "warnings": None,
+    "warning": None,
+}
+
+_PLUGIN_NAME = "msfleet-result-reporter"
+
+# Never die of SIGPIPE if the agent goes away (Python ignores SIGPIPE anyway,
+# unless something restored the default disposition).
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+def _truncate(text):
+    if not isinstance(text, str):
+        text = str(text)
+    data = text.encode("utf-8", "replace")
+    if len(data) <= MAX_LONGREPR_BYTES:
+        return text
+    keep = MAX_LONGREPR_BYTES - len(_TRUNC_SUFFIX.encode("utf-8"))
+    return data[:keep].decode("utf-8", "ignore") + _TRUNC_SUFFIX
+
+
+def _marker_names(marks):
+    names = []
+    seen = set()
+    for mark in marks:
+        name = getattr(mark, "name", None)
+        if name and name not in seen:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def _category(config, report):
+    """Category of a runtest report exactly as the terminal reporter sees it."""
+    try:
+        res = config.hook.pytest_report_teststatus(report=report, config=config)
+    except Exception:
+        res = None
+    if res:
+        category = res[0]
+        # Some plugins return (category, markup)-like tuples; take the name.
+        while isinstance(category, tuple):
+            category = category[0] if category else ""
+        return category if isinstance(category, str) else str(category)
+    # No reporter answered (e.g. ``-p no:terminal``): mimic pytest's default.
+    outcome = report.outcome
+    if report.when in ("setup", "teardown"):
+        if outcome == "passed":
+            return ""
+        if outcome == "failed":
+            return "error"
+    return outcome
+
+
+class MsfleetReporter:
+    def __init__(self, config, sock, path):
+        self.config = config
+        self._sock = sock
+        self._path = path
+        self._lock = threading.Lock()
+        self._broken = False
+        self._markers = {}  # nodeid -> [marker names]
+        self._registered_marks = None
+        self._session_sent = False
+
+    # ------------------------------------------------------------ transport
+    def _send(self, obj):
+        if self._sock is None or self._broken:
+            return
+        line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
+        data = line.encode("utf-8", "replace")  # lone surrogates -> '?'
+        with self._lock:
+            if self._broken:
+                return
+            try:
+                self._sock.sendall(data, _SEND_FLAGS)
+            except (OSError, ValueError) as exc:
+                self._broken = True
+                try:
+                    sys.stderr.write(
+                        "msfleet: cannot send results to agent socket %s (%s); "
+                        "no further results will be reported\n" % (self._path, exc)
+                    )
+                    sys.stderr.flush()
+                except Exception:
+                    pass
+
+    def close(self):
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # -------------------------------------------------------------- markers
+    def _remember(self, item):
+        try:
+            self._markers[item.nodeid] = _marker_names(item.iter_markers())
+        except Exception:
+            pass
+
+    def _markers_for(self, report):
+        names = self._markers.get(report.nodeid)
+        if names is not None:
+            return names
+        # No local item (xdist controller): recover marker names from the
+        # report's keywords, restricted to registered marker names.
+        if self._registered_marks is None:
+            regs = set()
+            try:
+                for line in self.config.getini("markers"):
+                    name = line.split(":", 1)[0].split("(", 1)[0].strip()
+                    if name:
+                        regs.add(name)
+            except Exception:
+                pass
+            self._registered_marks = regs
+        keywords = getattr(report, "keywords", None) or {}
+        return [k for k in keywords if k in self._registered_marks]
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_itemcollected(self, item):
+        self._remember(item)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        # Refresh: pytest_collection_modifyitems may have added markers.
+        self._remember(item)
+
+    # -------------------------------------------------------------- reports
+    def _longrepr(self, report, outcome):
+        wasxfail = getattr(report, "wasxfail", None)
+        if outcome in ("xfailed", "xpassed") and wasxfail is not None:
+            return _truncate(wasxfail)
+        longrepr = report.longrepr
+        if outcome == "passed" or longrepr is None:
+            return ""
+        if report.skipped and isinstance(longrepr, tuple) and len(longrepr) == 3:
+            return _truncate(longrepr[2])
+        try:
+            return _truncate(str(longrepr))
+        except Exception as exc:  # a broken repr must not lose the result
+            return "<msfleet: unprintable longrepr: %r>" % (exc,)
+
+    def _emit(self, report, category, when):
+        outcome = _CATEGORY_TO_OUTCOME.get(category, "other")
+        if outcome is None:
+            return
+        duration = getattr(report, "duration", None)
+        try:
+            duration = float(duration) if duration is not None else 0.0
+        except (TypeError, ValueError):
+            duration = 0.0
+        self._send(
+            {
+                "type": "test",
+                "nodeid": report.nodeid,
+                "when": when,
+                "outcome": outcome,
+                "category": category,
+                "duration_s": duration,
+                "longrepr": self._longrepr(report, outcome),
+                "markers": self._markers_for(report),
+            }
+        )
+
+    def pytest_runtest_logreport(self, report):
+        if not getattr(report, "count_towards_summary", True):
+            return
+        self._emit(report, _category(self.config, report), report.when)
+
+    def pytest_collectreport(self, report):
+        # Same rule as TerminalReporter.pytest_collectreport.
+        if not getattr(report, "count_towards_summary", True):
+            return
+        if report.failed:
+            self._emit(report, "error", "collect")
+        elif report.skipped:
+            self._emit(report, "skipped", "collect")
+
+    # ------------------------------------------------------------- session
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session, exitstatus):
+        status = getattr(session, "exitstatus", exitstatus)
+        try:
+            status = int(status)
+        except (TypeError, ValueError):
+            status = int(exitstatus)
+        self._send(
+            {
+                "type": "session",
+                "exitstatus": status,
+                "collected": int(getattr(session, "testscollected", 0) or 0),
+            }
+        )
+        self._session_sent = True
+        self.close()
+
+    def pytest_unconfigure(self, config):
+        self.close()
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        return  # xdist worker: the controller reports via its own hooks
+    path = os.environ.get(ENV_SOCKET)
+    if not path:
+        return
+    if config.pluginmanager.has_plugin(_PLUGIN_NAME):
+        return
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise pytest.UsageError(
+            "msfleet: cannot connect to the agent's result socket %s=%s: %s"
+            % (ENV_SOCKET, path, exc)
+        )
+    config.pluginmanager.register(MsfleetReporter(config, sock, path), _PLUGIN_NAME)

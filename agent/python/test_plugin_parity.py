@@ -1,0 +1,316 @@
+"""Parity tests for msfleet_pytest_plugin.
+
+Runs real pytest subprocesses with the plugin loaded the way the msfleet agent
+loads it (``-p msfleet_pytest_plugin``, PYTHONPATH, MSFLEET_RESULT_SOCKET) and
+checks that the live results received on the Unix socket add up to exactly
+what pytest's own terminal summary line reports.
+
+Run with the project venv:  .venv/bin/python -m pytest agent/python/test_plugin_parity.py
+Self-contained: stdlib + pytest only.
+"""
+
+import collections
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+SUITE = os.path.join(REPO, "examples", "suite")
+FAIL = os.path.join(REPO, "examples", "fail")
+EMPTY = os.path.join(REPO, "examples", "empty")
+
+COUNTED = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
+ALL_OUTCOMES = COUNTED + ("rerun", "other")
+SUMMARY_RE = re.compile(r"(\d+) (passed|failed|skipped|xfailed|xpassed|errors?|warnings?|deselected)\b")
+DURATION_RE = re.compile(r"\bin \d+(?:\.\d+)?s\b")
+HAS_NPU = os.path.exists("/dev/davinci0")
+
+
+class ResultServer:
+    """Unix stream socket server standing in for the agent: records each line
+    with its arrival time."""
+
+    def __init__(self, close_immediately=False):
+        self.dir = tempfile.mkdtemp(prefix="msfp-")
+        self.path = os.path.join(self.dir, "results.sock")
+        self.close_immediately = close_immediately
+        self.raw = b""
+        self.lines = []  # (monotonic arrival time, line text)
+        self.connections = 0
+        self._srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._srv.bind(self.path)
+        self._srv.listen(4)
+        self._srv.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+        self._srv.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._srv.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            if self.close_immediately:
+                conn.close()
+                continue
+            with conn:
+                buf = b""
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    self.raw += chunk
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        self.lines.append((time.monotonic(), line.decode("utf-8")))
+                if buf:
+                    self.lines.append((time.monotonic(), buf.decode("utf-8")))
+
+    def messages(self):
+        return [json.loads(text) for _, text in self.lines]
+
+    def wait_session(self, timeout=10.0):
+        """The socket is closed right after the session message; wait for the
+        reader thread to have recorded everything."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any('"type":"session"' in text for _, text in self.lines):
+                return
+            time.sleep(0.02)
+
+
+def plugin_env(socket_path=None):
+    env = dict(os.environ)
+    for var in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "MSFLEET_RESULT_SOCKET"):
+        env.pop(var, None)
+    env["PYTHONPATH"] = HERE + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if socket_path is not None:
+        env["MSFLEET_RESULT_SOCKET"] = socket_path
+    return env
+
+
+def run_pytest(cwd, args=(), socket_path=None, timeout=120):
+    cmd = [sys.executable, "-m", "pytest", "-p", "msfleet_pytest_plugin", "-p", "no:cacheprovider"]
+    cmd += list(args)
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=plugin_env(socket_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=timeout,
+    )
+    proc.finished_at = time.monotonic()
+    return proc
+
+
+def summary_counts(stdout):
+    """Counts from pytest's final summary line, e.g.
+    '==== 1 failed, 8 passed, 2 skipped, 1 error in 1.09s ===='."""
+    for line in reversed(stdout.splitlines()):
+        if DURATION_RE.search(line) and (SUMMARY_RE.search(line) or "no tests ran" in line):
+            counts = collections.Counter()
+            for n, word in SUMMARY_RE.findall(line):
+                word = {"errors": "error", "warning": "warnings"}.get(word, word)
+                counts[word] += int(n)
+            return line, counts
+    raise AssertionError("no summary line in pytest output:\n" + stdout)
+
+
+def message_counts(msgs):
+    return collections.Counter(m["outcome"] for m in msgs if m["type"] == "test")
+
+
+def assert_parity(proc, server):
+    server.wait_session()
+    msgs = server.messages()
+    line, summary = summary_counts(proc.stdout)
+    expected = {k: v for k, v in summary.items() if k in COUNTED}
+    got = {k: v for k, v in message_counts(msgs).items() if k in COUNTED}
+    assert got == expected, "summary %r vs messages %r\n%s" % (line, got, proc.stdout)
+
+    # Wire format: one JSON object per \n-terminated line, session last.
+    assert server.raw.endswith(b"\n")
+    assert server.connections == 1
+    for m in msgs[:-1]:
+        assert m["type"] == "test", m
+        assert set(m) == {"type", "nodeid", "when", "outcome", "category", "duration_s", "longrepr", "markers"}
+        assert m["outcome"] in ALL_OUTCOMES
+        assert m["when"] in ("collect", "setup", "call", "teardown")
+        assert isinstance(m["duration_s"], float) and m["duration_s"] >= 0
+        assert isinstance(m["longrepr"], str)
+        assert isinstance(m["markers"], list)
+    session = msgs[-1]
+    assert session["type"] == "session", msgs
+    assert session["exitstatus"] == proc.returncode, (session, proc.returncode, proc.stdout, proc.stderr)
+    return msgs, session, summary
+
+
+def by_name(msgs, name):
+    found = [m for m in msgs if m["type"] == "test" and m["nodeid"].split("::")[-1] == name]
+    assert found, "no message for %s in %r" % (name, msgs)
+    return found
+
+
+# ----------------------------------------------------------------------------
+
+
+def test_example_suite_parity_and_content():
+    with ResultServer() as server:
+        started = time.monotonic()
+        proc = run_pytest(SUITE, ["-rA"], socket_path=server.path)
+        msgs, session, summary = assert_parity(proc, server)
+
+    # The example suite's known outcomes (see examples/README.md).
+    expected = {"failed": 1, "passed": 8, "skipped": 2, "xfailed": 1, "xpassed": 1, "error": 1}
+    if HAS_NPU:
+        expected["passed"] += 1
+        expected["skipped"] -= 1
+    assert dict(message_counts(msgs)) == expected
+    assert session["collected"] == 14
+    assert proc.returncode == 1
+
+    (failed,) = by_name(msgs, "test_known_regression")
+    assert failed["outcome"] == "failed" and failed["when"] == "call"
+    assert "operator fusion produced 41, expected 42" in failed["longrepr"]
+    assert failed["nodeid"] == "tests/regression/test_regression.py::test_known_regression"
+
+    (skipped,) = by_name(msgs, "test_feature_flag")
+    assert skipped["outcome"] == "skipped" and skipped["when"] == "setup"
+    assert skipped["longrepr"] == "Skipped: feature flag not enabled in this suite"
+    assert skipped["markers"] == ["skip"]
+
+    (xfailed,) = by_name(msgs, "test_int8_rounding")
+    assert xfailed["outcome"] == "xfailed"
+    assert xfailed["longrepr"] == "issue #12: int8 rounding differs from reference"
+
+    (xpassed,) = by_name(msgs, "test_sometimes_flaky")
+    assert xpassed["outcome"] == "xpassed"
+    assert xpassed["longrepr"] == "flaky on some hosts"
+
+    (error,) = by_name(msgs, "test_uses_broken_device")
+    assert error["outcome"] == "error" and error["when"] == "setup"
+    assert "device handle could not be opened" in error["longrepr"]
+
+    (nightly,) = by_name(msgs, "test_full_compile")
+    assert nightly["markers"] == ["nightly"] and nightly["outcome"] == "passed"
+    assert nightly["longrepr"] == "" and nightly["duration_s"] >= 0.25
+
+    (npu,) = by_name(msgs, "test_npu_matmul")
+    assert set(npu["markers"]) == {"npu", "skipif"}
+
+    params = [m for m in msgs if m["type"] == "test" and "test_add_parametrized[" in m["nodeid"]]
+    assert sorted(m["nodeid"].split("::")[-1] for m in params) == [
+        "test_add_parametrized[-1-1-0]",
+        "test_add_parametrized[0-0-0]",
+        "test_add_parametrized[1-2-3]",
+    ]
+    assert all(m["markers"] == ["parametrize"] for m in params)
+
+    # Live: the first result arrived well before the run ended (the suite
+    # sleeps >= 0.7 s after its first test), not in one batch at exit.
+    first_at = server.lines[0][0]
+    last_at = server.lines[-1][0]
+    assert first_at - started < proc.finished_at - started
+    assert last_at - first_at > 0.5, (first_at, last_at)
+
+
+@pytest.mark.parametrize("continue_on_errors", [False, True], ids=["interrupted", "continue"])
+def test_collection_error_parity(tmp_path, continue_on_errors):
+    (tmp_path / "test_ok.py").write_text("def test_ok():\n    assert True\n")
+    (tmp_path / "test_bad.py").write_text("raise RuntimeError('broken at import time')\n")
+    (tmp_path / "test_skipmod.py").write_text(
+        "import pytest\npytest.skip('needs a toolchain', allow_module_level=True)\n"
+    )
+    args = ["--continue-on-collection-errors"] if continue_on_errors else []
+    with ResultServer() as server:
+        proc = run_pytest(str(tmp_path), args, socket_path=server.path)
+        msgs, session, summary = assert_parity(proc, server)
+
+    assert summary["error"] == 1
+    (err,) = [m for m in msgs if m["type"] == "test" and m["outcome"] == "error"]
+    assert err["when"] == "collect" and err["nodeid"] == "test_bad.py"
+    assert "broken at import time" in err["longrepr"]
+    (skip,) = [m for m in msgs if m["type"] == "test" and m["outcome"] == "skipped"]
+    assert skip["when"] == "collect" and skip["nodeid"] == "test_skipmod.py"
+    assert "needs a toolchain" in skip["longrepr"]
+    if continue_on_errors:
+        assert proc.returncode == 1 and summary["passed"] == 1
+    else:
+        assert proc.returncode == 2 and "passed" not in summary  # Interrupted
+
+
+def test_fail_and_empty_examples_parity():
+    with ResultServer() as server:
+        proc = run_pytest(FAIL, socket_path=server.path)
+        msgs, session, _ = assert_parity(proc, server)
+    assert proc.returncode == 1 and session["collected"] == 2
+    assert dict(message_counts(msgs)) == {"passed": 1, "failed": 1}
+
+    with ResultServer() as server:
+        proc = run_pytest(EMPTY, socket_path=server.path)
+        msgs, session, _ = assert_parity(proc, server)
+    assert proc.returncode == 5
+    assert msgs == [{"type": "session", "exitstatus": 5, "collected": 0}]
+
+
+def test_without_env_var_plugin_is_inert():
+    proc = run_pytest(FAIL)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    _, summary = summary_counts(proc.stdout)
+    assert dict(summary) == {"failed": 1, "passed": 1}
+    assert "msfleet" not in proc.stderr
+
+
+def test_unreachable_socket_is_a_usage_error(tmp_path):
+    missing = str(tmp_path / "nobody-listens.sock")
+    proc = run_pytest(FAIL, socket_path=missing)
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # ExitCode.USAGE_ERROR
+    assert "MSFLEET_RESULT_SOCKET" in proc.stderr and missing in proc.stderr
+
+
+def test_agent_gone_does_not_crash_pytest():
+    with ResultServer(close_immediately=True) as server:
+        proc = run_pytest(FAIL, socket_path=server.path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    _, summary = summary_counts(proc.stdout)
+    assert dict(summary) == {"failed": 1, "passed": 1}
+    assert proc.stderr.count("msfleet: cannot send results") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_plugin_is_single_stdlib_file():
+    """The agent embeds the plugin with include_str!: it must not import
+    anything beyond the stdlib and pytest."""
+    with open(os.path.join(HERE, "msfleet_pytest_plugin.py")) as f:
+        src = f.read()
+    imported = set(re.findall(r"^(?:import|from) (\w+)", src, re.M))
+    assert imported <= {"json", "os", "socket", "sys", "threading", "pytest"}, imported
+    compile(textwrap.dedent(src), "msfleet_pytest_plugin.py", "exec")
