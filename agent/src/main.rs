@@ -1,0 +1,129 @@
+//! `msagent`: the msfleet agent daemon for an NPU/GPU host.
+
+use anyhow::Context;
+use clap::Parser;
+use msagent::config::{AgentConfig, FileConfig, Overrides};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+/// The msfleet agent: reports this host's hardware and runs the tests the scheduler assigns.
+#[derive(Parser, Debug)]
+#[command(name = "msagent", version)]
+struct Args {
+    /// TOML file with any of the settings below (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Scheduler address, e.g. http://127.0.0.1:7070.
+    #[arg(long, env = "MSFLEET_SCHEDULER")]
+    scheduler: Option<String>,
+    /// Agent name (default: the hostname). Unique in the fleet.
+    #[arg(long)]
+    name: Option<String>,
+    /// Where checkouts, the plugin, sockets and artifacts go.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// A label key=value (repeatable), e.g. --label pool=nightly.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// A directory under which `dir` sources may live (repeatable).
+    #[arg(long = "root")]
+    roots: Vec<PathBuf>,
+    /// Python interpreter that runs pytest.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// How many attempts may run at once.
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Time between SIGTERM and SIGKILL when a test is cancelled or times out.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    kill_grace: Option<Duration>,
+    /// The npu-smi binary.
+    #[arg(long)]
+    npu_smi: Option<PathBuf>,
+    /// Print the capability report as JSON and exit.
+    #[arg(long)]
+    probe: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("msagent: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let cfg = AgentConfig::resolve(
+        file,
+        Overrides {
+            scheduler: args.scheduler,
+            name: args.name,
+            work_dir: args.work_dir,
+            labels: args.labels,
+            roots: args.roots,
+            python: args.python,
+            slots: args.slots,
+            kill_grace: args.kill_grace,
+            npu_smi: args.npu_smi,
+        },
+    )?;
+    std::fs::create_dir_all(&cfg.work_dir)
+        .with_context(|| format!("creating work dir {}", cfg.work_dir.display()))?;
+    let mut cfg = cfg;
+    cfg.work_dir = std::fs::canonicalize(&cfg.work_dir)?;
+    let cfg = Arc::new(cfg);
+    let probe_cfg = cfg.clone();
+    let facts = tokio::task::spawn_blocking(move || {
+        msagent::probe::probe_all(&probe_cfg.work_dir, &probe_cfg.python, &probe_cfg.npu_smi)
+    })
+    .await?;
+    for note in &facts.notes {
+        tracing::info!("probe: {note}");
+    }
+    let caps = msagent::capabilities::report(&cfg, &facts);
+    if args.probe {
+        println!("{}", serde_json::to_string_pretty(&facts)?);
+        println!("profile: {}", caps.profile);
+        return Ok(());
+    }
+    tracing::info!(
+        name = %cfg.name,
+        profile = %caps.profile,
+        gpus = caps.gpus.len(),
+        npus = caps.npus.len(),
+        "msagent starting"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        let _ = stop_tx.send(true);
+    });
+    msagent::session::Session::new(cfg, caps)
+        .run(stop_rx)
+        .await
+        .map_err(anyhow::Error::from)
+}

@@ -1,0 +1,282 @@
+//! NVIDIA GPU discovery through NVML (`nvml-wrapper`, which loads `libnvidia-ml.so.1` at run
+//! time).
+//!
+//! A host without the driver is normal: the probe then returns no GPUs and a note. Each
+//! per-device query is independent; one that fails leaves its field empty or zero.
+
+use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError};
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{cuda_driver_version_major, cuda_driver_version_minor, Device, Nvml};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+/// `MigMode::current` value meaning "enabled" (`NVML_DEVICE_MIG_ENABLE` in `nvml.h`).
+const NVML_DEVICE_MIG_ENABLE: u32 = 1;
+
+/// One NVIDIA GPU as NVML describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct GpuFacts {
+    /// NVML device index (the order `nvidia-smi` uses).
+    pub index: u32,
+    /// Product name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// `GPU-...` UUID.
+    pub uuid: String,
+    /// PCI bus id, e.g. `00000000:1B:00.0`.
+    pub pci_bus_id: String,
+    /// Total framebuffer memory in MiB.
+    pub memory_mb: u64,
+    /// Kernel driver version, e.g. `550.54.15`.
+    pub driver_version: String,
+    /// Highest CUDA version the driver supports, `major.minor` (e.g. `12.4`).
+    pub cuda_driver_version: String,
+    /// Compute capability, `major.minor` (e.g. `9.0`).
+    pub compute_capability: String,
+    /// MIG mode: `enabled`, `disabled` or `unsupported`; empty when the query failed.
+    pub mig_mode: String,
+    /// Enforced power limit in watts; 0 when unknown.
+    pub power_limit_w: u32,
+    /// `ok`, a comma-separated list of problems (`uncorrected ECC errors (3)`,
+    /// `page retirement pending`), or `unknown` when nothing could be checked.
+    pub health: String,
+}
+
+/// Result of [`probe_gpus`]: the GPUs found, and a remark when NVML was unavailable or some
+/// devices could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GpuProbe {
+    /// GPUs that could be opened, by index.
+    pub gpus: Vec<GpuFacts>,
+    /// Why there are fewer GPUs than one might expect, in words.
+    pub note: Option<String>,
+}
+
+/// Lists the NVIDIA GPUs. Never fails and never panics: without a driver it returns no GPUs and
+/// a note such as `NVML unavailable (libnvidia-ml.so.1 not found): 0 GPUs`.
+pub fn probe_gpus() -> GpuProbe {
+    let nvml = match Nvml::init() {
+        Ok(nvml) => nvml,
+        Err(e) => {
+            let note = format!("NVML unavailable ({}): 0 GPUs", describe_init_error(&e));
+            debug!(error = %e, "{note}");
+            return GpuProbe {
+                gpus: Vec::new(),
+                note: Some(note),
+            };
+        }
+    };
+    let driver_version = nvml.sys_driver_version().unwrap_or_else(|e| {
+        warn!(error = %e, "NVML: driver version unavailable");
+        String::new()
+    });
+    let cuda_driver_version = nvml
+        .sys_cuda_driver_version()
+        .map(|v| {
+            format!(
+                "{}.{}",
+                cuda_driver_version_major(v),
+                cuda_driver_version_minor(v)
+            )
+        })
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "NVML: CUDA driver version unavailable");
+            String::new()
+        });
+    let count = match nvml.device_count() {
+        Ok(count) => count,
+        Err(e) => {
+            return GpuProbe {
+                gpus: Vec::new(),
+                note: Some(format!("NVML could not count GPUs ({e}): 0 GPUs")),
+            }
+        }
+    };
+
+    let mut gpus = Vec::new();
+    let mut problems = Vec::new();
+    for index in 0..count {
+        match nvml.device_by_index(index) {
+            Ok(device) => gpus.push(device_facts(
+                index,
+                &device,
+                &driver_version,
+                &cuda_driver_version,
+            )),
+            Err(e) => {
+                warn!(index, error = %e, "NVML: cannot open GPU");
+                problems.push(format!("GPU {index} could not be opened ({e})"));
+            }
+        }
+    }
+    GpuProbe {
+        gpus,
+        note: (!problems.is_empty()).then(|| problems.join("; ")),
+    }
+}
+
+/// Says in words why `Nvml::init` failed.
+fn describe_init_error(e: &NvmlError) -> String {
+    match e {
+        NvmlError::LibloadingError(_) => "libnvidia-ml.so.1 not found".to_string(),
+        NvmlError::DriverNotLoaded => "NVIDIA driver not loaded".to_string(),
+        NvmlError::NoPermission => "no permission to talk to the NVIDIA driver".to_string(),
+        NvmlError::LibRmVersionMismatch => {
+            "NVML library and kernel driver versions differ; reboot or reload the driver"
+                .to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Reads one device; each query that fails leaves its field empty.
+fn device_facts(index: u32, device: &Device, driver: &str, cuda: &str) -> GpuFacts {
+    let field = |what: &str, e: NvmlError| {
+        if !matches!(e, NvmlError::NotSupported) {
+            debug!(index, error = %e, "NVML: {what} unavailable");
+        }
+    };
+    let name = device.name().unwrap_or_else(|e| {
+        field("name", e);
+        String::new()
+    });
+    let uuid = device.uuid().unwrap_or_else(|e| {
+        field("uuid", e);
+        String::new()
+    });
+    let pci_bus_id = device.pci_info().map(|p| p.bus_id).unwrap_or_else(|e| {
+        field("PCI info", e);
+        String::new()
+    });
+    let memory_mb = device
+        .memory_info()
+        .map(|m| m.total / (1024 * 1024))
+        .unwrap_or_else(|e| {
+            field("memory info", e);
+            0
+        });
+    let compute_capability = device
+        .cuda_compute_capability()
+        .map(|c| format!("{}.{}", c.major, c.minor))
+        .unwrap_or_else(|e| {
+            field("compute capability", e);
+            String::new()
+        });
+    let mig_mode = match device.mig_mode() {
+        Ok(mode) if mode.current == NVML_DEVICE_MIG_ENABLE => "enabled",
+        Ok(_) => "disabled",
+        Err(NvmlError::NotSupported) => "unsupported",
+        Err(e) => {
+            field("MIG mode", e);
+            ""
+        }
+    }
+    .to_string();
+    let power_limit_w = device
+        .enforced_power_limit()
+        .or_else(|_| device.power_management_limit())
+        .map(|mw| mw / 1000)
+        .unwrap_or_else(|e| {
+            field("power limit", e);
+            0
+        });
+    GpuFacts {
+        index,
+        name,
+        uuid,
+        pci_bus_id,
+        memory_mb,
+        driver_version: driver.to_string(),
+        cuda_driver_version: cuda.to_string(),
+        compute_capability,
+        mig_mode,
+        power_limit_w,
+        health: health(device),
+    }
+}
+
+/// Summarises the health checks NVML can answer without an event loop: volatile uncorrected
+/// ECC errors and pending page retirements.
+fn health(device: &Device) -> String {
+    let ecc = device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile);
+    let retirement = device.are_pages_pending_retired();
+    health_summary(ecc, retirement)
+}
+
+/// The pure part of [`health`], separated for testing.
+fn health_summary(
+    ecc: Result<u64, NvmlError>,
+    pending_retirement: Result<bool, NvmlError>,
+) -> String {
+    let mut problems = Vec::new();
+    // Whether some check gave an answer (NotSupported counts: there is nothing to worry about).
+    let mut checked = false;
+    match ecc {
+        Ok(0) | Err(NvmlError::NotSupported) => checked = true,
+        Ok(n) => problems.push(format!("uncorrected ECC errors ({n})")),
+        Err(NvmlError::GpuLost) => return "GPU lost".to_string(),
+        Err(_) => {}
+    }
+    match pending_retirement {
+        Ok(false) | Err(NvmlError::NotSupported) => checked = true,
+        Ok(true) => problems.push("page retirement pending".to_string()),
+        Err(NvmlError::GpuLost) => return "GPU lost".to_string(),
+        Err(_) => {}
+    }
+    if !problems.is_empty() {
+        problems.join(", ")
+    } else if checked {
+        "ok".to_string()
+    } else {
+        "unknown".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This test expects a machine without the NVIDIA driver (set `MSFLEET_EXPECT_GPUS=1` on a
+    /// GPU machine to check the opposite).
+    #[test]
+    fn probe_without_driver_is_zero_gpus_and_a_note() {
+        let probe = probe_gpus();
+        if std::env::var_os("MSFLEET_EXPECT_GPUS").is_some() {
+            assert!(!probe.gpus.is_empty(), "{:?}", probe.note);
+            for gpu in &probe.gpus {
+                assert!(!gpu.name.is_empty());
+                assert!(gpu.memory_mb > 0);
+            }
+            return;
+        }
+        if std::path::Path::new("/dev/nvidiactl").exists() {
+            eprintln!("skipping: an NVIDIA driver is present");
+            return;
+        }
+        assert!(probe.gpus.is_empty());
+        let note = probe.note.expect("a note");
+        assert!(note.starts_with("NVML unavailable ("), "{note}");
+        assert!(note.ends_with("): 0 GPUs"), "{note}");
+    }
+
+    #[test]
+    fn health_summaries() {
+        use NvmlError::{GpuLost, NotSupported, Unknown};
+        assert_eq!(health_summary(Ok(0), Ok(false)), "ok");
+        assert_eq!(health_summary(Err(NotSupported), Err(NotSupported)), "ok");
+        assert_eq!(health_summary(Err(Unknown), Ok(false)), "ok");
+        assert_eq!(health_summary(Err(Unknown), Err(Unknown)), "unknown");
+        assert_eq!(health_summary(Ok(0), Err(GpuLost)), "GPU lost");
+        assert_eq!(
+            health_summary(Ok(3), Ok(true)),
+            "uncorrected ECC errors (3), page retirement pending"
+        );
+    }
+
+    #[test]
+    fn init_errors_in_words() {
+        assert_eq!(
+            describe_init_error(&NvmlError::DriverNotLoaded),
+            "NVIDIA driver not loaded"
+        );
+    }
+}

@@ -1,0 +1,353 @@
+//! The agent's session with the scheduler: register, heartbeat, take
+//! assignments, stream task updates, and survive scheduler restarts.
+//!
+//! Every update of an attempt gets the next sequence number of that attempt
+//! and stays in the attempt's outbox until the scheduler acknowledges it
+//! (acks are cumulative and sent only once the update is durable). After a
+//! reconnect the agent re-registers, names the attempts it still runs, and
+//! resends their outboxes in order; the scheduler applies each (attempt, seq)
+//! once. Attempts the scheduler no longer recognises are stopped and dropped.
+
+use crate::config::AgentConfig;
+use crate::runner::{self, AttemptKey, AttemptSpec, StopReason, Updates};
+use msfleet_proto::agent_link_client::AgentLinkClient;
+use msfleet_proto::{agent_message, scheduler_message, task_update, AgentMessage, AttemptRef, Capabilities, TaskUpdate};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tonic::Code;
+
+/// Why the agent stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the scheduler refused this agent: {0}")]
+    Refused(String),
+    #[error("bad scheduler address '{addr}': {message}")]
+    BadAddress { addr: String, message: String },
+}
+
+/// A failure of one connection (retried) or of the agent (returned).
+enum Disconnect {
+    Retry(String),
+    Fatal(SessionError),
+    ShutDown,
+}
+
+struct Attempt {
+    r: AttemptRef,
+    next_seq: u64,
+    unacked: VecDeque<TaskUpdate>,
+    stop: watch::Sender<Option<StopReason>>,
+    /// Sequence number of the `Finished` update, once the runner produced it.
+    finished_seq: Option<u64>,
+}
+
+/// The agent process's state across connections.
+pub struct Session {
+    cfg: Arc<AgentConfig>,
+    caps: Capabilities,
+    instance: String,
+    attempts: BTreeMap<AttemptKey, Attempt>,
+    updates_tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
+    updates_rx: mpsc::UnboundedReceiver<(AttemptKey, task_update::Kind)>,
+    shutting_down: bool,
+}
+
+impl Session {
+    pub fn new(cfg: Arc<AgentConfig>, caps: Capabilities) -> Session {
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let instance = format!(
+            "{}-{}-{}",
+            cfg.name,
+            std::process::id(),
+            crate::now_ms()
+        );
+        Session {
+            cfg,
+            caps,
+            instance,
+            attempts: BTreeMap::new(),
+            updates_tx,
+            updates_rx,
+            shutting_down: false,
+        }
+    }
+
+    /// Runs until `shutdown` turns true (then stops running tests and reports
+    /// them) or the scheduler refuses the agent.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.connect_once(&mut shutdown).await {
+                Disconnect::Fatal(e) => {
+                    self.stop_all(StopReason::Shutdown);
+                    return Err(e);
+                }
+                Disconnect::ShutDown => return Ok(()),
+                Disconnect::Retry(why) => {
+                    tracing::warn!(%why, retry_in = ?backoff, "scheduler connection lost");
+                }
+            }
+            if self.shutting_down && self.attempts.is_empty() {
+                return Ok(());
+            }
+            // Keep buffering what running tests produce while disconnected.
+            let wait = tokio::time::sleep(backoff);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    Some((key, kind)) = self.updates_rx.recv() => { self.record(key, kind); }
+                    _ = shutdown.changed(), if !self.shutting_down => self.begin_shutdown(),
+                }
+            }
+            if self.shutting_down && self.attempts.values().all(|a| a.finished_seq.is_some()) {
+                // Nobody to report to; the tests are stopped.
+                return Ok(());
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        tracing::info!(running = self.attempts.len(), "shutting down: stopping running tests");
+        self.shutting_down = true;
+        self.stop_all(StopReason::Shutdown);
+    }
+
+    fn stop_all(&mut self, why: StopReason) {
+        for a in self.attempts.values() {
+            let _ = a.stop.send(Some(why.clone()));
+        }
+    }
+
+    async fn connect_once(&mut self, shutdown: &mut watch::Receiver<bool>) -> Disconnect {
+        let endpoint = match Endpoint::from_shared(self.cfg.scheduler.clone()) {
+            Ok(e) => e
+                .connect_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_while_idle(true),
+            Err(e) => {
+                return Disconnect::Fatal(SessionError::BadAddress {
+                    addr: self.cfg.scheduler.clone(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => return Disconnect::Retry(format!("connecting to {}: {e}", self.cfg.scheduler)),
+        };
+        let mut client = AgentLinkClient::new(channel)
+            .max_decoding_message_size(msfleet_proto::MAX_MESSAGE)
+            .max_encoding_message_size(msfleet_proto::MAX_MESSAGE);
+        let (out, out_rx) = mpsc::channel::<AgentMessage>(4096);
+        let register = msfleet_proto::Register {
+            name: self.cfg.name.clone(),
+            capabilities: Some(self.caps.clone()),
+            instance_id: self.instance.clone(),
+            resume: self.attempts.values().map(|a| a.r.clone()).collect(),
+        };
+        let _ = out
+            .send(AgentMessage {
+                msg: Some(agent_message::Msg::Register(register)),
+            })
+            .await;
+        let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if matches!(s.code(), Code::AlreadyExists | Code::InvalidArgument) => {
+                return Disconnect::Fatal(SessionError::Refused(s.message().to_string()))
+            }
+            Err(s) => return Disconnect::Retry(format!("opening the session: {s}")),
+        };
+        let registered = match inbound.message().await {
+            Ok(Some(msfleet_proto::SchedulerMessage {
+                msg: Some(scheduler_message::Msg::Registered(r)),
+            })) => r,
+            Ok(_) => return Disconnect::Retry("the scheduler did not confirm the registration".into()),
+            Err(s) => return Disconnect::Retry(format!("registering: {s}")),
+        };
+        tracing::info!(
+            scheduler = %self.cfg.scheduler,
+            name = %self.cfg.name,
+            resumed = registered.resumed.len(),
+            "registered with the scheduler"
+        );
+        // Attempts the scheduler did not take back are over for us.
+        let resumed: Vec<AttemptKey> = registered
+            .resumed
+            .iter()
+            .map(|r| (r.task_id.clone(), r.attempt))
+            .collect();
+        let gone: Vec<AttemptKey> = self
+            .attempts
+            .keys()
+            .filter(|k| !resumed.contains(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.abandon(&k, "the scheduler no longer holds it");
+        }
+        for a in self.attempts.values() {
+            for u in &a.unacked {
+                if out.send(update_msg(u.clone())).await.is_err() {
+                    return Disconnect::Retry("the session closed while resending".into());
+                }
+            }
+        }
+        let hb_every = Duration::from_millis(registered.heartbeat_interval_ms.max(100));
+        let mut heartbeat = tokio::time::interval(hb_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.shutting_down && self.attempts.is_empty() {
+                return Disconnect::ShutDown;
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => {
+                        if let Some(m) = m.msg { self.on_message(m); }
+                    }
+                    Ok(None) => return Disconnect::Retry("the scheduler closed the session".into()),
+                    Err(s) => return Disconnect::Retry(format!("session error: {s}")),
+                },
+                Some((key, kind)) = self.updates_rx.recv() => {
+                    if let Some(u) = self.record(key, kind) {
+                        if out.send(update_msg(u)).await.is_err() {
+                            return Disconnect::Retry("the session closed".into());
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let running = self
+                        .attempts
+                        .values()
+                        .filter(|a| a.finished_seq.is_none())
+                        .map(|a| a.r.clone())
+                        .collect();
+                    let hb = AgentMessage { msg: Some(agent_message::Msg::Heartbeat(msfleet_proto::Heartbeat { running })) };
+                    if out.send(hb).await.is_err() {
+                        return Disconnect::Retry("the session closed".into());
+                    }
+                }
+                _ = shutdown.changed(), if !self.shutting_down => self.begin_shutdown(),
+            }
+        }
+    }
+
+    /// Numbers an update from a runner and keeps it until acknowledged.
+    fn record(&mut self, key: AttemptKey, kind: task_update::Kind) -> Option<TaskUpdate> {
+        let a = self.attempts.get_mut(&key)?; // abandoned: drop
+        let seq = a.next_seq;
+        a.next_seq += 1;
+        if matches!(kind, task_update::Kind::Finished(_)) {
+            a.finished_seq = Some(seq);
+        }
+        let u = TaskUpdate {
+            attempt: Some(a.r.clone()),
+            seq,
+            kind: Some(kind),
+        };
+        a.unacked.push_back(u.clone());
+        Some(u)
+    }
+
+    fn on_message(&mut self, m: scheduler_message::Msg) {
+        match m {
+            scheduler_message::Msg::Assign(asg) => self.start(asg),
+            scheduler_message::Msg::Ack(ack) => {
+                let Some(r) = ack.attempt else { return };
+                let key = (r.task_id, r.attempt);
+                let Some(a) = self.attempts.get_mut(&key) else { return };
+                while a.unacked.front().is_some_and(|u| u.seq <= ack.seq) {
+                    a.unacked.pop_front();
+                }
+                if a.finished_seq.is_some_and(|f| f <= ack.seq) {
+                    self.attempts.remove(&key);
+                }
+            }
+            scheduler_message::Msg::Cancel(c) => {
+                let Some(r) = c.attempt else { return };
+                if let Some(a) = self.attempts.get(&(r.task_id.clone(), r.attempt)) {
+                    tracing::info!(task = %r.task_id, reason = %c.reason, "cancelling");
+                    let _ = a.stop.send(Some(StopReason::Cancelled(c.reason)));
+                }
+            }
+            scheduler_message::Msg::Reject(rej) => {
+                let Some(r) = rej.attempt else { return };
+                if rej.abandon {
+                    self.abandon(&(r.task_id.clone(), r.attempt), &rej.message);
+                } else {
+                    tracing::warn!(task = %r.task_id, seq = rej.seq, message = %rej.message, "the scheduler refused an update");
+                }
+            }
+            scheduler_message::Msg::Registered(_) => {}
+        }
+    }
+
+    fn abandon(&mut self, key: &AttemptKey, why: &str) {
+        if let Some(a) = self.attempts.remove(key) {
+            tracing::warn!(task = %key.0, attempt = key.1, why, "abandoning attempt");
+            let _ = a.stop.send(Some(StopReason::Abandoned));
+        }
+    }
+
+    fn start(&mut self, asg: msfleet_proto::Assignment) {
+        let Some(r) = asg.attempt else { return };
+        let key = (r.task_id.clone(), r.attempt);
+        if self.attempts.contains_key(&key) {
+            return;
+        }
+        if self.shutting_down {
+            // Report it as an infrastructure error so it is retried elsewhere.
+            let (stop, _) = watch::channel(None);
+            self.attempts.insert(
+                key.clone(),
+                Attempt {
+                    r,
+                    next_seq: 1,
+                    unacked: VecDeque::new(),
+                    stop,
+                    finished_seq: None,
+                },
+            );
+            let _ = self.updates_tx.send((
+                key,
+                task_update::Kind::Finished(msfleet_proto::Finished {
+                    outcome: msfleet_proto::Outcome::Error as i32,
+                    reason: "the agent is shutting down".into(),
+                    exit_code: -1,
+                }),
+            ));
+            return;
+        }
+        tracing::info!(job = %asg.job_id, task = %r.task_id, attempt = r.attempt, epoch = r.epoch, "assigned");
+        let (stop, stop_rx) = watch::channel(None);
+        let spec = AttemptSpec {
+            job_id: asg.job_id,
+            task_id: r.task_id.clone(),
+            attempt: r.attempt,
+            spec: asg.spec.unwrap_or_default(),
+        };
+        self.attempts.insert(
+            key.clone(),
+            Attempt {
+                r,
+                next_seq: 1,
+                unacked: VecDeque::new(),
+                stop,
+                finished_seq: None,
+            },
+        );
+        let updates = Updates::new(key, self.updates_tx.clone());
+        tokio::spawn(runner::run(self.cfg.clone(), spec, updates, stop_rx));
+    }
+}
+
+fn update_msg(u: TaskUpdate) -> AgentMessage {
+    AgentMessage {
+        msg: Some(agent_message::Msg::Update(u)),
+    }
+}
