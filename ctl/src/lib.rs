@@ -1,0 +1,69 @@
+//! msctl: the msfleet command line as a library. `main.rs` parses and exits.
+//!
+//! Code map: [`cli`] (flags) -> [`commands`] (one function per subcommand)
+//! using [`jobfile`] (the TOML job format), [`follow`] (watch/logs streams
+//! with resume) and [`render`] (text and `--json`).
+
+pub mod cli;
+pub mod commands;
+pub mod follow;
+pub mod jobfile;
+pub mod render;
+
+use tonic::{Code, Status};
+
+/// Exit codes scripts rely on.
+pub mod exit {
+    /// All tests passed / the command did what it was asked.
+    pub const OK: i32 = 0;
+    /// Tests failed.
+    pub const TESTS_FAILED: i32 = 1;
+    /// Bad usage or input: nothing was changed.
+    pub const BAD_INPUT: i32 = 2;
+    /// Infrastructure error, cancelled, timed out or expired.
+    pub const INFRA: i32 = 3;
+}
+
+/// A failed command: what to print and how to exit.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CtlError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CtlError {
+    pub fn input(message: impl Into<String>) -> Self {
+        CtlError {
+            code: exit::BAD_INPUT,
+            message: message.into(),
+        }
+    }
+
+    pub fn infra(message: impl Into<String>) -> Self {
+        CtlError {
+            code: exit::INFRA,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Status> for CtlError {
+    fn from(s: Status) -> Self {
+        let code = match s.code() {
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::PermissionDenied
+            | Code::Unauthenticated => exit::BAD_INPUT,
+            _ => exit::INFRA,
+        };
+        let message = match s.code() {
+            Code::Unavailable => format!("scheduler unavailable: {}", s.message()),
+            _ => s.message().to_string(),
+        };
+        CtlError { code, message }
+    }
+}

@@ -1,0 +1,16 @@
+//! `msctl`: the msfleet command line.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    let cli = msctl::cli::Cli::parse();
+    let code = match msctl::commands::run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("msctl: {e}");
+            e.code
+        }
+    };
+    std::process::exit(code);
+}
