@@ -59,11 +59,7 @@ pub fn report(cfg: &AgentConfig, facts: &HardwareFacts) -> Capabilities {
         gpus,
         npus,
         labels: cfg.labels.clone().into_iter().collect(),
-        roots: cfg
-            .roots
-            .iter()
-            .map(|r| r.display().to_string())
-            .collect(),
+        roots: cfg.roots.iter().map(|r| r.display().to_string()).collect(),
         profile: hardware_profile(facts, &cfg.labels),
         slots: cfg.slots,
     }

@@ -105,7 +105,9 @@ impl AgentConfig {
                 ConfigError::Invalid(format!("label '{l}' must look like key=value"))
             })?;
             if k.is_empty() {
-                return Err(ConfigError::Invalid(format!("label '{l}' has an empty key")));
+                return Err(ConfigError::Invalid(format!(
+                    "label '{l}' has an empty key"
+                )));
             }
             labels.insert(k.to_string(), v.to_string());
         }
@@ -116,7 +118,10 @@ impl AgentConfig {
         let mut roots = Vec::new();
         for r in file.roots.into_iter().chain(flags.roots) {
             let canon = std::fs::canonicalize(&r).map_err(|e| {
-                ConfigError::Invalid(format!("root '{}' is not a usable directory: {e}", r.display()))
+                ConfigError::Invalid(format!(
+                    "root '{}' is not a usable directory: {e}",
+                    r.display()
+                ))
             })?;
             if !canon.is_dir() {
                 return Err(ConfigError::Invalid(format!(

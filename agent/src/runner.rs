@@ -54,7 +54,10 @@ pub struct Updates {
 }
 
 impl Updates {
-    pub fn new(key: AttemptKey, tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>) -> Self {
+    pub fn new(
+        key: AttemptKey,
+        tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
+    ) -> Self {
         Updates { key, tx }
     }
 
@@ -64,7 +67,12 @@ impl Updates {
 }
 
 /// Runs the attempt to the end and reports `Finished` last (unless abandoned).
-pub async fn run(cfg: Arc<AgentConfig>, a: AttemptSpec, tx: Updates, stop: watch::Receiver<Option<StopReason>>) {
+pub async fn run(
+    cfg: Arc<AgentConfig>,
+    a: AttemptSpec,
+    tx: Updates,
+    stop: watch::Receiver<Option<StopReason>>,
+) {
     tx.send(task_update::Kind::Started(Started {}));
     let finished = run_inner(&cfg, &a, &tx, stop).await;
     if let Some(f) = finished {
@@ -140,7 +148,12 @@ async fn run_pytest(
     let plugin_dir = cfg.work_dir.join("plugin");
     tokio::fs::create_dir_all(&plugin_dir).await?;
     let plugin_path = plugin_dir.join(format!("{PLUGIN_MODULE}.py"));
-    if tokio::fs::read_to_string(&plugin_path).await.ok().as_deref() != Some(PLUGIN_SOURCE) {
+    if tokio::fs::read_to_string(&plugin_path)
+        .await
+        .ok()
+        .as_deref()
+        != Some(PLUGIN_SOURCE)
+    {
         let tmp = plugin_dir.join(format!("{PLUGIN_MODULE}.py.{slot}.tmp"));
         tokio::fs::write(&tmp, PLUGIN_SOURCE).await?;
         tokio::fs::rename(&tmp, &plugin_path).await?;
@@ -165,7 +178,10 @@ async fn run_pytest(
         .arg(PLUGIN_MODULE)
         .arg("-p")
         .arg("no:cacheprovider")
-        .arg(format!("--junitxml={}", artifacts.join("junit.xml").display()))
+        .arg(format!(
+            "--junitxml={}",
+            artifacts.join("junit.xml").display()
+        ))
         .args(&a.spec.args)
         .current_dir(dir)
         .envs(&a.spec.env)
@@ -200,7 +216,12 @@ async fn run_pytest(
         readers.push(tokio::spawn(pump_log(err, "stderr", tx.clone())));
     }
     let connected = Arc::new(AtomicBool::new(false));
-    let results = tokio::spawn(pump_results(listener, tx.clone(), errors.clone(), connected.clone()));
+    let results = tokio::spawn(pump_results(
+        listener,
+        tx.clone(),
+        errors.clone(),
+        connected.clone(),
+    ));
 
     let timeout = Duration::from_millis(a.spec.timeout_ms.unwrap_or(3_600_000).max(1) as u64);
     let deadline = tokio::time::sleep(timeout);
@@ -231,9 +252,16 @@ async fn run_pytest(
     }
     // A connection may still sit in the backlog; if none comes, pytest exited
     // before loading the plugin.
-    let wait = if connected.load(Ordering::Acquire) { 5000 } else { 500 };
+    let wait = if connected.load(Ordering::Acquire) {
+        5000
+    } else {
+        500
+    };
     let mut results = results;
-    if tokio::time::timeout(Duration::from_millis(wait), &mut results).await.is_err() {
+    if tokio::time::timeout(Duration::from_millis(wait), &mut results)
+        .await
+        .is_err()
+    {
         results.abort();
     }
     let _ = tokio::fs::remove_file(&sock_path).await;
@@ -260,15 +288,24 @@ fn classify(status: ExitStatus, errors: u64) -> Option<Finished> {
     match status.code() {
         Some(0) => finished(Outcome::Passed, "all tests passed", 0),
         Some(1) => finished(Outcome::Failed, "tests failed", 1),
-        Some(2) if errors > 0 => finished(Outcome::Failed, "interrupted: errors during collection", 2),
+        Some(2) if errors > 0 => {
+            finished(Outcome::Failed, "interrupted: errors during collection", 2)
+        }
         Some(2) => finished(Outcome::Error, "pytest was interrupted (exit 2)", 2),
         Some(3) => finished(Outcome::Error, "pytest internal error (exit 3)", 3),
-        Some(4) => finished(Outcome::Error, "pytest usage error (exit 4): see the log", 4),
+        Some(4) => finished(
+            Outcome::Error,
+            "pytest usage error (exit 4): see the log",
+            4,
+        ),
         Some(5) => finished(Outcome::Failed, "no tests collected (pytest exit 5)", 5),
         Some(c) => finished(Outcome::Error, format!("pytest exited with code {c}"), c),
         None => finished(
             Outcome::Error,
-            format!("pytest was killed by signal {}", status.signal().unwrap_or(0)),
+            format!(
+                "pytest was killed by signal {}",
+                status.signal().unwrap_or(0)
+            ),
             code,
         ),
     }
@@ -316,7 +353,9 @@ async fn pump_results(
     connected: Arc<AtomicBool>,
 ) {
     // pytest connects once, at configure time; if it exits before, this task is aborted.
-    let Ok((conn, _)) = listener.accept().await else { return };
+    let Ok((conn, _)) = listener.accept().await else {
+        return;
+    };
     connected.store(true, Ordering::Release);
     let mut lines = BufReader::new(conn).lines();
     while let Ok(Some(line)) = lines.next_line().await {

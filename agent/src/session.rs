@@ -11,7 +11,10 @@
 use crate::config::AgentConfig;
 use crate::runner::{self, AttemptKey, AttemptSpec, StopReason, Updates};
 use msfleet_proto::agent_link_client::AgentLinkClient;
-use msfleet_proto::{agent_message, scheduler_message, task_update, AgentMessage, AttemptRef, Capabilities, TaskUpdate};
+use msfleet_proto::{
+    agent_message, scheduler_message, task_update, AgentMessage, AttemptRef, Capabilities,
+    TaskUpdate,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,12 +62,7 @@ pub struct Session {
 impl Session {
     pub fn new(cfg: Arc<AgentConfig>, caps: Capabilities) -> Session {
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
-        let instance = format!(
-            "{}-{}-{}",
-            cfg.name,
-            std::process::id(),
-            crate::now_ms()
-        );
+        let instance = format!("{}-{}-{}", cfg.name, std::process::id(), crate::now_ms());
         Session {
             cfg,
             caps,
@@ -113,7 +111,10 @@ impl Session {
     }
 
     fn begin_shutdown(&mut self) {
-        tracing::info!(running = self.attempts.len(), "shutting down: stopping running tests");
+        tracing::info!(
+            running = self.attempts.len(),
+            "shutting down: stopping running tests"
+        );
         self.shutting_down = true;
         self.stop_all(StopReason::Shutdown);
     }
@@ -139,7 +140,9 @@ impl Session {
         };
         let channel = match endpoint.connect().await {
             Ok(c) => c,
-            Err(e) => return Disconnect::Retry(format!("connecting to {}: {e}", self.cfg.scheduler)),
+            Err(e) => {
+                return Disconnect::Retry(format!("connecting to {}: {e}", self.cfg.scheduler))
+            }
         };
         let mut client = AgentLinkClient::new(channel)
             .max_decoding_message_size(msfleet_proto::MAX_MESSAGE)
@@ -167,7 +170,9 @@ impl Session {
             Ok(Some(msfleet_proto::SchedulerMessage {
                 msg: Some(scheduler_message::Msg::Registered(r)),
             })) => r,
-            Ok(_) => return Disconnect::Retry("the scheduler did not confirm the registration".into()),
+            Ok(_) => {
+                return Disconnect::Retry("the scheduler did not confirm the registration".into())
+            }
             Err(s) => return Disconnect::Retry(format!("registering: {s}")),
         };
         tracing::info!(
@@ -260,7 +265,9 @@ impl Session {
             scheduler_message::Msg::Ack(ack) => {
                 let Some(r) = ack.attempt else { return };
                 let key = (r.task_id, r.attempt);
-                let Some(a) = self.attempts.get_mut(&key) else { return };
+                let Some(a) = self.attempts.get_mut(&key) else {
+                    return;
+                };
                 while a.unacked.front().is_some_and(|u| u.seq <= ack.seq) {
                     a.unacked.pop_front();
                 }

@@ -82,13 +82,26 @@ pub async fn prepare(
     }
 }
 
-async fn checkout(url: &str, git_ref: &str, work_dir: &Path, slot: &str) -> Result<Workspace, SourceError> {
+async fn checkout(
+    url: &str,
+    git_ref: &str,
+    work_dir: &Path,
+    slot: &str,
+) -> Result<Workspace, SourceError> {
     let cache_root = work_dir.join("git-cache");
     tokio::fs::create_dir_all(&cache_root).await?;
     let cache = cache_root.join(cache_name(url));
     if cache.join("HEAD").exists() {
         git(
-            &["fetch", "--quiet", "--prune", "--force", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            &[
+                "fetch",
+                "--quiet",
+                "--prune",
+                "--force",
+                "origin",
+                "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
             Some(&cache),
             "fetch",
             url,
@@ -98,7 +111,14 @@ async fn checkout(url: &str, git_ref: &str, work_dir: &Path, slot: &str) -> Resu
         let tmp = cache.with_extension("partial");
         let _ = tokio::fs::remove_dir_all(&tmp).await;
         git(
-            &["clone", "--quiet", "--bare", "--", url, &tmp.to_string_lossy()],
+            &[
+                "clone",
+                "--quiet",
+                "--bare",
+                "--",
+                url,
+                &tmp.to_string_lossy(),
+            ],
             None,
             "clone",
             url,
@@ -116,11 +136,18 @@ async fn checkout(url: &str, git_ref: &str, work_dir: &Path, slot: &str) -> Resu
         Ok(c) => c,
         Err(first) => {
             // Not a branch or tag: maybe a commit or a ref like refs/pull/1/head.
-            if git(&["fetch", "--quiet", "origin", want], Some(&cache), "fetch", url)
-                .await
-                .is_ok()
+            if git(
+                &["fetch", "--quiet", "origin", want],
+                Some(&cache),
+                "fetch",
+                url,
+            )
+            .await
+            .is_ok()
             {
-                rev_parse(&cache, "FETCH_HEAD").await.map_err(|_| missing(first))?
+                rev_parse(&cache, "FETCH_HEAD")
+                    .await
+                    .map_err(|_| missing(first))?
             } else {
                 return Err(missing(first));
             }
@@ -130,13 +157,27 @@ async fn checkout(url: &str, git_ref: &str, work_dir: &Path, slot: &str) -> Resu
     let _ = tokio::fs::remove_dir_all(&ws).await;
     tokio::fs::create_dir_all(ws.parent().unwrap_or(work_dir)).await?;
     git(
-        &["clone", "--quiet", "--shared", "--no-checkout", "--", &cache.to_string_lossy(), &ws.to_string_lossy()],
+        &[
+            "clone",
+            "--quiet",
+            "--shared",
+            "--no-checkout",
+            "--",
+            &cache.to_string_lossy(),
+            &ws.to_string_lossy(),
+        ],
         None,
         "clone",
         url,
     )
     .await?;
-    git(&["checkout", "--quiet", "--detach", &commit], Some(&ws), "checkout", url).await?;
+    git(
+        &["checkout", "--quiet", "--detach", &commit],
+        Some(&ws),
+        "checkout",
+        url,
+    )
+    .await?;
     Ok(Workspace {
         dir: ws,
         owned: true,
@@ -158,7 +199,12 @@ async fn rev_parse(repo: &Path, r: &str) -> Result<String, String> {
     }
 }
 
-async fn git(args: &[&str], cwd: Option<&Path>, what: &'static str, url: &str) -> Result<(), SourceError> {
+async fn git(
+    args: &[&str],
+    cwd: Option<&Path>,
+    what: &'static str,
+    url: &str,
+) -> Result<(), SourceError> {
     let mut cmd = Command::new("git");
     cmd.args(args).env("GIT_TERMINAL_PROMPT", "0");
     if let Some(d) = cwd {
@@ -238,12 +284,23 @@ mod tests {
             })),
         };
         let ws = prepare(Some(&src("main")), &[], &work, "a").await.unwrap();
-        assert_eq!(std::fs::read_to_string(ws.dir.join("a.txt")).unwrap(), "two");
+        assert_eq!(
+            std::fs::read_to_string(ws.dir.join("a.txt")).unwrap(),
+            "two"
+        );
         let ws = prepare(Some(&src("v1")), &[], &work, "b").await.unwrap();
-        assert_eq!(std::fs::read_to_string(ws.dir.join("a.txt")).unwrap(), "one");
+        assert_eq!(
+            std::fs::read_to_string(ws.dir.join("a.txt")).unwrap(),
+            "one"
+        );
         let commit = ws.commit.clone().unwrap();
-        let ws = prepare(Some(&src(&commit[..12])), &[], &work, "c").await.unwrap();
-        assert_eq!(std::fs::read_to_string(ws.dir.join("a.txt")).unwrap(), "one");
+        let ws = prepare(Some(&src(&commit[..12])), &[], &work, "c")
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(ws.dir.join("a.txt")).unwrap(),
+            "one"
+        );
         ws.cleanup().await;
         let err = prepare(Some(&src("no-such-branch")), &[], &work, "d")
             .await
@@ -262,7 +319,9 @@ mod tests {
             kind: Some(source::Kind::Dir(d.to_string_lossy().into())),
         };
         let roots = vec![root.clone()];
-        assert!(prepare(Some(&dir(&inside)), &roots, &root, "x").await.is_ok());
+        assert!(prepare(Some(&dir(&inside)), &roots, &root, "x")
+            .await
+            .is_ok());
         let missing = prepare(Some(&dir(&root.join("nope"))), &roots, &root, "x").await;
         assert!(matches!(missing, Err(SourceError::NoSuchDir(_))));
         let outside = prepare(Some(&dir(Path::new("/usr"))), &roots, &root, "x").await;

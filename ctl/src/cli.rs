@@ -11,7 +11,12 @@ use std::path::PathBuf;
 #[command(name = "msctl", version)]
 pub struct Cli {
     /// Scheduler address (http://HOST:PORT or HOST:PORT).
-    #[arg(long, env = "MSFLEET_ADDR", default_value = "http://127.0.0.1:7070", global = true)]
+    #[arg(
+        long,
+        env = "MSFLEET_ADDR",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
     pub addr: String,
     #[command(subcommand)]
     pub command: Command,

@@ -25,9 +25,15 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
         Command::Watch { job, json } => watch(&mut client, &job, json).await,
         Command::Logs { job, follow } => logs(&mut client, &job, follow).await,
         Command::Show { job, json } => {
-            let j = client.get_job(pb::GetJobRequest { id: job }).await?.into_inner();
+            let j = client
+                .get_job(pb::GetJobRequest { id: job })
+                .await?
+                .into_inner();
             if json {
-                println!("{}", serde_json::to_string_pretty(&render::job_json(&j)).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&render::job_json(&j)).unwrap_or_default()
+                );
             } else {
                 print!("{}", render::job_text(&j));
             }
@@ -71,28 +77,44 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                     .collect();
                 print!(
                     "{}",
-                    render::table(&["ID", "STATE", "QUEUE", "PRIO", "AGENT", "TESTS", "NAME"], &rows)
+                    render::table(
+                        &["ID", "STATE", "QUEUE", "PRIO", "AGENT", "TESTS", "NAME"],
+                        &rows
+                    )
                 );
             }
             Ok(exit::OK)
         }
         Command::Cancel { job, wait, json } => {
-            let j = client.cancel_job(pb::CancelJobRequest { id: job.clone() }).await?.into_inner();
+            let j = client
+                .cancel_job(pb::CancelJobRequest { id: job.clone() })
+                .await?
+                .into_inner();
             let j = if wait && !j.state().is_terminal() {
                 follow(&mut client, &job, j.last_event_seq, |_| true).await?;
-                client.get_job(pb::GetJobRequest { id: job }).await?.into_inner()
+                client
+                    .get_job(pb::GetJobRequest { id: job })
+                    .await?
+                    .into_inner()
             } else {
                 j
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&render::job_json(&j)).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&render::job_json(&j)).unwrap_or_default()
+                );
             } else {
                 println!("job {}: {}{}", j.id, j.state().label(), reason(&j.reason));
             }
             Ok(exit::OK)
         }
         Command::Agents { json } => {
-            let agents = client.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
+            let agents = client
+                .list_agents(pb::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
             if json {
                 let v: Vec<_> = agents.iter().map(render::agent_json).collect();
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -101,8 +123,11 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                     .iter()
                     .map(|a| {
                         let caps = a.capabilities.clone().unwrap_or_default();
-                        let mut labels: Vec<String> =
-                            caps.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let mut labels: Vec<String> = caps
+                            .labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
                         labels.sort();
                         vec![
                             a.name.clone(),
@@ -119,7 +144,10 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                 print!(
                     "{}",
                     render::table(
-                        &["NAME", "ADMIN", "STATUS", "RUNNING", "GPUS", "NPUS", "PROFILE", "LABELS"],
+                        &[
+                            "NAME", "ADMIN", "STATUS", "RUNNING", "GPUS", "NPUS", "PROFILE",
+                            "LABELS"
+                        ],
                         &rows
                     )
                 );
@@ -143,7 +171,11 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
             Ok(exit::OK)
         }
         Command::Queues { json } => {
-            let queues = client.list_queues(pb::ListQueuesRequest {}).await?.into_inner().queues;
+            let queues = client
+                .list_queues(pb::ListQueuesRequest {})
+                .await?
+                .into_inner()
+                .queues;
             if json {
                 let v: Vec<_> = queues.iter().map(render::queue_json).collect();
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -159,7 +191,10 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                         ]
                     })
                     .collect();
-                print!("{}", render::table(&["QUEUE", "PENDING", "RUNNING", "AGING"], &rows));
+                print!(
+                    "{}",
+                    render::table(&["QUEUE", "PENDING", "RUNNING", "AGING"], &rows)
+                );
             }
             Ok(exit::OK)
         }
@@ -196,7 +231,8 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| CtlError::input(format!("cannot read {}: {e}", path.display())))?;
-            JobFile::parse(&text).map_err(|e| CtlError::input(format!("{}: {e}", path.display())))?
+            JobFile::parse(&text)
+                .map_err(|e| CtlError::input(format!("{}: {e}", path.display())))?
         }
         None => {
             if s.kind.is_none() {
@@ -212,10 +248,16 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     };
     if let Some(dir) = &s.dir {
         let abs = std::fs::canonicalize(dir).map_err(|e| {
-            CtlError::input(format!("--dir {}: {e}; give an existing directory", dir.display()))
+            CtlError::input(format!(
+                "--dir {}: {e}; give an existing directory",
+                dir.display()
+            ))
         })?;
         if !abs.is_dir() {
-            return Err(CtlError::input(format!("--dir {} is not a directory", dir.display())));
+            return Err(CtlError::input(format!(
+                "--dir {} is not a directory",
+                dir.display()
+            )));
         }
         f.source = SourceFile {
             dir: Some(abs.display().to_string()),
@@ -230,7 +272,9 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
         };
     }
     if f.source == SourceFile::default() {
-        return Err(CtlError::input("the job has no source: add --dir PATH or --git URL"));
+        return Err(CtlError::input(
+            "the job has no source: add --dir PATH or --git URL",
+        ));
     }
     if let Some(q) = &s.queue {
         f.queue = q.clone();
@@ -268,7 +312,9 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
 fn split_kv(kv: &str, flag: &str) -> Result<(String, String), CtlError> {
     match kv.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(CtlError::input(format!("{flag} '{kv}' must look like KEY=VALUE"))),
+        _ => Err(CtlError::input(format!(
+            "{flag} '{kv}' must look like KEY=VALUE"
+        ))),
     }
 }
 
@@ -280,7 +326,10 @@ async fn submit(client: &mut FleetClient<Channel>, s: Submit) -> Result<i32, Ctl
         .await?
         .into_inner();
     if s.json {
-        println!("{}", serde_json::to_string_pretty(&render::job_json(&job)).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&render::job_json(&job)).unwrap_or_default()
+        );
     } else if s.wait {
         eprintln!("submitted job {}", job.id);
     } else {
@@ -326,7 +375,13 @@ async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Resu
                     eprint!("\r\x1b[K");
                 }
                 if !json {
-                    let _ = writeln!(out, "job {} {}{}", job, s.state().label(), reason(&s.reason));
+                    let _ = writeln!(
+                        out,
+                        "job {} {}{}",
+                        job,
+                        s.state().label(),
+                        reason(&s.reason)
+                    );
                 }
                 if s.state().is_terminal() {
                     final_state = s.state();
@@ -339,7 +394,7 @@ async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Resu
                     if tty {
                         eprint!("\r\x1b[K");
                     }
-                    let when = if t.when == "call" || t.when.is_empty() {
+                    let when = if matches!(t.when.as_str(), "call" | "") || t.outcome == "skipped" {
                         String::new()
                     } else {
                         format!(" [{}]", t.when)
@@ -353,7 +408,15 @@ async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Resu
                         t.duration_s
                     );
                     if matches!(t.outcome.as_str(), "failed" | "error") {
-                        for line in t.longrepr.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev() {
+                        for line in t
+                            .longrepr
+                            .lines()
+                            .rev()
+                            .take(3)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                        {
                             let _ = writeln!(out, "         {line}");
                         }
                     }
@@ -376,7 +439,10 @@ async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Resu
     }
     if final_state == JobState::Unspecified {
         // The stream ended without a final state (should not happen); ask.
-        let j = client.get_job(pb::GetJobRequest { id: job.into() }).await?.into_inner();
+        let j = client
+            .get_job(pb::GetJobRequest { id: job.into() })
+            .await?
+            .into_inner();
         final_state = j.state();
         final_reason = j.reason;
     }
@@ -392,7 +458,11 @@ async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Resu
     Ok(exit_code(final_state))
 }
 
-async fn logs(client: &mut FleetClient<Channel>, job: &str, follow_on: bool) -> Result<i32, CtlError> {
+async fn logs(
+    client: &mut FleetClient<Channel>,
+    job: &str,
+    follow_on: bool,
+) -> Result<i32, CtlError> {
     let upto = if follow_on {
         u64::MAX
     } else {

@@ -49,7 +49,10 @@ pub async fn follow(
             Err(s) => Err(s),
         };
         let Err(status) = result else { continue };
-        let transient = matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal);
+        let transient = matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+        );
         if !transient {
             return Err(status.into());
         }

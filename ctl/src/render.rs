@@ -165,7 +165,10 @@ pub fn job_text(j: &Job) -> String {
             format!(" (agent {})", j.agent)
         }
     );
-    out += &format!("  tests:     {}\n", counts_line(&j.tests.unwrap_or_default()));
+    out += &format!(
+        "  tests:     {}\n",
+        counts_line(&j.tests.unwrap_or_default())
+    );
     for w in &j.warnings {
         out += &format!("  warning:   {w}\n");
     }

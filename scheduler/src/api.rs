@@ -37,14 +37,19 @@ impl Fleet for FleetService {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("SubmitRequest.spec is missing"))?;
-        let job = self.core.call(|reply| Command::Submit { spec, reply }).await?;
+        let job = self
+            .core
+            .call(|reply| Command::Submit { spec, reply })
+            .await?;
         Ok(Response::new(job))
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = req.into_inner().id;
         Ok(Response::new(
-            self.core.call(|reply| Command::GetJob { id, reply }).await?,
+            self.core
+                .call(|reply| Command::GetJob { id, reply })
+                .await?,
         ))
     }
 
@@ -53,7 +58,10 @@ impl Fleet for FleetService {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = req.into_inner();
-        let jobs = self.core.call(|reply| Command::ListJobs { req, reply }).await?;
+        let jobs = self
+            .core
+            .call(|reply| Command::ListJobs { req, reply })
+            .await?;
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
@@ -63,7 +71,9 @@ impl Fleet for FleetService {
     ) -> Result<Response<pb::Job>, Status> {
         let id = req.into_inner().id;
         Ok(Response::new(
-            self.core.call(|reply| Command::Cancel { id, reply }).await?,
+            self.core
+                .call(|reply| Command::Cancel { id, reply })
+                .await?,
         ))
     }
 
@@ -120,14 +130,19 @@ impl Fleet for FleetService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn list_agents(
         &self,
         _req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let agents = self.core.call(|reply| Command::ListAgents { reply }).await?;
+        let agents = self
+            .core
+            .call(|reply| Command::ListAgents { reply })
+            .await?;
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
 
@@ -150,7 +165,10 @@ impl Fleet for FleetService {
         &self,
         _req: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        let queues = self.core.call(|reply| Command::ListQueues { reply }).await?;
+        let queues = self
+            .core
+            .call(|reply| Command::ListQueues { reply })
+            .await?;
         Ok(Response::new(pb::ListQueuesResponse { queues }))
     }
 }
@@ -188,7 +206,11 @@ impl AgentLink for AgentLinkService {
                     "the first message of a session must be Register",
                 ))
             }
-            None => return Err(Status::cancelled("the agent closed the session before registering")),
+            None => {
+                return Err(Status::cancelled(
+                    "the agent closed the session before registering",
+                ))
+            }
         };
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();

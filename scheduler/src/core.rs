@@ -51,18 +51,54 @@ pub struct WatchHandle {
 
 /// Everything the core can be asked to do.
 pub enum Command {
-    Submit { spec: JobSpec, reply: Reply<Job> },
-    GetJob { id: String, reply: Reply<Job> },
-    ListJobs { req: pb::ListJobsRequest, reply: Reply<Vec<Job>> },
-    Cancel { id: String, reply: Reply<Job> },
-    Watch { id: String, reply: Reply<WatchHandle> },
-    ListAgents { reply: Reply<Vec<Agent>> },
-    SetAgentAdmin { name: String, admin: AgentAdmin, reply: Reply<Agent> },
-    ListQueues { reply: Reply<Vec<pb::Queue>> },
-    Register { session: u64, reg: pb::Register, tx: AgentTx, reply: Reply<()> },
-    Heartbeat { session: u64, hb: pb::Heartbeat },
-    Update { session: u64, update: pb::TaskUpdate },
-    Disconnected { session: u64 },
+    Submit {
+        spec: JobSpec,
+        reply: Reply<Job>,
+    },
+    GetJob {
+        id: String,
+        reply: Reply<Job>,
+    },
+    ListJobs {
+        req: pb::ListJobsRequest,
+        reply: Reply<Vec<Job>>,
+    },
+    Cancel {
+        id: String,
+        reply: Reply<Job>,
+    },
+    Watch {
+        id: String,
+        reply: Reply<WatchHandle>,
+    },
+    ListAgents {
+        reply: Reply<Vec<Agent>>,
+    },
+    SetAgentAdmin {
+        name: String,
+        admin: AgentAdmin,
+        reply: Reply<Agent>,
+    },
+    ListQueues {
+        reply: Reply<Vec<pb::Queue>>,
+    },
+    Register {
+        session: u64,
+        reg: pb::Register,
+        tx: AgentTx,
+        reply: Reply<()>,
+    },
+    Heartbeat {
+        session: u64,
+        hb: pb::Heartbeat,
+    },
+    Update {
+        session: u64,
+        update: pb::TaskUpdate,
+    },
+    Disconnected {
+        session: u64,
+    },
 }
 
 /// A cheap, cloneable way into the core thread.
@@ -160,7 +196,9 @@ impl Step {
             let _ = reply.send(if ok {
                 result
             } else {
-                Err(Status::unavailable("the scheduler could not make the change durable"))
+                Err(Status::unavailable(
+                    "the scheduler could not make the change durable",
+                ))
             });
         }));
     }
@@ -242,7 +280,9 @@ impl Core {
             );
         }
         for (id, att) in snap.attempts {
-            let Some(e) = core.jobs.get_mut(&id) else { continue };
+            let Some(e) = core.jobs.get_mut(&id) else {
+                continue;
+            };
             if e.job.state().is_terminal() {
                 continue;
             }
@@ -263,7 +303,10 @@ impl Core {
                 continue;
             }
             if !indexed.contains(&id) {
-                tracing::warn!(job = id, "queued job missing from the pending index; re-adding");
+                tracing::warn!(
+                    job = id,
+                    "queued job missing from the pending index; re-adding"
+                );
             }
             let spec = e.job.spec.clone().unwrap_or_default();
             core.pending.push(
@@ -329,7 +372,9 @@ impl Core {
 
     fn commit(&mut self, mut step: Step) {
         for id in std::mem::take(&mut step.touched) {
-            let Some(e) = self.jobs.get(&id) else { continue };
+            let Some(e) = self.jobs.get(&id) else {
+                continue;
+            };
             step.writes.put_job(id, &e.job);
             match &e.attempt {
                 Some(a) => step.writes.put_attempt(id, a),
@@ -477,7 +522,10 @@ impl Core {
             })?),
         };
         if !req.queue.is_empty() && !self.cfg.queues.contains_key(&req.queue) {
-            return Err(Status::invalid_argument(format!("unknown queue '{}'", req.queue)));
+            return Err(Status::invalid_argument(format!(
+                "unknown queue '{}'",
+                req.queue
+            )));
         }
         let mut labels = Vec::new();
         for l in &req.labels {
@@ -583,9 +631,11 @@ impl Core {
                             spec.requirements
                         )
                     });
-                } else if !self.agents.values().any(|a| {
-                    a.takes_work() && fits(&e.req, spec, &a.attrs, a.caps())
-                }) {
+                } else if !self
+                    .agents
+                    .values()
+                    .any(|a| a.takes_work() && fits(&e.req, spec, &a.attrs, a.caps()))
+                {
                     job.warnings.push(
                         "every matching agent is offline, drained or quarantined".to_string(),
                     );
@@ -637,7 +687,12 @@ impl Core {
         v
     }
 
-    fn set_admin(&mut self, name: &str, admin: AgentAdmin, step: &mut Step) -> Result<Agent, Status> {
+    fn set_admin(
+        &mut self,
+        name: &str,
+        admin: AgentAdmin,
+        step: &mut Step,
+    ) -> Result<Agent, Status> {
         if admin == AgentAdmin::Unspecified {
             return Err(Status::invalid_argument(
                 "say which state: active, drained or quarantined",
@@ -685,16 +740,19 @@ impl Core {
         let caps = reg.capabilities.clone().unwrap_or_default();
         let attrs = matching::attributes(&name, &caps);
         let now = now_ms();
-        let entry = self.agents.entry(name.clone()).or_insert_with(|| AgentEntry {
-            record: Agent {
-                name: name.clone(),
-                admin: AgentAdmin::Active as i32,
-                ..Default::default()
-            },
-            attrs: Attributes::default(),
-            session: None,
-            last_seen_ms: now,
-        });
+        let entry = self
+            .agents
+            .entry(name.clone())
+            .or_insert_with(|| AgentEntry {
+                record: Agent {
+                    name: name.clone(),
+                    admin: AgentAdmin::Active as i32,
+                    ..Default::default()
+                },
+                attrs: Attributes::default(),
+                session: None,
+                last_seen_ms: now,
+            });
         entry.record.capabilities = Some(caps);
         entry.attrs = attrs;
         entry.last_seen_ms = now;
@@ -776,7 +834,9 @@ impl Core {
     }
 
     fn heartbeat(&mut self, session: u64, hb: pb::Heartbeat, step: &mut Step) {
-        let Some((name, tx)) = self.session_agent(session) else { return };
+        let Some((name, tx)) = self.session_agent(session) else {
+            return;
+        };
         for r in hb.running {
             let task = r.task_id.parse::<u64>().unwrap_or(0);
             if let Err(e) = self.leases.check(task, &r, &name) {
@@ -794,7 +854,9 @@ impl Core {
     }
 
     fn disconnected(&mut self, session: u64) {
-        let Some(name) = self.sessions.remove(&session) else { return };
+        let Some(name) = self.sessions.remove(&session) else {
+            return;
+        };
         if let Some(a) = self.agents.get_mut(&name) {
             if a.session.as_ref().is_some_and(|s| s.id == session) {
                 a.session = None;
@@ -805,7 +867,9 @@ impl Core {
     }
 
     fn update(&mut self, session: u64, u: pb::TaskUpdate, step: &mut Step) {
-        let Some((name, tx)) = self.session_agent(session) else { return };
+        let Some((name, tx)) = self.session_agent(session) else {
+            return;
+        };
         let r = u.attempt.clone().unwrap_or_default();
         let reject = |step: &mut Step, message: String, abandon: bool| {
             step.send(
@@ -833,7 +897,13 @@ impl Core {
         if u.seq <= att.applied_seq {
             // A resend of something already durable: acknowledge again.
             let seq = att.applied_seq;
-            step.send(&tx, scheduler_message::Msg::Ack(pb::Ack { attempt: Some(r), seq }));
+            step.send(
+                &tx,
+                scheduler_message::Msg::Ack(pb::Ack {
+                    attempt: Some(r),
+                    seq,
+                }),
+            );
             return;
         }
         if u.seq != att.applied_seq + 1 {
@@ -870,7 +940,10 @@ impl Core {
                 }
             }
             Some(task_update::Kind::Test(t)) => {
-                e.job.tests.get_or_insert_with(Default::default).record(&t.outcome);
+                e.job
+                    .tests
+                    .get_or_insert_with(Default::default)
+                    .record(&t.outcome);
                 self.push_event(task, attempt, job_event::Kind::Test(t), step);
             }
             Some(task_update::Kind::Finished(f)) => self.finish(task, f, step),
@@ -904,12 +977,19 @@ impl Core {
     /// The attempt of `task` is gone (agent lost or restarted): retry or give up.
     fn lose(&mut self, task: u64, why: &str, step: &mut Step) {
         self.leases.release(task);
-        let Some(e) = self.jobs.get_mut(&task) else { return };
+        let Some(e) = self.jobs.get_mut(&task) else {
+            return;
+        };
         let Some(att) = e.attempt.take() else { return };
         let retries = e.job.spec.as_ref().and_then(|s| s.retries).unwrap_or(0);
         tracing::warn!(task, attempt = att.attempt, agent = %att.agent, why, "attempt lost");
         if att.cancel_requested {
-            self.set_state(task, JobState::Cancelled, &format!("cancelled ({why})"), step);
+            self.set_state(
+                task,
+                JobState::Cancelled,
+                &format!("cancelled ({why})"),
+                step,
+            );
         } else if e.job.attempts <= retries {
             let spec = e.job.spec.clone().unwrap_or_default();
             let submitted = e.job.submitted_at_ms;
@@ -1000,7 +1080,9 @@ impl Core {
         self.next_epoch += 1;
         step.writes.put_meta(NEXT_EPOCH, self.next_epoch);
         self.pending.remove(id);
-        let Some(e) = self.jobs.get_mut(&id) else { return };
+        let Some(e) = self.jobs.get_mut(&id) else {
+            return;
+        };
         e.job.attempts += 1;
         e.job.agent = agent.to_string();
         e.job.tests = Some(TestCounts::default());
@@ -1039,7 +1121,9 @@ impl Core {
     // ------------------------------------------------------------ events
 
     fn set_state(&mut self, id: u64, state: JobState, reason: &str, step: &mut Step) {
-        let Some(e) = self.jobs.get_mut(&id) else { return };
+        let Some(e) = self.jobs.get_mut(&id) else {
+            return;
+        };
         e.job.state = state as i32;
         e.job.reason = reason.to_string();
         if state.is_terminal() {
@@ -1064,7 +1148,9 @@ impl Core {
     }
 
     fn push_event(&mut self, id: u64, attempt: u32, kind: job_event::Kind, step: &mut Step) {
-        let Some(e) = self.jobs.get_mut(&id) else { return };
+        let Some(e) = self.jobs.get_mut(&id) else {
+            return;
+        };
         let done = matches!(&kind, job_event::Kind::State(s) if s.state().is_terminal());
         e.job.last_event_seq += 1;
         let seq = e.job.last_event_seq;

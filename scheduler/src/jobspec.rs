@@ -139,10 +139,22 @@ mod tests {
     fn bad_specs_are_refused_with_a_reason() {
         let cfg = Config::new("/tmp/x");
         let cases: Vec<(Box<dyn Fn(&mut JobSpec)>, &str)> = vec![
-            (Box::new(|s| s.queue = "nope".into()), "unknown queue 'nope'"),
-            (Box::new(|s| s.timeout_ms = Some(0)), "timeout must be positive"),
-            (Box::new(|s| s.timeout_ms = Some(-5)), "timeout must be positive"),
-            (Box::new(|s| s.requirements = "gpu.count >= ".into()), "bad requirement"),
+            (
+                Box::new(|s| s.queue = "nope".into()),
+                "unknown queue 'nope'",
+            ),
+            (
+                Box::new(|s| s.timeout_ms = Some(0)),
+                "timeout must be positive",
+            ),
+            (
+                Box::new(|s| s.timeout_ms = Some(-5)),
+                "timeout must be positive",
+            ),
+            (
+                Box::new(|s| s.requirements = "gpu.count >= ".into()),
+                "bad requirement",
+            ),
             (Box::new(|s| s.source = None), "no source"),
             (
                 Box::new(|s| {

@@ -48,7 +48,10 @@ impl LeaseTable {
     /// Records a new live attempt of `task`, replacing nothing: the caller must
     /// have released the previous one.
     pub fn grant(&mut self, task: u64, lease: Lease) {
-        debug_assert!(!self.by_task.contains_key(&task), "two live attempts of one task");
+        debug_assert!(
+            !self.by_task.contains_key(&task),
+            "two live attempts of one task"
+        );
         self.by_agent
             .entry(lease.agent.clone())
             .or_default()
@@ -133,12 +136,24 @@ mod tests {
             },
         );
         assert!(t.check(1, &r(2, 9), "a").is_ok());
-        assert!(matches!(t.check(1, &r(1, 4), "a"), Err(LeaseError::Stale { .. })));
-        assert!(matches!(t.check(1, &r(2, 9), "b"), Err(LeaseError::NotYours { .. })));
-        assert!(matches!(t.check(2, &r(2, 9), "a"), Err(LeaseError::NoLiveAttempt(_))));
+        assert!(matches!(
+            t.check(1, &r(1, 4), "a"),
+            Err(LeaseError::Stale { .. })
+        ));
+        assert!(matches!(
+            t.check(1, &r(2, 9), "b"),
+            Err(LeaseError::NotYours { .. })
+        ));
+        assert!(matches!(
+            t.check(2, &r(2, 9), "a"),
+            Err(LeaseError::NoLiveAttempt(_))
+        ));
         assert_eq!(t.held_by("a"), vec![1]);
         t.release(1);
         assert!(t.held_by("a").is_empty());
-        assert!(matches!(t.check(1, &r(2, 9), "a"), Err(LeaseError::NoLiveAttempt(_))));
+        assert!(matches!(
+            t.check(1, &r(2, 9), "a"),
+            Err(LeaseError::NoLiveAttempt(_))
+        ));
     }
 }

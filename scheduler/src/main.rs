@@ -58,7 +58,11 @@ async fn main() -> anyhow::Result<()> {
         *q = args.aging;
     }
     for q in &args.queues {
-        if q.is_empty() || !q.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if q.is_empty()
+            || !q
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             anyhow::bail!("bad queue name '{q}': use letters, digits, '-' and '_'");
         }
         cfg.queues.insert(q.clone(), args.aging);

@@ -199,7 +199,8 @@ impl Store {
         let mut snap = Snapshot::default();
         for item in self.db.scan_prefix([b'j']) {
             let (k, v) = item?;
-            snap.jobs.push(Job::decode(&*v).map_err(|e| corrupt(&k, e))?);
+            snap.jobs
+                .push(Job::decode(&*v).map_err(|e| corrupt(&k, e))?);
         }
         for item in self.db.scan_prefix([b'a']) {
             let (k, v) = item?;
@@ -212,7 +213,8 @@ impl Store {
         }
         for item in self.db.scan_prefix([b'g']) {
             let (k, v) = item?;
-            snap.agents.push(Agent::decode(&*v).map_err(|e| corrupt(&k, e))?);
+            snap.agents
+                .push(Agent::decode(&*v).map_err(|e| corrupt(&k, e))?);
         }
         for item in self.db.scan_prefix([b'm']) {
             let (k, v) = item?;

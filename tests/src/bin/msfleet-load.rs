@@ -1,0 +1,505 @@
+//! msfleet-load: a load generator for msched over the real protocols.
+//!
+//! It starts an `msched` (the binary next to this one) on a fresh data dir,
+//! connects N simulated agents over the real AgentLink protocol (each answers
+//! an assignment with Started + Finished(passed) task updates) and submits
+//! trivial jobs through the real Fleet API. Scenarios:
+//!
+//! - `throughput`: M jobs from C concurrent submitters as fast as possible;
+//!   jobs/s from first submit to the last Finished ack (acks are sent only
+//!   after the result is durable, so this is durable -> assigned -> durable).
+//! - `latency`: a fixed offered rate; submit -> assignment-received latency
+//!   (p50/p90/p99/max) measured with the submit time carried in a job label.
+//! - `idle`: N agents connected and heartbeating; scheduler RSS and CPU.
+//!
+//! Everything is bounded in count and time and talks to 127.0.0.1 only.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use msfleet_proto as pb;
+use msfleet_proto::agent_link_client::AgentLinkClient;
+use msfleet_proto::fleet_client::FleetClient;
+use msfleet_proto::{agent_message, scheduler_message, task_update};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Mutex};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser, Debug)]
+#[command(name = "msfleet-load")]
+struct Args {
+    /// throughput, latency, idle or all.
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// Simulated agents for throughput/latency.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Jobs for the throughput scenario.
+    #[arg(long, default_value_t = 20_000)]
+    jobs: usize,
+    /// Concurrent submitters for the throughput scenario.
+    #[arg(long, default_value_t = 64)]
+    submitters: usize,
+    /// Offered rate (jobs/s) for the latency scenario.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of offered load in the latency scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Agents for the idle scenario.
+    #[arg(long, default_value_t = 1000)]
+    idle_agents: usize,
+    /// Seconds the idle scenario measures over.
+    #[arg(long, default_value_t = 20)]
+    idle_seconds: u64,
+    /// Heartbeat interval given to msched.
+    #[arg(long, default_value = "5s")]
+    heartbeat: String,
+    /// Use this msched binary (default: next to msfleet-load).
+    #[arg(long)]
+    msched: Option<PathBuf>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A spawned scheduler with its own data dir.
+struct Sched {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Sched {
+    fn start(bin: &PathBuf, heartbeat: &str) -> Result<Sched> {
+        let dir = tempfile::tempdir()?;
+        let ready = dir.path().join("addr");
+        let child = Command::new(bin)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--heartbeat-interval", heartbeat, "--lease-timeout", "60s"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&ready) {
+                return Ok(Sched {
+                    child,
+                    addr: format!("http://{a}"),
+                    _dir: dir,
+                });
+            }
+            if Instant::now() > deadline {
+                bail!("msched did not become ready");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (RSS bytes, CPU seconds user+sys) from /proc.
+    fn usage(&self) -> (u64, f64) {
+        let pid = self.pid();
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        let ticks = 100.0; // USER_HZ on Linux
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = after.split_whitespace().collect();
+                let ut: f64 = f.get(11)?.parse().ok()?;
+                let st: f64 = f.get(12)?.parse().ok()?;
+                Some((ut + st) / ticks)
+            })
+            .unwrap_or(0.0);
+        (rss, cpu)
+    }
+}
+
+impl Drop for Sched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the simulated agents observed.
+#[derive(Default)]
+struct Observed {
+    finished: AtomicU64,
+    assigned: AtomicU64,
+    last_finish_ns: AtomicU64,
+    latency: Mutex<Option<Histogram<u64>>>,
+}
+
+async fn channel(addr: &str) -> Result<Channel> {
+    Ok(Endpoint::from_shared(addr.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
+/// One simulated agent on `ch`: registers, heartbeats, runs every assignment instantly.
+async fn sim_agent(
+    ch: Channel,
+    name: String,
+    obs: Arc<Observed>,
+    stop: Arc<tokio::sync::Notify>,
+) -> Result<()> {
+    let mut client = AgentLinkClient::new(ch);
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+    tx.send(pb::AgentMessage {
+        msg: Some(agent_message::Msg::Register(pb::Register {
+            name: name.clone(),
+            instance_id: format!("{name}-{}", now_ns()),
+            capabilities: Some(pb::Capabilities {
+                slots: 1,
+                profile: "sim".into(),
+                labels: [("pool".to_string(), "load".to_string())].into(),
+                ..Default::default()
+            }),
+            resume: vec![],
+        })),
+    })
+    .await?;
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let mut hb_every = Duration::from_secs(5);
+    let mut heartbeat = tokio::time::interval(hb_every);
+    loop {
+        tokio::select! {
+            _ = stop.notified() => return Ok(()),
+            _ = heartbeat.tick() => {
+                tx.send(pb::AgentMessage { msg: Some(agent_message::Msg::Heartbeat(pb::Heartbeat { running: vec![] })) }).await?;
+            }
+            msg = inbound.message() => {
+                let Some(msg) = msg? else { return Ok(()) };
+                match msg.msg {
+                    Some(scheduler_message::Msg::Registered(r)) => {
+                        let every = Duration::from_millis(r.heartbeat_interval_ms.max(100));
+                        if every != hb_every {
+                            hb_every = every;
+                            heartbeat = tokio::time::interval(hb_every);
+                        }
+                    }
+                    Some(scheduler_message::Msg::Assign(a)) => {
+                        obs.assigned.fetch_add(1, Ordering::Relaxed);
+                        if let Some(t0) = a.spec.as_ref().and_then(|s| s.labels.get("t0")).and_then(|v| v.parse::<u64>().ok()) {
+                            let us = now_ns().saturating_sub(t0) / 1000;
+                            if let Some(h) = obs.latency.lock().await.as_mut() {
+                                let _ = h.record(us.max(1));
+                            }
+                        }
+                        let r = a.attempt.clone();
+                        for (seq, kind) in [
+                            (1, task_update::Kind::Started(pb::Started {})),
+                            (2, task_update::Kind::Finished(pb::Finished { outcome: pb::Outcome::Passed as i32, reason: String::new(), exit_code: 0 })),
+                        ] {
+                            tx.send(pb::AgentMessage { msg: Some(agent_message::Msg::Update(pb::TaskUpdate { attempt: r.clone(), seq, kind: Some(kind) })) }).await?;
+                        }
+                    }
+                    Some(scheduler_message::Msg::Ack(ack)) if ack.seq >= 2 => {
+                        obs.finished.fetch_add(1, Ordering::Relaxed);
+                        obs.last_finish_ns.store(now_ns(), Ordering::Relaxed);
+                    }
+                    Some(scheduler_message::Msg::Reject(r)) => {
+                        eprintln!("{name}: rejected: {}", r.message);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Connects `n` agents, 50 per HTTP/2 connection.
+async fn fleet(
+    addr: &str,
+    n: usize,
+    prefix: &str,
+    obs: Arc<Observed>,
+    stop: Arc<tokio::sync::Notify>,
+) -> Result<()> {
+    let mut ch = channel(addr).await?;
+    for i in 0..n {
+        if i % 50 == 0 && i > 0 {
+            ch = channel(addr).await?;
+        }
+        let (c, o, s) = (ch.clone(), obs.clone(), stop.clone());
+        let name = format!("{prefix}-{i:05}");
+        tokio::spawn(async move {
+            if let Err(e) = sim_agent(c, name.clone(), o, s).await {
+                eprintln!("{name}: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn wait_agents(client: &mut FleetClient<Channel>, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let agents = client
+            .list_agents(pb::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
+        if agents.iter().filter(|a| a.connected).count() >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {n} agents connected", agents.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn spec(t0: Option<u64>) -> pb::JobSpec {
+    let mut labels = std::collections::HashMap::new();
+    if let Some(t) = t0 {
+        labels.insert("t0".to_string(), t.to_string());
+    }
+    pb::JobSpec {
+        kind: "pytest".into(),
+        source: Some(pb::Source {
+            kind: Some(pb::source::Kind::Git(pb::GitSource {
+                url: "https://example.invalid/load.git".into(),
+                r#ref: "main".into(),
+            })),
+        }),
+        requirements: "label.pool==\"load\"".into(),
+        labels,
+        ..Default::default()
+    }
+}
+
+async fn throughput(args: &Args, bin: &PathBuf) -> Result<()> {
+    let sched = Sched::start(bin, &args.heartbeat)?;
+    let obs = Arc::new(Observed::default());
+    let stop = Arc::new(tokio::sync::Notify::new());
+    fleet(&sched.addr, args.agents, "tp", obs.clone(), stop.clone()).await?;
+    let ch = channel(&sched.addr).await?;
+    let mut fc = FleetClient::new(ch.clone());
+    wait_agents(&mut fc, args.agents).await?;
+    let (_, cpu0) = sched.usage();
+    let start = Instant::now();
+    let start_ns = now_ns();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut submit_lat = Histogram::<u64>::new(3)?;
+    let mut handles = Vec::new();
+    for _ in 0..args.submitters {
+        let mut c = FleetClient::new(ch.clone());
+        let next = next.clone();
+        let total = args.jobs as u64;
+        handles.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let t = Instant::now();
+                c.submit(pb::SubmitRequest {
+                    spec: Some(spec(None)),
+                })
+                .await?;
+                let _ = h.record((t.elapsed().as_micros() as u64).max(1));
+            }
+            Ok::<_, tonic::Status>(h)
+        }));
+    }
+    for h in handles {
+        submit_lat.add(h.await??)?;
+    }
+    let submitted_in = start.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while obs.finished.load(Ordering::Relaxed) < args.jobs as u64 {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {} jobs finished",
+                obs.finished.load(Ordering::Relaxed),
+                args.jobs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed_s = (obs.last_finish_ns.load(Ordering::Relaxed) - start_ns) as f64 / 1e9;
+    let (rss, cpu1) = sched.usage();
+    stop.notify_waiters();
+    println!(
+        "== throughput: {} jobs, {} simulated agents, {} submitters",
+        args.jobs, args.agents, args.submitters
+    );
+    println!(
+        "  submits acknowledged (durable) in {:.2}s: {:.0} submits/s",
+        submitted_in.as_secs_f64(),
+        args.jobs as f64 / submitted_in.as_secs_f64()
+    );
+    println!(
+        "  submit RPC latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        submit_lat.value_at_quantile(0.5) as f64 / 1000.0,
+        submit_lat.value_at_quantile(0.99) as f64 / 1000.0,
+        submit_lat.max() as f64 / 1000.0
+    );
+    println!(
+        "  end to end (submit -> assigned -> finished durable): {elapsed_s:.2}s = {:.0} jobs/s",
+        args.jobs as f64 / elapsed_s
+    );
+    println!(
+        "  msched: RSS {:.1} MiB, CPU {:.2}s over {:.2}s ({:.0}% of one core)",
+        rss as f64 / 1048576.0,
+        cpu1 - cpu0,
+        elapsed_s,
+        100.0 * (cpu1 - cpu0) / elapsed_s
+    );
+    Ok(())
+}
+
+async fn latency(args: &Args, bin: &PathBuf) -> Result<()> {
+    let sched = Sched::start(bin, &args.heartbeat)?;
+    let obs = Arc::new(Observed::default());
+    *obs.latency.lock().await = Some(Histogram::new(3)?);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    fleet(&sched.addr, args.agents, "lat", obs.clone(), stop.clone()).await?;
+    let ch = channel(&sched.addr).await?;
+    let mut fc = FleetClient::new(ch.clone());
+    wait_agents(&mut fc, args.agents).await?;
+    let total = args.rate * args.seconds;
+    let period = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut inflight = Vec::with_capacity(total as usize);
+    let start = Instant::now();
+    for _ in 0..total {
+        tick.tick().await;
+        let mut c = FleetClient::new(ch.clone());
+        inflight.push(tokio::spawn(async move {
+            c.submit(pb::SubmitRequest {
+                spec: Some(spec(Some(now_ns()))),
+            })
+            .await
+            .map(|_| ())
+        }));
+    }
+    let offered_s = start.elapsed().as_secs_f64();
+    for h in inflight {
+        h.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while obs.finished.load(Ordering::Relaxed) < total {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {total} jobs finished",
+                obs.finished.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.notify_waiters();
+    let h = obs
+        .latency
+        .lock()
+        .await
+        .take()
+        .unwrap_or_else(|| Histogram::new(3).expect("histogram"));
+    println!(
+        "== latency: {total} jobs offered at {} jobs/s over {offered_s:.1}s, {} simulated agents",
+        args.rate, args.agents
+    );
+    println!(
+        "  submit -> assignment received: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (n={})",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.9) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    Ok(())
+}
+
+async fn idle(args: &Args, bin: &PathBuf) -> Result<()> {
+    let sched = Sched::start(bin, &args.heartbeat)?;
+    let (rss0, _) = sched.usage();
+    let obs = Arc::new(Observed::default());
+    let stop = Arc::new(tokio::sync::Notify::new());
+    fleet(&sched.addr, args.idle_agents, "idle", obs, stop.clone()).await?;
+    let mut fc = FleetClient::new(channel(&sched.addr).await?);
+    wait_agents(&mut fc, args.idle_agents).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, cpu0) = sched.usage();
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let (rss, cpu1) = sched.usage();
+    let secs = t.elapsed().as_secs_f64();
+    stop.notify_waiters();
+    println!(
+        "== idle: {} simulated agents connected, heartbeat every {}",
+        args.idle_agents, args.heartbeat
+    );
+    println!(
+        "  msched RSS {:.1} MiB (empty: {:.1} MiB), CPU {:.1}% of one core over {secs:.0}s",
+        rss as f64 / 1048576.0,
+        rss0 as f64 / 1048576.0,
+        100.0 * (cpu1 - cpu0) / secs
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let bin = match &args.msched {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent dir")?
+            .join("msched"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release --bins) or pass --msched",
+            bin.display()
+        );
+    }
+    let all = args.scenario == "all";
+    let mut ran = false;
+    if all || args.scenario == "throughput" {
+        throughput(&args, &bin).await?;
+        ran = true;
+    }
+    if all || args.scenario == "latency" {
+        latency(&args, &bin).await?;
+        ran = true;
+    }
+    if all || args.scenario == "idle" {
+        idle(&args, &bin).await?;
+        ran = true;
+    }
+    if !ran {
+        bail!(
+            "unknown scenario '{}': use throughput, latency, idle or all",
+            args.scenario
+        );
+    }
+    Ok(())
+}
