@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Submit a job (flags, or -f job.toml).
-    Submit(Submit),
+    Submit(Box<Submit>),
     /// Follow a job live: one line per finished test, progress, a final summary.
     Watch {
         job: String,

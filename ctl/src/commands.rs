@@ -21,7 +21,7 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
     }
     let mut client = connect(&cli.addr).await?;
     match cli.command {
-        Command::Submit(s) => submit(&mut client, s).await,
+        Command::Submit(s) => submit(&mut client, *s).await,
         Command::Watch { job, json } => watch(&mut client, &job, json).await,
         Command::Logs { job, follow } => logs(&mut client, &job, follow).await,
         Command::Show { job, json } => {

@@ -138,7 +138,8 @@ mod tests {
     #[test]
     fn bad_specs_are_refused_with_a_reason() {
         let cfg = Config::new("/tmp/x");
-        let cases: Vec<(Box<dyn Fn(&mut JobSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|s| s.queue = "nope".into()),
                 "unknown queue 'nope'",
