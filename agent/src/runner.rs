@@ -207,6 +207,15 @@ async fn run_pytest(
         }
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    // Recorded so that an agent restarted after a crash can kill what is left.
+    let pgid_file = run_dir.join(format!("{slot}.pgid"));
+    if let Some(pg) = pgid {
+        tokio::fs::write(
+            &pgid_file,
+            format!("{}\n{}\n", pg.as_raw(), sock_path.display()),
+        )
+        .await?;
+    }
     let errors = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -265,6 +274,7 @@ async fn run_pytest(
         results.abort();
     }
     let _ = tokio::fs::remove_file(&sock_path).await;
+    let _ = tokio::fs::remove_file(&pgid_file).await;
 
     let code = status.code().unwrap_or(-1);
     Ok(match stopped {
@@ -380,5 +390,94 @@ async fn pump_results(
             longrepr: msg.longrepr,
             markers: msg.markers,
         }));
+    }
+}
+
+/// Kills the process groups of test runs that a previous agent process left
+/// behind (it was killed before it could stop them). A group is killed only
+/// when it is certainly ours: its leader is gone (a live group keeps its id
+/// from being reused) or the leader still carries our result-socket path.
+pub fn reap_orphans(work_dir: &Path) -> usize {
+    let run_dir = work_dir.join("run");
+    let Ok(entries) = std::fs::read_dir(&run_dir) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pgid") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut lines = text.lines();
+        let pgid = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
+        let sock = lines.next().unwrap_or("").to_string();
+        if let Some(pg) = pgid.filter(|p| *p > 1) {
+            let leader = Path::new("/proc").join(pg.to_string());
+            let ours = if leader.exists() {
+                let marker = format!("MSFLEET_RESULT_SOCKET={sock}");
+                std::fs::read(leader.join("environ"))
+                    .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+                    .unwrap_or(false)
+            } else {
+                true
+            };
+            if ours && killpg(Pid::from_raw(pg), Signal::SIGKILL).is_ok() {
+                tracing::warn!(
+                    pgid = pg,
+                    "killed a test process group left by a previous agent"
+                );
+                killed += 1;
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(sock);
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    fn spawn_group(marker: Option<&str>) -> std::process::Child {
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("300").process_group(0);
+        if let Some(m) = marker {
+            cmd.env("MSFLEET_RESULT_SOCKET", m);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    fn alive(child: &mut std::process::Child) -> bool {
+        std::thread::sleep(Duration::from_millis(100));
+        child.try_wait().unwrap().is_none()
+    }
+
+    #[test]
+    fn reaps_only_groups_that_carry_our_marker() {
+        let work = tempfile::tempdir().unwrap();
+        let run = work.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let sock = run.join("7-1.sock");
+        let mut ours = spawn_group(Some(&sock.display().to_string()));
+        let mut stranger = spawn_group(None);
+        std::fs::write(
+            run.join("7-1.pgid"),
+            format!("{}\n{}\n", ours.id(), sock.display()),
+        )
+        .unwrap();
+        std::fs::write(
+            run.join("8-1.pgid"),
+            format!("{}\n{}\n", stranger.id(), run.join("8-1.sock").display()),
+        )
+        .unwrap();
+        assert_eq!(reap_orphans(work.path()), 1);
+        assert!(!alive(&mut ours), "our orphaned group must be killed");
+        assert!(alive(&mut stranger), "a reused pid must not be killed");
+        assert!(!run.join("7-1.pgid").exists());
+        stranger.kill().unwrap();
+        let _ = stranger.wait();
     }
 }
