@@ -65,6 +65,9 @@ struct Args {
     msched: Option<PathBuf>,
 }
 
+/// Set once a scenario is over: agent streams breaking after that are expected.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -143,6 +146,7 @@ impl Sched {
 
 impl Drop for Sched {
     fn drop(&mut self) {
+        STOPPING.store(true, Ordering::Relaxed);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -253,7 +257,9 @@ async fn fleet(
         let name = format!("{prefix}-{i:05}");
         tokio::spawn(async move {
             if let Err(e) = sim_agent(c, name.clone(), o, s).await {
-                eprintln!("{name}: {e}");
+                if !STOPPING.load(Ordering::Relaxed) {
+                    eprintln!("{name}: {e}");
+                }
             }
         });
     }
