@@ -83,6 +83,7 @@ struct Sched {
 
 impl Sched {
     fn start(bin: &PathBuf, heartbeat: &str) -> Result<Sched> {
+        STOPPING.store(false, Ordering::Relaxed);
         let dir = tempfile::tempdir()?;
         let ready = dir.path().join("addr");
         let child = Command::new(bin)
