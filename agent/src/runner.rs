@@ -166,10 +166,15 @@ async fn run_pytest(
     let _ = tokio::fs::remove_file(&sock_path).await;
     let listener = UnixListener::bind(&sock_path)?;
 
+    // The plugin first, then the job's own PYTHONPATH (or else the agent's).
     let mut pythonpath = std::ffi::OsString::from(plugin_dir.as_os_str());
-    if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+    let inherited = match a.spec.env.get("PYTHONPATH") {
+        Some(p) => Some(std::ffi::OsString::from(p)),
+        None => std::env::var_os("PYTHONPATH"),
+    };
+    if let Some(rest) = inherited.filter(|p| !p.is_empty()) {
         pythonpath.push(":");
-        pythonpath.push(old);
+        pythonpath.push(rest);
     }
     let mut cmd = Command::new(&cfg.python);
     cmd.arg("-m")
@@ -285,7 +290,9 @@ async fn run_pytest(
         ),
         Some(Ok(StopReason::Cancelled(why))) => finished(Outcome::Cancelled, why, code),
         Some(Ok(StopReason::Abandoned)) => None,
-        Some(Ok(StopReason::Shutdown)) => finished(Outcome::Error, "the agent shut down", code),
+        Some(Ok(StopReason::Shutdown)) => {
+            finished(Outcome::Requeue, "the agent is shutting down", code)
+        }
         None => classify(status, errors.load(Ordering::Relaxed)),
     })
 }

@@ -48,6 +48,30 @@ struct Attempt {
     finished_seq: Option<u64>,
 }
 
+impl Attempt {
+    /// The scheduler refused update `seq` for its content and left the number
+    /// free. If it is the oldest unacknowledged update, drop it and renumber
+    /// the later ones (none of which can have been applied: the scheduler
+    /// applies updates gap-free); they are returned to be sent again. Later
+    /// out-of-order refusals of the old numbers no longer match and are ignored.
+    fn drop_refused(&mut self, seq: u64) -> Vec<TaskUpdate> {
+        if self.unacked.front().map(|u| u.seq) != Some(seq) {
+            return Vec::new();
+        }
+        self.unacked.pop_front();
+        let mut next = seq;
+        for u in self.unacked.iter_mut() {
+            if matches!(u.kind, Some(task_update::Kind::Finished(_))) {
+                self.finished_seq = Some(next);
+            }
+            u.seq = next;
+            next += 1;
+        }
+        self.next_seq = next;
+        self.unacked.iter().cloned().collect()
+    }
+}
+
 /// The agent process's state across connections.
 pub struct Session {
     cfg: Arc<AgentConfig>,
@@ -213,7 +237,13 @@ impl Session {
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => {
-                        if let Some(m) = m.msg { self.on_message(m); }
+                        if let Some(m) = m.msg {
+                            for u in self.on_message(m) {
+                                if out.send(update_msg(u)).await.is_err() {
+                                    return Disconnect::Retry("the session closed".into());
+                                }
+                            }
+                        }
                     }
                     Ok(None) => return Disconnect::Retry("the scheduler closed the session".into()),
                     Err(s) => return Disconnect::Retry(format!("session error: {s}")),
@@ -259,14 +289,17 @@ impl Session {
         Some(u)
     }
 
-    fn on_message(&mut self, m: scheduler_message::Msg) {
+    /// Handles one scheduler message; returns updates to (re)send.
+    fn on_message(&mut self, m: scheduler_message::Msg) -> Vec<TaskUpdate> {
         match m {
             scheduler_message::Msg::Assign(asg) => self.start(asg),
             scheduler_message::Msg::Ack(ack) => {
-                let Some(r) = ack.attempt else { return };
+                let Some(r) = ack.attempt else {
+                    return Vec::new();
+                };
                 let key = (r.task_id, r.attempt);
                 let Some(a) = self.attempts.get_mut(&key) else {
-                    return;
+                    return Vec::new();
                 };
                 while a.unacked.front().is_some_and(|u| u.seq <= ack.seq) {
                     a.unacked.pop_front();
@@ -276,22 +309,31 @@ impl Session {
                 }
             }
             scheduler_message::Msg::Cancel(c) => {
-                let Some(r) = c.attempt else { return };
+                let Some(r) = c.attempt else {
+                    return Vec::new();
+                };
                 if let Some(a) = self.attempts.get(&(r.task_id.clone(), r.attempt)) {
                     tracing::info!(task = %r.task_id, reason = %c.reason, "cancelling");
                     let _ = a.stop.send(Some(StopReason::Cancelled(c.reason)));
                 }
             }
             scheduler_message::Msg::Reject(rej) => {
-                let Some(r) = rej.attempt else { return };
+                let Some(r) = rej.attempt else {
+                    return Vec::new();
+                };
+                let key = (r.task_id.clone(), r.attempt);
                 if rej.abandon {
-                    self.abandon(&(r.task_id.clone(), r.attempt), &rej.message);
-                } else {
-                    tracing::warn!(task = %r.task_id, seq = rej.seq, message = %rej.message, "the scheduler refused an update");
+                    self.abandon(&key, &rej.message);
+                    return Vec::new();
+                }
+                tracing::warn!(task = %r.task_id, seq = rej.seq, message = %rej.message, "the scheduler refused an update");
+                if let Some(a) = self.attempts.get_mut(&key) {
+                    return a.drop_refused(rej.seq);
                 }
             }
             scheduler_message::Msg::Registered(_) => {}
         }
+        Vec::new()
     }
 
     fn abandon(&mut self, key: &AttemptKey, why: &str) {
@@ -308,7 +350,7 @@ impl Session {
             return;
         }
         if self.shutting_down {
-            // Report it as an infrastructure error so it is retried elsewhere.
+            // Give it straight back so that it runs elsewhere.
             let (stop, _) = watch::channel(None);
             self.attempts.insert(
                 key.clone(),
@@ -323,7 +365,7 @@ impl Session {
             let _ = self.updates_tx.send((
                 key,
                 task_update::Kind::Finished(msfleet_proto::Finished {
-                    outcome: msfleet_proto::Outcome::Error as i32,
+                    outcome: msfleet_proto::Outcome::Requeue as i32,
                     reason: "the agent is shutting down".into(),
                     exit_code: -1,
                 }),
@@ -356,5 +398,61 @@ impl Session {
 fn update_msg(u: TaskUpdate) -> AgentMessage {
     AgentMessage {
         msg: Some(agent_message::Msg::Update(u)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msfleet_proto::LogChunk;
+
+    fn attempt_with(n: u64) -> Attempt {
+        let (stop, _) = watch::channel(None);
+        let r = AttemptRef {
+            task_id: "1".into(),
+            attempt: 1,
+            epoch: 1,
+        };
+        let mut a = Attempt {
+            r: r.clone(),
+            next_seq: 1,
+            unacked: VecDeque::new(),
+            stop,
+            finished_seq: None,
+        };
+        for i in 1..=n {
+            let kind = if i == n {
+                task_update::Kind::Finished(msfleet_proto::Finished::default())
+            } else {
+                task_update::Kind::Log(LogChunk {
+                    stream: "stdout".into(),
+                    data: vec![b'x'; i as usize],
+                })
+            };
+            a.unacked.push_back(TaskUpdate {
+                attempt: Some(r.clone()),
+                seq: i,
+                kind: Some(kind),
+            });
+            a.next_seq = i + 1;
+        }
+        a.finished_seq = Some(n);
+        a
+    }
+
+    #[test]
+    fn a_refused_oldest_update_is_dropped_and_the_rest_renumbered() {
+        let mut a = attempt_with(4);
+        let resend = a.drop_refused(1);
+        assert_eq!(
+            resend.iter().map(|u| u.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(a.next_seq, 4);
+        assert_eq!(a.finished_seq, Some(3));
+        // The refusals of the old numbers 2..4 (out of order) that follow change nothing.
+        assert!(a.drop_refused(2).is_empty());
+        assert!(a.drop_refused(3).is_empty());
+        assert_eq!(a.unacked.len(), 3);
     }
 }

@@ -24,8 +24,20 @@ fn main() {
                 for i in 0..per {
                     let id = (w as u64) << 32 | i;
                     let mut ws = WriteSet::default();
-                    ws.put_job(id, &Job { id: id.to_string(), ..Default::default() });
-                    ws.put_event(id, &JobEvent { seq: 1, ..Default::default() });
+                    ws.put_job(
+                        id,
+                        &Job {
+                            id: id.to_string(),
+                            ..Default::default()
+                        },
+                    );
+                    ws.put_event(
+                        id,
+                        &JobEvent {
+                            seq: 1,
+                            ..Default::default()
+                        },
+                    );
                     let t = Instant::now();
                     store.apply(ws).expect("apply");
                     let (tx, rx) = mpsc::channel();
@@ -39,7 +51,10 @@ fn main() {
             })
         })
         .collect();
-    let mut lat: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect();
+    let mut lat: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap_or_default())
+        .collect();
     let secs = start.elapsed().as_secs_f64();
     lat.sort_unstable();
     let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;

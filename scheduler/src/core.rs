@@ -154,6 +154,8 @@ struct Session {
     id: u64,
     instance: String,
     tx: AgentTx,
+    /// The agent gave work back because it is shutting down: send it no more.
+    leaving: bool,
 }
 
 struct AgentEntry {
@@ -177,7 +179,8 @@ impl AgentEntry {
     }
 
     fn takes_work(&self) -> bool {
-        self.session.is_some() && self.record.admin() == AgentAdmin::Active
+        self.session.as_ref().is_some_and(|s| !s.leaving)
+            && self.record.admin() == AgentAdmin::Active
     }
 }
 
@@ -760,6 +763,7 @@ impl Core {
             id: session,
             instance: reg.instance_id.clone(),
             tx: tx.clone(),
+            leaving: false,
         });
         step.writes.put_agent(&entry.record);
         self.sessions.insert(session, name.clone());
@@ -914,6 +918,19 @@ impl Core {
                 false,
             );
         }
+        // Refuse bad content before anything changes: the sequence number stays free.
+        match &u.kind {
+            None => return reject(step, "empty task update".into(), false),
+            Some(task_update::Kind::Log(chunk)) if chunk.data.len() > pb::MAX_LOG_CHUNK => {
+                let message = format!(
+                    "log chunk of {} bytes is over the {} byte limit; split it",
+                    chunk.data.len(),
+                    pb::MAX_LOG_CHUNK
+                );
+                return reject(step, message, false);
+            }
+            Some(_) => {}
+        }
         att.applied_seq = u.seq;
         let attempt = att.attempt;
         step.touched.insert(task);
@@ -925,19 +942,7 @@ impl Core {
                 }
             }
             Some(task_update::Kind::Log(chunk)) => {
-                if chunk.data.len() > pb::MAX_LOG_CHUNK {
-                    reject(
-                        step,
-                        format!(
-                            "log chunk of {} bytes is over the {} byte limit; split it",
-                            chunk.data.len(),
-                            pb::MAX_LOG_CHUNK
-                        ),
-                        false,
-                    );
-                } else {
-                    self.push_event(task, attempt, job_event::Kind::Log(chunk), step);
-                }
+                self.push_event(task, attempt, job_event::Kind::Log(chunk), step);
             }
             Some(task_update::Kind::Test(t)) => {
                 e.job
@@ -947,7 +952,7 @@ impl Core {
                 self.push_event(task, attempt, job_event::Kind::Test(t), step);
             }
             Some(task_update::Kind::Finished(f)) => self.finish(task, f, step),
-            None => reject(step, "empty task update".into(), false),
+            None => {}
         }
         step.send(
             &tx,
@@ -959,12 +964,25 @@ impl Core {
     }
 
     fn finish(&mut self, task: u64, f: pb::Finished, step: &mut Step) {
+        if f.outcome() == Outcome::Requeue {
+            let agent = self
+                .leases
+                .get(task)
+                .map(|l| l.agent.clone())
+                .unwrap_or_default();
+            if let Some(s) = self.agents.get_mut(&agent).and_then(|a| a.session.as_mut()) {
+                s.leaving = true;
+            }
+            let why = format!("agent {agent} gave it up: {}", f.reason);
+            self.lose(task, &why, step);
+            return;
+        }
         let state = match f.outcome() {
             Outcome::Passed => JobState::Passed,
             Outcome::Failed => JobState::Failed,
             Outcome::Cancelled => JobState::Cancelled,
             Outcome::TimedOut => JobState::TimedOut,
-            Outcome::Error | Outcome::Unspecified => JobState::Error,
+            Outcome::Error | Outcome::Unspecified | Outcome::Requeue => JobState::Error,
         };
         self.leases.release(task);
         if let Some(e) = self.jobs.get_mut(&task) {

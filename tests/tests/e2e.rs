@@ -40,11 +40,13 @@ fn final_line_counts(line: &str) -> BTreeMap<String, u64> {
 }
 
 fn counts_of(j: &Value) -> BTreeMap<String, u64> {
-    ["passed", "failed", "skipped", "xfailed", "xpassed", "errors"]
-        .iter()
-        .map(|k| (k.to_string(), count(j, k)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
+    [
+        "passed", "failed", "skipped", "xfailed", "xpassed", "errors",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), count(j, k)))
+    .filter(|(_, n)| *n > 0)
+    .collect()
 }
 
 const QUICK_TEST: &str = "def test_ok():\n    assert True\n";
@@ -93,25 +95,45 @@ fn assert_fleet_matches_pytest(f: &Fleet, dir: &Path, args: &[&str], want_state:
         "failed" => 1,
         _ => 3,
     };
-    assert_eq!(out.code, want_code, "{submit:?} (pytest itself exited {pytest_code}):\n{out}");
+    assert_eq!(
+        out.code, want_code,
+        "{submit:?} (pytest itself exited {pytest_code}):\n{out}"
+    );
     let last = out.stdout.lines().last().unwrap_or_default();
-    assert!(last.starts_with(&format!("job {id} {want_state}: ")), "final line: {last}\n{out}");
-    assert_eq!(final_line_counts(last), pytest, "watch summary vs pytest's '{summary}'\n{out}");
+    assert!(
+        last.starts_with(&format!("job {id} {want_state}: ")),
+        "final line: {last}\n{out}"
+    );
+    assert_eq!(
+        final_line_counts(last),
+        pytest,
+        "watch summary vs pytest's '{summary}'\n{out}"
+    );
     let outcome_lines = out
         .stdout
         .lines()
         .filter(|l| {
-            ["PASSED ", "FAILED ", "SKIPPED ", "XFAILED ", "XPASSED ", "ERROR "]
-                .iter()
-                .any(|p| l.starts_with(p))
+            [
+                "PASSED ", "FAILED ", "SKIPPED ", "XFAILED ", "XPASSED ", "ERROR ",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
         })
         .count() as u64;
-    assert_eq!(outcome_lines, total, "one line per result ('{summary}'):\n{}", out.stdout);
+    assert_eq!(
+        outcome_lines, total,
+        "one line per result ('{summary}'):\n{}",
+        out.stdout
+    );
 
     let j = f.show(&id);
     assert_eq!(j["state"], want_state, "{j:#}");
     assert_eq!(j["attempts"], 1, "{j:#}");
-    assert_eq!(counts_of(&j), pytest, "show --json counts vs pytest's '{summary}': {j:#}");
+    assert_eq!(
+        counts_of(&j),
+        pytest,
+        "show --json counts vs pytest's '{summary}': {j:#}"
+    );
     assert_eq!(count(&j, "total"), total, "{j:#}");
     j
 }
@@ -124,7 +146,11 @@ fn fleet_counts_equal_pytests_own_summary() {
     let suite = f.copy_example("suite");
     let (pytest, code, summary) = pytest_directly(&suite, &[]);
     assert_eq!(code, 1, "pytest on examples/suite should exit 1: {summary}");
-    assert_eq!(pytest.values().sum::<u64>(), 14, "examples/suite has 14 tests: {summary}");
+    assert_eq!(
+        pytest.values().sum::<u64>(),
+        14,
+        "examples/suite has 14 tests: {summary}"
+    );
     assert_eq!(pytest.get("failed"), Some(&1), "{summary}");
     assert_eq!(pytest.get("errors"), Some(&1), "{summary}");
 
@@ -136,12 +162,20 @@ fn fleet_counts_equal_pytests_own_summary() {
     let id = j["id"].as_str().unwrap();
     let logs = f.ctl(&["logs", id]);
     assert_eq!(logs.code, 0, "{logs}");
-    let counts_text = summary.trim_matches(|c| c == '=' || c == ' ').rsplit_once(" in ").unwrap().0.to_string();
+    let counts_text = summary
+        .trim_matches(|c| c == '=' || c == ' ')
+        .rsplit_once(" in ")
+        .unwrap()
+        .0
+        .to_string();
     assert!(
         logs.stdout.contains(&format!("= {counts_text} in ")),
         "msctl logs has pytest's summary '{counts_text}':\n{logs}"
     );
-    assert!(logs.stdout.contains("operator fusion produced 41"), "{logs}");
+    assert!(
+        logs.stdout.contains("operator fusion produced 41"),
+        "{logs}"
+    );
 }
 
 /// Other shapes of results agree with pytest too: a selection with deselected
@@ -151,24 +185,39 @@ fn fleet_counts_equal_pytest_for_selections_and_collection_errors() {
     let mut f = Fleet::new();
     f.add_agent("a1", &[], &[]);
     let suite = f.copy_example("suite");
-    let j = assert_fleet_matches_pytest(&f, &suite, &["-m", "not nightly", "tests/smoke", "tests/regression"], "failed");
-    assert_eq!(count(&j, "total"), 13, "the nightly test is deselected: {j:#}");
+    let j = assert_fleet_matches_pytest(
+        &f,
+        &suite,
+        &["-m", "not nightly", "tests/smoke", "tests/regression"],
+        "failed",
+    );
+    assert_eq!(
+        count(&j, "total"),
+        13,
+        "the nightly test is deselected: {j:#}"
+    );
     assert_fleet_matches_pytest(&f, &suite, &["tests/smoke"], "passed");
     let fail = f.copy_example("fail");
     assert_fleet_matches_pytest(&f, &fail, &[], "failed");
     let broken = f.write_suite(
         "broken",
-        &[("test_ok.py", QUICK_TEST), ("test_broken.py", "def test_x(:\n    pass\n")],
+        &[
+            ("test_ok.py", QUICK_TEST),
+            ("test_broken.py", "def test_x(:\n    pass\n"),
+        ],
     );
     let j = assert_fleet_matches_pytest(&f, &broken, &[], "failed");
     assert_eq!(count(&j, "errors"), 1, "{j:#}");
-    assert!(j["reason"].as_str().unwrap().contains("collection"), "{j:#}");
+    assert!(
+        j["reason"].as_str().unwrap().contains("collection"),
+        "{j:#}"
+    );
 }
 
 /// A job's `--env PYTHONPATH=...` reaches the tests (it is common to need
 /// `PYTHONPATH=src`), next to the agent's own plugin path.
 #[test]
-#[ignore = "bug: agent/src/runner.rs run_pytest overwrites the job's PYTHONPATH with the plugin dir"]
+
 fn job_env_pythonpath_reaches_the_tests() {
     let mut f = Fleet::new();
     f.add_agent("a1", &[], &[]);
@@ -176,12 +225,26 @@ fn job_env_pythonpath_reaches_the_tests() {
         "srclayout",
         &[
             ("src/mylib.py", "def answer():\n    return 42\n"),
-            ("tests/test_lib.py", "import mylib\n\ndef test_answer():\n    assert mylib.answer() == 42\n"),
+            (
+                "tests/test_lib.py",
+                "import mylib\n\ndef test_answer():\n    assert mylib.answer() == 42\n",
+            ),
         ],
     );
-    let out = f.ctl(&["submit", "pytest", "--dir", &s(&suite), "--env", "PYTHONPATH=src", "--wait"]);
+    let out = f.ctl(&[
+        "submit",
+        "pytest",
+        "--dir",
+        &s(&suite),
+        "--env",
+        "PYTHONPATH=src",
+        "--wait",
+    ]);
     let j = f.show(&submitted_id(&out));
-    assert_eq!(out.code, 0, "the job's PYTHONPATH was dropped: {j:#}\n{out}");
+    assert_eq!(
+        out.code, 0,
+        "the job's PYTHONPATH was dropped: {j:#}\n{out}"
+    );
     assert_eq!(j["state"], "passed", "{j:#}");
     assert_eq!(count(&j, "passed"), 1, "{j:#}");
 }
@@ -196,17 +259,37 @@ fn logs_are_complete_and_in_order() {
         "import sys\n\ndef test_chatty():\n    for i in range({LINES}):\n        print('line-%06d' % i)\n    print('to-stderr', file=sys.stderr)\n"
     );
     let suite = f.write_suite("chatty", &[("test_chatty.py", &src)]);
-    let out = f.ctl(&["submit", "pytest", "--dir", &s(&suite), "--wait", "--", "-s"]);
+    let out = f.ctl(&[
+        "submit",
+        "pytest",
+        "--dir",
+        &s(&suite),
+        "--wait",
+        "--",
+        "-s",
+    ]);
     assert_eq!(out.code, 0, "{out}");
     let id = submitted_id(&out);
     let logs = f.ctl(&["logs", &id]);
     assert_eq!(logs.code, 0, "{logs}");
-    let got: Vec<&str> = logs.stdout.lines().filter_map(|l| l.find("line-").map(|i| &l[i..])).collect();
+    let got: Vec<&str> = logs
+        .stdout
+        .lines()
+        .filter_map(|l| l.find("line-").map(|i| &l[i..]))
+        .collect();
     assert_eq!(got.len(), LINES, "lines lost or doubled in msctl logs");
     for (i, l) in got.iter().enumerate() {
-        assert_eq!(*l, format!("line-{i:06}"), "line {i} out of order or garbled");
+        assert_eq!(
+            *l,
+            format!("line-{i:06}"),
+            "line {i} out of order or garbled"
+        );
     }
-    assert!(logs.stderr.contains("to-stderr"), "stderr of the test goes to msctl's stderr:\n{}", logs.stderr);
+    assert!(
+        logs.stderr.contains("to-stderr"),
+        "stderr of the test goes to msctl's stderr:\n{}",
+        logs.stderr
+    );
 }
 
 // ====================================================================== 2
@@ -225,7 +308,9 @@ fn watch_streams_results_while_the_job_is_still_running() {
         let (at, line) = watch
             .lines
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no PASSED line from msctl watch; got:\n{}", seen.join("\n")));
+            .unwrap_or_else(|_| {
+                panic!("no PASSED line from msctl watch; got:\n{}", seen.join("\n"))
+            });
         seen.push(line.clone());
         if line.starts_with("PASSED") {
             // The suite takes ~5 s; right after its first result it still runs.
@@ -239,10 +324,27 @@ fn watch_streams_results_while_the_job_is_still_running() {
         }
     };
     let (code, rest) = watch.finish(Duration::from_secs(60));
-    let all: Vec<String> = seen.iter().cloned().chain(rest.iter().map(|(_, l)| l.clone())).collect();
-    assert_eq!(code, 0, "watch of a passing job exits 0:\n{}", all.join("\n"));
-    let passed: Vec<&(Instant, String)> = rest.iter().filter(|(_, l)| l.starts_with("PASSED")).collect();
-    assert_eq!(passed.len() + 1, 5, "five PASSED lines:\n{}", all.join("\n"));
+    let all: Vec<String> = seen
+        .iter()
+        .cloned()
+        .chain(rest.iter().map(|(_, l)| l.clone()))
+        .collect();
+    assert_eq!(
+        code,
+        0,
+        "watch of a passing job exits 0:\n{}",
+        all.join("\n")
+    );
+    let passed: Vec<&(Instant, String)> = rest
+        .iter()
+        .filter(|(_, l)| l.starts_with("PASSED"))
+        .collect();
+    assert_eq!(
+        passed.len() + 1,
+        5,
+        "five PASSED lines:\n{}",
+        all.join("\n")
+    );
     let last_passed = passed.last().unwrap().0;
     assert!(
         last_passed.duration_since(first_passed) >= Duration::from_millis(2500),
@@ -251,7 +353,10 @@ fn watch_streams_results_while_the_job_is_still_running() {
         all.join("\n")
     );
     let last = all.last().unwrap();
-    assert!(last.starts_with(&format!("job {id} passed: 5 passed in ")), "{last}");
+    assert!(
+        last.starts_with(&format!("job {id} passed: 5 passed in ")),
+        "{last}"
+    );
 }
 
 // ====================================================================== 3
@@ -267,10 +372,23 @@ fn requirements_route_jobs_to_matching_agents_only() {
     let mut jobs = Vec::new();
     for pool in ["a", "b", "a", "b", "b", "a"] {
         let req = format!("label.pool==\"{pool}\"");
-        jobs.push((f.submit(&["pytest", "--dir", &suite, "--require", &req]), pool));
+        jobs.push((
+            f.submit(&["pytest", "--dir", &suite, "--require", &req]),
+            pool,
+        ));
     }
-    let out = f.ctl(&["submit", "pytest", "--dir", &suite, "--require", "label.pool==\"c\""]);
-    assert_eq!(out.code, 0, "an unmatchable job is accepted (queued) with a warning:\n{out}");
+    let out = f.ctl(&[
+        "submit",
+        "pytest",
+        "--dir",
+        &suite,
+        "--require",
+        "label.pool==\"c\"",
+    ]);
+    assert_eq!(
+        out.code, 0,
+        "an unmatchable job is accepted (queued) with a warning:\n{out}"
+    );
     let stuck = out.stdout.trim().to_string();
     assert!(
         out.stderr.contains("warning:") && out.stderr.contains("label.pool==\"c\""),
@@ -280,7 +398,11 @@ fn requirements_route_jobs_to_matching_agents_only() {
     for (id, pool) in &jobs {
         let j = f.wait_terminal(id);
         assert_eq!(j["state"], "passed", "{j:#}");
-        assert_eq!(j["agent"], format!("agent-{pool}"), "job requiring pool=={pool}: {j:#}");
+        assert_eq!(
+            j["agent"],
+            format!("agent-{pool}"),
+            "job requiring pool=={pool}: {j:#}"
+        );
         assert_eq!(j["attempts"], 1, "{j:#}");
     }
 
@@ -299,7 +421,12 @@ fn requirements_route_jobs_to_matching_agents_only() {
         "show --json warns about the requirement: {j:#}"
     );
     let queued = f.ctl(&["list", "--state", "queued", "--json"]).json();
-    let ids: Vec<&str> = queued.as_array().unwrap().iter().filter_map(|j| j["id"].as_str()).collect();
+    let ids: Vec<&str> = queued
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
     assert_eq!(ids, vec![stuck.as_str()], "list --state queued");
 
     // A queued job cancels at once.
@@ -316,13 +443,22 @@ fn slow_pids(f: &Fleet, pidfile: &Path) -> (i32, i32) {
     let child = wait_for(
         Duration::from_secs(30),
         "the slow suite to write its child's pid",
-        || std::fs::read_to_string(pidfile).ok()?.trim().parse::<i32>().ok(),
+        || {
+            std::fs::read_to_string(pidfile)
+                .ok()?
+                .trim()
+                .parse::<i32>()
+                .ok()
+        },
         || f.logs(),
     );
     let pytest = ppid_of(child).expect("the sleep child has a parent");
     let cmdline = std::fs::read(format!("/proc/{pytest}/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    assert!(cmdline.contains("pytest"), "parent of the child is not pytest: {cmdline}");
+    assert!(
+        cmdline.contains("pytest"),
+        "parent of the child is not pytest: {cmdline}"
+    );
     assert!(pid_alive(child) && pid_alive(pytest));
     (child, pytest)
 }
@@ -356,7 +492,10 @@ fn cancel_kills_the_running_process_group() {
     let t0 = Instant::now();
     let out = f.ctl(&["cancel", &id, "--wait"]);
     assert_eq!(out.code, 0, "{out}");
-    assert!(out.stdout.contains(&format!("job {id}: cancelled")), "{out}");
+    assert!(
+        out.stdout.contains(&format!("job {id}: cancelled")),
+        "{out}"
+    );
     let j = f.show(&id);
     assert_eq!(j["state"], "cancelled", "{j:#}");
     assert!(j["reason"].as_str().unwrap().contains("cancel"), "{j:#}");
@@ -380,25 +519,46 @@ fn timeout_stops_the_job_and_kills_its_processes() {
     let slow = f.copy_example("slow");
     let pidfile = f.path().join("child.pid");
     let env = format!("MSFLEET_SLOW_CHILD_PIDFILE={}", s(&pidfile));
-    let id = f.submit(&["pytest", "--dir", &s(&slow), "--timeout", "3s", "--env", &env]);
+    let id = f.submit(&[
+        "pytest",
+        "--dir",
+        &s(&slow),
+        "--timeout",
+        "3s",
+        "--env",
+        &env,
+    ]);
     f.wait_state(&id, "running");
     let (child, pytest) = slow_pids(&f, &pidfile);
 
     let j = f.wait_terminal(&id);
     assert_eq!(j["state"], "timed_out", "{j:#}");
     assert!(j["reason"].as_str().unwrap().contains("timed out"), "{j:#}");
-    assert_eq!(count(&j, "passed"), 1, "test_quick passed before the hang: {j:#}");
+    assert_eq!(
+        count(&j, "passed"),
+        1,
+        "test_quick passed before the hang: {j:#}"
+    );
     let ran = j["finished_at_ms"].as_i64().unwrap() - j["started_at_ms"].as_i64().unwrap();
     assert!(
         (2900..10_000).contains(&ran),
         "a 3 s timeout (2 s kill grace) ended the job after {ran} ms"
     );
-    assert_gone_within(&[pytest, child], Duration::from_secs(5), "pytest and its child to be killed after the timeout");
+    assert_gone_within(
+        &[pytest, child],
+        Duration::from_secs(5),
+        "pytest and its child to be killed after the timeout",
+    );
 
     let watch = f.ctl(&["watch", &id]);
     assert_eq!(watch.code, 3, "watch of a timed-out job exits 3:\n{watch}");
     assert!(
-        watch.stdout.lines().last().unwrap_or_default().starts_with(&format!("job {id} timed_out: ")),
+        watch
+            .stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with(&format!("job {id} timed_out: ")),
         "{watch}"
     );
 }
@@ -421,7 +581,9 @@ fn killed_agent_attempt_is_retried_elsewhere_and_counted_once() {
     let other = if victim == "x1" { "x2" } else { "x1" };
     f.agent(&victim).kill9();
 
-    let j = f.wait_job(&id, "a second attempt", |j| j["attempts"].as_u64() >= Some(2));
+    let j = f.wait_job(&id, "a second attempt", |j| {
+        j["attempts"].as_u64() >= Some(2)
+    });
     assert_ne!(j["agent"], victim.as_str(), "{j:#}");
     let j = f.wait_terminal(&id);
     assert_eq!(j["state"], "passed", "{j:#}");
@@ -431,13 +593,19 @@ fn killed_agent_attempt_is_retried_elsewhere_and_counted_once() {
     assert_eq!(count(&j, "total"), 6, "{j:#}");
 
     let agents = f.agents_json();
-    let dead = agents.iter().find(|a| a["name"] == victim.as_str()).unwrap();
+    let dead = agents
+        .iter()
+        .find(|a| a["name"] == victim.as_str())
+        .unwrap();
     assert_eq!(dead["connected"], false, "{dead:#}");
 
     let watch = f.ctl(&["watch", &id]);
     assert_eq!(watch.code, 0, "{watch}");
     let last = watch.stdout.lines().last().unwrap_or_default();
-    assert!(last.starts_with(&format!("job {id} passed: 6 passed in ")), "{watch}");
+    assert!(
+        last.starts_with(&format!("job {id} passed: 6 passed in ")),
+        "{watch}"
+    );
 }
 
 // ====================================================================== 7
@@ -455,7 +623,13 @@ fn scheduler_kill9_loses_no_acknowledged_job_or_result() {
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
     for i in 0..3 {
         let label = format!("pre{i}");
-        let id = f.submit(&["pytest", "--dir", &suite, "--label", &format!("seq={label}")]);
+        let id = f.submit(&[
+            "pytest",
+            "--dir",
+            &suite,
+            "--label",
+            &format!("seq={label}"),
+        ]);
         acked.lock().unwrap().push((id, label));
     }
     let watched = acked.lock().unwrap()[0].0.clone();
@@ -481,11 +655,17 @@ fn scheduler_kill9_loses_no_acknowledged_job_or_result() {
                 let label = format!("s{}", counter.fetch_add(1, Ordering::SeqCst));
                 let seq = format!("seq={label}");
                 let out = run_cmd(
-                    ctl_cmd(&addr, &["submit", "pytest", "--dir", &suite, "--label", &seq]),
+                    ctl_cmd(
+                        &addr,
+                        &["submit", "pytest", "--dir", &suite, "--label", &seq],
+                    ),
                     Duration::from_secs(30),
                 );
                 if out.code == 0 {
-                    acked.lock().unwrap().push((out.stdout.trim().to_string(), label));
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push((out.stdout.trim().to_string(), label));
                 } else {
                     refused.lock().unwrap().push(out);
                 }
@@ -494,9 +674,12 @@ fn scheduler_kill9_loses_no_acknowledged_job_or_result() {
         }));
     }
     let acked_len = || acked.lock().unwrap().len();
-    wait_for(Duration::from_secs(30), "a few acknowledged submits", || (acked_len() >= 5).then_some(()), || {
-        format!("{:?}", refused.lock().unwrap().last())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "a few acknowledged submits",
+        || (acked_len() >= 5).then_some(()),
+        || format!("{:?}", refused.lock().unwrap().last()),
+    );
     let running: Vec<String> = f
         .ctl(&["list", "--state", "running", "--json"])
         .json()
@@ -533,12 +716,20 @@ fn scheduler_kill9_loses_no_acknowledged_job_or_result() {
     // Every acknowledged job exists, is the job that was submitted, and ids are unique.
     let acked = acked.lock().unwrap().clone();
     let ids: BTreeSet<&str> = acked.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(ids.len(), acked.len(), "two acknowledged submits got the same id: {acked:?}");
+    assert_eq!(
+        ids.len(),
+        acked.len(),
+        "two acknowledged submits got the same id: {acked:?}"
+    );
     for (id, label) in &acked {
         let j = f
             .try_show(id)
             .unwrap_or_else(|| panic!("acknowledged job {id} ({label}) is gone after the restart"));
-        assert_eq!(j["labels"]["seq"], label.as_str(), "job {id} is not the one acknowledged: {j:#}");
+        assert_eq!(
+            j["labels"]["seq"],
+            label.as_str(),
+            "job {id} is not the one acknowledged: {j:#}"
+        );
     }
 
     eprintln!(
@@ -554,19 +745,31 @@ fn scheduler_kill9_loses_no_acknowledged_job_or_result() {
     let mut labels = BTreeSet::new();
     for j in &all {
         let label = j["labels"]["seq"].as_str().unwrap_or_default().to_string();
-        assert!(labels.insert(label.clone()), "two jobs for one submit ({label})");
+        assert!(
+            labels.insert(label.clone()),
+            "two jobs for one submit ({label})"
+        );
         let id = j["id"].as_str().unwrap();
         let j = f.wait_terminal(id);
         assert_eq!(j["state"], "passed", "{j:#}");
         assert_eq!(count(&j, "passed"), TESTS, "{j:#}");
         assert_eq!(count(&j, "total"), TESTS, "{j:#}");
-        assert_eq!(j["attempts"], 1, "job {id} was re-run after the restart: {j:#}");
+        assert_eq!(
+            j["attempts"], 1,
+            "job {id} was re-run after the restart: {j:#}"
+        );
     }
 
     // A watch that was following a running job across the restart ends right.
     let (code, lines) = watch.finish(Duration::from_secs(60));
     let text: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
-    assert_eq!(code, 0, "watch across the restart:\n{}\n{}", text.join("\n"), watch.stderr());
+    assert_eq!(
+        code,
+        0,
+        "watch across the restart:\n{}\n{}",
+        text.join("\n"),
+        watch.stderr()
+    );
     let last = text.last().cloned().unwrap_or_default();
     assert!(
         last.starts_with(&format!("job {watched} passed: {TESTS} passed in ")),
@@ -574,7 +777,12 @@ fn scheduler_kill9_loses_no_acknowledged_job_or_result() {
         text.join("\n")
     );
     let passed_lines = text.iter().filter(|l| l.starts_with("PASSED")).count();
-    assert_eq!(passed_lines as u64, TESTS, "each result shown once:\n{}", text.join("\n"));
+    assert_eq!(
+        passed_lines as u64,
+        TESTS,
+        "each result shown once:\n{}",
+        text.join("\n")
+    );
 }
 
 // ====================================================================== 8
@@ -591,7 +799,11 @@ fn bad_input_is_refused_with_exit_2_and_changes_nothing() {
     let outside = s(&std::fs::canonicalize(&outside).unwrap());
     let missing = s(&f.root.join("does-not-exist"));
     let bad_file = f.path().join("job.toml");
-    std::fs::write(&bad_file, format!("kind = \"pytest\"\nbogus = 1\n[source]\ndir = \"{suite}\"\n")).unwrap();
+    std::fs::write(
+        &bad_file,
+        format!("kind = \"pytest\"\nbogus = 1\n[source]\ndir = \"{suite}\"\n"),
+    )
+    .unwrap();
     let bad_file = s(&bad_file);
     let done = f.submit(&["pytest", "--dir", &suite]);
     f.wait_terminal(&done);
@@ -599,21 +811,81 @@ fn bad_input_is_refused_with_exit_2_and_changes_nothing() {
 
     let bad_req = r#"gpu.count >= 1 && gpu.modle == "x""#;
     let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
-        ("unknown queue", vec!["submit", "pytest", "--dir", &suite, "--queue", "nope"], vec!["unknown queue", "nope"]),
-        ("malformed requirement", vec!["submit", "pytest", "--dir", &suite, "--require", bad_req], vec!["requirement", "gpu.modle", "column 19"]),
-        ("missing source dir", vec!["submit", "pytest", "--dir", &missing], vec!["does-not-exist"]),
-        ("dir outside the roots", vec!["submit", "pytest", "--dir", &outside], vec![outside.as_str(), "root"]),
-        ("negative timeout", vec!["submit", "pytest", "--dir", &suite, "--timeout", "-5m"], vec!["timeout", "-5m"]),
-        ("zero timeout", vec!["submit", "pytest", "--dir", &suite, "--timeout", "0s"], vec!["timeout", "0s"]),
-        ("show of an unknown job", vec!["show", "99999"], vec!["99999"]),
-        ("cancel of an unknown job", vec!["cancel", "99999"], vec!["99999"]),
-        ("cancel of a finished job", vec!["cancel", &done], vec![done.as_str(), "finished"]),
-        ("watch of an unknown job", vec!["watch", "99999"], vec!["99999"]),
-        ("logs of an unknown job", vec!["logs", "99999"], vec!["99999"]),
-        ("malformed --env", vec!["submit", "pytest", "--dir", &suite, "--env", "NOEQUALS"], vec!["--env", "NOEQUALS"]),
-        ("job file with an unknown key", vec!["submit", "-f", &bad_file], vec!["job.toml", "line 2"]),
-        ("list of an unknown state", vec!["list", "--state", "bogus"], vec!["unknown state", "bogus"]),
-        ("list of an unknown queue", vec!["list", "--queue", "nope"], vec!["unknown queue", "nope"]),
+        (
+            "unknown queue",
+            vec!["submit", "pytest", "--dir", &suite, "--queue", "nope"],
+            vec!["unknown queue", "nope"],
+        ),
+        (
+            "malformed requirement",
+            vec!["submit", "pytest", "--dir", &suite, "--require", bad_req],
+            vec!["requirement", "gpu.modle", "column 19"],
+        ),
+        (
+            "missing source dir",
+            vec!["submit", "pytest", "--dir", &missing],
+            vec!["does-not-exist"],
+        ),
+        (
+            "dir outside the roots",
+            vec!["submit", "pytest", "--dir", &outside],
+            vec![outside.as_str(), "root"],
+        ),
+        (
+            "negative timeout",
+            vec!["submit", "pytest", "--dir", &suite, "--timeout", "-5m"],
+            vec!["timeout", "-5m"],
+        ),
+        (
+            "zero timeout",
+            vec!["submit", "pytest", "--dir", &suite, "--timeout", "0s"],
+            vec!["timeout", "0s"],
+        ),
+        (
+            "show of an unknown job",
+            vec!["show", "99999"],
+            vec!["99999"],
+        ),
+        (
+            "cancel of an unknown job",
+            vec!["cancel", "99999"],
+            vec!["99999"],
+        ),
+        (
+            "cancel of a finished job",
+            vec!["cancel", &done],
+            vec![done.as_str(), "finished"],
+        ),
+        (
+            "watch of an unknown job",
+            vec!["watch", "99999"],
+            vec!["99999"],
+        ),
+        (
+            "logs of an unknown job",
+            vec!["logs", "99999"],
+            vec!["99999"],
+        ),
+        (
+            "malformed --env",
+            vec!["submit", "pytest", "--dir", &suite, "--env", "NOEQUALS"],
+            vec!["--env", "NOEQUALS"],
+        ),
+        (
+            "job file with an unknown key",
+            vec!["submit", "-f", &bad_file],
+            vec!["job.toml", "line 2"],
+        ),
+        (
+            "list of an unknown state",
+            vec!["list", "--state", "bogus"],
+            vec!["unknown state", "bogus"],
+        ),
+        (
+            "list of an unknown queue",
+            vec!["list", "--queue", "nope"],
+            vec!["unknown queue", "nope"],
+        ),
     ];
     let mut failures = Vec::new();
     for (what, args, needles) in &cases {
@@ -652,7 +924,11 @@ fn bad_input_is_refused_with_exit_2_and_changes_nothing() {
         }
     }
     let after = f.list();
-    assert!(failures.is_empty(), "bad input handled badly:\n\n{}", failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "bad input handled badly:\n\n{}",
+        failures.join("\n\n")
+    );
     assert_eq!(after, before, "refused commands changed the job list");
 }
 
@@ -667,9 +943,16 @@ fn git_sources_run_and_a_missing_ref_is_an_error_not_a_failure() {
     std::fs::write(repo.join("test_from_git.py"), QUICK_TEST).unwrap();
     let git = |args: &[&str]| {
         let mut c = Command::new("git");
-        c.args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"])
-            .args(args)
-            .current_dir(&repo);
+        c.args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(&repo);
         let out = run_cmd(c, Duration::from_secs(30));
         assert_eq!(out.code, 0, "git {args:?}:\n{out}");
     };
@@ -679,11 +962,17 @@ fn git_sources_run_and_a_missing_ref_is_an_error_not_a_failure() {
     let url = format!("file://{}", s(&repo));
 
     let bad = f.ctl(&["submit", "pytest", "--git", &url, "--ref", "nope", "--wait"]);
-    assert_eq!(bad.code, 3, "a missing ref is an infrastructure error (exit 3):\n{bad}");
+    assert_eq!(
+        bad.code, 3,
+        "a missing ref is an infrastructure error (exit 3):\n{bad}"
+    );
     let j = f.show(&submitted_id(&bad));
     assert_eq!(j["state"], "error", "not 'failed': {j:#}");
     let reason = j["reason"].as_str().unwrap();
-    assert!(reason.contains("'nope'") && reason.contains("git"), "reason names git and the ref: {j:#}");
+    assert!(
+        reason.contains("'nope'") && reason.contains("git"),
+        "reason names git and the ref: {j:#}"
+    );
     assert_eq!(count(&j, "total"), 0, "{j:#}");
 
     let good = f.ctl(&["submit", "pytest", "--git", &url, "--ref", "main", "--wait"]);
@@ -703,13 +992,25 @@ fn an_empty_selection_fails_with_no_tests_collected() {
     let quick = s(&f.write_suite("quick", &[("test_quick.py", QUICK_TEST)]));
     for args in [
         vec!["submit", "pytest", "--dir", &empty, "--wait"],
-        vec!["submit", "pytest", "--dir", &quick, "--wait", "--", "-k", "no_such_test"],
+        vec![
+            "submit",
+            "pytest",
+            "--dir",
+            &quick,
+            "--wait",
+            "--",
+            "-k",
+            "no_such_test",
+        ],
     ] {
         let out = f.ctl(&args);
         assert_eq!(out.code, 1, "{args:?}:\n{out}");
         let j = f.show(&submitted_id(&out));
         assert_eq!(j["state"], "failed", "{j:#}");
-        assert!(j["reason"].as_str().unwrap().contains("no tests collected"), "{j:#}");
+        assert!(
+            j["reason"].as_str().unwrap().contains("no tests collected"),
+            "{j:#}"
+        );
         assert_eq!(count(&j, "total"), 0, "{j:#}");
     }
 }
@@ -735,7 +1036,10 @@ mod raw {
 
     pub fn caps(labels: &[(&str, &str)], roots: &[String]) -> pb::Capabilities {
         pb::Capabilities {
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             roots: roots.to_vec(),
             slots: 1,
             ..Default::default()
@@ -776,7 +1080,9 @@ mod raw {
             loop {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 let m = pb::AgentMessage {
-                    msg: Some(agent_message::Msg::Heartbeat(pb::Heartbeat { running: vec![] })),
+                    msg: Some(agent_message::Msg::Heartbeat(pb::Heartbeat {
+                        running: vec![],
+                    })),
                 };
                 if hb.send(m).await.is_err() {
                     return;
@@ -881,14 +1187,29 @@ async fn agent_link_refuses_unknown_stale_and_oversized_updates() {
     let f = Fleet::new();
     let addr = f.addr();
     let suite = s(&f.write_suite("quick", &[("test_quick.py", QUICK_TEST)]));
-    let mut agent = raw::register(&addr, "raw-1", "raw-1-i1", raw::caps(&[("pool", "raw")], &[s(&f.root)]))
-        .await
-        .expect("register");
+    let mut agent = raw::register(
+        &addr,
+        "raw-1",
+        "raw-1-i1",
+        raw::caps(&[("pool", "raw")], &[s(&f.root)]),
+    )
+    .await
+    .expect("register");
     assert_eq!(agent.registered.lease_timeout_ms, 3000);
 
     let (a2, s2) = (addr.clone(), suite.clone());
     let id = blocking(move || {
-        let out = ctl_at(&a2, &["submit", "pytest", "--dir", &s2, "--require", "label.pool==\"raw\""]);
+        let out = ctl_at(
+            &a2,
+            &[
+                "submit",
+                "pytest",
+                "--dir",
+                &s2,
+                "--require",
+                "label.pool==\"raw\"",
+            ],
+        );
         assert_eq!(out.code, 0, "{out}");
         out.stdout.trim().to_string()
     })
@@ -906,7 +1227,10 @@ async fn agent_link_refuses_unknown_stale_and_oversized_updates() {
             ..live.clone()
         };
         agent.send(&r, 1, raw::started()).await;
-        let rej = only_reject(&agent.drain(Duration::from_millis(700)).await, "unknown task");
+        let rej = only_reject(
+            &agent.drain(Duration::from_millis(700)).await,
+            "unknown task",
+        );
         assert!(rej.abandon, "{rej:?}");
         assert!(
             rej.message.contains("unknown") && rej.message.contains(task),
@@ -915,15 +1239,30 @@ async fn agent_link_refuses_unknown_stale_and_oversized_updates() {
     }
     // Stale attempts: an older/newer epoch, another attempt number.
     let stale = [
-        msfleet_proto::AttemptRef { epoch: live.epoch + 5, ..live.clone() },
-        msfleet_proto::AttemptRef { epoch: live.epoch.saturating_sub(1), ..live.clone() },
-        msfleet_proto::AttemptRef { attempt: live.attempt + 1, ..live.clone() },
+        msfleet_proto::AttemptRef {
+            epoch: live.epoch + 5,
+            ..live.clone()
+        },
+        msfleet_proto::AttemptRef {
+            epoch: live.epoch.saturating_sub(1),
+            ..live.clone()
+        },
+        msfleet_proto::AttemptRef {
+            attempt: live.attempt + 1,
+            ..live.clone()
+        },
     ];
     for r in &stale {
         agent.send(r, 1, raw::started()).await;
-        let rej = only_reject(&agent.drain(Duration::from_millis(700)).await, "stale attempt");
+        let rej = only_reject(
+            &agent.drain(Duration::from_millis(700)).await,
+            "stale attempt",
+        );
         assert!(rej.abandon, "{rej:?}");
-        assert!(rej.message.contains("stale"), "the message says stale: {rej:?}");
+        assert!(
+            rej.message.contains("stale"),
+            "the message says stale: {rej:?}"
+        );
     }
     let after = show_at(&addr, &id).await;
     assert_eq!(after, before, "refused updates changed the job");
@@ -939,7 +1278,9 @@ async fn agent_link_refuses_unknown_stale_and_oversized_updates() {
     assert_eq!(running["state"], "running", "{running:#}");
 
     // An oversized log chunk.
-    agent.send(&live, 2, raw::log(msfleet_proto::MAX_LOG_CHUNK + 1)).await;
+    agent
+        .send(&live, 2, raw::log(msfleet_proto::MAX_LOG_CHUNK + 1))
+        .await;
     let msgs = agent.drain(Duration::from_millis(700)).await;
     let rej = msgs
         .iter()
@@ -951,8 +1292,11 @@ async fn agent_link_refuses_unknown_stale_and_oversized_updates() {
     assert!(!rej.abandon, "the attempt itself is fine: {rej:?}");
     assert_eq!(rej.seq, 2, "{rej:?}");
     assert!(
-        rej.message.contains(&(msfleet_proto::MAX_LOG_CHUNK + 1).to_string())
-            && rej.message.contains(&msfleet_proto::MAX_LOG_CHUNK.to_string()),
+        rej.message
+            .contains(&(msfleet_proto::MAX_LOG_CHUNK + 1).to_string())
+            && rej
+                .message
+                .contains(&msfleet_proto::MAX_LOG_CHUNK.to_string()),
         "the message gives the size and the limit: {rej:?}"
     );
     let after = show_at(&addr, &id).await;
@@ -962,23 +1306,41 @@ async fn agent_link_refuses_unknown_stale_and_oversized_updates() {
     );
     let (a2, id2) = (addr.clone(), id.clone());
     let logs = blocking(move || ctl_at(&a2, &["logs", &id2])).await;
-    assert!(!logs.stdout.contains("xxxx"), "the oversized chunk shows in msctl logs");
+    assert!(
+        !logs.stdout.contains("xxxx"),
+        "the oversized chunk shows in msctl logs"
+    );
 }
 
 /// A refused (oversized) update must not also be acknowledged as durable, and
 /// its sequence number stays free for the agent's corrected update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: scheduler/src/core.rs Core::update acks (and consumes the seq of) an update it rejected"]
+
 async fn a_rejected_log_chunk_is_not_acknowledged() {
     let f = Fleet::new();
     let addr = f.addr();
     let suite = s(&f.write_suite("quick", &[("test_quick.py", QUICK_TEST)]));
-    let mut agent = raw::register(&addr, "raw-2", "raw-2-i1", raw::caps(&[("pool", "raw")], &[s(&f.root)]))
-        .await
-        .expect("register");
+    let mut agent = raw::register(
+        &addr,
+        "raw-2",
+        "raw-2-i1",
+        raw::caps(&[("pool", "raw")], &[s(&f.root)]),
+    )
+    .await
+    .expect("register");
     let (a2, s2) = (addr.clone(), suite.clone());
     let id = blocking(move || {
-        let out = ctl_at(&a2, &["submit", "pytest", "--dir", &s2, "--require", "label.pool==\"raw\""]);
+        let out = ctl_at(
+            &a2,
+            &[
+                "submit",
+                "pytest",
+                "--dir",
+                &s2,
+                "--require",
+                "label.pool==\"raw\"",
+            ],
+        );
         assert_eq!(out.code, 0, "{out}");
         out.stdout.trim().to_string()
     })
@@ -987,10 +1349,13 @@ async fn a_rejected_log_chunk_is_not_acknowledged() {
     agent.send(&live, 1, raw::started()).await;
     agent.drain(Duration::from_millis(500)).await;
 
-    agent.send(&live, 2, raw::log(msfleet_proto::MAX_LOG_CHUNK + 1)).await;
+    agent
+        .send(&live, 2, raw::log(msfleet_proto::MAX_LOG_CHUNK + 1))
+        .await;
     let msgs = agent.drain(Duration::from_millis(700)).await;
     assert!(
-        msgs.iter().all(|m| !matches!(m, SMsg::Ack(a) if a.seq >= 2)),
+        msgs.iter()
+            .all(|m| !matches!(m, SMsg::Ack(a) if a.seq >= 2)),
         "seq 2 was rejected, yet acknowledged as durable: {msgs:?}"
     );
     // The corrected chunk under the same seq is applied.
@@ -1018,7 +1383,14 @@ async fn a_second_agent_process_under_a_connected_name_is_refused() {
     let addr = f.addr();
 
     // A second msagent process under the same name.
-    let mut second = Agent::start(&f.sched.url(), &f.path().join("second"), "dup", &[], &[f.root.clone()], &[]);
+    let mut second = Agent::start(
+        &f.sched.url(),
+        &f.path().join("second"),
+        "dup",
+        &[],
+        &[f.root.clone()],
+        &[],
+    );
     let second_log = second.log.clone();
     f.extra_logs.push(second_log.clone());
     let status = wait_for(
@@ -1027,7 +1399,10 @@ async fn a_second_agent_process_under_a_connected_name_is_refused() {
         || second.try_wait(),
         || std::fs::read_to_string(&second_log).unwrap_or_default(),
     );
-    assert!(!status.success(), "the second agent must exit non-zero: {status}");
+    assert!(
+        !status.success(),
+        "the second agent must exit non-zero: {status}"
+    );
     let log = std::fs::read_to_string(&second.log).unwrap();
     assert!(
         log.contains("'dup'") && log.contains("already connected"),
@@ -1048,7 +1423,12 @@ async fn a_second_agent_process_under_a_connected_name_is_refused() {
     let out = blocking(move || ctl_at(&a2, &["submit", "pytest", "--dir", &suite, "--wait"])).await;
     assert_eq!(out.code, 0, "{out}");
     let agents = blocking(move || ctl_at(&addr, &["agents", "--json"]).json()).await;
-    let dup: Vec<&Value> = agents.as_array().unwrap().iter().filter(|a| a["name"] == "dup").collect();
+    let dup: Vec<&Value> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["name"] == "dup")
+        .collect();
     assert_eq!(dup.len(), 1, "{agents:#}");
     assert_eq!(dup[0]["connected"], true, "{agents:#}");
 }
@@ -1071,13 +1451,36 @@ def test_env():
         json.dump({k: os.environ.get(k) for k in keep}, f)
     assert os.environ["MSFLEET_EXPECT"] == "yes"
 "#;
-    let suite = s(&f.write_suite("envcheck", &[("test_env.py", test_src), ("test_other.py", QUICK_TEST)]));
+    let suite = s(&f.write_suite(
+        "envcheck",
+        &[("test_env.py", test_src), ("test_other.py", QUICK_TEST)],
+    ));
     let out_env = format!("ENV_OUT_DIR={}", s(&out_dir));
     let flags: Vec<&str> = vec![
-        "pytest", "--dir", &suite, "--queue", "nightly", "--priority", "3",
-        "--require", "label.pool==\"a\"", "--timeout", "30m", "--retries", "1",
-        "--env", "MSFLEET_EXPECT=yes", "--env", &out_env, "--label", "team=x",
-        "--name", "env check", "--", "-q", "test_env.py",
+        "pytest",
+        "--dir",
+        &suite,
+        "--queue",
+        "nightly",
+        "--priority",
+        "3",
+        "--require",
+        "label.pool==\"a\"",
+        "--timeout",
+        "30m",
+        "--retries",
+        "1",
+        "--env",
+        "MSFLEET_EXPECT=yes",
+        "--env",
+        &out_env,
+        "--label",
+        "team=x",
+        "--name",
+        "env check",
+        "--",
+        "-q",
+        "test_env.py",
     ];
     let count_before = f.list().len();
 
@@ -1086,7 +1489,11 @@ def test_env():
     let toml = f.ctl(&dry);
     assert_eq!(toml.code, 0, "{toml}");
     assert!(toml.stdout.contains("queue = \"nightly\""), "{toml}");
-    assert_eq!(f.list().len(), count_before, "--dry-run submitted something");
+    assert_eq!(
+        f.list().len(),
+        count_before,
+        "--dry-run submitted something"
+    );
     let file = f.path().join("job.toml");
     std::fs::write(&file, &toml.stdout).unwrap();
 
@@ -1097,7 +1504,17 @@ def test_env():
     let direct = f.ctl(&direct);
     assert_eq!(direct.code, 0, "{direct}");
     let (a, b) = (from_file.json(), direct.json());
-    for k in ["name", "queue", "priority", "requirements", "source", "args", "timeout_ms", "retries", "labels"] {
+    for k in [
+        "name",
+        "queue",
+        "priority",
+        "requirements",
+        "source",
+        "args",
+        "timeout_ms",
+        "retries",
+        "labels",
+    ] {
         assert_eq!(a[k], b[k], "field {k}: from -f {a:#}\ndirect {b:#}");
     }
     assert_eq!(a["queue"], "nightly");
@@ -1110,13 +1527,24 @@ def test_env():
         let id = j["id"].as_str().unwrap();
         let done = f.wait_terminal(id);
         assert_eq!(done["state"], "passed", "{done:#}");
-        assert_eq!(count(&done, "total"), 1, "only test_env.py was selected: {done:#}");
-        let env: Value =
-            serde_json::from_str(&std::fs::read_to_string(out_dir.join(format!("{id}.json"))).unwrap()).unwrap();
+        assert_eq!(
+            count(&done, "total"),
+            1,
+            "only test_env.py was selected: {done:#}"
+        );
+        let env: Value = serde_json::from_str(
+            &std::fs::read_to_string(out_dir.join(format!("{id}.json"))).unwrap(),
+        )
+        .unwrap();
         assert_eq!(env["MSFLEET_JOB_ID"], id, "{env}");
         assert_eq!(env["MSFLEET_ATTEMPT"], "1", "{env}");
         assert_eq!(env["MSFLEET_EXPECT"], "yes", "{env}");
-        assert!(env["MSFLEET_TASK_ID"].as_str().is_some_and(|t| !t.is_empty()), "{env}");
+        assert!(
+            env["MSFLEET_TASK_ID"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty()),
+            "{env}"
+        );
     }
 }
 
@@ -1140,12 +1568,22 @@ fn drained_and_quarantined_agents_take_no_new_work() {
     let waiting = f.submit(&["pytest", "--dir", &quick]);
 
     let j = f.wait_terminal(&running);
-    assert_eq!(j["state"], "passed", "a drained agent finishes its running job: {j:#}");
+    assert_eq!(
+        j["state"], "passed",
+        "a drained agent finishes its running job: {j:#}"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let j = f.show(&waiting);
-    assert_eq!(j["state"], "queued", "a drained agent took a new job: {j:#}");
+    assert_eq!(
+        j["state"], "queued",
+        "a drained agent took a new job: {j:#}"
+    );
     assert!(
-        j["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("drained")),
+        j["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("drained")),
         "the queued job says why it waits: {j:#}"
     );
 
@@ -1161,7 +1599,10 @@ fn drained_and_quarantined_agents_take_no_new_work() {
     let held = f.submit(&["pytest", "--dir", &quick]);
     std::thread::sleep(Duration::from_millis(1500));
     let j = f.show(&held);
-    assert_eq!(j["state"], "queued", "a quarantined agent took a new job: {j:#}");
+    assert_eq!(
+        j["state"], "queued",
+        "a quarantined agent took a new job: {j:#}"
+    );
     assert!(!j["warnings"].as_array().unwrap().is_empty(), "{j:#}");
     assert_eq!(f.ctl(&["agent", "undrain", "d1"]).code, 0);
     assert_eq!(f.wait_terminal(&held)["state"], "passed");
@@ -1193,14 +1634,18 @@ async fn grpc_health_and_reflection_are_served() {
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "msfleet.v1.Fleet", "msfleet.v1.AgentLink"] {
         let r = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap_or_else(|e| panic!("health check of '{service}': {e}"))
             .into_inner();
         assert_eq!(r.status(), ServingStatus::Serving, "health of '{service}'");
     }
     let unknown = health
-        .check(HealthCheckRequest { service: "no.such.Service".into() })
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
         .await
         .expect_err("an unknown service is not healthy");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
@@ -1215,13 +1660,26 @@ async fn grpc_health_and_reflection_are_served() {
         .await
         .expect("reflection")
         .into_inner();
-    let resp = stream.message().await.expect("reflection answer").expect("one answer");
+    let resp = stream
+        .message()
+        .await
+        .expect("reflection answer")
+        .expect("one answer");
     let names: Vec<String> = match resp.message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect(),
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
         other => panic!("unexpected reflection answer: {other:?}"),
     };
-    for want in ["msfleet.v1.Fleet", "msfleet.v1.AgentLink", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == want), "reflection lists {want}: {names:?}");
+    for want in [
+        "msfleet.v1.Fleet",
+        "msfleet.v1.AgentLink",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "reflection lists {want}: {names:?}"
+        );
     }
 }
 
@@ -1231,13 +1689,15 @@ async fn grpc_health_and_reflection_are_served() {
 /// it runs a job: the interrupted attempt is an infrastructure problem, so the
 /// job is retried on another agent (not ended as `error`).
 #[test]
-#[ignore = "bug: a job interrupted by an agent's graceful shutdown ends `error` instead of being retried"]
+
 fn a_gracefully_stopped_agents_job_is_retried_elsewhere() {
     let mut f = Fleet::new();
     f.add_agent("g1", &[], &[]);
     let suite = s(&f.sleepy_suite("four", 4, 1.0));
     let id = f.submit(&["pytest", "--dir", &suite]);
-    f.wait_job(&id, "running with a result in", |j| j["state"] == "running" && count(j, "total") >= 1);
+    f.wait_job(&id, "running with a result in", |j| {
+        j["state"] == "running" && count(j, "total") >= 1
+    });
     f.add_agent("g2", &[], &[]);
     f.agent("g1").terminate();
     let status = wait_for(
@@ -1248,7 +1708,10 @@ fn a_gracefully_stopped_agents_job_is_retried_elsewhere() {
     );
     assert!(status.success(), "a graceful stop exits 0: {status}");
     let j = f.wait_terminal(&id);
-    assert_eq!(j["state"], "passed", "the interrupted job should run again elsewhere: {j:#}");
+    assert_eq!(
+        j["state"], "passed",
+        "the interrupted job should run again elsewhere: {j:#}"
+    );
     assert_eq!(j["attempts"], 2, "{j:#}");
     assert_eq!(j["agent"], "g2", "{j:#}");
     assert_eq!(count(&j, "total"), 4, "{j:#}");
@@ -1265,7 +1728,10 @@ fn a_lost_attempt_without_retries_is_an_error() {
     f.agent("l1").kill9();
     let j = f.wait_terminal(&id);
     assert_eq!(j["state"], "error", "{j:#}");
-    assert!(j["reason"].as_str().unwrap().contains("no retries left"), "{j:#}");
+    assert!(
+        j["reason"].as_str().unwrap().contains("no retries left"),
+        "{j:#}"
+    );
     assert_eq!(j["attempts"], 1, "{j:#}");
     let watch = f.ctl(&["watch", &id]);
     assert_eq!(watch.code, 3, "{watch}");
@@ -1283,13 +1749,18 @@ fn a_restarted_agent_releases_its_old_attempt_at_once() {
     f.add_agent("c1", &[], &[]);
     let suite = s(&f.sleepy_suite("four", 4, 1.0));
     let id = f.submit(&["pytest", "--dir", &suite]);
-    f.wait_job(&id, "running with a result in", |j| j["state"] == "running" && count(j, "total") >= 1);
+    f.wait_job(&id, "running with a result in", |j| {
+        j["state"] == "running" && count(j, "total") >= 1
+    });
     let t0 = Instant::now();
     f.agent("c1").kill9();
     f.agents.retain(|a| a.name != "c1");
     f.add_agent("c1", &[], &[]);
     let j = f.wait_terminal(&id);
-    assert!(t0.elapsed() < Duration::from_secs(25), "the job waited for the lease to expire");
+    assert!(
+        t0.elapsed() < Duration::from_secs(25),
+        "the job waited for the lease to expire"
+    );
     assert_eq!(j["state"], "passed", "{j:#}");
     assert_eq!(j["attempts"], 2, "{j:#}");
     assert_eq!(count(&j, "total"), 4, "{j:#}");
@@ -1303,11 +1774,34 @@ fn pending_jobs_run_by_priority_then_fifo() {
     let quick = s(&f.write_suite("quick", &[("test_quick.py", QUICK_TEST)]));
     assert_eq!(f.ctl(&["agent", "drain", "p1"]).code, 0);
     let mut ids = BTreeMap::new();
-    for (name, prio) in [("low-1", "0"), ("high-1", "5"), ("low-2", "0"), ("high-2", "5"), ("neg", "-1")] {
-        ids.insert(name, f.submit(&["pytest", "--dir", &quick, "--priority", prio, "--name", name]));
+    for (name, prio) in [
+        ("low-1", "0"),
+        ("high-1", "5"),
+        ("low-2", "0"),
+        ("high-2", "5"),
+        ("neg", "-1"),
+    ] {
+        ids.insert(
+            name,
+            f.submit(&[
+                "pytest",
+                "--dir",
+                &quick,
+                "--priority",
+                prio,
+                "--name",
+                name,
+            ]),
+        );
     }
     let queues = f.ctl(&["queues", "--json"]).json();
-    let default = queues.as_array().unwrap().iter().find(|q| q["name"] == "default").unwrap().clone();
+    let default = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "default")
+        .unwrap()
+        .clone();
     assert_eq!(default["pending"], 5, "{queues:#}");
     assert_eq!(f.ctl(&["agent", "undrain", "p1"]).code, 0);
     let mut started: Vec<(i64, &str)> = ids
@@ -1334,15 +1828,22 @@ fn after_a_restart_an_agent_that_never_returns_loses_its_job_after_the_grace() {
     f.add_agent("z1", &[], &[]);
     let suite = s(&f.sleepy_suite("four", 4, 1.0));
     let id = f.submit(&["pytest", "--dir", &suite]);
-    f.wait_job(&id, "running with a result in", |j| j["state"] == "running" && count(j, "total") >= 1);
+    f.wait_job(&id, "running with a result in", |j| {
+        j["state"] == "running" && count(j, "total") >= 1
+    });
     f.agent("z1").kill9();
     f.sched.kill9();
     f.sched.restart();
     let t0 = Instant::now();
     let j = f.show(&id);
-    assert_eq!(j["state"], "running", "declared lost at once after the restart: {j:#}");
+    assert_eq!(
+        j["state"], "running",
+        "declared lost at once after the restart: {j:#}"
+    );
     f.add_agent("z2", &[], &[]);
-    let j = f.wait_job(&id, "a second attempt", |j| j["attempts"].as_u64() >= Some(2));
+    let j = f.wait_job(&id, "a second attempt", |j| {
+        j["attempts"].as_u64() >= Some(2)
+    });
     assert!(
         t0.elapsed() >= Duration::from_millis(3500),
         "requeued {:?} after the restart, before the 4 s grace: {j:#}",
@@ -1368,7 +1869,10 @@ fn cancel_of_a_job_on_a_dead_agent_ends_cancelled_without_a_rerun() {
     f.add_agent("k2", &[], &[]);
     let out = f.ctl(&["cancel", &id, "--wait"]);
     assert_eq!(out.code, 0, "{out}");
-    assert!(out.stdout.contains(&format!("job {id}: cancelled")), "{out}");
+    assert!(
+        out.stdout.contains(&format!("job {id}: cancelled")),
+        "{out}"
+    );
     std::thread::sleep(Duration::from_millis(1000));
     let j = f.show(&id);
     assert_eq!(j["state"], "cancelled", "{j:#}");
@@ -1391,7 +1895,13 @@ fn cancel_escalates_to_sigkill_after_the_grace() {
     let pid = wait_for(
         Duration::from_secs(30),
         "the stubborn test to write its pid",
-        || std::fs::read_to_string(&pidfile).ok()?.trim().parse::<i32>().ok(),
+        || {
+            std::fs::read_to_string(&pidfile)
+                .ok()?
+                .trim()
+                .parse::<i32>()
+                .ok()
+        },
         || f.logs(),
     );
     let t0 = Instant::now();

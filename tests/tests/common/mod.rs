@@ -115,7 +115,10 @@ impl Out {
 
     /// The non-empty lines of stderr.
     pub fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
     }
 }
 
@@ -132,8 +135,12 @@ impl std::fmt::Display for Out {
 /// Runs `cmd` to the end (killing it after `timeout`) and collects its output.
 pub fn run_cmd(mut cmd: Command, timeout: Duration) -> Out {
     let desc = format!("{cmd:?}");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {desc}: {e}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {desc}: {e}"));
     let mut so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
@@ -175,7 +182,11 @@ fn exit_code(st: ExitStatus) -> i32 {
 /// An `msctl --addr ADDR` command, not yet run.
 pub fn ctl_cmd(addr: &str, args: &[&str]) -> Command {
     let mut c = Command::new(bin("msctl"));
-    c.arg("--addr").arg(addr).args(args).env_remove("MSFLEET_ADDR").env("NO_COLOR", "1");
+    c.arg("--addr")
+        .arg(addr)
+        .args(args)
+        .env_remove("MSFLEET_ADDR")
+        .env("NO_COLOR", "1");
     c
 }
 
@@ -262,7 +273,10 @@ pub fn wait_for<T>(
             return v;
         }
         if start.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting for {what}\nlast seen: {}", last());
+            panic!(
+                "timed out after {deadline:?} waiting for {what}\nlast seen: {}",
+                last()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -405,7 +419,10 @@ impl Scheduler {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        panic!("msched did not restart on {addr}: {last}\n{}", tail(&self.log, 40));
+        panic!(
+            "msched did not restart on {addr}: {last}\n{}",
+            tail(&self.log, 40)
+        );
     }
 }
 
@@ -755,7 +772,9 @@ pub fn is_terminal(j: &Value) -> bool {
 
 /// `j["tests"][k]` as a number.
 pub fn count(j: &Value, k: &str) -> u64 {
-    j["tests"][k].as_u64().unwrap_or_else(|| panic!("no tests.{k} in {j}"))
+    j["tests"][k]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no tests.{k} in {j}"))
 }
 
 pub fn copy_dir(src: &Path, dst: &Path) {
@@ -807,8 +826,12 @@ pub struct Bg {
 impl Bg {
     pub fn spawn(mut cmd: Command) -> Bg {
         use std::io::BufRead;
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         let out = child.stdout.take().unwrap();
         let mut err = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -827,7 +850,11 @@ impl Bg {
             let _ = err.read_to_end(&mut s);
             *se.lock().unwrap() = String::from_utf8_lossy(&s).into_owned();
         });
-        Bg { child, lines: rx, stderr }
+        Bg {
+            child,
+            lines: rx,
+            stderr,
+        }
     }
 
     /// Waits for the process to end; returns its exit code and every stdout
