@@ -935,12 +935,11 @@ impl Core {
         let attempt = att.attempt;
         step.touched.insert(task);
         match u.kind {
-            Some(task_update::Kind::Started(_)) => {
-                if e.job.state() == JobState::Assigned {
-                    e.job.started_at_ms = now_ms();
-                    self.set_state(task, JobState::Running, "", step);
-                }
+            Some(task_update::Kind::Started(_)) if e.job.state() == JobState::Assigned => {
+                e.job.started_at_ms = now_ms();
+                self.set_state(task, JobState::Running, "", step);
             }
+            Some(task_update::Kind::Started(_)) => {}
             Some(task_update::Kind::Log(chunk)) => {
                 self.push_event(task, attempt, job_event::Kind::Log(chunk), step);
             }
