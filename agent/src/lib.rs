@@ -5,6 +5,7 @@
 //! outbox and resume) -> [`runner`] (one attempt: [`source`] checkout, pytest
 //! in its own process group, live results through the plugin socket).
 
+pub mod bench;
 pub mod capabilities;
 pub mod config;
 pub mod probe;

@@ -13,6 +13,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod case;
+
 /// Largest log chunk (bytes of `LogChunk.data`) the scheduler accepts; agents split to this.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;
 
