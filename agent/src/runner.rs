@@ -1,8 +1,9 @@
-//! Runs one attempt of a pytest job: prepares the source, starts
+//! Runs one attempt of a job: prepares the source, then for a pytest job starts
 //! `python -m pytest` in its own process group with the msfleet plugin, and
 //! turns what happens into task updates (started, log chunks, one result per
-//! test as it finishes, finished). Cancel and timeout send SIGTERM to the
-//! whole group, then SIGKILL after the grace period.
+//! test as it finishes, finished); a benchmark job goes to the benchmark core
+//! ([`crate::bench::run`]). Cancel and timeout send SIGTERM to the whole
+//! group, then SIGKILL after the grace period.
 
 use crate::config::AgentConfig;
 use crate::source;
@@ -40,6 +41,8 @@ pub struct AttemptSpec {
     pub job_id: String,
     pub task_id: String,
     pub attempt: u32,
+    /// The lease's fencing epoch (calls about the attempt carry it).
+    pub epoch: u64,
     pub spec: JobSpec,
 }
 
@@ -81,6 +84,11 @@ pub async fn run(
     }
 }
 
+/// Wall-clock limit of one attempt (the scheduler fills in its default).
+pub(crate) fn attempt_timeout(spec: &JobSpec) -> Duration {
+    Duration::from_millis(spec.timeout_ms.unwrap_or(3_600_000).max(1) as u64)
+}
+
 fn finished(outcome: Outcome, reason: impl Into<String>, exit_code: i32) -> Option<Finished> {
     Some(Finished {
         outcome: outcome as i32,
@@ -102,6 +110,11 @@ async fn run_inner(
     };
     if let Some(c) = &ws.commit {
         log(tx, "stderr", format!("msfleet: checked out {c}\n"));
+    }
+    if a.spec.kind == "benchmark" {
+        let f = crate::bench::run::run(cfg, a, &slot, &ws.dir, tx, &mut stop).await;
+        ws.cleanup().await;
+        return f;
     }
     let result = run_pytest(cfg, a, &slot, &ws.dir, tx, &mut stop).await;
     ws.cleanup().await;
@@ -237,7 +250,7 @@ async fn run_pytest(
         connected.clone(),
     ));
 
-    let timeout = Duration::from_millis(a.spec.timeout_ms.unwrap_or(3_600_000).max(1) as u64);
+    let timeout = attempt_timeout(&a.spec);
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let mut stopped: Option<Result<StopReason, ()>> = None; // Err(()) = timed out
@@ -403,7 +416,8 @@ async fn pump_results(
 /// Kills the process groups of test runs that a previous agent process left
 /// behind (it was killed before it could stop them). A group is killed only
 /// when it is certainly ours: its leader is gone (a live group keeps its id
-/// from being reused) or the leader still carries our result-socket path.
+/// from being reused) or the leader still carries our result-socket path
+/// (pytest) or metrics-file path (benchmark runs), the file's second line.
 pub fn reap_orphans(work_dir: &Path) -> usize {
     let run_dir = work_dir.join("run");
     let Ok(entries) = std::fs::read_dir(&run_dir) else {
@@ -422,9 +436,15 @@ pub fn reap_orphans(work_dir: &Path) -> usize {
         if let Some(pg) = pgid.filter(|p| *p > 1) {
             let leader = Path::new("/proc").join(pg.to_string());
             let ours = if leader.exists() {
-                let marker = format!("MSFLEET_RESULT_SOCKET={sock}");
+                let markers = [
+                    format!("MSFLEET_RESULT_SOCKET={sock}"),
+                    format!("MSFLEET_METRICS={sock}"),
+                ];
                 std::fs::read(leader.join("environ"))
-                    .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+                    .map(|env| {
+                        env.split(|b| *b == 0)
+                            .any(|kv| markers.iter().any(|m| kv == m.as_bytes()))
+                    })
                     .unwrap_or(false)
             } else {
                 true
@@ -470,6 +490,18 @@ mod tests {
         let sock = run.join("7-1.sock");
         let mut ours = spawn_group(Some(&sock.display().to_string()));
         let mut stranger = spawn_group(None);
+        // Until the child has exec'd, /proc shows the parent's environment.
+        for child in [&ours, &stranger] {
+            let exe = format!("/proc/{}/cmdline", child.id());
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !std::fs::read(&exe)
+                .unwrap_or_default()
+                .starts_with(b"sleep")
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         std::fs::write(
             run.join("7-1.pgid"),
             format!("{}\n{}\n", ours.id(), sock.display()),

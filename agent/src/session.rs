@@ -378,6 +378,7 @@ impl Session {
             job_id: asg.job_id,
             task_id: r.task_id.clone(),
             attempt: r.attempt,
+            epoch: r.epoch,
             spec: asg.spec.unwrap_or_default(),
         };
         self.attempts.insert(

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 /// Submit, watch and inspect test jobs on an msfleet scheduler.
 ///
-/// Exit codes: 0 passed / ok, 1 tests failed, 2 bad usage or input,
-/// 3 infrastructure error, cancelled, timed out or expired.
+/// Exit codes: 0 passed / ok, 1 tests failed (or a benchmark case regressed
+/// or errored), 2 bad usage or input, 3 infrastructure error, cancelled,
+/// timed out or expired.
 #[derive(Parser, Debug)]
 #[command(name = "msctl", version)]
 pub struct Cli {
@@ -84,6 +85,53 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark baselines: list, show, accept a job's results, export to case files.
+    Baseline {
+        #[command(subcommand)]
+        action: BaselineAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BaselineAction {
+    /// List baselines: case, metric, hardware profile, anchor, history.
+    List {
+        /// Only this case.
+        #[arg(long = "case")]
+        case: Option<String>,
+        /// Only this hardware profile.
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every baseline of one case: anchor, operators, history and audit trail.
+    Show {
+        case: String,
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a finished benchmark job's results the baselines' anchors (audited).
+    Accept {
+        job: String,
+        /// Who accepts (default: $USER).
+        #[arg(long = "by")]
+        by: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the baselines back into the case files of DIR (baseline_time_s, operators).
+    Export {
+        dir: PathBuf,
+        /// Hardware profile whose baselines to write (needed when several match).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Metric whose baseline becomes baseline_time_s (default: total_time_s, else wall_time_s).
+        #[arg(long)]
+        metric: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,8 +149,8 @@ pub struct Submit {
     /// Read the job from a TOML file (see --dry-run for the format).
     #[arg(short = 'f', long = "file", conflicts_with_all = ["kind"])]
     pub file: Option<PathBuf>,
-    /// What to run: pytest.
-    #[arg(value_parser = ["pytest"])]
+    /// What to run: pytest, or bench (benchmark cases).
+    #[arg(value_parser = ["pytest", "bench", "benchmark"])]
     pub kind: Option<String>,
     /// Directory with the tests (on the agent; must be under one of its roots).
     #[arg(long, conflicts_with = "git")]
@@ -143,7 +191,65 @@ pub struct Submit {
     /// Print the submitted job as JSON.
     #[arg(long)]
     pub json: bool,
+    /// bench: case directory or file (repeatable). Relative to the workspace with
+    /// --dir/--git; without them a single local DIR becomes the job's source.
+    #[arg(long = "cases", value_name = "PATH")]
+    pub cases: Vec<String>,
+    /// bench: command run per case and repetition, split like a shell does
+    /// (no expansion); {case} is the case file, {name} the case name.
+    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
+    pub command: Option<String>,
+    /// bench: unmeasured runs per case first (default 1).
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u32>,
+    /// bench: measured runs per case (default 5).
+    #[arg(long, value_name = "N")]
+    pub repetitions: Option<u32>,
+    /// bench: the metric the case files' baseline_time_s refers to
+    /// (default total_time_s when reported, else wall_time_s).
+    #[arg(long, value_name = "NAME")]
+    pub metric: Option<String>,
+    /// bench: METRIC=REGEX pulling a value from the command's output; the first
+    /// group is the value, an optional second a time unit (repeatable).
+    #[arg(
+        long = "extract",
+        value_name = "METRIC=REGEX",
+        allow_hyphen_values = true
+    )]
+    pub extract: Vec<String>,
+    /// bench: the results feed the baseline history.
+    #[arg(long)]
+    pub trusted: bool,
     /// Arguments for pytest (after --).
     #[arg(last = true)]
     pub pytest_args: Vec<String>,
+}
+
+impl Submit {
+    /// The bench-only flags given, by name.
+    pub fn bench_flags(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        if !self.cases.is_empty() {
+            given.push("--cases");
+        }
+        if self.command.is_some() {
+            given.push("--command");
+        }
+        if self.warmup.is_some() {
+            given.push("--warmup");
+        }
+        if self.repetitions.is_some() {
+            given.push("--repetitions");
+        }
+        if self.metric.is_some() {
+            given.push("--metric");
+        }
+        if !self.extract.is_empty() {
+            given.push("--extract");
+        }
+        if self.trusted {
+            given.push("--trusted");
+        }
+        given
+    }
 }

@@ -1,13 +1,16 @@
 //! One function per msctl subcommand. Each returns the process exit code.
 
-use crate::cli::{AgentAction, Cli, Command, Submit};
+use crate::argv;
+use crate::cli::{AgentAction, BaselineAction, Cli, Command, Submit};
+use crate::export::{self, Outcome};
 use crate::follow::follow;
-use crate::jobfile::{parse_timeout, JobFile, SourceFile};
+use crate::jobfile::{parse_timeout, ExtractFile, JobFile, SourceFile};
 use crate::render::{self, counts_line};
 use crate::{exit, CtlError};
 use msfleet_proto::fleet_client::FleetClient;
-use msfleet_proto::{self as pb, job_event, JobState, TestCounts};
+use msfleet_proto::{self as pb, job_event, CaseResult, JobState, TestCounts};
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use tonic::transport::{Channel, Endpoint};
 
 pub async fn run(cli: Cli) -> Result<i32, CtlError> {
@@ -64,13 +67,18 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                     .iter()
                     .map(|j| {
                         let spec = j.spec.clone().unwrap_or_default();
+                        let results = if spec.kind == "benchmark" {
+                            render::cases_summary(&j.cases)
+                        } else {
+                            counts_line(&j.tests.unwrap_or_default())
+                        };
                         vec![
                             j.id.clone(),
                             j.state().label().to_string(),
                             spec.queue,
                             spec.priority.to_string(),
                             j.agent.clone(),
-                            counts_line(&j.tests.unwrap_or_default()),
+                            results,
                             spec.name,
                         ]
                     })
@@ -198,6 +206,26 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
             }
             Ok(exit::OK)
         }
+        Command::Baseline { action } => match action {
+            BaselineAction::List {
+                case,
+                profile,
+                json,
+            } => baseline_list(&mut client, case, profile, json).await,
+            BaselineAction::Show {
+                case,
+                profile,
+                json,
+            } => baseline_show(&mut client, case, profile, json).await,
+            BaselineAction::Accept { job, by, json } => {
+                baseline_accept(&mut client, job, by, json).await
+            }
+            BaselineAction::Export {
+                dir,
+                profile,
+                metric,
+            } => baseline_export(&mut client, &dir, profile, metric).await,
+        },
     }
 }
 
@@ -235,32 +263,38 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
                 .map_err(|e| CtlError::input(format!("{}: {e}", path.display())))?
         }
         None => {
-            if s.kind.is_none() {
-                return Err(CtlError::input(
-                    "say what to submit: `msctl submit pytest --dir PATH -- ARGS` or `msctl submit -f job.toml`",
-                ));
-            }
+            let kind = match s.kind.as_deref() {
+                Some("pytest") => "pytest",
+                Some("bench" | "benchmark") => "benchmark",
+                _ => {
+                    return Err(CtlError::input(
+                        "say what to submit: `msctl submit pytest --dir PATH -- ARGS`, \
+                         `msctl submit bench --cases DIR --command '...'` or `msctl submit -f job.toml`",
+                    ))
+                }
+            };
             JobFile {
-                kind: "pytest".into(),
+                kind: kind.into(),
                 ..Default::default()
             }
         }
     };
+    let bench = f.kind == "benchmark";
+    let bench_flags = s.bench_flags();
+    if !bench && !bench_flags.is_empty() {
+        return Err(CtlError::input(format!(
+            "{}: only for benchmark jobs (`msctl submit bench ...`)",
+            bench_flags.join(", ")
+        )));
+    }
+    if bench && !s.pytest_args.is_empty() {
+        return Err(CtlError::input(
+            "arguments after -- are pytest arguments; a benchmark job runs --command '...'",
+        ));
+    }
     if let Some(dir) = &s.dir {
-        let abs = std::fs::canonicalize(dir).map_err(|e| {
-            CtlError::input(format!(
-                "--dir {}: {e}; give an existing directory",
-                dir.display()
-            ))
-        })?;
-        if !abs.is_dir() {
-            return Err(CtlError::input(format!(
-                "--dir {} is not a directory",
-                dir.display()
-            )));
-        }
         f.source = SourceFile {
-            dir: Some(abs.display().to_string()),
+            dir: Some(existing_dir(dir, "--dir")?.display().to_string()),
             ..Default::default()
         };
     }
@@ -271,10 +305,15 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
             dir: None,
         };
     }
+    if bench {
+        apply_bench_flags(&mut f, s)?;
+    }
     if f.source == SourceFile::default() {
-        return Err(CtlError::input(
-            "the job has no source: add --dir PATH or --git URL",
-        ));
+        return Err(CtlError::input(if bench {
+            "the job has no source: add --cases DIR (a local case directory), --dir PATH or --git URL"
+        } else {
+            "the job has no source: add --dir PATH or --git URL"
+        }));
     }
     if let Some(q) = &s.queue {
         f.queue = q.clone();
@@ -307,6 +346,112 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
         f.args = s.pytest_args.clone();
     }
     Ok(f)
+}
+
+/// `path` made absolute; it must be an existing directory.
+fn existing_dir(path: &Path, flag: &str) -> Result<PathBuf, CtlError> {
+    let abs = std::fs::canonicalize(path).map_err(|e| {
+        CtlError::input(format!(
+            "{flag} {}: {e}; give an existing directory",
+            path.display()
+        ))
+    })?;
+    if !abs.is_dir() {
+        return Err(CtlError::input(format!(
+            "{flag} {} is not a directory",
+            path.display()
+        )));
+    }
+    Ok(abs)
+}
+
+/// Applies the bench flags to the job file's `[benchmark]` table. With a
+/// source (--dir, --git or the file's), `--cases` are workspace paths; without
+/// one, a single local `--cases` directory (or file) becomes the source.
+fn apply_bench_flags(f: &mut JobFile, s: &Submit) -> Result<(), CtlError> {
+    let has_source = f.source != SourceFile::default();
+    let b = f.benchmark.get_or_insert_with(Default::default);
+    if let Some(cmd) = &s.command {
+        let argv = argv::split(cmd).map_err(|e| CtlError::input(format!("--command: {e}")))?;
+        if argv.is_empty() {
+            return Err(CtlError::input(
+                "--command is empty; e.g. --command 'python run_case.py {case}'",
+            ));
+        }
+        b.command = argv;
+    }
+    if let Some(n) = s.warmup {
+        b.warmup = Some(n);
+    }
+    if let Some(n) = s.repetitions {
+        b.repetitions = Some(n);
+    }
+    if let Some(m) = &s.metric {
+        b.metric = m.clone();
+    }
+    if s.trusted {
+        b.trusted = true;
+    }
+    if !s.extract.is_empty() {
+        b.extract = s
+            .extract
+            .iter()
+            .map(|e| match e.split_once('=') {
+                Some((metric, pattern)) if !metric.trim().is_empty() => Ok(ExtractFile {
+                    metric: metric.trim().to_string(),
+                    pattern: pattern.to_string(),
+                }),
+                _ => Err(CtlError::input(format!(
+                    "--extract '{e}' must look like METRIC=REGEX, e.g. 'analytic_s=took ([\\d.]+) (ms|s)'"
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if s.cases.is_empty() {
+        return Ok(());
+    }
+    if has_source {
+        if let Some(abs) = s.cases.iter().find(|c| Path::new(c).is_absolute()) {
+            return Err(CtlError::input(format!(
+                "--cases {abs}: with a source (--dir, --git or the job file's), cases are \
+                 paths relative to the workspace"
+            )));
+        }
+        b.cases = s.cases.clone();
+        return Ok(());
+    }
+    let [local] = s.cases.as_slice() else {
+        return Err(CtlError::input(
+            "several --cases need a workspace: add --dir PATH or --git URL \
+             (the cases are then paths relative to it)",
+        ));
+    };
+    let abs = std::fs::canonicalize(local).map_err(|e| {
+        CtlError::input(format!(
+            "--cases {local}: {e}; give an existing case directory (or add --dir/--git \
+             to name cases inside a workspace)"
+        ))
+    })?;
+    let (dir, case) = if abs.is_dir() {
+        (abs, ".".to_string())
+    } else {
+        match (abs.parent(), abs.file_name()) {
+            (Some(parent), Some(name)) => {
+                (parent.to_path_buf(), name.to_string_lossy().into_owned())
+            }
+            _ => {
+                return Err(CtlError::input(format!(
+                    "--cases {local} is neither a directory nor a case file"
+                )))
+            }
+        }
+    };
+    b.cases = vec![case];
+    f.source = SourceFile {
+        dir: Some(dir.display().to_string()),
+        ..Default::default()
+    };
+    Ok(())
 }
 
 fn split_kv(kv: &str, flag: &str) -> Result<(String, String), CtlError> {
@@ -359,6 +504,7 @@ async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Resu
     let mut attempt = 0u32;
     let mut final_state = JobState::Unspecified;
     let mut final_reason = String::new();
+    let mut cases: Vec<CaseResult> = Vec::new();
     let started = std::time::Instant::now();
     let mut out = std::io::stdout();
     follow(client, job, 0, |ev| {
@@ -370,6 +516,7 @@ async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Resu
                 if ev.attempt != attempt && s.state() == JobState::Assigned {
                     attempt = ev.attempt;
                     counts = TestCounts::default(); // a new attempt counts afresh
+                    cases.clear();
                 }
                 if tty {
                     eprint!("\r\x1b[K");
@@ -428,6 +575,24 @@ async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Resu
                     }
                 }
             }
+            Some(job_event::Kind::Case(c)) => {
+                if !json {
+                    if tty {
+                        eprint!("\r\x1b[K");
+                    }
+                    let _ = writeln!(out, "{}", render::case_line(c));
+                    for line in render::case_details(c) {
+                        let _ = writeln!(out, "{:12}{line}", "");
+                    }
+                }
+                match cases
+                    .iter_mut()
+                    .find(|k| k.name == c.name && k.file == c.file)
+                {
+                    Some(seen) => *seen = c.clone(),
+                    None => cases.push(c.clone()),
+                }
+            }
             Some(job_event::Kind::Log(_)) | None => {}
         }
         let _ = out.flush();
@@ -447,10 +612,16 @@ async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Resu
         final_reason = j.reason;
     }
     if !json {
+        let summary = if cases.is_empty() {
+            counts_line(&counts)
+        } else {
+            print!("\n{}\n", render::cases_table(&cases));
+            render::cases_summary(&cases)
+        };
         println!(
             "job {job} {}: {} in {:.1}s{}",
             final_state.label(),
-            counts_line(&counts),
+            summary,
             started.elapsed().as_secs_f64(),
             reason(&final_reason)
         );
@@ -489,4 +660,396 @@ async fn logs(
     })
     .await?;
     Ok(exit::OK)
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn list_baselines(
+    client: &mut FleetClient<Channel>,
+    case: Option<String>,
+    profile: Option<String>,
+) -> Result<Vec<pb::Baseline>, CtlError> {
+    Ok(client
+        .list_baselines(pb::ListBaselinesRequest {
+            case: case.unwrap_or_default(),
+            profile: profile.unwrap_or_default(),
+        })
+        .await?
+        .into_inner()
+        .baselines)
+}
+
+async fn baseline_list(
+    client: &mut FleetClient<Channel>,
+    case: Option<String>,
+    profile: Option<String>,
+    json: bool,
+) -> Result<i32, CtlError> {
+    let baselines = list_baselines(client, case, profile).await?;
+    if json {
+        print_json(&baselines.iter().map(render::baseline_json).collect());
+    } else {
+        print!("{}", render::baselines_table(&baselines));
+    }
+    Ok(exit::OK)
+}
+
+async fn baseline_show(
+    client: &mut FleetClient<Channel>,
+    case: String,
+    profile: Option<String>,
+    json: bool,
+) -> Result<i32, CtlError> {
+    let baselines: Vec<pb::Baseline> = list_baselines(client, Some(case.clone()), profile.clone())
+        .await?
+        .into_iter()
+        .filter(|b| b.key.as_ref().is_some_and(|k| k.case == case))
+        .collect();
+    if baselines.is_empty() {
+        return Err(CtlError::input(match profile {
+            Some(p) => format!("no baseline for case '{case}' on profile '{p}'"),
+            None => format!("no baseline for case '{case}'"),
+        }));
+    }
+    if json {
+        print_json(&baselines.iter().map(render::baseline_json).collect());
+    } else {
+        let texts: Vec<String> = baselines.iter().map(render::baseline_text).collect();
+        print!("{}", texts.join("\n"));
+    }
+    Ok(exit::OK)
+}
+
+/// Who accepts: `--by`, else `$USER`, else "unknown".
+fn accepted_by(by: Option<String>) -> String {
+    by.filter(|b| !b.trim().is_empty())
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+async fn baseline_accept(
+    client: &mut FleetClient<Channel>,
+    job: String,
+    by: Option<String>,
+    json: bool,
+) -> Result<i32, CtlError> {
+    let who = accepted_by(by);
+    let baselines = client
+        .accept_baselines(pb::AcceptBaselinesRequest {
+            job_id: job.clone(),
+            who: who.clone(),
+        })
+        .await?
+        .into_inner()
+        .baselines;
+    if json {
+        print_json(&baselines.iter().map(render::baseline_json).collect());
+        return Ok(exit::OK);
+    }
+    if baselines.is_empty() {
+        println!("job {job}: no case results to accept");
+        return Ok(exit::OK);
+    }
+    println!(
+        "accepted {} baseline{} from job {job} as {who}:",
+        baselines.len(),
+        if baselines.len() == 1 { "" } else { "s" }
+    );
+    for b in &baselines {
+        println!("  {}", render::accepted_line(b));
+    }
+    Ok(exit::OK)
+}
+
+async fn baseline_export(
+    client: &mut FleetClient<Channel>,
+    dir: &Path,
+    profile: Option<String>,
+    metric: Option<String>,
+) -> Result<i32, CtlError> {
+    let (cases, errors) = pb::case::load_dir(dir);
+    for e in &errors {
+        eprintln!("skipped: {e}");
+    }
+    if cases.is_empty() {
+        return Err(CtlError::input(format!(
+            "no case files (*.json) could be loaded from {}",
+            dir.display()
+        )));
+    }
+    let baselines = list_baselines(client, None, profile.clone()).await?;
+    let plan = export::plan(&cases, &baselines, profile.as_deref(), metric.as_deref())
+        .map_err(|e| CtlError::input(e.to_string()))?;
+    let mut code = exit::OK;
+    for item in plan {
+        let file = item.path.display();
+        match &item.outcome {
+            Outcome::Updated { text, .. } => match export::write_atomic(&item.path, text) {
+                Ok(()) => println!("{}", export::outcome_line(&item)),
+                Err(e) => {
+                    println!("error        {}  cannot write {file}: {e}", item.case);
+                    code = exit::INFRA;
+                }
+            },
+            _ => println!("{}", export::outcome_line(&item)),
+        }
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn submit(args: &[&str]) -> Submit {
+        let argv = ["msctl", "submit"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Submit(s),
+                ..
+            }) => *s,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn error(args: &[&str]) -> CtlError {
+        match job_file(&submit(args)).and_then(|f| {
+            f.to_spec()
+                .map(|_| f)
+                .map_err(|e| CtlError::input(e.to_string()))
+        }) {
+            Ok(f) => panic!("{args:?} was accepted: {f:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn fixtures() -> String {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../proto/tests/fixtures/bench-cases")
+            .display()
+            .to_string()
+    }
+
+    #[test]
+    fn bench_with_a_local_case_dir_makes_it_the_source() {
+        let dir = fixtures();
+        let f = job_file(&submit(&[
+            "bench",
+            "--cases",
+            &dir,
+            "--command",
+            "python -m msmodeling.run '{case}' --name \"{name}\"",
+            "--warmup",
+            "0",
+            "--repetitions",
+            "9",
+            "--metric",
+            "total_time_s",
+            "--extract",
+            r"analytic_s=Total time for analytic:\s*([\d.]+)\s*(ms|s)",
+            "--trusted",
+        ]))
+        .unwrap();
+        assert_eq!(f.kind, "benchmark");
+        let canonical = std::fs::canonicalize(&dir).unwrap();
+        assert_eq!(f.source.dir, Some(canonical.display().to_string()));
+        let b = f.benchmark.clone().unwrap();
+        assert_eq!(
+            b.command,
+            [
+                "python",
+                "-m",
+                "msmodeling.run",
+                "{case}",
+                "--name",
+                "{name}"
+            ]
+        );
+        assert_eq!(b.cases, ["."]);
+        assert_eq!((b.warmup, b.repetitions), (Some(0), Some(9)));
+        assert!(b.trusted);
+        assert_eq!(b.extract[0].metric, "analytic_s");
+        assert_eq!(
+            b.extract[0].pattern,
+            r"Total time for analytic:\s*([\d.]+)\s*(ms|s)"
+        );
+        let spec = f.to_spec().unwrap();
+        assert_eq!(spec.kind, "benchmark");
+        // The dry run's file reads back as the same job.
+        assert_eq!(JobFile::parse(&f.to_toml()).unwrap(), f);
+    }
+
+    #[test]
+    fn bench_with_a_local_case_file_runs_that_file() {
+        let file = format!("{}/qwen3-8B-decode.json", fixtures());
+        let f = job_file(&submit(&[
+            "bench",
+            "--cases",
+            &file,
+            "--command",
+            "run {case}",
+        ]))
+        .unwrap();
+        let b = f.benchmark.unwrap();
+        assert_eq!(b.cases, ["qwen3-8B-decode.json"]);
+        let parent = std::fs::canonicalize(fixtures()).unwrap();
+        assert_eq!(f.source.dir, Some(parent.display().to_string()));
+    }
+
+    #[test]
+    fn bench_with_a_git_source_takes_workspace_paths() {
+        let f = job_file(&submit(&[
+            "benchmark",
+            "--git",
+            "https://example.com/m.git",
+            "--cases",
+            "tests/cases/a",
+            "--cases",
+            "tests/cases/b.json",
+            "--command",
+            "run {case}",
+        ]))
+        .unwrap();
+        assert_eq!(
+            f.benchmark.unwrap().cases,
+            ["tests/cases/a", "tests/cases/b.json"]
+        );
+        assert_eq!(f.source.git.as_deref(), Some("https://example.com/m.git"));
+    }
+
+    #[test]
+    fn bench_flag_misuse_is_bad_input() {
+        let dir = fixtures();
+        let cases = |e: CtlError| {
+            assert_eq!(e.code, exit::BAD_INPUT, "{}", e.message);
+            e.message
+        };
+        // bench-only flags with pytest, pytest args with bench.
+        let m = cases(error(&[
+            "pytest",
+            "--dir",
+            &dir,
+            "--cases",
+            "x",
+            "--trusted",
+        ]));
+        assert!(m.contains("--cases, --trusted"), "{m}");
+        let m = cases(error(&["pytest", "--dir", &dir, "--repetitions", "3"]));
+        assert!(m.contains("--repetitions"), "{m}");
+        let m = cases(error(&[
+            "bench",
+            "--cases",
+            &dir,
+            "--command",
+            "run",
+            "--",
+            "-k",
+            "x",
+        ]));
+        assert!(m.contains("pytest arguments"), "{m}");
+        // Splitting, missing or empty command.
+        let m = cases(error(&["bench", "--cases", &dir, "--command", "run 'x"]));
+        assert!(m.contains("--command") && m.contains("unterminated"), "{m}");
+        let m = cases(error(&["bench", "--cases", &dir, "--command", "  "]));
+        assert!(m.contains("--command is empty"), "{m}");
+        let m = cases(error(&["bench", "--cases", &dir]));
+        assert!(m.contains("command"), "{m}");
+        // Sources.
+        let m = cases(error(&["bench", "--command", "run"]));
+        assert!(m.contains("no source"), "{m}");
+        let m = cases(error(&[
+            "bench",
+            "--cases",
+            &dir,
+            "--cases",
+            &dir,
+            "--command",
+            "run",
+        ]));
+        assert!(m.contains("several --cases"), "{m}");
+        let m = cases(error(&[
+            "bench",
+            "--cases",
+            "/definitely/not/here",
+            "--command",
+            "run",
+        ]));
+        assert!(m.contains("/definitely/not/here"), "{m}");
+        let m = cases(error(&[
+            "bench",
+            "--dir",
+            &dir,
+            "--cases",
+            "/abs",
+            "--command",
+            "run",
+        ]));
+        assert!(m.contains("relative to the workspace"), "{m}");
+        let m = cases(error(&[
+            "bench",
+            "--dir",
+            &dir,
+            "--cases",
+            "../up",
+            "--command",
+            "run",
+        ]));
+        assert!(m.contains(".."), "{m}");
+        // bench::validate's checks.
+        let m = cases(error(&[
+            "bench",
+            "--cases",
+            &dir,
+            "--command",
+            "run",
+            "--repetitions",
+            "0",
+        ]));
+        assert!(m.contains("repetitions"), "{m}");
+        let m = cases(error(&[
+            "bench",
+            "--cases",
+            &dir,
+            "--command",
+            "run",
+            "--extract",
+            "nometric",
+        ]));
+        assert!(m.contains("METRIC=REGEX"), "{m}");
+        let m = cases(error(&[
+            "bench",
+            "--cases",
+            &dir,
+            "--command",
+            "run",
+            "--extract",
+            "x=([",
+        ]));
+        assert!(m.contains("bad regex"), "{m}");
+        let m = cases(error(&[
+            "bench",
+            "--cases",
+            &dir,
+            "--command",
+            "run",
+            "--extract",
+            r"x=\d+",
+        ]));
+        assert!(m.contains("capture group"), "{m}");
+    }
+
+    #[test]
+    fn unknown_kinds_are_refused_by_clap() {
+        assert!(Cli::try_parse_from(["msctl", "submit", "jest", "--dir", "."]).is_err());
+    }
+
+    #[test]
+    fn accept_names_who() {
+        assert_eq!(accepted_by(Some("alice".into())), "alice");
+        let fallback = accepted_by(Some("  ".into()));
+        assert!(!fallback.is_empty());
+    }
 }

@@ -16,8 +16,26 @@
 //! [labels]
 //! team = "modeling"
 //! ```
+//!
+//! A benchmark job has `kind = "benchmark"`, no `args`, and a `[benchmark]` table:
+//!
+//! ```toml
+//! kind = "benchmark"
+//! [source]
+//! dir = "/srv/checkouts/msmodeling"
+//! [benchmark]
+//! command = ["python", "run_case.py", "{case}"]   # {case}: the case file, {name}: its name
+//! cases = ["tests/cases"]                          # relative to the workspace
+//! warmup = 1
+//! repetitions = 5
+//! metric = "total_time_s"
+//! trusted = false
+//! [[benchmark.extract]]
+//! metric = "analytic_s"
+//! pattern = 'Total time for analytic:\s*([\d.]+)\s*(ns|us|ms|s)'
+//! ```
 
-use msfleet_proto::{source, GitSource, JobSpec, Source};
+use msfleet_proto::{bench, source, BenchmarkSpec, Extractor, GitSource, JobSpec, Source};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -39,17 +57,74 @@ pub struct JobFile {
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     pub source: SourceFile,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// For `kind = "benchmark"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benchmark: Option<BenchmarkFile>,
 }
 
 fn pytest() -> String {
     "pytest".into()
+}
+
+/// The `[benchmark]` table: [`BenchmarkSpec`] in TOML.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchmarkFile {
+    /// argv template; `{case}` is the case file's path, `{name}` the case's name.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Case directories or files, relative to the workspace (default ".").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cases: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetitions: Option<u32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trusted: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extract: Vec<ExtractFile>,
+}
+
+/// One `[[benchmark.extract]]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractFile {
+    pub metric: String,
+    pub pattern: String,
+}
+
+impl BenchmarkFile {
+    /// The spec, checked (and its defaults filled) by [`bench::validate`].
+    pub fn to_spec(&self) -> Result<BenchmarkSpec, JobFileError> {
+        let mut spec = BenchmarkSpec {
+            command: self.command.clone(),
+            cases: self.cases.clone(),
+            warmup: self.warmup,
+            repetitions: self.repetitions,
+            metric: self.metric.clone(),
+            extractors: self
+                .extract
+                .iter()
+                .map(|e| Extractor {
+                    metric: e.metric.clone(),
+                    pattern: e.pattern.clone(),
+                })
+                .collect(),
+            trusted: self.trusted,
+        };
+        bench::validate(&mut spec).map_err(JobFileError::Benchmark)?;
+        Ok(spec)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -74,6 +149,14 @@ pub enum JobFileError {
     Source,
     #[error("'ref' only goes with 'git'")]
     RefWithoutGit,
+    #[error("{0}")]
+    Benchmark(String),
+    #[error("a benchmark job runs its [benchmark] command; it takes no pytest args")]
+    ArgsWithBenchmark,
+    #[error("a [benchmark] table only goes with kind = \"benchmark\"")]
+    BenchmarkWithoutKind,
+    #[error("a benchmark job needs a [benchmark] table with a command")]
+    NoBenchmark,
 }
 
 impl JobFile {
@@ -105,6 +188,15 @@ impl JobFile {
             }),
             _ => return Err(JobFileError::Source),
         };
+        let benchmark = match (self.kind.as_str(), &self.benchmark) {
+            ("benchmark", None) => return Err(JobFileError::NoBenchmark),
+            ("benchmark", Some(_)) if !self.args.is_empty() => {
+                return Err(JobFileError::ArgsWithBenchmark)
+            }
+            ("benchmark", Some(b)) => Some(b.to_spec()?),
+            (_, Some(_)) => return Err(JobFileError::BenchmarkWithoutKind),
+            (_, None) => None,
+        };
         Ok(JobSpec {
             kind: self.kind.clone(),
             source: Some(Source { kind: Some(kind) }),
@@ -117,6 +209,7 @@ impl JobFile {
             env: self.env.clone().into_iter().collect(),
             labels: self.labels.clone().into_iter().collect(),
             name: self.name.clone(),
+            benchmark,
         })
     }
 }
@@ -164,6 +257,127 @@ mod tests {
         let spec = back.to_spec().unwrap();
         assert_eq!(spec.timeout_ms, Some(1_800_000));
         assert_eq!(spec.args.len(), 3);
+    }
+
+    fn bench_file() -> JobFile {
+        JobFile {
+            kind: "benchmark".into(),
+            queue: "benchmark".into(),
+            requirements: r#"label.profile=="a2-64g""#.into(),
+            source: SourceFile {
+                dir: Some("/srv/msmodeling".into()),
+                ..Default::default()
+            },
+            benchmark: Some(BenchmarkFile {
+                command: vec![
+                    "python".into(),
+                    "-c".into(),
+                    "import sys; print(sys.argv)".into(),
+                    "{case}".into(),
+                    "--name={name}".into(),
+                ],
+                cases: vec!["tests/cases".into(), "extra/one.json".into()],
+                warmup: Some(2),
+                repetitions: Some(7),
+                metric: "total_time_s".into(),
+                trusted: true,
+                extract: vec![ExtractFile {
+                    metric: "analytic_s".into(),
+                    pattern: r"Total time for analytic:\s*([\d.]+)\s*(ns|us|ms|s)".into(),
+                }],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn benchmark_dry_run_output_reads_back_as_the_same_spec() {
+        let f = bench_file();
+        let text = f.to_toml();
+        assert!(text.contains("kind = \"benchmark\""), "{text}");
+        assert!(text.contains("[benchmark]"), "{text}");
+        let back = JobFile::parse(&text).unwrap();
+        assert_eq!(back, f, "{text}");
+        let spec = back.to_spec().unwrap();
+        assert_eq!(spec.kind, "benchmark");
+        assert!(spec.args.is_empty());
+        let b = spec.benchmark.unwrap();
+        assert_eq!(b.command.len(), 5);
+        assert_eq!(b.command[2], "import sys; print(sys.argv)");
+        assert_eq!(b.cases, ["tests/cases", "extra/one.json"]);
+        assert_eq!((b.warmup, b.repetitions), (Some(2), Some(7)));
+        assert_eq!(b.metric, "total_time_s");
+        assert!(b.trusted);
+        assert_eq!(b.extractors.len(), 1);
+        assert_eq!(b.extractors[0].metric, "analytic_s");
+        assert_eq!(
+            b.extractors[0].pattern,
+            r"Total time for analytic:\s*([\d.]+)\s*(ns|us|ms|s)"
+        );
+    }
+
+    #[test]
+    fn minimal_benchmark_file_gets_the_defaults() {
+        let f = JobFile::parse(
+            "kind = \"benchmark\"\n[source]\ndir = \"/x\"\n[benchmark]\ncommand = [\"run\", \"{case}\"]\n",
+        )
+        .unwrap();
+        let b = f.to_spec().unwrap().benchmark.unwrap();
+        assert_eq!(b.cases, ["."]);
+        assert_eq!(
+            (b.warmup, b.repetitions),
+            (
+                Some(bench::DEFAULT_WARMUP),
+                Some(bench::DEFAULT_REPETITIONS)
+            )
+        );
+        // The defaults are not written back into the file.
+        assert_eq!(JobFile::parse(&f.to_toml()).unwrap(), f);
+    }
+
+    #[test]
+    fn bad_benchmark_files_say_what_is_wrong() {
+        let mut f = bench_file();
+        f.args = vec!["tests".into()];
+        assert!(matches!(f.to_spec(), Err(JobFileError::ArgsWithBenchmark)));
+
+        let mut f = bench_file();
+        f.kind = "pytest".into();
+        assert!(matches!(
+            f.to_spec(),
+            Err(JobFileError::BenchmarkWithoutKind)
+        ));
+
+        let mut f = bench_file();
+        f.benchmark = None;
+        assert!(matches!(f.to_spec(), Err(JobFileError::NoBenchmark)));
+
+        let mut f = bench_file();
+        if let Some(b) = f.benchmark.as_mut() {
+            b.command.clear();
+        }
+        assert!(f.to_spec().unwrap_err().to_string().contains("command"));
+
+        let mut f = bench_file();
+        if let Some(b) = f.benchmark.as_mut() {
+            b.repetitions = Some(0);
+        }
+        assert!(f.to_spec().unwrap_err().to_string().contains("repetitions"));
+
+        let mut f = bench_file();
+        if let Some(b) = f.benchmark.as_mut() {
+            b.extract[0].pattern = "no group".into();
+        }
+        assert!(f
+            .to_spec()
+            .unwrap_err()
+            .to_string()
+            .contains("capture group"));
+
+        assert!(JobFile::parse(
+            "kind = \"benchmark\"\n[source]\ndir = \"/x\"\n[benchmark]\ncommand = [\"r\"]\nbogus = 1\n"
+        )
+        .is_err());
     }
 
     #[test]

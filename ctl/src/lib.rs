@@ -1,11 +1,14 @@
 //! msctl: the msfleet command line as a library. `main.rs` parses and exits.
 //!
 //! Code map: [`cli`] (flags) -> [`commands`] (one function per subcommand)
-//! using [`jobfile`] (the TOML job format), [`follow`] (watch/logs streams
-//! with resume) and [`render`] (text and `--json`).
+//! using [`jobfile`] (the TOML job format), [`argv`] (`--command` splitting),
+//! [`follow`] (watch/logs streams with resume), [`export`] (`baseline export`:
+//! baselines -> case files) and [`render`] (text and `--json`).
 
+pub mod argv;
 pub mod cli;
 pub mod commands;
+pub mod export;
 pub mod follow;
 pub mod jobfile;
 pub mod render;
@@ -16,7 +19,7 @@ use tonic::{Code, Status};
 pub mod exit {
     /// All tests passed / the command did what it was asked.
     pub const OK: i32 = 0;
-    /// Tests failed.
+    /// Tests failed, or a benchmark case regressed or errored.
     pub const TESTS_FAILED: i32 = 1;
     /// Bad usage or input: nothing was changed.
     pub const BAD_INPUT: i32 = 2;

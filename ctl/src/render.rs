@@ -1,7 +1,10 @@
 //! How msctl shows things: JSON objects for `--json`, and plain text for people.
 
-use msfleet_proto::{job_event, source, Agent, Job, JobEvent, JobState, Queue, TestCounts};
-use serde_json::{json, Value};
+use msfleet_proto::{
+    job_event, source, Agent, Baseline, BenchmarkSpec, CaseResult, Explanation, Job, JobEvent,
+    JobState, MetricSummary, OperatorTime, Queue, TestCounts,
+};
+use serde_json::{json, Map, Value};
 
 pub fn counts_json(c: &TestCounts) -> Value {
     json!({
@@ -17,8 +20,13 @@ pub fn job_json(j: &Job) -> Value {
         Some(source::Kind::Git(g)) => json!({ "git": g.url, "ref": g.r#ref }),
         None => Value::Null,
     };
+    let benchmark = match &spec.benchmark {
+        Some(b) => benchmark_json(b),
+        None => Value::Null,
+    };
     json!({
         "id": j.id,
+        "kind": spec.kind,
         "name": spec.name,
         "state": j.state().label(),
         "reason": j.reason,
@@ -38,6 +46,78 @@ pub fn job_json(j: &Job) -> Value {
         "started_at_ms": nonzero(j.started_at_ms),
         "finished_at_ms": nonzero(j.finished_at_ms),
         "last_event_seq": j.last_event_seq,
+        "benchmark": benchmark,
+        "cases": j.cases.iter().map(case_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn benchmark_json(b: &BenchmarkSpec) -> Value {
+    json!({
+        "command": b.command,
+        "cases": b.cases,
+        "warmup": b.warmup,
+        "repetitions": b.repetitions,
+        "metric": b.metric,
+        "extractors": b.extractors.iter().map(|e| json!({
+            "metric": e.metric, "pattern": e.pattern,
+        })).collect::<Vec<_>>(),
+        "trusted": b.trusted,
+    })
+}
+
+fn operators_json(ops: &[OperatorTime]) -> Value {
+    ops.iter()
+        .map(
+            |o| json!({ "name": o.name, "total_time_s": o.total_time_s, "num_calls": o.num_calls }),
+        )
+        .collect()
+}
+
+pub fn metric_json(m: &MetricSummary) -> Value {
+    json!({
+        "median": m.median, "mad": m.mad, "robust_cv": m.robust_cv, "n": m.n,
+        "unit": m.unit, "source": m.source, "samples": m.samples,
+    })
+}
+
+pub fn explanation_json(e: &Explanation) -> Value {
+    json!({
+        "value": e.value,
+        "baseline": e.baseline,
+        "delta_pct": e.delta_pct,
+        "limit": e.limit,
+        "z": e.z,
+        "t_limit": e.t_limit,
+        "k": e.k,
+        "spread_cv": e.spread_cv,
+        "baseline_run_ids": e.baseline_run_ids,
+        "rule": e.rule,
+        "message": e.message,
+    })
+}
+
+/// A case result as `show --json` and `watch --json` give it.
+pub fn case_json(c: &CaseResult) -> Value {
+    let metrics: Map<String, Value> = c
+        .metrics
+        .iter()
+        .map(|m| (m.name.clone(), metric_json(m)))
+        .collect();
+    json!({
+        "name": c.name,
+        "file": c.file,
+        "input_hash": c.input_hash,
+        "verdict": c.verdict,
+        "metric": c.metric,
+        "metrics": metrics,
+        "explanation": c.explanation.as_ref().map_or(Value::Null, explanation_json),
+        "operators": operators_json(&c.operators),
+        "operators_missing": c.operators_missing,
+        "operators_new": c.operators_new,
+        "operators_moved": c.operators_moved,
+        "rerun": c.rerun,
+        "confirmed": c.confirmed,
+        "profile": c.profile,
     })
 }
 
@@ -110,6 +190,10 @@ pub fn event_json(job: &str, e: &JobEvent) -> Value {
             v["longrepr"] = json!(t.longrepr);
             v["markers"] = json!(t.markers);
         }
+        Some(job_event::Kind::Case(c)) => {
+            v["type"] = json!("case");
+            v["case"] = case_json(c);
+        }
         None => v["type"] = json!("unknown"),
     }
     v
@@ -153,6 +237,25 @@ pub fn job_text(j: &Job) -> String {
     if !spec.args.is_empty() {
         out += &format!("  pytest:    {}\n", spec.args.join(" "));
     }
+    if let Some(b) = &spec.benchmark {
+        out += &format!("  command:   {}\n", quote_argv(&b.command));
+        out += &format!(
+            "  cases:     {} (warmup {}, repetitions {}{}{})\n",
+            b.cases.join(" "),
+            b.warmup.unwrap_or(msfleet_proto::bench::DEFAULT_WARMUP),
+            b.repetitions
+                .unwrap_or(msfleet_proto::bench::DEFAULT_REPETITIONS),
+            if b.metric.is_empty() {
+                String::new()
+            } else {
+                format!(", metric {}", b.metric)
+            },
+            if b.trusted { ", trusted" } else { "" }
+        );
+        for e in &b.extractors {
+            out += &format!("  extract:   {} = {}\n", e.metric, e.pattern);
+        }
+    }
     if !spec.requirements.is_empty() {
         out += &format!("  requires:  {}\n", spec.requirements);
     }
@@ -165,14 +268,335 @@ pub fn job_text(j: &Job) -> String {
             format!(" (agent {})", j.agent)
         }
     );
-    out += &format!(
-        "  tests:     {}\n",
-        counts_line(&j.tests.unwrap_or_default())
-    );
+    if spec.kind == "benchmark" || !j.cases.is_empty() {
+        out += &format!("  results:   {}\n", cases_summary(&j.cases));
+    } else {
+        out += &format!(
+            "  tests:     {}\n",
+            counts_line(&j.tests.unwrap_or_default())
+        );
+    }
     for w in &j.warnings {
         out += &format!("  warning:   {w}\n");
     }
+    for c in &j.cases {
+        out += &format!("  {}\n", case_line(c));
+        for d in case_details(c) {
+            out += &format!("  {:12}{d}\n", "");
+        }
+    }
     out
+}
+
+/// argv as one line a shell would split back the same way.
+pub fn quote_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%{}".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A number with three significant digits ("0.0201", "7.70", "123"); larger
+/// numbers keep their integer digits.
+pub fn num(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    let decimals = (2 - magnitude).clamp(0, 12) as usize;
+    format!("{v:.decimals$}")
+}
+
+/// "+30.5%", "-2.6%".
+fn pct(p: f64) -> String {
+    format!("{p:+.1}%")
+}
+
+/// The median of the case's primary metric, when the case has it.
+fn primary(c: &CaseResult) -> Option<&MetricSummary> {
+    c.metrics.iter().find(|m| m.name == c.metric)
+}
+
+/// One line per case result, e.g.
+/// `REGRESSION  qwen3-8B-decode  total_time_s 0.0201 vs 0.0154 (+30.5%, limit baseline_tolerance 20%, confirmed by re-run)`.
+pub fn case_line(c: &CaseResult) -> String {
+    let verdict = if c.verdict.is_empty() {
+        "UNKNOWN".to_string()
+    } else {
+        c.verdict.to_uppercase()
+    };
+    let head = format!("{verdict:<11} {}", c.name);
+    let default_expl = Explanation::default();
+    let e = c.explanation.as_ref().unwrap_or(&default_expl);
+    if c.verdict == "error" {
+        let msg = if e.message.is_empty() {
+            "the case failed"
+        } else {
+            e.message.as_str()
+        };
+        return format!("{head}: {msg}");
+    }
+    let value = match (&c.explanation, primary(c)) {
+        (None, Some(m)) => m.median,
+        _ => e.value,
+    };
+    let mut line = format!("{head}  {} {}", c.metric, num(value));
+    let Some(baseline) = e.baseline else {
+        if c.verdict != "no_baseline" && !e.message.is_empty() {
+            line += &format!(" ({})", e.message);
+        }
+        return line;
+    };
+    line += &format!(" vs {}", num(baseline));
+    let mut notes = Vec::new();
+    if let Some(d) = e.delta_pct {
+        notes.push(pct(d));
+    }
+    if c.verdict != "pass" {
+        if c.verdict == "noisy" && e.spread_cv > 0.0 {
+            notes.push(format!("spread {:.1}% cv", e.spread_cv * 100.0));
+        }
+        if let (Some(z), Some(t)) = (e.z, e.t_limit) {
+            notes.push(format!("z {z:.2} vs {t:.2}"));
+        }
+        if !e.limit.is_empty() {
+            notes.push(format!("limit {}", e.limit));
+        }
+        if c.rerun {
+            notes.push(
+                if c.confirmed {
+                    "confirmed by re-run"
+                } else {
+                    "not confirmed by re-run"
+                }
+                .to_string(),
+            );
+        }
+    }
+    if !notes.is_empty() {
+        line += &format!(" ({})", notes.join(", "));
+    }
+    line
+}
+
+/// Extra lines under a case line: operator changes of a regression or improvement.
+pub fn case_details(c: &CaseResult) -> Vec<String> {
+    if !matches!(c.verdict.as_str(), "regression" | "improvement" | "noisy") {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if !c.operators_moved.is_empty() {
+        out.push(format!("operators moved: {}", c.operators_moved.join(", ")));
+    }
+    if !c.operators_missing.is_empty() {
+        out.push(format!(
+            "operators missing: {}",
+            c.operators_missing.join(", ")
+        ));
+    }
+    if !c.operators_new.is_empty() {
+        out.push(format!("operators new: {}", c.operators_new.join(", ")));
+    }
+    out
+}
+
+/// Verdicts worst first, for summaries.
+const VERDICTS: [&str; 6] = [
+    "regression",
+    "error",
+    "noisy",
+    "improvement",
+    "no_baseline",
+    "pass",
+];
+
+/// "1 regression, 2 pass", in the order of [`VERDICTS`] (unknown verdicts last).
+pub fn cases_summary(cases: &[CaseResult]) -> String {
+    if cases.is_empty() {
+        return "no cases".into();
+    }
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for c in cases {
+        match counts.iter_mut().find(|(v, _)| *v == c.verdict) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((c.verdict.clone(), 1)),
+        }
+    }
+    counts.sort_by_key(|(v, _)| {
+        VERDICTS
+            .iter()
+            .position(|k| k == v)
+            .unwrap_or(VERDICTS.len())
+    });
+    counts
+        .iter()
+        .map(|(v, n)| format!("{n} {}", if v.is_empty() { "unknown" } else { v }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The final table of a benchmark job. RUNS(k): measured runs of the primary
+/// metric (history runs behind the baseline).
+pub fn cases_table(cases: &[CaseResult]) -> String {
+    let rows: Vec<Vec<String>> = cases
+        .iter()
+        .map(|c| {
+            let e = c.explanation.clone().unwrap_or_default();
+            let value = match (&c.explanation, primary(c)) {
+                (None, Some(m)) => Some(m.median),
+                (None, None) => None,
+                (Some(e), _) => Some(e.value),
+            };
+            let runs = primary(c).map_or(0, |m| m.n);
+            vec![
+                c.name.clone(),
+                c.verdict.to_uppercase(),
+                c.metric.clone(),
+                value.map_or("-".into(), num),
+                e.baseline.map_or("-".into(), num),
+                e.delta_pct.map_or("-".into(), pct),
+                format!("{runs}({})", e.k),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "CASE", "VERDICT", "METRIC", "VALUE", "BASELINE", "DELTA", "RUNS(k)",
+        ],
+        &rows,
+    )
+}
+
+/// RFC 3339 (UTC, seconds) of a time in ms since the epoch.
+pub fn time_ms(ms: i64) -> String {
+    match u64::try_from(ms) {
+        Ok(ms) if ms > 0 => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string(),
+        _ => "-".into(),
+    }
+}
+
+pub fn baseline_json(b: &Baseline) -> Value {
+    let key = b.key.clone().unwrap_or_default();
+    json!({
+        "case": key.case,
+        "input_hash": key.input_hash,
+        "metric": key.metric,
+        "profile": key.profile,
+        "anchor": b.anchor,
+        "anchor_operators": operators_json(&b.anchor_operators),
+        "history": b.history.iter().map(|r| json!({
+            "job_id": r.job_id, "time_ms": r.time_ms, "median": r.median,
+            "operators": operators_json(&r.operators),
+        })).collect::<Vec<_>>(),
+        "audit": b.audit.iter().map(|a| json!({
+            "action": a.action, "who": a.who, "time_ms": a.time_ms,
+            "job_id": a.job_id, "value": a.value,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `baseline list`: CASE METRIC PROFILE ANCHOR RUNS LAST INPUT.
+pub fn baselines_table(baselines: &[Baseline]) -> String {
+    let rows: Vec<Vec<String>> = baselines
+        .iter()
+        .map(|b| {
+            let key = b.key.clone().unwrap_or_default();
+            vec![
+                key.case,
+                key.metric,
+                key.profile,
+                b.anchor.map_or("-".into(), num),
+                b.history.len().to_string(),
+                b.history.last().map_or("-".into(), |r| num(r.median)),
+                key.input_hash,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "CASE", "METRIC", "PROFILE", "ANCHOR", "RUNS", "LAST", "INPUT",
+        ],
+        &rows,
+    )
+}
+
+/// `baseline show`: one baseline with its anchor, history and audit trail.
+pub fn baseline_text(b: &Baseline) -> String {
+    let key = b.key.clone().unwrap_or_default();
+    let mut out = format!(
+        "baseline {}  {}  profile {}  input {}\n",
+        key.case, key.metric, key.profile, key.input_hash
+    );
+    out += &format!(
+        "  anchor:    {}\n",
+        b.anchor.map_or("none (judged by history)".into(), num)
+    );
+    if !b.anchor_operators.is_empty() {
+        out += "  anchor operators:\n";
+        let rows: Vec<Vec<String>> = b
+            .anchor_operators
+            .iter()
+            .map(|o| vec![o.name.clone(), num(o.total_time_s), o.num_calls.to_string()])
+            .collect();
+        out += &indent(&table(&["OPERATOR", "TOTAL_S", "CALLS"], &rows), 4);
+    }
+    out += &format!("  history:   {} run(s)\n", b.history.len());
+    if !b.history.is_empty() {
+        let rows: Vec<Vec<String>> = b
+            .history
+            .iter()
+            .map(|r| vec![r.job_id.clone(), time_ms(r.time_ms), num(r.median)])
+            .collect();
+        out += &indent(&table(&["JOB", "TIME", "MEDIAN"], &rows), 4);
+    }
+    out += &format!(
+        "  audit:     {} entr{}\n",
+        b.audit.len(),
+        if b.audit.len() == 1 { "y" } else { "ies" }
+    );
+    if !b.audit.is_empty() {
+        let rows: Vec<Vec<String>> = b
+            .audit
+            .iter()
+            .map(|a| {
+                vec![
+                    time_ms(a.time_ms),
+                    a.action.clone(),
+                    a.who.clone(),
+                    a.job_id.clone(),
+                    num(a.value),
+                ]
+            })
+            .collect();
+        out += &indent(&table(&["TIME", "ACTION", "WHO", "JOB", "VALUE"], &rows), 4);
+    }
+    out
+}
+
+/// `baseline accept`: "case metric profile value".
+pub fn accepted_line(b: &Baseline) -> String {
+    let key = b.key.clone().unwrap_or_default();
+    let value = b
+        .anchor
+        .or_else(|| b.history.last().map(|r| r.median))
+        .map_or("-".into(), num);
+    format!("{}  {}  {}  {value}", key.case, key.metric, key.profile)
+}
+
+fn indent(text: &str, n: usize) -> String {
+    text.lines().map(|l| format!("{:n$}{l}\n", "")).collect()
 }
 
 pub fn state_is_success(s: JobState) -> bool {
@@ -227,5 +651,183 @@ mod tests {
             "1 failed, 8 passed, 2 skipped, 1 xfailed, 1 xpassed, 1 error"
         );
         assert_eq!(counts_line(&TestCounts::default()), "no tests");
+    }
+
+    fn result(verdict: &str, value: f64, baseline: Option<f64>) -> CaseResult {
+        CaseResult {
+            name: "qwen3-8B-decode".into(),
+            file: "cases/qwen3-8B-decode.json".into(),
+            input_hash: "0123456789abcdef".into(),
+            metric: "total_time_s".into(),
+            verdict: verdict.into(),
+            explanation: Some(Explanation {
+                value,
+                baseline,
+                delta_pct: baseline.map(|b| (value - b) / b * 100.0),
+                k: 3,
+                rule: "tolerance".into(),
+                ..Default::default()
+            }),
+            metrics: vec![MetricSummary {
+                name: "total_time_s".into(),
+                unit: "s".into(),
+                source: "reported".into(),
+                n: 5,
+                median: value,
+                mad: 0.0001,
+                robust_cv: 0.01,
+                samples: vec![value; 5],
+            }],
+            profile: "a2-64g".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn case_lines_for_each_verdict() {
+        let mut r = result("regression", 0.0201, Some(0.0154));
+        if let Some(e) = r.explanation.as_mut() {
+            e.limit = "baseline_tolerance 20%".into();
+        }
+        r.rerun = true;
+        r.confirmed = true;
+        assert_eq!(
+            case_line(&r),
+            "REGRESSION  qwen3-8B-decode  total_time_s 0.0201 vs 0.0154 \
+             (+30.5%, limit baseline_tolerance 20%, confirmed by re-run)"
+        );
+        r.operators_moved = vec!["aten.mm.default +31.0%".into()];
+        r.operators_missing = vec!["tensor_cast.swiglu.default".into()];
+        assert_eq!(
+            case_details(&r),
+            [
+                "operators moved: aten.mm.default +31.0%",
+                "operators missing: tensor_cast.swiglu.default"
+            ]
+        );
+
+        let p = result("pass", 0.0150, Some(0.0154));
+        assert_eq!(
+            case_line(&p),
+            "PASS        qwen3-8B-decode  total_time_s 0.0150 vs 0.0154 (-2.6%)"
+        );
+        assert!(case_details(&p).is_empty());
+
+        let mut i = result("improvement", 0.0100, Some(0.0154));
+        if let Some(e) = i.explanation.as_mut() {
+            e.limit = "baseline_tolerance 20%".into();
+        }
+        assert_eq!(
+            case_line(&i),
+            "IMPROVEMENT qwen3-8B-decode  total_time_s 0.0100 vs 0.0154 \
+             (-35.1%, limit baseline_tolerance 20%)"
+        );
+
+        let n = result("no_baseline", 0.0150, None);
+        assert_eq!(
+            case_line(&n),
+            "NO_BASELINE qwen3-8B-decode  total_time_s 0.0150"
+        );
+
+        let mut noisy = result("noisy", 0.0170, Some(0.0154));
+        if let Some(e) = noisy.explanation.as_mut() {
+            e.spread_cv = 0.142;
+            e.z = Some(1.5);
+            e.t_limit = Some(3.0);
+        }
+        assert_eq!(
+            case_line(&noisy),
+            "NOISY       qwen3-8B-decode  total_time_s 0.0170 vs 0.0154 \
+             (+10.4%, spread 14.2% cv, z 1.50 vs 3.00)"
+        );
+
+        let mut err = result("error", 0.0, None);
+        if let Some(e) = err.explanation.as_mut() {
+            e.message = "command exited 1: ModuleNotFoundError".into();
+        }
+        assert_eq!(
+            case_line(&err),
+            "ERROR       qwen3-8B-decode: command exited 1: ModuleNotFoundError"
+        );
+        err.explanation = None;
+        assert_eq!(
+            case_line(&err),
+            "ERROR       qwen3-8B-decode: the case failed"
+        );
+
+        // No explanation: the primary metric's median.
+        let mut bare = result("no_baseline", 7.698, None);
+        bare.explanation = None;
+        assert_eq!(
+            case_line(&bare),
+            "NO_BASELINE qwen3-8B-decode  total_time_s 7.70"
+        );
+    }
+
+    #[test]
+    fn case_table_and_summary() {
+        let mut other = result("pass", 0.0150, Some(0.0154));
+        other.name = "b".into();
+        let cases = [result("regression", 0.0201, Some(0.0154)), other];
+        assert_eq!(cases_summary(&cases), "1 regression, 1 pass");
+        assert_eq!(cases_summary(&[]), "no cases");
+        let t = cases_table(&cases);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["CASE", "VERDICT", "METRIC", "VALUE", "BASELINE", "DELTA", "RUNS(k)"]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "qwen3-8B-decode",
+                "REGRESSION",
+                "total_time_s",
+                "0.0201",
+                "0.0154",
+                "+30.5%",
+                "5(3)"
+            ]
+        );
+    }
+
+    #[test]
+    fn case_json_has_metrics_by_name_and_the_explanation() {
+        let v = case_json(&result("regression", 0.0201, Some(0.0154)));
+        assert_eq!(v["name"], "qwen3-8B-decode");
+        assert_eq!(v["verdict"], "regression");
+        assert_eq!(v["metrics"]["total_time_s"]["n"], 5);
+        assert_eq!(v["metrics"]["total_time_s"]["source"], "reported");
+        assert_eq!(v["explanation"]["baseline"], 0.0154);
+        assert_eq!(v["explanation"]["z"], Value::Null);
+        assert_eq!(v["profile"], "a2-64g");
+        let ev = JobEvent {
+            seq: 4,
+            kind: Some(job_event::Kind::Case(result("pass", 1.0, Some(1.0)))),
+            ..Default::default()
+        };
+        let e = event_json("12", &ev);
+        assert_eq!(e["type"], "case");
+        assert_eq!(e["case"]["verdict"], "pass");
+    }
+
+    #[test]
+    fn numbers_keep_three_significant_digits() {
+        assert_eq!(num(0.015406), "0.0154");
+        assert_eq!(num(7.698), "7.70");
+        assert_eq!(num(123.4), "123");
+        assert_eq!(num(12345.6), "12346");
+        assert_eq!(num(0.0), "0");
+        assert_eq!(num(-0.5), "-0.500");
+    }
+
+    #[test]
+    fn argv_quoting_round_trips() {
+        let argv: Vec<String> = ["python", "-c", "print('a b')", "{case}", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let line = quote_argv(&argv);
+        assert_eq!(crate::argv::split(&line).unwrap(), argv);
     }
 }

@@ -124,6 +124,9 @@ pub struct Case {
     /// `baseline_time_s` / `baseline_tolerance` (else `tolerance`); `None` when
     /// the time is absent or 0 (no baseline yet).
     pub baseline: Option<Anchor>,
+    /// `baseline_tolerance` (else `tolerance`, else 0.20), also when there is
+    /// no baseline time yet: it applies to a baseline accepted later.
+    pub baseline_tolerance: f64,
     pub operator_top_n: usize,
     pub operator_tolerance: f64,
     /// `operators`, else empty.
@@ -249,6 +252,7 @@ impl Case {
             input,
             initial: anchor(initial_time, initial_tolerance),
             baseline: anchor(baseline_time, baseline_tolerance),
+            baseline_tolerance,
             operator_top_n,
             operator_tolerance,
             operators,

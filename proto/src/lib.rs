@@ -13,6 +13,7 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod bench;
 pub mod case;
 
 /// Largest log chunk (bytes of `LogChunk.data`) the scheduler accepts; agents split to this.

@@ -171,6 +171,30 @@ impl Fleet for FleetService {
             .await?;
         Ok(Response::new(pb::ListQueuesResponse { queues }))
     }
+
+    async fn list_baselines(
+        &self,
+        req: Request<pb::ListBaselinesRequest>,
+    ) -> Result<Response<pb::ListBaselinesResponse>, Status> {
+        let req = req.into_inner();
+        let baselines = self
+            .core
+            .call(|reply| Command::ListBaselines { req, reply })
+            .await?;
+        Ok(Response::new(pb::ListBaselinesResponse { baselines }))
+    }
+
+    async fn accept_baselines(
+        &self,
+        req: Request<pb::AcceptBaselinesRequest>,
+    ) -> Result<Response<pb::AcceptBaselinesResponse>, Status> {
+        let req = req.into_inner();
+        let baselines = self
+            .core
+            .call(|reply| Command::AcceptBaselines { req, reply })
+            .await?;
+        Ok(Response::new(pb::AcceptBaselinesResponse { baselines }))
+    }
 }
 
 /// The agent-facing `msfleet.v1.AgentLink` service: one session per agent process.
@@ -247,5 +271,17 @@ impl AgentLink for AgentLinkService {
             core.send(Command::Disconnected { session });
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn get_baselines(
+        &self,
+        req: Request<pb::GetBaselinesRequest>,
+    ) -> Result<Response<pb::GetBaselinesResponse>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::GetBaselines { req, reply })
+                .await?,
+        ))
     }
 }

@@ -11,6 +11,7 @@
 //! The async gRPC layer talks to the core only through [`CoreHandle`]; it
 //! never blocks on sled itself.
 
+use crate::baseline::BaselineBook;
 use crate::config::Config;
 use crate::jobspec;
 use crate::lease::{Lease, LeaseTable};
@@ -81,6 +82,19 @@ pub enum Command {
     },
     ListQueues {
         reply: Reply<Vec<pb::Queue>>,
+    },
+    ListBaselines {
+        req: pb::ListBaselinesRequest,
+        reply: Reply<Vec<pb::Baseline>>,
+    },
+    AcceptBaselines {
+        req: pb::AcceptBaselinesRequest,
+        reply: Reply<Vec<pb::Baseline>>,
+    },
+    /// From an agent's unary call: baselines of the profile of the attempt's agent.
+    GetBaselines {
+        req: pb::GetBaselinesRequest,
+        reply: Reply<pb::GetBaselinesResponse>,
     },
     Register {
         session: u64,
@@ -224,6 +238,7 @@ struct Core {
     leases: LeaseTable,
     agents: BTreeMap<String, AgentEntry>,
     sessions: HashMap<u64, String>,
+    baselines: BaselineBook,
     next_job: u64,
     next_epoch: u64,
     started_ms: i64,
@@ -233,7 +248,7 @@ const NEXT_EPOCH: &str = "next_epoch";
 
 impl Core {
     fn load(cfg: Arc<Config>, store: Store) -> Result<Core, StoreError> {
-        let snap = store.load()?;
+        let mut snap = store.load()?;
         let started_ms = now_ms();
         let mut core = Core {
             cfg,
@@ -243,6 +258,7 @@ impl Core {
             leases: LeaseTable::default(),
             agents: BTreeMap::new(),
             sessions: HashMap::new(),
+            baselines: BaselineBook::load(std::mem::take(&mut snap.baselines)),
             next_job: 1,
             next_epoch: 1,
             started_ms,
@@ -435,6 +451,18 @@ impl Core {
             }
             Command::ListQueues { reply } => {
                 let r = Ok(self.queues());
+                step.reply(reply, r);
+            }
+            Command::ListBaselines { req, reply } => {
+                let r = Ok(self.baselines.list(&req.case, &req.profile));
+                step.reply(reply, r);
+            }
+            Command::AcceptBaselines { req, reply } => {
+                let r = self.accept_baselines(&req, step);
+                step.reply(reply, r);
+            }
+            Command::GetBaselines { req, reply } => {
+                let r = self.get_baselines(&req);
                 step.reply(reply, r);
             }
             Command::Register {
@@ -665,6 +693,82 @@ impl Core {
                 aging_s: aging.as_secs(),
             })
             .collect()
+    }
+
+    fn accept_baselines(
+        &mut self,
+        req: &pb::AcceptBaselinesRequest,
+        step: &mut Step,
+    ) -> Result<Vec<pb::Baseline>, Status> {
+        let id = self.job_id(&req.job_id)?;
+        let job = &self.jobs[&id].job;
+        if job.spec.as_ref().is_none_or(|s| s.kind != "benchmark") {
+            return Err(Status::failed_precondition(format!(
+                "job {id} is not a benchmark job"
+            )));
+        }
+        if !job.state().is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "job {id} is still {}; accept it once it has finished",
+                job.state().label()
+            )));
+        }
+        if job.cases.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "job {id} has no case results to accept"
+            )));
+        }
+        let who = match req.who.trim() {
+            "" => "unknown",
+            w => w,
+        };
+        let (cases, job_id) = (job.cases.clone(), job.id.clone());
+        let changed = self.baselines.accept(&cases, &job_id, who, now_ms());
+        if changed.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "job {id} has no measured case to accept (all errored)"
+            )));
+        }
+        for (key, b) in &changed {
+            step.writes.put_baseline(key, b);
+        }
+        tracing::info!(job = id, who, cases = changed.len(), "baselines accepted");
+        Ok(changed.into_iter().map(|(_, b)| b).collect())
+    }
+
+    fn get_baselines(
+        &self,
+        req: &pb::GetBaselinesRequest,
+    ) -> Result<pb::GetBaselinesResponse, Status> {
+        let r = req
+            .attempt
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("GetBaselines needs the caller's attempt"))?;
+        let task = r.task_id.parse::<u64>().unwrap_or(0);
+        let owner = self
+            .leases
+            .get(task)
+            .map(|l| l.agent.clone())
+            .ok_or_else(|| {
+                Status::failed_precondition(format!("task {} has no live attempt", r.task_id))
+            })?;
+        self.leases
+            .check(task, &r, &owner)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let profile = self
+            .agents
+            .get(&owner)
+            .map(|a| a.caps().profile.clone())
+            .unwrap_or_default();
+        let wanted = req
+            .keys
+            .iter()
+            .map(|k| (k.case.clone(), k.input_hash.clone()))
+            .collect();
+        Ok(pb::GetBaselinesResponse {
+            baselines: self.baselines.for_profile(&profile, &wanted),
+            profile,
+        })
     }
 
     fn aging_ms(&self, queue: &str) -> u64 {
@@ -943,6 +1047,23 @@ impl Core {
             Some(task_update::Kind::Log(chunk)) => {
                 self.push_event(task, attempt, job_event::Kind::Log(chunk), step);
             }
+            Some(task_update::Kind::Case(mut c)) => {
+                c.profile = self
+                    .agents
+                    .get(&name)
+                    .map(|a| a.caps().profile.clone())
+                    .unwrap_or_default();
+                let trusted = e.job.spec.as_ref().is_some_and(|s| {
+                    s.queue == "nightly" || s.benchmark.as_ref().is_some_and(|b| b.trusted)
+                });
+                e.job.cases.push(c.clone());
+                if trusted {
+                    if let Some((key, b)) = self.baselines.record_trusted(&c, &e.job.id, now_ms()) {
+                        step.writes.put_baseline(&key, &b);
+                    }
+                }
+                self.push_event(task, attempt, job_event::Kind::Case(c), step);
+            }
             Some(task_update::Kind::Test(t)) => {
                 e.job
                     .tests
@@ -1103,6 +1224,7 @@ impl Core {
         e.job.attempts += 1;
         e.job.agent = agent.to_string();
         e.job.tests = Some(TestCounts::default());
+        e.job.cases.clear();
         let att = AttemptRecord {
             attempt: e.job.attempts,
             epoch,

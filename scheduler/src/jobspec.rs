@@ -16,11 +16,23 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
     if spec.kind.is_empty() {
         spec.kind = "pytest".into();
     }
-    if spec.kind != "pytest" {
-        return Err(Status::invalid_argument(format!(
-            "unknown job kind '{}': this scheduler runs 'pytest' jobs",
-            spec.kind
-        )));
+    match spec.kind.as_str() {
+        "pytest" => {
+            if spec.benchmark.is_some() {
+                return Err(Status::invalid_argument(
+                    "a pytest job cannot carry benchmark settings; use kind 'benchmark'",
+                ));
+            }
+        }
+        "benchmark" => {
+            let bench = spec.benchmark.get_or_insert_with(Default::default);
+            msfleet_proto::bench::validate(bench).map_err(Status::invalid_argument)?;
+        }
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown job kind '{other}': use 'pytest' or 'benchmark'"
+            )))
+        }
     }
     if spec.queue.is_empty() {
         spec.queue = "default".into();
@@ -102,7 +114,11 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
 }
 
 fn default_name(spec: &JobSpec) -> String {
-    let mut name = format!("{} {}", spec.kind, spec.args.join(" "));
+    let what = match &spec.benchmark {
+        Some(b) => b.cases.join(" "),
+        None => spec.args.join(" "),
+    };
+    let mut name = format!("{} {what}", spec.kind);
     name.truncate(name.trim_end().len().min(80));
     name
 }
@@ -166,6 +182,7 @@ mod tests {
                 "absolute path",
             ),
             (Box::new(|s| s.kind = "make".into()), "unknown job kind"),
+            (Box::new(|s| s.kind = "benchmark".into()), "needs a command"),
         ];
         for (mutate, want) in cases {
             let mut s = spec();

@@ -2,9 +2,10 @@
 //!
 //! Code map: [`store`] (sled, group commit) <- [`core`] (the single-threaded
 //! state machine: jobs, [`queue`], [`lease`], [`matching`] with
-//! [`requirement`]) <- [`api`] (gRPC services) <- [`server`] (wiring).
+//! [`requirement`], [`baseline`]) <- [`api`] (gRPC services) <- [`server`] (wiring).
 
 pub mod api;
+pub mod baseline;
 pub mod config;
 pub mod core;
 pub mod jobspec;

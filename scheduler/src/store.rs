@@ -11,13 +11,14 @@
 //! - `p` job id            -> queue name: the pending index, small and separate from history
 //! - `g` agent name        -> `msfleet.v1.Agent` (protobuf, registration + admin state)
 //! - `m` name              -> u64 counters (next epoch)
+//! - `b` baseline key      -> `msfleet.v1.Baseline` (protobuf)
 //!
 //! Durability: [`Store::after_durable`] hands a callback to the flusher thread,
 //! which calls `Db::flush` once for every callback queued while it was busy and
 //! then runs them all. Many concurrent submits therefore share one fsync, and
 //! nothing is acknowledged before the flush that covers it has returned.
 
-use msfleet_proto::{Agent, Job, JobEvent};
+use msfleet_proto::{Agent, Baseline, Job, JobEvent};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -55,6 +56,7 @@ pub struct Snapshot {
     pub pending: Vec<u64>,
     pub agents: Vec<Agent>,
     pub meta: Vec<(String, u64)>,
+    pub baselines: Vec<(String, Baseline)>,
 }
 
 /// A batch of writes that goes to disk atomically.
@@ -100,6 +102,12 @@ impl WriteSet {
         let mut k = vec![b'g'];
         k.extend_from_slice(agent.name.as_bytes());
         self.put(k, agent.encode_to_vec());
+    }
+
+    pub fn put_baseline(&mut self, key: &str, baseline: &Baseline) {
+        let mut k = vec![b'b'];
+        k.extend_from_slice(key.as_bytes());
+        self.put(k, baseline.encode_to_vec());
     }
 
     pub fn put_meta(&mut self, name: &str, value: u64) {
@@ -216,6 +224,12 @@ impl Store {
             snap.agents
                 .push(Agent::decode(&*v).map_err(|e| corrupt(&k, e))?);
         }
+        for item in self.db.scan_prefix([b'b']) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k[1..]).into_owned();
+            snap.baselines
+                .push((key, Baseline::decode(&*v).map_err(|e| corrupt(&k, e))?));
+        }
         for item in self.db.scan_prefix([b'm']) {
             let (k, v) = item?;
             let value = <[u8; 8]>::try_from(&*v).map_err(|e| corrupt(&k, e))?;
@@ -305,7 +319,19 @@ mod tests {
             store.after_durable(Box::new(move |ok| tx.send(ok).unwrap()));
             assert!(rx.recv().unwrap());
         }
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        // sled's own background thread lets go of the file lock shortly after
+        // the last handle drops; a new process never sees this.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let store = loop {
+            match Store::open(dir.path(), 1 << 20) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        };
         let snap = store.load().unwrap();
         assert_eq!(snap.jobs.len(), 1);
         assert_eq!(snap.pending, vec![7]);
