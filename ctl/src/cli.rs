@@ -90,6 +90,87 @@ pub enum Command {
         #[command(subcommand)]
         action: BaselineAction,
     },
+    /// Durable cron schedules: add, list, show, pause, resume, delete, run-now.
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleAction {
+    /// Add a schedule that submits a job file's job at each cron slot.
+    Add(Box<ScheduleAdd>),
+    /// List schedules: next fire time in each one's zone, last job and its state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one schedule: timing, policies, its job and its last run.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop firing until resumed.
+    Pause {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fire again.
+    Resume {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a schedule (its jobs are kept).
+    Delete {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit the schedule's job now (not tied to a slot); prints the job id.
+    RunNow {
+        name: String,
+        /// Watch the job and exit with its result.
+        #[arg(long)]
+        wait: bool,
+        /// Print the submitted job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ScheduleAdd {
+    /// Schedule name (unique).
+    pub name: String,
+    /// 5-field crontab (minute hour day-of-month month day-of-week) or
+    /// @hourly, @daily, @midnight, @nightly (02:00), @weekly, @monthly, @yearly.
+    #[arg(long, allow_hyphen_values = true)]
+    pub cron: String,
+    /// IANA time zone the expression is read in, e.g. Asia/Shanghai.
+    #[arg(long, default_value = "UTC")]
+    pub tz: String,
+    /// After scheduler downtime: fire the latest missed slot once, or skip it.
+    #[arg(long, default_value = "fire_once", value_parser = ["fire_once", "skip"])]
+    pub misfire: String,
+    /// While the previous run is still going: skip the slot, or queue its job.
+    #[arg(long, default_value = "skip", value_parser = ["skip", "queue"])]
+    pub overlap: String,
+    /// The job to submit, as a TOML job file (the format of `submit -f`).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Override the job file's queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Override the job file's requirement expression.
+    #[arg(long = "require")]
+    pub require: Option<String>,
+    /// Print the schedule as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -182,6 +263,10 @@ pub struct Submit {
     pub labels: Vec<String>,
     #[arg(long)]
     pub name: Option<String>,
+    /// Return the existing job when this key was submitted before (within the
+    /// scheduler's dedup window) instead of making a second one.
+    #[arg(long = "dedup-key", value_name = "KEY")]
+    pub dedup_key: Option<String>,
     /// Watch the job and exit with its result.
     #[arg(long)]
     pub wait: bool,

@@ -1,7 +1,7 @@
 //! One function per msctl subcommand. Each returns the process exit code.
 
 use crate::argv;
-use crate::cli::{AgentAction, BaselineAction, Cli, Command, Submit};
+use crate::cli::{AgentAction, BaselineAction, Cli, Command, ScheduleAction, ScheduleAdd, Submit};
 use crate::export::{self, Outcome};
 use crate::follow::follow;
 use crate::jobfile::{parse_timeout, ExtractFile, JobFile, SourceFile};
@@ -21,6 +21,15 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
             print!("{}", file.to_toml());
             return Ok(exit::OK);
         }
+    }
+    if let Command::Schedule {
+        action: ScheduleAction::Add(a),
+    } = &cli.command
+    {
+        // A bad job file is bad input whether or not the scheduler is up.
+        let schedule = new_schedule(a)?;
+        let mut client = connect(&cli.addr).await?;
+        return schedule_add(&mut client, schedule, a.json).await;
     }
     let mut client = connect(&cli.addr).await?;
     match cli.command {
@@ -226,6 +235,7 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                 metric,
             } => baseline_export(&mut client, &dir, profile, metric).await,
         },
+        Command::Schedule { action } => schedule(&mut client, action).await,
     }
 }
 
@@ -333,6 +343,12 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     }
     if let Some(n) = &s.name {
         f.name = n.clone();
+    }
+    if let Some(k) = &s.dedup_key {
+        if k.trim().is_empty() {
+            return Err(CtlError::input("--dedup-key is empty"));
+        }
+        f.dedup_key = k.clone();
     }
     for kv in &s.env {
         let (k, v) = split_kv(kv, "--env")?;
@@ -466,25 +482,179 @@ fn split_kv(kv: &str, flag: &str) -> Result<(String, String), CtlError> {
 async fn submit(client: &mut FleetClient<Channel>, s: Submit) -> Result<i32, CtlError> {
     let file = job_file(&s)?;
     let spec = file.to_spec().map_err(|e| CtlError::input(e.to_string()))?;
+    let spec_key = spec.dedup_key.clone();
     let job = client
         .submit(pb::SubmitRequest { spec: Some(spec) })
         .await?
         .into_inner();
     if s.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&render::job_json(&job)).unwrap_or_default()
-        );
-    } else if s.wait {
+        print_json(&render::job_json(&job));
+    } else if s.wait && !job.deduplicated {
         eprintln!("submitted job {}", job.id);
     } else {
         println!("{}", job.id);
+    }
+    if job.deduplicated {
+        eprintln!("msctl: {}", dedup_note(&job, &spec_key));
     }
     for w in &job.warnings {
         eprintln!("warning: {w}");
     }
     if s.wait {
         return watch(client, &job.id, false).await;
+    }
+    Ok(exit::OK)
+}
+
+/// `job 12 already exists for dedup key K (submitted 2026-11-23T02:00:03Z)`.
+pub fn dedup_note(job: &pb::Job, sent_key: &str) -> String {
+    let key = job
+        .spec
+        .as_ref()
+        .map(|s| s.dedup_key.as_str())
+        .filter(|k| !k.is_empty())
+        .unwrap_or(sent_key);
+    format!(
+        "job {} already exists for dedup key {key} (submitted {})",
+        job.id,
+        render::time_ms(job.submitted_at_ms)
+    )
+}
+
+/// The schedule `schedule add` asks for: its job from the job file (with
+/// `--queue`/`--require` applied), checked as `submit -f` checks it.
+fn new_schedule(a: &ScheduleAdd) -> Result<pb::Schedule, CtlError> {
+    let path = &a.file;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CtlError::input(format!("cannot read {}: {e}", path.display())))?;
+    let mut f =
+        JobFile::parse(&text).map_err(|e| CtlError::input(format!("{}: {e}", path.display())))?;
+    if let Some(q) = &a.queue {
+        f.queue = q.clone();
+    }
+    if let Some(r) = &a.require {
+        f.requirements = r.clone();
+    }
+    let spec = f
+        .to_spec()
+        .map_err(|e| CtlError::input(format!("{}: {e}", path.display())))?;
+    if a.name.trim().is_empty() {
+        return Err(CtlError::input("the schedule needs a name"));
+    }
+    Ok(pb::Schedule {
+        name: a.name.clone(),
+        cron: a.cron.clone(),
+        tz: a.tz.clone(),
+        spec: Some(spec),
+        misfire: a.misfire.clone(),
+        overlap: a.overlap.clone(),
+        ..Default::default()
+    })
+}
+
+async fn schedule_add(
+    client: &mut FleetClient<Channel>,
+    schedule: pb::Schedule,
+    json: bool,
+) -> Result<i32, CtlError> {
+    let s = client.add_schedule(schedule).await?.into_inner();
+    if json {
+        print_json(&render::schedule_json(&s));
+    } else {
+        println!("added schedule {}", render::schedule_line(&s));
+    }
+    Ok(exit::OK)
+}
+
+async fn schedule(
+    client: &mut FleetClient<Channel>,
+    action: ScheduleAction,
+) -> Result<i32, CtlError> {
+    let name = |name: String| pb::ScheduleName { name };
+    let (s, json, verb) = match action {
+        ScheduleAction::Add(a) => {
+            // Normally handled before connecting (see `run`).
+            let json = a.json;
+            return schedule_add(client, new_schedule(&a)?, json).await;
+        }
+        ScheduleAction::List { json } => {
+            let schedules = client
+                .list_schedules(pb::ListSchedulesRequest {})
+                .await?
+                .into_inner()
+                .schedules;
+            if json {
+                print_json(&schedules.iter().map(render::schedule_json).collect());
+            } else {
+                print!("{}", render::schedules_table(&schedules));
+            }
+            return Ok(exit::OK);
+        }
+        ScheduleAction::Show { name: n, json } => {
+            let s = client.get_schedule(name(n)).await?.into_inner();
+            if json {
+                print_json(&render::schedule_json(&s));
+            } else {
+                print!("{}", render::schedule_text(&s));
+            }
+            return Ok(exit::OK);
+        }
+        ScheduleAction::RunNow {
+            name: n,
+            wait,
+            json,
+        } => {
+            let job = client.run_schedule_now(name(n.clone())).await?.into_inner();
+            if json {
+                print_json(&render::job_json(&job));
+            } else if wait {
+                eprintln!("submitted job {} for schedule {n}", job.id);
+            } else {
+                println!("{}", job.id);
+            }
+            for w in &job.warnings {
+                eprintln!("warning: {w}");
+            }
+            if wait {
+                return watch(client, &job.id, false).await;
+            }
+            return Ok(exit::OK);
+        }
+        ScheduleAction::Pause { name, json } => (
+            client
+                .set_schedule_paused(pb::SetSchedulePausedRequest { name, paused: true })
+                .await?
+                .into_inner(),
+            json,
+            "paused",
+        ),
+        ScheduleAction::Resume { name, json } => (
+            client
+                .set_schedule_paused(pb::SetSchedulePausedRequest {
+                    name,
+                    paused: false,
+                })
+                .await?
+                .into_inner(),
+            json,
+            "resumed",
+        ),
+        ScheduleAction::Delete { name: n, json } => (
+            client.delete_schedule(name(n)).await?.into_inner(),
+            json,
+            "deleted",
+        ),
+    };
+    if json {
+        print_json(&render::schedule_json(&s));
+    } else if verb == "resumed" {
+        println!(
+            "schedule {} resumed, next {}",
+            s.name,
+            render::schedule_next(&s)
+        );
+    } else {
+        println!("schedule {} {verb}", s.name);
     }
     Ok(exit::OK)
 }
@@ -1044,6 +1214,238 @@ mod tests {
     #[test]
     fn unknown_kinds_are_refused_by_clap() {
         assert!(Cli::try_parse_from(["msctl", "submit", "jest", "--dir", "."]).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["msctl"].iter().chain(args).copied())
+    }
+
+    fn schedule_action(args: &[&str]) -> ScheduleAction {
+        match parse(args) {
+            Ok(Cli {
+                command: Command::Schedule { action },
+                ..
+            }) => action,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn job_toml(tag: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("msctl-unit-{tag}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn schedule_add_flags_and_defaults() {
+        let a = match schedule_action(&[
+            "schedule",
+            "add",
+            "nightly",
+            "--cron",
+            "0 2 * * *",
+            "--tz",
+            "Asia/Shanghai",
+            "--misfire",
+            "skip",
+            "--overlap",
+            "queue",
+            "-f",
+            "job.toml",
+            "--queue",
+            "nightly",
+            "--require",
+            "gpu.count>=1",
+            "--json",
+        ]) {
+            ScheduleAction::Add(a) => *a,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(a.name, "nightly");
+        assert_eq!(a.cron, "0 2 * * *");
+        assert_eq!(a.tz, "Asia/Shanghai");
+        assert_eq!((a.misfire.as_str(), a.overlap.as_str()), ("skip", "queue"));
+        assert_eq!(a.file, PathBuf::from("job.toml"));
+        assert_eq!(a.queue.as_deref(), Some("nightly"));
+        assert_eq!(a.require.as_deref(), Some("gpu.count>=1"));
+        assert!(a.json);
+
+        let a = match schedule_action(&["schedule", "add", "n", "--cron", "@nightly", "-f", "j"]) {
+            ScheduleAction::Add(a) => *a,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (a.tz.as_str(), a.misfire.as_str(), a.overlap.as_str()),
+            ("UTC", "fire_once", "skip")
+        );
+        assert!(!a.json && a.queue.is_none() && a.require.is_none());
+    }
+
+    #[test]
+    fn schedule_add_refuses_bad_flags_with_usage_errors() {
+        use clap::error::ErrorKind;
+        let usage = |args: &[&str]| {
+            let e = parse(args).expect_err("accepted");
+            assert_eq!(e.exit_code(), exit::BAD_INPUT, "{args:?}: {e}");
+            e
+        };
+        let base = ["schedule", "add", "n", "--cron", "@daily", "-f", "j.toml"];
+        let e = usage(&[&base[..], &["--misfire", "later"]].concat());
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+        assert!(e.to_string().contains("fire_once"), "{e}");
+        let e = usage(&[&base[..], &["--overlap", "kill"]].concat());
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+        // --cron and -f are required; a name too.
+        let e = usage(&["schedule", "add", "n", "-f", "j.toml"]);
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        let e = usage(&["schedule", "add", "n", "--cron", "@daily"]);
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        usage(&["schedule", "add", "--cron", "@daily", "-f", "j.toml"]);
+        usage(&["schedule", "pause"]);
+        usage(&["schedule", "frobnicate", "n"]);
+    }
+
+    #[test]
+    fn schedule_subcommands_parse() {
+        assert!(matches!(
+            schedule_action(&["schedule", "list"]),
+            ScheduleAction::List { json: false }
+        ));
+        assert!(matches!(
+            schedule_action(&["schedule", "list", "--json"]),
+            ScheduleAction::List { json: true }
+        ));
+        match schedule_action(&["schedule", "show", "nightly", "--json"]) {
+            ScheduleAction::Show { name, json } => {
+                assert_eq!((name.as_str(), json), ("nightly", true))
+            }
+            other => panic!("{other:?}"),
+        }
+        match schedule_action(&["schedule", "pause", "nightly"]) {
+            ScheduleAction::Pause { name, json } => {
+                assert_eq!((name.as_str(), json), ("nightly", false))
+            }
+            other => panic!("{other:?}"),
+        }
+        match schedule_action(&["schedule", "resume", "nightly"]) {
+            ScheduleAction::Resume { name, .. } => assert_eq!(name, "nightly"),
+            other => panic!("{other:?}"),
+        }
+        match schedule_action(&["schedule", "delete", "nightly"]) {
+            ScheduleAction::Delete { name, .. } => assert_eq!(name, "nightly"),
+            other => panic!("{other:?}"),
+        }
+        match schedule_action(&["schedule", "run-now", "nightly", "--wait"]) {
+            ScheduleAction::RunNow { name, wait, json } => {
+                assert_eq!((name.as_str(), wait, json), ("nightly", true, false))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn new_schedule_reads_the_job_file_and_applies_overrides() {
+        let path = job_toml(
+            "sched",
+            "queue = \"default\"\nargs = [\"-m\", \"nightly\"]\n[source]\ngit = \"https://example.com/r.git\"\nref = \"main\"\n",
+        );
+        let p = path.display().to_string();
+        let a = match schedule_action(&[
+            "schedule",
+            "add",
+            "nightly",
+            "--cron",
+            "0 2 * * *",
+            "--tz",
+            "Europe/Berlin",
+            "-f",
+            &p,
+            "--queue",
+            "nightly",
+        ]) {
+            ScheduleAction::Add(a) => *a,
+            other => panic!("{other:?}"),
+        };
+        let s = new_schedule(&a).unwrap();
+        assert_eq!(s.name, "nightly");
+        assert_eq!(s.cron, "0 2 * * *");
+        assert_eq!(s.tz, "Europe/Berlin");
+        assert_eq!(
+            (s.misfire.as_str(), s.overlap.as_str()),
+            ("fire_once", "skip")
+        );
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.queue, "nightly");
+        assert_eq!(spec.args, ["-m", "nightly"]);
+        assert!(!s.paused && s.last_slot_ms.is_none());
+
+        // A bad or missing job file is bad input, before any connection.
+        std::fs::write(&path, "[source]\ndir = \"/x\"\ngit = \"y\"\n").unwrap();
+        let e = new_schedule(&a).unwrap_err();
+        assert_eq!(e.code, exit::BAD_INPUT);
+        assert!(e.message.contains("exactly one of dir"), "{}", e.message);
+        let _ = std::fs::remove_file(&path);
+        let e = new_schedule(&a).unwrap_err();
+        assert_eq!(e.code, exit::BAD_INPUT);
+        assert!(e.message.contains("cannot read"), "{}", e.message);
+    }
+
+    #[test]
+    fn dedup_key_flag_sets_the_spec_and_survives_a_dry_run() {
+        let dir = fixtures();
+        let f = job_file(&submit(&[
+            "pytest",
+            "--dir",
+            &dir,
+            "--dedup-key",
+            "nightly-2026-11-23",
+            "--",
+            "tests",
+        ]))
+        .unwrap();
+        assert_eq!(f.to_spec().unwrap().dedup_key, "nightly-2026-11-23");
+        let back = JobFile::parse(&f.to_toml()).unwrap();
+        assert_eq!(back, f);
+        // The flag overrides the file's key.
+        let path = job_toml(
+            "dedup",
+            "dedup_key = \"from-file\"\n[source]\ndir = \"/x\"\n",
+        );
+        let p = path.display().to_string();
+        assert_eq!(
+            job_file(&submit(&["-f", &p])).unwrap().dedup_key,
+            "from-file"
+        );
+        assert_eq!(
+            job_file(&submit(&["-f", &p, "--dedup-key", "flag"]))
+                .unwrap()
+                .dedup_key,
+            "flag"
+        );
+        let e = job_file(&submit(&["-f", &p, "--dedup-key", " "])).unwrap_err();
+        assert_eq!(e.code, exit::BAD_INPUT);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn dedup_note_names_the_job_key_and_time() {
+        let job = pb::Job {
+            id: "12".into(),
+            spec: Some(pb::JobSpec {
+                dedup_key: "nightly-2026-11-23".into(),
+                ..Default::default()
+            }),
+            submitted_at_ms: 1_795_399_203_000,
+            deduplicated: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            dedup_note(&job, "sent"),
+            "job 12 already exists for dedup key nightly-2026-11-23 (submitted 2026-11-23T02:00:03Z)"
+        );
+        let bare = pb::Job { spec: None, ..job };
+        assert!(dedup_note(&bare, "sent").contains("dedup key sent "));
     }
 
     #[test]

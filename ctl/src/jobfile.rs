@@ -17,6 +17,9 @@
 //! team = "modeling"
 //! ```
 //!
+//! `dedup_key = "nightly-2026-11-23"` (top level, any kind) makes a second
+//! submit with the same key return the first job (for plain system cron).
+//!
 //! A benchmark job has `kind = "benchmark"`, no `args`, and a `[benchmark]` table:
 //!
 //! ```toml
@@ -59,6 +62,10 @@ pub struct JobFile {
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Submitting again with a key the scheduler has seen (within its dedup
+    /// window) returns the existing job instead of making a second one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dedup_key: String,
     pub source: SourceFile,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -210,6 +217,7 @@ impl JobFile {
             labels: self.labels.clone().into_iter().collect(),
             name: self.name.clone(),
             benchmark,
+            dedup_key: self.dedup_key.clone(),
         })
     }
 }
@@ -378,6 +386,25 @@ mod tests {
             "kind = \"benchmark\"\n[source]\ndir = \"/x\"\n[benchmark]\ncommand = [\"r\"]\nbogus = 1\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn dedup_key_round_trips_and_reaches_the_spec() {
+        let text =
+            "dedup_key = \"nightly-2026-11-23\"\nargs = [\"tests\"]\n[source]\ndir = \"/x\"\n";
+        let f = JobFile::parse(text).unwrap();
+        assert_eq!(f.dedup_key, "nightly-2026-11-23");
+        let written = f.to_toml();
+        assert!(
+            written.contains("dedup_key = \"nightly-2026-11-23\""),
+            "{written}"
+        );
+        assert_eq!(JobFile::parse(&written).unwrap(), f);
+        assert_eq!(f.to_spec().unwrap().dedup_key, "nightly-2026-11-23");
+        // No key: none written, none sent.
+        let plain = JobFile::parse("[source]\ndir = \"/x\"\n").unwrap();
+        assert!(!plain.to_toml().contains("dedup_key"));
+        assert_eq!(plain.to_spec().unwrap().dedup_key, "");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use msfleet_proto::{
     job_event, source, Agent, Baseline, BenchmarkSpec, CaseResult, Explanation, Job, JobEvent,
-    JobState, MetricSummary, OperatorTime, Queue, TestCounts,
+    JobSpec, JobState, MetricSummary, OperatorTime, Queue, Schedule, TestCounts,
 };
 use serde_json::{json, Map, Value};
 
@@ -13,13 +13,26 @@ pub fn counts_json(c: &TestCounts) -> Value {
     })
 }
 
-pub fn job_json(j: &Job) -> Value {
-    let spec = j.spec.clone().unwrap_or_default();
-    let src = match spec.source.and_then(|s| s.kind) {
+fn source_json(spec: &JobSpec) -> Value {
+    match spec.source.as_ref().and_then(|s| s.kind.as_ref()) {
         Some(source::Kind::Dir(d)) => json!({ "dir": d }),
         Some(source::Kind::Git(g)) => json!({ "git": g.url, "ref": g.r#ref }),
         None => Value::Null,
-    };
+    }
+}
+
+/// A string, or null when empty.
+fn text_or_null(s: &str) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        json!(s)
+    }
+}
+
+pub fn job_json(j: &Job) -> Value {
+    let spec = j.spec.clone().unwrap_or_default();
+    let src = source_json(&spec);
     let benchmark = match &spec.benchmark {
         Some(b) => benchmark_json(b),
         None => Value::Null,
@@ -48,7 +61,166 @@ pub fn job_json(j: &Job) -> Value {
         "last_event_seq": j.last_event_seq,
         "benchmark": benchmark,
         "cases": j.cases.iter().map(case_json).collect::<Vec<_>>(),
+        "schedule": text_or_null(&j.schedule),
+        "slot_ms": nonzero(j.slot_ms),
+        "dedup_key": text_or_null(&spec.dedup_key),
+        "deduplicated": j.deduplicated,
     })
+}
+
+/// The job spec on its own (a schedule's job): what runs, where, from what.
+pub fn spec_json(spec: &JobSpec) -> Value {
+    json!({
+        "kind": spec.kind,
+        "name": spec.name,
+        "queue": spec.queue,
+        "priority": spec.priority,
+        "requirements": spec.requirements,
+        "source": source_json(spec),
+        "args": spec.args,
+        "timeout_ms": spec.timeout_ms,
+        "retries": spec.retries,
+        "env": spec.env,
+        "labels": spec.labels,
+        "dedup_key": text_or_null(&spec.dedup_key),
+        "benchmark": spec.benchmark.as_ref().map_or(Value::Null, benchmark_json),
+    })
+}
+
+/// `ms` as a wall-clock time in the IANA zone `tz` (`2026-11-23 02:00 CST`,
+/// the scheduler's `next_local` format); "-" for no time. An unknown zone
+/// falls back to UTC.
+pub fn local_time(ms: i64, tz: &str) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let Some(utc) = chrono::DateTime::from_timestamp_millis(ms) else {
+        return format!("{ms} ms");
+    };
+    match tz.parse::<chrono_tz::Tz>() {
+        Ok(zone) => utc
+            .with_timezone(&zone)
+            .format("%Y-%m-%d %H:%M %Z")
+            .to_string(),
+        Err(_) => utc.format("%Y-%m-%d %H:%M UTC").to_string(),
+    }
+}
+
+/// The schedule's next fire time in its zone, as the scheduler wrote it
+/// (or computed here when only `next_ms` came); "-" for none.
+pub fn schedule_next(s: &Schedule) -> String {
+    if !s.next_local.is_empty() {
+        s.next_local.clone()
+    } else {
+        local_time(s.next_ms, &s.tz)
+    }
+}
+
+pub fn schedule_json(s: &Schedule) -> Value {
+    let spec = s.spec.clone().unwrap_or_default();
+    json!({
+        "name": s.name,
+        "cron": s.cron,
+        "tz": s.tz,
+        "misfire": s.misfire,
+        "overlap": s.overlap,
+        "paused": s.paused,
+        "created_ms": nonzero(s.created_ms),
+        "last_slot_ms": s.last_slot_ms,
+        "last_slot_local": s.last_slot_ms.map(|ms| local_time(ms, &s.tz)),
+        "last_job_id": text_or_null(&s.last_job_id),
+        "last_state": text_or_null(&s.last_state),
+        "next_ms": nonzero(s.next_ms),
+        "next_local": text_or_null(&s.next_local),
+        "spec": spec_json(&spec),
+    })
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// One `schedule list` row: NAME CRON TZ NEXT PAUSED LAST-JOB LAST-STATE.
+pub fn schedule_row(s: &Schedule) -> Vec<String> {
+    vec![
+        s.name.clone(),
+        s.cron.clone(),
+        dash(&s.tz),
+        schedule_next(s),
+        if s.paused { "yes" } else { "no" }.into(),
+        dash(&s.last_job_id),
+        dash(&s.last_state),
+    ]
+}
+
+pub fn schedules_table(schedules: &[Schedule]) -> String {
+    let rows: Vec<Vec<String>> = schedules.iter().map(schedule_row).collect();
+    table(
+        &[
+            "NAME",
+            "CRON",
+            "TZ",
+            "NEXT",
+            "PAUSED",
+            "LAST-JOB",
+            "LAST-STATE",
+        ],
+        &rows,
+    )
+}
+
+/// One line about a schedule: `nightly: 0 2 * * * Asia/Shanghai, next 2026-11-23 02:00 CST`.
+pub fn schedule_line(s: &Schedule) -> String {
+    let next = if s.paused {
+        "paused".to_string()
+    } else {
+        format!("next {}", schedule_next(s))
+    };
+    format!("{}: {} {}, {next}", s.name, s.cron, dash(&s.tz))
+}
+
+/// `schedule show`: timing, policies, the job it submits, its last run.
+pub fn schedule_text(s: &Schedule) -> String {
+    let spec = s.spec.clone().unwrap_or_default();
+    let mut out = format!("schedule {}\n", s.name);
+    out += &format!("  cron:      {} ({})\n", s.cron, dash(&s.tz));
+    out += &format!(
+        "  next:      {}{}\n",
+        schedule_next(s),
+        if s.paused { " (paused)" } else { "" }
+    );
+    out += &format!("  paused:    {}\n", if s.paused { "yes" } else { "no" });
+    out += &format!("  misfire:   {}\n", dash(&s.misfire));
+    out += &format!("  overlap:   {}\n", dash(&s.overlap));
+    out += &format!("  created:   {}\n", local_time(s.created_ms, &s.tz));
+    out += &format!(
+        "  last slot: {}\n",
+        s.last_slot_ms
+            .map_or("-".into(), |ms| local_time(ms, &s.tz))
+    );
+    out += &format!(
+        "  last job:  {}\n",
+        match (s.last_job_id.as_str(), s.last_state.as_str()) {
+            ("", _) => "-".to_string(),
+            (id, "") => id.to_string(),
+            (id, state) => format!("{id} ({state})"),
+        }
+    );
+    out += &format!(
+        "  job:       {}{}\n",
+        spec.kind,
+        if spec.name.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", spec.name)
+        }
+    );
+    out += &spec_lines(&spec);
+    out
 }
 
 pub fn benchmark_json(b: &BenchmarkSpec) -> Value {
@@ -228,8 +400,51 @@ pub fn job_text(j: &Job) -> String {
         out += &format!(" ({})", j.reason);
     }
     out += "\n";
-    out += &format!("  queue:     {} (priority {})\n", spec.queue, spec.priority);
-    match spec.source.and_then(|s| s.kind) {
+    out += &spec_lines(&spec);
+    if !j.schedule.is_empty() {
+        out += &format!("  schedule:  {}", j.schedule);
+        if j.slot_ms > 0 {
+            out += &format!(" (slot {})", time_ms(j.slot_ms));
+        }
+        out += "\n";
+    }
+    if !spec.dedup_key.is_empty() {
+        out += &format!("  dedup key: {}\n", spec.dedup_key);
+    }
+    out += &format!(
+        "  attempts:  {}{}\n",
+        j.attempts,
+        if j.agent.is_empty() {
+            String::new()
+        } else {
+            format!(" (agent {})", j.agent)
+        }
+    );
+    if spec.kind == "benchmark" || !j.cases.is_empty() {
+        out += &format!("  results:   {}\n", cases_summary(&j.cases));
+    } else {
+        out += &format!(
+            "  tests:     {}\n",
+            counts_line(&j.tests.unwrap_or_default())
+        );
+    }
+    for w in &j.warnings {
+        out += &format!("  warning:   {w}\n");
+    }
+    for c in &j.cases {
+        out += &format!("  {}\n", case_line(c));
+        for d in case_details(c) {
+            out += &format!("  {:12}{d}\n", "");
+        }
+    }
+    out
+}
+
+/// What a spec runs, one `  key:  value` line each: queue, source, pytest
+/// args or the benchmark command and cases, requirements.
+pub fn spec_lines(spec: &JobSpec) -> String {
+    let mut out = format!("  queue:     {} (priority {})\n", spec.queue, spec.priority);
+    match spec.source.as_ref().and_then(|s| s.kind.as_ref()) {
         Some(source::Kind::Dir(d)) => out += &format!("  source:    {d}\n"),
         Some(source::Kind::Git(g)) => out += &format!("  source:    {} @ {}\n", g.url, g.r#ref),
         None => {}
@@ -258,32 +473,6 @@ pub fn job_text(j: &Job) -> String {
     }
     if !spec.requirements.is_empty() {
         out += &format!("  requires:  {}\n", spec.requirements);
-    }
-    out += &format!(
-        "  attempts:  {}{}\n",
-        j.attempts,
-        if j.agent.is_empty() {
-            String::new()
-        } else {
-            format!(" (agent {})", j.agent)
-        }
-    );
-    if spec.kind == "benchmark" || !j.cases.is_empty() {
-        out += &format!("  results:   {}\n", cases_summary(&j.cases));
-    } else {
-        out += &format!(
-            "  tests:     {}\n",
-            counts_line(&j.tests.unwrap_or_default())
-        );
-    }
-    for w in &j.warnings {
-        out += &format!("  warning:   {w}\n");
-    }
-    for c in &j.cases {
-        out += &format!("  {}\n", case_line(c));
-        for d in case_details(c) {
-            out += &format!("  {:12}{d}\n", "");
-        }
     }
     out
 }
@@ -809,6 +998,188 @@ mod tests {
         let e = event_json("12", &ev);
         assert_eq!(e["type"], "case");
         assert_eq!(e["case"]["verdict"], "pass");
+    }
+
+    /// 2026-11-23 02:00 CST (Asia/Shanghai) = 2026-11-22 18:00 UTC.
+    const NEXT: i64 = 1_795_370_400_000;
+    /// The slot a day before.
+    const LAST: i64 = 1_795_284_000_000;
+
+    fn schedule() -> Schedule {
+        Schedule {
+            name: "nightly".into(),
+            cron: "0 2 * * *".into(),
+            tz: "Asia/Shanghai".into(),
+            spec: Some(JobSpec {
+                kind: "pytest".into(),
+                queue: "nightly".into(),
+                args: vec!["-m".into(), "nightly".into(), "tests".into()],
+                source: Some(msfleet_proto::Source {
+                    kind: Some(source::Kind::Git(msfleet_proto::GitSource {
+                        url: "https://example.com/m.git".into(),
+                        r#ref: "main".into(),
+                    })),
+                }),
+                requirements: "gpu.count>=1".into(),
+                ..Default::default()
+            }),
+            misfire: "fire_once".into(),
+            overlap: "skip".into(),
+            paused: false,
+            created_ms: 1_793_525_400_000,
+            last_slot_ms: Some(LAST),
+            last_job_id: "41".into(),
+            next_ms: NEXT,
+            next_local: "2026-11-23 02:00 CST".into(),
+            last_state: "passed".into(),
+        }
+    }
+
+    #[test]
+    fn local_times_are_in_the_schedule_zone() {
+        assert_eq!(local_time(NEXT, "Asia/Shanghai"), "2026-11-23 02:00 CST");
+        assert_eq!(local_time(NEXT, "UTC"), "2026-11-22 18:00 UTC");
+        assert_eq!(local_time(NEXT, "Europe/Berlin"), "2026-11-22 19:00 CET");
+        assert_eq!(local_time(NEXT, "Not/AZone"), "2026-11-22 18:00 UTC");
+        assert_eq!(local_time(0, "UTC"), "-");
+        // Without next_local the view is computed here.
+        let mut s = schedule();
+        s.next_local.clear();
+        assert_eq!(schedule_next(&s), "2026-11-23 02:00 CST");
+        s.next_ms = 0;
+        assert_eq!(schedule_next(&s), "-");
+    }
+
+    #[test]
+    fn schedule_table_rows() {
+        let mut fresh = schedule();
+        fresh.name = "weekly-bench".into();
+        fresh.cron = "@weekly".into();
+        fresh.tz = "UTC".into();
+        fresh.paused = true;
+        fresh.last_slot_ms = None;
+        fresh.last_job_id.clear();
+        fresh.last_state.clear();
+        fresh.next_local = "2026-11-29 00:00 UTC".into();
+        assert_eq!(
+            schedule_row(&schedule()),
+            [
+                "nightly",
+                "0 2 * * *",
+                "Asia/Shanghai",
+                "2026-11-23 02:00 CST",
+                "no",
+                "41",
+                "passed"
+            ]
+        );
+        let t = schedules_table(&[schedule(), fresh]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME          CRON       TZ             NEXT                  PAUSED  LAST-JOB  LAST-STATE"
+        );
+        assert_eq!(
+            lines[1],
+            "nightly       0 2 * * *  Asia/Shanghai  2026-11-23 02:00 CST  no      41        passed"
+        );
+        assert_eq!(
+            lines[2],
+            "weekly-bench  @weekly    UTC            2026-11-29 00:00 UTC  yes     -         -"
+        );
+        assert_eq!(
+            schedule_line(&schedule()),
+            "nightly: 0 2 * * * Asia/Shanghai, next 2026-11-23 02:00 CST"
+        );
+    }
+
+    #[test]
+    fn schedule_json_has_every_field_and_the_spec() {
+        let v = schedule_json(&schedule());
+        assert_eq!(v["name"], "nightly");
+        assert_eq!(v["cron"], "0 2 * * *");
+        assert_eq!(v["tz"], "Asia/Shanghai");
+        assert_eq!(v["misfire"], "fire_once");
+        assert_eq!(v["overlap"], "skip");
+        assert_eq!(v["paused"], false);
+        assert_eq!(v["created_ms"], 1_793_525_400_000_i64);
+        assert_eq!(v["last_slot_ms"], LAST);
+        assert_eq!(v["last_slot_local"], "2026-11-22 02:00 CST");
+        assert_eq!(v["last_job_id"], "41");
+        assert_eq!(v["last_state"], "passed");
+        assert_eq!(v["next_ms"], NEXT);
+        assert_eq!(v["next_local"], "2026-11-23 02:00 CST");
+        assert_eq!(v["spec"]["kind"], "pytest");
+        assert_eq!(v["spec"]["queue"], "nightly");
+        assert_eq!(v["spec"]["source"]["git"], "https://example.com/m.git");
+        assert_eq!(v["spec"]["args"][1], "nightly");
+        assert_eq!(v["spec"]["benchmark"], Value::Null);
+        assert_eq!(v["spec"]["dedup_key"], Value::Null);
+        // Never fired: nulls, not zeros.
+        let mut s = schedule();
+        s.last_slot_ms = None;
+        s.last_job_id.clear();
+        s.last_state.clear();
+        let v = schedule_json(&s);
+        assert_eq!(v["last_slot_ms"], Value::Null);
+        assert_eq!(v["last_slot_local"], Value::Null);
+        assert_eq!(v["last_job_id"], Value::Null);
+        assert_eq!(v["last_state"], Value::Null);
+    }
+
+    #[test]
+    fn schedule_text_shows_timing_policies_job_and_last_run() {
+        let t = schedule_text(&schedule());
+        for want in [
+            "schedule nightly\n",
+            "  cron:      0 2 * * * (Asia/Shanghai)\n",
+            "  next:      2026-11-23 02:00 CST\n",
+            "  paused:    no\n",
+            "  misfire:   fire_once\n",
+            "  overlap:   skip\n",
+            "  created:   2026-11-01 17:30 CST\n",
+            "  last slot: 2026-11-22 02:00 CST\n",
+            "  last job:  41 (passed)\n",
+            "  job:       pytest\n",
+            "  queue:     nightly (priority 0)\n",
+            "  source:    https://example.com/m.git @ main\n",
+            "  pytest:    -m nightly tests\n",
+            "  requires:  gpu.count>=1\n",
+        ] {
+            assert!(t.contains(want), "{want:?} missing in\n{t}");
+        }
+    }
+
+    #[test]
+    fn job_json_and_text_name_the_schedule_and_dedup() {
+        let j = Job {
+            id: "42".into(),
+            spec: Some(JobSpec {
+                kind: "pytest".into(),
+                dedup_key: "nightly-2026-11-23".into(),
+                ..Default::default()
+            }),
+            schedule: "nightly".into(),
+            slot_ms: NEXT,
+            deduplicated: true,
+            ..Default::default()
+        };
+        let v = job_json(&j);
+        assert_eq!(v["schedule"], "nightly");
+        assert_eq!(v["slot_ms"], NEXT);
+        assert_eq!(v["dedup_key"], "nightly-2026-11-23");
+        assert_eq!(v["deduplicated"], true);
+        let t = job_text(&j);
+        assert!(
+            t.contains("  schedule:  nightly (slot 2026-11-22T18:00:00Z)\n"),
+            "{t}"
+        );
+        assert!(t.contains("  dedup key: nightly-2026-11-23\n"), "{t}");
+        let plain = job_json(&Job::default());
+        assert_eq!(plain["schedule"], Value::Null);
+        assert_eq!(plain["slot_ms"], Value::Null);
+        assert_eq!(plain["dedup_key"], Value::Null);
+        assert_eq!(plain["deduplicated"], false);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! msctl's benchmark commands against a fake Fleet server (no scheduler):
-//! what `watch`, `show`, and `baseline list|show|accept|export` print, and
-//! their exit codes.
+//! msctl against a fake Fleet server (no scheduler): what the benchmark
+//! commands (`watch`, `show`, `baseline list|show|accept|export`), the
+//! schedule commands (`schedule add|list|show|pause|resume|delete|run-now`)
+//! and `submit --dedup-key` print, and their exit codes.
 
 use msfleet_proto::case::{load_dir, Case};
 use msfleet_proto::fleet_server::{Fleet, FleetServer};
@@ -100,6 +101,58 @@ fn baseline(case: &str, profile: &str, anchor: f64) -> pb::Baseline {
 #[derive(Default)]
 struct Fake {
     accepted_by: Mutex<Vec<String>>,
+    schedules: Mutex<Vec<pb::Schedule>>,
+    submitted: Mutex<Vec<pb::JobSpec>>,
+}
+
+/// 2026-11-23 02:00 CST (Asia/Shanghai) = 2026-11-22 18:00 UTC.
+const NEXT: i64 = 1_795_370_400_000;
+/// The slot a day before.
+const LAST: i64 = 1_795_284_000_000;
+/// 2026-11-23T02:00:03Z: when the deduplicated job was submitted.
+const SUBMITTED: i64 = 1_795_399_203_000;
+/// The dedup key the fake has seen.
+const SEEN_KEY: &str = "nightly-2026-11-23";
+
+/// The schedule the fake starts with: it fired once (job 41, passed).
+fn nightly() -> pb::Schedule {
+    pb::Schedule {
+        name: "nightly".into(),
+        cron: "0 2 * * *".into(),
+        tz: "Asia/Shanghai".into(),
+        spec: Some(pb::JobSpec {
+            kind: "pytest".into(),
+            queue: "nightly".into(),
+            args: vec!["-m".into(), "nightly".into(), "tests".into()],
+            source: Some(pb::Source {
+                kind: Some(pb::source::Kind::Dir("/srv/checkouts/msmodeling".into())),
+            }),
+            ..Default::default()
+        }),
+        misfire: "fire_once".into(),
+        overlap: "skip".into(),
+        paused: false,
+        created_ms: 1_793_525_400_000,
+        last_slot_ms: Some(LAST),
+        last_job_id: "41".into(),
+        next_ms: NEXT,
+        next_local: "2026-11-23 02:00 CST".into(),
+        last_state: "passed".into(),
+    }
+}
+
+impl Fake {
+    fn schedules(&self) -> std::sync::MutexGuard<'_, Vec<pb::Schedule>> {
+        self.schedules.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn schedule(&self, name: &str) -> Result<pb::Schedule, Status> {
+        self.schedules()
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no schedule '{name}'")))
+    }
 }
 
 /// The served side of a [`Fake`] the test keeps a handle on.
@@ -167,8 +220,28 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Sen
 
 #[tonic::async_trait]
 impl Fleet for Svc {
-    async fn submit(&self, _: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
-        Err(Status::unimplemented("fake"))
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
+        let spec = req.into_inner().spec.unwrap_or_default();
+        if let Ok(mut seen) = self.0.submitted.lock() {
+            seen.push(spec.clone());
+        }
+        if spec.dedup_key == SEEN_KEY {
+            // The key was seen: the existing job 7, not a new one.
+            let mut j = job();
+            if let Some(s) = j.spec.as_mut() {
+                s.dedup_key = SEEN_KEY.into();
+            }
+            j.submitted_at_ms = SUBMITTED;
+            j.deduplicated = true;
+            return Ok(Response::new(j));
+        }
+        Ok(Response::new(pb::Job {
+            id: "8".into(),
+            spec: Some(spec),
+            state: JobState::Queued as i32,
+            submitted_at_ms: SUBMITTED + 1000,
+            ..Default::default()
+        }))
     }
     async fn get_job(&self, _: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         Ok(Response::new(job()))
@@ -259,11 +332,90 @@ impl Fleet for Svc {
             baselines: vec![b],
         }))
     }
+    async fn add_schedule(
+        &self,
+        req: Request<pb::Schedule>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let mut s = req.into_inner();
+        // What the scheduler refuses, with its kind of message.
+        if let Some(minute) = s.cron.split_whitespace().next().filter(|m| *m == "61") {
+            return Err(Status::invalid_argument(format!(
+                "bad cron expression '{}': field 'minute' = '{minute}': 61 is out of range 0-59",
+                s.cron
+            )));
+        }
+        if s.tz != "UTC" && !s.tz.contains('/') {
+            return Err(Status::invalid_argument(format!(
+                "unknown time zone '{}' (use an IANA name such as Europe/Berlin)",
+                s.tz
+            )));
+        }
+        let mut all = self.0.schedules();
+        if all.iter().any(|k| k.name == s.name) {
+            return Err(Status::already_exists(format!(
+                "schedule '{}' already exists",
+                s.name
+            )));
+        }
+        s.created_ms = SUBMITTED;
+        s.next_ms = NEXT;
+        s.next_local = "2026-11-22 18:00 UTC".into();
+        all.push(s.clone());
+        Ok(Response::new(s))
+    }
+    async fn list_schedules(
+        &self,
+        _: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        Ok(Response::new(pb::ListSchedulesResponse {
+            schedules: self.0.schedules().clone(),
+        }))
+    }
+    async fn get_schedule(
+        &self,
+        req: Request<pb::ScheduleName>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        Ok(Response::new(self.0.schedule(&req.into_inner().name)?))
+    }
+    async fn set_schedule_paused(
+        &self,
+        req: Request<pb::SetSchedulePausedRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let req = req.into_inner();
+        self.0.schedule(&req.name)?;
+        let mut all = self.0.schedules();
+        let s = all
+            .iter_mut()
+            .find(|s| s.name == req.name)
+            .ok_or_else(|| Status::not_found("gone"))?;
+        s.paused = req.paused;
+        Ok(Response::new(s.clone()))
+    }
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::ScheduleName>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let name = req.into_inner().name;
+        let s = self.0.schedule(&name)?;
+        self.0.schedules().retain(|k| k.name != name);
+        Ok(Response::new(s))
+    }
+    async fn run_schedule_now(
+        &self,
+        req: Request<pb::ScheduleName>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let s = self.0.schedule(&req.into_inner().name)?;
+        // Job 7 (the failed benchmark) stands in for the schedule's job.
+        let mut j = job();
+        j.schedule = s.name;
+        Ok(Response::new(j))
+    }
 }
 
 /// Starts the fake on an ephemeral port; returns its address.
 fn start() -> (String, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
+    fake.schedules().push(nightly());
     let served = fake.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -528,4 +680,313 @@ fn baseline_export_writes_the_case_files() {
     assert_eq!(out.code, 2, "{out}");
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&empty);
+}
+
+/// A pytest job file in a temp dir.
+fn job_file(tag: &str) -> PathBuf {
+    let dir = temp_dir(tag);
+    let path = dir.join("job.toml");
+    std::fs::write(
+        &path,
+        "queue = \"default\"\nargs = [\"-m\", \"weekly\"]\n[source]\ndir = \"/srv/checkouts/msmodeling\"\n",
+    )
+    .expect("write");
+    path
+}
+
+#[test]
+fn schedule_add_refuses_what_the_scheduler_refuses() {
+    let (addr, fake) = start();
+    let file = job_file("sched-add");
+    let f = file.to_str().unwrap_or_default();
+
+    let out = msctl(
+        &addr,
+        &[
+            "schedule", "add", "weekly", "--cron", "@weekly", "-f", f, "--queue", "weekly",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(
+        out.stdout, "added schedule weekly: @weekly UTC, next 2026-11-22 18:00 UTC\n",
+        "{out}"
+    );
+    let added = fake.schedule("weekly").expect("added");
+    assert_eq!(
+        (
+            added.tz.as_str(),
+            added.misfire.as_str(),
+            added.overlap.as_str()
+        ),
+        ("UTC", "fire_once", "skip")
+    );
+    let spec = added.spec.unwrap_or_default();
+    assert_eq!(spec.queue, "weekly", "--queue overrides the file");
+    assert_eq!(spec.args, ["-m", "weekly"]);
+
+    let out = msctl(
+        &addr,
+        &[
+            "schedule",
+            "add",
+            "nightly2",
+            "--cron",
+            "30 1 * * mon-fri",
+            "--tz",
+            "Europe/Berlin",
+            "--misfire",
+            "skip",
+            "--overlap",
+            "queue",
+            "-f",
+            f,
+            "--json",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v["name"], "nightly2");
+    assert_eq!(v["cron"], "30 1 * * mon-fri");
+    assert_eq!(v["tz"], "Europe/Berlin");
+    assert_eq!(
+        (v["misfire"].clone(), v["overlap"].clone()),
+        ("skip".into(), "queue".into())
+    );
+    assert_eq!(v["next_ms"], NEXT);
+    assert_eq!(v["spec"]["source"]["dir"], "/srv/checkouts/msmodeling");
+
+    // The scheduler's refusals are bad input (2), its message on stderr.
+    let out = msctl(
+        &addr,
+        &["schedule", "add", "weekly", "--cron", "@weekly", "-f", f],
+    );
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("already exists"), "{out}");
+    let out = msctl(
+        &addr,
+        &["schedule", "add", "x", "--cron", "61 2 * * *", "-f", f],
+    );
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("field 'minute'"), "{out}");
+    let out = msctl(
+        &addr,
+        &[
+            "schedule", "add", "x", "--cron", "@daily", "--tz", "Moon", "-f", f,
+        ],
+    );
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("time zone"), "{out}");
+    // clap refuses a bad policy (2) before anything is sent.
+    let out = msctl(
+        &addr,
+        &[
+            "schedule",
+            "add",
+            "x",
+            "--cron",
+            "@daily",
+            "--misfire",
+            "always",
+            "-f",
+            f,
+        ],
+    );
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("fire_once"), "{out}");
+    assert!(fake.schedule("x").is_err());
+    // A bad job file is bad input even with no scheduler to reach.
+    let missing = temp_dir("sched-missing").join("nope.toml");
+    let out = msctl(
+        "http://127.0.0.1:1",
+        &[
+            "schedule",
+            "add",
+            "x",
+            "--cron",
+            "@daily",
+            "-f",
+            missing.to_str().unwrap_or_default(),
+        ],
+    );
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("cannot read"), "{out}");
+    let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
+}
+
+#[test]
+fn schedule_list_show_pause_resume_delete() {
+    let (addr, fake) = start();
+    let out = msctl(&addr, &["schedule", "list"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(
+        out.stdout,
+        "NAME     CRON       TZ             NEXT                  PAUSED  LAST-JOB  LAST-STATE\n\
+         nightly  0 2 * * *  Asia/Shanghai  2026-11-23 02:00 CST  no      41        passed\n",
+        "{out}"
+    );
+    let out = msctl(&addr, &["schedule", "list", "--json"]);
+    assert_eq!(out.code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v[0]["name"], "nightly");
+    assert_eq!(v[0]["next_local"], "2026-11-23 02:00 CST");
+    assert_eq!(v[0]["last_slot_local"], "2026-11-22 02:00 CST");
+    assert_eq!(v[0]["last_state"], "passed");
+
+    let out = msctl(&addr, &["schedule", "show", "nightly"]);
+    assert_eq!(out.code, 0, "{out}");
+    for want in [
+        "schedule nightly\n",
+        "  cron:      0 2 * * * (Asia/Shanghai)\n",
+        "  next:      2026-11-23 02:00 CST\n",
+        "  misfire:   fire_once\n",
+        "  overlap:   skip\n",
+        "  last slot: 2026-11-22 02:00 CST\n",
+        "  last job:  41 (passed)\n",
+        "  job:       pytest\n",
+        "  source:    /srv/checkouts/msmodeling\n",
+        "  pytest:    -m nightly tests\n",
+    ] {
+        assert!(out.stdout.contains(want), "{want:?}: {out}");
+    }
+    let out = msctl(&addr, &["schedule", "show", "nightly", "--json"]);
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v["spec"]["queue"], "nightly");
+    assert_eq!(v["last_job_id"], "41");
+    let out = msctl(&addr, &["schedule", "show", "nope"]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("no schedule 'nope'"), "{out}");
+
+    let out = msctl(&addr, &["schedule", "pause", "nightly"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "schedule nightly paused\n"),
+        "{out}"
+    );
+    assert!(fake.schedule("nightly").map(|s| s.paused).unwrap_or(false));
+    let out = msctl(&addr, &["schedule", "list"]);
+    assert!(out.stdout.contains("  yes  "), "{out}");
+    let out = msctl(&addr, &["schedule", "show", "nightly"]);
+    assert!(out.stdout.contains("  paused:    yes\n"), "{out}");
+    let out = msctl(&addr, &["schedule", "resume", "nightly"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "schedule nightly resumed, next 2026-11-23 02:00 CST\n"),
+        "{out}"
+    );
+    assert!(!fake.schedule("nightly").map(|s| s.paused).unwrap_or(true));
+    let out = msctl(&addr, &["schedule", "pause", "nope"]);
+    assert_eq!(out.code, 2, "{out}");
+
+    let out = msctl(&addr, &["schedule", "delete", "nightly"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "schedule nightly deleted\n"),
+        "{out}"
+    );
+    let out = msctl(&addr, &["schedule", "delete", "nightly"]);
+    assert_eq!(out.code, 2, "{out}");
+    let out = msctl(&addr, &["schedule", "list"]);
+    assert_eq!(out.stdout.lines().count(), 1, "header only: {out}");
+    let out = msctl(&addr, &["schedule", "list", "--json"]);
+    assert_eq!(out.stdout.trim(), "[]", "{out}");
+}
+
+#[test]
+fn schedule_run_now_prints_the_job_and_waits_for_it() {
+    let (addr, _) = start();
+    let out = msctl(&addr, &["schedule", "run-now", "nightly"]);
+    assert_eq!((out.code, out.stdout.as_str()), (0, "7\n"), "{out}");
+    let out = msctl(&addr, &["schedule", "run-now", "nightly", "--json"]);
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v["id"], "7");
+    assert_eq!(v["schedule"], "nightly");
+    // --wait watches it and exits with its result (job 7 failed: 1).
+    let out = msctl(&addr, &["schedule", "run-now", "nightly", "--wait"]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stderr.contains("submitted job 7 for schedule nightly"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("job 7 failed: "),
+        "{out}"
+    );
+    let out = msctl(&addr, &["schedule", "run-now", "nope"]);
+    assert_eq!(out.code, 2, "{out}");
+}
+
+#[test]
+fn submit_with_a_seen_dedup_key_returns_the_existing_job() {
+    let (addr, fake) = start();
+    let file = job_file("dedup");
+    let f = file.to_str().unwrap_or_default();
+
+    let out = msctl(&addr, &["submit", "-f", f, "--dedup-key", SEEN_KEY]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.stdout, "7\n", "{out}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "msctl: job 7 already exists for dedup key {SEEN_KEY} (submitted 2026-11-23T02:00:03Z)\n"
+        ),
+        "{out}"
+    );
+    // --json: the job says so too.
+    let out = msctl(
+        &addr,
+        &["submit", "-f", f, "--dedup-key", SEEN_KEY, "--json"],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(
+        (v["id"].clone(), v["deduplicated"].clone()),
+        ("7".into(), true.into())
+    );
+    assert_eq!(v["dedup_key"], SEEN_KEY);
+    assert!(out.stderr.contains("already exists"), "{out}");
+    // --wait watches the existing job and exits with its result.
+    let out = msctl(
+        &addr,
+        &["submit", "-f", f, "--dedup-key", SEEN_KEY, "--wait"],
+    );
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("job 7 already exists"), "{out}");
+    assert!(!out.stderr.contains("submitted job"), "{out}");
+    assert!(
+        out.stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("job 7 failed: "),
+        "{out}"
+    );
+    // A new key: a new job, nothing on stderr.
+    let out = msctl(
+        &addr,
+        &["submit", "-f", f, "--dedup-key", "nightly-2026-11-24"],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (0, "8\n", ""),
+        "{out}"
+    );
+    let keys: Vec<String> = fake
+        .submitted
+        .lock()
+        .map(|s| s.iter().map(|j| j.dedup_key.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, [SEEN_KEY, SEEN_KEY, SEEN_KEY, "nightly-2026-11-24"]);
+
+    // The key is part of the job file --dry-run writes (no scheduler needed).
+    let out = msctl(
+        "http://127.0.0.1:1",
+        &["submit", "-f", f, "--dedup-key", "k1", "--dry-run"],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("dedup_key = \"k1\""), "{out}");
+    let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
 }

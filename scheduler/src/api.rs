@@ -195,6 +195,81 @@ impl Fleet for FleetService {
             .await?;
         Ok(Response::new(pb::AcceptBaselinesResponse { baselines }))
     }
+
+    async fn add_schedule(
+        &self,
+        req: Request<pb::Schedule>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let schedule = req.into_inner();
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::AddSchedule { schedule, reply })
+                .await?,
+        ))
+    }
+
+    async fn list_schedules(
+        &self,
+        _req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let schedules = self
+            .core
+            .call(|reply| Command::ListSchedules { reply })
+            .await?;
+        Ok(Response::new(pb::ListSchedulesResponse { schedules }))
+    }
+
+    async fn get_schedule(
+        &self,
+        req: Request<pb::ScheduleName>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let name = req.into_inner().name;
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::GetSchedule { name, reply })
+                .await?,
+        ))
+    }
+
+    async fn set_schedule_paused(
+        &self,
+        req: Request<pb::SetSchedulePausedRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let pb::SetSchedulePausedRequest { name, paused } = req.into_inner();
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::SetSchedulePaused {
+                    name,
+                    paused,
+                    reply,
+                })
+                .await?,
+        ))
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::ScheduleName>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let name = req.into_inner().name;
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::DeleteSchedule { name, reply })
+                .await?,
+        ))
+    }
+
+    async fn run_schedule_now(
+        &self,
+        req: Request<pb::ScheduleName>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let name = req.into_inner().name;
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::RunScheduleNow { name, reply })
+                .await?,
+        ))
+    }
 }
 
 /// The agent-facing `msfleet.v1.AgentLink` service: one session per agent process.

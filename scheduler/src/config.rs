@@ -1,7 +1,9 @@
 //! Scheduler settings (from `msched` flags).
 
+use crate::clock::{Clock, SystemClock};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The queues every scheduler has, with their aging interval.
@@ -24,6 +26,9 @@ pub struct Config {
     pub queues: BTreeMap<String, Duration>,
     /// sled page cache.
     pub cache_bytes: u64,
+    /// How long a submit's dedup key is remembered.
+    pub dedup_window: Duration,
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Config {
@@ -41,6 +46,8 @@ impl Config {
                 .map(|q| (q.to_string(), Duration::from_secs(300)))
                 .collect(),
             cache_bytes: 64 << 20,
+            dedup_window: Duration::from_secs(24 * 3600),
+            clock: Arc::new(SystemClock),
         }
     }
 }

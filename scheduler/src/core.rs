@@ -18,6 +18,7 @@ use crate::lease::{Lease, LeaseTable};
 use crate::matching::{self, fits, source_dir, under_root};
 use crate::queue::PendingQueue;
 use crate::requirement::{Attributes, Requirement};
+use crate::schedule::{self, CronSpec, Due, Misfire, Overlap, OverlapAction};
 use crate::store::{AttemptRecord, Durable, Store, StoreError, WriteSet};
 use msfleet_proto as pb;
 use msfleet_proto::{
@@ -27,7 +28,7 @@ use msfleet_proto::{
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 use tonic::Status;
 
@@ -91,6 +92,30 @@ pub enum Command {
         req: pb::AcceptBaselinesRequest,
         reply: Reply<Vec<pb::Baseline>>,
     },
+    AddSchedule {
+        schedule: pb::Schedule,
+        reply: Reply<pb::Schedule>,
+    },
+    ListSchedules {
+        reply: Reply<Vec<pb::Schedule>>,
+    },
+    GetSchedule {
+        name: String,
+        reply: Reply<pb::Schedule>,
+    },
+    SetSchedulePaused {
+        name: String,
+        paused: bool,
+        reply: Reply<pb::Schedule>,
+    },
+    DeleteSchedule {
+        name: String,
+        reply: Reply<pb::Schedule>,
+    },
+    RunScheduleNow {
+        name: String,
+        reply: Reply<Job>,
+    },
     /// From an agent's unary call: baselines of the profile of the attempt's agent.
     GetBaselines {
         req: pb::GetBaselinesRequest,
@@ -136,13 +161,6 @@ impl CoreHandle {
     pub fn send(&self, cmd: Command) {
         let _ = self.tx.send(cmd);
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Loads the durable state and starts the core thread.
@@ -239,9 +257,14 @@ struct Core {
     agents: BTreeMap<String, AgentEntry>,
     sessions: HashMap<u64, String>,
     baselines: BaselineBook,
+    schedules: BTreeMap<String, (pb::Schedule, CronSpec)>,
+    /// dedup key -> (job, submitted at)
+    dedup: HashMap<String, (u64, i64)>,
     next_job: u64,
     next_epoch: u64,
     started_ms: i64,
+    /// The clock's reading for the current loop turn.
+    now: i64,
 }
 
 const NEXT_EPOCH: &str = "next_epoch";
@@ -249,7 +272,7 @@ const NEXT_EPOCH: &str = "next_epoch";
 impl Core {
     fn load(cfg: Arc<Config>, store: Store) -> Result<Core, StoreError> {
         let mut snap = store.load()?;
-        let started_ms = now_ms();
+        let started_ms = cfg.clock.now_ms();
         let mut core = Core {
             cfg,
             store,
@@ -259,9 +282,12 @@ impl Core {
             agents: BTreeMap::new(),
             sessions: HashMap::new(),
             baselines: BaselineBook::load(std::mem::take(&mut snap.baselines)),
+            schedules: BTreeMap::new(),
+            dedup: HashMap::new(),
             next_job: 1,
             next_epoch: 1,
             started_ms,
+            now: started_ms,
         };
         for (name, value) in snap.meta {
             if name == NEXT_EPOCH {
@@ -351,7 +377,29 @@ impl Core {
                 },
             );
         }
+        for (&id, e) in &core.jobs {
+            if let Some(key) = e
+                .job
+                .spec
+                .as_ref()
+                .map(|s| &s.dedup_key)
+                .filter(|k| !k.is_empty())
+            {
+                core.dedup.insert(key.clone(), (id, e.job.submitted_at_ms));
+            }
+        }
+        for record in snap.schedules {
+            match CronSpec::parse(&record.cron, &record.tz) {
+                Ok(spec) => {
+                    core.schedules.insert(record.name.clone(), (record, spec));
+                }
+                Err(e) => {
+                    tracing::error!(schedule = %record.name, error = %e, "stored schedule no longer parses")
+                }
+            }
+        }
         tracing::info!(
+            schedules = core.schedules.len(),
             jobs = core.jobs.len(),
             pending = core.pending.len(),
             agents = core.agents.len(),
@@ -365,7 +413,9 @@ impl Core {
         let mut last_tick = Instant::now();
         loop {
             let mut step = Step::default();
-            match rx.recv_timeout(tick) {
+            let first = rx.recv_timeout(tick);
+            self.now = self.cfg.clock.now_ms();
+            match first {
                 Ok(cmd) => {
                     self.handle(cmd, &mut step);
                     for cmd in rx.try_iter().take(1023) {
@@ -377,6 +427,7 @@ impl Core {
             }
             if last_tick.elapsed() >= tick {
                 self.expire_leases(&mut step);
+                self.fire_schedules(&mut step);
                 last_tick = Instant::now();
             }
             if step.dispatch {
@@ -422,7 +473,7 @@ impl Core {
     fn handle(&mut self, cmd: Command, step: &mut Step) {
         match cmd {
             Command::Submit { spec, reply } => {
-                let r = self.submit(spec, step);
+                let r = self.submit(spec, None, step);
                 step.reply(reply, r);
             }
             Command::GetJob { id, reply } => {
@@ -461,6 +512,49 @@ impl Core {
                 let r = self.accept_baselines(&req, step);
                 step.reply(reply, r);
             }
+            Command::AddSchedule { schedule, reply } => {
+                let r = self.add_schedule(schedule, step);
+                step.reply(reply, r);
+            }
+            Command::ListSchedules { reply } => {
+                let r = Ok(self
+                    .schedules
+                    .keys()
+                    .map(|n| self.schedule_view(n))
+                    .collect());
+                step.reply(reply, r);
+            }
+            Command::GetSchedule { name, reply } => {
+                let r = self.schedule_named(&name).map(|n| self.schedule_view(&n));
+                step.reply(reply, r);
+            }
+            Command::SetSchedulePaused {
+                name,
+                paused,
+                reply,
+            } => {
+                let r = self.schedule_named(&name).map(|n| {
+                    if let Some((rec, _)) = self.schedules.get_mut(&n) {
+                        rec.paused = paused;
+                        step.writes.put_schedule(rec);
+                    }
+                    self.schedule_view(&n)
+                });
+                step.reply(reply, r);
+            }
+            Command::DeleteSchedule { name, reply } => {
+                let r = self.schedule_named(&name).map(|n| {
+                    let view = self.schedule_view(&n);
+                    self.schedules.remove(&n);
+                    step.writes.remove_schedule(&n);
+                    view
+                });
+                step.reply(reply, r);
+            }
+            Command::RunScheduleNow { name, reply } => {
+                let r = self.run_schedule_now(&name, step);
+                step.reply(reply, r);
+            }
             Command::GetBaselines { req, reply } => {
                 let r = self.get_baselines(&req);
                 step.reply(reply, r);
@@ -482,8 +576,25 @@ impl Core {
 
     // ------------------------------------------------------------ users
 
-    fn submit(&mut self, mut spec: JobSpec, step: &mut Step) -> Result<Job, Status> {
+    /// Makes a job. `origin` names the schedule and slot that fired it.
+    fn submit(
+        &mut self,
+        mut spec: JobSpec,
+        origin: Option<(String, i64)>,
+        step: &mut Step,
+    ) -> Result<Job, Status> {
         let req = jobspec::validate(&mut spec, &self.cfg)?;
+        if spec.dedup_key.len() > 256 {
+            return Err(Status::invalid_argument("dedup key longer than 256 bytes"));
+        }
+        if let Some(&(id, at)) = self.dedup.get(&spec.dedup_key) {
+            let window = self.cfg.dedup_window.as_millis() as i64;
+            if !spec.dedup_key.is_empty() && self.now - at < window && self.jobs.contains_key(&id) {
+                let mut existing = self.view(id);
+                existing.deduplicated = true;
+                return Ok(existing);
+            }
+        }
         if let Some(dir) = source_dir(&spec) {
             let has_roots = self.agents.values().any(|a| !a.caps().roots.is_empty());
             let covered = self
@@ -505,15 +616,21 @@ impl Core {
         }
         let id = self.next_job;
         self.next_job += 1;
-        let now = now_ms();
+        let now = self.now;
         let queue = spec.queue.clone();
         let priority = spec.priority;
+        if !spec.dedup_key.is_empty() {
+            self.dedup.insert(spec.dedup_key.clone(), (id, now));
+        }
+        let (schedule, slot_ms) = origin.unwrap_or_default();
         let job = Job {
             id: id.to_string(),
             spec: Some(spec),
             state: JobState::Queued as i32,
             tests: Some(TestCounts::default()),
             submitted_at_ms: now,
+            schedule,
+            slot_ms,
             ..Default::default()
         };
         let progress = Arc::new(watch::channel(Progress::default()).0);
@@ -723,7 +840,7 @@ impl Core {
             w => w,
         };
         let (cases, job_id) = (job.cases.clone(), job.id.clone());
-        let changed = self.baselines.accept(&cases, &job_id, who, now_ms());
+        let changed = self.baselines.accept(&cases, &job_id, who, self.now);
         if changed.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "job {id} has no measured case to accept (all errored)"
@@ -734,6 +851,178 @@ impl Core {
         }
         tracing::info!(job = id, who, cases = changed.len(), "baselines accepted");
         Ok(changed.into_iter().map(|(_, b)| b).collect())
+    }
+
+    // ------------------------------------------------------------ schedules
+
+    fn schedule_named(&self, name: &str) -> Result<String, Status> {
+        self.schedules
+            .contains_key(name)
+            .then(|| name.to_string())
+            .ok_or_else(|| Status::not_found(format!("no schedule named '{name}'")))
+    }
+
+    fn add_schedule(
+        &mut self,
+        mut rec: pb::Schedule,
+        step: &mut Step,
+    ) -> Result<pb::Schedule, Status> {
+        let name = rec.name.trim().to_string();
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            return Err(Status::invalid_argument(format!(
+                "bad schedule name '{}': use 1-128 of A-Z a-z 0-9 . _ -",
+                rec.name
+            )));
+        }
+        if self.schedules.contains_key(&name) {
+            return Err(Status::already_exists(format!(
+                "a schedule named '{name}' exists; delete it first or pick another name"
+            )));
+        }
+        if rec.tz.trim().is_empty() {
+            rec.tz = schedule::DEFAULT_TZ.to_string();
+        }
+        let cron = CronSpec::parse(&rec.cron, &rec.tz)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let misfire: Misfire = match rec.misfire.as_str() {
+            "" => Misfire::FireOnce,
+            m => m
+                .parse()
+                .map_err(|e: schedule::ScheduleError| Status::invalid_argument(e.to_string()))?,
+        };
+        let overlap: Overlap = match rec.overlap.as_str() {
+            "" => Overlap::Skip,
+            o => o
+                .parse()
+                .map_err(|e: schedule::ScheduleError| Status::invalid_argument(e.to_string()))?,
+        };
+        let mut spec = rec
+            .spec
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("a schedule needs a job spec (-f job.toml)"))?;
+        jobspec::validate(&mut spec, &self.cfg)?;
+        let stored = pb::Schedule {
+            name: name.clone(),
+            cron: rec.cron.trim().to_string(),
+            tz: cron.tz().to_string(),
+            spec: rec.spec,
+            misfire: misfire.to_string(),
+            overlap: overlap.to_string(),
+            paused: rec.paused,
+            created_ms: self.now,
+            ..Default::default()
+        };
+        step.writes.put_schedule(&stored);
+        tracing::info!(schedule = %name, cron = %stored.cron, tz = %stored.tz, "schedule added");
+        self.schedules.insert(name.clone(), (stored, cron));
+        Ok(self.schedule_view(&name))
+    }
+
+    fn schedule_view(&self, name: &str) -> pb::Schedule {
+        let Some((rec, cron)) = self.schedules.get(name) else {
+            return pb::Schedule::default();
+        };
+        let mut v = rec.clone();
+        let from = rec.last_slot_ms.unwrap_or(i64::MIN).max(self.now);
+        if let Some(next) = cron.next_after(from) {
+            v.next_ms = next;
+            v.next_local = cron.format_local(next);
+        }
+        if let Some(job) = rec
+            .last_job_id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| self.jobs.get(&id))
+        {
+            v.last_state = job.job.state().label().to_string();
+        }
+        v
+    }
+
+    fn run_schedule_now(&mut self, name: &str, step: &mut Step) -> Result<Job, Status> {
+        let name = self.schedule_named(name)?;
+        let spec = self.schedules[&name].0.spec.clone().unwrap_or_default();
+        let job = self.submit(spec, Some((name.clone(), 0)), step)?;
+        if let Some((rec, _)) = self.schedules.get_mut(&name) {
+            rec.last_job_id = job.id.clone();
+            rec.last_state.clear();
+            step.writes.put_schedule(rec);
+        }
+        Ok(job)
+    }
+
+    /// Fires every schedule whose slot is due. The consumed slot is written in
+    /// the same atomic batch as the job it made, so a slot fires at most once
+    /// even across crashes.
+    fn fire_schedules(&mut self, step: &mut Step) {
+        let names: Vec<String> = self
+            .schedules
+            .iter()
+            .filter(|(_, (rec, _))| !rec.paused)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let Some((rec, cron)) = self.schedules.get(&name) else {
+                continue;
+            };
+            let misfire = rec.misfire.parse().unwrap_or(Misfire::FireOnce);
+            let decision = schedule::due(cron, rec.created_ms, rec.last_slot_ms, self.now, misfire);
+            let (slot, fire) = match decision {
+                Due::Nothing { .. } => continue,
+                Due::Fire { slot, missed } => {
+                    if missed > 0 {
+                        tracing::warn!(schedule = %name, missed, "scheduler was down across slots; firing the latest once");
+                    }
+                    (slot, true)
+                }
+                Due::SkipTo { slot, missed } => {
+                    tracing::warn!(schedule = %name, missed, "misfire policy skip: not firing missed slots");
+                    (slot, false)
+                }
+            };
+            let previous_running = rec
+                .last_job_id
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| self.jobs.get(&id))
+                .is_some_and(|e| !e.job.state().is_terminal());
+            let overlap = rec.overlap.parse().unwrap_or(Overlap::Skip);
+            let spec = rec.spec.clone().unwrap_or_default();
+            let mut outcome = String::new();
+            let mut job_id = None;
+            if fire {
+                match overlap.decide(previous_running) {
+                    OverlapAction::Skip => {
+                        outcome = "skipped: the previous run is still going".into();
+                        tracing::info!(schedule = %name, slot, "{outcome}");
+                    }
+                    OverlapAction::Start | OverlapAction::Queue => {
+                        match self.submit(spec, Some((name.clone(), slot)), step) {
+                            Ok(job) => job_id = Some(job.id),
+                            Err(status) => {
+                                outcome = format!("refused: {}", status.message());
+                                tracing::error!(schedule = %name, slot, "{outcome}");
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some((rec, _)) = self.schedules.get_mut(&name) {
+                rec.last_slot_ms = Some(slot);
+                if let Some(id) = job_id {
+                    rec.last_job_id = id;
+                    rec.last_state.clear();
+                } else if !outcome.is_empty() {
+                    rec.last_state = outcome;
+                }
+                step.writes.put_schedule(rec);
+            }
+        }
     }
 
     fn get_baselines(
@@ -846,7 +1135,7 @@ impl Core {
         }
         let caps = reg.capabilities.clone().unwrap_or_default();
         let attrs = matching::attributes(&name, &caps);
-        let now = now_ms();
+        let now = self.now;
         let entry = self
             .agents
             .entry(name.clone())
@@ -936,7 +1225,7 @@ impl Core {
     fn session_agent(&mut self, session: u64) -> Option<(String, AgentTx)> {
         let name = self.sessions.get(&session)?.clone();
         let a = self.agents.get_mut(&name)?;
-        a.last_seen_ms = now_ms();
+        a.last_seen_ms = self.now;
         let tx = a.session.as_ref()?.tx.clone();
         Some((name, tx))
     }
@@ -968,7 +1257,7 @@ impl Core {
         if let Some(a) = self.agents.get_mut(&name) {
             if a.session.as_ref().is_some_and(|s| s.id == session) {
                 a.session = None;
-                a.last_seen_ms = now_ms();
+                a.last_seen_ms = self.now;
                 tracing::info!(agent = %name, "agent disconnected");
             }
         }
@@ -1040,7 +1329,7 @@ impl Core {
         step.touched.insert(task);
         match u.kind {
             Some(task_update::Kind::Started(_)) if e.job.state() == JobState::Assigned => {
-                e.job.started_at_ms = now_ms();
+                e.job.started_at_ms = self.now;
                 self.set_state(task, JobState::Running, "", step);
             }
             Some(task_update::Kind::Started(_)) => {}
@@ -1058,7 +1347,7 @@ impl Core {
                 });
                 e.job.cases.push(c.clone());
                 if trusted {
-                    if let Some((key, b)) = self.baselines.record_trusted(&c, &e.job.id, now_ms()) {
+                    if let Some((key, b)) = self.baselines.record_trusted(&c, &e.job.id, self.now) {
                         step.writes.put_baseline(&key, &b);
                     }
                 }
@@ -1156,7 +1445,7 @@ impl Core {
     }
 
     fn expire_leases(&mut self, step: &mut Step) {
-        let now = now_ms();
+        let now = self.now;
         let lease = self.cfg.lease_timeout.as_millis() as i64;
         let grace_end = self.started_ms + self.cfg.restart_grace.as_millis() as i64;
         let expired: Vec<(String, Vec<u64>)> = self
@@ -1266,7 +1555,7 @@ impl Core {
         e.job.state = state as i32;
         e.job.reason = reason.to_string();
         if state.is_terminal() {
-            e.job.finished_at_ms = now_ms();
+            e.job.finished_at_ms = self.now;
         }
         let attempt = e.attempt.as_ref().map_or(e.job.attempts, |a| a.attempt);
         let agent = if e.attempt.is_some() || state.is_terminal() {
@@ -1297,7 +1586,7 @@ impl Core {
             id,
             &JobEvent {
                 seq,
-                time_ms: now_ms(),
+                time_ms: self.now,
                 attempt,
                 kind: Some(kind),
             },

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod baseline;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod jobspec;
@@ -13,6 +14,7 @@ pub mod lease;
 pub mod matching;
 pub mod queue;
 pub mod requirement;
+pub mod schedule;
 pub mod server;
 pub mod store;
 

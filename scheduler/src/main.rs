@@ -37,6 +37,12 @@ struct Args {
     /// Wait that raises a pending job's priority by one (aging).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     aging: Duration,
+    /// How long `submit --dedup-key` remembers a key.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    dedup_window: Duration,
+    /// Testing: read the time (Unix ms) from this file instead of the system clock.
+    #[arg(long, hide = true)]
+    clock_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -54,6 +60,10 @@ async fn main() -> anyhow::Result<()> {
     cfg.heartbeat_interval = args.heartbeat_interval;
     cfg.restart_grace = args.restart_grace.unwrap_or(args.lease_timeout);
     cfg.default_timeout = args.default_timeout;
+    cfg.dedup_window = args.dedup_window;
+    if let Some(path) = &args.clock_file {
+        cfg.clock = std::sync::Arc::new(msched::clock::FileClock::new(path));
+    }
     for q in cfg.queues.values_mut() {
         *q = args.aging;
     }

@@ -12,13 +12,14 @@
 //! - `g` agent name        -> `msfleet.v1.Agent` (protobuf, registration + admin state)
 //! - `m` name              -> u64 counters (next epoch)
 //! - `b` baseline key      -> `msfleet.v1.Baseline` (protobuf)
+//! - `s` schedule name     -> `msfleet.v1.Schedule` (protobuf)
 //!
 //! Durability: [`Store::after_durable`] hands a callback to the flusher thread,
 //! which calls `Db::flush` once for every callback queued while it was busy and
 //! then runs them all. Many concurrent submits therefore share one fsync, and
 //! nothing is acknowledged before the flush that covers it has returned.
 
-use msfleet_proto::{Agent, Baseline, Job, JobEvent};
+use msfleet_proto::{Agent, Baseline, Job, JobEvent, Schedule};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -57,6 +58,7 @@ pub struct Snapshot {
     pub agents: Vec<Agent>,
     pub meta: Vec<(String, u64)>,
     pub baselines: Vec<(String, Baseline)>,
+    pub schedules: Vec<Schedule>,
 }
 
 /// A batch of writes that goes to disk atomically.
@@ -102,6 +104,19 @@ impl WriteSet {
         let mut k = vec![b'g'];
         k.extend_from_slice(agent.name.as_bytes());
         self.put(k, agent.encode_to_vec());
+    }
+
+    pub fn put_schedule(&mut self, schedule: &Schedule) {
+        let mut k = vec![b's'];
+        k.extend_from_slice(schedule.name.as_bytes());
+        self.put(k, schedule.encode_to_vec());
+    }
+
+    pub fn remove_schedule(&mut self, name: &str) {
+        let mut k = vec![b's'];
+        k.extend_from_slice(name.as_bytes());
+        self.batch.remove(k);
+        self.writes += 1;
     }
 
     pub fn put_baseline(&mut self, key: &str, baseline: &Baseline) {
@@ -229,6 +244,11 @@ impl Store {
             let key = String::from_utf8_lossy(&k[1..]).into_owned();
             snap.baselines
                 .push((key, Baseline::decode(&*v).map_err(|e| corrupt(&k, e))?));
+        }
+        for item in self.db.scan_prefix([b's']) {
+            let (k, v) = item?;
+            snap.schedules
+                .push(Schedule::decode(&*v).map_err(|e| corrupt(&k, e))?);
         }
         for item in self.db.scan_prefix([b'm']) {
             let (k, v) = item?;
