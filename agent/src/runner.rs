@@ -4,6 +4,12 @@
 //! test as it finishes, finished); a benchmark job goes to the benchmark core
 //! ([`crate::bench::run`]). Cancel and timeout send SIGTERM to the whole
 //! group, then SIGKILL after the grace period.
+//!
+//! With `retry_failed = N`, the tests that failed in their call phase are run
+//! again by node id (up to N more pytest runs, in the same workspace and under
+//! the same deadline); one that passes is reported a second time, with outcome
+//! `flaky` (the scheduler then counts it as flaky instead of failed). The
+//! re-runs' own results are not forwarded. See `runner/flaky.rs`.
 
 use crate::config::AgentConfig;
 use crate::source;
@@ -11,15 +17,18 @@ use msfleet_proto::{task_update, Finished, JobSpec, LogChunk, Outcome, Started, 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
+
+mod flaky;
+use flaky::Tally;
 
 /// The agent's pytest plugin, written next to each run and put on PYTHONPATH.
 pub const PLUGIN_SOURCE: &str = include_str!("../python/msfleet_pytest_plugin.py");
@@ -148,6 +157,32 @@ struct PluginMessage {
     longrepr: String,
     #[serde(default)]
     markers: Vec<String>,
+    /// Session message: `session.testscollected`.
+    #[serde(default)]
+    collected: Option<u64>,
+}
+
+/// What stopped a run from outside: `Err(())` = the attempt's deadline passed.
+type Stopped = Option<Result<StopReason, ()>>;
+
+/// How one pytest run ended.
+struct RunEnd {
+    status: ExitStatus,
+    stopped: Stopped,
+    tally: Tally,
+}
+
+/// Everything the runs of one attempt share.
+struct PytestRun<'a> {
+    cfg: &'a AgentConfig,
+    a: &'a AttemptSpec,
+    slot: &'a str,
+    dir: &'a Path,
+    run_dir: PathBuf,
+    pythonpath: std::ffi::OsString,
+    tx: &'a Updates,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
 }
 
 async fn run_pytest(
@@ -175,9 +210,6 @@ async fn run_pytest(
     let artifacts = cfg.work_dir.join("artifacts").join(slot);
     tokio::fs::create_dir_all(&run_dir).await?;
     tokio::fs::create_dir_all(&artifacts).await?;
-    let sock_path = run_dir.join(format!("{slot}.sock"));
-    let _ = tokio::fs::remove_file(&sock_path).await;
-    let listener = UnixListener::bind(&sock_path)?;
 
     // The plugin first, then the job's own PYTHONPATH (or else the agent's).
     let mut pythonpath = std::ffi::OsString::from(plugin_dir.as_os_str());
@@ -189,156 +221,272 @@ async fn run_pytest(
         pythonpath.push(":");
         pythonpath.push(rest);
     }
-    let mut cmd = Command::new(&cfg.python);
-    cmd.arg("-m")
-        .arg("pytest")
-        .arg("-p")
-        .arg(PLUGIN_MODULE)
-        .arg("-p")
-        .arg("no:cacheprovider")
-        .arg(format!(
-            "--junitxml={}",
-            artifacts.join("junit.xml").display()
-        ))
-        .args(&a.spec.args)
-        .current_dir(dir)
-        .envs(&a.spec.env)
-        .env("PYTHONPATH", pythonpath)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("MSFLEET_RESULT_SOCKET", &sock_path)
-        .env("MSFLEET_JOB_ID", &a.job_id)
-        .env("MSFLEET_TASK_ID", &a.task_id)
-        .env("MSFLEET_ATTEMPT", a.attempt.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&sock_path).await;
-            return Ok(finished(
-                Outcome::Error,
-                format!("cannot start {}: {e}", cfg.python.display()),
-                -1,
-            ));
-        }
-    };
-    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
-    // Recorded so that an agent restarted after a crash can kill what is left.
-    let pgid_file = run_dir.join(format!("{slot}.pgid"));
-    if let Some(pg) = pgid {
-        tokio::fs::write(
-            &pgid_file,
-            format!("{}\n{}\n", pg.as_raw(), sock_path.display()),
-        )
-        .await?;
-    }
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut readers = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        readers.push(tokio::spawn(pump_log(out, "stdout", tx.clone())));
-    }
-    if let Some(err) = child.stderr.take() {
-        readers.push(tokio::spawn(pump_log(err, "stderr", tx.clone())));
-    }
-    let connected = Arc::new(AtomicBool::new(false));
-    let results = tokio::spawn(pump_results(
-        listener,
-        tx.clone(),
-        errors.clone(),
-        connected.clone(),
-    ));
-
     let timeout = attempt_timeout(&a.spec);
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(deadline);
-    let mut stopped: Option<Result<StopReason, ()>> = None; // Err(()) = timed out
-    let status = loop {
-        tokio::select! {
-            st = child.wait() => break st?,
-            _ = &mut deadline, if stopped.is_none() => {
-                stopped = Some(Err(()));
-                break terminate(&mut child, pgid, cfg.kill_grace).await?;
+    let run = PytestRun {
+        cfg,
+        a,
+        slot,
+        dir,
+        run_dir,
+        pythonpath,
+        tx,
+        timeout,
+        // One deadline for the whole attempt, re-runs included.
+        deadline: tokio::time::Instant::now() + timeout,
+    };
+
+    let mut args: Vec<String> = vec![format!(
+        "--junitxml={}",
+        artifacts.join("junit.xml").display()
+    )];
+    args.extend(a.spec.args.iter().cloned());
+    let main = match run
+        .once(&format!("{slot}.sock"), &args, false, stop)
+        .await?
+    {
+        Ok(end) => end,
+        Err(f) => return Ok(Some(f)),
+    };
+    let code = main.status.code().unwrap_or(-1);
+    if main.stopped.is_some() {
+        return Ok(run.stopped_outcome(main.stopped, code));
+    }
+    let base = classify(main.status, main.tally.errors);
+    let retries = a.spec.retry_failed;
+    if retries == 0 || code != 1 || main.tally.failed_calls.is_empty() {
+        return Ok(finished(base.0, base.1, code));
+    }
+
+    // Re-run what failed, by node id, up to `retries` times; a test whose
+    // re-run passes is reported once more, as flaky (the scheduler moves it
+    // from failed to flaky). The re-runs' own results are not forwarded.
+    let mut pending = main.tally.failed_calls.clone();
+    let keep = flaky::forwarded_args(&a.spec.args);
+    let mut flaky_count = 0u64;
+    for r in 1..=retries {
+        if pending.is_empty() {
+            break;
+        }
+        // A stop or the deadline that came between two runs.
+        let now_stopped = stop.borrow_and_update().clone();
+        if let Some(why) = now_stopped {
+            return Ok(run.stopped_outcome(Some(Ok(why)), code));
+        }
+        if tokio::time::Instant::now() >= run.deadline {
+            return Ok(run.stopped_outcome(Some(Err(())), code));
+        }
+        let k = pending.len();
+        log(
+            tx,
+            "stderr",
+            format!(
+                "msfleet: retry {r} of {retries}: {k} failed test{}\n",
+                if k == 1 { "" } else { "s" }
+            ),
+        );
+        let mut rargs = keep.clone();
+        rargs.extend(pending.iter().map(|id| flaky::retry_arg(dir, id)));
+        let end = match run
+            .once(&format!("{slot}-r{r}.sock"), &rargs, true, stop)
+            .await?
+        {
+            Ok(end) => end,
+            Err(f) => {
+                log(tx, "stderr", format!("msfleet: retry {r}: {}\n", f.reason));
+                break;
             }
-            changed = stop.changed(), if stopped.is_none() => {
-                let reason = if changed.is_err() { Some(StopReason::Shutdown) } else { stop.borrow().clone() };
-                if let Some(r) = reason {
-                    stopped = Some(Ok(r));
+        };
+        if end.stopped.is_some() {
+            return Ok(run.stopped_outcome(end.stopped, end.status.code().unwrap_or(-1)));
+        }
+        pending.retain(|nodeid| {
+            let Some((duration_s, markers)) = end.tally.passed_on_retry(nodeid) else {
+                return true;
+            };
+            tx.send(task_update::Kind::Test(TestResult {
+                nodeid: nodeid.clone(),
+                when: "call".into(),
+                outcome: "flaky".into(),
+                duration_s: *duration_s,
+                longrepr: format!("failed, then passed on retry {r}"),
+                markers: markers.clone(),
+            }));
+            flaky_count += 1;
+            false
+        });
+    }
+    let (outcome, reason) = flaky::verdict(base, code, &main.tally, flaky_count);
+    Ok(finished(outcome, reason, code))
+}
+
+impl PytestRun<'_> {
+    /// Runs `python -m pytest -p <plugin> -p no:cacheprovider ARGS` once, in
+    /// its own process group, to its end, a stop, or the attempt's deadline.
+    /// Logs are streamed; the plugin's results are forwarded unless `rerun`
+    /// (a re-run of failed tests: its results are only tallied).
+    /// `Ok(Err(finished))`: pytest could not be started.
+    async fn once(
+        &self,
+        sock_name: &str,
+        args: &[String],
+        rerun: bool,
+        stop: &mut watch::Receiver<Option<StopReason>>,
+    ) -> std::io::Result<Result<RunEnd, Finished>> {
+        let (cfg, a, tx) = (self.cfg, self.a, self.tx);
+        let sock_path = self.run_dir.join(sock_name);
+        let _ = tokio::fs::remove_file(&sock_path).await;
+        let listener = UnixListener::bind(&sock_path)?;
+        let mut cmd = Command::new(&cfg.python);
+        cmd.arg("-m")
+            .arg("pytest")
+            .arg("-p")
+            .arg(PLUGIN_MODULE)
+            .arg("-p")
+            .arg("no:cacheprovider")
+            .args(args)
+            .current_dir(self.dir)
+            .envs(&a.spec.env)
+            .env("PYTHONPATH", &self.pythonpath)
+            .env("PYTHONUNBUFFERED", "1")
+            .env("MSFLEET_RESULT_SOCKET", &sock_path)
+            .env("MSFLEET_JOB_ID", &a.job_id)
+            .env("MSFLEET_TASK_ID", &a.task_id)
+            .env("MSFLEET_ATTEMPT", a.attempt.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&sock_path).await;
+                return Ok(Err(Finished {
+                    outcome: Outcome::Error as i32,
+                    reason: format!("cannot start {}: {e}", cfg.python.display()),
+                    exit_code: -1,
+                }));
+            }
+        };
+        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        // Recorded so that an agent restarted after a crash can kill what is left.
+        let pgid_file = self.run_dir.join(format!("{}.pgid", self.slot));
+        if let Some(pg) = pgid {
+            tokio::fs::write(
+                &pgid_file,
+                format!("{}\n{}\n", pg.as_raw(), sock_path.display()),
+            )
+            .await?;
+        }
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(tokio::spawn(pump_log(out, "stdout", tx.clone())));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(tokio::spawn(pump_log(err, "stderr", tx.clone())));
+        }
+        let connected = Arc::new(AtomicBool::new(false));
+        let results = tokio::spawn(pump_results(
+            listener,
+            (!rerun).then(|| tx.clone()),
+            tally.clone(),
+            connected.clone(),
+        ));
+
+        let deadline = tokio::time::sleep_until(self.deadline);
+        tokio::pin!(deadline);
+        let mut stopped: Stopped = None;
+        let status = loop {
+            tokio::select! {
+                st = child.wait() => break st?,
+                _ = &mut deadline, if stopped.is_none() => {
+                    stopped = Some(Err(()));
                     break terminate(&mut child, pgid, cfg.kill_grace).await?;
                 }
+                changed = stop.changed(), if stopped.is_none() => {
+                    let reason = if changed.is_err() { Some(StopReason::Shutdown) } else { stop.borrow().clone() };
+                    if let Some(r) = reason {
+                        stopped = Some(Ok(r));
+                        break terminate(&mut child, pgid, cfg.kill_grace).await?;
+                    }
+                }
+            }
+        };
+        // Whatever the test process left behind in its group goes too.
+        if let Some(pg) = pgid {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        for r in readers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+        // A connection may still sit in the backlog; if none comes, pytest exited
+        // before loading the plugin.
+        let wait = if connected.load(Ordering::Acquire) {
+            5000
+        } else {
+            500
+        };
+        let mut results = results;
+        if tokio::time::timeout(Duration::from_millis(wait), &mut results)
+            .await
+            .is_err()
+        {
+            results.abort();
+        }
+        let _ = tokio::fs::remove_file(&sock_path).await;
+        let _ = tokio::fs::remove_file(&pgid_file).await;
+        let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(Ok(RunEnd {
+            status,
+            stopped,
+            tally,
+        }))
+    }
+
+    /// The outcome of an attempt stopped from outside (None: abandoned).
+    fn stopped_outcome(&self, stopped: Stopped, code: i32) -> Option<Finished> {
+        match stopped? {
+            Err(()) => finished(
+                Outcome::TimedOut,
+                format!(
+                    "timed out after {}",
+                    humantime::format_duration(self.timeout)
+                ),
+                code,
+            ),
+            Ok(StopReason::Cancelled(why)) => finished(Outcome::Cancelled, why, code),
+            Ok(StopReason::Abandoned) => None,
+            Ok(StopReason::Shutdown) => {
+                finished(Outcome::Requeue, "the agent is shutting down", code)
             }
         }
-    };
-    // Whatever the test process left behind in its group goes too.
-    if let Some(pg) = pgid {
-        let _ = killpg(pg, Signal::SIGKILL);
     }
-    for r in readers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
-    }
-    // A connection may still sit in the backlog; if none comes, pytest exited
-    // before loading the plugin.
-    let wait = if connected.load(Ordering::Acquire) {
-        5000
-    } else {
-        500
-    };
-    let mut results = results;
-    if tokio::time::timeout(Duration::from_millis(wait), &mut results)
-        .await
-        .is_err()
-    {
-        results.abort();
-    }
-    let _ = tokio::fs::remove_file(&sock_path).await;
-    let _ = tokio::fs::remove_file(&pgid_file).await;
-
-    let code = status.code().unwrap_or(-1);
-    Ok(match stopped {
-        Some(Err(())) => finished(
-            Outcome::TimedOut,
-            format!("timed out after {}", humantime::format_duration(timeout)),
-            code,
-        ),
-        Some(Ok(StopReason::Cancelled(why))) => finished(Outcome::Cancelled, why, code),
-        Some(Ok(StopReason::Abandoned)) => None,
-        Some(Ok(StopReason::Shutdown)) => {
-            finished(Outcome::Requeue, "the agent is shutting down", code)
-        }
-        None => classify(status, errors.load(Ordering::Relaxed)),
-    })
 }
 
 /// Maps pytest's exit status to an outcome. `failed` = the tests said no;
 /// `error` = pytest itself could not do its job.
-fn classify(status: ExitStatus, errors: u64) -> Option<Finished> {
+fn classify(status: ExitStatus, errors: u64) -> (Outcome, String) {
     use std::os::unix::process::ExitStatusExt;
-    let code = status.code().unwrap_or(-1);
-    match status.code() {
-        Some(0) => finished(Outcome::Passed, "all tests passed", 0),
-        Some(1) => finished(Outcome::Failed, "tests failed", 1),
-        Some(2) if errors > 0 => {
-            finished(Outcome::Failed, "interrupted: errors during collection", 2)
+    let (outcome, reason): (Outcome, &str) = match status.code() {
+        Some(0) => (Outcome::Passed, "all tests passed"),
+        Some(1) => (Outcome::Failed, "tests failed"),
+        Some(2) if errors > 0 => (Outcome::Failed, "interrupted: errors during collection"),
+        Some(2) => (Outcome::Error, "pytest was interrupted (exit 2)"),
+        Some(3) => (Outcome::Error, "pytest internal error (exit 3)"),
+        Some(4) => (Outcome::Error, "pytest usage error (exit 4): see the log"),
+        Some(5) => (Outcome::Failed, "no tests collected (pytest exit 5)"),
+        Some(c) => return (Outcome::Error, format!("pytest exited with code {c}")),
+        None => {
+            return (
+                Outcome::Error,
+                format!(
+                    "pytest was killed by signal {}",
+                    status.signal().unwrap_or(0)
+                ),
+            )
         }
-        Some(2) => finished(Outcome::Error, "pytest was interrupted (exit 2)", 2),
-        Some(3) => finished(Outcome::Error, "pytest internal error (exit 3)", 3),
-        Some(4) => finished(
-            Outcome::Error,
-            "pytest usage error (exit 4): see the log",
-            4,
-        ),
-        Some(5) => finished(Outcome::Failed, "no tests collected (pytest exit 5)", 5),
-        Some(c) => finished(Outcome::Error, format!("pytest exited with code {c}"), c),
-        None => finished(
-            Outcome::Error,
-            format!(
-                "pytest was killed by signal {}",
-                status.signal().unwrap_or(0)
-            ),
-            code,
-        ),
-    }
+    };
+    (outcome, reason.to_string())
 }
 
 /// SIGTERM to the group, SIGKILL after `grace` if the main process is still there.
@@ -376,10 +524,12 @@ async fn pump_log(mut r: impl AsyncRead + Unpin, stream: &'static str, tx: Updat
     }
 }
 
+/// Reads the plugin's lines: every test result is tallied and, with `tx`,
+/// forwarded as it comes.
 async fn pump_results(
     listener: UnixListener,
-    tx: Updates,
-    errors: Arc<AtomicU64>,
+    tx: Option<Updates>,
+    tally: Arc<Mutex<Tally>>,
     connected: Arc<AtomicBool>,
 ) {
     // pytest connects once, at configure time; if it exits before, this task is aborted.
@@ -387,6 +537,7 @@ async fn pump_results(
         return;
     };
     connected.store(true, Ordering::Release);
+    let rerun = tx.is_none();
     let mut lines = BufReader::new(conn).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let msg: PluginMessage = match serde_json::from_str(&line) {
@@ -396,20 +547,32 @@ async fn pump_results(
                 continue;
             }
         };
-        if msg.kind != "test" {
-            continue;
+        match msg.kind.as_str() {
+            "test" => {}
+            "session" => {
+                tally.lock().unwrap_or_else(|e| e.into_inner()).collected = msg.collected;
+                continue;
+            }
+            _ => continue,
         }
-        if msg.outcome == "error" {
-            errors.fetch_add(1, Ordering::Relaxed);
+        tally.lock().unwrap_or_else(|e| e.into_inner()).add_test(
+            &msg.nodeid,
+            &msg.when,
+            &msg.outcome,
+            msg.duration_s,
+            &msg.markers,
+            rerun,
+        );
+        if let Some(tx) = &tx {
+            tx.send(task_update::Kind::Test(TestResult {
+                nodeid: msg.nodeid,
+                when: msg.when,
+                outcome: msg.outcome,
+                duration_s: msg.duration_s,
+                longrepr: msg.longrepr,
+                markers: msg.markers,
+            }));
         }
-        tx.send(task_update::Kind::Test(TestResult {
-            nodeid: msg.nodeid,
-            when: msg.when,
-            outcome: msg.outcome,
-            duration_s: msg.duration_s,
-            longrepr: msg.longrepr,
-            markers: msg.markers,
-        }));
     }
 }
 
@@ -480,6 +643,332 @@ mod tests {
     fn alive(child: &mut std::process::Child) -> bool {
         std::thread::sleep(Duration::from_millis(100));
         child.try_wait().unwrap().is_none()
+    }
+
+    /// `$MSFLEET_PYTHON`, else the repository's `.venv` (`scripts/venv.sh`).
+    fn python_with_pytest() -> std::path::PathBuf {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let candidates = std::env::var_os("MSFLEET_PYTHON")
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from)
+            .into_iter()
+            .chain([repo.join(".venv/bin/python")]);
+        for c in candidates {
+            let ok = std::process::Command::new(&c)
+                .args(["-c", "import pytest"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return c;
+            }
+        }
+        panic!("no Python with pytest: run scripts/venv.sh or set MSFLEET_PYTHON");
+    }
+
+    /// A test that fails the first time it runs and passes afterwards (a
+    /// marker file under `$FLAKY_DIR` remembers), a stable one, and
+    /// parametrized flaky ones whose ids need quoting in a shell.
+    const FLAKY_SUITE: &str = r#"
+import os, pathlib, pytest
+
+def first_time(name):
+    m = pathlib.Path(os.environ["FLAKY_DIR"]) / name
+    if m.exists():
+        return False
+    m.write_text("ran")
+    return True
+
+def test_stable():
+    pass
+
+def test_flaky():
+    assert not first_time("flaky"), "fails the first time"
+
+@pytest.mark.nightly
+@pytest.mark.parametrize("p", ["a b", "c[d]"])
+def test_param(p):
+    assert not first_time("param-" + p.replace("/", "_")), "fails the first time"
+"#;
+
+    const BROKEN: &str = "def test_broken():\n    assert False, 'always'\n";
+
+    struct Ran {
+        results: Vec<TestResult>,
+        logs: String,
+        finished: Option<Finished>,
+    }
+
+    /// Runs one attempt of `suite` (files) with `retry_failed` and `args`.
+    async fn run_suite(files: &[(&str, &str)], retry_failed: u32, args: &[&str]) -> Ran {
+        run_suite_with(files, "", retry_failed, args, 60_000, false).await
+    }
+
+    /// [`run_suite`] from the suite's subdirectory `sub`, with an attempt
+    /// timeout, and optionally a cancel as soon as the first re-run is announced.
+    async fn run_suite_with(
+        files: &[(&str, &str)],
+        sub: &str,
+        retry_failed: u32,
+        args: &[&str],
+        timeout_ms: i64,
+        cancel_on_retry: bool,
+    ) -> Ran {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let suite = root.join("suite");
+        let flaky_dir = root.join("markers");
+        std::fs::create_dir_all(&suite).unwrap();
+        std::fs::create_dir_all(&flaky_dir).unwrap();
+        for (name, text) in files {
+            let p = suite.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let cfg = Arc::new(AgentConfig {
+            scheduler: String::new(),
+            name: "t".into(),
+            work_dir: root.join("work"),
+            labels: Default::default(),
+            roots: vec![root.clone()],
+            python: python_with_pytest(),
+            slots: 1,
+            kill_grace: Duration::from_secs(2),
+            npu_smi: "npu-smi".into(),
+        });
+        let spec = JobSpec {
+            kind: "pytest".into(),
+            source: Some(msfleet_proto::Source {
+                kind: Some(msfleet_proto::source::Kind::Dir(
+                    suite.join(sub).display().to_string(),
+                )),
+            }),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: [("FLAKY_DIR".to_string(), flaky_dir.display().to_string())].into(),
+            retry_failed,
+            timeout_ms: Some(timeout_ms),
+            ..Default::default()
+        };
+        let a = AttemptSpec {
+            job_id: "1".into(),
+            task_id: "1".into(),
+            attempt: 1,
+            epoch: 1,
+            spec,
+        };
+        let (utx, mut urx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let attempt = tokio::spawn(run(cfg, a, Updates::new(("1".into(), 1), utx), stop_rx));
+        let mut ran = Ran {
+            results: Vec::new(),
+            logs: String::new(),
+            finished: None,
+        };
+        // The channel closes when the attempt is over.
+        while let Some((_, kind)) = urx.recv().await {
+            match kind {
+                task_update::Kind::Test(t) => ran.results.push(t),
+                task_update::Kind::Log(l) => {
+                    ran.logs += &String::from_utf8_lossy(&l.data);
+                    if cancel_on_retry && ran.logs.contains("msfleet: retry 1 of") {
+                        let _ = stop_tx.send(Some(StopReason::Cancelled("enough".into())));
+                    }
+                }
+                task_update::Kind::Finished(f) => ran.finished = Some(f),
+                _ => {}
+            }
+        }
+        attempt.await.unwrap();
+        ran
+    }
+
+    fn ids(ran: &Ran, outcome: &str) -> Vec<String> {
+        let mut v: Vec<String> = ran
+            .results
+            .iter()
+            .filter(|t| t.outcome == outcome)
+            .map(|t| t.nodeid.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn failed_tests_are_retried_and_those_that_pass_reported_flaky() {
+        let ran = run_suite(
+            &[("test_flaky.py", FLAKY_SUITE), ("test_broken.py", BROKEN)],
+            2,
+            &["-q"],
+        )
+        .await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::Failed, "tests failed (3 flaky)"),
+            "{}",
+            ran.logs
+        );
+        // The main run's results, as pytest counted them; the re-runs add
+        // only the flaky results (never a second passed or failed).
+        assert_eq!(ids(&ran, "passed"), ["test_flaky.py::test_stable"]);
+        assert_eq!(
+            ids(&ran, "failed"),
+            [
+                "test_broken.py::test_broken",
+                "test_flaky.py::test_flaky",
+                "test_flaky.py::test_param[a b]",
+                "test_flaky.py::test_param[c[d]]",
+            ]
+        );
+        assert_eq!(
+            ids(&ran, "flaky"),
+            [
+                "test_flaky.py::test_flaky",
+                "test_flaky.py::test_param[a b]",
+                "test_flaky.py::test_param[c[d]]",
+            ]
+        );
+        let p = ran
+            .results
+            .iter()
+            .find(|t| t.outcome == "flaky" && t.nodeid.contains("[a b]"))
+            .unwrap();
+        assert_eq!(p.when, "call");
+        assert_eq!(p.longrepr, "failed, then passed on retry 1");
+        assert_eq!(p.markers, ["parametrize", "nightly"]);
+        assert_eq!(ran.results.len(), 1 + 4 + 3, "{:#?}", ran.results);
+        assert!(
+            ran.logs.contains("msfleet: retry 1 of 2: 4 failed tests\n"),
+            "{}",
+            ran.logs
+        );
+        assert!(
+            ran.logs.contains("msfleet: retry 2 of 2: 1 failed test\n"),
+            "{}",
+            ran.logs
+        );
+    }
+
+    #[tokio::test]
+    async fn all_flaky_failures_make_a_passed_attempt_unless_pytest_stopped_early() {
+        let ran = run_suite(&[("test_flaky.py", FLAKY_SUITE)], 1, &[]).await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::Passed, "all tests passed (3 flaky)"),
+            "{}",
+            ran.logs
+        );
+        assert!(!ran.logs.contains("retry 2"), "{}", ran.logs);
+
+        // -x: pytest stopped at the first failure, the rest never ran.
+        let ran = run_suite(&[("test_flaky.py", FLAKY_SUITE)], 1, &["-x"]).await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::Failed, "tests failed (1 flaky)"),
+            "{}",
+            ran.logs
+        );
+        assert_eq!(ids(&ran, "flaky"), ["test_flaky.py::test_flaky"]);
+
+        // No retries: a failure stays a failure.
+        let ran = run_suite(&[("test_flaky.py", FLAKY_SUITE)], 0, &[]).await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::Failed, "tests failed")
+        );
+        assert!(ids(&ran, "flaky").is_empty());
+        assert!(!ran.logs.contains("msfleet: retry"), "{}", ran.logs);
+    }
+
+    #[tokio::test]
+    async fn retries_find_node_ids_relative_to_a_rootdir_above_the_job_dir() {
+        // The ini file is above the job's directory: node ids start with
+        // `pkg/`, which does not exist relative to where pytest runs.
+        let ran = run_suite_with(
+            &[
+                ("pytest.ini", "[pytest]\n"),
+                ("pkg/tests/test_flaky.py", FLAKY_SUITE),
+            ],
+            "pkg",
+            1,
+            &["-p", "no:randomly"],
+            60_000,
+            false,
+        )
+        .await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::Passed, "all tests passed (3 flaky)"),
+            "{}",
+            ran.logs
+        );
+        assert_eq!(
+            ids(&ran, "flaky"),
+            [
+                "pkg/tests/test_flaky.py::test_flaky",
+                "pkg/tests/test_flaky.py::test_param[a b]",
+                "pkg/tests/test_flaky.py::test_param[c[d]]",
+            ]
+        );
+    }
+
+    /// Fails the first time; the re-run would pass, after a long sleep.
+    const SLOW_RETRY: &str = r#"
+import os, pathlib, time
+
+def test_slow_second_time():
+    m = pathlib.Path(os.environ["FLAKY_DIR"]) / "slow"
+    if m.exists():
+        time.sleep(60)
+        return
+    m.write_text("ran")
+    assert False
+"#;
+
+    #[tokio::test]
+    async fn a_retry_runs_under_the_attempts_deadline_and_can_be_cancelled() {
+        let start = std::time::Instant::now();
+        let ran = run_suite_with(&[("test_slow.py", SLOW_RETRY)], "", 2, &[], 3_000, false).await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::TimedOut, "timed out after 3s"),
+            "{}",
+            ran.logs
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            ran.logs.contains("msfleet: retry 1 of 2: 1 failed test\n"),
+            "{}",
+            ran.logs
+        );
+        assert!(ids(&ran, "flaky").is_empty());
+
+        let start = std::time::Instant::now();
+        let ran = run_suite_with(&[("test_slow.py", SLOW_RETRY)], "", 2, &[], 60_000, true).await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::Cancelled, "enough"),
+            "{}",
+            ran.logs
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(ids(&ran, "flaky").is_empty());
+        assert!(!ran.logs.contains("retry 2"), "{}", ran.logs);
     }
 
     #[test]

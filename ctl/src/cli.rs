@@ -91,9 +91,29 @@ pub enum Command {
         action: BaselineAction,
     },
     /// Durable cron schedules: add, list, show, pause, resume, delete, run-now.
+    /// Test results over time.
+    Test {
+        #[command(subcommand)]
+        action: TestAction,
+    },
     Schedule {
         #[command(subcommand)]
         action: ScheduleAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TestAction {
+    /// A test's recorded outcomes and durations, newest first, per hardware profile.
+    History {
+        /// pytest node id, e.g. tests/smoke/test_a.py::test_x[1]
+        test_id: String,
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -267,6 +287,10 @@ pub struct Submit {
     /// scheduler's dedup window) instead of making a second one.
     #[arg(long = "dedup-key", value_name = "KEY")]
     pub dedup_key: Option<String>,
+    /// pytest: re-run failed tests up to N times; a test that fails and then
+    /// passes counts as flaky.
+    #[arg(long = "retry-failed", value_name = "N")]
+    pub retry_failed: Option<u32>,
     /// Watch the job and exit with its result.
     #[arg(long)]
     pub wait: bool,

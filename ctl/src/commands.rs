@@ -1,7 +1,9 @@
 //! One function per msctl subcommand. Each returns the process exit code.
 
 use crate::argv;
-use crate::cli::{AgentAction, BaselineAction, Cli, Command, ScheduleAction, ScheduleAdd, Submit};
+use crate::cli::{
+    AgentAction, BaselineAction, Cli, Command, ScheduleAction, ScheduleAdd, Submit, TestAction,
+};
 use crate::export::{self, Outcome};
 use crate::follow::follow;
 use crate::jobfile::{parse_timeout, ExtractFile, JobFile, SourceFile};
@@ -236,6 +238,7 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
             } => baseline_export(&mut client, &dir, profile, metric).await,
         },
         Command::Schedule { action } => schedule(&mut client, action).await,
+        Command::Test { action } => test_command(&mut client, action).await,
     }
 }
 
@@ -343,6 +346,9 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     }
     if let Some(n) = &s.name {
         f.name = n.clone();
+    }
+    if let Some(n) = s.retry_failed {
+        f.retry_failed = n;
     }
     if let Some(k) = &s.dedup_key {
         if k.trim().is_empty() {
@@ -523,6 +529,36 @@ pub fn dedup_note(job: &pb::Job, sent_key: &str) -> String {
 
 /// The schedule `schedule add` asks for: its job from the job file (with
 /// `--queue`/`--require` applied), checked as `submit -f` checks it.
+async fn test_command(
+    client: &mut FleetClient<Channel>,
+    action: TestAction,
+) -> Result<i32, CtlError> {
+    let TestAction::History {
+        test_id,
+        profile,
+        limit,
+        json,
+    } = action;
+    let runs = client
+        .test_history(pb::TestHistoryRequest {
+            test_id: test_id.clone(),
+            profile: profile.unwrap_or_default(),
+            limit,
+        })
+        .await?
+        .into_inner()
+        .runs;
+    if json {
+        let v: Vec<_> = runs.iter().map(render::test_run_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else if runs.is_empty() {
+        println!("no recorded runs of {test_id}");
+    } else {
+        print!("{}", render::test_history_text(&test_id, &runs));
+    }
+    Ok(exit::OK)
+}
+
 fn new_schedule(a: &ScheduleAdd) -> Result<pb::Schedule, CtlError> {
     let path = &a.file;
     let text = std::fs::read_to_string(path)

@@ -66,6 +66,9 @@ pub struct JobFile {
     /// window) returns the existing job instead of making a second one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dedup_key: String,
+    /// pytest: re-runs of failed tests (a fail-then-pass test is flaky).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retry_failed: u32,
     pub source: SourceFile,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -74,6 +77,10 @@ pub struct JobFile {
     /// For `kind = "benchmark"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub benchmark: Option<BenchmarkFile>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn pytest() -> String {
@@ -218,6 +225,7 @@ impl JobFile {
             name: self.name.clone(),
             benchmark,
             dedup_key: self.dedup_key.clone(),
+            retry_failed: self.retry_failed,
         })
     }
 }

@@ -9,8 +9,58 @@ use serde_json::{json, Map, Value};
 pub fn counts_json(c: &TestCounts) -> Value {
     json!({
         "passed": c.passed, "failed": c.failed, "skipped": c.skipped,
-        "xfailed": c.xfailed, "xpassed": c.xpassed, "errors": c.errors, "total": c.total,
+        "xfailed": c.xfailed, "xpassed": c.xpassed, "errors": c.errors, "flaky": c.flaky,
+        "total": c.total,
     })
+}
+
+pub fn test_run_json(r: &msfleet_proto::TestRun) -> Value {
+    json!({
+        "job_id": r.job_id, "time_ms": r.time_ms, "profile": r.profile, "agent": r.agent,
+        "attempt": r.attempt, "when": r.when, "outcome": r.outcome, "duration_s": r.duration_s,
+    })
+}
+
+/// A test's runs grouped by hardware profile, newest first within each.
+pub fn test_history_text(test_id: &str, runs: &[msfleet_proto::TestRun]) -> String {
+    let mut by_profile: std::collections::BTreeMap<&str, Vec<&msfleet_proto::TestRun>> =
+        Default::default();
+    for r in runs {
+        by_profile.entry(r.profile.as_str()).or_default().push(r);
+    }
+    let mut out = format!("{test_id}\n");
+    for (profile, runs) in by_profile {
+        let profile = if profile.is_empty() { "-" } else { profile };
+        out += &format!("  profile {profile}\n");
+        let rows: Vec<Vec<String>> = runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.job_id.clone(),
+                    format_ms_utc(r.time_ms),
+                    r.outcome.clone(),
+                    format!("{:.3}s", r.duration_s),
+                    r.when.clone(),
+                    r.agent.clone(),
+                ]
+            })
+            .collect();
+        for line in table(
+            &["JOB", "TIME (UTC)", "OUTCOME", "DURATION", "PHASE", "AGENT"],
+            &rows,
+        )
+        .lines()
+        {
+            out += &format!("    {line}\n");
+        }
+    }
+    out
+}
+
+fn format_ms_utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
 }
 
 fn source_json(spec: &JobSpec) -> Value {
@@ -380,6 +430,7 @@ pub fn counts_line(c: &TestCounts) -> String {
         (c.xfailed, "xfailed"),
         (c.xpassed, "xpassed"),
         (c.errors, if c.errors == 1 { "error" } else { "errors" }),
+        (c.flaky, "flaky"),
     ]
     .iter()
     .filter(|(n, _)| *n > 0)
@@ -834,10 +885,17 @@ mod tests {
             xpassed: 1,
             errors: 1,
             total: 14,
+            flaky: 0,
         };
         assert_eq!(
             counts_line(&c),
             "1 failed, 8 passed, 2 skipped, 1 xfailed, 1 xpassed, 1 error"
+        );
+        let mut f = c;
+        f.record("flaky");
+        assert_eq!(
+            counts_line(&f),
+            "8 passed, 2 skipped, 1 xfailed, 1 xpassed, 1 error, 1 flaky"
         );
         assert_eq!(counts_line(&TestCounts::default()), "no tests");
     }

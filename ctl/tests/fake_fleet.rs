@@ -400,6 +400,35 @@ impl Fleet for Svc {
         self.0.schedules().retain(|k| k.name != name);
         Ok(Response::new(s))
     }
+    async fn test_history(
+        &self,
+        req: Request<pb::TestHistoryRequest>,
+    ) -> Result<Response<pb::TestHistoryResponse>, Status> {
+        let req = req.into_inner();
+        let run = |job: &str, profile: &str, outcome: &str| pb::TestRun {
+            job_id: job.into(),
+            time_ms: 1_795_392_000_000,
+            profile: profile.into(),
+            agent: format!("{profile}-1"),
+            attempt: 1,
+            outcome: outcome.into(),
+            duration_s: 0.25,
+            when: "call".into(),
+        };
+        let runs = if req.test_id == "t.py::x" {
+            vec![
+                run("9", "gpu-h100", "failed"),
+                run("8", "npu-910b", "passed"),
+            ]
+            .into_iter()
+            .filter(|r| req.profile.is_empty() || r.profile == req.profile)
+            .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(pb::TestHistoryResponse { runs }))
+    }
+
     async fn run_schedule_now(
         &self,
         req: Request<pb::ScheduleName>,
@@ -989,4 +1018,35 @@ fn submit_with_a_seen_dedup_key_returns_the_existing_job() {
     assert_eq!(out.code, 0, "{out}");
     assert!(out.stdout.contains("dedup_key = \"k1\""), "{out}");
     let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
+}
+
+#[test]
+fn test_history_groups_runs_by_profile() {
+    let (addr, _) = start();
+    let out = msctl(&addr, &["test", "history", "t.py::x"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout.contains("profile gpu-h100") && out.stdout.contains("profile npu-910b"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("failed") && out.stdout.contains("0.250s"),
+        "{out}"
+    );
+    let out = msctl(
+        &addr,
+        &[
+            "test",
+            "history",
+            "t.py::x",
+            "--profile",
+            "npu-910b",
+            "--json",
+        ],
+    );
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v:#}");
+    assert_eq!(v[0]["outcome"], "passed");
+    let out = msctl(&addr, &["test", "history", "t.py::never"]);
+    assert!(out.stdout.contains("no recorded runs"), "{out}");
 }

@@ -85,7 +85,13 @@ impl AgentAdmin {
 impl TestCounts {
     /// Counts one result under pytest's terminal category; other categories
     /// (`rerun`, ...) are not part of pytest's summary and are not counted.
+    /// `flaky` moves one earlier failure to the flaky count.
     pub fn record(&mut self, outcome: &str) {
+        if outcome == "flaky" {
+            self.failed = self.failed.saturating_sub(1);
+            self.flaky += 1;
+            return;
+        }
         let slot = match outcome {
             "passed" => &mut self.passed,
             "failed" => &mut self.failed,

@@ -259,6 +259,30 @@ impl Fleet for FleetService {
         ))
     }
 
+    async fn test_history(
+        &self,
+        req: Request<pb::TestHistoryRequest>,
+    ) -> Result<Response<pb::TestHistoryResponse>, Status> {
+        let req = req.into_inner();
+        if req.test_id.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "give a test id (a pytest node id such as tests/test_a.py::test_x)",
+            ));
+        }
+        let limit = match req.limit {
+            0 => 50,
+            n => n.min(10_000) as usize,
+        };
+        let store = self.store.clone();
+        let runs = tokio::task::spawn_blocking(move || {
+            store.test_history(&req.test_id, &req.profile, limit)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::TestHistoryResponse { runs }))
+    }
+
     async fn run_schedule_now(
         &self,
         req: Request<pb::ScheduleName>,

@@ -1358,7 +1358,24 @@ impl Core {
                     .tests
                     .get_or_insert_with(Default::default)
                     .record(&t.outcome);
+                let run = pb::TestRun {
+                    job_id: e.job.id.clone(),
+                    time_ms: self.now,
+                    profile: self
+                        .agents
+                        .get(&name)
+                        .map(|a| a.caps().profile.clone())
+                        .unwrap_or_default(),
+                    agent: name.clone(),
+                    attempt,
+                    outcome: t.outcome.clone(),
+                    duration_s: t.duration_s,
+                    when: t.when.clone(),
+                };
+                let test_id = t.nodeid.clone();
                 self.push_event(task, attempt, job_event::Kind::Test(t), step);
+                let seq = self.jobs.get(&task).map_or(0, |e| e.job.last_event_seq);
+                step.writes.put_test_run(&test_id, task, seq, &run);
             }
             Some(task_update::Kind::Finished(f)) => self.finish(task, f, step),
             None => {}

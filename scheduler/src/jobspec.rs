@@ -10,6 +10,8 @@ use tonic::Status;
 /// Most arguments, env entries and labels a spec may carry, and their size.
 const MAX_ITEMS: usize = 1024;
 const MAX_TEXT: usize = 16 * 1024;
+/// Most re-runs of failed tests a job may ask for.
+const MAX_RETRY_FAILED: u32 = 10;
 
 /// Validates `spec` in place (fills defaults) and returns its parsed requirement.
 pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status> {
@@ -23,6 +25,11 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
                     "a pytest job cannot carry benchmark settings; use kind 'benchmark'",
                 ));
             }
+        }
+        "benchmark" if spec.retry_failed > 0 => {
+            return Err(Status::invalid_argument(
+                "retry_failed re-runs failed pytest tests; it does not apply to benchmark jobs",
+            ))
         }
         "benchmark" => {
             let bench = spec.benchmark.get_or_insert_with(Default::default);
@@ -69,6 +76,12 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
                 ));
             }
         }
+    }
+    if spec.retry_failed > MAX_RETRY_FAILED {
+        return Err(Status::invalid_argument(format!(
+            "retry_failed {} is more than {MAX_RETRY_FAILED}",
+            spec.retry_failed
+        )));
     }
     match spec.timeout_ms {
         Some(t) if t <= 0 => {

@@ -13,13 +13,15 @@
 //! - `m` name              -> u64 counters (next epoch)
 //! - `b` baseline key      -> `msfleet.v1.Baseline` (protobuf)
 //! - `s` schedule name     -> `msfleet.v1.Schedule` (protobuf)
+//! - `h` test id, 0, job id, seq -> `msfleet.v1.TestRun` (protobuf): every test
+//!   outcome, for `msctl test history` (the profile is in the value)
 //!
 //! Durability: [`Store::after_durable`] hands a callback to the flusher thread,
 //! which calls `Db::flush` once for every callback queued while it was busy and
 //! then runs them all. Many concurrent submits therefore share one fsync, and
 //! nothing is acknowledged before the flush that covers it has returned.
 
-use msfleet_proto::{Agent, Baseline, Job, JobEvent, Schedule};
+use msfleet_proto::{Agent, Baseline, Job, JobEvent, Schedule, TestRun};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -106,6 +108,13 @@ impl WriteSet {
         self.put(k, agent.encode_to_vec());
     }
 
+    pub fn put_test_run(&mut self, test_id: &str, job: u64, seq: u64, run: &TestRun) {
+        let mut k = test_key(test_id);
+        k.extend_from_slice(&job.to_be_bytes());
+        k.extend_from_slice(&seq.to_be_bytes());
+        self.put(k, run.encode_to_vec());
+    }
+
     pub fn put_schedule(&mut self, schedule: &Schedule) {
         let mut k = vec![b's'];
         k.extend_from_slice(schedule.name.as_bytes());
@@ -139,6 +148,14 @@ impl WriteSet {
         self.batch.insert(k, v);
         self.writes += 1;
     }
+}
+
+fn test_key(test_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(test_id.len() + 18);
+    k.push(b'h');
+    k.extend_from_slice(test_id.as_bytes());
+    k.push(0);
+    k
 }
 
 fn key(prefix: u8, id: u64) -> Vec<u8> {
@@ -272,6 +289,28 @@ impl Store {
                 JobEvent::decode(&*v).map_err(|e| corrupt(&k, e))
             })
             .collect()
+    }
+
+    /// Recorded outcomes of one test, newest first, optionally of one profile
+    /// (blocking: call off the async runtime).
+    pub fn test_history(
+        &self,
+        test_id: &str,
+        profile: &str,
+        limit: usize,
+    ) -> Result<Vec<TestRun>, StoreError> {
+        let mut runs = Vec::new();
+        for item in self.db.scan_prefix(test_key(test_id)).rev() {
+            let (k, v) = item?;
+            let run = TestRun::decode(&*v).map_err(|e| corrupt(&k, e))?;
+            if profile.is_empty() || run.profile == profile {
+                runs.push(run);
+                if runs.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(runs)
     }
 
     /// Flushes synchronously (shutdown).
