@@ -49,6 +49,16 @@ struct Attempt {
 }
 
 impl Attempt {
+    fn new(r: AttemptRef, stop: watch::Sender<Option<StopReason>>) -> Attempt {
+        Attempt {
+            r,
+            next_seq: 1,
+            unacked: VecDeque::new(),
+            stop,
+            finished_seq: None,
+        }
+    }
+
     /// The scheduler refused update `seq` for its content and left the number
     /// free. If it is the oldest unacknowledged update, drop it and renumber
     /// the later ones (none of which can have been applied: the scheduler
@@ -352,16 +362,7 @@ impl Session {
         if self.shutting_down {
             // Give it straight back so that it runs elsewhere.
             let (stop, _) = watch::channel(None);
-            self.attempts.insert(
-                key.clone(),
-                Attempt {
-                    r,
-                    next_seq: 1,
-                    unacked: VecDeque::new(),
-                    stop,
-                    finished_seq: None,
-                },
-            );
+            self.attempts.insert(key.clone(), Attempt::new(r, stop));
             let _ = self.updates_tx.send((
                 key,
                 task_update::Kind::Finished(msfleet_proto::Finished {
@@ -381,16 +382,7 @@ impl Session {
             epoch: r.epoch,
             spec: asg.spec.unwrap_or_default(),
         };
-        self.attempts.insert(
-            key.clone(),
-            Attempt {
-                r,
-                next_seq: 1,
-                unacked: VecDeque::new(),
-                stop,
-                finished_seq: None,
-            },
-        );
+        self.attempts.insert(key.clone(), Attempt::new(r, stop));
         let updates = Updates::new(key, self.updates_tx.clone());
         tokio::spawn(runner::run(self.cfg.clone(), spec, updates, stop_rx));
     }

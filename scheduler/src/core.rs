@@ -868,17 +868,7 @@ impl Core {
         step: &mut Step,
     ) -> Result<pb::Schedule, Status> {
         let name = rec.name.trim().to_string();
-        let valid = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !valid {
-            return Err(Status::invalid_argument(format!(
-                "bad schedule name '{}': use 1-128 of A-Z a-z 0-9 . _ -",
-                rec.name
-            )));
-        }
+        check_name("schedule", &name)?;
         if self.schedules.contains_key(&name) {
             return Err(Status::already_exists(format!(
                 "a schedule named '{name}' exists; delete it first or pick another name"
@@ -1113,16 +1103,7 @@ impl Core {
         step: &mut Step,
     ) -> Result<(), Status> {
         let name = reg.name.clone();
-        let valid = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !valid {
-            return Err(Status::invalid_argument(format!(
-                "bad agent name '{name}': use 1-128 of A-Z a-z 0-9 . _ -"
-            )));
-        }
+        check_name("agent", &name)?;
         if let Some(old) = self.agents.get(&name).and_then(|a| a.session.as_ref()) {
             if old.instance != reg.instance_id {
                 return Err(Status::already_exists(format!(
@@ -1624,6 +1605,22 @@ impl Core {
                 }
             }));
         }
+    }
+}
+
+/// Agent and schedule names: 1-128 of `A-Z a-z 0-9 . _ -`.
+fn check_name(what: &str, name: &str) -> Result<(), Status> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "bad {what} name '{name}': use 1-128 of A-Z a-z 0-9 . _ -"
+        )))
     }
 }
 

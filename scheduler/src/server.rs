@@ -25,6 +25,25 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Runs a blocking store step (open, load) off the async runtime.
+async fn blocking_store_step<T: Send + 'static>(
+    cfg: &Config,
+    step: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ServeError> {
+    let store_error = |source| ServeError::Store {
+        dir: cfg.data_dir.display().to_string(),
+        source,
+    };
+    tokio::task::spawn_blocking(step)
+        .await
+        .map_err(|e| {
+            store_error(crate::store::StoreError::Sled(sled::Error::Io(
+                std::io::Error::other(e),
+            )))
+        })?
+        .map_err(store_error)
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     cfg: Config,
@@ -32,30 +51,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let cfg = Arc::new(cfg);
-    let dir = cfg.data_dir.clone();
-    let cache = cfg.cache_bytes;
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache))
-        .await
-        .map_err(|e| ServeError::Store {
-            dir: cfg.data_dir.display().to_string(),
-            source: crate::store::StoreError::Sled(sled::Error::Io(std::io::Error::other(e))),
-        })?
-        .map_err(|source| ServeError::Store {
-            dir: cfg.data_dir.display().to_string(),
-            source,
-        })?;
-    let core_store = store.clone();
-    let core_cfg = cfg.clone();
-    let core = tokio::task::spawn_blocking(move || core::start(core_cfg, core_store))
-        .await
-        .map_err(|e| ServeError::Store {
-            dir: cfg.data_dir.display().to_string(),
-            source: crate::store::StoreError::Sled(sled::Error::Io(std::io::Error::other(e))),
-        })?
-        .map_err(|source| ServeError::Store {
-            dir: cfg.data_dir.display().to_string(),
-            source,
-        })?;
+    let (dir, cache) = (cfg.data_dir.clone(), cfg.cache_bytes);
+    let store = blocking_store_step(&cfg, move || Store::open(&dir, cache)).await?;
+    let (core_store, core_cfg) = (store.clone(), cfg.clone());
+    let core = blocking_store_step(&cfg, move || core::start(core_cfg, core_store)).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FleetServer<FleetService>>().await;
