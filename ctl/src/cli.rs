@@ -90,12 +90,29 @@ pub enum Command {
         #[command(subcommand)]
         action: BaselineAction,
     },
-    /// Durable cron schedules: add, list, show, pause, resume, delete, run-now.
     /// Test results over time.
     Test {
         #[command(subcommand)]
         action: TestAction,
     },
+    /// A finished job's compatibility matrix (tests that did not pass on every
+    /// hardware profile), benchmark verdicts, and the diff against the previous
+    /// run of its schedule. Exits 0 whenever the report was produced.
+    Report {
+        job: String,
+        #[arg(long, conflicts_with_all = ["markdown"])]
+        json: bool,
+        /// Write JUnit XML (every test, one testsuite per profile) to FILE.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// GitHub-flavoured markdown, for an issue or a chat.
+        #[arg(long)]
+        markdown: bool,
+        /// Show every test, not only those that did not pass everywhere.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Durable cron schedules: add, list, show, pause, resume, delete, run-now.
     Schedule {
         #[command(subcommand)]
         action: ScheduleAction,

@@ -239,6 +239,13 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
         },
         Command::Schedule { action } => schedule(&mut client, action).await,
         Command::Test { action } => test_command(&mut client, action).await,
+        Command::Report {
+            job,
+            json,
+            junit,
+            markdown,
+            all,
+        } => crate::report::run(&mut client, &job, json, junit.as_deref(), markdown, all).await,
     }
 }
 

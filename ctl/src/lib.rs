@@ -2,7 +2,8 @@
 //!
 //! Code map: [`cli`] (flags) -> [`commands`] (one function per subcommand)
 //! using [`jobfile`] (the TOML job format), [`argv`] (`--command` splitting),
-//! [`follow`] (watch/logs streams with resume), [`export`] (`baseline export`:
+//! [`follow`] (watch/logs streams with resume), [`report`] (`report`: matrix,
+//! verdicts, diff; text, JSON, JUnit, markdown), [`export`] (`baseline export`:
 //! baselines -> case files) and [`render`] (text and `--json`).
 
 pub mod argv;
@@ -12,6 +13,7 @@ pub mod export;
 pub mod follow;
 pub mod jobfile;
 pub mod render;
+pub mod report;
 
 use tonic::{Code, Status};
 

@@ -216,6 +216,74 @@ fn events() -> Vec<pb::JobEvent> {
     ]
 }
 
+/// Pytest jobs of schedule "nightly" for `report`: 19 (the previous run),
+/// 20 (the reported one, second attempt) and 21 (still running).
+fn report_jobs() -> Vec<pb::Job> {
+    let pytest = |id: &str, state: JobState, attempts: u32| pb::Job {
+        id: id.into(),
+        spec: Some(pb::JobSpec {
+            kind: "pytest".into(),
+            name: "nightly".into(),
+            ..Default::default()
+        }),
+        state: state as i32,
+        attempts,
+        agent: "b1".into(),
+        schedule: "nightly".into(),
+        slot_ms: LAST,
+        tests: Some(pb::TestCounts {
+            passed: 2,
+            failed: 1,
+            total: 3,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    vec![
+        pytest("21", JobState::Running, 1),
+        pytest("20", JobState::Failed, 2),
+        pytest("19", JobState::Failed, 1),
+    ]
+}
+
+fn report_events(id: &str) -> Vec<pb::JobEvent> {
+    let test = |seq, attempt, nodeid: &str, outcome: &str| pb::JobEvent {
+        seq,
+        attempt,
+        kind: Some(job_event::Kind::Test(pb::TestResult {
+            nodeid: nodeid.into(),
+            when: "call".into(),
+            outcome: outcome.into(),
+            duration_s: 0.1,
+            longrepr: if outcome == "failed" {
+                "E   assert 0".into()
+            } else {
+                String::new()
+            },
+            markers: vec![],
+        })),
+        ..Default::default()
+    };
+    if id == "19" {
+        vec![
+            test(1, 1, "t.py::test_a", "passed"),
+            test(2, 1, "t.py::test_b", "failed"),
+            test(3, 1, "t.py::test_c", "failed"),
+        ]
+    } else {
+        vec![
+            // The lost first attempt: ignored.
+            test(1, 1, "t.py::test_b", "failed"),
+            test(2, 1, "t.py::test_old", "failed"),
+            test(3, 2, "t.py::test_a", "failed"),
+            test(4, 2, "t.py::test_b", "passed"),
+            test(5, 2, "t.py::test_c", "failed"),
+            test(6, 2, "t.py::test_d", "failed"),
+            test(7, 2, "t.py::test_d", "flaky"),
+        ]
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -243,14 +311,25 @@ impl Fleet for Svc {
             ..Default::default()
         }))
     }
-    async fn get_job(&self, _: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(job()))
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = req.into_inner().id;
+        if id == "404" {
+            return Err(Status::not_found("no job 404"));
+        }
+        Ok(Response::new(
+            report_jobs()
+                .into_iter()
+                .find(|j| j.id == id)
+                .unwrap_or_else(job),
+        ))
     }
     async fn list_jobs(
         &self,
         _: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+        let mut jobs = report_jobs();
+        jobs.push(job());
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
     async fn cancel_job(
         &self,
@@ -263,19 +342,29 @@ impl Fleet for Svc {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let after = req.into_inner().after_seq;
-        let evs: Vec<_> = events()
-            .into_iter()
-            .filter(|e| e.seq > after)
-            .map(Ok)
-            .collect();
+        let req = req.into_inner();
+        let after = req.after_seq;
+        let all = match req.id.as_str() {
+            "19" | "20" => report_events(&req.id),
+            _ => events(),
+        };
+        let evs: Vec<_> = all.into_iter().filter(|e| e.seq > after).map(Ok).collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(evs))))
     }
     async fn list_agents(
         &self,
         _: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: vec![pb::Agent {
+                name: "b1".into(),
+                capabilities: Some(pb::Capabilities {
+                    profile: "a2-64g".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        }))
     }
     async fn set_agent_admin(
         &self,
@@ -1049,4 +1138,94 @@ fn test_history_groups_runs_by_profile() {
     assert_eq!(v[0]["outcome"], "passed");
     let out = msctl(&addr, &["test", "history", "t.py::never"]);
     assert!(out.stdout.contains("no recorded runs"), "{out}");
+}
+
+#[test]
+fn report_shows_the_matrix_and_the_diff_against_the_previous_run() {
+    let (addr, _) = start();
+    let out = msctl(&addr, &["report", "20"]);
+    assert_eq!(out.code, 0, "{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("TEST "))
+        .unwrap_or_else(|| panic!("no matrix: {out}"));
+    let row = |i: usize| lines[header + i].split_whitespace().collect::<Vec<_>>();
+    assert_eq!(row(0), ["TEST", "a2-64g"], "{out}");
+    assert_eq!(row(1), ["t.py::test_a", "fail"], "{out}");
+    assert_eq!(row(2), ["t.py::test_c", "fail"], "{out}");
+    assert_eq!(row(3), ["t.py::test_d", "flaky"], "{out}");
+    assert!(!out.stdout.contains("test_old"), "{out}");
+    assert!(
+        out.stdout.contains("a2-64g: 1 pass, 2 fail, 1 flaky\n"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("compared with job 19 (previous run of schedule nightly)"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("  new failures (1):\n    t.py::test_a\n"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("  fixed (1):\n    t.py::test_b\n"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("  still failing (1):\n    t.py::test_c\n"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("  new flaky (1):\n    t.py::test_d\n"),
+        "{out}"
+    );
+
+    let v: Value =
+        serde_json::from_str(&msctl(&addr, &["report", "20", "--json"]).stdout).expect("json");
+    assert_eq!(v["profiles"], serde_json::json!(["a2-64g"]));
+    assert_eq!(v["matrix"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v["diff"]["previous_job"], "19");
+    assert_eq!(v["diff"]["new_flaky"], serde_json::json!(["t.py::test_d"]));
+
+    // The oldest run has nothing to compare with.
+    let out = msctl(&addr, &["report", "19"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout
+            .contains("no previous run of schedule nightly to compare"),
+        "{out}"
+    );
+
+    // A benchmark job: the verdicts, and no schedule.
+    let out = msctl(&addr, &["report", "7", "--markdown"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout
+            .contains("| case | verdict | metric | value | baseline | delta |"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("| qwen3-8B-decode | REGRESSION | total_time_s | 0.0201 | 0.0154 | +30.5% |"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("no previous run to compare (not a scheduled job)"),
+        "{out}"
+    );
+
+    let out = msctl(&addr, &["report", "21"]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(
+        out.stderr
+            .contains("job 21 is still running; report it once it has finished"),
+        "{out}"
+    );
+    let out = msctl(&addr, &["report", "404"]);
+    assert_eq!(out.code, 2, "{out}");
 }

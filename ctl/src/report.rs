@@ -1,0 +1,1159 @@
+//! `msctl report JOB`: a finished job's compatibility matrix (tests that did
+//! not pass everywhere x hardware profiles), its benchmark verdicts, and the
+//! diff against the previous run of the same schedule; as a table, `--json`,
+//! `--junit FILE` or `--markdown`.
+//!
+//! The matrix code takes any number of columns (one per profile); today a job
+//! runs on one agent, so a job's report has one column.
+
+use crate::follow::follow;
+use crate::render::{self, counts_line, num};
+use crate::{exit, CtlError};
+use msfleet_proto::fleet_client::FleetClient;
+use msfleet_proto::{self as pb, job_event, CaseResult, Job, TestResult};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use tonic::transport::Channel;
+
+/// One test's final result on one profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cell {
+    Pass,
+    Fail,
+    Error,
+    Skip,
+    XFail,
+    XPass,
+    Flaky,
+    NotRun,
+}
+
+/// Display order of the per-profile summary.
+pub const CELLS: [Cell; 8] = [
+    Cell::Pass,
+    Cell::Fail,
+    Cell::Error,
+    Cell::Flaky,
+    Cell::Skip,
+    Cell::XFail,
+    Cell::XPass,
+    Cell::NotRun,
+];
+
+impl Cell {
+    pub fn label(self) -> &'static str {
+        match self {
+            Cell::Pass => "pass",
+            Cell::Fail => "fail",
+            Cell::Error => "error",
+            Cell::Skip => "skip",
+            Cell::XFail => "xfail",
+            Cell::XPass => "xpass",
+            Cell::Flaky => "flaky",
+            Cell::NotRun => "not run",
+        }
+    }
+
+    /// fail or error.
+    pub fn failing(self) -> bool {
+        matches!(self, Cell::Fail | Cell::Error)
+    }
+
+    /// Passed, or an expected outcome that is not a problem.
+    fn ok(self) -> bool {
+        matches!(self, Cell::Pass | Cell::XFail | Cell::XPass)
+    }
+}
+
+/// A test's final outcome in one job (the phases combined).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestOutcome {
+    pub cell: Cell,
+    /// Sum over the phases.
+    pub duration_s: f64,
+    /// Failure, error or skip text (of the phase that decided the cell).
+    pub longrepr: String,
+}
+
+#[derive(Default)]
+struct Phases {
+    call: Option<(String, String)>,
+    /// An error or failure in setup, teardown or collect.
+    other_error: Option<String>,
+    setup_skip: Option<String>,
+    flaky: Option<String>,
+    duration_s: f64,
+}
+
+/// Combines TestResult events (of one attempt) per nodeid like pytest does:
+/// the call outcome wins, an error in setup/teardown/collect makes `error`,
+/// a skip in setup `skip`, and a later `flaky` overrides an earlier failure.
+pub fn combine<'a>(
+    results: impl IntoIterator<Item = &'a TestResult>,
+) -> BTreeMap<String, TestOutcome> {
+    let mut by_id: BTreeMap<String, Phases> = BTreeMap::new();
+    for r in results {
+        let p = by_id.entry(r.nodeid.clone()).or_default();
+        p.duration_s += r.duration_s;
+        if r.outcome == "flaky" {
+            p.flaky = Some(r.longrepr.clone());
+            continue;
+        }
+        match r.when.as_str() {
+            "call" => p.call = Some((r.outcome.clone(), r.longrepr.clone())),
+            _ => match r.outcome.as_str() {
+                "failed" | "error" => p.other_error = Some(r.longrepr.clone()),
+                "skipped" => p.setup_skip = Some(r.longrepr.clone()),
+                _ => {}
+            },
+        }
+    }
+    by_id
+        .into_iter()
+        .map(|(id, p)| {
+            let (cell, longrepr) = if let Some(text) = p.flaky {
+                (Cell::Flaky, text)
+            } else if let Some((_, text)) = p.call.as_ref().filter(|(o, _)| o == "failed") {
+                (Cell::Fail, text.clone())
+            } else if let Some(text) = p.other_error {
+                (Cell::Error, text)
+            } else if let Some((o, text)) = p.call {
+                let cell = match o.as_str() {
+                    "passed" => Cell::Pass,
+                    "skipped" => Cell::Skip,
+                    "xfailed" => Cell::XFail,
+                    "xpassed" => Cell::XPass,
+                    "error" => Cell::Error,
+                    _ => Cell::Fail,
+                };
+                (cell, text)
+            } else if let Some(text) = p.setup_skip {
+                (Cell::Skip, text)
+            } else {
+                // Only a passing setup/teardown was seen.
+                (Cell::Pass, String::new())
+            };
+            (
+                id,
+                TestOutcome {
+                    cell,
+                    duration_s: p.duration_s,
+                    longrepr,
+                },
+            )
+        })
+        .collect()
+}
+
+/// One column of the matrix: a hardware profile and its tests' outcomes.
+pub type Column = (String, BTreeMap<String, TestOutcome>);
+
+/// The compatibility matrix over columns (profiles).
+#[derive(Clone, Debug, Default)]
+pub struct Matrix {
+    pub profiles: Vec<String>,
+    /// Every test of any column, sorted, with one cell per profile.
+    pub rows: Vec<(String, Vec<Cell>)>,
+}
+
+impl Matrix {
+    /// Columns with the same profile are merged (the later one wins per test).
+    pub fn new(columns: &[Column]) -> Matrix {
+        let mut profiles: Vec<String> = Vec::new();
+        let mut merged: Vec<BTreeMap<&str, Cell>> = Vec::new();
+        for (profile, tests) in columns {
+            let i = match profiles.iter().position(|p| p == profile) {
+                Some(i) => i,
+                None => {
+                    profiles.push(profile.clone());
+                    merged.push(BTreeMap::new());
+                    profiles.len() - 1
+                }
+            };
+            for (id, o) in tests {
+                merged[i].insert(id.as_str(), o.cell);
+            }
+        }
+        let tests: BTreeSet<&str> = merged.iter().flat_map(|m| m.keys().copied()).collect();
+        let rows = tests
+            .into_iter()
+            .map(|t| {
+                let cells = merged
+                    .iter()
+                    .map(|m| m.get(t).copied().unwrap_or(Cell::NotRun))
+                    .collect();
+                (t.to_string(), cells)
+            })
+            .collect();
+        Matrix { profiles, rows }
+    }
+
+    /// Rows of tests that did not pass everywhere (fail, error, flaky, not run
+    /// anywhere; a skip only where another profile did not skip), or all.
+    pub fn selected(&self, all: bool) -> Vec<&(String, Vec<Cell>)> {
+        self.rows
+            .iter()
+            .filter(|(_, cells)| all || row_is_notable(cells))
+            .collect()
+    }
+
+    /// Per profile: how many tests ended in each cell.
+    pub fn summary(&self) -> Vec<BTreeMap<Cell, usize>> {
+        let mut out = vec![BTreeMap::new(); self.profiles.len()];
+        for (_, cells) in &self.rows {
+            for (i, c) in cells.iter().enumerate() {
+                *out[i].entry(*c).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+}
+
+fn row_is_notable(cells: &[Cell]) -> bool {
+    if cells.iter().any(|c| !c.ok() && *c != Cell::Skip) {
+        return true;
+    }
+    let skips = cells.iter().filter(|c| **c == Cell::Skip).count();
+    skips > 0 && skips < cells.len()
+}
+
+/// "3 pass, 1 fail, 1 skip" in [`CELLS`] order.
+pub fn summary_line(counts: &BTreeMap<Cell, usize>) -> String {
+    let parts: Vec<String> = CELLS
+        .iter()
+        .filter_map(|c| {
+            counts
+                .get(c)
+                .filter(|n| **n > 0)
+                .map(|n| format!("{n} {}", c.label()))
+        })
+        .collect();
+    if parts.is_empty() {
+        "no tests".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// What changed since the previous run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Diff {
+    pub previous_job: String,
+    pub new_failures: Vec<String>,
+    pub fixed: Vec<String>,
+    pub still_failing: Vec<String>,
+    pub new_flaky: Vec<String>,
+}
+
+/// Compares per-test cells of the previous and the current run.
+pub fn diff(
+    previous_job: &str,
+    prev: &BTreeMap<String, Cell>,
+    cur: &BTreeMap<String, Cell>,
+) -> Diff {
+    let mut d = Diff {
+        previous_job: previous_job.into(),
+        ..Default::default()
+    };
+    for (t, c) in cur {
+        let before = prev.get(t).copied();
+        let failed_before = before.is_some_and(Cell::failing);
+        if c.failing() {
+            if failed_before {
+                d.still_failing.push(t.clone());
+            } else {
+                d.new_failures.push(t.clone());
+            }
+        } else if failed_before && c.ok() {
+            d.fixed.push(t.clone());
+        }
+        if *c == Cell::Flaky && before != Some(Cell::Flaky) {
+            d.new_flaky.push(t.clone());
+        }
+    }
+    d
+}
+
+/// A test's cell over all profiles: the worst one (for the diff).
+pub fn worst_cells(columns: &[Column]) -> BTreeMap<String, Cell> {
+    let rank = |c: Cell| match c {
+        Cell::Fail => 7,
+        Cell::Error => 6,
+        Cell::Flaky => 5,
+        Cell::NotRun => 4,
+        Cell::Skip => 3,
+        Cell::XPass => 2,
+        Cell::XFail => 1,
+        Cell::Pass => 0,
+    };
+    let mut out: BTreeMap<String, Cell> = BTreeMap::new();
+    for (_, tests) in columns {
+        for (id, o) in tests {
+            let e = out.entry(id.clone()).or_insert(o.cell);
+            if rank(o.cell) > rank(*e) {
+                *e = o.cell;
+            }
+        }
+    }
+    out
+}
+
+/// The diff part of a report.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DiffState {
+    NotScheduled,
+    NoPrevious(String),
+    Compared(String, Diff),
+}
+
+impl DiffState {
+    pub fn note(&self) -> String {
+        match self {
+            DiffState::NotScheduled => "no previous run to compare (not a scheduled job)".into(),
+            DiffState::NoPrevious(s) => {
+                format!("no previous run of schedule {s} to compare")
+            }
+            DiffState::Compared(s, d) => {
+                format!(
+                    "compared with job {} (previous run of schedule {s})",
+                    d.previous_job
+                )
+            }
+        }
+    }
+}
+
+/// Everything a report shows.
+pub struct Report {
+    pub job: Job,
+    pub columns: Vec<Column>,
+    pub diff: DiffState,
+}
+
+impl Report {
+    pub fn matrix(&self) -> Matrix {
+        Matrix::new(&self.columns)
+    }
+}
+
+// ------------------------------------------------------------------ renderings
+
+fn job_title(j: &Job) -> String {
+    let name = j.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    let name = if name.is_empty() {
+        String::new()
+    } else {
+        format!(" ({name})")
+    };
+    format!("job {}{name} {}", j.id, j.state().label())
+}
+
+fn diff_lists(d: &Diff) -> [(&'static str, &Vec<String>); 4] {
+    [
+        ("new failures", &d.new_failures),
+        ("fixed", &d.fixed),
+        ("still failing", &d.still_failing),
+        ("new flaky", &d.new_flaky),
+    ]
+}
+
+pub fn text(r: &Report, all: bool) -> String {
+    let m = r.matrix();
+    let j = &r.job;
+    let mut out = format!(
+        "{}: {}",
+        job_title(j),
+        counts_line(&j.tests.unwrap_or_default())
+    );
+    if !j.reason.is_empty() {
+        out += &format!(" ({})", j.reason);
+    }
+    out += "\n";
+    if !j.schedule.is_empty() {
+        out += &format!(
+            "schedule {} (slot {})\n",
+            j.schedule,
+            render::time_ms(j.slot_ms)
+        );
+    }
+    out += "\n";
+    let rows = m.selected(all);
+    if m.rows.is_empty() {
+        out += "no test results\n";
+    } else if rows.is_empty() {
+        out += "every test passed on every profile\n";
+    } else {
+        let mut header = vec!["TEST"];
+        header.extend(m.profiles.iter().map(String::as_str));
+        let table_rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|(t, cells)| {
+                let mut row = vec![t.clone()];
+                row.extend(cells.iter().map(|c| c.label().to_string()));
+                row
+            })
+            .collect();
+        out += &render::table(&header, &table_rows);
+    }
+    if !m.rows.is_empty() {
+        out += "\n";
+        for (p, counts) in m.profiles.iter().zip(m.summary()) {
+            out += &format!("{p}: {}\n", summary_line(&counts));
+        }
+    }
+    if !j.cases.is_empty() {
+        out += "\nbenchmark verdicts:\n";
+        out += &cases_table(&j.cases);
+    }
+    out += &format!("\n{}\n", r.diff.note());
+    if let DiffState::Compared(_, d) = &r.diff {
+        for (label, list) in diff_lists(d) {
+            if list.is_empty() {
+                out += &format!("  {label}: none\n");
+            } else {
+                out += &format!("  {label} ({}):\n", list.len());
+                for t in list {
+                    out += &format!("    {t}\n");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn case_cells(c: &CaseResult) -> [String; 6] {
+    let e = c.explanation.clone().unwrap_or_default();
+    let value = match &c.explanation {
+        Some(e) => Some(e.value),
+        None => c
+            .metrics
+            .iter()
+            .find(|m| m.name == c.metric)
+            .map(|m| m.median),
+    };
+    [
+        c.name.clone(),
+        c.verdict.to_uppercase(),
+        c.metric.clone(),
+        value.map_or("-".into(), num),
+        e.baseline.map_or("-".into(), num),
+        e.delta_pct.map_or("-".into(), |p| format!("{p:+.1}%")),
+    ]
+}
+
+const CASE_HEADER: [&str; 6] = ["CASE", "VERDICT", "METRIC", "VALUE", "BASELINE", "DELTA"];
+
+fn cases_table(cases: &[CaseResult]) -> String {
+    let rows: Vec<Vec<String>> = cases.iter().map(|c| case_cells(c).to_vec()).collect();
+    render::table(&CASE_HEADER, &rows)
+}
+
+pub fn json(r: &Report, all: bool) -> Value {
+    let m = r.matrix();
+    let matrix: Vec<Value> = m
+        .selected(all)
+        .iter()
+        .map(|(t, cells)| {
+            let cells: Map<String, Value> = m
+                .profiles
+                .iter()
+                .zip(cells)
+                .map(|(p, c)| (p.clone(), json!(c.label())))
+                .collect();
+            json!({"test": t, "cells": cells})
+        })
+        .collect();
+    let summary: Map<String, Value> = m
+        .profiles
+        .iter()
+        .zip(m.summary())
+        .map(|(p, counts)| {
+            let c: Map<String, Value> = CELLS
+                .iter()
+                .map(|c| {
+                    (
+                        c.label().to_string(),
+                        json!(counts.get(c).copied().unwrap_or(0)),
+                    )
+                })
+                .collect();
+            (p.clone(), Value::Object(c))
+        })
+        .collect();
+    let diff = match &r.diff {
+        DiffState::Compared(_, d) => json!({
+            "previous_job": d.previous_job,
+            "new_failures": d.new_failures,
+            "fixed": d.fixed,
+            "still_failing": d.still_failing,
+            "new_flaky": d.new_flaky,
+            "note": r.diff.note(),
+        }),
+        other => json!({"previous_job": null, "note": other.note()}),
+    };
+    json!({
+        "job": r.job.id,
+        "state": r.job.state().label(),
+        "schedule": if r.job.schedule.is_empty() { Value::Null } else { json!(r.job.schedule) },
+        "profiles": m.profiles,
+        "matrix": matrix,
+        "summary": summary,
+        "cases": r.job.cases.iter().map(render::case_json).collect::<Vec<_>>(),
+        "diff": diff,
+    })
+}
+
+/// Escapes text for XML content and attribute values; drops characters XML 1.0 forbids.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out += "&amp;",
+            '<' => out += "&lt;",
+            '>' => out += "&gt;",
+            '"' => out += "&quot;",
+            '\'' => out += "&apos;",
+            '\n' | '\t' | '\r' => out.push(ch),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// (classname, name) of a nodeid: `tests/smoke/test_a.py::test_x[1]` ->
+/// (`tests.smoke.test_a`, `test_x[1]`).
+pub fn junit_names(nodeid: &str) -> (String, String) {
+    let (path, name) = match nodeid.split_once("::") {
+        Some((p, n)) => (p, n.to_string()),
+        None => (nodeid, nodeid.to_string()),
+    };
+    let path = path.strip_suffix(".py").unwrap_or(path);
+    (path.replace('/', "."), name)
+}
+
+/// The last non-empty line of a longrepr (pytest puts the error there), for
+/// a `message` attribute.
+fn first_line(s: &str) -> &str {
+    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+}
+
+pub fn junit(r: &Report) -> String {
+    let m = r.matrix();
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<testsuites>\n");
+    for (i, profile) in m.profiles.iter().enumerate() {
+        let results: BTreeMap<&str, &TestOutcome> = r
+            .columns
+            .iter()
+            .filter(|(p, _)| p == profile)
+            .flat_map(|(_, t)| t.iter().map(|(k, v)| (k.as_str(), v)))
+            .collect();
+        let counts = &m.summary()[i];
+        let n = |c: Cell| counts.get(&c).copied().unwrap_or(0);
+        let time: f64 = results.values().map(|o| o.duration_s).sum();
+        out += &format!(
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
+            xml_escape(profile),
+            m.rows.len(),
+            n(Cell::Fail),
+            n(Cell::Error),
+            n(Cell::Skip) + n(Cell::XFail) + n(Cell::NotRun),
+            time
+        );
+        for (test, cells) in &m.rows {
+            let (class, name) = junit_names(test);
+            let o = results.get(test.as_str());
+            let time = o.map_or(0.0, |o| o.duration_s);
+            let text = o.map_or("", |o| o.longrepr.as_str());
+            out += &format!(
+                "    <testcase classname=\"{}\" name=\"{}\" time=\"{time:.3}\"",
+                xml_escape(&class),
+                xml_escape(&name)
+            );
+            let body = match cells[i] {
+                Cell::Pass | Cell::XPass => String::new(),
+                Cell::Fail => format!(
+                    "      <failure message=\"{}\">{}</failure>\n",
+                    xml_escape(first_line(text)),
+                    xml_escape(text)
+                ),
+                Cell::Error => format!(
+                    "      <error message=\"{}\">{}</error>\n",
+                    xml_escape(first_line(text)),
+                    xml_escape(text)
+                ),
+                Cell::Skip | Cell::XFail => format!(
+                    "      <skipped message=\"{}\"/>\n",
+                    xml_escape(if cells[i] == Cell::XFail {
+                        "xfail"
+                    } else {
+                        first_line(text)
+                    })
+                ),
+                Cell::NotRun => "      <skipped message=\"not run\"/>\n".into(),
+                Cell::Flaky => {
+                    "      <system-out>flaky: failed, then passed on retry</system-out>\n".into()
+                }
+            };
+            if body.is_empty() {
+                out += "/>\n";
+            } else {
+                out += &format!(">\n{body}    </testcase>\n");
+            }
+        }
+        out += "  </testsuite>\n";
+    }
+    out += "</testsuites>\n";
+    out
+}
+
+/// Escapes a markdown table cell.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+pub fn markdown(r: &Report, all: bool) -> String {
+    let m = r.matrix();
+    let j = &r.job;
+    let mut out = format!("## msfleet report: {}\n\n", md_cell(&job_title(j)));
+    out += &md_cell(&counts_line(&j.tests.unwrap_or_default()));
+    if !j.reason.is_empty() {
+        out += &format!(" ({})", md_cell(&j.reason));
+    }
+    out += "\n";
+    if !j.schedule.is_empty() {
+        out += &format!(
+            "\nSchedule `{}`, slot {}\n",
+            j.schedule,
+            render::time_ms(j.slot_ms)
+        );
+    }
+    if !m.rows.is_empty() {
+        out += "\n";
+        for (p, counts) in m.profiles.iter().zip(m.summary()) {
+            out += &format!("- **{}**: {}\n", md_cell(p), summary_line(&counts));
+        }
+        out += &format!(
+            "\n### {}\n\n",
+            if all {
+                "All tests"
+            } else {
+                "Tests that did not pass everywhere"
+            }
+        );
+        let rows = m.selected(all);
+        if rows.is_empty() {
+            out += "Every test passed on every profile.\n";
+        } else {
+            out += "| test |";
+            for p in &m.profiles {
+                out += &format!(" {} |", md_cell(p));
+            }
+            out += "\n| --- |";
+            out += &" --- |".repeat(m.profiles.len());
+            out += "\n";
+            for (t, cells) in rows {
+                out += &format!("| `{}` |", md_cell(t));
+                for c in cells {
+                    let l = c.label();
+                    let shown = if c.failing() {
+                        format!("**{l}**")
+                    } else {
+                        l.to_string()
+                    };
+                    out += &format!(" {shown} |");
+                }
+                out += "\n";
+            }
+        }
+    }
+    if !j.cases.is_empty() {
+        out +=
+            "\n### Benchmark verdicts\n\n| case | verdict | metric | value | baseline | delta |\n";
+        out += "| --- | --- | --- | --- | --- | --- |\n";
+        for c in &j.cases {
+            let cells = case_cells(c);
+            out += "|";
+            for v in cells {
+                out += &format!(" {} |", md_cell(&v));
+            }
+            out += "\n";
+        }
+    }
+    out += "\n### Changes since the previous run\n\n";
+    out += &format!("{}\n", r.diff.note());
+    if let DiffState::Compared(_, d) = &r.diff {
+        for (label, list) in diff_lists(d) {
+            out += &format!("\n**{}** ({})\n", label, list.len());
+            for t in list {
+                out += &format!("- `{}`\n", t);
+            }
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------ fetching
+
+async fn get_job(client: &mut FleetClient<Channel>, id: &str) -> Result<Job, CtlError> {
+    Ok(client
+        .get_job(pb::GetJobRequest { id: id.into() })
+        .await?
+        .into_inner())
+}
+
+/// The test results of the job's last attempt, combined per nodeid.
+async fn outcomes(
+    client: &mut FleetClient<Channel>,
+    job: &Job,
+) -> Result<BTreeMap<String, TestOutcome>, CtlError> {
+    let mut results: Vec<TestResult> = Vec::new();
+    let last = job.attempts;
+    follow(client, &job.id, 0, |ev| {
+        if let Some(job_event::Kind::Test(t)) = &ev.kind {
+            if ev.attempt == last {
+                results.push(t.clone());
+            }
+        }
+        true
+    })
+    .await?;
+    Ok(combine(&results))
+}
+
+/// The hardware profile of the agent that ran the job (its name when unknown).
+async fn profile_of(client: &mut FleetClient<Channel>, job: &Job) -> String {
+    if job.agent.is_empty() {
+        return "unknown".into();
+    }
+    let agents = match client.list_agents(pb::ListAgentsRequest {}).await {
+        Ok(r) => r.into_inner().agents,
+        Err(_) => Vec::new(),
+    };
+    agents
+        .iter()
+        .find(|a| a.name == job.agent)
+        .and_then(|a| a.capabilities.as_ref())
+        .map(|c| c.profile.clone())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| job.agent.clone())
+}
+
+fn id_num(id: &str) -> Option<u64> {
+    id.parse().ok()
+}
+
+/// The newest finished job of `schedule` older than `job`.
+pub fn previous_of<'a>(jobs: &'a [Job], job: &Job) -> Option<&'a Job> {
+    let me = id_num(&job.id)?;
+    jobs.iter()
+        .filter(|j| j.schedule == job.schedule && j.state().is_terminal())
+        .filter(|j| id_num(&j.id).is_some_and(|n| n < me))
+        .max_by_key(|j| id_num(&j.id))
+}
+
+pub async fn build(client: &mut FleetClient<Channel>, id: &str) -> Result<Report, CtlError> {
+    let job = get_job(client, id).await?;
+    if !job.state().is_terminal() {
+        return Err(CtlError::input(format!(
+            "job {} is still {}; report it once it has finished",
+            job.id,
+            job.state().label()
+        )));
+    }
+    let tests = outcomes(client, &job).await?;
+    let profile = profile_of(client, &job).await;
+    let columns = vec![(profile, tests)];
+    let diff = if job.schedule.is_empty() {
+        DiffState::NotScheduled
+    } else {
+        let jobs = client
+            .list_jobs(pb::ListJobsRequest {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .jobs;
+        match previous_of(&jobs, &job) {
+            None => DiffState::NoPrevious(job.schedule.clone()),
+            Some(prev) => {
+                let prev_tests = outcomes(client, prev).await?;
+                let prev_profile = profile_of(client, prev).await;
+                let prev_cells = worst_cells(&[(prev_profile, prev_tests)]);
+                let d = diff(&prev.id, &prev_cells, &worst_cells(&columns));
+                DiffState::Compared(job.schedule.clone(), d)
+            }
+        }
+    };
+    Ok(Report { job, columns, diff })
+}
+
+/// `msctl report JOB`.
+pub async fn run(
+    client: &mut FleetClient<Channel>,
+    id: &str,
+    json_out: bool,
+    junit_file: Option<&Path>,
+    md: bool,
+    all: bool,
+) -> Result<i32, CtlError> {
+    let r = build(client, id).await?;
+    if let Some(path) = junit_file {
+        std::fs::write(path, junit(&r))
+            .map_err(|e| CtlError::input(format!("cannot write {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json(&r, all)).unwrap_or_default()
+        );
+    } else if md {
+        print!("{}", markdown(&r, all));
+    } else if junit_file.is_none() {
+        print!("{}", text(&r, all));
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tr(nodeid: &str, when: &str, outcome: &str) -> TestResult {
+        TestResult {
+            nodeid: nodeid.into(),
+            when: when.into(),
+            outcome: outcome.into(),
+            duration_s: 0.5,
+            longrepr: format!("{outcome} in {when}\nE   boom <&>"),
+            markers: vec![],
+        }
+    }
+
+    fn cells(m: &BTreeMap<String, TestOutcome>) -> BTreeMap<&str, Cell> {
+        m.iter().map(|(k, v)| (k.as_str(), v.cell)).collect()
+    }
+
+    fn col(profile: &str, tests: &[(&str, Cell)]) -> Column {
+        (
+            profile.into(),
+            tests
+                .iter()
+                .map(|(t, c)| {
+                    (
+                        t.to_string(),
+                        TestOutcome {
+                            cell: *c,
+                            duration_s: 0.25,
+                            longrepr: if c.failing() {
+                                "E   assert 1 == 2 & <x>".into()
+                            } else {
+                                String::new()
+                            },
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn phases_combine_like_pytest() {
+        let results = vec![
+            tr("t.py::ok", "setup", "passed"),
+            tr("t.py::ok", "call", "passed"),
+            tr("t.py::ok", "teardown", "passed"),
+            tr("t.py::fail", "call", "failed"),
+            tr("t.py::fail", "teardown", "error"),
+            tr("t.py::setup_err", "setup", "error"),
+            tr("t.py::teardown_err", "call", "passed"),
+            tr("t.py::teardown_err", "teardown", "error"),
+            tr("t.py::skipped", "setup", "skipped"),
+            tr("t.py::skip_call", "call", "skipped"),
+            tr("t.py::xf", "call", "xfailed"),
+            tr("t.py::xp", "call", "xpassed"),
+            tr("t.py::fl", "call", "failed"),
+            tr("t.py::fl", "call", "flaky"),
+            tr("broken.py", "collect", "failed"),
+        ];
+        let m = combine(&results);
+        let got = cells(&m);
+        let want: BTreeMap<&str, Cell> = [
+            ("t.py::ok", Cell::Pass),
+            ("t.py::fail", Cell::Fail),
+            ("t.py::setup_err", Cell::Error),
+            ("t.py::teardown_err", Cell::Error),
+            ("t.py::skipped", Cell::Skip),
+            ("t.py::skip_call", Cell::Skip),
+            ("t.py::xf", Cell::XFail),
+            ("t.py::xp", Cell::XPass),
+            ("t.py::fl", Cell::Flaky),
+            ("broken.py", Cell::Error),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(m["t.py::ok"].duration_s, 1.5);
+        assert!(m["t.py::fail"].longrepr.starts_with("failed in call"));
+        assert!(m["t.py::fl"].longrepr.starts_with("flaky"));
+    }
+
+    #[test]
+    fn rows_are_the_tests_that_did_not_pass_everywhere() {
+        let m = Matrix::new(&[
+            col(
+                "a2",
+                &[
+                    ("ok", Cell::Pass),
+                    ("xf", Cell::XFail),
+                    ("skip_all", Cell::Skip),
+                    ("skip_one", Cell::Skip),
+                    ("bad", Cell::Fail),
+                    ("fl", Cell::Flaky),
+                    ("only_a2", Cell::Pass),
+                ],
+            ),
+            col(
+                "h100",
+                &[
+                    ("ok", Cell::Pass),
+                    ("xf", Cell::XFail),
+                    ("skip_all", Cell::Skip),
+                    ("skip_one", Cell::Pass),
+                    ("bad", Cell::Error),
+                    ("fl", Cell::Pass),
+                ],
+            ),
+        ]);
+        assert_eq!(m.profiles, ["a2", "h100"]);
+        let rows: Vec<&str> = m.selected(false).iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(rows, ["bad", "fl", "only_a2", "skip_one"]);
+        let only = m.rows.iter().find(|(t, _)| t == "only_a2").unwrap();
+        assert_eq!(only.1, [Cell::Pass, Cell::NotRun]);
+        assert_eq!(m.selected(true).len(), 7);
+        let s = m.summary();
+        assert_eq!(
+            summary_line(&s[0]),
+            "2 pass, 1 fail, 1 flaky, 2 skip, 1 xfail"
+        );
+        // the same column twice: one profile, not two
+        let single = Matrix::new(&[
+            col("a2", &[("s", Cell::Skip)]),
+            col("a2", &[("t", Cell::Pass)]),
+        ]);
+        assert_eq!(single.profiles, ["a2"]);
+        assert!(
+            single.selected(false).is_empty(),
+            "a skip on the only profile is fine"
+        );
+    }
+
+    #[test]
+    fn diff_sorts_tests_into_new_fixed_still_and_flaky() {
+        let prev = worst_cells(&[col(
+            "a2",
+            &[
+                ("was_ok", Cell::Pass),
+                ("was_bad", Cell::Fail),
+                ("still", Cell::Error),
+                ("was_flaky", Cell::Flaky),
+                ("fixed_to_skip", Cell::Fail),
+            ],
+        )]);
+        let cur = worst_cells(&[col(
+            "a2",
+            &[
+                ("was_ok", Cell::Fail),
+                ("was_bad", Cell::Pass),
+                ("still", Cell::Fail),
+                ("was_flaky", Cell::Flaky),
+                ("fixed_to_skip", Cell::Skip),
+                ("brand_new", Cell::Error),
+                ("new_flaky", Cell::Flaky),
+            ],
+        )]);
+        let d = diff("41", &prev, &cur);
+        assert_eq!(d.previous_job, "41");
+        assert_eq!(d.new_failures, ["brand_new", "was_ok"]);
+        assert_eq!(d.fixed, ["was_bad"]);
+        assert_eq!(d.still_failing, ["still"]);
+        assert_eq!(d.new_flaky, ["new_flaky"]);
+        // worst over profiles
+        let w = worst_cells(&[
+            col("a", &[("t", Cell::Pass)]),
+            col("b", &[("t", Cell::Fail)]),
+        ]);
+        assert_eq!(w["t"], Cell::Fail);
+    }
+
+    #[test]
+    fn previous_run_is_the_newest_finished_older_job_of_the_schedule() {
+        let j = |id: &str, sched: &str, st: pb::JobState| Job {
+            id: id.into(),
+            schedule: sched.into(),
+            state: st as i32,
+            ..Default::default()
+        };
+        let jobs = vec![
+            j("12", "nightly", pb::JobState::Passed),
+            j("10", "nightly", pb::JobState::Running),
+            j("9", "other", pb::JobState::Passed),
+            j("8", "nightly", pb::JobState::Failed),
+            j("7", "nightly", pb::JobState::Passed),
+        ];
+        let me = j("11", "nightly", pb::JobState::Failed);
+        assert_eq!(previous_of(&jobs, &me).map(|j| j.id.as_str()), Some("8"));
+        let first = j("7", "nightly", pb::JobState::Passed);
+        assert!(previous_of(&jobs, &first).is_none());
+    }
+
+    #[test]
+    fn xml_escaping() {
+        assert_eq!(
+            xml_escape("a<b>&\"c\" 'd'\u{1b}[31m\n"),
+            "a&lt;b&gt;&amp;&quot;c&quot; &apos;d&apos;[31m\n"
+        );
+        assert_eq!(
+            junit_names("tests/smoke/test_a.py::TestX::test_y[1]"),
+            ("tests.smoke.test_a".into(), "TestX::test_y[1]".into())
+        );
+        assert_eq!(
+            junit_names("broken.py"),
+            ("broken".into(), "broken.py".into())
+        );
+    }
+
+    fn report(columns: Vec<Column>, diff: DiffState) -> Report {
+        Report {
+            job: Job {
+                id: "12".into(),
+                state: pb::JobState::Failed as i32,
+                attempts: 1,
+                ..Default::default()
+            },
+            columns,
+            diff,
+        }
+    }
+
+    /// A tiny check of well-formedness: tags nest, attributes are quoted.
+    fn tags(xml: &str) -> Vec<String> {
+        let mut stack: Vec<String> = Vec::new();
+        let mut seen = Vec::new();
+        let mut rest = xml;
+        while let Some(i) = rest.find('<') {
+            let end = rest[i..].find('>').expect("unclosed tag") + i;
+            let tag = &rest[i + 1..end];
+            rest = &rest[end + 1..];
+            assert!(!tag.contains('<'), "{tag}");
+            if tag.starts_with('?') {
+                continue;
+            }
+            if let Some(name) = tag.strip_prefix('/') {
+                assert_eq!(stack.pop().as_deref(), Some(name), "mismatched </{name}>");
+                continue;
+            }
+            let name = tag
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .to_string();
+            assert_eq!(tag.matches('"').count() % 2, 0, "{tag}");
+            seen.push(tag.to_string());
+            if !tag.ends_with('/') {
+                stack.push(name);
+            }
+        }
+        assert!(stack.is_empty(), "unclosed {stack:?}");
+        seen
+    }
+
+    #[test]
+    fn junit_has_a_suite_per_profile_and_every_test() {
+        let r = report(
+            vec![
+                col(
+                    "a2",
+                    &[
+                        ("t/test_a.py::ok", Cell::Pass),
+                        ("t/test_a.py::bad", Cell::Fail),
+                        ("t/test_a.py::err", Cell::Error),
+                        ("t/test_a.py::sk", Cell::Skip),
+                        ("t/test_a.py::fl", Cell::Flaky),
+                    ],
+                ),
+                col("h<100>", &[("t/test_a.py::ok", Cell::Pass)]),
+            ],
+            DiffState::NotScheduled,
+        );
+        let xml = junit(&r);
+        let t = tags(&xml);
+        let suites: Vec<&String> = t.iter().filter(|t| t.starts_with("testsuite ")).collect();
+        assert_eq!(suites.len(), 2, "{xml}");
+        assert!(
+            suites[0].contains("name=\"a2\" tests=\"5\" failures=\"1\" errors=\"1\" skipped=\"1\""),
+            "{xml}"
+        );
+        assert!(
+            suites[1].contains(
+                "name=\"h&lt;100&gt;\" tests=\"5\" failures=\"0\" errors=\"0\" skipped=\"4\""
+            ),
+            "{xml}"
+        );
+        assert_eq!(t.iter().filter(|t| t.starts_with("testcase ")).count(), 10);
+        assert!(xml.contains("<testcase classname=\"t.test_a\" name=\"bad\" time=\"0.250\">\n      <failure message=\"E   assert 1 == 2 &amp; &lt;x&gt;\">E   assert 1 == 2 &amp; &lt;x&gt;</failure>"), "{xml}");
+        assert!(xml.contains("<error message="), "{xml}");
+        assert!(xml.contains("<system-out>flaky: failed, then passed on retry</system-out>"));
+        assert!(xml.contains("<skipped message=\"not run\"/>"));
+    }
+
+    #[test]
+    fn markdown_tables_have_one_column_per_profile() {
+        let r = report(
+            vec![
+                col("a2", &[("ok", Cell::Pass), ("a|b", Cell::Fail)]),
+                col("h100", &[("ok", Cell::Pass), ("a|b", Cell::Pass)]),
+            ],
+            DiffState::Compared(
+                "nightly".into(),
+                Diff {
+                    previous_job: "11".into(),
+                    new_failures: vec!["a|b".into()],
+                    ..Default::default()
+                },
+            ),
+        );
+        let md = markdown(&r, false);
+        let table: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+        assert_eq!(
+            table,
+            [
+                "| test | a2 | h100 |",
+                "| --- | --- | --- |",
+                "| `a\\|b` | **fail** | pass |"
+            ],
+            "{md}"
+        );
+        for l in &table {
+            assert_eq!(l.replace("\\|", "").matches('|').count(), 4, "{l}");
+        }
+        assert!(md.starts_with("## msfleet report: job 12 failed\n"), "{md}");
+        assert!(md.contains("- **a2**: 1 pass, 1 fail\n"), "{md}");
+        assert!(
+            md.contains("compared with job 11 (previous run of schedule nightly)"),
+            "{md}"
+        );
+        assert!(md.contains("**new failures** (1)\n- `a|b`\n"), "{md}");
+        let txt = text(&r, false);
+        assert!(txt.contains("  new failures (1):\n    a|b\n"), "{txt}");
+        assert!(txt.contains("  fixed: none\n"), "{txt}");
+        let v = json(&r, true);
+        assert_eq!(v["matrix"].as_array().unwrap().len(), 2);
+        assert_eq!(v["summary"]["h100"]["pass"], 2);
+        assert_eq!(v["diff"]["new_failures"][0], "a|b");
+    }
+}
