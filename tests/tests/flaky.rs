@@ -93,6 +93,10 @@ fn a_test_that_fails_then_passes_on_retry_is_flaky() {
     assert_eq!(j["state"], "failed", "{j:#}");
     assert_eq!(j["reason"], "tests failed (1 flaky)", "{j:#}");
     assert_eq!(j["attempts"], 1, "{j:#}");
+    assert_eq!(
+        j["retry_failed"], 2,
+        "show --json echoes the setting: {j:#}"
+    );
     // `flaky` moves the earlier failure; `total` counts each test once.
     assert_eq!(
         counts(&j),
