@@ -308,6 +308,10 @@ pub struct Submit {
     /// passes counts as flaky.
     #[arg(long = "retry-failed", value_name = "N")]
     pub retry_failed: Option<u32>,
+    /// One child job per hardware profile (each-profile) or per agent
+    /// (each-agent) among the registered agents that match.
+    #[arg(long, value_parser = ["each-profile", "each-agent"])]
+    pub fanout: Option<String>,
     /// Watch the job and exit with its result.
     #[arg(long)]
     pub wait: bool,

@@ -357,6 +357,9 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     if let Some(n) = s.retry_failed {
         f.retry_failed = n;
     }
+    if let Some(fan) = &s.fanout {
+        f.fanout = fan.clone();
+    }
     if let Some(k) = &s.dedup_key {
         if k.trim().is_empty() {
             return Err(CtlError::input("--dedup-key is empty"));

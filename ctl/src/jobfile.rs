@@ -69,6 +69,9 @@ pub struct JobFile {
     /// pytest: re-runs of failed tests (a fail-then-pass test is flaky).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retry_failed: u32,
+    /// "each-profile" or "each-agent": one child job per profile / agent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fanout: String,
     pub source: SourceFile,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -226,6 +229,7 @@ impl JobFile {
             benchmark,
             dedup_key: self.dedup_key.clone(),
             retry_failed: self.retry_failed,
+            fanout: self.fanout.clone(),
         })
     }
 }

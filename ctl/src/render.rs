@@ -116,6 +116,11 @@ pub fn job_json(j: &Job) -> Value {
         "slot_ms": nonzero(j.slot_ms),
         "dedup_key": text_or_null(&spec.dedup_key),
         "deduplicated": j.deduplicated,
+        "fanout": text_or_null(&spec.fanout),
+        "parent": text_or_null(&j.parent),
+        "children": j.children,
+        "not_run": j.not_run,
+        "column": text_or_null(&j.column),
     })
 }
 

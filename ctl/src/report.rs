@@ -740,6 +740,30 @@ async fn profile_of(client: &mut FleetClient<Channel>, job: &Job) -> String {
         .unwrap_or_else(|| job.agent.clone())
 }
 
+/// The matrix columns of a job: its own results under its agent's profile,
+/// or for a fan-out parent one column per child plus an empty (all "not run")
+/// column per profile or agent that had no online agent.
+async fn columns_of(client: &mut FleetClient<Channel>, job: &Job) -> Result<Vec<Column>, CtlError> {
+    if job.children.is_empty() && job.not_run.is_empty() {
+        let tests = outcomes(client, job).await?;
+        return Ok(vec![(profile_of(client, job).await, tests)]);
+    }
+    let mut columns = Vec::new();
+    for child in &job.children {
+        let c = get_job(client, child).await?;
+        let name = if c.column.is_empty() {
+            profile_of(client, &c).await
+        } else {
+            c.column.clone()
+        };
+        columns.push((name, outcomes(client, &c).await?));
+    }
+    for missing in &job.not_run {
+        columns.push((missing.clone(), BTreeMap::new()));
+    }
+    Ok(columns)
+}
+
 fn id_num(id: &str) -> Option<u64> {
     id.parse().ok()
 }
@@ -762,9 +786,7 @@ pub async fn build(client: &mut FleetClient<Channel>, id: &str) -> Result<Report
             job.state().label()
         )));
     }
-    let tests = outcomes(client, &job).await?;
-    let profile = profile_of(client, &job).await;
-    let columns = vec![(profile, tests)];
+    let columns = columns_of(client, &job).await?;
     let diff = if job.schedule.is_empty() {
         DiffState::NotScheduled
     } else {
@@ -779,9 +801,7 @@ pub async fn build(client: &mut FleetClient<Channel>, id: &str) -> Result<Report
         match previous_of(&jobs, &job) {
             None => DiffState::NoPrevious(job.schedule.clone()),
             Some(prev) => {
-                let prev_tests = outcomes(client, prev).await?;
-                let prev_profile = profile_of(client, prev).await;
-                let prev_cells = worst_cells(&[(prev_profile, prev_tests)]);
+                let prev_cells = worst_cells(&columns_of(client, prev).await?);
                 let d = diff(&prev.id, &prev_cells, &worst_cells(&columns));
                 DiffState::Compared(job.schedule.clone(), d)
             }

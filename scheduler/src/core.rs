@@ -344,7 +344,8 @@ impl Core {
         }
         let indexed: BTreeSet<u64> = snap.pending.into_iter().collect();
         for (&id, e) in &core.jobs {
-            if e.job.state() != JobState::Queued {
+            let fanout_parent = e.job.spec.as_ref().is_some_and(|s| !s.fanout.is_empty());
+            if e.job.state() != JobState::Queued || fanout_parent {
                 continue;
             }
             if !indexed.contains(&id) {
@@ -614,6 +615,11 @@ impl Core {
                 )));
             }
         }
+        let fanout = if spec.fanout.is_empty() {
+            None
+        } else {
+            Some(self.fanout_targets(&spec, &req)?)
+        };
         let id = self.next_job;
         self.next_job += 1;
         let now = self.now;
@@ -643,10 +649,16 @@ impl Core {
                 progress: Some(progress),
             },
         );
-        self.pending
-            .push(id, &queue, priority, now, self.aging_ms(&queue));
         self.set_state(id, JobState::Queued, "submitted", step);
-        step.dispatch = true;
+        match fanout {
+            // A fan-out parent runs nothing itself: its children do.
+            Some(targets) => self.spawn_children(id, targets, step),
+            None => {
+                self.pending
+                    .push(id, &queue, priority, now, self.aging_ms(&queue));
+                step.dispatch = true;
+            }
+        }
         Ok(self.view(id))
     }
 
@@ -712,6 +724,20 @@ impl Core {
                 "job {id} already finished ({})",
                 state.label()
             )));
+        }
+        let children: Vec<String> = self.jobs[&id].job.children.clone();
+        if !children.is_empty() {
+            for child in children {
+                let running = child
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|c| self.jobs.get(&c))
+                    .is_some_and(|e| !e.job.state().is_terminal());
+                if running {
+                    self.cancel(&child, step)?;
+                }
+            }
+            return Ok(self.view(id));
         }
         if state == JobState::Queued {
             self.pending.remove(id);
@@ -851,6 +877,189 @@ impl Core {
         }
         tracing::info!(job = id, who, cases = changed.len(), "baselines accepted");
         Ok(changed.into_iter().map(|(_, b)| b).collect())
+    }
+
+    // ------------------------------------------------------------ fan-out
+
+    /// The columns a fan-out job covers: (profile or agent name, has an online
+    /// agent, requirement that pins a child to it).
+    fn fanout_targets(
+        &self,
+        spec: &JobSpec,
+        req: &Requirement,
+    ) -> Result<Vec<(String, bool, String)>, Status> {
+        let by_profile = match spec.fanout.as_str() {
+            "each-profile" => true,
+            "each-agent" => false,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown fanout '{other}': use each-profile or each-agent"
+                )))
+            }
+        };
+        let mut groups: BTreeMap<String, bool> = BTreeMap::new();
+        for (name, a) in &self.agents {
+            if fits(req, spec, &a.attrs, a.caps()) {
+                let key = if by_profile {
+                    a.caps().profile.clone()
+                } else {
+                    name.clone()
+                };
+                // Online = connected; a drained agent runs its child once undrained.
+                *groups.entry(key).or_default() |= a.session.is_some();
+            }
+        }
+        if groups.is_empty() {
+            return Err(Status::failed_precondition(
+                "no registered agent matches this job, so there is nothing to fan out to",
+            ));
+        }
+        let attr = if by_profile { "profile" } else { "agent.name" };
+        Ok(groups
+            .into_iter()
+            .map(|(column, online)| {
+                let quoted = column.replace('\\', "\\\\").replace('"', "\\\"");
+                let pin = format!("{attr} == \"{quoted}\"");
+                (column, online, pin)
+            })
+            .collect())
+    }
+
+    /// Makes one child job per online target; the others are recorded as not run.
+    fn spawn_children(
+        &mut self,
+        parent: u64,
+        targets: Vec<(String, bool, String)>,
+        step: &mut Step,
+    ) {
+        let Some(spec) = self.jobs.get(&parent).and_then(|e| e.job.spec.clone()) else {
+            return;
+        };
+        let (mut children, mut not_run) = (Vec::new(), Vec::new());
+        for (column, online, pin) in targets {
+            if !online {
+                not_run.push(column);
+                continue;
+            }
+            let mut child = spec.clone();
+            child.fanout.clear();
+            child.dedup_key.clear();
+            child.requirements = if spec.requirements.trim().is_empty() {
+                pin
+            } else {
+                format!("({}) && {pin}", spec.requirements)
+            };
+            child.name = format!("{} [{column}]", spec.name);
+            match self.submit(child, None, step) {
+                Ok(job) => {
+                    if let Some(e) = job
+                        .id
+                        .parse::<u64>()
+                        .ok()
+                        .and_then(|c| self.jobs.get_mut(&c))
+                    {
+                        e.job.parent = parent.to_string();
+                        e.job.column = column;
+                        step.touched.insert(job.id.parse().unwrap_or(0));
+                    }
+                    children.push(job.id);
+                }
+                Err(status) => not_run.push(format!("{column} ({})", status.message())),
+            }
+        }
+        if let Some(e) = self.jobs.get_mut(&parent) {
+            e.job.children = children;
+            e.job.not_run = not_run;
+            step.touched.insert(parent);
+        }
+        self.refresh_parent(parent, step);
+    }
+
+    /// Recomputes a fan-out parent's counts and state from its children.
+    fn refresh_parent(&mut self, parent: u64, step: &mut Step) {
+        let Some(p) = self.jobs.get(&parent) else {
+            return;
+        };
+        if p.job.state().is_terminal() {
+            return;
+        }
+        let kids: Vec<u64> = p
+            .job
+            .children
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let not_run = p.job.not_run.clone();
+        let mut counts = TestCounts::default();
+        let mut states = Vec::new();
+        for k in &kids {
+            if let Some(e) = self.jobs.get(k) {
+                let c = e.job.tests.unwrap_or_default();
+                counts.passed += c.passed;
+                counts.failed += c.failed;
+                counts.skipped += c.skipped;
+                counts.xfailed += c.xfailed;
+                counts.xpassed += c.xpassed;
+                counts.errors += c.errors;
+                counts.flaky += c.flaky;
+                counts.total += c.total;
+                states.push(e.job.state());
+            }
+        }
+        let current = p.job.state();
+        if let Some(e) = self.jobs.get_mut(&parent) {
+            e.job.tests = Some(counts);
+            step.touched.insert(parent);
+        }
+        let all_done = states.iter().all(|s| s.is_terminal());
+        let next = if states.is_empty() {
+            JobState::Error
+        } else if all_done {
+            if states.contains(&JobState::Failed) {
+                JobState::Failed
+            } else if states
+                .iter()
+                .any(|s| matches!(s, JobState::Error | JobState::TimedOut | JobState::Expired))
+            {
+                JobState::Error
+            } else if states.contains(&JobState::Cancelled) {
+                JobState::Cancelled
+            } else {
+                JobState::Passed
+            }
+        } else if states
+            .iter()
+            .any(|s| matches!(s, JobState::Assigned | JobState::Running) || s.is_terminal())
+        {
+            JobState::Running
+        } else {
+            JobState::Queued
+        };
+        if next == current && !(all_done || states.is_empty()) {
+            return;
+        }
+        let done = states.iter().filter(|s| s.is_terminal()).count();
+        let mut reason = format!("{done} of {} children finished", states.len());
+        if all_done && !states.is_empty() {
+            let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+            for s in &states {
+                *by.entry(s.label()).or_default() += 1;
+            }
+            let parts: Vec<String> = by.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            reason = format!("children: {}", parts.join(", "));
+        }
+        if !not_run.is_empty() {
+            reason += &format!("; not run on: {}", not_run.join(", "));
+        }
+        if states.is_empty() {
+            reason = format!(
+                "no online agent to run on; not run on: {}",
+                not_run.join(", ")
+            );
+        }
+        if next != current || next.is_terminal() {
+            self.set_state(parent, next, &reason, step);
+        }
     }
 
     // ------------------------------------------------------------ schedules
@@ -1354,9 +1563,20 @@ impl Core {
                     when: t.when.clone(),
                 };
                 let test_id = t.nodeid.clone();
+                // A fan-out parent shows its children's results live, marked with the column.
+                let forward = self.jobs.get(&task).and_then(|e| {
+                    let parent = e.job.parent.parse::<u64>().ok()?;
+                    let mut ft = t.clone();
+                    ft.nodeid = format!("{} [{}]", t.nodeid, e.job.column);
+                    Some((parent, ft))
+                });
                 self.push_event(task, attempt, job_event::Kind::Test(t), step);
                 let seq = self.jobs.get(&task).map_or(0, |e| e.job.last_event_seq);
                 step.writes.put_test_run(&test_id, task, seq, &run);
+                if let Some((parent, ft)) = forward {
+                    self.push_event(parent, 0, job_event::Kind::Test(ft), step);
+                    self.refresh_parent(parent, step);
+                }
             }
             Some(task_update::Kind::Finished(f)) => self.finish(task, f, step),
             None => {}
@@ -1555,6 +1775,7 @@ impl Core {
         if state.is_terminal() {
             e.job.finished_at_ms = self.now;
         }
+        let parent = e.job.parent.parse::<u64>().ok();
         let attempt = e.attempt.as_ref().map_or(e.job.attempts, |a| a.attempt);
         let agent = if e.attempt.is_some() || state.is_terminal() {
             e.job.agent.clone()
@@ -1571,6 +1792,9 @@ impl Core {
             }),
             step,
         );
+        if let Some(p) = parent {
+            self.refresh_parent(p, step);
+        }
     }
 
     fn push_event(&mut self, id: u64, attempt: u32, kind: job_event::Kind, step: &mut Step) {
