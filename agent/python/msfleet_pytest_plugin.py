@@ -15,11 +15,22 @@ as each result is known::
     {"type": "session", "exitstatus": 1, "collected": 17}
 
 ``outcome`` is one of passed, failed, skipped, xfailed, xpassed, error,
-rerun or other.  Every message except rerun/other corresponds one-to-one to
+rerun, other or collected.  Every message except rerun/other corresponds one-to-one to
 an entry counted in pytest's own terminal summary line ("3 failed,
 10 passed, ..."), because each report is classified with the same
 ``pytest_report_teststatus`` hook the terminal reporter uses.  ``category``
 is the raw category returned by that hook (useful for ``other``).
+
+With ``MSFLEET_SELECT_FILE`` (a file of node ids, one a line) only the
+collected items with those node ids are kept (a shard of the selection); the
+rest are deselected through ``pytest_deselected`` so pytest's summary counts
+them as "deselected", and they are not reported.
+
+With ``MSFLEET_COLLECT=1`` (the agent also passes ``--collect-only -q``) each
+item left after collection is sent once, as soon as collection is finished::
+
+    {"type": "test", "nodeid": "...", "when": "collect", "outcome": "collected",
+     "category": "collected", "duration_s": 0.0, "longrepr": "", "markers": [...]}
 
 This file is embedded in the Rust agent (include_str!) and must stay a single
 self-contained module: stdlib + pytest only, Python >= 3.8, pytest 7 and 8.
@@ -34,6 +45,8 @@ import threading
 import pytest
 
 ENV_SOCKET = "MSFLEET_RESULT_SOCKET"
+ENV_SELECT = "MSFLEET_SELECT_FILE"
+ENV_COLLECT = "MSFLEET_COLLECT"
 MAX_LONGREPR_BYTES = 64 * 1024
 _TRUNC_SUFFIX = "\n[msfleet: longrepr truncated]"
 
@@ -236,6 +249,28 @@ class MsfleetReporter:
         elif report.skipped:
             self._emit(report, "skipped", "collect")
 
+    # ----------------------------------------------------------- collect-only
+    def pytest_collection_finish(self, session):
+        if os.environ.get(ENV_COLLECT) != "1":
+            return
+        for item in list(getattr(session, "items", None) or []):
+            try:
+                markers = _marker_names(item.iter_markers())
+            except Exception:
+                markers = []
+            self._send(
+                {
+                    "type": "test",
+                    "nodeid": item.nodeid,
+                    "when": "collect",
+                    "outcome": "collected",
+                    "category": "collected",
+                    "duration_s": 0.0,
+                    "longrepr": "",
+                    "markers": markers,
+                }
+            )
+
     # ------------------------------------------------------------- session
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session, exitstatus):
@@ -256,6 +291,30 @@ class MsfleetReporter:
 
     def pytest_unconfigure(self, config):
         self.close()
+
+
+def _read_select_file(path):
+    with open(path, encoding="utf-8") as f:
+        return set(line.rstrip("\r\n") for line in f if line.rstrip("\r\n"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """A shard: keep only the node ids listed in ``MSFLEET_SELECT_FILE``."""
+    path = os.environ.get(ENV_SELECT)
+    if not path:
+        return
+    try:
+        wanted = _read_select_file(path)
+    except OSError as exc:
+        raise pytest.UsageError("msfleet: cannot read %s=%s: %s" % (ENV_SELECT, path, exc))
+    kept = []
+    deselected = []
+    for item in items:
+        (kept if item.nodeid in wanted else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 def pytest_configure(config):

@@ -314,3 +314,61 @@ def test_plugin_is_single_stdlib_file():
     imported = set(re.findall(r"^(?:import|from) (\w+)", src, re.M))
     assert imported <= {"json", "os", "socket", "sys", "threading", "pytest"}, imported
     compile(textwrap.dedent(src), "msfleet_pytest_plugin.py", "exec")
+
+
+def _collect_ids(cwd, args=()):
+    """Node ids as pytest itself lists them with ``-q --collect-only``."""
+    proc = run_pytest(cwd, ["-q", "--collect-only"] + list(args))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [line.strip() for line in proc.stdout.splitlines() if "::" in line]
+
+
+def test_select_file_runs_only_the_shard(tmp_path, monkeypatch):
+    all_ids = _collect_ids(SUITE)
+    assert len(all_ids) == 14, all_ids
+    chosen = [
+        "tests/regression/test_regression.py::test_known_regression",
+        next(i for i in all_ids if "test_add_parametrized[" in i),
+        next(i for i in all_ids if i.endswith("::test_full_compile")),
+    ]
+    assert all(c in all_ids for c in chosen), (chosen, all_ids)
+    select = tmp_path / "select.txt"
+    select.write_text("\n".join(chosen) + "\n")
+    monkeypatch.setenv("MSFLEET_SELECT_FILE", str(select))
+    with ResultServer() as server:
+        proc = run_pytest(SUITE, socket_path=server.path)
+        msgs, session, summary = assert_parity(proc, server)
+    tests = [m for m in msgs if m["type"] == "test"]
+    assert sorted(m["nodeid"] for m in tests) == sorted(chosen), tests
+    assert summary["deselected"] == len(all_ids) - 3, proc.stdout
+    assert "%d deselected" % (len(all_ids) - 3) in proc.stdout
+    assert dict(message_counts(msgs)) == {"passed": 2, "failed": 1}
+    # session.testscollected counts what was left after deselection.
+    assert session["collected"] == 3
+    assert proc.returncode == 1
+
+
+def test_collect_only_reports_each_item_as_collected(monkeypatch):
+    expected = _collect_ids(SUITE)
+    with monkeypatch.context() as mp:
+        mp.setenv("MSFLEET_COLLECT", "1")
+        with ResultServer() as server:
+            proc = run_pytest(SUITE, ["--collect-only", "-q"], socket_path=server.path)
+            server.wait_session()
+            msgs = server.messages()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tests = [m for m in msgs if m["type"] == "test"]
+    assert [m["nodeid"] for m in tests] == expected
+    for m in tests:
+        assert m["when"] == "collect" and m["outcome"] == "collected", m
+        assert m["duration_s"] == 0 and m["longrepr"] == ""
+        assert isinstance(m["markers"], list)
+    (nightly,) = by_name(msgs, "test_full_compile")
+    assert nightly["markers"] == ["nightly"]
+    assert msgs[-1] == {"type": "session", "exitstatus": 0, "collected": len(expected)}
+
+    # Without MSFLEET_COLLECT a --collect-only run reports no items.
+    with ResultServer() as server:
+        proc = run_pytest(SUITE, ["--collect-only", "-q"], socket_path=server.path)
+        server.wait_session()
+        assert [m["type"] for m in server.messages()] == ["session"]

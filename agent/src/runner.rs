@@ -10,6 +10,12 @@
 //! the same deadline); one that passes is reported a second time, with outcome
 //! `flaky` (the scheduler then counts it as flaky instead of failed). The
 //! re-runs' own results are not forwarded. See `runner/flaky.rs`.
+//!
+//! With `select` (a shard), the node ids are written to a file in the run
+//! directory named by `MSFLEET_SELECT_FILE`; the plugin keeps only those items
+//! (the rest show as deselected). With `collect_only`, pytest runs with
+//! `--collect-only -q` and `MSFLEET_COLLECT=1`, and the plugin reports every
+//! item it kept with outcome `collected` (no retries apply).
 
 use crate::config::AgentConfig;
 use crate::source;
@@ -239,17 +245,41 @@ async fn run_pytest(
         "--junitxml={}",
         artifacts.join("junit.xml").display()
     )];
+    let collect_only = a.spec.collect_only;
+    let mut extra_env: Vec<(&str, std::ffi::OsString)> = Vec::new();
+    if collect_only {
+        args.push("--collect-only".into());
+        args.push("-q".into());
+        extra_env.push(("MSFLEET_COLLECT", "1".into()));
+    }
     args.extend(a.spec.args.iter().cloned());
-    let main = match run
-        .once(&format!("{slot}.sock"), &args, false, stop)
-        .await?
-    {
+    let select_file = if a.spec.select.is_empty() {
+        None
+    } else {
+        let path = run.run_dir.join(format!("{slot}.select"));
+        let mut text = a.spec.select.join("\n");
+        text.push('\n');
+        tokio::fs::write(&path, text).await?;
+        extra_env.push(("MSFLEET_SELECT_FILE", path.clone().into_os_string()));
+        Some(path)
+    };
+    let main = run
+        .once(&format!("{slot}.sock"), &args, &extra_env, false, stop)
+        .await;
+    if let Some(p) = &select_file {
+        let _ = tokio::fs::remove_file(p).await;
+    }
+    let main = match main? {
         Ok(end) => end,
         Err(f) => return Ok(Some(f)),
     };
     let code = main.status.code().unwrap_or(-1);
     if main.stopped.is_some() {
         return Ok(run.stopped_outcome(main.stopped, code));
+    }
+    if collect_only {
+        let (outcome, reason) = classify_collect(main.status, &main.tally);
+        return Ok(finished(outcome, reason, code));
     }
     let base = classify(main.status, main.tally.errors);
     let retries = a.spec.retry_failed;
@@ -287,7 +317,7 @@ async fn run_pytest(
         let mut rargs = keep.clone();
         rargs.extend(pending.iter().map(|id| flaky::retry_arg(dir, id)));
         let end = match run
-            .once(&format!("{slot}-r{r}.sock"), &rargs, true, stop)
+            .once(&format!("{slot}-r{r}.sock"), &rargs, &[], true, stop)
             .await?
         {
             Ok(end) => end,
@@ -324,11 +354,13 @@ impl PytestRun<'_> {
     /// its own process group, to its end, a stop, or the attempt's deadline.
     /// Logs are streamed; the plugin's results are forwarded unless `rerun`
     /// (a re-run of failed tests: its results are only tallied).
+    /// `extra_env` is set on top of the job's environment.
     /// `Ok(Err(finished))`: pytest could not be started.
     async fn once(
         &self,
         sock_name: &str,
         args: &[String],
+        extra_env: &[(&str, std::ffi::OsString)],
         rerun: bool,
         stop: &mut watch::Receiver<Option<StopReason>>,
     ) -> std::io::Result<Result<RunEnd, Finished>> {
@@ -352,6 +384,7 @@ impl PytestRun<'_> {
             .env("MSFLEET_JOB_ID", &a.job_id)
             .env("MSFLEET_TASK_ID", &a.task_id)
             .env("MSFLEET_ATTEMPT", a.attempt.to_string())
+            .envs(extra_env.iter().map(|(k, v)| (*k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -487,6 +520,18 @@ fn classify(status: ExitStatus, errors: u64) -> (Outcome, String) {
         }
     };
     (outcome, reason.to_string())
+}
+
+/// [`classify`] for a collect-only run: exit 0 means the collection worked.
+fn classify_collect(status: ExitStatus, tally: &Tally) -> (Outcome, String) {
+    if status.code() == Some(0) {
+        let n = tally.collected_items;
+        return (
+            Outcome::Passed,
+            format!("collected {n} test{}", if n == 1 { "" } else { "s" }),
+        );
+    }
+    classify(status, tally.errors)
 }
 
 /// SIGTERM to the group, SIGKILL after `grace` if the main process is still there.
@@ -715,6 +760,28 @@ def test_param(p):
         timeout_ms: i64,
         cancel_on_retry: bool,
     ) -> Ran {
+        run_suite_spec(
+            files,
+            sub,
+            retry_failed,
+            args,
+            timeout_ms,
+            cancel_on_retry,
+            |_| {},
+        )
+        .await
+    }
+
+    /// [`run_suite_with`], with `tweak` applied to the job spec.
+    async fn run_suite_spec(
+        files: &[(&str, &str)],
+        sub: &str,
+        retry_failed: u32,
+        args: &[&str],
+        timeout_ms: i64,
+        cancel_on_retry: bool,
+        tweak: impl FnOnce(&mut JobSpec),
+    ) -> Ran {
         let tmp = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(tmp.path()).unwrap();
         let suite = root.join("suite");
@@ -737,7 +804,7 @@ def test_param(p):
             kill_grace: Duration::from_secs(2),
             npu_smi: "npu-smi".into(),
         });
-        let spec = JobSpec {
+        let mut spec = JobSpec {
             kind: "pytest".into(),
             source: Some(msfleet_proto::Source {
                 kind: Some(msfleet_proto::source::Kind::Dir(
@@ -750,6 +817,7 @@ def test_param(p):
             timeout_ms: Some(timeout_ms),
             ..Default::default()
         };
+        tweak(&mut spec);
         let a = AttemptSpec {
             job_id: "1".into(),
             task_id: "1".into(),
@@ -969,6 +1037,96 @@ def test_slow_second_time():
         );
         assert!(ids(&ran, "flaky").is_empty());
         assert!(!ran.logs.contains("retry 2"), "{}", ran.logs);
+    }
+
+    #[tokio::test]
+    async fn collect_only_reports_every_item_as_collected_and_passes() {
+        let files = [("test_flaky.py", FLAKY_SUITE), ("test_broken.py", BROKEN)];
+        let ran = run_suite_spec(&files, "", 2, &[], 60_000, false, |s| {
+            s.collect_only = true;
+        })
+        .await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::Passed, "collected 5 tests"),
+            "{}",
+            ran.logs
+        );
+        assert_eq!(
+            ids(&ran, "collected"),
+            [
+                "test_broken.py::test_broken",
+                "test_flaky.py::test_flaky",
+                "test_flaky.py::test_param[a b]",
+                "test_flaky.py::test_param[c[d]]",
+                "test_flaky.py::test_stable",
+            ]
+        );
+        assert_eq!(ran.results.len(), 5, "{:#?}", ran.results);
+        assert!(ran.results.iter().all(|t| t.when == "collect"));
+        let p = ran
+            .results
+            .iter()
+            .find(|t| t.nodeid.contains("[a b]"))
+            .unwrap();
+        assert_eq!(p.markers, ["parametrize", "nightly"]);
+        // Nothing ran, so nothing was retried.
+        assert!(!ran.logs.contains("msfleet: retry"), "{}", ran.logs);
+
+        // A collection error still fails the run; no tests: exit 5.
+        let ran = run_suite_spec(
+            &[("test_bad.py", "raise RuntimeError('boom')\n")],
+            "",
+            0,
+            &[],
+            60_000,
+            false,
+            |s| s.collect_only = true,
+        )
+        .await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::Failed, "interrupted: errors during collection"),
+            "{}",
+            ran.logs
+        );
+        assert_eq!(ids(&ran, "error"), ["test_bad.py"]);
+        let ran = run_suite_spec(&[("conftest.py", "")], "", 0, &[], 60_000, false, |s| {
+            s.collect_only = true;
+        })
+        .await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::Failed, "no tests collected (pytest exit 5)"),
+            "{}",
+            ran.logs
+        );
+    }
+
+    #[tokio::test]
+    async fn select_runs_only_the_shards_node_ids() {
+        let files = [("test_flaky.py", FLAKY_SUITE), ("test_broken.py", BROKEN)];
+        let ran = run_suite_spec(&files, "", 0, &["-p", "no:randomly"], 60_000, false, |s| {
+            s.select = vec![
+                "test_flaky.py::test_stable".into(),
+                "test_flaky.py::test_param[c[d]]".into(),
+            ];
+        })
+        .await;
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (Outcome::Failed, "tests failed"),
+            "{}",
+            ran.logs
+        );
+        assert_eq!(ids(&ran, "passed"), ["test_flaky.py::test_stable"]);
+        assert_eq!(ids(&ran, "failed"), ["test_flaky.py::test_param[c[d]]"]);
+        assert_eq!(ran.results.len(), 2, "{:#?}", ran.results);
+        assert!(ran.logs.contains("3 deselected"), "{}", ran.logs);
     }
 
     #[test]

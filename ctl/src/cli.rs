@@ -312,6 +312,10 @@ pub struct Submit {
     /// (each-agent) among the registered agents that match.
     #[arg(long, value_parser = ["each-profile", "each-agent"])]
     pub fanout: Option<String>,
+    /// pytest: split the selection across N jobs that can run on N agents at
+    /// once (collected once, partitioned by recorded test durations).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
     /// Watch the job and exit with its result.
     #[arg(long)]
     pub wait: bool,

@@ -360,6 +360,9 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     if let Some(fan) = &s.fanout {
         f.fanout = fan.clone();
     }
+    if let Some(n) = s.shards {
+        f.shards = n;
+    }
     if let Some(k) = &s.dedup_key {
         if k.trim().is_empty() {
             return Err(CtlError::input("--dedup-key is empty"));

@@ -72,6 +72,9 @@ pub struct JobFile {
     /// "each-profile" or "each-agent": one child job per profile / agent.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fanout: String,
+    /// pytest: split the selection across this many child jobs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shards: u32,
     pub source: SourceFile,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -230,6 +233,8 @@ impl JobFile {
             dedup_key: self.dedup_key.clone(),
             retry_failed: self.retry_failed,
             fanout: self.fanout.clone(),
+            shards: self.shards,
+            ..Default::default()
         })
     }
 }

@@ -117,6 +117,7 @@ pub fn job_json(j: &Job) -> Value {
         "dedup_key": text_or_null(&spec.dedup_key),
         "deduplicated": j.deduplicated,
         "fanout": text_or_null(&spec.fanout),
+        "shards": spec.shards,
         "parent": text_or_null(&j.parent),
         "children": j.children,
         "not_run": j.not_run,

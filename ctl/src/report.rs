@@ -751,7 +751,11 @@ async fn columns_of(client: &mut FleetClient<Channel>, job: &Job) -> Result<Vec<
     let mut columns = Vec::new();
     for child in &job.children {
         let c = get_job(client, child).await?;
-        let name = if c.column.is_empty() {
+        if c.spec.as_ref().is_some_and(|s| s.collect_only) {
+            continue; // a sharded job's collection step runs no tests
+        }
+        // Shards of one profile merge into that profile's column.
+        let name = if c.column.is_empty() || c.column.starts_with("shard ") {
             profile_of(client, &c).await
         } else {
             c.column.clone()

@@ -39,7 +39,10 @@ impl Fleet for FleetService {
             .ok_or_else(|| Status::invalid_argument("SubmitRequest.spec is missing"))?;
         let job = self
             .core
-            .call(|reply| Command::Submit { spec, reply })
+            .call(|reply| Command::Submit {
+                spec: Box::new(spec),
+                reply,
+            })
             .await?;
         Ok(Response::new(job))
     }
@@ -200,7 +203,7 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::Schedule>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        let schedule = req.into_inner();
+        let schedule = Box::new(req.into_inner());
         Ok(Response::new(
             self.core
                 .call(|reply| Command::AddSchedule { schedule, reply })

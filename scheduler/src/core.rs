@@ -54,7 +54,7 @@ pub struct WatchHandle {
 /// Everything the core can be asked to do.
 pub enum Command {
     Submit {
-        spec: JobSpec,
+        spec: Box<JobSpec>,
         reply: Reply<Job>,
     },
     GetJob {
@@ -93,7 +93,7 @@ pub enum Command {
         reply: Reply<Vec<pb::Baseline>>,
     },
     AddSchedule {
-        schedule: pb::Schedule,
+        schedule: Box<pb::Schedule>,
         reply: Reply<pb::Schedule>,
     },
     ListSchedules {
@@ -344,7 +344,11 @@ impl Core {
         }
         let indexed: BTreeSet<u64> = snap.pending.into_iter().collect();
         for (&id, e) in &core.jobs {
-            let fanout_parent = e.job.spec.as_ref().is_some_and(|s| !s.fanout.is_empty());
+            let fanout_parent = e
+                .job
+                .spec
+                .as_ref()
+                .is_some_and(|s| !s.fanout.is_empty() || s.shards > 1);
             if e.job.state() != JobState::Queued || fanout_parent {
                 continue;
             }
@@ -474,7 +478,7 @@ impl Core {
     fn handle(&mut self, cmd: Command, step: &mut Step) {
         match cmd {
             Command::Submit { spec, reply } => {
-                let r = self.submit(spec, None, step);
+                let r = self.submit(*spec, None, step);
                 step.reply(reply, r);
             }
             Command::GetJob { id, reply } => {
@@ -514,7 +518,7 @@ impl Core {
                 step.reply(reply, r);
             }
             Command::AddSchedule { schedule, reply } => {
-                let r = self.add_schedule(schedule, step);
+                let r = self.add_schedule(*schedule, step);
                 step.reply(reply, r);
             }
             Command::ListSchedules { reply } => {
@@ -615,6 +619,24 @@ impl Core {
                 )));
             }
         }
+        if spec.shards > 1 {
+            if spec.kind != "pytest"
+                || !spec.fanout.is_empty()
+                || !spec.select.is_empty()
+                || spec.collect_only
+            {
+                return Err(Status::invalid_argument(
+                    "shards splits one pytest selection; it does not combine with fanout, select or collect_only",
+                ));
+            }
+            if spec.shards > 64 {
+                return Err(Status::invalid_argument(format!(
+                    "shards {} is more than 64",
+                    spec.shards
+                )));
+            }
+        }
+        let sharded = spec.shards > 1;
         let fanout = if spec.fanout.is_empty() {
             None
         } else {
@@ -653,6 +675,7 @@ impl Core {
         match fanout {
             // A fan-out parent runs nothing itself: its children do.
             Some(targets) => self.spawn_children(id, targets, step),
+            None if sharded => self.spawn_collect(id, step),
             None => {
                 self.pending
                     .push(id, &queue, priority, now, self.aging_ms(&queue));
@@ -879,6 +902,116 @@ impl Core {
         Ok(changed.into_iter().map(|(_, b)| b).collect())
     }
 
+    // ------------------------------------------------------------ sharding
+
+    /// A child of `parent` running `spec`, shown under `column`.
+    fn spawn_child(
+        &mut self,
+        parent: u64,
+        spec: JobSpec,
+        column: &str,
+        step: &mut Step,
+    ) -> Result<String, Status> {
+        let job = self.submit(spec, None, step)?;
+        if let Some(e) = job
+            .id
+            .parse::<u64>()
+            .ok()
+            .and_then(|c| self.jobs.get_mut(&c))
+        {
+            e.job.parent = parent.to_string();
+            e.job.column = column.to_string();
+            step.touched.insert(job.id.parse().unwrap_or(0));
+        }
+        Ok(job.id)
+    }
+
+    /// A sharded job starts with one collect-only child; `split_shards` makes
+    /// the shard children once it has collected.
+    fn spawn_collect(&mut self, parent: u64, step: &mut Step) {
+        let Some(spec) = self.jobs.get(&parent).and_then(|e| e.job.spec.clone()) else {
+            return;
+        };
+        let mut collect = spec.clone();
+        collect.shards = 0;
+        collect.collect_only = true;
+        collect.retry_failed = 0;
+        collect.dedup_key.clear();
+        collect.name = format!("{} [collect]", spec.name);
+        match self.spawn_child(parent, collect, "collect", step) {
+            Ok(id) => {
+                if let Some(e) = self.jobs.get_mut(&parent) {
+                    e.job.children = vec![id];
+                    step.touched.insert(parent);
+                }
+            }
+            Err(status) => {
+                let why = format!("could not start the collection: {}", status.message());
+                self.set_state(parent, JobState::Error, &why, step);
+            }
+        }
+    }
+
+    /// Partitions the collected node ids into shards of about equal time
+    /// ([`crate::shard::partition`]) and makes one child per non-empty shard.
+    fn split_shards(&mut self, parent: u64, collect: u64, step: &mut Step) {
+        let Some(spec) = self.jobs.get(&parent).and_then(|e| e.job.spec.clone()) else {
+            return;
+        };
+        let last = self.jobs.get(&collect).map_or(0, |e| e.job.last_event_seq);
+        let attempt = self.jobs.get(&collect).map_or(0, |e| e.job.attempts);
+        let events = match self.store.events(collect, 0, last) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the collected tests");
+                return;
+            }
+        };
+        let mut ids: Vec<String> = events
+            .into_iter()
+            .filter(|ev| ev.attempt == attempt)
+            .filter_map(|ev| match ev.kind {
+                Some(job_event::Kind::Test(t)) if t.outcome == "collected" => Some(t.nodeid),
+                _ => None,
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let known: Vec<(String, Option<f64>)> = ids
+            .into_iter()
+            .map(|id| {
+                let d = self.store.test_history(&id, "", 20).ok().and_then(|runs| {
+                    runs.into_iter()
+                        .find(|r| r.when == "call")
+                        .map(|r| r.duration_s)
+                });
+                (id, d)
+            })
+            .collect();
+        let n = spec.shards.max(1) as usize;
+        let shards = crate::shard::partition(&known, n);
+        let mut made = Vec::new();
+        for (i, select) in shards.into_iter().enumerate() {
+            if select.is_empty() {
+                continue;
+            }
+            let mut child = spec.clone();
+            child.shards = 0;
+            child.dedup_key.clear();
+            child.select = select;
+            let column = format!("shard {}/{n}", i + 1);
+            child.name = format!("{} [{column}]", spec.name);
+            match self.spawn_child(parent, child, &column, step) {
+                Ok(id) => made.push(id),
+                Err(status) => tracing::error!(parent, %status, "could not start a shard"),
+            }
+        }
+        if let Some(e) = self.jobs.get_mut(&parent) {
+            e.job.children.extend(made);
+            step.touched.insert(parent);
+        }
+    }
+
     // ------------------------------------------------------------ fan-out
 
     /// The columns a fan-out job covers: (profile or agent name, has an online
@@ -983,6 +1116,20 @@ impl Core {
         if p.job.state().is_terminal() {
             return;
         }
+        let sharded = p.job.spec.as_ref().is_some_and(|s| s.shards > 1);
+        if sharded && p.job.children.len() == 1 {
+            let collect = p.job.children[0].parse::<u64>().unwrap_or(0);
+            if self
+                .jobs
+                .get(&collect)
+                .is_some_and(|c| c.job.state() == JobState::Passed)
+            {
+                self.split_shards(parent, collect, step);
+            }
+        }
+        let Some(p) = self.jobs.get(&parent) else {
+            return;
+        };
         let kids: Vec<u64> = p
             .job
             .children
@@ -1564,7 +1711,11 @@ impl Core {
                 };
                 let test_id = t.nodeid.clone();
                 // A fan-out parent shows its children's results live, marked with the column.
+                let collected = t.outcome == "collected";
                 let forward = self.jobs.get(&task).and_then(|e| {
+                    if collected {
+                        return None;
+                    }
                     let parent = e.job.parent.parse::<u64>().ok()?;
                     let mut ft = t.clone();
                     ft.nodeid = format!("{} [{}]", t.nodeid, e.job.column);
@@ -1572,7 +1723,9 @@ impl Core {
                 });
                 self.push_event(task, attempt, job_event::Kind::Test(t), step);
                 let seq = self.jobs.get(&task).map_or(0, |e| e.job.last_event_seq);
-                step.writes.put_test_run(&test_id, task, seq, &run);
+                if !collected {
+                    step.writes.put_test_run(&test_id, task, seq, &run);
+                }
                 if let Some((parent, ft)) = forward {
                     self.push_event(parent, 0, job_event::Kind::Test(ft), step);
                     self.refresh_parent(parent, step);

@@ -16,6 +16,7 @@ pub mod queue;
 pub mod requirement;
 pub mod schedule;
 pub mod server;
+pub mod shard;
 pub mod store;
 
 pub use config::Config;

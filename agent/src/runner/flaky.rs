@@ -20,6 +20,8 @@ pub(crate) struct Tally {
     failed_set: HashSet<String>,
     /// Distinct node ids with at least one counted result.
     pub reported: HashSet<String>,
+    /// Collect-only runs: items reported with outcome `collected`.
+    pub collected_items: u64,
     /// `session.testscollected`, once the session message came.
     pub collected: Option<u64>,
     /// Re-runs only: node ids whose call phase passed -> (duration, markers).
@@ -42,6 +44,7 @@ impl Tally {
         match outcome {
             "error" => self.errors += 1,
             "failed" => self.failed += 1,
+            "collected" => self.collected_items += 1,
             _ => {}
         }
         if outcome == "failed" && when == "call" && self.failed_set.insert(nodeid.to_string()) {
