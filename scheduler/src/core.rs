@@ -977,14 +977,33 @@ impl Core {
             .collect();
         ids.sort();
         ids.dedup();
+        // Durations recorded on the hardware profile the selection was collected
+        // on (the shards' pool), else on any profile.
+        let profile = self
+            .jobs
+            .get(&collect)
+            .and_then(|c| self.agents.get(&c.job.agent))
+            .map(|a| a.caps().profile.clone())
+            .unwrap_or_default();
+        let call_duration = |runs: Vec<pb::TestRun>| {
+            runs.into_iter()
+                .find(|r| r.when == "call")
+                .map(|r| r.duration_s)
+        };
         let known: Vec<(String, Option<f64>)> = ids
             .into_iter()
             .map(|id| {
-                let d = self.store.test_history(&id, "", 20).ok().and_then(|runs| {
-                    runs.into_iter()
-                        .find(|r| r.when == "call")
-                        .map(|r| r.duration_s)
-                });
+                let d = self
+                    .store
+                    .test_history(&id, &profile, 20)
+                    .ok()
+                    .and_then(call_duration)
+                    .or_else(|| {
+                        self.store
+                            .test_history(&id, "", 20)
+                            .ok()
+                            .and_then(call_duration)
+                    });
                 (id, d)
             })
             .collect();

@@ -207,3 +207,79 @@ print(json.dumps(suites))
     let out = f.ctl(&["report", "99999"]);
     assert_eq!(out.code, 2, "{out}");
 }
+
+/// Two runs of one schedule: the report of the second names the test that
+/// started failing, the one that got fixed, and the one still failing.
+#[test]
+fn the_report_diffs_a_run_against_the_previous_run_of_its_schedule() {
+    let mut f = Fleet::new();
+    f.add_agent("r1", &[], &[]);
+    let suite = f.write_suite(
+        "diffsuite",
+        &[(
+            "test_d.py",
+            "import os\nHERE = os.path.dirname(__file__)\n\n\
+             def test_breaks():\n    assert not os.path.exists(os.path.join(HERE, 'broken'))\n\n\
+             def test_gets_fixed():\n    assert os.path.exists(os.path.join(HERE, 'broken'))\n\n\
+             def test_always_fails():\n    assert False\n",
+        )],
+    );
+    let job_file = f.path().join("diff.toml");
+    std::fs::write(
+        &job_file,
+        format!(
+            "kind = \"pytest\"\n[source]\ndir = {:?}\n",
+            suite.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = f.ctl(&[
+        "schedule",
+        "add",
+        "nightly-diff",
+        "--cron",
+        "@yearly",
+        "-f",
+        job_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    let run = |f: &Fleet| {
+        let out = f.ctl(&["schedule", "run-now", "nightly-diff"]);
+        assert_eq!(out.code, 0, "{out}");
+        let id = out.stdout.trim().to_string();
+        f.wait_terminal(&id);
+        id
+    };
+    let first = run(&f);
+    std::fs::write(suite.join("broken"), "").unwrap();
+    let second = run(&f);
+    let out = f.ctl(&["report", &second, "--json"]);
+    assert_eq!(out.code, 0, "{out}");
+    let r = out.json();
+    let d = &r["diff"];
+    assert_eq!(d["previous_job"], first.as_str(), "{r:#}");
+    let names = |k: &str| -> Vec<String> {
+        d[k].as_array()
+            .unwrap_or_else(|| panic!("no {k} in {d:#}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names("new_failures"),
+        vec!["test_d.py::test_breaks".to_string()],
+        "{d:#}"
+    );
+    assert_eq!(
+        names("fixed"),
+        vec!["test_d.py::test_gets_fixed".to_string()],
+        "{d:#}"
+    );
+    assert_eq!(
+        names("still_failing"),
+        vec!["test_d.py::test_always_fails".to_string()],
+        "{d:#}"
+    );
+    let md = f.ctl(&["report", &second, "--markdown"]);
+    assert!(md.stdout.contains("test_breaks"), "{md}");
+}
