@@ -979,12 +979,12 @@ impl Core {
         ids.dedup();
         // Durations recorded on the hardware profile the selection was collected
         // on (the shards' pool), else on any profile.
-        let profile = self
+        let agent = self
             .jobs
             .get(&collect)
-            .and_then(|c| self.agents.get(&c.job.agent))
-            .map(|a| a.caps().profile.clone())
+            .map(|c| c.job.agent.clone())
             .unwrap_or_default();
+        let profile = agent_profile(&self.agents, &agent);
         let call_duration = |runs: Vec<pb::TestRun>| {
             runs.into_iter()
                 .find(|r| r.when == "call")
@@ -1409,11 +1409,7 @@ impl Core {
         self.leases
             .check(task, &r, &owner)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let profile = self
-            .agents
-            .get(&owner)
-            .map(|a| a.caps().profile.clone())
-            .unwrap_or_default();
+        let profile = agent_profile(&self.agents, &owner);
         let wanted = req
             .keys
             .iter()
@@ -1693,11 +1689,7 @@ impl Core {
                 self.push_event(task, attempt, job_event::Kind::Log(chunk), step);
             }
             Some(task_update::Kind::Case(mut c)) => {
-                c.profile = self
-                    .agents
-                    .get(&name)
-                    .map(|a| a.caps().profile.clone())
-                    .unwrap_or_default();
+                c.profile = agent_profile(&self.agents, &name);
                 let trusted = e.job.spec.as_ref().is_some_and(|s| {
                     s.queue == "nightly" || s.benchmark.as_ref().is_some_and(|b| b.trusted)
                 });
@@ -1717,11 +1709,7 @@ impl Core {
                 let run = pb::TestRun {
                     job_id: e.job.id.clone(),
                     time_ms: self.now,
-                    profile: self
-                        .agents
-                        .get(&name)
-                        .map(|a| a.caps().profile.clone())
-                        .unwrap_or_default(),
+                    profile: agent_profile(&self.agents, &name),
                     agent: name.clone(),
                     attempt,
                     outcome: t.outcome.clone(),
@@ -2002,6 +1990,15 @@ impl Core {
             }));
         }
     }
+}
+
+/// The hardware profile an agent reported ("" for an unknown agent). Takes the
+/// agent map alone so callers may hold other parts of the core mutably.
+fn agent_profile(agents: &BTreeMap<String, AgentEntry>, name: &str) -> String {
+    agents
+        .get(name)
+        .map(|a| a.caps().profile.clone())
+        .unwrap_or_default()
 }
 
 /// Agent and schedule names: 1-128 of `A-Z a-z 0-9 . _ -`.
