@@ -106,6 +106,20 @@ impl TestCounts {
     }
 }
 
+impl std::ops::AddAssign for TestCounts {
+    /// Sums two tallies, e.g. a parent's from its children's.
+    fn add_assign(&mut self, o: TestCounts) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.skipped += o.skipped;
+        self.xfailed += o.xfailed;
+        self.xpassed += o.xpassed;
+        self.errors += o.errors;
+        self.flaky += o.flaky;
+        self.total += o.total;
+    }
+}
+
 impl AttemptRef {
     /// `task#attempt@epoch`, for logs and error messages.
     pub fn display(&self) -> String {

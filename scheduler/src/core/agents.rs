@@ -1,0 +1,307 @@
+//! Agents: registration (and resuming attempts), sessions, heartbeats,
+//! disconnects, and the admin state (drain / quarantine).
+
+use super::*;
+
+pub(super) struct Session {
+    pub(super) id: u64,
+    pub(super) instance: String,
+    pub(super) tx: AgentTx,
+    /// The agent gave work back because it is shutting down: send it no more.
+    pub(super) leaving: bool,
+}
+
+pub(super) struct AgentEntry {
+    pub(super) record: Agent,
+    pub(super) attrs: Attributes,
+    pub(super) session: Option<Session>,
+    pub(super) last_seen_ms: i64,
+}
+
+impl AgentEntry {
+    pub(super) fn caps(&self) -> &pb::Capabilities {
+        static EMPTY: std::sync::OnceLock<pb::Capabilities> = std::sync::OnceLock::new();
+        self.record
+            .capabilities
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(pb::Capabilities::default))
+    }
+
+    pub(super) fn slots(&self) -> usize {
+        self.caps().slots.max(1) as usize
+    }
+
+    pub(super) fn takes_work(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| !s.leaving)
+            && self.record.admin() == AgentAdmin::Active
+    }
+}
+
+impl Core {
+    pub(super) fn list_agents(&self) -> Vec<Agent> {
+        self.agents.keys().map(|n| self.agent_view(n)).collect()
+    }
+
+    pub(super) fn agent_view(&self, name: &str) -> Agent {
+        let a = &self.agents[name];
+        let mut v = a.record.clone();
+        v.connected = a.session.is_some();
+        v.last_seen_ms = a.last_seen_ms;
+        v.running = self
+            .leases
+            .held_by(name)
+            .into_iter()
+            .map(|t| t.to_string())
+            .collect();
+        v
+    }
+
+    pub(super) fn set_admin(
+        &mut self,
+        name: &str,
+        admin: AgentAdmin,
+        step: &mut Step,
+    ) -> Result<Agent, Status> {
+        if admin == AgentAdmin::Unspecified {
+            return Err(Status::invalid_argument(
+                "say which state: active, drained or quarantined",
+            ));
+        }
+        let a = self.agents.get_mut(name).ok_or_else(|| {
+            Status::not_found(format!("no agent named '{name}' has ever registered"))
+        })?;
+        a.record.admin = admin as i32;
+        step.writes.put_agent(&a.record);
+        step.dispatch = true;
+        Ok(self.agent_view(name))
+    }
+
+    pub(super) fn register(
+        &mut self,
+        session: u64,
+        reg: pb::Register,
+        tx: AgentTx,
+        step: &mut Step,
+    ) -> Result<(), Status> {
+        let name = reg.name.clone();
+        check_name("agent", &name)?;
+        if let Some(old) = self.agents.get(&name).and_then(|a| a.session.as_ref()) {
+            if old.instance != reg.instance_id {
+                return Err(Status::already_exists(format!(
+                    "an agent named '{name}' is already connected from another msagent process; \
+                     stop that one or start this one with another --name"
+                )));
+            }
+            // The same process reconnecting: its old stream is dead or dying.
+            self.sessions.remove(&old.id);
+        }
+        let caps = reg.capabilities.clone().unwrap_or_default();
+        let attrs = matching::attributes(&name, &caps);
+        let now = self.now;
+        let entry = self
+            .agents
+            .entry(name.clone())
+            .or_insert_with(|| AgentEntry {
+                record: Agent {
+                    name: name.clone(),
+                    admin: AgentAdmin::Active as i32,
+                    ..Default::default()
+                },
+                attrs: Attributes::default(),
+                session: None,
+                last_seen_ms: now,
+            });
+        entry.record.capabilities = Some(caps);
+        entry.attrs = attrs;
+        entry.last_seen_ms = now;
+        entry.session = Some(Session {
+            id: session,
+            instance: reg.instance_id.clone(),
+            tx: tx.clone(),
+            leaving: false,
+        });
+        step.writes.put_agent(&entry.record);
+        self.sessions.insert(session, name.clone());
+
+        let mut resumed = Vec::new();
+        let mut cancels = Vec::new();
+        let mut abandon = Vec::new();
+        for r in &reg.resume {
+            let task = r.task_id.parse::<u64>().unwrap_or(0);
+            match self.leases.check(task, r, &name) {
+                Ok(_) => {
+                    resumed.push(r.clone());
+                    if self.jobs[&task]
+                        .attempt
+                        .as_ref()
+                        .is_some_and(|a| a.cancel_requested)
+                    {
+                        cancels.push(r.clone());
+                    }
+                }
+                Err(e) => abandon.push((r.clone(), e.to_string())),
+            }
+        }
+        let claimed: BTreeSet<u64> = resumed
+            .iter()
+            .filter_map(|r| r.task_id.parse().ok())
+            .collect();
+        for task in self.leases.held_by(&name) {
+            if !claimed.contains(&task) {
+                self.lose(task, &format!("agent {name} restarted without it"), step);
+            }
+        }
+        tracing::info!(agent = %name, resumed = resumed.len(), "agent registered");
+        step.send(
+            &tx,
+            scheduler_message::Msg::Registered(pb::Registered {
+                heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
+                lease_timeout_ms: self.cfg.lease_timeout.as_millis() as u64,
+                resumed,
+            }),
+        );
+        for (r, why) in abandon {
+            step.send(
+                &tx,
+                scheduler_message::Msg::Reject(pb::Reject {
+                    attempt: Some(r),
+                    seq: 0,
+                    message: why,
+                    abandon: true,
+                }),
+            );
+        }
+        for r in cancels {
+            step.send(
+                &tx,
+                scheduler_message::Msg::Cancel(pb::CancelAttempt {
+                    attempt: Some(r),
+                    reason: "cancelled by user".into(),
+                }),
+            );
+        }
+        step.dispatch = true;
+        Ok(())
+    }
+
+    pub(super) fn session_agent(&mut self, session: u64) -> Option<(String, AgentTx)> {
+        let name = self.sessions.get(&session)?.clone();
+        let a = self.agents.get_mut(&name)?;
+        a.last_seen_ms = self.now;
+        let tx = a.session.as_ref()?.tx.clone();
+        Some((name, tx))
+    }
+
+    pub(super) fn heartbeat(&mut self, session: u64, hb: pb::Heartbeat, step: &mut Step) {
+        let Some((name, tx)) = self.session_agent(session) else {
+            return;
+        };
+        for r in hb.running {
+            let task = r.task_id.parse::<u64>().unwrap_or(0);
+            if let Err(e) = self.leases.check(task, &r, &name) {
+                step.send(
+                    &tx,
+                    scheduler_message::Msg::Reject(pb::Reject {
+                        attempt: Some(r),
+                        seq: 0,
+                        message: e.to_string(),
+                        abandon: true,
+                    }),
+                );
+            }
+        }
+    }
+
+    pub(super) fn disconnected(&mut self, session: u64) {
+        let Some(name) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(a) = self.agents.get_mut(&name) {
+            if a.session.as_ref().is_some_and(|s| s.id == session) {
+                a.session = None;
+                a.last_seen_ms = self.now;
+                tracing::info!(agent = %name, "agent disconnected");
+            }
+        }
+    }
+}
+
+/// The hardware profile an agent reported ("" for an unknown agent). Takes the
+/// agent map alone so callers may hold other parts of the core mutably.
+pub(super) fn agent_profile(agents: &BTreeMap<String, AgentEntry>, name: &str) -> String {
+    agents
+        .get(name)
+        .map(|a| a.caps().profile.clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::harness::*;
+    use super::super::Command;
+    use msfleet_proto::{AgentAdmin, JobState::*};
+
+    fn set_admin(
+        h: &mut Harness,
+        name: &str,
+        admin: AgentAdmin,
+    ) -> Result<msfleet_proto::Agent, tonic::Status> {
+        let name = name.to_string();
+        h.call(|reply| Command::SetAgentAdmin { name, admin, reply })
+    }
+
+    #[test]
+    fn a_name_taken_by_a_connected_process_is_refused_and_the_same_process_may_reconnect() {
+        let mut h = Harness::new();
+        let a = h.register("h1", "cpu", 1);
+        let e = h
+            .register_as("h1", "other-process", caps("cpu", 1), Vec::new())
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists);
+        assert!(e
+            .message()
+            .contains("already connected from another msagent process"));
+        let again = h.register_as("h1", "h1-1", caps("cpu", 2), Vec::new());
+        assert!(
+            again.is_ok(),
+            "the same instance reconnecting is its old stream dying"
+        );
+        let agents = h.call(|reply| Command::ListAgents { reply }).unwrap();
+        assert_eq!(agents.len(), 1);
+        assert!(agents[0].connected);
+        assert_eq!(agents[0].capabilities.as_ref().unwrap().slots, 2);
+        let bad = h.register_as("bad name!", "x", caps("cpu", 1), Vec::new());
+        assert_eq!(bad.err().unwrap().code(), tonic::Code::InvalidArgument);
+        drop(a);
+    }
+
+    #[test]
+    fn drained_and_quarantined_agents_get_no_work_until_undrained() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        for admin in [AgentAdmin::Drained, AgentAdmin::Quarantined] {
+            assert_eq!(set_admin(&mut h, "a1", admin).unwrap().admin(), admin);
+            let job = h.submit(spec()).unwrap();
+            assert!(h.assignments(&mut a).is_empty());
+            let view = h.job(&job.id);
+            assert_eq!(view.state(), Queued);
+            assert_eq!(
+                view.warnings,
+                vec!["every matching agent is offline, drained or quarantined"]
+            );
+            h.cancel(&job.id).unwrap();
+        }
+        let job = h.submit(spec()).unwrap();
+        set_admin(&mut h, "a1", AgentAdmin::Active).unwrap();
+        assert_eq!(h.assignments(&mut a)[0].job_id, job.id);
+        // The admin state is durable.
+        set_admin(&mut h, "a1", AgentAdmin::Drained).unwrap();
+        h.reload();
+        let agents = h.call(|reply| Command::ListAgents { reply }).unwrap();
+        assert_eq!(agents[0].admin(), AgentAdmin::Drained);
+        assert!(!agents[0].connected);
+        let e = set_admin(&mut h, "nobody", AgentAdmin::Drained).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+    }
+}

@@ -1,0 +1,516 @@
+//! Attempts: task updates fenced by (task, attempt, epoch) and applied in
+//! sequence, finishing, lost attempts and lease expiry, and dispatch (where a
+//! pending job is matched to a free slot and leased).
+
+use super::*;
+
+impl Core {
+    pub(super) fn update(&mut self, session: u64, u: pb::TaskUpdate, step: &mut Step) {
+        let Some((name, tx)) = self.session_agent(session) else {
+            return;
+        };
+        let r = u.attempt.clone().unwrap_or_default();
+        let reject = |step: &mut Step, message: String, abandon: bool| {
+            step.send(
+                &tx,
+                scheduler_message::Msg::Reject(pb::Reject {
+                    attempt: Some(r.clone()),
+                    seq: u.seq,
+                    message,
+                    abandon,
+                }),
+            );
+        };
+        let Ok(task) = r.task_id.parse::<u64>() else {
+            return reject(step, format!("unknown task '{}'", r.task_id), true);
+        };
+        if let Err(e) = self.leases.check(task, &r, &name) {
+            return reject(step, e.to_string(), true);
+        }
+        let Some(e) = self.jobs.get_mut(&task) else {
+            return reject(step, format!("unknown task '{task}'"), true);
+        };
+        let Some(att) = e.attempt.as_mut() else {
+            return reject(step, format!("task {task} has no live attempt"), true);
+        };
+        if u.seq <= att.applied_seq {
+            // A resend of something already durable: acknowledge again.
+            let seq = att.applied_seq;
+            step.send(
+                &tx,
+                scheduler_message::Msg::Ack(pb::Ack {
+                    attempt: Some(r),
+                    seq,
+                }),
+            );
+            return;
+        }
+        if u.seq != att.applied_seq + 1 {
+            let expected = att.applied_seq + 1;
+            return reject(
+                step,
+                format!("update {} out of order: expected {expected}", u.seq),
+                false,
+            );
+        }
+        // Refuse bad content before anything changes: the sequence number stays free.
+        match &u.kind {
+            None => return reject(step, "empty task update".into(), false),
+            Some(task_update::Kind::Log(chunk)) if chunk.data.len() > pb::MAX_LOG_CHUNK => {
+                let message = format!(
+                    "log chunk of {} bytes is over the {} byte limit; split it",
+                    chunk.data.len(),
+                    pb::MAX_LOG_CHUNK
+                );
+                return reject(step, message, false);
+            }
+            Some(_) => {}
+        }
+        att.applied_seq = u.seq;
+        let attempt = att.attempt;
+        step.touched.insert(task);
+        match u.kind {
+            Some(task_update::Kind::Started(_)) if e.job.state() == JobState::Assigned => {
+                e.job.started_at_ms = self.now;
+                self.set_state(task, JobState::Running, "", step);
+            }
+            Some(task_update::Kind::Started(_)) => {}
+            Some(task_update::Kind::Log(chunk)) => {
+                self.push_event(task, attempt, job_event::Kind::Log(chunk), step);
+            }
+            Some(task_update::Kind::Case(c)) => self.record_case(task, attempt, &name, c, step),
+            Some(task_update::Kind::Test(t)) => self.record_test(task, attempt, &name, t, step),
+            Some(task_update::Kind::Finished(f)) => self.finish(task, f, step),
+            None => {}
+        }
+        step.send(
+            &tx,
+            scheduler_message::Msg::Ack(pb::Ack {
+                attempt: Some(r),
+                seq: u.seq,
+            }),
+        );
+    }
+
+    /// One test result of `task`'s live attempt: counted, kept in the test
+    /// history of the agent's profile, and shown live on a parent, marked with
+    /// the child's column. Collected items (a sharded job's collect-only
+    /// child) are neither history nor forwarded.
+    fn record_test(
+        &mut self,
+        task: u64,
+        attempt: u32,
+        agent: &str,
+        t: pb::TestResult,
+        step: &mut Step,
+    ) {
+        let profile = agent_profile(&self.agents, agent);
+        let Some(e) = self.jobs.get_mut(&task) else {
+            return;
+        };
+        e.job
+            .tests
+            .get_or_insert_with(Default::default)
+            .record(&t.outcome);
+        let run = pb::TestRun {
+            job_id: e.job.id.clone(),
+            time_ms: self.now,
+            profile,
+            agent: agent.to_string(),
+            attempt,
+            outcome: t.outcome.clone(),
+            duration_s: t.duration_s,
+            when: t.when.clone(),
+        };
+        let test_id = t.nodeid.clone();
+        let collected = t.outcome == "collected";
+        let forward = match e.job.parent.parse::<u64>() {
+            Ok(parent) if !collected => {
+                let mut ft = t.clone();
+                ft.nodeid = format!("{} [{}]", t.nodeid, e.job.column);
+                Some((parent, ft))
+            }
+            _ => None,
+        };
+        self.push_event(task, attempt, job_event::Kind::Test(t), step);
+        let seq = self.jobs.get(&task).map_or(0, |e| e.job.last_event_seq);
+        if !collected {
+            step.writes.put_test_run(&test_id, task, seq, &run);
+        }
+        if let Some((parent, ft)) = forward {
+            self.push_event(parent, 0, job_event::Kind::Test(ft), step);
+            self.refresh_parent(parent, step);
+        }
+    }
+
+    pub(super) fn finish(&mut self, task: u64, f: pb::Finished, step: &mut Step) {
+        if f.outcome() == Outcome::Requeue {
+            let agent = self
+                .leases
+                .get(task)
+                .map(|l| l.agent.clone())
+                .unwrap_or_default();
+            if let Some(s) = self.agents.get_mut(&agent).and_then(|a| a.session.as_mut()) {
+                s.leaving = true;
+            }
+            let why = format!("agent {agent} gave it up: {}", f.reason);
+            self.lose(task, &why, step);
+            return;
+        }
+        let state = match f.outcome() {
+            Outcome::Passed => JobState::Passed,
+            Outcome::Failed => JobState::Failed,
+            Outcome::Cancelled => JobState::Cancelled,
+            Outcome::TimedOut => JobState::TimedOut,
+            Outcome::Error | Outcome::Unspecified | Outcome::Requeue => JobState::Error,
+        };
+        self.leases.release(task);
+        if let Some(e) = self.jobs.get_mut(&task) {
+            e.attempt = None;
+        }
+        self.set_state(task, state, &f.reason, step);
+        step.dispatch = true;
+    }
+
+    /// The attempt of `task` is gone (agent lost or restarted): retry or give up.
+    pub(super) fn lose(&mut self, task: u64, why: &str, step: &mut Step) {
+        self.leases.release(task);
+        let Some(e) = self.jobs.get_mut(&task) else {
+            return;
+        };
+        let Some(att) = e.attempt.take() else { return };
+        let retries = e.job.spec.as_ref().and_then(|s| s.retries).unwrap_or(0);
+        tracing::warn!(task, attempt = att.attempt, agent = %att.agent, why, "attempt lost");
+        if att.cancel_requested {
+            self.set_state(
+                task,
+                JobState::Cancelled,
+                &format!("cancelled ({why})"),
+                step,
+            );
+        } else if e.job.attempts <= retries {
+            let spec = e.job.spec.clone().unwrap_or_default();
+            let submitted = e.job.submitted_at_ms;
+            self.pending.push(
+                task,
+                &spec.queue,
+                spec.priority,
+                submitted,
+                self.aging_ms(&spec.queue),
+            );
+            self.set_state(
+                task,
+                JobState::Queued,
+                &format!("attempt {} lost ({why}); requeued", att.attempt),
+                step,
+            );
+        } else {
+            self.set_state(
+                task,
+                JobState::Error,
+                &format!("attempt {} lost ({why}); no retries left", att.attempt),
+                step,
+            );
+        }
+        step.dispatch = true;
+    }
+
+    pub(super) fn expire_leases(&mut self, step: &mut Step) {
+        let now = self.now;
+        let lease = self.cfg.lease_timeout.as_millis() as i64;
+        let grace_end = self.started_ms + self.cfg.restart_grace.as_millis() as i64;
+        let expired: Vec<(String, Vec<u64>)> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| now > (a.last_seen_ms + lease).max(grace_end))
+            .map(|(n, _)| (n.clone(), self.leases.held_by(n)))
+            .filter(|(_, held)| !held.is_empty())
+            .collect();
+        for (name, held) in expired {
+            for task in held {
+                self.lose(task, &format!("agent {name} silent past its lease"), step);
+            }
+        }
+    }
+
+    /// Hands pending jobs to agents with free slots, highest rank first.
+    pub(super) fn dispatch(&mut self, step: &mut Step) {
+        let mut free: Vec<(String, usize)> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.takes_work())
+            .filter_map(|(n, a)| {
+                let held = self.leases.count_held_by(n);
+                (a.slots() > held).then(|| (n.clone(), a.slots() - held))
+            })
+            .collect();
+        if free.is_empty() || self.pending.is_empty() {
+            return;
+        }
+        // Least-loaded first, so work spreads over the fleet.
+        free.sort_by_key(|(n, _)| self.leases.count_held_by(n));
+        let mut chosen = Vec::new();
+        for id in self.pending.iter() {
+            if free.is_empty() {
+                break;
+            }
+            let e = &self.jobs[&id];
+            let Some(spec) = &e.job.spec else { continue };
+            let pick = free.iter().position(|(n, _)| {
+                let a = &self.agents[n];
+                fits(&e.req, spec, &a.attrs, a.caps())
+            });
+            if let Some(i) = pick {
+                chosen.push((id, free[i].0.clone()));
+                free[i].1 -= 1;
+                if free[i].1 == 0 {
+                    free.remove(i);
+                }
+            }
+        }
+        for (id, agent) in chosen {
+            self.assign(id, &agent, step);
+        }
+    }
+
+    pub(super) fn assign(&mut self, id: u64, agent: &str, step: &mut Step) {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        step.writes.put_meta(NEXT_EPOCH, self.next_epoch);
+        self.pending.remove(id);
+        let Some(e) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        e.job.attempts += 1;
+        e.job.agent = agent.to_string();
+        e.job.tests = Some(TestCounts::default());
+        e.job.cases.clear();
+        let att = AttemptRecord {
+            attempt: e.job.attempts,
+            epoch,
+            agent: agent.to_string(),
+            applied_seq: 0,
+            cancel_requested: false,
+        };
+        let r = attempt_ref(id, &att);
+        let spec = e.job.spec.clone();
+        self.leases.grant(
+            id,
+            Lease {
+                agent: agent.to_string(),
+                attempt: att.attempt,
+                epoch,
+            },
+        );
+        let reason = format!("attempt {} on {agent}", att.attempt);
+        e.attempt = Some(att);
+        self.set_state(id, JobState::Assigned, &reason, step);
+        if let Some(s) = self.agents.get(agent).and_then(|a| a.session.as_ref()) {
+            step.send(
+                &s.tx,
+                scheduler_message::Msg::Assign(pb::Assignment {
+                    attempt: Some(r),
+                    job_id: id.to_string(),
+                    spec,
+                }),
+            );
+        }
+    }
+}
+
+pub(super) fn attempt_ref(id: u64, att: &AttemptRecord) -> AttemptRef {
+    AttemptRef {
+        task_id: id.to_string(),
+        attempt: att.attempt,
+        epoch: att.epoch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::harness::*;
+    use msfleet_proto::{scheduler_message::Msg, AttemptRef, JobState::*, Outcome};
+    use std::time::Duration;
+
+    fn lease_3s(c: &mut crate::Config) {
+        c.lease_timeout = Duration::from_secs(3);
+    }
+
+    #[test]
+    fn a_gone_agent_loses_its_attempt_after_the_lease_and_the_job_runs_elsewhere() {
+        let mut h = Harness::with(lease_3s);
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let first = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &first, 1, started());
+        h.disconnect(&a);
+        h.advance(3_000);
+        h.tick();
+        assert_eq!(h.state(&job.id), Running, "not lost at the lease's edge");
+        h.advance(1);
+        let mut b = h.register("b1", "cpu", 1);
+        h.tick();
+        let view = h.job(&job.id);
+        assert_eq!(view.attempts, 2);
+        assert_eq!(
+            view.agent, "b1",
+            "requeued and given to an agent that is alive"
+        );
+        let second = h.assignments(&mut b)[0].attempt.clone().unwrap();
+        assert_eq!(second.attempt, 2);
+        assert!(second.epoch > first.epoch, "a new lease has a higher epoch");
+        // The old agent comes back claiming its attempt: refused and told to drop it.
+        let mut back = h
+            .register_as("a1", "a1-1", caps("cpu", 1), vec![first.clone()])
+            .unwrap();
+        let msgs = h.messages(&mut back);
+        let (why, abandon) = reject(&msgs).expect("a stale attempt is refused");
+        assert!(abandon, "{why}");
+        assert!(msgs
+            .iter()
+            .any(|m| matches!(m, Msg::Registered(r) if r.resumed.is_empty())));
+        h.finish(&mut b, &second, Outcome::Passed);
+        assert_eq!(h.state(&job.id), Passed);
+        assert_eq!(
+            h.state_log(&job.id),
+            vec![Queued, Assigned, Running, Queued, Assigned, Running, Passed]
+        );
+    }
+
+    #[test]
+    fn a_lost_attempt_without_retries_left_ends_the_job_in_error() {
+        let mut h = Harness::with(lease_3s);
+        let mut a = h.register("a1", "cpu", 1);
+        let mut s = spec();
+        s.retries = Some(0);
+        let job = h.submit(s).unwrap();
+        assert_eq!(h.assignments(&mut a).len(), 1);
+        h.advance(3_001);
+        h.tick();
+        let view = h.job(&job.id);
+        assert_eq!(
+            view.state(),
+            Error,
+            "lost is infrastructure, not a test failure"
+        );
+        assert!(
+            view.reason
+                .contains("attempt 1 lost (agent a1 silent past its lease); no retries left"),
+            "{}",
+            view.reason
+        );
+    }
+
+    #[test]
+    fn the_restart_grace_keeps_leases_alive_until_it_ends() {
+        let mut h = Harness::with(|c| {
+            c.lease_timeout = Duration::from_secs(3);
+            c.restart_grace = Duration::from_secs(10);
+        });
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        assert_eq!(h.assignments(&mut a).len(), 1);
+        h.disconnect(&a);
+        h.advance(9_000);
+        h.tick();
+        assert_eq!(h.state(&job.id), Assigned, "inside the grace");
+        h.advance(1_001);
+        h.tick();
+        assert_eq!(h.state(&job.id), Queued, "past the grace and the lease");
+    }
+
+    #[test]
+    fn updates_are_fenced_by_epoch_and_applied_once_in_sequence() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+
+        let stale = AttemptRef {
+            epoch: r.epoch + 7,
+            ..r.clone()
+        };
+        let msgs = h.update(&mut a, &stale, 1, started());
+        let (_, abandon) = reject(&msgs).expect("wrong epoch refused");
+        assert!(abandon);
+        assert_eq!(
+            h.state(&job.id),
+            Assigned,
+            "a refused update changes nothing"
+        );
+
+        let msgs = h.update(&mut a, &r, 2, started());
+        let (why, abandon) = reject(&msgs).expect("a gap is refused");
+        assert!(!abandon, "a gap is not fatal: the agent resends");
+        assert!(why.contains("out of order: expected 1"), "{why}");
+
+        let msgs = h.update(&mut a, &r, 1, started());
+        assert!(msgs.iter().any(|m| is_ack(m, 1)));
+        assert_eq!(h.state(&job.id), Running);
+        h.update(&mut a, &r, 2, test_result("t.py::a", "passed"));
+        // A resend of something durable is acknowledged again and not counted twice.
+        let msgs = h.update(&mut a, &r, 2, test_result("t.py::a", "passed"));
+        assert!(msgs.iter().any(|m| is_ack(m, 2)));
+        assert_eq!(h.job(&job.id).tests.unwrap().passed, 1);
+
+        let big = task_log(msfleet_proto::MAX_LOG_CHUNK + 1);
+        let msgs = h.update(&mut a, &r, 3, big);
+        let (why, abandon) = reject(&msgs).expect("oversized log refused");
+        assert!(
+            !abandon && why.contains("over the 65536 byte limit"),
+            "{why}"
+        );
+        // The refused chunk did not use up sequence number 3.
+        let msgs = h.update(&mut a, &r, 3, finished(Outcome::Passed));
+        assert!(msgs.iter().any(|m| is_ack(m, 3)));
+        assert_eq!(h.state(&job.id), Passed);
+    }
+
+    fn task_log(n: usize) -> msfleet_proto::task_update::Kind {
+        msfleet_proto::task_update::Kind::Log(msfleet_proto::LogChunk {
+            data: vec![b'x'; n],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn dispatch_fills_free_slots_highest_priority_first() {
+        let mut h = Harness::new();
+        let low = h.submit(spec()).unwrap();
+        let mut urgent = spec();
+        urgent.priority = 10;
+        let high = h.submit(urgent).unwrap();
+        let third = h.submit(spec()).unwrap();
+        let mut a = h.register("a1", "cpu", 2);
+        let got: Vec<String> = h
+            .assignments(&mut a)
+            .into_iter()
+            .map(|x| x.job_id)
+            .collect();
+        assert_eq!(got, vec![high.id.clone(), low.id.clone()]);
+        assert_eq!(h.state(&third.id), Queued, "two slots, two attempts");
+    }
+
+    #[test]
+    fn an_agent_that_restarts_without_its_attempt_loses_it() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        assert_eq!(h.assignments(&mut a).len(), 1);
+        h.disconnect(&a);
+        let mut again = h
+            .register_as("a1", "a1-2", caps("cpu", 1), Vec::new())
+            .unwrap();
+        let view = h.job(&job.id);
+        assert_eq!(view.attempts, 2);
+        assert!(h
+            .state_log(&job.id)
+            .windows(2)
+            .any(|w| w == [Assigned, Queued]));
+        let msgs = h.messages(&mut again);
+        assert!(msgs.iter().any(|m| matches!(m, Msg::Registered(_))));
+        assert!(msgs
+            .iter()
+            .any(|m| matches!(m, Msg::Assign(x) if x.attempt.as_ref().unwrap().attempt == 2)));
+    }
+}

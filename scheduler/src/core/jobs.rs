@@ -1,0 +1,458 @@
+//! Jobs: submit (validation, dedup, root coverage), cancel, the state
+//! machine's one transition function [`Core::set_state`], and the views users
+//! see (`show`, `list`, `queues`).
+
+use super::*;
+
+pub(super) struct JobEntry {
+    pub(super) job: Job,
+    pub(super) req: Requirement,
+    pub(super) attempt: Option<AttemptRecord>,
+    /// Present until the job's final event has been queued for publication.
+    pub(super) progress: Option<Arc<watch::Sender<Progress>>>,
+}
+
+impl Core {
+    /// Makes a job. `origin` names the schedule and slot that fired it.
+    pub(super) fn submit(
+        &mut self,
+        mut spec: JobSpec,
+        origin: Option<(String, i64)>,
+        step: &mut Step,
+    ) -> Result<Job, Status> {
+        let req = jobspec::validate(&mut spec, &self.cfg)?;
+        if spec.dedup_key.len() > 256 {
+            return Err(Status::invalid_argument("dedup key longer than 256 bytes"));
+        }
+        if let Some(&(id, at)) = self.dedup.get(&spec.dedup_key) {
+            let window = self.cfg.dedup_window.as_millis() as i64;
+            if !spec.dedup_key.is_empty() && self.now - at < window && self.jobs.contains_key(&id) {
+                let mut existing = self.view(id);
+                existing.deduplicated = true;
+                return Ok(existing);
+            }
+        }
+        if let Some(dir) = source_dir(&spec) {
+            let has_roots = self.agents.values().any(|a| !a.caps().roots.is_empty());
+            let covered = self
+                .agents
+                .values()
+                .any(|a| a.caps().roots.iter().any(|r| under_root(dir, r)));
+            if has_roots && !covered {
+                let roots: BTreeSet<&str> = self
+                    .agents
+                    .values()
+                    .flat_map(|a| a.caps().roots.iter().map(String::as_str))
+                    .collect();
+                return Err(Status::invalid_argument(format!(
+                    "source dir '{dir}' is outside the allowed roots of every registered agent \
+                     ({}); move it under a root or start an agent with --root",
+                    roots.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        if spec.shards > 1 {
+            if spec.kind != "pytest"
+                || !spec.fanout.is_empty()
+                || !spec.select.is_empty()
+                || spec.collect_only
+            {
+                return Err(Status::invalid_argument(
+                    "shards splits one pytest selection; it does not combine with fanout, select or collect_only",
+                ));
+            }
+            if spec.shards > 64 {
+                return Err(Status::invalid_argument(format!(
+                    "shards {} is more than 64",
+                    spec.shards
+                )));
+            }
+        }
+        let sharded = spec.shards > 1;
+        let fanout = if spec.fanout.is_empty() {
+            None
+        } else {
+            Some(self.fanout_targets(&spec, &req)?)
+        };
+        let id = self.next_job;
+        self.next_job += 1;
+        let now = self.now;
+        let queue = spec.queue.clone();
+        let priority = spec.priority;
+        if !spec.dedup_key.is_empty() {
+            self.dedup.insert(spec.dedup_key.clone(), (id, now));
+        }
+        let (schedule, slot_ms) = origin.unwrap_or_default();
+        let job = Job {
+            id: id.to_string(),
+            spec: Some(spec),
+            state: JobState::Queued as i32,
+            tests: Some(TestCounts::default()),
+            submitted_at_ms: now,
+            schedule,
+            slot_ms,
+            ..Default::default()
+        };
+        let progress = Arc::new(watch::channel(Progress::default()).0);
+        self.jobs.insert(
+            id,
+            JobEntry {
+                job,
+                req,
+                attempt: None,
+                progress: Some(progress),
+            },
+        );
+        self.set_state(id, JobState::Queued, "submitted", step);
+        match fanout {
+            // A fan-out parent runs nothing itself: its children do.
+            Some(targets) => self.spawn_children(id, targets, step),
+            None if sharded => self.spawn_collect(id, step),
+            None => {
+                self.pending
+                    .push(id, &queue, priority, now, self.aging_ms(&queue));
+                step.dispatch = true;
+            }
+        }
+        Ok(self.view(id))
+    }
+
+    pub(super) fn job_id(&self, id: &str) -> Result<u64, Status> {
+        id.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| self.jobs.contains_key(n))
+            .ok_or_else(|| Status::not_found(format!("no job with id '{id}'")))
+    }
+
+    pub(super) fn list_jobs(&self, req: &pb::ListJobsRequest) -> Result<Vec<Job>, Status> {
+        let state = match req.state.as_str() {
+            "" => None,
+            s => Some(JobState::from_label(s).ok_or_else(|| {
+                let names: Vec<&str> = pb::ALL_STATES.iter().map(|s| s.label()).collect();
+                Status::invalid_argument(format!(
+                    "unknown state '{s}' (states: {})",
+                    names.join(", ")
+                ))
+            })?),
+        };
+        if !req.queue.is_empty() && !self.cfg.queues.contains_key(&req.queue) {
+            return Err(Status::invalid_argument(format!(
+                "unknown queue '{}'",
+                req.queue
+            )));
+        }
+        let mut labels = Vec::new();
+        for l in &req.labels {
+            let (k, v) = l.split_once('=').ok_or_else(|| {
+                Status::invalid_argument(format!("label filter '{l}' must look like key=value"))
+            })?;
+            labels.push((k, v));
+        }
+        let limit = match req.limit {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        Ok(self
+            .jobs
+            .iter()
+            .rev()
+            .filter(|(_, e)| {
+                let spec = e.job.spec.as_ref();
+                state.is_none_or(|s| e.job.state() == s)
+                    && (req.queue.is_empty() || spec.is_some_and(|s| s.queue == req.queue))
+                    && labels.iter().all(|(k, v)| {
+                        spec.and_then(|s| s.labels.get(*k))
+                            .is_some_and(|have| have == v)
+                    })
+            })
+            .take(limit)
+            .map(|(&id, _)| self.view(id))
+            .collect())
+    }
+
+    pub(super) fn cancel(&mut self, id: &str, step: &mut Step) -> Result<Job, Status> {
+        let id = self.job_id(id)?;
+        let state = self.jobs[&id].job.state();
+        if state.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "job {id} already finished ({})",
+                state.label()
+            )));
+        }
+        let children: Vec<String> = self.jobs[&id].job.children.clone();
+        if !children.is_empty() {
+            for child in children {
+                let running = child
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|c| self.jobs.get(&c))
+                    .is_some_and(|e| !e.job.state().is_terminal());
+                if running {
+                    self.cancel(&child, step)?;
+                }
+            }
+            return Ok(self.view(id));
+        }
+        if state == JobState::Queued {
+            self.pending.remove(id);
+            self.set_state(id, JobState::Cancelled, "cancelled by user", step);
+            step.dispatch = true;
+            return Ok(self.view(id));
+        }
+        let Some(e) = self.jobs.get_mut(&id) else {
+            return Err(Status::not_found(format!("no job with id '{id}'")));
+        };
+        if let Some(att) = e.attempt.as_mut() {
+            att.cancel_requested = true;
+            e.job.reason = "cancel requested".into();
+            let r = attempt_ref(id, att);
+            let agent = att.agent.clone();
+            step.touched.insert(id);
+            if let Some(s) = self.agents.get(&agent).and_then(|a| a.session.as_ref()) {
+                step.send(
+                    &s.tx,
+                    scheduler_message::Msg::Cancel(pb::CancelAttempt {
+                        attempt: Some(r),
+                        reason: "cancelled by user".into(),
+                    }),
+                );
+            }
+        }
+        Ok(self.view(id))
+    }
+
+    /// The job as users see it, with warnings derived from the current fleet.
+    pub(super) fn view(&self, id: u64) -> Job {
+        let e = &self.jobs[&id];
+        let mut job = e.job.clone();
+        if job.state() == JobState::Queued {
+            if let Some(spec) = &job.spec {
+                let anyone = self
+                    .agents
+                    .values()
+                    .any(|a| fits(&e.req, spec, &a.attrs, a.caps()));
+                if !anyone {
+                    job.warnings.push(if self.agents.is_empty() {
+                        "no agent has registered yet".to_string()
+                    } else if spec.requirements.is_empty() {
+                        "no registered agent can run this job (source dir outside their roots)"
+                            .to_string()
+                    } else {
+                        format!(
+                            "no registered agent matches the requirements `{}`",
+                            spec.requirements
+                        )
+                    });
+                } else if !self
+                    .agents
+                    .values()
+                    .any(|a| a.takes_work() && fits(&e.req, spec, &a.attrs, a.caps()))
+                {
+                    job.warnings.push(
+                        "every matching agent is offline, drained or quarantined".to_string(),
+                    );
+                }
+            }
+        }
+        job
+    }
+
+    pub(super) fn queues(&self) -> Vec<pb::Queue> {
+        let mut running: BTreeMap<&str, u64> = BTreeMap::new();
+        for e in self.jobs.values().filter(|e| e.attempt.is_some()) {
+            if let Some(s) = &e.job.spec {
+                *running.entry(s.queue.as_str()).or_default() += 1;
+            }
+        }
+        self.cfg
+            .queues
+            .iter()
+            .map(|(name, aging)| pb::Queue {
+                name: name.clone(),
+                pending: self.pending.pending_in(name),
+                running: running.get(name.as_str()).copied().unwrap_or(0),
+                aging_s: aging.as_secs(),
+            })
+            .collect()
+    }
+
+    pub(super) fn aging_ms(&self, queue: &str) -> u64 {
+        self.cfg
+            .queues
+            .get(queue)
+            .map_or(300_000, |d| d.as_millis() as u64)
+    }
+
+    pub(super) fn set_state(&mut self, id: u64, state: JobState, reason: &str, step: &mut Step) {
+        let Some(e) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        e.job.state = state as i32;
+        e.job.reason = reason.to_string();
+        if state.is_terminal() {
+            e.job.finished_at_ms = self.now;
+        }
+        let parent = e.job.parent.parse::<u64>().ok();
+        let attempt = e.attempt.as_ref().map_or(e.job.attempts, |a| a.attempt);
+        let agent = if e.attempt.is_some() || state.is_terminal() {
+            e.job.agent.clone()
+        } else {
+            String::new()
+        };
+        self.push_event(
+            id,
+            attempt,
+            job_event::Kind::State(StateChange {
+                state: state as i32,
+                reason: reason.to_string(),
+                agent,
+            }),
+            step,
+        );
+        if let Some(p) = parent {
+            self.refresh_parent(p, step);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::harness::*;
+    use msfleet_proto::{JobState, Outcome};
+    use JobState::*;
+
+    #[test]
+    fn a_job_ends_in_the_state_its_attempt_reports() {
+        let cases = [
+            (Outcome::Passed, Passed),
+            (Outcome::Failed, Failed),
+            (Outcome::Error, Error),
+            (Outcome::Cancelled, Cancelled),
+            (Outcome::TimedOut, TimedOut),
+            (Outcome::Unspecified, Error),
+        ];
+        for (outcome, want) in cases {
+            let mut h = Harness::new();
+            let mut a = h.register("a1", "cpu", 1);
+            let job = h.submit(spec()).unwrap();
+            assert_eq!(job.state(), Queued);
+            let got = h.assignments(&mut a);
+            assert_eq!(got.len(), 1, "{outcome:?}: one assignment");
+            let r = got[0].attempt.clone().unwrap();
+            h.finish(&mut a, &r, outcome);
+            let done = h.job(&job.id);
+            assert_eq!(done.state(), want, "{outcome:?}");
+            assert!(done.finished_at_ms > 0);
+            assert_eq!(
+                h.state_log(&job.id),
+                vec![Queued, Assigned, Running, want],
+                "{outcome:?}: the durable log walks the state machine"
+            );
+        }
+    }
+
+    #[test]
+    fn cancelling_a_queued_job_ends_it_at_once_and_a_finished_one_is_refused() {
+        let mut h = Harness::new();
+        let job = h.submit(spec()).unwrap();
+        let cancelled = h.cancel(&job.id).unwrap();
+        assert_eq!(cancelled.state(), Cancelled);
+        assert_eq!(h.state_log(&job.id), vec![Queued, Cancelled]);
+        let again = h.cancel(&job.id).unwrap_err();
+        assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+        assert!(again.message().contains("already finished (cancelled)"));
+        // Nothing is left to dispatch: a new agent gets no work.
+        let mut a = h.register("a1", "cpu", 1);
+        assert!(h.assignments(&mut a).is_empty());
+    }
+
+    #[test]
+    fn cancelling_a_running_job_asks_its_agent_and_the_agent_decides_the_end() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        let view = h.cancel(&job.id).unwrap();
+        assert_eq!(
+            view.state(),
+            Running,
+            "still running until the agent stops it"
+        );
+        assert_eq!(view.reason, "cancel requested");
+        let asked = h.messages(&mut a);
+        assert!(asked.iter().any(|m| matches!(
+            m,
+            msfleet_proto::scheduler_message::Msg::Cancel(c) if c.attempt.as_ref() == Some(&r)
+        )));
+        h.update(&mut a, &r, 2, finished(Outcome::Cancelled));
+        assert_eq!(h.state(&job.id), Cancelled);
+    }
+
+    #[test]
+    fn a_refused_submit_changes_nothing() {
+        let mut h = Harness::new();
+        let mut bad = spec();
+        bad.queue = "nope".into();
+        let e = h.submit(bad).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("unknown queue 'nope'"));
+        let mut outside = spec();
+        outside.source = Some(msfleet_proto::Source {
+            kind: Some(msfleet_proto::source::Kind::Dir("/home/x".into())),
+        });
+        h.register("a1", "cpu", 1);
+        let e = h.submit(outside).unwrap_err();
+        assert!(e.message().contains("outside the allowed roots"), "{e}");
+        assert!(h.jobs().is_empty());
+        // The next good job still gets id 1: no id was used up.
+        assert_eq!(h.submit(spec()).unwrap().id, "1");
+    }
+
+    #[test]
+    fn a_dedup_key_returns_the_existing_job_within_the_window_only() {
+        let mut h = Harness::new();
+        let mut s = spec();
+        s.dedup_key = "nightly-2025-06-15".into();
+        let first = h.submit(s.clone()).unwrap();
+        let again = h.submit(s.clone()).unwrap();
+        assert_eq!(again.id, first.id);
+        assert!(again.deduplicated);
+        h.advance(24 * 3600 * 1000 + 1);
+        let later = h.submit(s).unwrap();
+        assert_ne!(later.id, first.id);
+        assert!(!later.deduplicated);
+    }
+
+    #[test]
+    fn a_queued_job_explains_why_nothing_runs_it() {
+        let mut h = Harness::new();
+        let mut s = spec();
+        s.requirements = "gpu.count>=1".into();
+        let job = h.submit(s).unwrap();
+        assert_eq!(job.warnings, vec!["no agent has registered yet"]);
+        h.register("a1", "cpu", 1);
+        let view = h.job(&job.id);
+        assert_eq!(
+            view.warnings,
+            vec!["no registered agent matches the requirements `gpu.count>=1`"]
+        );
+    }
+
+    #[test]
+    fn jobs_survive_a_reload_in_their_state_and_queued_ones_run_after_it() {
+        let mut h = Harness::new();
+        let queued = h.submit(spec()).unwrap();
+        let cancelled = h.submit(spec()).unwrap();
+        h.cancel(&cancelled.id).unwrap();
+        h.reload();
+        assert_eq!(h.state(&queued.id), Queued);
+        assert_eq!(h.state(&cancelled.id), Cancelled);
+        let mut a = h.register("a1", "cpu", 4);
+        let got = h.assignments(&mut a);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].job_id, queued.id);
+        assert_eq!(h.submit(spec()).unwrap().id, "3", "ids are not reused");
+    }
+}

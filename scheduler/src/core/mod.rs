@@ -1,0 +1,553 @@
+//! The scheduler core: one thread owns every piece of scheduling state (jobs,
+//! pending order, leases, agents) and applies commands to it one at a time.
+//!
+//! Each turn of the loop takes a batch of commands, applies them to memory,
+//! writes everything they changed as one atomic sled batch, and queues what
+//! must leave the core (replies to callers, messages to agents, watch
+//! progress) behind the next flush. So nothing is acknowledged, assigned or
+//! shown to a watcher before the writes it reflects are durable, and many
+//! commands share one fsync (group commit).
+//!
+//! The async gRPC layer talks to the core only through [`CoreHandle`]; it
+//! never blocks on sled itself.
+
+use crate::baseline::BaselineBook;
+use crate::config::Config;
+use crate::jobspec;
+use crate::lease::{Lease, LeaseTable};
+use crate::matching::{self, fits, source_dir, under_root};
+use crate::queue::PendingQueue;
+use crate::requirement::{Attributes, Requirement};
+use crate::schedule::{self, CronSpec, Due, Misfire, Overlap, OverlapAction};
+use crate::store::{AttemptRecord, Durable, Store, StoreError, WriteSet};
+use msfleet_proto as pb;
+use msfleet_proto::{
+    job_event, scheduler_message, task_update, Agent, AgentAdmin, AttemptRef, Job, JobEvent,
+    JobSpec, JobState, Outcome, SchedulerMessage, StateChange, TestCounts,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc as tmpsc, oneshot, watch};
+use tonic::Status;
+
+mod agents;
+mod attempts;
+mod baselines;
+mod events;
+#[cfg(test)]
+mod harness;
+mod jobs;
+mod parents;
+mod schedules;
+
+use agents::{agent_profile, AgentEntry};
+use attempts::attempt_ref;
+pub use events::{Progress, WatchHandle};
+use jobs::JobEntry;
+
+/// Where a caller's answer goes.
+pub type Reply<T> = oneshot::Sender<Result<T, Status>>;
+/// The outbound half of an agent's session stream.
+pub type AgentTx = tmpsc::UnboundedSender<Result<SchedulerMessage, Status>>;
+
+/// Everything the core can be asked to do.
+pub enum Command {
+    Submit {
+        spec: Box<JobSpec>,
+        reply: Reply<Job>,
+    },
+    GetJob {
+        id: String,
+        reply: Reply<Job>,
+    },
+    ListJobs {
+        req: pb::ListJobsRequest,
+        reply: Reply<Vec<Job>>,
+    },
+    Cancel {
+        id: String,
+        reply: Reply<Job>,
+    },
+    Watch {
+        id: String,
+        reply: Reply<WatchHandle>,
+    },
+    ListAgents {
+        reply: Reply<Vec<Agent>>,
+    },
+    SetAgentAdmin {
+        name: String,
+        admin: AgentAdmin,
+        reply: Reply<Agent>,
+    },
+    ListQueues {
+        reply: Reply<Vec<pb::Queue>>,
+    },
+    ListBaselines {
+        req: pb::ListBaselinesRequest,
+        reply: Reply<Vec<pb::Baseline>>,
+    },
+    AcceptBaselines {
+        req: pb::AcceptBaselinesRequest,
+        reply: Reply<Vec<pb::Baseline>>,
+    },
+    AddSchedule {
+        schedule: Box<pb::Schedule>,
+        reply: Reply<pb::Schedule>,
+    },
+    ListSchedules {
+        reply: Reply<Vec<pb::Schedule>>,
+    },
+    GetSchedule {
+        name: String,
+        reply: Reply<pb::Schedule>,
+    },
+    SetSchedulePaused {
+        name: String,
+        paused: bool,
+        reply: Reply<pb::Schedule>,
+    },
+    DeleteSchedule {
+        name: String,
+        reply: Reply<pb::Schedule>,
+    },
+    RunScheduleNow {
+        name: String,
+        reply: Reply<Job>,
+    },
+    /// From an agent's unary call: baselines of the profile of the attempt's agent.
+    GetBaselines {
+        req: pb::GetBaselinesRequest,
+        reply: Reply<pb::GetBaselinesResponse>,
+    },
+    Register {
+        session: u64,
+        reg: pb::Register,
+        tx: AgentTx,
+        reply: Reply<()>,
+    },
+    Heartbeat {
+        session: u64,
+        hb: pb::Heartbeat,
+    },
+    Update {
+        session: u64,
+        update: pb::TaskUpdate,
+    },
+    Disconnected {
+        session: u64,
+    },
+}
+
+/// A cheap, cloneable way into the core thread.
+#[derive(Clone)]
+pub struct CoreHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl CoreHandle {
+    /// Sends a command and waits for its (durable) answer.
+    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the scheduler core stopped"))?
+    }
+
+    /// Sends a command that has no answer.
+    pub fn send(&self, cmd: Command) {
+        let _ = self.tx.send(cmd);
+    }
+}
+
+/// Loads the durable state and starts the core thread.
+pub fn start(cfg: Arc<Config>, store: Store) -> Result<CoreHandle, StoreError> {
+    let core = Core::load(cfg, store)?;
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("msched-core".into())
+        .spawn(move || core.run(rx))
+        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+    Ok(CoreHandle { tx })
+}
+
+/// What one turn of the loop writes and what it releases after the flush.
+#[derive(Default)]
+struct Step {
+    writes: WriteSet,
+    after: Vec<Durable>,
+    touched: BTreeSet<u64>,
+    dispatch: bool,
+}
+
+impl Step {
+    fn reply<T: Send + 'static>(&mut self, reply: Reply<T>, result: Result<T, Status>) {
+        self.after.push(Box::new(move |ok| {
+            let _ = reply.send(if ok {
+                result
+            } else {
+                Err(Status::unavailable(
+                    "the scheduler could not make the change durable",
+                ))
+            });
+        }));
+    }
+
+    fn send(&mut self, tx: &AgentTx, msg: scheduler_message::Msg) {
+        let tx = tx.clone();
+        self.after.push(Box::new(move |ok| {
+            if ok {
+                let _ = tx.send(Ok(SchedulerMessage { msg: Some(msg) }));
+            }
+        }));
+    }
+}
+
+struct Core {
+    cfg: Arc<Config>,
+    store: Store,
+    jobs: BTreeMap<u64, JobEntry>,
+    pending: PendingQueue,
+    leases: LeaseTable,
+    agents: BTreeMap<String, AgentEntry>,
+    sessions: HashMap<u64, String>,
+    baselines: BaselineBook,
+    schedules: BTreeMap<String, (pb::Schedule, CronSpec)>,
+    /// dedup key -> (job, submitted at)
+    dedup: HashMap<String, (u64, i64)>,
+    next_job: u64,
+    next_epoch: u64,
+    started_ms: i64,
+    /// The clock's reading for the current loop turn.
+    now: i64,
+}
+
+const NEXT_EPOCH: &str = "next_epoch";
+
+impl Core {
+    fn load(cfg: Arc<Config>, store: Store) -> Result<Core, StoreError> {
+        let mut snap = store.load()?;
+        let started_ms = cfg.clock.now_ms();
+        let mut core = Core {
+            cfg,
+            store,
+            jobs: BTreeMap::new(),
+            pending: PendingQueue::default(),
+            leases: LeaseTable::default(),
+            agents: BTreeMap::new(),
+            sessions: HashMap::new(),
+            baselines: BaselineBook::load(std::mem::take(&mut snap.baselines)),
+            schedules: BTreeMap::new(),
+            dedup: HashMap::new(),
+            next_job: 1,
+            next_epoch: 1,
+            started_ms,
+            now: started_ms,
+        };
+        for (name, value) in snap.meta {
+            if name == NEXT_EPOCH {
+                core.next_epoch = core.next_epoch.max(value);
+            }
+        }
+        for job in snap.jobs {
+            let Ok(id) = job.id.parse::<u64>() else {
+                tracing::warn!(id = %job.id, "skipping a stored job with a malformed id");
+                continue;
+            };
+            let req = job
+                .spec
+                .as_ref()
+                .and_then(|s| Requirement::parse(&s.requirements).ok())
+                .unwrap_or_default();
+            let progress = (!job.state().is_terminal()).then(|| {
+                Arc::new(
+                    watch::channel(Progress {
+                        durable_seq: job.last_event_seq,
+                        done: false,
+                    })
+                    .0,
+                )
+            });
+            core.next_job = core.next_job.max(id + 1);
+            core.jobs.insert(
+                id,
+                JobEntry {
+                    job,
+                    req,
+                    attempt: None,
+                    progress,
+                },
+            );
+        }
+        for (id, att) in snap.attempts {
+            let Some(e) = core.jobs.get_mut(&id) else {
+                continue;
+            };
+            if e.job.state().is_terminal() {
+                continue;
+            }
+            core.next_epoch = core.next_epoch.max(att.epoch + 1);
+            core.leases.grant(
+                id,
+                Lease {
+                    agent: att.agent.clone(),
+                    attempt: att.attempt,
+                    epoch: att.epoch,
+                },
+            );
+            e.attempt = Some(att);
+        }
+        let indexed: BTreeSet<u64> = snap.pending.into_iter().collect();
+        for (&id, e) in &core.jobs {
+            let fanout_parent = e
+                .job
+                .spec
+                .as_ref()
+                .is_some_and(|s| !s.fanout.is_empty() || s.shards > 1);
+            if e.job.state() != JobState::Queued || fanout_parent {
+                continue;
+            }
+            if !indexed.contains(&id) {
+                tracing::warn!(
+                    job = id,
+                    "queued job missing from the pending index; re-adding"
+                );
+            }
+            let spec = e.job.spec.clone().unwrap_or_default();
+            core.pending.push(
+                id,
+                &spec.queue,
+                spec.priority,
+                e.job.submitted_at_ms,
+                core.aging_ms(&spec.queue),
+            );
+        }
+        for record in snap.agents {
+            let attrs = matching::attributes(
+                &record.name,
+                record.capabilities.as_ref().unwrap_or(&Default::default()),
+            );
+            core.agents.insert(
+                record.name.clone(),
+                AgentEntry {
+                    record,
+                    attrs,
+                    session: None,
+                    last_seen_ms: started_ms,
+                },
+            );
+        }
+        for (&id, e) in &core.jobs {
+            if let Some(key) = e
+                .job
+                .spec
+                .as_ref()
+                .map(|s| &s.dedup_key)
+                .filter(|k| !k.is_empty())
+            {
+                core.dedup.insert(key.clone(), (id, e.job.submitted_at_ms));
+            }
+        }
+        for record in snap.schedules {
+            match CronSpec::parse(&record.cron, &record.tz) {
+                Ok(spec) => {
+                    core.schedules.insert(record.name.clone(), (record, spec));
+                }
+                Err(e) => {
+                    tracing::error!(schedule = %record.name, error = %e, "stored schedule no longer parses")
+                }
+            }
+        }
+        tracing::info!(
+            schedules = core.schedules.len(),
+            jobs = core.jobs.len(),
+            pending = core.pending.len(),
+            agents = core.agents.len(),
+            "loaded durable state"
+        );
+        Ok(core)
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        let tick = Duration::from_millis(200);
+        let mut last_tick = Instant::now();
+        loop {
+            let mut batch = Vec::new();
+            match rx.recv_timeout(tick) {
+                Ok(cmd) => {
+                    batch.push(cmd);
+                    batch.extend(rx.try_iter().take(1023));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            let ticked = last_tick.elapsed() >= tick;
+            if ticked {
+                last_tick = Instant::now();
+            }
+            self.turn(batch, ticked);
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+
+    /// One turn of the loop: apply a batch of commands (and, on a tick, lease
+    /// expiry and due schedules), dispatch if anything freed or queued work,
+    /// then write everything as one batch and release what leaves the core
+    /// behind the flush ([`Core::commit`]).
+    fn turn(&mut self, batch: Vec<Command>, tick: bool) {
+        let mut step = Step::default();
+        self.now = self.cfg.clock.now_ms();
+        for cmd in batch {
+            self.handle(cmd, &mut step);
+        }
+        if tick {
+            self.expire_leases(&mut step);
+            self.fire_schedules(&mut step);
+        }
+        if step.dispatch {
+            self.dispatch(&mut step);
+        }
+        self.commit(step);
+    }
+
+    fn commit(&mut self, mut step: Step) {
+        for id in std::mem::take(&mut step.touched) {
+            let Some(e) = self.jobs.get(&id) else {
+                continue;
+            };
+            step.writes.put_job(id, &e.job);
+            match &e.attempt {
+                Some(a) => step.writes.put_attempt(id, a),
+                None => step.writes.remove_attempt(id),
+            }
+            let queue = e.job.spec.as_ref().map_or("default", |s| s.queue.as_str());
+            step.writes
+                .set_pending(id, self.pending.contains(id).then_some(queue));
+        }
+        if let Err(e) = self.store.apply(step.writes) {
+            // Memory is now ahead of disk; the only safe move is to stop and
+            // let a restart reload what is durable. Nothing was acknowledged.
+            tracing::error!(error = %e, "writing to the store failed; stopping");
+            std::process::exit(70);
+        }
+        if !step.after.is_empty() {
+            let after = step.after;
+            self.store.after_durable(Box::new(move |ok| {
+                for then in after {
+                    then(ok);
+                }
+            }));
+        }
+    }
+
+    fn handle(&mut self, cmd: Command, step: &mut Step) {
+        match cmd {
+            Command::Submit { spec, reply } => {
+                let r = self.submit(*spec, None, step);
+                step.reply(reply, r);
+            }
+            Command::GetJob { id, reply } => {
+                let r = self.job_id(&id).map(|id| self.view(id));
+                step.reply(reply, r);
+            }
+            Command::ListJobs { req, reply } => {
+                let r = self.list_jobs(&req);
+                step.reply(reply, r);
+            }
+            Command::Cancel { id, reply } => {
+                let r = self.cancel(&id, step);
+                step.reply(reply, r);
+            }
+            Command::Watch { id, reply } => {
+                let r = self.watch(&id);
+                step.reply(reply, r);
+            }
+            Command::ListAgents { reply } => {
+                let r = Ok(self.list_agents());
+                step.reply(reply, r);
+            }
+            Command::SetAgentAdmin { name, admin, reply } => {
+                let r = self.set_admin(&name, admin, step);
+                step.reply(reply, r);
+            }
+            Command::ListQueues { reply } => {
+                let r = Ok(self.queues());
+                step.reply(reply, r);
+            }
+            Command::ListBaselines { req, reply } => {
+                let r = Ok(self.baselines.list(&req.case, &req.profile));
+                step.reply(reply, r);
+            }
+            Command::AcceptBaselines { req, reply } => {
+                let r = self.accept_baselines(&req, step);
+                step.reply(reply, r);
+            }
+            Command::AddSchedule { schedule, reply } => {
+                let r = self.add_schedule(*schedule, step);
+                step.reply(reply, r);
+            }
+            Command::ListSchedules { reply } => {
+                let r = Ok(self.list_schedules());
+                step.reply(reply, r);
+            }
+            Command::GetSchedule { name, reply } => {
+                let r = self.schedule_named(&name).map(|n| self.schedule_view(&n));
+                step.reply(reply, r);
+            }
+            Command::SetSchedulePaused {
+                name,
+                paused,
+                reply,
+            } => {
+                let r = self.set_schedule_paused(&name, paused, step);
+                step.reply(reply, r);
+            }
+            Command::DeleteSchedule { name, reply } => {
+                let r = self.delete_schedule(&name, step);
+                step.reply(reply, r);
+            }
+            Command::RunScheduleNow { name, reply } => {
+                let r = self.run_schedule_now(&name, step);
+                step.reply(reply, r);
+            }
+            Command::GetBaselines { req, reply } => {
+                let r = self.get_baselines(&req);
+                step.reply(reply, r);
+            }
+            Command::Register {
+                session,
+                reg,
+                tx,
+                reply,
+            } => {
+                let r = self.register(session, reg, tx, step);
+                step.reply(reply, r);
+            }
+            Command::Heartbeat { session, hb } => self.heartbeat(session, hb, step),
+            Command::Update { session, update } => self.update(session, update, step),
+            Command::Disconnected { session } => self.disconnected(session),
+        }
+    }
+}
+
+/// Agent and schedule names: 1-128 of `A-Z a-z 0-9 . _ -`.
+fn check_name(what: &str, name: &str) -> Result<(), Status> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "bad {what} name '{name}': use 1-128 of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}

@@ -1,0 +1,464 @@
+//! Parents: fan-out (one child per hardware profile or agent) and sharding (a
+//! collect-only child, then one child per shard). **Invariant: a parent is
+//! never queued itself**; its state and counts are derived from its children
+//! in [`Core::refresh_parent`].
+
+use super::*;
+
+impl Core {
+    /// A child of `parent` running `spec`, shown under `column`.
+    pub(super) fn spawn_child(
+        &mut self,
+        parent: u64,
+        spec: JobSpec,
+        column: &str,
+        step: &mut Step,
+    ) -> Result<String, Status> {
+        let job = self.submit(spec, None, step)?;
+        if let Some(e) = job
+            .id
+            .parse::<u64>()
+            .ok()
+            .and_then(|c| self.jobs.get_mut(&c))
+        {
+            e.job.parent = parent.to_string();
+            e.job.column = column.to_string();
+            step.touched.insert(job.id.parse().unwrap_or(0));
+        }
+        Ok(job.id)
+    }
+
+    /// A sharded job starts with one collect-only child; `split_shards` makes
+    /// the shard children once it has collected.
+    pub(super) fn spawn_collect(&mut self, parent: u64, step: &mut Step) {
+        let Some(spec) = self.jobs.get(&parent).and_then(|e| e.job.spec.clone()) else {
+            return;
+        };
+        let mut collect = spec.clone();
+        collect.shards = 0;
+        collect.collect_only = true;
+        collect.retry_failed = 0;
+        collect.dedup_key.clear();
+        collect.name = format!("{} [collect]", spec.name);
+        match self.spawn_child(parent, collect, "collect", step) {
+            Ok(id) => {
+                if let Some(e) = self.jobs.get_mut(&parent) {
+                    e.job.children = vec![id];
+                    step.touched.insert(parent);
+                }
+            }
+            Err(status) => {
+                let why = format!("could not start the collection: {}", status.message());
+                self.set_state(parent, JobState::Error, &why, step);
+            }
+        }
+    }
+
+    /// Partitions the collected node ids into shards of about equal time
+    /// ([`crate::shard::partition`]) and makes one child per non-empty shard.
+    pub(super) fn split_shards(&mut self, parent: u64, collect: u64, step: &mut Step) {
+        let Some(spec) = self.jobs.get(&parent).and_then(|e| e.job.spec.clone()) else {
+            return;
+        };
+        let last = self.jobs.get(&collect).map_or(0, |e| e.job.last_event_seq);
+        let attempt = self.jobs.get(&collect).map_or(0, |e| e.job.attempts);
+        let events = match self.store.events(collect, 0, last) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the collected tests");
+                return;
+            }
+        };
+        let mut ids: Vec<String> = events
+            .into_iter()
+            .filter(|ev| ev.attempt == attempt)
+            .filter_map(|ev| match ev.kind {
+                Some(job_event::Kind::Test(t)) if t.outcome == "collected" => Some(t.nodeid),
+                _ => None,
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        // Durations recorded on the hardware profile the selection was collected
+        // on (the shards' pool), else on any profile.
+        let agent = self
+            .jobs
+            .get(&collect)
+            .map(|c| c.job.agent.clone())
+            .unwrap_or_default();
+        let profile = agent_profile(&self.agents, &agent);
+        let call_duration = |runs: Vec<pb::TestRun>| {
+            runs.into_iter()
+                .find(|r| r.when == "call")
+                .map(|r| r.duration_s)
+        };
+        let known: Vec<(String, Option<f64>)> = ids
+            .into_iter()
+            .map(|id| {
+                let d = self
+                    .store
+                    .test_history(&id, &profile, 20)
+                    .ok()
+                    .and_then(call_duration)
+                    .or_else(|| {
+                        self.store
+                            .test_history(&id, "", 20)
+                            .ok()
+                            .and_then(call_duration)
+                    });
+                (id, d)
+            })
+            .collect();
+        let n = spec.shards.max(1) as usize;
+        let shards = crate::shard::partition(&known, n);
+        let mut made = Vec::new();
+        for (i, select) in shards.into_iter().enumerate() {
+            if select.is_empty() {
+                continue;
+            }
+            let mut child = spec.clone();
+            child.shards = 0;
+            child.dedup_key.clear();
+            child.select = select;
+            let column = format!("shard {}/{n}", i + 1);
+            child.name = format!("{} [{column}]", spec.name);
+            match self.spawn_child(parent, child, &column, step) {
+                Ok(id) => made.push(id),
+                Err(status) => tracing::error!(parent, %status, "could not start a shard"),
+            }
+        }
+        if let Some(e) = self.jobs.get_mut(&parent) {
+            e.job.children.extend(made);
+            step.touched.insert(parent);
+        }
+    }
+
+    // ------------------------------------------------------------ fan-out
+
+    /// The columns a fan-out job covers: (profile or agent name, has an online
+    /// agent, requirement that pins a child to it).
+    pub(super) fn fanout_targets(
+        &self,
+        spec: &JobSpec,
+        req: &Requirement,
+    ) -> Result<Vec<(String, bool, String)>, Status> {
+        let by_profile = match spec.fanout.as_str() {
+            "each-profile" => true,
+            "each-agent" => false,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown fanout '{other}': use each-profile or each-agent"
+                )))
+            }
+        };
+        let mut groups: BTreeMap<String, bool> = BTreeMap::new();
+        for (name, a) in &self.agents {
+            if fits(req, spec, &a.attrs, a.caps()) {
+                let key = if by_profile {
+                    a.caps().profile.clone()
+                } else {
+                    name.clone()
+                };
+                // Online = connected; a drained agent runs its child once undrained.
+                *groups.entry(key).or_default() |= a.session.is_some();
+            }
+        }
+        if groups.is_empty() {
+            return Err(Status::failed_precondition(
+                "no registered agent matches this job, so there is nothing to fan out to",
+            ));
+        }
+        let attr = if by_profile { "profile" } else { "agent.name" };
+        Ok(groups
+            .into_iter()
+            .map(|(column, online)| {
+                let quoted = column.replace('\\', "\\\\").replace('"', "\\\"");
+                let pin = format!("{attr} == \"{quoted}\"");
+                (column, online, pin)
+            })
+            .collect())
+    }
+
+    /// Makes one child job per online target; the others are recorded as not run.
+    pub(super) fn spawn_children(
+        &mut self,
+        parent: u64,
+        targets: Vec<(String, bool, String)>,
+        step: &mut Step,
+    ) {
+        let Some(spec) = self.jobs.get(&parent).and_then(|e| e.job.spec.clone()) else {
+            return;
+        };
+        let (mut children, mut not_run) = (Vec::new(), Vec::new());
+        for (column, online, pin) in targets {
+            if !online {
+                not_run.push(column);
+                continue;
+            }
+            let mut child = spec.clone();
+            child.fanout.clear();
+            child.dedup_key.clear();
+            child.requirements = if spec.requirements.trim().is_empty() {
+                pin
+            } else {
+                format!("({}) && {pin}", spec.requirements)
+            };
+            child.name = format!("{} [{column}]", spec.name);
+            match self.submit(child, None, step) {
+                Ok(job) => {
+                    if let Some(e) = job
+                        .id
+                        .parse::<u64>()
+                        .ok()
+                        .and_then(|c| self.jobs.get_mut(&c))
+                    {
+                        e.job.parent = parent.to_string();
+                        e.job.column = column;
+                        step.touched.insert(job.id.parse().unwrap_or(0));
+                    }
+                    children.push(job.id);
+                }
+                Err(status) => not_run.push(format!("{column} ({})", status.message())),
+            }
+        }
+        if let Some(e) = self.jobs.get_mut(&parent) {
+            e.job.children = children;
+            e.job.not_run = not_run;
+            step.touched.insert(parent);
+        }
+        self.refresh_parent(parent, step);
+    }
+
+    /// Recomputes a fan-out parent's counts and state from its children.
+    pub(super) fn refresh_parent(&mut self, parent: u64, step: &mut Step) {
+        let Some(p) = self.jobs.get(&parent) else {
+            return;
+        };
+        if p.job.state().is_terminal() {
+            return;
+        }
+        let sharded = p.job.spec.as_ref().is_some_and(|s| s.shards > 1);
+        if sharded && p.job.children.len() == 1 {
+            let collect = p.job.children[0].parse::<u64>().unwrap_or(0);
+            if self
+                .jobs
+                .get(&collect)
+                .is_some_and(|c| c.job.state() == JobState::Passed)
+            {
+                self.split_shards(parent, collect, step);
+            }
+        }
+        let Some(p) = self.jobs.get(&parent) else {
+            return;
+        };
+        let kids: Vec<u64> = p
+            .job
+            .children
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let not_run = p.job.not_run.clone();
+        let mut counts = TestCounts::default();
+        let mut states = Vec::new();
+        for k in &kids {
+            if let Some(e) = self.jobs.get(k) {
+                counts += e.job.tests.unwrap_or_default();
+                states.push(e.job.state());
+            }
+        }
+        let current = p.job.state();
+        if let Some(e) = self.jobs.get_mut(&parent) {
+            e.job.tests = Some(counts);
+            step.touched.insert(parent);
+        }
+        let all_done = states.iter().all(|s| s.is_terminal());
+        let next = if states.is_empty() {
+            JobState::Error
+        } else if all_done {
+            if states.contains(&JobState::Failed) {
+                JobState::Failed
+            } else if states
+                .iter()
+                .any(|s| matches!(s, JobState::Error | JobState::TimedOut | JobState::Expired))
+            {
+                JobState::Error
+            } else if states.contains(&JobState::Cancelled) {
+                JobState::Cancelled
+            } else {
+                JobState::Passed
+            }
+        } else if states
+            .iter()
+            .any(|s| matches!(s, JobState::Assigned | JobState::Running) || s.is_terminal())
+        {
+            JobState::Running
+        } else {
+            JobState::Queued
+        };
+        if next == current && !(all_done || states.is_empty()) {
+            return;
+        }
+        let done = states.iter().filter(|s| s.is_terminal()).count();
+        let mut reason = format!("{done} of {} children finished", states.len());
+        if all_done && !states.is_empty() {
+            let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+            for s in &states {
+                *by.entry(s.label()).or_default() += 1;
+            }
+            let parts: Vec<String> = by.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            reason = format!("children: {}", parts.join(", "));
+        }
+        if !not_run.is_empty() {
+            reason += &format!("; not run on: {}", not_run.join(", "));
+        }
+        if states.is_empty() {
+            reason = format!(
+                "no online agent to run on; not run on: {}",
+                not_run.join(", ")
+            );
+        }
+        if next != current || next.is_terminal() {
+            self.set_state(parent, next, &reason, step);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::harness::*;
+    use msfleet_proto::{JobState::*, Outcome};
+
+    fn fanout() -> msfleet_proto::JobSpec {
+        let mut s = spec();
+        s.fanout = "each-profile".into();
+        s
+    }
+
+    #[test]
+    fn a_fanout_parent_derives_state_and_counts_from_its_children() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 1);
+        let mut b = h.register("b1", "p-b", 1);
+        let gone = h.register("c1", "p-c", 1);
+        h.disconnect(&gone);
+        let parent = h.submit(fanout()).unwrap();
+        assert_eq!(parent.children.len(), 2);
+        assert_eq!(parent.not_run, vec!["p-c"]);
+        let ra = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        let rb = h.assignments(&mut b)[0].attempt.clone().unwrap();
+
+        h.update(&mut a, &ra, 1, started());
+        assert_eq!(h.state(&parent.id), Running);
+        h.update(&mut a, &ra, 2, test_result("t.py::x", "passed"));
+        h.update(&mut a, &ra, 3, finished(Outcome::Passed));
+        assert_eq!(h.state(&parent.id), Running, "one child still going");
+
+        h.update(&mut b, &rb, 1, started());
+        h.update(&mut b, &rb, 2, test_result("t.py::x", "failed"));
+        h.update(&mut b, &rb, 3, test_result("t.py::y", "passed"));
+        h.update(&mut b, &rb, 4, finished(Outcome::Failed));
+        let done = h.job(&parent.id);
+        assert_eq!(done.state(), Failed, "a failed child fails the parent");
+        let t = done.tests.unwrap();
+        assert_eq!((t.passed, t.failed, t.total), (2, 1, 3));
+        assert_eq!(done.reason, "children: 1 failed, 1 passed; not run on: p-c",);
+        // The parent shows its children's results live, marked with the column.
+        let live: Vec<String> = h
+            .events(&parent.id)
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                Some(msfleet_proto::job_event::Kind::Test(t)) => Some(t.nodeid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            live,
+            vec!["t.py::x [p-a]", "t.py::x [p-b]", "t.py::y [p-b]"]
+        );
+    }
+
+    #[test]
+    fn infrastructure_errors_of_children_make_the_parent_an_error_not_a_failure() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 1);
+        let mut b = h.register("b1", "p-b", 1);
+        let parent = h.submit(fanout()).unwrap();
+        let ra = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        let rb = h.assignments(&mut b)[0].attempt.clone().unwrap();
+        h.finish(&mut a, &ra, Outcome::Passed);
+        h.finish(&mut b, &rb, Outcome::TimedOut);
+        assert_eq!(h.state(&parent.id), Error);
+    }
+
+    #[test]
+    fn a_parent_is_never_queued_itself_also_after_a_reload() {
+        let mut h = Harness::new();
+        h.register("a1", "p-a", 1);
+        let other = h.register("b1", "p-b", 1);
+        h.disconnect(&other);
+        let parent = h.submit(fanout()).unwrap();
+        let child = parent.children[0].clone();
+        h.reload();
+        // After the reload no agent is connected; the one that comes back runs the child only.
+        let mut a = h.register("a1", "p-a", 4);
+        let got = h.assignments(&mut a);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].job_id, child);
+        assert_eq!(h.job(&child).parent, parent.id);
+    }
+
+    #[test]
+    fn fanning_out_to_no_matching_agent_is_refused() {
+        let mut h = Harness::new();
+        h.register("a1", "p-a", 1);
+        let mut s = fanout();
+        s.requirements = "gpu.count>=1".into();
+        let e = h.submit(s).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(h.jobs().is_empty());
+    }
+
+    #[test]
+    fn a_sharded_job_collects_once_then_splits_every_test_into_exactly_one_shard() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 4);
+        let mut s = spec();
+        s.shards = 2;
+        let parent = h.submit(s).unwrap();
+        assert_eq!(parent.children.len(), 1, "the collect-only child");
+        let collect = h.assignments(&mut a).remove(0);
+        assert!(collect.spec.as_ref().unwrap().collect_only);
+        let r = collect.attempt.unwrap();
+        h.update(&mut a, &r, 1, started());
+        for (i, id) in ["t.py::a", "t.py::b", "t.py::c"].iter().enumerate() {
+            h.update(&mut a, &r, 2 + i as u64, test_result(id, "collected"));
+        }
+        let after = h.update(&mut a, &r, 5, finished(Outcome::Passed));
+        let view = h.job(&parent.id);
+        assert_eq!(view.children.len(), 3, "collect + 2 shards");
+        assert_eq!(
+            view.tests.unwrap().total,
+            0,
+            "collected items are not results"
+        );
+        let shards: Vec<_> = after
+            .into_iter()
+            .filter_map(|m| match m {
+                msfleet_proto::scheduler_message::Msg::Assign(x) => Some(x),
+                _ => None,
+            })
+            .collect();
+        let mut all: Vec<String> = shards
+            .iter()
+            .flat_map(|x| x.spec.clone().unwrap().select)
+            .collect();
+        all.sort();
+        assert_eq!(all, vec!["t.py::a", "t.py::b", "t.py::c"]);
+        assert_eq!(shards.len(), 2);
+        for x in &shards {
+            let r = x.attempt.clone().unwrap();
+            h.finish(&mut a, &r, Outcome::Passed);
+        }
+        assert_eq!(h.state(&parent.id), Passed);
+    }
+}
