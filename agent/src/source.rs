@@ -62,7 +62,10 @@ pub async fn prepare(
             if !dir.is_dir() {
                 return Err(SourceError::NoSuchDir(d.clone()));
             }
-            if !roots.iter().any(|r| dir.starts_with(r)) {
+            if !roots
+                .iter()
+                .any(|r| msfleet_proto::roots::is_under(&dir, r))
+            {
                 return Err(SourceError::OutsideRoots {
                     dir: d.clone(),
                     roots: roots
@@ -326,5 +329,29 @@ mod tests {
         assert!(matches!(missing, Err(SourceError::NoSuchDir(_))));
         let outside = prepare(Some(&dir(Path::new("/usr"))), &roots, &root, "x").await;
         assert!(matches!(outside, Err(SourceError::OutsideRoots { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_symlink_under_a_root_that_leads_out_of_it_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(tmp.path()).unwrap();
+        let root = base.join("root");
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+        // As text the path is under the root (the scheduler's view) ...
+        let text = root.join("escape");
+        assert!(msfleet_proto::roots::is_under(&text, &root));
+        // ... but the agent resolves it first and refuses it.
+        let src = Source {
+            kind: Some(source::Kind::Dir(text.to_string_lossy().into())),
+        };
+        let got = prepare(Some(&src), std::slice::from_ref(&root), &base, "x").await;
+        assert!(
+            matches!(got, Err(SourceError::OutsideRoots { .. })),
+            "{:?}",
+            got.err()
+        );
     }
 }

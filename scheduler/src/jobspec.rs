@@ -4,7 +4,6 @@
 use crate::config::Config;
 use crate::requirement::Requirement;
 use msfleet_proto::{source, JobSpec};
-use std::path::{Component, Path};
 use tonic::Status;
 
 /// Most arguments, env entries and labels a spec may carry, and their size.
@@ -59,8 +58,7 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
             ))
         }
         Some(source::Kind::Dir(d)) => {
-            let p = Path::new(d);
-            if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
+            if !msfleet_proto::roots::is_clean_absolute(d) {
                 return Err(Status::invalid_argument(format!(
                     "source dir '{d}' must be an absolute path without '..'"
                 )));

@@ -5,7 +5,6 @@
 
 use crate::requirement::{Attributes, Requirement};
 use msfleet_proto::{source, Capabilities, JobSpec};
-use std::path::{Component, Path};
 
 /// The attributes a requirement expression can name, built from capabilities.
 pub fn attributes(name: &str, caps: &Capabilities) -> Attributes {
@@ -61,14 +60,10 @@ pub fn source_dir(spec: &JobSpec) -> Option<&str> {
     }
 }
 
-/// True when `dir` is `root` or inside it. Both must be absolute and free of `..`
-/// (the job spec validation guarantees that for `dir`).
+/// True when `dir` is `root` or inside it: the rule the agent applies too
+/// ([`msfleet_proto::roots::is_under`]), here on the paths as text.
 pub fn under_root(dir: &str, root: &str) -> bool {
-    let dir = Path::new(dir);
-    let root = Path::new(root);
-    root.is_absolute()
-        && !root.components().any(|c| c == Component::ParentDir)
-        && dir.starts_with(root)
+    msfleet_proto::roots::is_under(dir, root)
 }
 
 /// True when an agent with these capabilities may run the job.
