@@ -44,10 +44,7 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                 .await?
                 .into_inner();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&render::job_json(&j)).unwrap_or_default()
-                );
+                print_json(&render::job_json(&j));
             } else {
                 print!("{}", render::job_text(&j));
             }
@@ -71,8 +68,7 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                 .into_inner()
                 .jobs;
             if json {
-                let v: Vec<_> = jobs.iter().map(render::job_json).collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                print_json(&jobs.iter().map(render::job_json).collect());
             } else {
                 let rows: Vec<Vec<String>> = jobs
                     .iter()
@@ -119,10 +115,7 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                 j
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&render::job_json(&j)).unwrap_or_default()
-                );
+                print_json(&render::job_json(&j));
             } else {
                 println!("job {}: {}{}", j.id, j.state().label(), reason(&j.reason));
             }
@@ -135,8 +128,7 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                 .into_inner()
                 .agents;
             if json {
-                let v: Vec<_> = agents.iter().map(render::agent_json).collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                print_json(&agents.iter().map(render::agent_json).collect());
             } else {
                 let rows: Vec<Vec<String>> = agents
                     .iter()
@@ -196,8 +188,7 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
                 .into_inner()
                 .queues;
             if json {
-                let v: Vec<_> = queues.iter().map(render::queue_json).collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                print_json(&queues.iter().map(render::queue_json).collect());
             } else {
                 let rows: Vec<Vec<String>> = queues
                     .iter()
@@ -562,8 +553,7 @@ async fn test_command(
         .into_inner()
         .runs;
     if json {
-        let v: Vec<_> = runs.iter().map(render::test_run_json).collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        print_json(&runs.iter().map(render::test_run_json).collect());
     } else if runs.is_empty() {
         println!("no recorded runs of {test_id}");
     } else {
@@ -1142,122 +1132,145 @@ mod tests {
     #[test]
     fn bench_flag_misuse_is_bad_input() {
         let dir = fixtures();
-        let cases = |e: CtlError| {
+        // (arguments, what the message must contain)
+        let cases: &[(&[&str], &[&str])] = &[
+            // bench-only flags with pytest, pytest args with bench.
+            (
+                &["pytest", "--dir", &dir, "--cases", "x", "--trusted"],
+                &["--cases, --trusted"],
+            ),
+            (
+                &["pytest", "--dir", &dir, "--repetitions", "3"],
+                &["--repetitions"],
+            ),
+            (
+                &[
+                    "bench",
+                    "--cases",
+                    &dir,
+                    "--command",
+                    "run",
+                    "--",
+                    "-k",
+                    "x",
+                ],
+                &["pytest arguments"],
+            ),
+            // Splitting, missing or empty command.
+            (
+                &["bench", "--cases", &dir, "--command", "run 'x"],
+                &["--command", "unterminated"],
+            ),
+            (
+                &["bench", "--cases", &dir, "--command", "  "],
+                &["--command is empty"],
+            ),
+            (&["bench", "--cases", &dir], &["command"]),
+            // Sources.
+            (&["bench", "--command", "run"], &["no source"]),
+            (
+                &[
+                    "bench",
+                    "--cases",
+                    &dir,
+                    "--cases",
+                    &dir,
+                    "--command",
+                    "run",
+                ],
+                &["several --cases"],
+            ),
+            (
+                &[
+                    "bench",
+                    "--cases",
+                    "/definitely/not/here",
+                    "--command",
+                    "run",
+                ],
+                &["/definitely/not/here"],
+            ),
+            (
+                &[
+                    "bench",
+                    "--dir",
+                    &dir,
+                    "--cases",
+                    "/abs",
+                    "--command",
+                    "run",
+                ],
+                &["relative to the workspace"],
+            ),
+            (
+                &[
+                    "bench",
+                    "--dir",
+                    &dir,
+                    "--cases",
+                    "../up",
+                    "--command",
+                    "run",
+                ],
+                &[".."],
+            ),
+            // bench::validate's checks.
+            (
+                &[
+                    "bench",
+                    "--cases",
+                    &dir,
+                    "--command",
+                    "run",
+                    "--repetitions",
+                    "0",
+                ],
+                &["repetitions"],
+            ),
+            (
+                &[
+                    "bench",
+                    "--cases",
+                    &dir,
+                    "--command",
+                    "run",
+                    "--extract",
+                    "nometric",
+                ],
+                &["METRIC=REGEX"],
+            ),
+            (
+                &[
+                    "bench",
+                    "--cases",
+                    &dir,
+                    "--command",
+                    "run",
+                    "--extract",
+                    "x=([",
+                ],
+                &["bad regex"],
+            ),
+            (
+                &[
+                    "bench",
+                    "--cases",
+                    &dir,
+                    "--command",
+                    "run",
+                    "--extract",
+                    r"x=\d+",
+                ],
+                &["capture group"],
+            ),
+        ];
+        for &(args, needles) in cases {
+            let e = error(args);
             assert_eq!(e.code, exit::BAD_INPUT, "{}", e.message);
-            e.message
-        };
-        // bench-only flags with pytest, pytest args with bench.
-        let m = cases(error(&[
-            "pytest",
-            "--dir",
-            &dir,
-            "--cases",
-            "x",
-            "--trusted",
-        ]));
-        assert!(m.contains("--cases, --trusted"), "{m}");
-        let m = cases(error(&["pytest", "--dir", &dir, "--repetitions", "3"]));
-        assert!(m.contains("--repetitions"), "{m}");
-        let m = cases(error(&[
-            "bench",
-            "--cases",
-            &dir,
-            "--command",
-            "run",
-            "--",
-            "-k",
-            "x",
-        ]));
-        assert!(m.contains("pytest arguments"), "{m}");
-        // Splitting, missing or empty command.
-        let m = cases(error(&["bench", "--cases", &dir, "--command", "run 'x"]));
-        assert!(m.contains("--command") && m.contains("unterminated"), "{m}");
-        let m = cases(error(&["bench", "--cases", &dir, "--command", "  "]));
-        assert!(m.contains("--command is empty"), "{m}");
-        let m = cases(error(&["bench", "--cases", &dir]));
-        assert!(m.contains("command"), "{m}");
-        // Sources.
-        let m = cases(error(&["bench", "--command", "run"]));
-        assert!(m.contains("no source"), "{m}");
-        let m = cases(error(&[
-            "bench",
-            "--cases",
-            &dir,
-            "--cases",
-            &dir,
-            "--command",
-            "run",
-        ]));
-        assert!(m.contains("several --cases"), "{m}");
-        let m = cases(error(&[
-            "bench",
-            "--cases",
-            "/definitely/not/here",
-            "--command",
-            "run",
-        ]));
-        assert!(m.contains("/definitely/not/here"), "{m}");
-        let m = cases(error(&[
-            "bench",
-            "--dir",
-            &dir,
-            "--cases",
-            "/abs",
-            "--command",
-            "run",
-        ]));
-        assert!(m.contains("relative to the workspace"), "{m}");
-        let m = cases(error(&[
-            "bench",
-            "--dir",
-            &dir,
-            "--cases",
-            "../up",
-            "--command",
-            "run",
-        ]));
-        assert!(m.contains(".."), "{m}");
-        // bench::validate's checks.
-        let m = cases(error(&[
-            "bench",
-            "--cases",
-            &dir,
-            "--command",
-            "run",
-            "--repetitions",
-            "0",
-        ]));
-        assert!(m.contains("repetitions"), "{m}");
-        let m = cases(error(&[
-            "bench",
-            "--cases",
-            &dir,
-            "--command",
-            "run",
-            "--extract",
-            "nometric",
-        ]));
-        assert!(m.contains("METRIC=REGEX"), "{m}");
-        let m = cases(error(&[
-            "bench",
-            "--cases",
-            &dir,
-            "--command",
-            "run",
-            "--extract",
-            "x=([",
-        ]));
-        assert!(m.contains("bad regex"), "{m}");
-        let m = cases(error(&[
-            "bench",
-            "--cases",
-            &dir,
-            "--command",
-            "run",
-            "--extract",
-            r"x=\d+",
-        ]));
-        assert!(m.contains("capture group"), "{m}");
+            for needle in needles {
+                assert!(e.message.contains(needle), "{}", e.message);
+            }
+        }
     }
 
     #[test]

@@ -692,36 +692,54 @@ pub fn cases_summary(cases: &[CaseResult]) -> String {
         .join(", ")
 }
 
+/// The columns every table of benchmark verdicts has (`msctl bench`, `show`
+/// and `report`).
+pub const CASE_HEADER: [&str; 6] = ["CASE", "VERDICT", "METRIC", "VALUE", "BASELINE", "DELTA"];
+
+/// One case result under [`CASE_HEADER`]. VALUE is the value the verdict
+/// judged, or the primary metric's median when there is no explanation.
+pub fn case_cells(c: &CaseResult) -> [String; 6] {
+    let e = c.explanation.clone().unwrap_or_default();
+    let value = match (&c.explanation, primary(c)) {
+        (None, Some(m)) => Some(m.median),
+        (None, None) => None,
+        (Some(e), _) => Some(e.value),
+    };
+    [
+        c.name.clone(),
+        c.verdict.to_uppercase(),
+        c.metric.clone(),
+        value.map_or("-".into(), num),
+        e.baseline.map_or("-".into(), num),
+        e.delta_pct.map_or("-".into(), pct),
+    ]
+}
+
 /// The final table of a benchmark job. RUNS(k): measured runs of the primary
 /// metric (history runs behind the baseline).
 pub fn cases_table(cases: &[CaseResult]) -> String {
+    verdicts_table(cases, true)
+}
+
+/// A table of benchmark verdicts: [`CASE_HEADER`], and RUNS(k) when `runs`.
+pub fn verdicts_table(cases: &[CaseResult], runs: bool) -> String {
     let rows: Vec<Vec<String>> = cases
         .iter()
         .map(|c| {
-            let e = c.explanation.clone().unwrap_or_default();
-            let value = match (&c.explanation, primary(c)) {
-                (None, Some(m)) => Some(m.median),
-                (None, None) => None,
-                (Some(e), _) => Some(e.value),
-            };
-            let runs = primary(c).map_or(0, |m| m.n);
-            vec![
-                c.name.clone(),
-                c.verdict.to_uppercase(),
-                c.metric.clone(),
-                value.map_or("-".into(), num),
-                e.baseline.map_or("-".into(), num),
-                e.delta_pct.map_or("-".into(), pct),
-                format!("{runs}({})", e.k),
-            ]
+            let mut row = case_cells(c).to_vec();
+            if runs {
+                let k = c.explanation.as_ref().map_or(0, |e| e.k);
+                let n = primary(c).map_or(0, |m| m.n);
+                row.push(format!("{n}({k})"));
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "CASE", "VERDICT", "METRIC", "VALUE", "BASELINE", "DELTA", "RUNS(k)",
-        ],
-        &rows,
-    )
+    let mut header = CASE_HEADER.to_vec();
+    if runs {
+        header.push("RUNS(k)");
+    }
+    table(&header, &rows)
 }
 
 /// RFC 3339 (UTC, seconds) of a time in ms since the epoch.

@@ -7,10 +7,10 @@
 //! runs on one agent, so a job's report has one column.
 
 use crate::follow::follow;
-use crate::render::{self, counts_line, num};
+use crate::render::{self, counts_line};
 use crate::{exit, CtlError};
 use msfleet_proto::fleet_client::FleetClient;
-use msfleet_proto::{self as pb, job_event, CaseResult, Job, TestResult};
+use msfleet_proto::{self as pb, job_event, Job, TestResult};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -404,7 +404,7 @@ pub fn text(r: &Report, all: bool) -> String {
     }
     if !j.cases.is_empty() {
         out += "\nbenchmark verdicts:\n";
-        out += &cases_table(&j.cases);
+        out += &render::verdicts_table(&j.cases, false);
     }
     out += &format!("\n{}\n", r.diff.note());
     if let DiffState::Compared(_, d) = &r.diff {
@@ -420,33 +420,6 @@ pub fn text(r: &Report, all: bool) -> String {
         }
     }
     out
-}
-
-fn case_cells(c: &CaseResult) -> [String; 6] {
-    let e = c.explanation.clone().unwrap_or_default();
-    let value = match &c.explanation {
-        Some(e) => Some(e.value),
-        None => c
-            .metrics
-            .iter()
-            .find(|m| m.name == c.metric)
-            .map(|m| m.median),
-    };
-    [
-        c.name.clone(),
-        c.verdict.to_uppercase(),
-        c.metric.clone(),
-        value.map_or("-".into(), num),
-        e.baseline.map_or("-".into(), num),
-        e.delta_pct.map_or("-".into(), |p| format!("{p:+.1}%")),
-    ]
-}
-
-const CASE_HEADER: [&str; 6] = ["CASE", "VERDICT", "METRIC", "VALUE", "BASELINE", "DELTA"];
-
-fn cases_table(cases: &[CaseResult]) -> String {
-    let rows: Vec<Vec<String>> = cases.iter().map(|c| case_cells(c).to_vec()).collect();
-    render::table(&CASE_HEADER, &rows)
 }
 
 pub fn json(r: &Report, all: bool) -> Value {
@@ -673,7 +646,7 @@ pub fn markdown(r: &Report, all: bool) -> String {
             "\n### Benchmark verdicts\n\n| case | verdict | metric | value | baseline | delta |\n";
         out += "| --- | --- | --- | --- | --- | --- |\n";
         for c in &j.cases {
-            let cells = case_cells(c);
+            let cells = render::case_cells(c);
             out += "|";
             for v in cells {
                 out += &format!(" {} |", md_cell(&v));
