@@ -5,10 +5,12 @@
 //! outbox and resume) -> [`runner`] (one attempt: [`source`] checkout, pytest
 //! in its own process group, live results through the plugin socket).
 
+pub mod attempt;
 pub mod bench;
 pub mod capabilities;
 pub mod config;
 pub mod probe;
+pub mod process;
 pub mod profile;
 pub mod runner;
 pub mod session;

@@ -20,27 +20,26 @@
 //! runs loaded cases against given baselines and needs no scheduler.
 
 use super::verdict::{self, Direction, Judgement, OperatorReport, Rules, Verdict};
+use crate::attempt::{
+    attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, StopReason, Updates,
+};
 use crate::config::AgentConfig;
-use crate::runner::{self, AttemptSpec, StopReason, Updates};
+use crate::process::{OutputHook, ProcessGroup};
 use msfleet_proto::bench::{self as pbench, Extract, TOTAL_TIME, WALL_TIME};
 use msfleet_proto::case::{self, Case, CaseError};
-use msfleet_proto::{self as pb, task_update, BenchmarkSpec, Finished, LogChunk, Outcome};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use msfleet_proto::{self as pb, task_update, BenchmarkSpec, Finished, Outcome};
+use nix::sys::signal::Signal;
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::Nvml;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::fd::OwnedFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -63,8 +62,6 @@ const STDERR_TAIL_LINES: usize = 10;
 const GPU_SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How long the agent keeps asking the scheduler for baselines before it judges without them.
 pub const BASELINE_RETRY_BUDGET: Duration = Duration::from_secs(30);
-/// How long the output readers may lag behind the end of a run.
-const READER_DRAIN: Duration = Duration::from_secs(5);
 
 /// Why a benchmark attempt cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -183,66 +180,6 @@ pub fn load_cases(workspace: &Path, entries: &[String]) -> (Vec<LoadedCase>, Vec
         }
     }
     (cases, errors)
-}
-
-// ---------------------------------------------------------------- stop and timeout
-
-/// Why the attempt stops before its cases are done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Halt {
-    TimedOut,
-    Stop(StopReason),
-}
-
-/// The attempt's deadline and its stop signal, watched while anything runs.
-pub struct Guard<'a> {
-    deadline: tokio::time::Instant,
-    stop: &'a mut watch::Receiver<Option<StopReason>>,
-    halted: Option<Halt>,
-}
-
-impl<'a> Guard<'a> {
-    pub fn new(
-        deadline: tokio::time::Instant,
-        stop: &'a mut watch::Receiver<Option<StopReason>>,
-    ) -> Self {
-        Guard {
-            deadline,
-            stop,
-            halted: None,
-        }
-    }
-
-    /// Resolves when the attempt must stop (at once, once it has). Cancel-safe.
-    pub async fn wait(&mut self) -> Halt {
-        if let Some(h) = &self.halted {
-            return h.clone();
-        }
-        let now = self.stop.borrow_and_update().clone();
-        if let Some(r) = now {
-            return self.set(Halt::Stop(r));
-        }
-        let halt = loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(self.deadline) => break Halt::TimedOut,
-                changed = self.stop.changed() => {
-                    if changed.is_err() {
-                        break Halt::Stop(StopReason::Shutdown);
-                    }
-                    let now = self.stop.borrow_and_update().clone();
-                    if let Some(r) = now {
-                        break Halt::Stop(r);
-                    }
-                }
-            }
-        };
-        self.set(halt)
-    }
-
-    fn set(&mut self, h: Halt) -> Halt {
-        self.halted = Some(h.clone());
-        h
-    }
 }
 
 // ---------------------------------------------------------------- baselines
@@ -560,74 +497,6 @@ enum Interrupt {
     Halted(Halt),
     /// The case is an error, for this reason.
     Failed(String),
-}
-
-/// The exit status and resource usage of a reaped child.
-struct Reaped {
-    status: ExitStatus,
-    cpu_s: f64,
-    max_rss_bytes: u64,
-    ended: Instant,
-}
-
-/// Blocks until `pid` exits and reaps it with `wait4`, which gives the resource usage of the
-/// child and of the descendants it waited for.
-fn wait_rusage(pid: libc::pid_t) -> std::io::Result<Reaped> {
-    loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: an all-zero `rusage` is a valid value (plain integers and timevals).
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are to live, writable locals of the right types.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        if r == pid {
-            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-            return Ok(Reaped {
-                status: ExitStatus::from_raw(status),
-                cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
-                // Linux reports ru_maxrss in KiB.
-                max_rss_bytes: u64::try_from(ru.ru_maxrss).unwrap_or(0) * 1024,
-                ended: Instant::now(),
-            });
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// Waits for the reaper after SIGTERM to the group; SIGKILL once `grace` is over.
-async fn terminate(
-    pgid: Pid,
-    grace: Duration,
-    waiter: &mut JoinHandle<std::io::Result<Reaped>>,
-) -> Result<std::io::Result<Reaped>, tokio::task::JoinError> {
-    let _ = killpg(pgid, Signal::SIGTERM);
-    match tokio::time::timeout(grace, &mut *waiter).await {
-        Ok(r) => r,
-        Err(_) => {
-            let _ = killpg(pgid, Signal::SIGKILL);
-            waiter.await
-        }
-    }
-}
-
-async fn pump(mut r: pipe::Receiver, stream: &'static str, tx: Updates, out: Arc<Mutex<Captured>>) {
-    let mut buf = vec![0u8; pb::MAX_LOG_CHUNK];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                out.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(stream, &buf[..n]);
-                tx.send(task_update::Kind::Log(LogChunk {
-                    stream: stream.into(),
-                    data: buf[..n].to_vec(),
-                }));
-            }
-        }
-    }
 }
 
 fn describe_status(status: ExitStatus) -> String {
@@ -1192,7 +1061,7 @@ pub struct Bench {
     workspace: PathBuf,
     /// Holds the runs' metrics files.
     scratch: PathBuf,
-    /// Where the current run's process group is recorded (for `runner::reap_orphans`).
+    /// Where the current run's process group is recorded (for `process::reap_orphans`).
     pgid_file: Option<PathBuf>,
     /// The job's env and the attempt's identity, given to every run.
     env: Vec<(String, String)>,
@@ -1238,10 +1107,7 @@ impl Bench {
     }
 
     fn log(&self, text: String) {
-        self.tx.send(task_update::Kind::Log(LogChunk {
-            stream: "stderr".into(),
-            data: text.into_bytes(),
-        }));
+        self.tx.log("stderr", text);
     }
 
     /// Reports the malformed case files, then runs and reports every case in order.
@@ -1413,7 +1279,7 @@ impl Bench {
         guard: &mut Guard<'_>,
         phase: Phase,
     ) -> Result<RunSample, Interrupt> {
-        if let Some(h) = &guard.halted {
+        if let Some(h) = guard.halted() {
             return Err(Interrupt::Halted(h.clone()));
         }
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
@@ -1447,75 +1313,44 @@ impl Bench {
             .env("MSFLEET_CASE_NAME", &lc.case.name)
             .env("MSFLEET_REPETITION", phase.index.to_string())
             .env("MSFLEET_WARMUP", if phase.warmup { "1" } else { "0" })
-            .env("MSFLEET_RERUN", if phase.rerun { "1" } else { "0" })
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .env("MSFLEET_RERUN", if phase.rerun { "1" } else { "0" });
         let started = Instant::now();
-        let mut child = cmd
-            .spawn()
+        let mut group = ProcessGroup::spawn(&mut cmd)
             .map_err(|e| Interrupt::Failed(format!("cannot start '{program}': {e}")))?;
-        // The child is reaped by `wait_rusage` below, never through `child`.
-        let Ok(pid) = libc::pid_t::try_from(child.id()) else {
-            return Err(Interrupt::Failed(
-                "the run got an invalid process id".into(),
-            ));
-        };
-        let pgid = Pid::from_raw(pid);
+        let pid = group.pid();
         let marker = format!("MSFLEET_METRICS={}", metrics_path.display());
         if let Some(f) = &self.pgid_file {
-            let _ = tokio::fs::write(f, format!("{pid}\n{}\n", metrics_path.display())).await;
+            let _ = group.record(f.clone(), &metrics_path).await;
         }
+        // The extractors read the output, the error message quotes stderr's tail.
         let captured = Arc::new(Mutex::new(Captured::default()));
-        let mut readers = Vec::new();
-        let pipes: [(Option<OwnedFd>, &'static str); 2] = [
-            (child.stdout.take().map(OwnedFd::from), "stdout"),
-            (child.stderr.take().map(OwnedFd::from), "stderr"),
-        ];
-        for (fd, stream) in pipes {
-            let Some(fd) = fd else { continue };
-            match pipe::Receiver::from_owned_fd(fd) {
-                Ok(r) => readers.push(tokio::spawn(pump(
-                    r,
-                    stream,
-                    self.tx.clone(),
-                    captured.clone(),
-                ))),
-                Err(e) => tracing::warn!(error = %e, stream, "cannot read the run's output"),
-            }
-        }
-        drop(child);
+        let hook: OutputHook = {
+            let captured = captured.clone();
+            Arc::new(move |stream: &str, data: &[u8]| {
+                captured
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(stream, data);
+            })
+        };
+        let running = group.start(&self.tx, Some(hook));
         let gpu = self
             .gpu
             .clone()
             .map(|nvml| GpuWatch::start(nvml, pid, marker));
-        let mut waiter = tokio::task::spawn_blocking(move || wait_rusage(pid));
-        let (waited, halted) = tokio::select! {
-            r = &mut waiter => (r, None),
-            h = guard.wait() => (terminate(pgid, self.kill_grace, &mut waiter).await, Some(h)),
-        };
-        // Whatever the run left behind in its group goes too.
-        let _ = killpg(pgid, Signal::SIGKILL);
+        let mut exited = running.wait(guard, self.kill_grace).await;
         let gpu_peak = match gpu {
             Some(g) => Some(g.finish().await),
             None => None,
         };
-        for r in readers {
-            let _ = tokio::time::timeout(READER_DRAIN, r).await;
-        }
-        if let Some(f) = &self.pgid_file {
-            let _ = tokio::fs::remove_file(f).await;
-        }
-        if let Some(h) = halted {
+        exited.drain().await;
+        if let Some(h) = exited.halted {
             let _ = tokio::fs::remove_file(&metrics_path).await;
             return Err(Interrupt::Halted(h));
         }
-        let reaped = match waited {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(Interrupt::Failed(format!("waiting for the run: {e}"))),
-            Err(e) => return Err(Interrupt::Failed(format!("waiting for the run: {e}"))),
-        };
+        let reaped = exited
+            .reaped
+            .map_err(|e| Interrupt::Failed(format!("waiting for the run: {e}")))?;
         let output = std::mem::take(&mut *captured.lock().unwrap_or_else(|e| e.into_inner()));
         if !reaped.status.success() {
             let _ = tokio::fs::remove_file(&metrics_path).await;
@@ -1582,21 +1417,6 @@ impl Bench {
 
 // ---------------------------------------------------------------- the attempt
 
-fn finished(outcome: Outcome, reason: impl Into<String>, exit_code: i32) -> Option<Finished> {
-    Some(Finished {
-        outcome: outcome as i32,
-        reason: reason.into(),
-        exit_code,
-    })
-}
-
-fn log(tx: &Updates, text: String) {
-    tx.send(task_update::Kind::Log(LogChunk {
-        stream: "stderr".into(),
-        data: text.into_bytes(),
-    }));
-}
-
 /// Runs one attempt of a benchmark job in the prepared workspace `ws` and returns how it
 /// finished (`None` when abandoned). `slot` names the attempt's files under the work dir.
 pub async fn run(
@@ -1607,7 +1427,7 @@ pub async fn run(
     tx: &Updates,
     stop: &mut watch::Receiver<Option<StopReason>>,
 ) -> Option<Finished> {
-    let timeout = runner::attempt_timeout(&a.spec);
+    let timeout = attempt_timeout(&a.spec);
     let mut guard = Guard::new(tokio::time::Instant::now() + timeout, stop);
     let Some(spec) = a.spec.benchmark.as_ref() else {
         return finished(
@@ -1645,16 +1465,7 @@ pub async fn run(
             let code = if outcome == Outcome::Passed { 0 } else { 1 };
             finished(outcome, reason, code)
         }
-        Err(Halt::TimedOut) => finished(
-            Outcome::TimedOut,
-            format!("timed out after {}", humantime::format_duration(timeout)),
-            -1,
-        ),
-        Err(Halt::Stop(StopReason::Cancelled(why))) => finished(Outcome::Cancelled, why, -1),
-        Err(Halt::Stop(StopReason::Abandoned)) => None,
-        Err(Halt::Stop(StopReason::Shutdown)) => {
-            finished(Outcome::Requeue, "the agent is shutting down", -1)
-        }
+        Err(h) => halted(h, timeout, -1),
     }
 }
 
@@ -1684,8 +1495,8 @@ async fn run_with(
                 (Vec::new(), vec![err])
             }
         };
-    log(
-        tx,
+    tx.log(
+        "stderr",
         format!(
             "msfleet: benchmark: {} case(s){} from {}; {} warmup + {} measured runs each of: {}\n",
             cases.len(),
@@ -1720,8 +1531,8 @@ async fn run_with(
         };
         match fetch_baselines(&cfg.scheduler, req, BASELINE_RETRY_BUDGET, guard).await? {
             Ok(resp) => {
-                log(
-                    tx,
+                tx.log(
+                    "stderr",
                     format!(
                         "msfleet: {} stored baseline(s) for hardware profile '{}'\n",
                         resp.baselines.len(),
@@ -1731,8 +1542,8 @@ async fn run_with(
                 baselines = Baselines::from_list(resp.baselines);
             }
             Err(why) => {
-                log(
-                    tx,
+                tx.log(
+                    "stderr",
                     format!(
                         "msfleet: baselines unavailable ({why}): judging with the case files' anchors only\n"
                     ),
@@ -1748,8 +1559,8 @@ async fn run_with(
         match load_nvml().await {
             Ok(nvml) => Some(nvml),
             Err(why) => {
-                log(
-                    tx,
+                tx.log(
+                    "stderr",
                     format!("msfleet: NVML unavailable ({why}): GPU memory and throttling are not measured\n"),
                 );
                 None
@@ -1782,9 +1593,9 @@ async fn run_with(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::runner::AttemptKey;
+    use crate::attempt::AttemptKey;
     use tokio::sync::mpsc;
 
     type Rx = mpsc::UnboundedReceiver<(AttemptKey, task_update::Kind)>;
@@ -1828,14 +1639,14 @@ elif out:
         json.dump(out, f)
 "#;
 
-    struct Fixture {
+    pub(crate) struct Fixture {
         dir: tempfile::TempDir,
-        rx: Rx,
-        tx: Updates,
+        pub(crate) rx: Rx,
+        pub(crate) tx: Updates,
     }
 
     impl Fixture {
-        fn new() -> Fixture {
+        pub(crate) fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("bench.py"), SCRIPT).unwrap();
             std::fs::create_dir_all(dir.path().join("cases")).unwrap();
@@ -1848,11 +1659,11 @@ elif out:
             }
         }
 
-        fn ws(&self) -> &Path {
+        pub(crate) fn ws(&self) -> &Path {
             self.dir.path()
         }
 
-        fn case(&self, stem: &str, json: &str) {
+        pub(crate) fn case(&self, stem: &str, json: &str) {
             std::fs::write(self.ws().join("cases").join(format!("{stem}.json")), json).unwrap();
         }
 
@@ -1881,7 +1692,7 @@ elif out:
         }
     }
 
-    fn spec(reps: u32) -> BenchmarkSpec {
+    pub(crate) fn spec(reps: u32) -> BenchmarkSpec {
         BenchmarkSpec {
             command: vec!["python3".into(), "bench.py".into(), "{case}".into()],
             cases: vec!["cases".into()],
@@ -1913,7 +1724,7 @@ elif out:
             .unwrap_or_else(|| panic!("no metric {name} in {:?}", r.metrics))
     }
 
-    fn message(r: &pb::CaseResult) -> String {
+    pub(crate) fn message(r: &pb::CaseResult) -> String {
         r.explanation.clone().unwrap_or_default().message
     }
 
@@ -2562,7 +2373,8 @@ elif out:
     }
 
     /// Serves [`Stub`] on an ephemeral port: its address and the server task.
-    async fn stub_scheduler() -> (String, JoinHandle<Result<(), tonic::transport::Error>>) {
+    pub(crate) async fn stub_scheduler() -> (String, JoinHandle<Result<(), tonic::transport::Error>>)
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(
@@ -2649,126 +2461,5 @@ elif out:
         let plain = baseline_for(&c, None);
         assert_eq!(plain.baseline.map(|a| a.value), Some(2.0));
         assert!(plain.history.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_benchmark_attempt_runs_through_the_runner() {
-        let (addr, server) = stub_scheduler().await;
-        let mut f = Fixture::new();
-        f.case(
-            "fast",
-            r#"{"name": "fast", "user_input": {"time_s": 0.1}, "baseline_time_s": 0.1, "tolerance": 0.2}"#,
-        );
-        f.case("broken", "not json");
-        let work = tempfile::tempdir().unwrap();
-        let cfg = Arc::new(AgentConfig {
-            scheduler: addr,
-            name: "a".into(),
-            work_dir: work.path().to_path_buf(),
-            labels: BTreeMap::new(),
-            roots: vec![std::fs::canonicalize(f.ws()).unwrap()],
-            python: "python3".into(),
-            slots: 1,
-            kill_grace: Duration::from_secs(1),
-            npu_smi: "npu-smi".into(),
-        });
-        let a = AttemptSpec {
-            job_id: "j1".into(),
-            task_id: "t".into(),
-            attempt: 1,
-            epoch: 7,
-            spec: pb::JobSpec {
-                kind: "benchmark".into(),
-                source: Some(pb::Source {
-                    kind: Some(pb::source::Kind::Dir(f.ws().display().to_string())),
-                }),
-                benchmark: Some(spec(2)),
-                ..Default::default()
-            },
-        };
-        let (_stop_tx, stop) = watch::channel(None);
-        runner::run(cfg, a, f.tx.clone(), stop).await;
-        server.abort();
-        let mut kinds = Vec::new();
-        while let Ok((_, kind)) = f.rx.try_recv() {
-            kinds.push(kind);
-        }
-        assert!(matches!(kinds.first(), Some(task_update::Kind::Started(_))));
-        let Some(task_update::Kind::Finished(fin)) = kinds.last() else {
-            panic!("no Finished last: {kinds:?}");
-        };
-        assert_eq!(fin.outcome(), Outcome::Failed);
-        assert_eq!(fin.reason, "1 of 2 cases errored");
-        assert_eq!(fin.exit_code, 1);
-        let cases: Vec<&pb::CaseResult> = kinds
-            .iter()
-            .filter_map(|k| match k {
-                task_update::Kind::Case(c) => Some(c),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(cases.len(), 2);
-        assert_eq!(cases[0].name, "broken");
-        assert!(
-            message(cases[0]).starts_with("case broken (cases/broken.json): not valid JSON"),
-            "{}",
-            message(cases[0])
-        );
-        // The stored anchor (0.5) replaced the case file's (0.1).
-        assert_eq!(cases[1].verdict, "improvement", "{}", message(cases[1]));
-        assert_eq!(cases[1].explanation.clone().unwrap().baseline, Some(0.5));
-        let log: String = kinds
-            .iter()
-            .filter_map(|k| match k {
-                task_update::Kind::Log(l) => Some(String::from_utf8_lossy(&l.data).into_owned()),
-                _ => None,
-            })
-            .collect();
-        assert!(
-            log.contains("msfleet: benchmark: 1 case(s) and 1 malformed from cases;"),
-            "{log}"
-        );
-        assert!(
-            log.contains("1 stored baseline(s) for hardware profile 'h100'"),
-            "{log}"
-        );
-        // Nothing is left behind in the work dir's run directory.
-        let left: Vec<_> = std::fs::read_dir(work.path().join("run"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
-    }
-
-    #[test]
-    fn orphaned_benchmark_runs_are_reaped_by_their_metrics_marker() {
-        let work = tempfile::tempdir().unwrap();
-        let run = work.path().join("run");
-        std::fs::create_dir_all(&run).unwrap();
-        let metrics = run.join("9-1-bench").join("metrics-0.json");
-        let mut child = std::process::Command::new("sleep")
-            .arg("300")
-            .env("MSFLEET_METRICS", &metrics)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        std::fs::write(
-            run.join("9-1.pgid"),
-            format!("{}\n{}\n", child.id(), metrics.display()),
-        )
-        .unwrap();
-        // Right after spawn the new program's environment may not be readable yet.
-        let environ = format!("/proc/{}/environ", child.id());
-        for _ in 0..100 {
-            let env = std::fs::read(&environ).unwrap_or_default();
-            if env.windows(15).any(|w| w == b"MSFLEET_METRICS") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(runner::reap_orphans(work.path()), 1);
-        let status = child.wait().unwrap();
-        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 }
