@@ -718,24 +718,10 @@ fn series_of(runs: &[RunSample]) -> Vec<Series> {
     out
 }
 
-fn median(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn metric_summary(s: &Series) -> pb::MetricSummary {
-    let m = median(&s.samples);
+    let m = verdict::median_of(&s.samples);
     let deviations: Vec<f64> = s.samples.iter().map(|v| (v - m).abs()).collect();
-    let mad = median(&deviations);
+    let mad = verdict::median_of(&deviations);
     let robust_cv = if m != 0.0 {
         verdict::ROBUST_CV_SCALE * mad / m.abs()
     } else {
@@ -816,8 +802,8 @@ fn median_operators(runs: &[RunSample]) -> Vec<verdict::OperatorTime> {
         .filter_map(|name| {
             let (times, calls) = per.remove(&name)?;
             Some(verdict::OperatorTime {
-                total_time_s: median(&times),
-                num_calls: median(&calls).round() as u64,
+                total_time_s: verdict::median_of(&times),
+                num_calls: verdict::median_of(&calls).round() as u64,
                 name,
             })
         })
