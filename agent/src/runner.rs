@@ -465,7 +465,8 @@ async fn pump_results(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::run::tests::{message, spec, stub_scheduler, Fixture};
+    use crate::bench::baselines::tests::stub_scheduler;
+    use crate::bench::run::tests::{message, spec, Fixture};
     use msfleet_proto::{self as pb, JobSpec};
     use std::collections::BTreeMap;
     use std::process::Stdio;
