@@ -633,6 +633,18 @@ def test_param(p):
         ran
     }
 
+    /// Asserts how the attempt finished (with the attempt's log as the message).
+    #[track_caller]
+    fn assert_finished(ran: &Ran, outcome: Outcome, reason: &str) {
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (outcome, reason),
+            "{}",
+            ran.logs
+        );
+    }
+
     fn ids(ran: &Ran, outcome: &str) -> Vec<String> {
         let mut v: Vec<String> = ran
             .results
@@ -652,13 +664,7 @@ def test_param(p):
             &["-q"],
         )
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "tests failed (3 flaky)"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Failed, "tests failed (3 flaky)");
         // The main run's results, as pytest counted them; the re-runs add
         // only the flaky results (never a second passed or failed).
         assert_eq!(ids(&ran, "passed"), ["test_flaky.py::test_stable"]);
@@ -703,33 +709,17 @@ def test_param(p):
     #[tokio::test]
     async fn all_flaky_failures_make_a_passed_attempt_unless_pytest_stopped_early() {
         let ran = run_suite(&[("test_flaky.py", FLAKY_SUITE)], 1, &[]).await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Passed, "all tests passed (3 flaky)"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Passed, "all tests passed (3 flaky)");
         assert!(!ran.logs.contains("retry 2"), "{}", ran.logs);
 
         // -x: pytest stopped at the first failure, the rest never ran.
         let ran = run_suite(&[("test_flaky.py", FLAKY_SUITE)], 1, &["-x"]).await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "tests failed (1 flaky)"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Failed, "tests failed (1 flaky)");
         assert_eq!(ids(&ran, "flaky"), ["test_flaky.py::test_flaky"]);
 
         // No retries: a failure stays a failure.
         let ran = run_suite(&[("test_flaky.py", FLAKY_SUITE)], 0, &[]).await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "tests failed")
-        );
+        assert_finished(&ran, Outcome::Failed, "tests failed");
         assert!(ids(&ran, "flaky").is_empty());
         assert!(!ran.logs.contains("msfleet: retry"), "{}", ran.logs);
     }
@@ -750,13 +740,7 @@ def test_param(p):
             false,
         )
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Passed, "all tests passed (3 flaky)"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Passed, "all tests passed (3 flaky)");
         assert_eq!(
             ids(&ran, "flaky"),
             [
@@ -784,13 +768,7 @@ def test_slow_second_time():
     async fn a_retry_runs_under_the_attempts_deadline_and_can_be_cancelled() {
         let start = std::time::Instant::now();
         let ran = run_suite_with(&[("test_slow.py", SLOW_RETRY)], "", 2, &[], 3_000, false).await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::TimedOut, "timed out after 3s"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::TimedOut, "timed out after 3s");
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "{:?}",
@@ -805,13 +783,7 @@ def test_slow_second_time():
 
         let start = std::time::Instant::now();
         let ran = run_suite_with(&[("test_slow.py", SLOW_RETRY)], "", 2, &[], 60_000, true).await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Cancelled, "enough"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Cancelled, "enough");
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "{:?}",
@@ -828,13 +800,7 @@ def test_slow_second_time():
             s.collect_only = true;
         })
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Passed, "collected 5 tests"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Passed, "collected 5 tests");
         assert_eq!(
             ids(&ran, "collected"),
             [
@@ -867,25 +833,17 @@ def test_slow_second_time():
             |s| s.collect_only = true,
         )
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "interrupted: errors during collection"),
-            "{}",
-            ran.logs
+        assert_finished(
+            &ran,
+            Outcome::Failed,
+            "interrupted: errors during collection",
         );
         assert_eq!(ids(&ran, "error"), ["test_bad.py"]);
         let ran = run_suite_spec(&[("conftest.py", "")], "", 0, &[], 60_000, false, |s| {
             s.collect_only = true;
         })
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "no tests collected (pytest exit 5)"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Failed, "no tests collected (pytest exit 5)");
     }
 
     #[tokio::test]
@@ -898,13 +856,7 @@ def test_slow_second_time():
             ];
         })
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "tests failed"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Failed, "tests failed");
         assert_eq!(ids(&ran, "passed"), ["test_flaky.py::test_stable"]);
         assert_eq!(ids(&ran, "failed"), ["test_flaky.py::test_param[c[d]]"]);
         assert_eq!(ran.results.len(), 2, "{:#?}", ran.results);
