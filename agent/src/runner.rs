@@ -2,8 +2,9 @@
 //! `python -m pytest` in its own process group with the msfleet plugin, and
 //! turns what happens into task updates (started, log chunks, one result per
 //! test as it finishes, finished); a benchmark job goes to the benchmark core
-//! ([`crate::bench::run`]). Cancel and timeout send SIGTERM to the whole
-//! group, then SIGKILL after the grace period.
+//! ([`crate::bench::run`]). This is the one place that dispatches between the
+//! two. pytest runs through [`crate::process::ProcessGroup`]: cancel and timeout
+//! send SIGTERM to the whole group, then SIGKILL after the grace period.
 //!
 //! With `retry_failed = N`, the tests that failed in their call phase are run
 //! again by node id (up to N more pytest runs, in the same workspace and under
