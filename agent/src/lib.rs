@@ -2,13 +2,18 @@
 //!
 //! Code map: [`config`] (TOML + flags) -> [`probe`] + [`profile`] ->
 //! [`capabilities`] (what is reported) -> [`session`] (the scheduler link,
-//! outbox and resume) -> [`runner`] (one attempt: [`source`] checkout, pytest
-//! in its own process group, live results through the plugin socket).
+//! outbox and resume) -> [`runner`] (one attempt: [`source`] checkout, then
+//! pytest with live results through the plugin socket, or the benchmark core
+//! [`bench`](mod@bench)). Both run their commands through [`process`] (own process group,
+//! log chunks, deadline and cancel: SIGTERM, grace, SIGKILL); [`attempt`] holds
+//! the types they share (attempt identity, update sink, stop reasons, guard).
 
+pub mod attempt;
 pub mod bench;
 pub mod capabilities;
 pub mod config;
 pub mod probe;
+pub mod process;
 pub mod profile;
 pub mod runner;
 pub mod session;

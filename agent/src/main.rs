@@ -100,7 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("profile: {}", caps.profile);
         return Ok(());
     }
-    msagent::runner::reap_orphans(&cfg.work_dir);
+    msagent::process::reap_orphans(&cfg.work_dir);
     tracing::info!(
         name = %cfg.name,
         profile = %caps.profile,

@@ -2,8 +2,9 @@
 //! `python -m pytest` in its own process group with the msfleet plugin, and
 //! turns what happens into task updates (started, log chunks, one result per
 //! test as it finishes, finished); a benchmark job goes to the benchmark core
-//! ([`crate::bench::run`]). Cancel and timeout send SIGTERM to the whole
-//! group, then SIGKILL after the grace period.
+//! ([`crate::bench::run`]). This is the one place that dispatches between the
+//! two. pytest runs through [`crate::process::ProcessGroup`]: cancel and timeout
+//! send SIGTERM to the whole group, then SIGKILL after the grace period.
 //!
 //! With `retry_failed = N`, the tests that failed in their call phase are run
 //! again by node id (up to N more pytest runs, in the same workspace and under
@@ -17,21 +18,22 @@
 //! `--collect-only -q` and `MSFLEET_COLLECT=1`, and the plugin reports every
 //! item it kept with outcome `collected` (no retries apply).
 
+use crate::attempt::{
+    attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, StopReason, Updates,
+};
 use crate::config::AgentConfig;
+use crate::process::ProcessGroup;
 use crate::source;
-use msfleet_proto::{task_update, Finished, JobSpec, LogChunk, Outcome, Started, TestResult};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use msfleet_proto::{task_update, Finished, Outcome, Started, TestResult};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 mod flaky;
 use flaky::Tally;
@@ -39,50 +41,6 @@ use flaky::Tally;
 /// The agent's pytest plugin, written next to each run and put on PYTHONPATH.
 pub const PLUGIN_SOURCE: &str = include_str!("../python/msfleet_pytest_plugin.py");
 const PLUGIN_MODULE: &str = "msfleet_pytest_plugin";
-
-/// Why a running attempt is being stopped from outside.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopReason {
-    Cancelled(String),
-    /// The scheduler no longer recognises the attempt: stop and report nothing.
-    Abandoned,
-    /// The agent is shutting down.
-    Shutdown,
-}
-
-/// One attempt to run.
-#[derive(Debug, Clone)]
-pub struct AttemptSpec {
-    pub job_id: String,
-    pub task_id: String,
-    pub attempt: u32,
-    /// The lease's fencing epoch (calls about the attempt carry it).
-    pub epoch: u64,
-    pub spec: JobSpec,
-}
-
-/// Identifies an attempt on this agent: (task id, attempt number).
-pub type AttemptKey = (String, u32);
-
-/// Sink for one attempt's updates; the session numbers and sends them.
-#[derive(Clone)]
-pub struct Updates {
-    key: AttemptKey,
-    tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
-}
-
-impl Updates {
-    pub fn new(
-        key: AttemptKey,
-        tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
-    ) -> Self {
-        Updates { key, tx }
-    }
-
-    pub fn send(&self, kind: task_update::Kind) {
-        let _ = self.tx.send((self.key.clone(), kind));
-    }
-}
 
 /// Runs the attempt to the end and reports `Finished` last (unless abandoned).
 pub async fn run(
@@ -99,19 +57,6 @@ pub async fn run(
     }
 }
 
-/// Wall-clock limit of one attempt (the scheduler fills in its default).
-pub(crate) fn attempt_timeout(spec: &JobSpec) -> Duration {
-    Duration::from_millis(spec.timeout_ms.unwrap_or(3_600_000).max(1) as u64)
-}
-
-fn finished(outcome: Outcome, reason: impl Into<String>, exit_code: i32) -> Option<Finished> {
-    Some(Finished {
-        outcome: outcome as i32,
-        reason: reason.into(),
-        exit_code,
-    })
-}
-
 async fn run_inner(
     cfg: &AgentConfig,
     a: &AttemptSpec,
@@ -124,7 +69,7 @@ async fn run_inner(
         Err(e) => return finished(Outcome::Error, e.to_string(), -1),
     };
     if let Some(c) = &ws.commit {
-        log(tx, "stderr", format!("msfleet: checked out {c}\n"));
+        tx.log("stderr", format!("msfleet: checked out {c}\n"));
     }
     if a.spec.kind == "benchmark" {
         let f = crate::bench::run::run(cfg, a, &slot, &ws.dir, tx, &mut stop).await;
@@ -137,13 +82,6 @@ async fn run_inner(
         Ok(f) => f,
         Err(e) => finished(Outcome::Error, format!("could not run pytest: {e}"), -1),
     }
-}
-
-fn log(tx: &Updates, stream: &str, text: String) {
-    tx.send(task_update::Kind::Log(LogChunk {
-        stream: stream.into(),
-        data: text.into_bytes(),
-    }));
 }
 
 /// One line the plugin sends.
@@ -168,13 +106,11 @@ struct PluginMessage {
     collected: Option<u64>,
 }
 
-/// What stopped a run from outside: `Err(())` = the attempt's deadline passed.
-type Stopped = Option<Result<StopReason, ()>>;
-
 /// How one pytest run ended.
 struct RunEnd {
     status: ExitStatus,
-    stopped: Stopped,
+    /// Set when the attempt was stopped or timed out during the run.
+    stopped: Option<Halt>,
     tally: Tally,
 }
 
@@ -188,7 +124,6 @@ struct PytestRun<'a> {
     pythonpath: std::ffi::OsString,
     tx: &'a Updates,
     timeout: Duration,
-    deadline: tokio::time::Instant,
 }
 
 async fn run_pytest(
@@ -237,9 +172,9 @@ async fn run_pytest(
         pythonpath,
         tx,
         timeout,
-        // One deadline for the whole attempt, re-runs included.
-        deadline: tokio::time::Instant::now() + timeout,
     };
+    // One deadline for the whole attempt, re-runs included.
+    let mut guard = Guard::new(tokio::time::Instant::now() + timeout, stop);
 
     let mut args: Vec<String> = vec![format!(
         "--junitxml={}",
@@ -264,7 +199,13 @@ async fn run_pytest(
         Some(path)
     };
     let main = run
-        .once(&format!("{slot}.sock"), &args, &extra_env, false, stop)
+        .once(
+            &format!("{slot}.sock"),
+            &args,
+            &extra_env,
+            false,
+            &mut guard,
+        )
         .await;
     if let Some(p) = &select_file {
         let _ = tokio::fs::remove_file(p).await;
@@ -274,8 +215,8 @@ async fn run_pytest(
         Err(f) => return Ok(Some(f)),
     };
     let code = main.status.code().unwrap_or(-1);
-    if main.stopped.is_some() {
-        return Ok(run.stopped_outcome(main.stopped, code));
+    if let Some(h) = main.stopped {
+        return Ok(halted(h, run.timeout, code));
     }
     if collect_only {
         let (outcome, reason) = classify_collect(main.status, &main.tally);
@@ -298,16 +239,11 @@ async fn run_pytest(
             break;
         }
         // A stop or the deadline that came between two runs.
-        let now_stopped = stop.borrow_and_update().clone();
-        if let Some(why) = now_stopped {
-            return Ok(run.stopped_outcome(Some(Ok(why)), code));
-        }
-        if tokio::time::Instant::now() >= run.deadline {
-            return Ok(run.stopped_outcome(Some(Err(())), code));
+        if let Some(h) = guard.check() {
+            return Ok(halted(h, run.timeout, code));
         }
         let k = pending.len();
-        log(
-            tx,
+        tx.log(
             "stderr",
             format!(
                 "msfleet: retry {r} of {retries}: {k} failed test{}\n",
@@ -317,17 +253,17 @@ async fn run_pytest(
         let mut rargs = keep.clone();
         rargs.extend(pending.iter().map(|id| flaky::retry_arg(dir, id)));
         let end = match run
-            .once(&format!("{slot}-r{r}.sock"), &rargs, &[], true, stop)
+            .once(&format!("{slot}-r{r}.sock"), &rargs, &[], true, &mut guard)
             .await?
         {
             Ok(end) => end,
             Err(f) => {
-                log(tx, "stderr", format!("msfleet: retry {r}: {}\n", f.reason));
+                tx.log("stderr", format!("msfleet: retry {r}: {}\n", f.reason));
                 break;
             }
         };
-        if end.stopped.is_some() {
-            return Ok(run.stopped_outcome(end.stopped, end.status.code().unwrap_or(-1)));
+        if let Some(h) = end.stopped {
+            return Ok(halted(h, run.timeout, end.status.code().unwrap_or(-1)));
         }
         pending.retain(|nodeid| {
             let Some((duration_s, markers)) = end.tally.passed_on_retry(nodeid) else {
@@ -362,7 +298,7 @@ impl PytestRun<'_> {
         args: &[String],
         extra_env: &[(&str, std::ffi::OsString)],
         rerun: bool,
-        stop: &mut watch::Receiver<Option<StopReason>>,
+        guard: &mut Guard<'_>,
     ) -> std::io::Result<Result<RunEnd, Finished>> {
         let (cfg, a, tx) = (self.cfg, self.a, self.tx);
         let sock_path = self.run_dir.join(sock_name);
@@ -384,13 +320,9 @@ impl PytestRun<'_> {
             .env("MSFLEET_JOB_ID", &a.job_id)
             .env("MSFLEET_TASK_ID", &a.task_id)
             .env("MSFLEET_ATTEMPT", a.attempt.to_string())
-            .envs(extra_env.iter().map(|(k, v)| (*k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
+            .envs(extra_env.iter().map(|(k, v)| (*k, v)));
+        let mut group = match ProcessGroup::spawn(&mut cmd) {
+            Ok(g) => g,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&sock_path).await;
                 return Ok(Err(Finished {
@@ -400,24 +332,12 @@ impl PytestRun<'_> {
                 }));
             }
         };
-        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
         // Recorded so that an agent restarted after a crash can kill what is left.
-        let pgid_file = self.run_dir.join(format!("{}.pgid", self.slot));
-        if let Some(pg) = pgid {
-            tokio::fs::write(
-                &pgid_file,
-                format!("{}\n{}\n", pg.as_raw(), sock_path.display()),
-            )
+        group
+            .record(self.run_dir.join(format!("{}.pgid", self.slot)), &sock_path)
             .await?;
-        }
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let mut readers = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            readers.push(tokio::spawn(pump_log(out, "stdout", tx.clone())));
-        }
-        if let Some(err) = child.stderr.take() {
-            readers.push(tokio::spawn(pump_log(err, "stderr", tx.clone())));
-        }
+        let running = group.start(tx, None);
         let connected = Arc::new(AtomicBool::new(false));
         let results = tokio::spawn(pump_results(
             listener,
@@ -426,32 +346,8 @@ impl PytestRun<'_> {
             connected.clone(),
         ));
 
-        let deadline = tokio::time::sleep_until(self.deadline);
-        tokio::pin!(deadline);
-        let mut stopped: Stopped = None;
-        let status = loop {
-            tokio::select! {
-                st = child.wait() => break st?,
-                _ = &mut deadline, if stopped.is_none() => {
-                    stopped = Some(Err(()));
-                    break terminate(&mut child, pgid, cfg.kill_grace).await?;
-                }
-                changed = stop.changed(), if stopped.is_none() => {
-                    let reason = if changed.is_err() { Some(StopReason::Shutdown) } else { stop.borrow().clone() };
-                    if let Some(r) = reason {
-                        stopped = Some(Ok(r));
-                        break terminate(&mut child, pgid, cfg.kill_grace).await?;
-                    }
-                }
-            }
-        };
-        // Whatever the test process left behind in its group goes too.
-        if let Some(pg) = pgid {
-            let _ = killpg(pg, Signal::SIGKILL);
-        }
-        for r in readers {
-            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
-        }
+        let mut exited = running.wait(guard, cfg.kill_grace).await;
+        exited.drain().await;
         // A connection may still sit in the backlog; if none comes, pytest exited
         // before loading the plugin.
         let wait = if connected.load(Ordering::Acquire) {
@@ -467,32 +363,13 @@ impl PytestRun<'_> {
             results.abort();
         }
         let _ = tokio::fs::remove_file(&sock_path).await;
-        let _ = tokio::fs::remove_file(&pgid_file).await;
+        let status = exited.reaped?.status;
         let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(Ok(RunEnd {
             status,
-            stopped,
+            stopped: exited.halted,
             tally,
         }))
-    }
-
-    /// The outcome of an attempt stopped from outside (None: abandoned).
-    fn stopped_outcome(&self, stopped: Stopped, code: i32) -> Option<Finished> {
-        match stopped? {
-            Err(()) => finished(
-                Outcome::TimedOut,
-                format!(
-                    "timed out after {}",
-                    humantime::format_duration(self.timeout)
-                ),
-                code,
-            ),
-            Ok(StopReason::Cancelled(why)) => finished(Outcome::Cancelled, why, code),
-            Ok(StopReason::Abandoned) => None,
-            Ok(StopReason::Shutdown) => {
-                finished(Outcome::Requeue, "the agent is shutting down", code)
-            }
-        }
     }
 }
 
@@ -532,41 +409,6 @@ fn classify_collect(status: ExitStatus, tally: &Tally) -> (Outcome, String) {
         );
     }
     classify(status, tally.errors)
-}
-
-/// SIGTERM to the group, SIGKILL after `grace` if the main process is still there.
-async fn terminate(
-    child: &mut tokio::process::Child,
-    pgid: Option<Pid>,
-    grace: Duration,
-) -> std::io::Result<ExitStatus> {
-    if let Some(pg) = pgid {
-        let _ = killpg(pg, Signal::SIGTERM);
-    }
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(st) => st,
-        Err(_) => {
-            if let Some(pg) = pgid {
-                let _ = killpg(pg, Signal::SIGKILL);
-            }
-            child.wait().await
-        }
-    }
-}
-
-async fn pump_log(mut r: impl AsyncRead + Unpin, stream: &'static str, tx: Updates) {
-    let mut buf = vec![0u8; msfleet_proto::MAX_LOG_CHUNK];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                tx.send(task_update::Kind::Log(LogChunk {
-                    stream: stream.into(),
-                    data: buf[..n].to_vec(),
-                }));
-            }
-        }
-    }
 }
 
 /// Reads the plugin's lines: every test result is tallied and, with `tx`,
@@ -621,74 +463,15 @@ async fn pump_results(
     }
 }
 
-/// Kills the process groups of test runs that a previous agent process left
-/// behind (it was killed before it could stop them). A group is killed only
-/// when it is certainly ours: its leader is gone (a live group keeps its id
-/// from being reused) or the leader still carries our result-socket path
-/// (pytest) or metrics-file path (benchmark runs), the file's second line.
-pub fn reap_orphans(work_dir: &Path) -> usize {
-    let run_dir = work_dir.join("run");
-    let Ok(entries) = std::fs::read_dir(&run_dir) else {
-        return 0;
-    };
-    let mut killed = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("pgid") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut lines = text.lines();
-        let pgid = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
-        let sock = lines.next().unwrap_or("").to_string();
-        if let Some(pg) = pgid.filter(|p| *p > 1) {
-            let leader = Path::new("/proc").join(pg.to_string());
-            let ours = if leader.exists() {
-                let markers = [
-                    format!("MSFLEET_RESULT_SOCKET={sock}"),
-                    format!("MSFLEET_METRICS={sock}"),
-                ];
-                std::fs::read(leader.join("environ"))
-                    .map(|env| {
-                        env.split(|b| *b == 0)
-                            .any(|kv| markers.iter().any(|m| kv == m.as_bytes()))
-                    })
-                    .unwrap_or(false)
-            } else {
-                true
-            };
-            if ours && killpg(Pid::from_raw(pg), Signal::SIGKILL).is_ok() {
-                tracing::warn!(
-                    pgid = pg,
-                    "killed a test process group left by a previous agent"
-                );
-                killed += 1;
-            }
-        }
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_file(sock);
-    }
-    killed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
-
-    fn spawn_group(marker: Option<&str>) -> std::process::Child {
-        let mut cmd = std::process::Command::new("sleep");
-        cmd.arg("300").process_group(0);
-        if let Some(m) = marker {
-            cmd.env("MSFLEET_RESULT_SOCKET", m);
-        }
-        cmd.spawn().unwrap()
-    }
-
-    fn alive(child: &mut std::process::Child) -> bool {
-        std::thread::sleep(Duration::from_millis(100));
-        child.try_wait().unwrap().is_none()
-    }
+    use crate::bench::baselines::tests::stub_scheduler;
+    use crate::bench::run::tests::{message, spec, Fixture};
+    use msfleet_proto::{self as pb, JobSpec};
+    use std::collections::BTreeMap;
+    use std::process::Stdio;
+    use tokio::sync::mpsc;
 
     /// `$MSFLEET_PYTHON`, else the repository's `.venv` (`scripts/venv.sh`).
     fn python_with_pytest() -> std::path::PathBuf {
@@ -851,6 +634,18 @@ def test_param(p):
         ran
     }
 
+    /// Asserts how the attempt finished (with the attempt's log as the message).
+    #[track_caller]
+    fn assert_finished(ran: &Ran, outcome: Outcome, reason: &str) {
+        let f = ran.finished.as_ref().expect("finished");
+        assert_eq!(
+            (f.outcome(), f.reason.as_str()),
+            (outcome, reason),
+            "{}",
+            ran.logs
+        );
+    }
+
     fn ids(ran: &Ran, outcome: &str) -> Vec<String> {
         let mut v: Vec<String> = ran
             .results
@@ -870,13 +665,7 @@ def test_param(p):
             &["-q"],
         )
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "tests failed (3 flaky)"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Failed, "tests failed (3 flaky)");
         // The main run's results, as pytest counted them; the re-runs add
         // only the flaky results (never a second passed or failed).
         assert_eq!(ids(&ran, "passed"), ["test_flaky.py::test_stable"]);
@@ -921,33 +710,17 @@ def test_param(p):
     #[tokio::test]
     async fn all_flaky_failures_make_a_passed_attempt_unless_pytest_stopped_early() {
         let ran = run_suite(&[("test_flaky.py", FLAKY_SUITE)], 1, &[]).await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Passed, "all tests passed (3 flaky)"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Passed, "all tests passed (3 flaky)");
         assert!(!ran.logs.contains("retry 2"), "{}", ran.logs);
 
         // -x: pytest stopped at the first failure, the rest never ran.
         let ran = run_suite(&[("test_flaky.py", FLAKY_SUITE)], 1, &["-x"]).await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "tests failed (1 flaky)"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Failed, "tests failed (1 flaky)");
         assert_eq!(ids(&ran, "flaky"), ["test_flaky.py::test_flaky"]);
 
         // No retries: a failure stays a failure.
         let ran = run_suite(&[("test_flaky.py", FLAKY_SUITE)], 0, &[]).await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "tests failed")
-        );
+        assert_finished(&ran, Outcome::Failed, "tests failed");
         assert!(ids(&ran, "flaky").is_empty());
         assert!(!ran.logs.contains("msfleet: retry"), "{}", ran.logs);
     }
@@ -968,13 +741,7 @@ def test_param(p):
             false,
         )
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Passed, "all tests passed (3 flaky)"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Passed, "all tests passed (3 flaky)");
         assert_eq!(
             ids(&ran, "flaky"),
             [
@@ -1002,13 +769,7 @@ def test_slow_second_time():
     async fn a_retry_runs_under_the_attempts_deadline_and_can_be_cancelled() {
         let start = std::time::Instant::now();
         let ran = run_suite_with(&[("test_slow.py", SLOW_RETRY)], "", 2, &[], 3_000, false).await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::TimedOut, "timed out after 3s"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::TimedOut, "timed out after 3s");
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "{:?}",
@@ -1023,13 +784,7 @@ def test_slow_second_time():
 
         let start = std::time::Instant::now();
         let ran = run_suite_with(&[("test_slow.py", SLOW_RETRY)], "", 2, &[], 60_000, true).await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Cancelled, "enough"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Cancelled, "enough");
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "{:?}",
@@ -1046,13 +801,7 @@ def test_slow_second_time():
             s.collect_only = true;
         })
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Passed, "collected 5 tests"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Passed, "collected 5 tests");
         assert_eq!(
             ids(&ran, "collected"),
             [
@@ -1085,25 +834,17 @@ def test_slow_second_time():
             |s| s.collect_only = true,
         )
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "interrupted: errors during collection"),
-            "{}",
-            ran.logs
+        assert_finished(
+            &ran,
+            Outcome::Failed,
+            "interrupted: errors during collection",
         );
         assert_eq!(ids(&ran, "error"), ["test_bad.py"]);
         let ran = run_suite_spec(&[("conftest.py", "")], "", 0, &[], 60_000, false, |s| {
             s.collect_only = true;
         })
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "no tests collected (pytest exit 5)"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Failed, "no tests collected (pytest exit 5)");
     }
 
     #[tokio::test]
@@ -1116,54 +857,100 @@ def test_slow_second_time():
             ];
         })
         .await;
-        let f = ran.finished.as_ref().expect("finished");
-        assert_eq!(
-            (f.outcome(), f.reason.as_str()),
-            (Outcome::Failed, "tests failed"),
-            "{}",
-            ran.logs
-        );
+        assert_finished(&ran, Outcome::Failed, "tests failed");
         assert_eq!(ids(&ran, "passed"), ["test_flaky.py::test_stable"]);
         assert_eq!(ids(&ran, "failed"), ["test_flaky.py::test_param[c[d]]"]);
         assert_eq!(ran.results.len(), 2, "{:#?}", ran.results);
         assert!(ran.logs.contains("3 deselected"), "{}", ran.logs);
     }
 
-    #[test]
-    fn reaps_only_groups_that_carry_our_marker() {
+    #[tokio::test]
+    async fn a_benchmark_attempt_runs_through_the_runner() {
+        let (addr, server) = stub_scheduler().await;
+        let mut f = Fixture::new();
+        f.case(
+            "fast",
+            r#"{"name": "fast", "user_input": {"time_s": 0.1}, "baseline_time_s": 0.1, "tolerance": 0.2}"#,
+        );
+        f.case("broken", "not json");
         let work = tempfile::tempdir().unwrap();
-        let run = work.path().join("run");
-        std::fs::create_dir_all(&run).unwrap();
-        let sock = run.join("7-1.sock");
-        let mut ours = spawn_group(Some(&sock.display().to_string()));
-        let mut stranger = spawn_group(None);
-        // Until the child has exec'd, /proc shows the parent's environment.
-        for child in [&ours, &stranger] {
-            let exe = format!("/proc/{}/cmdline", child.id());
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while !std::fs::read(&exe)
-                .unwrap_or_default()
-                .starts_with(b"sleep")
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        let cfg = Arc::new(AgentConfig {
+            scheduler: addr,
+            name: "a".into(),
+            work_dir: work.path().to_path_buf(),
+            labels: BTreeMap::new(),
+            roots: vec![std::fs::canonicalize(f.ws()).unwrap()],
+            python: "python3".into(),
+            slots: 1,
+            kill_grace: Duration::from_secs(1),
+            npu_smi: "npu-smi".into(),
+        });
+        let a = AttemptSpec {
+            job_id: "j1".into(),
+            task_id: "t".into(),
+            attempt: 1,
+            epoch: 7,
+            spec: pb::JobSpec {
+                kind: "benchmark".into(),
+                source: Some(pb::Source {
+                    kind: Some(pb::source::Kind::Dir(f.ws().display().to_string())),
+                }),
+                benchmark: Some(spec(2)),
+                ..Default::default()
+            },
+        };
+        let (_stop_tx, stop) = watch::channel(None);
+        run(cfg, a, f.tx.clone(), stop).await;
+        server.abort();
+        let mut kinds = Vec::new();
+        while let Ok((_, kind)) = f.rx.try_recv() {
+            kinds.push(kind);
         }
-        std::fs::write(
-            run.join("7-1.pgid"),
-            format!("{}\n{}\n", ours.id(), sock.display()),
-        )
-        .unwrap();
-        std::fs::write(
-            run.join("8-1.pgid"),
-            format!("{}\n{}\n", stranger.id(), run.join("8-1.sock").display()),
-        )
-        .unwrap();
-        assert_eq!(reap_orphans(work.path()), 1);
-        assert!(!alive(&mut ours), "our orphaned group must be killed");
-        assert!(alive(&mut stranger), "a reused pid must not be killed");
-        assert!(!run.join("7-1.pgid").exists());
-        stranger.kill().unwrap();
-        let _ = stranger.wait();
+        assert!(matches!(kinds.first(), Some(task_update::Kind::Started(_))));
+        let Some(task_update::Kind::Finished(fin)) = kinds.last() else {
+            panic!("no Finished last: {kinds:?}");
+        };
+        assert_eq!(fin.outcome(), Outcome::Failed);
+        assert_eq!(fin.reason, "1 of 2 cases errored");
+        assert_eq!(fin.exit_code, 1);
+        let cases: Vec<&pb::CaseResult> = kinds
+            .iter()
+            .filter_map(|k| match k {
+                task_update::Kind::Case(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cases.len(), 2);
+        assert_eq!(cases[0].name, "broken");
+        assert!(
+            message(cases[0]).starts_with("case broken (cases/broken.json): not valid JSON"),
+            "{}",
+            message(cases[0])
+        );
+        // The stored anchor (0.5) replaced the case file's (0.1).
+        assert_eq!(cases[1].verdict, "improvement", "{}", message(cases[1]));
+        assert_eq!(cases[1].explanation.clone().unwrap().baseline, Some(0.5));
+        let log: String = kinds
+            .iter()
+            .filter_map(|k| match k {
+                task_update::Kind::Log(l) => Some(String::from_utf8_lossy(&l.data).into_owned()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            log.contains("msfleet: benchmark: 1 case(s) and 1 malformed from cases;"),
+            "{log}"
+        );
+        assert!(
+            log.contains("1 stored baseline(s) for hardware profile 'h100'"),
+            "{log}"
+        );
+        // Nothing is left behind in the work dir's run directory.
+        let left: Vec<_> = std::fs::read_dir(work.path().join("run"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

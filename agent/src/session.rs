@@ -8,8 +8,9 @@
 //! resends their outboxes in order; the scheduler applies each (attempt, seq)
 //! once. Attempts the scheduler no longer recognises are stopped and dropped.
 
+use crate::attempt::{AttemptKey, AttemptSpec, StopReason, Updates};
 use crate::config::AgentConfig;
-use crate::runner::{self, AttemptKey, AttemptSpec, StopReason, Updates};
+use crate::runner;
 use msfleet_proto::agent_link_client::AgentLinkClient;
 use msfleet_proto::{
     agent_message, scheduler_message, task_update, AgentMessage, AttemptRef, Capabilities,

@@ -1,8 +1,8 @@
 //! Runs one attempt of a benchmark job.
 //!
 //! Every case file named by the job is run `warmup + repetitions` times in the job's workspace,
-//! each run a fresh process in its own process group, reaped with `wait4` so that its resource
-//! usage is exactly that of the run. Each measured run yields
+//! each run a fresh process in its own process group ([`crate::process::ProcessGroup`]), reaped
+//! with `wait4` so that its resource usage is exactly that of the run. Each measured run yields
 //!
 //! * **measured** metrics, by the agent: `wall_time_s`, `cpu_time_s` (user + system),
 //!   `peak_rss_bytes`, and on NVIDIA hosts `gpu_memory_peak_bytes` and `gpu_throttle_reasons`
@@ -17,41 +17,36 @@
 //! not) with [`verdict::confirm`]. One `CaseResult` per case is sent as soon as the case is done.
 //!
 //! [`run`] is the attempt (spec, case loading, baselines from the scheduler, outcome); [`Bench`]
-//! runs loaded cases against given baselines and needs no scheduler.
+//! runs loaded cases against given baselines and needs no scheduler. The metrics are parsed and
+//! summarized in [`super::metrics`], sampled from NVML in [`super::gpu`], and judged into a
+//! `CaseResult` in [`super::judge`].
 
-use super::verdict::{self, Direction, Judgement, OperatorReport, Rules, Verdict};
+use super::baselines::{fetch_baselines, Baselines, BASELINE_RETRY_BUDGET};
+use super::cases::{load_cases, BenchError, LoadedCase, Plan};
+use super::gpu::{load_nvml, throttle_names, GpuPeak, GpuWatch};
+use super::judge::{case_error_result, error_result, explanation, judge_runs, summary_line, Tally};
+use super::metrics::{
+    metric_summary, parse_reported, series_of, Reported, RunSample, CPU_TIME, GPU_MEMORY_PEAK,
+    GPU_THROTTLE, PEAK_RSS,
+};
+use super::verdict::{self, Verdict};
+use crate::attempt::{
+    attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, StopReason, Updates,
+};
 use crate::config::AgentConfig;
-use crate::runner::{self, AttemptSpec, StopReason, Updates};
-use msfleet_proto::bench::{self as pbench, Extract, TOTAL_TIME, WALL_TIME};
-use msfleet_proto::case::{self, Case, CaseError};
-use msfleet_proto::{self as pb, task_update, BenchmarkSpec, Finished, LogChunk, Outcome};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use nvml_wrapper::bitmasks::device::ThrottleReasons;
-use nvml_wrapper::enums::device::UsedGpuMemory;
+use crate::process::{OutputHook, ProcessGroup};
+use msfleet_proto::bench::WALL_TIME;
+use msfleet_proto::case::CaseError;
+use msfleet_proto::{self as pb, task_update, Finished, Outcome};
+use nix::sys::signal::Signal;
 use nvml_wrapper::Nvml;
-use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::fd::OwnedFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
-/// Measured by the agent: user + system CPU time of the run's process tree.
-pub const CPU_TIME: &str = "cpu_time_s";
-/// Measured by the agent: peak resident set size of the run (its largest process).
-pub const PEAK_RSS: &str = "peak_rss_bytes";
-/// Measured through NVML: peak GPU memory used by the run's processes.
-pub const GPU_MEMORY_PEAK: &str = "gpu_memory_peak_bytes";
-/// Measured through NVML: NVML clock throttle reason bits seen during the run (GPU idle excluded).
-pub const GPU_THROTTLE: &str = "gpu_throttle_reasons";
 
 /// Output of one run kept in memory for the extractors (the newest part).
 pub const OUTPUT_CAP: usize = 4 * 1024 * 1024;
@@ -59,433 +54,6 @@ pub const OUTPUT_CAP: usize = 4 * 1024 * 1024;
 const STDERR_TAIL_CAP: usize = 16 * 1024;
 /// Lines of stderr quoted when a run fails.
 const STDERR_TAIL_LINES: usize = 10;
-/// How often NVML is sampled during a run.
-const GPU_SAMPLE_EVERY: Duration = Duration::from_millis(50);
-/// How long the agent keeps asking the scheduler for baselines before it judges without them.
-pub const BASELINE_RETRY_BUDGET: Duration = Duration::from_secs(30);
-/// How long the output readers may lag behind the end of a run.
-const READER_DRAIN: Duration = Duration::from_secs(5);
-
-/// Why a benchmark attempt cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    #[error("invalid benchmark spec: {0}")]
-    Spec(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-}
-
-// ---------------------------------------------------------------- plan and cases
-
-/// A benchmark spec with its defaults filled in and its extractors compiled.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    /// argv template: `{case}` = the case file's absolute path, `{name}` = the case's name.
-    pub command: Vec<String>,
-    /// Case directories or files, relative to the workspace.
-    pub cases: Vec<String>,
-    pub warmup: u32,
-    pub repetitions: u32,
-    /// The job's primary metric, when it names one.
-    pub metric: Option<String>,
-    pub extractors: Vec<Extract>,
-}
-
-impl Plan {
-    pub fn new(spec: &BenchmarkSpec) -> Result<Plan, BenchError> {
-        let mut spec = spec.clone();
-        pbench::validate(&mut spec).map_err(BenchError::Spec)?;
-        let extractors = spec
-            .extractors
-            .iter()
-            .map(Extract::compile)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(BenchError::Spec)?;
-        let metric = Some(spec.metric.trim().to_string()).filter(|m| !m.is_empty());
-        Ok(Plan {
-            command: spec.command,
-            cases: spec.cases,
-            warmup: spec.warmup.unwrap_or(pbench::DEFAULT_WARMUP),
-            repetitions: spec.repetitions.unwrap_or(pbench::DEFAULT_REPETITIONS),
-            metric,
-            extractors,
-        })
-    }
-}
-
-/// A case file that loaded.
-#[derive(Debug, Clone)]
-pub struct LoadedCase {
-    /// Absolute path of the case file (what `{case}` becomes).
-    pub path: PathBuf,
-    /// Path relative to the workspace (what results show).
-    pub file: String,
-    pub case: Case,
-    pub input_hash: String,
-}
-
-/// Loads the case files `entries` (directories or files, relative to `workspace`). Files that
-/// cannot be loaded, and a second file with an already used case name, come back as errors
-/// whose `file` is relative to the workspace. Blocking (file system).
-pub fn load_cases(workspace: &Path, entries: &[String]) -> (Vec<LoadedCase>, Vec<CaseError>) {
-    let rel = |p: &Path| p.strip_prefix(workspace).unwrap_or(p).to_path_buf();
-    let mut cases = Vec::new();
-    let mut errors = Vec::new();
-    let mut seen_files: HashSet<PathBuf> = HashSet::new();
-    let mut names: HashMap<String, String> = HashMap::new();
-    for entry in entries {
-        if Path::new(entry).is_absolute() {
-            errors.push(CaseError {
-                case: entry.clone(),
-                file: PathBuf::from(entry),
-                reason: "case paths are relative to the workspace".into(),
-            });
-            continue;
-        }
-        let path = workspace.join(entry);
-        let (loaded, failed) = if path.is_dir() {
-            case::load_dir(&path)
-        } else {
-            case::load_files(std::slice::from_ref(&path))
-        };
-        for mut e in failed {
-            e.file = rel(&e.file);
-            if seen_files.insert(e.file.clone()) {
-                errors.push(e);
-            }
-        }
-        for (p, c) in loaded {
-            let file = rel(&p);
-            if !seen_files.insert(file.clone()) {
-                continue;
-            }
-            let file_txt = file.display().to_string();
-            if let Some(other) = names.get(&c.name) {
-                errors.push(CaseError {
-                    case: p
-                        .file_stem()
-                        .map_or_else(|| c.name.clone(), |s| s.to_string_lossy().into_owned()),
-                    file,
-                    reason: format!("case name '{}' is already used by {other}", c.name),
-                });
-                continue;
-            }
-            names.insert(c.name.clone(), file_txt.clone());
-            cases.push(LoadedCase {
-                path: workspace.join(&file),
-                file: file_txt,
-                input_hash: c.input_hash(),
-                case: c,
-            });
-        }
-    }
-    (cases, errors)
-}
-
-// ---------------------------------------------------------------- stop and timeout
-
-/// Why the attempt stops before its cases are done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Halt {
-    TimedOut,
-    Stop(StopReason),
-}
-
-/// The attempt's deadline and its stop signal, watched while anything runs.
-pub struct Guard<'a> {
-    deadline: tokio::time::Instant,
-    stop: &'a mut watch::Receiver<Option<StopReason>>,
-    halted: Option<Halt>,
-}
-
-impl<'a> Guard<'a> {
-    pub fn new(
-        deadline: tokio::time::Instant,
-        stop: &'a mut watch::Receiver<Option<StopReason>>,
-    ) -> Self {
-        Guard {
-            deadline,
-            stop,
-            halted: None,
-        }
-    }
-
-    /// Resolves when the attempt must stop (at once, once it has). Cancel-safe.
-    pub async fn wait(&mut self) -> Halt {
-        if let Some(h) = &self.halted {
-            return h.clone();
-        }
-        let now = self.stop.borrow_and_update().clone();
-        if let Some(r) = now {
-            return self.set(Halt::Stop(r));
-        }
-        let halt = loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(self.deadline) => break Halt::TimedOut,
-                changed = self.stop.changed() => {
-                    if changed.is_err() {
-                        break Halt::Stop(StopReason::Shutdown);
-                    }
-                    let now = self.stop.borrow_and_update().clone();
-                    if let Some(r) = now {
-                        break Halt::Stop(r);
-                    }
-                }
-            }
-        };
-        self.set(halt)
-    }
-
-    fn set(&mut self, h: Halt) -> Halt {
-        self.halted = Some(h.clone());
-        h
-    }
-}
-
-// ---------------------------------------------------------------- baselines
-
-/// Baselines of this agent's profile for the attempt's cases.
-#[derive(Debug, Clone, Default)]
-pub struct Baselines {
-    /// By (case name, input hash); one entry per metric.
-    pub by_case: HashMap<(String, String), Vec<pb::Baseline>>,
-    /// Set when the scheduler could not be asked: said in every explanation.
-    pub unavailable: Option<String>,
-}
-
-impl Baselines {
-    pub fn from_list(list: Vec<pb::Baseline>) -> Baselines {
-        let mut by_case: HashMap<(String, String), Vec<pb::Baseline>> = HashMap::new();
-        for b in list {
-            let Some(k) = &b.key else { continue };
-            by_case
-                .entry((k.case.clone(), k.input_hash.clone()))
-                .or_default()
-                .push(b);
-        }
-        Baselines {
-            by_case,
-            unavailable: None,
-        }
-    }
-
-    fn find(&self, lc: &LoadedCase, metric: &str) -> Option<&pb::Baseline> {
-        self.by_case
-            .get(&(lc.case.name.clone(), lc.input_hash.clone()))?
-            .iter()
-            .find(|b| b.key.as_ref().is_some_and(|k| k.metric == metric))
-    }
-}
-
-/// The verdict inputs of a case's primary metric: the case file's anchors, with the stored
-/// anchor (accepted with `msctl baseline accept`) in place of `baseline_time_s`, and the stored
-/// history of accepted runs.
-pub fn baseline_for(c: &Case, stored: Option<&pb::Baseline>) -> verdict::Baseline {
-    let anchor = |a: &case::Anchor| verdict::Anchor {
-        value: a.time_s,
-        tolerance: a.tolerance,
-    };
-    let stored_anchor = stored
-        .and_then(|b| b.anchor)
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .map(|value| verdict::Anchor {
-            value,
-            tolerance: c.baseline_tolerance,
-        });
-    let history = stored.map_or(&[][..], |b| {
-        &b.history[b.history.len().saturating_sub(verdict::DEFAULT_K_WINDOW)..]
-    });
-    verdict::Baseline {
-        initial: c.initial.as_ref().map(anchor),
-        baseline: stored_anchor.or_else(|| c.baseline.as_ref().map(anchor)),
-        history: history.iter().map(|r| r.median).collect(),
-        history_ids: history.iter().map(|r| r.job_id.clone()).collect(),
-    }
-}
-
-/// Why one GetBaselines call failed.
-enum FetchError {
-    /// Worth another try (scheduler down or restarting).
-    Transient(String),
-    Final(String),
-}
-
-async fn get_baselines_once(
-    addr: &str,
-    req: pb::GetBaselinesRequest,
-) -> Result<pb::GetBaselinesResponse, FetchError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .map_err(|e| FetchError::Final(format!("bad scheduler address '{addr}': {e}")))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| FetchError::Transient(format!("connecting to {addr}: {e}")))?;
-    let mut client = pb::agent_link_client::AgentLinkClient::new(channel)
-        .max_decoding_message_size(pb::MAX_MESSAGE)
-        .max_encoding_message_size(pb::MAX_MESSAGE);
-    let mut request = tonic::Request::new(req);
-    request.set_timeout(Duration::from_secs(10));
-    match client.get_baselines(request).await {
-        Ok(r) => Ok(r.into_inner()),
-        Err(s) => {
-            use tonic::Code;
-            let msg = format!("GetBaselines: {}: {}", s.code(), s.message());
-            Err(match s.code() {
-                Code::Unavailable
-                | Code::DeadlineExceeded
-                | Code::Unknown
-                | Code::Internal
-                | Code::Aborted
-                | Code::ResourceExhausted
-                | Code::Cancelled => FetchError::Transient(msg),
-                _ => FetchError::Final(msg),
-            })
-        }
-    }
-}
-
-/// Asks the scheduler at `addr` for the baselines of `req`'s cases, retrying transient failures
-/// for up to `budget`. `Ok(Err(why))` when it gave up; `Err` when the attempt was stopped.
-pub async fn fetch_baselines(
-    addr: &str,
-    req: pb::GetBaselinesRequest,
-    budget: Duration,
-    guard: &mut Guard<'_>,
-) -> Result<Result<pb::GetBaselinesResponse, String>, Halt> {
-    let give_up = Instant::now() + budget;
-    let mut pause = Duration::from_millis(500);
-    loop {
-        let outcome = tokio::select! {
-            r = get_baselines_once(addr, req.clone()) => r,
-            h = guard.wait() => return Err(h),
-        };
-        match outcome {
-            Ok(resp) => return Ok(Ok(resp)),
-            Err(FetchError::Final(why)) => return Ok(Err(why)),
-            Err(FetchError::Transient(why)) => {
-                if Instant::now() + pause > give_up {
-                    return Ok(Err(why));
-                }
-                tracing::warn!(%why, retry_in = ?pause, "baselines unavailable");
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    h = guard.wait() => return Err(h),
-                }
-                pause = (pause * 2).min(Duration::from_secs(8));
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------- one run
-
-/// Where a metric comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Measured,
-    Reported,
-}
-
-impl Source {
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::Measured => "measured",
-            Source::Reported => "reported",
-        }
-    }
-}
-
-/// What one run of a case yielded.
-#[derive(Debug, Clone, Default)]
-struct RunSample {
-    /// Agent-measured metrics, in a fixed order.
-    measured: Vec<(&'static str, f64)>,
-    /// From `$MSFLEET_METRICS` and the extractors.
-    reported: BTreeMap<String, f64>,
-    operators: Vec<verdict::OperatorTime>,
-    /// Throttle reason bits seen (GPU idle excluded); 0 without NVML.
-    throttle: u64,
-}
-
-impl RunSample {
-    fn get(&self, metric: &str) -> Option<f64> {
-        self.measured
-            .iter()
-            .find(|(n, _)| *n == metric)
-            .map(|(_, v)| *v)
-            .or_else(|| self.reported.get(metric).copied())
-    }
-}
-
-/// What the `$MSFLEET_METRICS` file said.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Reported {
-    metrics: Vec<(String, f64)>,
-    operators: Vec<verdict::OperatorTime>,
-}
-
-/// Parses the JSON object a case wrote to `$MSFLEET_METRICS`: every top-level finite number is a
-/// metric; `operators` is a list of `{name, total_time_s, num_calls}` (`num_calls` optional).
-fn parse_reported(bytes: &[u8]) -> Result<Reported, String> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-    let Value::Object(map) = value else {
-        return Err("the top level must be a JSON object".into());
-    };
-    let mut out = Reported::default();
-    for (key, v) in map {
-        if key == "operators" {
-            if !v.is_null() {
-                out.operators = parse_operators(&v)?;
-            }
-        } else if let Some(x) = v.as_f64().filter(|x| x.is_finite()) {
-            out.metrics.push((key, x));
-        }
-    }
-    Ok(out)
-}
-
-fn parse_operators(v: &Value) -> Result<Vec<verdict::OperatorTime>, String> {
-    let Value::Array(items) = v else {
-        return Err("\"operators\" must be a list of {name, total_time_s, num_calls}".into());
-    };
-    let mut ops = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let name = item
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("operators[{i}] has no \"name\" string"))?;
-        let total_time_s = item
-            .get("total_time_s")
-            .and_then(Value::as_f64)
-            .filter(|t| t.is_finite() && *t >= 0.0)
-            .ok_or_else(|| {
-                format!("operators[{i}] ({name}): \"total_time_s\" must be a non-negative number")
-            })?;
-        let num_calls = match item.get("num_calls") {
-            None | Some(Value::Null) => 0,
-            Some(n) => n
-                .as_u64()
-                .or_else(|| {
-                    n.as_f64()
-                        .filter(|x| *x >= 0.0 && x.fract() == 0.0 && *x <= u64::MAX as f64)
-                        .map(|x| x as u64)
-                })
-                .ok_or_else(|| {
-                    format!("operators[{i}] ({name}): \"num_calls\" must be a non-negative integer")
-                })?,
-        };
-        ops.push(verdict::OperatorTime {
-            name: name.to_string(),
-            total_time_s,
-            num_calls,
-        });
-    }
-    Ok(ops)
-}
 
 /// A run's output: the newest [`OUTPUT_CAP`] bytes of stdout and stderr interleaved as read,
 /// and the newest part of stderr.
@@ -562,74 +130,6 @@ enum Interrupt {
     Failed(String),
 }
 
-/// The exit status and resource usage of a reaped child.
-struct Reaped {
-    status: ExitStatus,
-    cpu_s: f64,
-    max_rss_bytes: u64,
-    ended: Instant,
-}
-
-/// Blocks until `pid` exits and reaps it with `wait4`, which gives the resource usage of the
-/// child and of the descendants it waited for.
-fn wait_rusage(pid: libc::pid_t) -> std::io::Result<Reaped> {
-    loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: an all-zero `rusage` is a valid value (plain integers and timevals).
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are to live, writable locals of the right types.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        if r == pid {
-            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-            return Ok(Reaped {
-                status: ExitStatus::from_raw(status),
-                cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
-                // Linux reports ru_maxrss in KiB.
-                max_rss_bytes: u64::try_from(ru.ru_maxrss).unwrap_or(0) * 1024,
-                ended: Instant::now(),
-            });
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// Waits for the reaper after SIGTERM to the group; SIGKILL once `grace` is over.
-async fn terminate(
-    pgid: Pid,
-    grace: Duration,
-    waiter: &mut JoinHandle<std::io::Result<Reaped>>,
-) -> Result<std::io::Result<Reaped>, tokio::task::JoinError> {
-    let _ = killpg(pgid, Signal::SIGTERM);
-    match tokio::time::timeout(grace, &mut *waiter).await {
-        Ok(r) => r,
-        Err(_) => {
-            let _ = killpg(pgid, Signal::SIGKILL);
-            waiter.await
-        }
-    }
-}
-
-async fn pump(mut r: pipe::Receiver, stream: &'static str, tx: Updates, out: Arc<Mutex<Captured>>) {
-    let mut buf = vec![0u8; pb::MAX_LOG_CHUNK];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                out.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(stream, &buf[..n]);
-                tx.send(task_update::Kind::Log(LogChunk {
-                    stream: stream.into(),
-                    data: buf[..n].to_vec(),
-                }));
-            }
-        }
-    }
-}
-
 fn describe_status(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exited with code {c}"),
@@ -641,550 +141,7 @@ fn describe_status(status: ExitStatus) -> String {
     }
 }
 
-// ---------------------------------------------------------------- GPU sampling
-
-/// What NVML showed during one run.
-#[derive(Debug, Clone, Default)]
-struct GpuPeak {
-    /// Peak memory of the run's processes, when any showed up on a GPU.
-    ours: Option<u64>,
-    /// Throttle bits of the GPUs the run's processes used.
-    ours_throttle: u64,
-    /// NVML listed processes this agent cannot see (another pid namespace): the run's own
-    /// processes cannot be told apart, so the device-wide numbers stand in.
-    foreign_pids: bool,
-    /// Peak rise of the devices' used memory over the start of the run.
-    device_delta: u64,
-    all_throttle: u64,
-}
-
-impl GpuPeak {
-    /// `(peak memory bytes, throttle bits)`, when the run used a GPU.
-    fn metrics(&self) -> Option<(u64, u64)> {
-        match self.ours {
-            Some(bytes) => Some((bytes, self.ours_throttle)),
-            None if self.foreign_pids && self.device_delta > 0 => {
-                Some((self.device_delta, self.all_throttle))
-            }
-            None => None,
-        }
-    }
-}
-
-/// Samples NVML on a blocking thread until finished.
-struct GpuWatch {
-    stop: std::sync::mpsc::Sender<()>,
-    task: JoinHandle<GpuPeak>,
-}
-
-impl GpuWatch {
-    fn start(nvml: Arc<Nvml>, pgid: libc::pid_t, marker: String) -> GpuWatch {
-        let (stop, stop_rx) = std::sync::mpsc::channel();
-        let task = tokio::task::spawn_blocking(move || sample_gpus(&nvml, pgid, &marker, &stop_rx));
-        GpuWatch { stop, task }
-    }
-
-    async fn finish(self) -> GpuPeak {
-        let _ = self.stop.send(());
-        self.task.await.unwrap_or_default()
-    }
-}
-
-fn sample_gpus(
-    nvml: &Nvml,
-    pgid: libc::pid_t,
-    marker: &str,
-    stop: &std::sync::mpsc::Receiver<()>,
-) -> GpuPeak {
-    let count = nvml.device_count().unwrap_or(0);
-    let devices: Vec<_> = (0..count)
-        .filter_map(|i| nvml.device_by_index(i).ok())
-        .collect();
-    let used = |d: &nvml_wrapper::Device<'_>| d.memory_info().map_or(0, |m| m.used);
-    let start_used: u64 = devices.iter().map(used).sum();
-    let mut peak = GpuPeak::default();
-    let mut members: HashMap<u32, Option<bool>> = HashMap::new();
-    loop {
-        let mut ours_total = 0u64;
-        let mut seen_ours = false;
-        let mut used_total = 0u64;
-        for d in &devices {
-            used_total += used(d);
-            let throttle = d
-                .current_throttle_reasons()
-                .map_or(0, |t| t.difference(ThrottleReasons::GPU_IDLE).bits());
-            peak.all_throttle |= throttle;
-            let mut on_device = false;
-            for p in d.running_compute_processes().unwrap_or_default() {
-                match *members
-                    .entry(p.pid)
-                    .or_insert_with(|| belongs(p.pid, pgid, marker))
-                {
-                    Some(true) => {
-                        on_device = true;
-                        if let UsedGpuMemory::Used(bytes) = p.used_gpu_memory {
-                            ours_total += bytes;
-                        }
-                    }
-                    Some(false) => {}
-                    None => peak.foreign_pids = true,
-                }
-            }
-            if on_device {
-                seen_ours = true;
-                peak.ours_throttle |= throttle;
-            }
-        }
-        if seen_ours {
-            peak.ours = Some(peak.ours.unwrap_or(0).max(ours_total));
-        }
-        peak.device_delta = peak.device_delta.max(used_total.saturating_sub(start_used));
-        match stop.recv_timeout(GPU_SAMPLE_EVERY) {
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return peak,
-        }
-    }
-}
-
-/// Whether `pid` belongs to the run: in its process group, or carrying its environment marker
-/// (a process that left the group). `None` when the pid is not visible here.
-fn belongs(pid: u32, pgid: libc::pid_t, marker: &str) -> Option<bool> {
-    let p = libc::pid_t::try_from(pid).ok()?;
-    // SAFETY: getpgid only reads its integer argument.
-    let group = unsafe { libc::getpgid(p) };
-    if group < 0 {
-        return None;
-    }
-    if group == pgid {
-        return Some(true);
-    }
-    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    Some(env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
-}
-
-/// Names of the performance-relevant throttle reasons in `bits`.
-fn throttle_names(bits: u64) -> Vec<&'static str> {
-    let t = ThrottleReasons::from_bits_truncate(bits);
-    [
-        (ThrottleReasons::SW_POWER_CAP, "sw_power_cap"),
-        (ThrottleReasons::HW_SLOWDOWN, "hw_slowdown"),
-        (ThrottleReasons::SYNC_BOOST, "sync_boost"),
-        (ThrottleReasons::SW_THERMAL_SLOWDOWN, "sw_thermal_slowdown"),
-        (ThrottleReasons::HW_THERMAL_SLOWDOWN, "hw_thermal_slowdown"),
-        (
-            ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN,
-            "hw_power_brake_slowdown",
-        ),
-    ]
-    .into_iter()
-    .filter(|(flag, _)| t.contains(*flag))
-    .map(|(_, name)| name)
-    .collect()
-}
-
-/// Loads NVML for GPU metrics; `Err(why)` without a driver or without GPUs.
-pub async fn load_nvml() -> Result<Arc<Nvml>, String> {
-    let loaded = tokio::task::spawn_blocking(|| {
-        let nvml = Nvml::init().map_err(|e| e.to_string())?;
-        match nvml.device_count() {
-            Ok(n) if n > 0 => Ok(nvml),
-            Ok(_) => Err("no NVIDIA GPU".to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await;
-    match loaded {
-        Ok(r) => r.map(Arc::new),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-// ---------------------------------------------------------------- metrics and judgement
-
-/// The samples of one metric over a case's measured runs.
-#[derive(Debug, Clone)]
-struct Series {
-    name: String,
-    source: Source,
-    samples: Vec<f64>,
-}
-
-fn unit_of(metric: &str) -> &'static str {
-    if metric.ends_with("_s") {
-        "s"
-    } else if metric.ends_with("_bytes") {
-        "bytes"
-    } else {
-        ""
-    }
-}
-
-/// Every metric of the runs: measured ones first (in their order), then the reported ones by
-/// name. A reported metric with a measured metric's name is dropped (the agent's value wins).
-fn series_of(runs: &[RunSample]) -> Vec<Series> {
-    let mut out: Vec<Series> = Vec::new();
-    let mut add = |name: &str, source: Source, v: f64| {
-        if let Some(s) = out.iter_mut().find(|s| s.name == name) {
-            if s.source == source {
-                s.samples.push(v);
-            }
-        } else {
-            out.push(Series {
-                name: name.to_string(),
-                source,
-                samples: vec![v],
-            });
-        }
-    };
-    for r in runs {
-        for (n, v) in &r.measured {
-            add(n, Source::Measured, *v);
-        }
-    }
-    for r in runs {
-        for (n, v) in &r.reported {
-            add(n, Source::Reported, *v);
-        }
-    }
-    out
-}
-
-fn median(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn metric_summary(s: &Series) -> pb::MetricSummary {
-    let m = median(&s.samples);
-    let deviations: Vec<f64> = s.samples.iter().map(|v| (v - m).abs()).collect();
-    let mad = median(&deviations);
-    let robust_cv = if m != 0.0 {
-        verdict::ROBUST_CV_SCALE * mad / m.abs()
-    } else {
-        0.0
-    };
-    pb::MetricSummary {
-        name: s.name.clone(),
-        unit: unit_of(&s.name).to_string(),
-        source: s.source.as_str().to_string(),
-        n: u32::try_from(s.samples.len()).unwrap_or(u32::MAX),
-        median: m,
-        mad,
-        robust_cv,
-        samples: s.samples.clone(),
-    }
-}
-
-/// The metric the verdict is about: the job's, else `total_time_s` when every run reported it,
-/// else `wall_time_s`.
-fn primary_metric(plan_metric: Option<&str>, runs: &[RunSample]) -> String {
-    if let Some(m) = plan_metric {
-        return m.to_string();
-    }
-    if !runs.is_empty() && runs.iter().all(|r| r.reported.contains_key(TOTAL_TIME)) {
-        TOTAL_TIME.to_string()
-    } else {
-        WALL_TIME.to_string()
-    }
-}
-
-/// The primary metric's value in every run, or why it is missing.
-fn primary_samples(metric: &str, runs: &[RunSample]) -> Result<Vec<f64>, String> {
-    let mut samples = Vec::with_capacity(runs.len());
-    for (i, r) in runs.iter().enumerate() {
-        match r.get(metric) {
-            Some(v) => samples.push(v),
-            None => {
-                let known: Vec<&str> = r
-                    .measured
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .chain(r.reported.keys().map(String::as_str))
-                    .collect();
-                return Err(format!(
-                    "metric '{metric}' is missing from run {} of {} (it has: {})",
-                    i + 1,
-                    runs.len(),
-                    known.join(", ")
-                ));
-            }
-        }
-    }
-    Ok(samples)
-}
-
-/// Per-operator medians over the runs (each run's duplicates added up first), largest first.
-fn median_operators(runs: &[RunSample]) -> Vec<verdict::OperatorTime> {
-    let mut order: Vec<String> = Vec::new();
-    let mut per: HashMap<String, (Vec<f64>, Vec<f64>)> = HashMap::new();
-    for r in runs {
-        let mut this_run: BTreeMap<&str, (f64, u64)> = BTreeMap::new();
-        for op in &r.operators {
-            let e = this_run.entry(op.name.as_str()).or_insert((0.0, 0));
-            e.0 += op.total_time_s;
-            e.1 = e.1.saturating_add(op.num_calls);
-        }
-        for (name, (t, calls)) in this_run {
-            let e = per.entry(name.to_string()).or_insert_with(|| {
-                order.push(name.to_string());
-                (Vec::new(), Vec::new())
-            });
-            e.0.push(t);
-            e.1.push(calls as f64);
-        }
-    }
-    let mut ops: Vec<verdict::OperatorTime> = order
-        .into_iter()
-        .filter_map(|name| {
-            let (times, calls) = per.remove(&name)?;
-            Some(verdict::OperatorTime {
-                total_time_s: median(&times),
-                num_calls: median(&calls).round() as u64,
-                name,
-            })
-        })
-        .collect();
-    ops.sort_by(|a, b| {
-        b.total_time_s
-            .total_cmp(&a.total_time_s)
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    ops
-}
-
-/// A judged measurement.
-struct Judged {
-    metric: String,
-    judgement: Judgement,
-    operators: Vec<verdict::OperatorTime>,
-    report: Option<OperatorReport>,
-}
-
-/// Judges the runs' primary metric against `stored` (or the case file) and folds in the
-/// operator comparison.
-fn judge_runs(
-    plan: &Plan,
-    lc: &LoadedCase,
-    runs: &[RunSample],
-    baselines: &Baselines,
-) -> Result<Judged, String> {
-    let metric = primary_metric(plan.metric.as_deref(), runs);
-    let samples = primary_samples(&metric, runs)?;
-    let stored = baselines.find(lc, &metric);
-    let base = baseline_for(&lc.case, stored);
-    let dir = if pbench::higher_is_better(&metric) {
-        Direction::HigherIsBetter
-    } else {
-        Direction::LowerIsBetter
-    };
-    let mut judgement = verdict::judge(&samples, dir, &base, &Rules::default());
-    let operators = median_operators(runs);
-    let base_ops: Vec<verdict::OperatorTime> = match stored {
-        Some(b) if !b.anchor_operators.is_empty() => b
-            .anchor_operators
-            .iter()
-            .map(|o| verdict::OperatorTime {
-                name: o.name.clone(),
-                total_time_s: o.total_time_s,
-                num_calls: o.num_calls,
-            })
-            .collect(),
-        _ => lc
-            .case
-            .operators
-            .iter()
-            .map(|o| verdict::OperatorTime {
-                name: o.name.clone(),
-                total_time_s: o.total_time_s,
-                num_calls: o.num_calls,
-            })
-            .collect(),
-    };
-    let report = (!operators.is_empty() && !base_ops.is_empty()).then(|| {
-        verdict::compare_operators(
-            &operators,
-            &base_ops,
-            lc.case.operator_top_n,
-            lc.case.operator_tolerance,
-        )
-    });
-    if let Some(r) = &report {
-        judgement = verdict::with_operators(judgement, r);
-    }
-    Ok(Judged {
-        metric,
-        judgement,
-        operators,
-        report,
-    })
-}
-
-fn explanation(ex: &verdict::Explanation) -> pb::Explanation {
-    pb::Explanation {
-        value: ex.value,
-        baseline: ex.baseline,
-        delta_pct: ex.delta_pct,
-        limit: ex.limit.clone(),
-        z: ex.z,
-        t_limit: ex.t_limit,
-        k: u32::try_from(ex.k).unwrap_or(u32::MAX),
-        spread_cv: ex.spread_cv,
-        baseline_run_ids: ex.baseline_run_ids.clone(),
-        rule: ex.rule.clone(),
-        message: ex.message.clone(),
-    }
-}
-
-/// An `error` result for a case that could not be measured or judged.
-fn error_result(
-    name: &str,
-    file: &str,
-    input_hash: &str,
-    metric: &str,
-    rule: &str,
-    message: String,
-) -> pb::CaseResult {
-    pb::CaseResult {
-        name: name.to_string(),
-        file: file.to_string(),
-        input_hash: input_hash.to_string(),
-        metric: metric.to_string(),
-        verdict: Verdict::Error.as_str().to_string(),
-        explanation: Some(pb::Explanation {
-            rule: rule.to_string(),
-            message,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// The result of a case file that did not load.
-pub fn case_error_result(e: &CaseError) -> pb::CaseResult {
-    error_result(
-        &e.case,
-        &e.file.display().to_string(),
-        "",
-        "",
-        verdict::RULE_INPUT,
-        e.to_string(),
-    )
-}
-
-/// A number with four significant digits, without trailing zeros.
-fn num(x: f64) -> String {
-    if !x.is_finite() || x == 0.0 {
-        return format!("{x}");
-    }
-    let decimals = (3 - x.abs().log10().floor() as i32).clamp(0, 12) as usize;
-    let s = format!("{x:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
-}
-
-/// The one-line summary of a case for the attempt's log.
-pub fn summary_line(r: &pb::CaseResult) -> String {
-    let ex = r.explanation.clone().unwrap_or_default();
-    let mut line = format!("msfleet: case {}: {}", r.name, r.verdict);
-    if r.verdict == Verdict::Error.as_str() {
-        line.push_str(": ");
-        line.push_str(ex.message.lines().next().unwrap_or(""));
-    } else {
-        line.push_str(&format!(" {} {}", r.metric, num(ex.value)));
-        let mut paren = Vec::new();
-        if r.verdict == Verdict::NoBaseline.as_str() {
-            paren.push("nothing to compare with yet".to_string());
-        }
-        if let Some(b) = ex.baseline {
-            line.push_str(&format!(" vs {}", num(b)));
-        }
-        if let Some(d) = ex.delta_pct {
-            paren.push(format!("{d:+.1}%"));
-        }
-        if !ex.limit.is_empty() && r.verdict != Verdict::NoBaseline.as_str() {
-            paren.push(ex.limit.clone());
-        }
-        if !paren.is_empty() {
-            line.push_str(&format!(" ({})", paren.join(", ")));
-        }
-        if r.rerun {
-            line.push_str(if r.confirmed {
-                ", confirmed by a re-run"
-            } else {
-                ", not confirmed by a re-run"
-            });
-        }
-        if !r.operators_moved.is_empty() {
-            line.push_str(&format!(
-                "; operators moved: {}",
-                r.operators_moved.join(", ")
-            ));
-        }
-    }
-    line.push('\n');
-    line
-}
-
 // ---------------------------------------------------------------- the runner
-
-/// Counts of the verdicts of an attempt's cases.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Tally {
-    pub counts: BTreeMap<String, usize>,
-}
-
-impl Tally {
-    pub fn record(&mut self, verdict: &str) {
-        *self.counts.entry(verdict.to_string()).or_insert(0) += 1;
-    }
-
-    pub fn total(&self) -> usize {
-        self.counts.values().sum()
-    }
-
-    fn count(&self, v: Verdict) -> usize {
-        self.counts.get(v.as_str()).copied().unwrap_or(0)
-    }
-
-    /// Passed when no case regressed or errored, else failed; with a reason.
-    pub fn outcome(&self) -> (Outcome, String) {
-        let total = self.total();
-        let cases = if total == 1 { "case" } else { "cases" };
-        if total == 0 {
-            return (Outcome::Failed, "no benchmark cases found".into());
-        }
-        let (reg, err) = (self.count(Verdict::Regression), self.count(Verdict::Error));
-        if reg == 0 && err == 0 {
-            let parts: Vec<String> = self
-                .counts
-                .iter()
-                .map(|(v, n)| format!("{n} {v}"))
-                .collect();
-            return (
-                Outcome::Passed,
-                format!("{total} {cases}: {}", parts.join(", ")),
-            );
-        }
-        let reason = match (reg, err) {
-            (r, 0) => format!("{r} of {total} {cases} regressed"),
-            (0, e) => format!("{e} of {total} {cases} errored"),
-            (r, e) => format!("{r} of {total} {cases} regressed, {e} errored"),
-        };
-        (Outcome::Failed, reason)
-    }
-}
 
 /// Runs loaded cases in one workspace and reports them.
 pub struct Bench {
@@ -1192,7 +149,7 @@ pub struct Bench {
     workspace: PathBuf,
     /// Holds the runs' metrics files.
     scratch: PathBuf,
-    /// Where the current run's process group is recorded (for `runner::reap_orphans`).
+    /// Where the current run's process group is recorded (for `process::reap_orphans`).
     pgid_file: Option<PathBuf>,
     /// The job's env and the attempt's identity, given to every run.
     env: Vec<(String, String)>,
@@ -1238,10 +195,7 @@ impl Bench {
     }
 
     fn log(&self, text: String) {
-        self.tx.send(task_update::Kind::Log(LogChunk {
-            stream: "stderr".into(),
-            data: text.into_bytes(),
-        }));
+        self.tx.log("stderr", text);
     }
 
     /// Reports the malformed case files, then runs and reports every case in order.
@@ -1413,7 +367,7 @@ impl Bench {
         guard: &mut Guard<'_>,
         phase: Phase,
     ) -> Result<RunSample, Interrupt> {
-        if let Some(h) = &guard.halted {
+        if let Some(h) = guard.halted() {
             return Err(Interrupt::Halted(h.clone()));
         }
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
@@ -1447,75 +401,44 @@ impl Bench {
             .env("MSFLEET_CASE_NAME", &lc.case.name)
             .env("MSFLEET_REPETITION", phase.index.to_string())
             .env("MSFLEET_WARMUP", if phase.warmup { "1" } else { "0" })
-            .env("MSFLEET_RERUN", if phase.rerun { "1" } else { "0" })
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .env("MSFLEET_RERUN", if phase.rerun { "1" } else { "0" });
         let started = Instant::now();
-        let mut child = cmd
-            .spawn()
+        let mut group = ProcessGroup::spawn(&mut cmd)
             .map_err(|e| Interrupt::Failed(format!("cannot start '{program}': {e}")))?;
-        // The child is reaped by `wait_rusage` below, never through `child`.
-        let Ok(pid) = libc::pid_t::try_from(child.id()) else {
-            return Err(Interrupt::Failed(
-                "the run got an invalid process id".into(),
-            ));
-        };
-        let pgid = Pid::from_raw(pid);
+        let pid = group.pid();
         let marker = format!("MSFLEET_METRICS={}", metrics_path.display());
         if let Some(f) = &self.pgid_file {
-            let _ = tokio::fs::write(f, format!("{pid}\n{}\n", metrics_path.display())).await;
+            let _ = group.record(f.clone(), &metrics_path).await;
         }
+        // The extractors read the output, the error message quotes stderr's tail.
         let captured = Arc::new(Mutex::new(Captured::default()));
-        let mut readers = Vec::new();
-        let pipes: [(Option<OwnedFd>, &'static str); 2] = [
-            (child.stdout.take().map(OwnedFd::from), "stdout"),
-            (child.stderr.take().map(OwnedFd::from), "stderr"),
-        ];
-        for (fd, stream) in pipes {
-            let Some(fd) = fd else { continue };
-            match pipe::Receiver::from_owned_fd(fd) {
-                Ok(r) => readers.push(tokio::spawn(pump(
-                    r,
-                    stream,
-                    self.tx.clone(),
-                    captured.clone(),
-                ))),
-                Err(e) => tracing::warn!(error = %e, stream, "cannot read the run's output"),
-            }
-        }
-        drop(child);
+        let hook: OutputHook = {
+            let captured = captured.clone();
+            Arc::new(move |stream: &str, data: &[u8]| {
+                captured
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(stream, data);
+            })
+        };
+        let running = group.start(&self.tx, Some(hook));
         let gpu = self
             .gpu
             .clone()
             .map(|nvml| GpuWatch::start(nvml, pid, marker));
-        let mut waiter = tokio::task::spawn_blocking(move || wait_rusage(pid));
-        let (waited, halted) = tokio::select! {
-            r = &mut waiter => (r, None),
-            h = guard.wait() => (terminate(pgid, self.kill_grace, &mut waiter).await, Some(h)),
-        };
-        // Whatever the run left behind in its group goes too.
-        let _ = killpg(pgid, Signal::SIGKILL);
+        let mut exited = running.wait(guard, self.kill_grace).await;
         let gpu_peak = match gpu {
             Some(g) => Some(g.finish().await),
             None => None,
         };
-        for r in readers {
-            let _ = tokio::time::timeout(READER_DRAIN, r).await;
-        }
-        if let Some(f) = &self.pgid_file {
-            let _ = tokio::fs::remove_file(f).await;
-        }
-        if let Some(h) = halted {
+        exited.drain().await;
+        if let Some(h) = exited.halted {
             let _ = tokio::fs::remove_file(&metrics_path).await;
             return Err(Interrupt::Halted(h));
         }
-        let reaped = match waited {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(Interrupt::Failed(format!("waiting for the run: {e}"))),
-            Err(e) => return Err(Interrupt::Failed(format!("waiting for the run: {e}"))),
-        };
+        let reaped = exited
+            .reaped
+            .map_err(|e| Interrupt::Failed(format!("waiting for the run: {e}")))?;
         let output = std::mem::take(&mut *captured.lock().unwrap_or_else(|e| e.into_inner()));
         if !reaped.status.success() {
             let _ = tokio::fs::remove_file(&metrics_path).await;
@@ -1582,21 +505,6 @@ impl Bench {
 
 // ---------------------------------------------------------------- the attempt
 
-fn finished(outcome: Outcome, reason: impl Into<String>, exit_code: i32) -> Option<Finished> {
-    Some(Finished {
-        outcome: outcome as i32,
-        reason: reason.into(),
-        exit_code,
-    })
-}
-
-fn log(tx: &Updates, text: String) {
-    tx.send(task_update::Kind::Log(LogChunk {
-        stream: "stderr".into(),
-        data: text.into_bytes(),
-    }));
-}
-
 /// Runs one attempt of a benchmark job in the prepared workspace `ws` and returns how it
 /// finished (`None` when abandoned). `slot` names the attempt's files under the work dir.
 pub async fn run(
@@ -1607,7 +515,7 @@ pub async fn run(
     tx: &Updates,
     stop: &mut watch::Receiver<Option<StopReason>>,
 ) -> Option<Finished> {
-    let timeout = runner::attempt_timeout(&a.spec);
+    let timeout = attempt_timeout(&a.spec);
     let mut guard = Guard::new(tokio::time::Instant::now() + timeout, stop);
     let Some(spec) = a.spec.benchmark.as_ref() else {
         return finished(
@@ -1645,16 +553,7 @@ pub async fn run(
             let code = if outcome == Outcome::Passed { 0 } else { 1 };
             finished(outcome, reason, code)
         }
-        Err(Halt::TimedOut) => finished(
-            Outcome::TimedOut,
-            format!("timed out after {}", humantime::format_duration(timeout)),
-            -1,
-        ),
-        Err(Halt::Stop(StopReason::Cancelled(why))) => finished(Outcome::Cancelled, why, -1),
-        Err(Halt::Stop(StopReason::Abandoned)) => None,
-        Err(Halt::Stop(StopReason::Shutdown)) => {
-            finished(Outcome::Requeue, "the agent is shutting down", -1)
-        }
+        Err(h) => halted(h, timeout, -1),
     }
 }
 
@@ -1684,8 +583,8 @@ async fn run_with(
                 (Vec::new(), vec![err])
             }
         };
-    log(
-        tx,
+    tx.log(
+        "stderr",
         format!(
             "msfleet: benchmark: {} case(s){} from {}; {} warmup + {} measured runs each of: {}\n",
             cases.len(),
@@ -1720,8 +619,8 @@ async fn run_with(
         };
         match fetch_baselines(&cfg.scheduler, req, BASELINE_RETRY_BUDGET, guard).await? {
             Ok(resp) => {
-                log(
-                    tx,
+                tx.log(
+                    "stderr",
                     format!(
                         "msfleet: {} stored baseline(s) for hardware profile '{}'\n",
                         resp.baselines.len(),
@@ -1731,8 +630,8 @@ async fn run_with(
                 baselines = Baselines::from_list(resp.baselines);
             }
             Err(why) => {
-                log(
-                    tx,
+                tx.log(
+                    "stderr",
                     format!(
                         "msfleet: baselines unavailable ({why}): judging with the case files' anchors only\n"
                     ),
@@ -1748,8 +647,8 @@ async fn run_with(
         match load_nvml().await {
             Ok(nvml) => Some(nvml),
             Err(why) => {
-                log(
-                    tx,
+                tx.log(
+                    "stderr",
                     format!("msfleet: NVML unavailable ({why}): GPU memory and throttling are not measured\n"),
                 );
                 None
@@ -1782,9 +681,11 @@ async fn run_with(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::runner::AttemptKey;
+    use crate::attempt::AttemptKey;
+    use msfleet_proto::bench::TOTAL_TIME;
+    use msfleet_proto::BenchmarkSpec;
     use tokio::sync::mpsc;
 
     type Rx = mpsc::UnboundedReceiver<(AttemptKey, task_update::Kind)>;
@@ -1828,14 +729,14 @@ elif out:
         json.dump(out, f)
 "#;
 
-    struct Fixture {
+    pub(crate) struct Fixture {
         dir: tempfile::TempDir,
-        rx: Rx,
-        tx: Updates,
+        pub(crate) rx: Rx,
+        pub(crate) tx: Updates,
     }
 
     impl Fixture {
-        fn new() -> Fixture {
+        pub(crate) fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("bench.py"), SCRIPT).unwrap();
             std::fs::create_dir_all(dir.path().join("cases")).unwrap();
@@ -1848,11 +749,11 @@ elif out:
             }
         }
 
-        fn ws(&self) -> &Path {
+        pub(crate) fn ws(&self) -> &Path {
             self.dir.path()
         }
 
-        fn case(&self, stem: &str, json: &str) {
+        pub(crate) fn case(&self, stem: &str, json: &str) {
             std::fs::write(self.ws().join("cases").join(format!("{stem}.json")), json).unwrap();
         }
 
@@ -1881,7 +782,7 @@ elif out:
         }
     }
 
-    fn spec(reps: u32) -> BenchmarkSpec {
+    pub(crate) fn spec(reps: u32) -> BenchmarkSpec {
         BenchmarkSpec {
             command: vec!["python3".into(), "bench.py".into(), "{case}".into()],
             cases: vec!["cases".into()],
@@ -1913,7 +814,7 @@ elif out:
             .unwrap_or_else(|| panic!("no metric {name} in {:?}", r.metrics))
     }
 
-    fn message(r: &pb::CaseResult) -> String {
+    pub(crate) fn message(r: &pb::CaseResult) -> String {
         r.explanation.clone().unwrap_or_default().message
     }
 
@@ -2335,440 +1236,5 @@ elif out:
             .await;
         assert_eq!(r, Err(Halt::TimedOut));
         assert!(t0.elapsed() < Duration::from_secs(10));
-    }
-
-    #[test]
-    fn reported_metrics_parse_numbers_and_operators() {
-        let r = parse_reported(
-            br#"{"total_time_s": 0.0398, "tokens": 12, "ok": true, "label": "x", "nested": {"a": 1},
-                 "operators": [{"name": "mm", "total_time_s": 0.02, "num_calls": 7},
-                               {"name": "add", "total_time_s": 0.001, "num_calls": 2.0},
-                               {"name": "relu", "total_time_s": 0}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            r.metrics,
-            [
-                ("total_time_s".to_string(), 0.0398),
-                ("tokens".to_string(), 12.0)
-            ]
-        );
-        let ops: Vec<(&str, u64)> = r
-            .operators
-            .iter()
-            .map(|o| (o.name.as_str(), o.num_calls))
-            .collect();
-        assert_eq!(ops, [("mm", 7), ("add", 2), ("relu", 0)]);
-        for (bad, want) in [
-            (&b"[1]"[..], "the top level must be a JSON object"),
-            (b"", "not valid JSON"),
-            (b"{\"x\": NaN}", "not valid JSON"),
-            (b"{\"operators\": 3}", "\"operators\" must be a list"),
-            (
-                b"{\"operators\": [{\"total_time_s\": 1}]}",
-                "operators[0] has no \"name\"",
-            ),
-            (
-                b"{\"operators\": [{\"name\": \"a\", \"total_time_s\": -1}]}",
-                "operators[0] (a): \"total_time_s\"",
-            ),
-            (
-                b"{\"operators\": [{\"name\": \"a\", \"total_time_s\": 1, \"num_calls\": 1.5}]}",
-                "operators[0] (a): \"num_calls\"",
-            ),
-        ] {
-            let e = parse_reported(bad).unwrap_err();
-            assert!(e.starts_with(want), "{e}");
-        }
-    }
-
-    fn sample(reported: &[(&str, f64)], ops: &[(&str, f64)]) -> RunSample {
-        RunSample {
-            measured: vec![(WALL_TIME, 1.0), (CPU_TIME, 0.5)],
-            reported: reported.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            operators: ops
-                .iter()
-                .map(|(n, t)| verdict::OperatorTime {
-                    name: n.to_string(),
-                    total_time_s: *t,
-                    num_calls: 1,
-                })
-                .collect(),
-            throttle: 0,
-        }
-    }
-
-    #[test]
-    fn primary_metric_prefers_the_job_then_total_time_then_wall_time() {
-        let both = [
-            sample(&[(TOTAL_TIME, 0.1)], &[]),
-            sample(&[(TOTAL_TIME, 0.2)], &[]),
-        ];
-        let partial = [sample(&[(TOTAL_TIME, 0.1)], &[]), sample(&[], &[])];
-        assert_eq!(primary_metric(None, &both), TOTAL_TIME);
-        assert_eq!(primary_metric(None, &partial), WALL_TIME);
-        assert_eq!(primary_metric(Some(CPU_TIME), &partial), CPU_TIME);
-        assert_eq!(primary_samples(CPU_TIME, &partial).unwrap(), [0.5, 0.5]);
-        let e = primary_samples(TOTAL_TIME, &partial).unwrap_err();
-        assert_eq!(
-            e,
-            "metric 'total_time_s' is missing from run 2 of 2 (it has: wall_time_s, cpu_time_s)"
-        );
-    }
-
-    #[test]
-    fn operator_medians_add_duplicates_and_sort_by_time() {
-        let runs = [
-            sample(&[], &[("a", 1.0), ("b", 2.0), ("a", 1.0)]),
-            sample(&[], &[("a", 3.0), ("b", 2.5)]),
-            sample(&[], &[("a", 2.5), ("c", 9.0)]),
-        ];
-        let ops = median_operators(&runs);
-        let got: Vec<(&str, f64)> = ops
-            .iter()
-            .map(|o| (o.name.as_str(), o.total_time_s))
-            .collect();
-        assert_eq!(got, [("c", 9.0), ("a", 2.5), ("b", 2.25)]);
-    }
-
-    #[test]
-    fn series_keep_measured_first_and_drop_shadowed_reports() {
-        let runs = [
-            sample(&[("zeta", 1.0), (WALL_TIME, 9.0), ("alpha", 0.0)], &[]),
-            sample(&[("zeta", 2.0)], &[]),
-        ];
-        let s: Vec<pb::MetricSummary> = series_of(&runs).iter().map(metric_summary).collect();
-        let names: Vec<(&str, &str, u32)> = s
-            .iter()
-            .map(|m| (m.name.as_str(), m.source.as_str(), m.n))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                (WALL_TIME, "measured", 2),
-                (CPU_TIME, "measured", 2),
-                ("alpha", "reported", 1),
-                ("zeta", "reported", 2)
-            ]
-        );
-        assert_eq!(s[0].samples, [1.0, 1.0]);
-        assert_eq!(s[2].robust_cv, 0.0, "a zero median does not divide");
-        assert_eq!(s[3].median, 1.5);
-    }
-
-    #[test]
-    fn tally_reasons() {
-        let mut t = Tally::default();
-        assert_eq!(t.outcome().0, Outcome::Failed);
-        for v in ["pass", "pass", "improvement", "noisy"] {
-            t.record(v);
-        }
-        assert_eq!(
-            t.outcome(),
-            (
-                Outcome::Passed,
-                "4 cases: 1 improvement, 1 noisy, 2 pass".to_string()
-            )
-        );
-        t.record("regression");
-        t.record("regression");
-        t.record("error");
-        assert_eq!(
-            t.outcome(),
-            (
-                Outcome::Failed,
-                "2 of 7 cases regressed, 1 errored".to_string()
-            )
-        );
-    }
-
-    #[test]
-    fn numbers_have_four_significant_digits() {
-        assert_eq!(num(0.0201234), "0.02012");
-        assert_eq!(num(0.0154), "0.0154");
-        assert_eq!(num(12345.6), "12346");
-        assert_eq!(num(1.5), "1.5");
-        assert_eq!(num(0.0), "0");
-    }
-
-    #[test]
-    fn case_paths_must_stay_relative() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cases, errors) = load_cases(dir.path(), &["/etc".into(), "missing.json".into()]);
-        assert!(cases.is_empty());
-        assert_eq!(errors.len(), 2);
-        assert_eq!(errors[0].reason, "case paths are relative to the workspace");
-        assert_eq!(errors[1].file, PathBuf::from("missing.json"));
-        assert!(errors[1].reason.starts_with("cannot read the file"));
-    }
-
-    // ------------------------------------------------------------ GetBaselines
-
-    struct Stub;
-
-    #[tonic::async_trait]
-    impl pb::agent_link_server::AgentLink for Stub {
-        type SessionStream =
-            tokio_stream::wrappers::ReceiverStream<Result<pb::SchedulerMessage, tonic::Status>>;
-
-        async fn session(
-            &self,
-            _: tonic::Request<tonic::Streaming<pb::AgentMessage>>,
-        ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
-            Err(tonic::Status::unimplemented("stub"))
-        }
-
-        async fn get_baselines(
-            &self,
-            req: tonic::Request<pb::GetBaselinesRequest>,
-        ) -> Result<tonic::Response<pb::GetBaselinesResponse>, tonic::Status> {
-            let req = req.into_inner();
-            if req.attempt.map(|a| a.epoch) != Some(7) {
-                return Err(tonic::Status::failed_precondition("stale epoch"));
-            }
-            let baselines = req
-                .keys
-                .into_iter()
-                .map(|k| pb::Baseline {
-                    key: Some(pb::BaselineKey {
-                        metric: TOTAL_TIME.into(),
-                        profile: "h100".into(),
-                        ..k
-                    }),
-                    anchor: Some(0.5),
-                    ..Default::default()
-                })
-                .collect();
-            Ok(tonic::Response::new(pb::GetBaselinesResponse {
-                profile: "h100".into(),
-                baselines,
-            }))
-        }
-    }
-
-    fn request(epoch: u64) -> pb::GetBaselinesRequest {
-        pb::GetBaselinesRequest {
-            attempt: Some(pb::AttemptRef {
-                task_id: "t".into(),
-                attempt: 1,
-                epoch,
-            }),
-            keys: vec![pb::BaselineKey {
-                case: "c".into(),
-                input_hash: "h".into(),
-                ..Default::default()
-            }],
-        }
-    }
-
-    /// Serves [`Stub`] on an ephemeral port: its address and the server task.
-    async fn stub_scheduler() -> (String, JoinHandle<Result<(), tonic::transport::Error>>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(pb::agent_link_server::AgentLinkServer::new(Stub))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (addr, server)
-    }
-
-    #[tokio::test]
-    async fn baselines_come_from_the_scheduler_or_fall_back() {
-        let (addr, server) = stub_scheduler().await;
-        let (_stop_tx, mut stop) = watch::channel(None);
-        let mut guard = Guard::new(
-            tokio::time::Instant::now() + Duration::from_secs(60),
-            &mut stop,
-        );
-        let resp = fetch_baselines(&addr, request(7), Duration::from_secs(5), &mut guard)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(resp.profile, "h100");
-        let b = Baselines::from_list(resp.baselines);
-        assert_eq!(
-            b.by_case[&("c".to_string(), "h".to_string())][0].anchor,
-            Some(0.5)
-        );
-        // A refusal is not retried.
-        let t0 = Instant::now();
-        let why = fetch_baselines(&addr, request(1), Duration::from_secs(30), &mut guard)
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert!(why.contains("stale epoch"), "{why}");
-        assert!(t0.elapsed() < Duration::from_secs(5));
-        server.abort();
-        let _ = server.await;
-
-        // Nobody listening: retried until the budget is spent, then given up.
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            format!("http://{}", l.local_addr().unwrap())
-        };
-        let t0 = Instant::now();
-        let why = fetch_baselines(&closed, request(7), Duration::from_secs(1), &mut guard)
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert!(why.starts_with("connecting to"), "{why}");
-        assert!(t0.elapsed() >= Duration::from_millis(500));
-        assert!(t0.elapsed() < Duration::from_secs(10));
-    }
-
-    #[test]
-    fn stored_anchor_keeps_the_case_tolerance_and_the_history_window() {
-        let c = Case::parse(
-            "c",
-            r#"{"user_input": {}, "initial_time_s": 1, "baseline_time_s": 2, "baseline_tolerance": 0.3}"#,
-        )
-        .unwrap();
-        let stored = pb::Baseline {
-            anchor: Some(1.5),
-            history: (0..40)
-                .map(|i| pb::BaselineRun {
-                    job_id: i.to_string(),
-                    median: 1.0,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let b = baseline_for(&c, Some(&stored));
-        assert_eq!(
-            b.baseline,
-            Some(verdict::Anchor {
-                value: 1.5,
-                tolerance: 0.3
-            })
-        );
-        assert_eq!(b.initial.map(|a| a.value), Some(1.0));
-        assert_eq!(b.history.len(), 30);
-        assert_eq!(b.history_ids.first().map(String::as_str), Some("10"));
-        let plain = baseline_for(&c, None);
-        assert_eq!(plain.baseline.map(|a| a.value), Some(2.0));
-        assert!(plain.history.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_benchmark_attempt_runs_through_the_runner() {
-        let (addr, server) = stub_scheduler().await;
-        let mut f = Fixture::new();
-        f.case(
-            "fast",
-            r#"{"name": "fast", "user_input": {"time_s": 0.1}, "baseline_time_s": 0.1, "tolerance": 0.2}"#,
-        );
-        f.case("broken", "not json");
-        let work = tempfile::tempdir().unwrap();
-        let cfg = Arc::new(AgentConfig {
-            scheduler: addr,
-            name: "a".into(),
-            work_dir: work.path().to_path_buf(),
-            labels: BTreeMap::new(),
-            roots: vec![std::fs::canonicalize(f.ws()).unwrap()],
-            python: "python3".into(),
-            slots: 1,
-            kill_grace: Duration::from_secs(1),
-            npu_smi: "npu-smi".into(),
-        });
-        let a = AttemptSpec {
-            job_id: "j1".into(),
-            task_id: "t".into(),
-            attempt: 1,
-            epoch: 7,
-            spec: pb::JobSpec {
-                kind: "benchmark".into(),
-                source: Some(pb::Source {
-                    kind: Some(pb::source::Kind::Dir(f.ws().display().to_string())),
-                }),
-                benchmark: Some(spec(2)),
-                ..Default::default()
-            },
-        };
-        let (_stop_tx, stop) = watch::channel(None);
-        runner::run(cfg, a, f.tx.clone(), stop).await;
-        server.abort();
-        let mut kinds = Vec::new();
-        while let Ok((_, kind)) = f.rx.try_recv() {
-            kinds.push(kind);
-        }
-        assert!(matches!(kinds.first(), Some(task_update::Kind::Started(_))));
-        let Some(task_update::Kind::Finished(fin)) = kinds.last() else {
-            panic!("no Finished last: {kinds:?}");
-        };
-        assert_eq!(fin.outcome(), Outcome::Failed);
-        assert_eq!(fin.reason, "1 of 2 cases errored");
-        assert_eq!(fin.exit_code, 1);
-        let cases: Vec<&pb::CaseResult> = kinds
-            .iter()
-            .filter_map(|k| match k {
-                task_update::Kind::Case(c) => Some(c),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(cases.len(), 2);
-        assert_eq!(cases[0].name, "broken");
-        assert!(
-            message(cases[0]).starts_with("case broken (cases/broken.json): not valid JSON"),
-            "{}",
-            message(cases[0])
-        );
-        // The stored anchor (0.5) replaced the case file's (0.1).
-        assert_eq!(cases[1].verdict, "improvement", "{}", message(cases[1]));
-        assert_eq!(cases[1].explanation.clone().unwrap().baseline, Some(0.5));
-        let log: String = kinds
-            .iter()
-            .filter_map(|k| match k {
-                task_update::Kind::Log(l) => Some(String::from_utf8_lossy(&l.data).into_owned()),
-                _ => None,
-            })
-            .collect();
-        assert!(
-            log.contains("msfleet: benchmark: 1 case(s) and 1 malformed from cases;"),
-            "{log}"
-        );
-        assert!(
-            log.contains("1 stored baseline(s) for hardware profile 'h100'"),
-            "{log}"
-        );
-        // Nothing is left behind in the work dir's run directory.
-        let left: Vec<_> = std::fs::read_dir(work.path().join("run"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
-    }
-
-    #[test]
-    fn orphaned_benchmark_runs_are_reaped_by_their_metrics_marker() {
-        let work = tempfile::tempdir().unwrap();
-        let run = work.path().join("run");
-        std::fs::create_dir_all(&run).unwrap();
-        let metrics = run.join("9-1-bench").join("metrics-0.json");
-        let mut child = std::process::Command::new("sleep")
-            .arg("300")
-            .env("MSFLEET_METRICS", &metrics)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        std::fs::write(
-            run.join("9-1.pgid"),
-            format!("{}\n{}\n", child.id(), metrics.display()),
-        )
-        .unwrap();
-        // Right after spawn the new program's environment may not be readable yet.
-        let environ = format!("/proc/{}/environ", child.id());
-        for _ in 0..100 {
-            let env = std::fs::read(&environ).unwrap_or_default();
-            if env.windows(15).any(|w| w == b"MSFLEET_METRICS") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(runner::reap_orphans(work.path()), 1);
-        let status = child.wait().unwrap();
-        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 }

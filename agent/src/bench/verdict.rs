@@ -175,8 +175,11 @@ pub fn summarize(samples: &[f64]) -> Result<Summary, VerdictError> {
     })
 }
 
-/// Median of a non-empty slice of finite numbers (mean of the middle two for even length).
-fn median_of(values: &[f64]) -> f64 {
+/// Median of a slice of finite numbers (mean of the middle two for even length; 0 when empty).
+pub fn median_of(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
@@ -1126,6 +1129,15 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
+    }
+
+    #[test]
+    fn median_is_the_middle_or_the_mean_of_the_middle_two() {
+        assert_eq!(median_of(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median_of(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median_of(&[7.0]), 7.0);
+        // The run summary of a metric without samples (run.rs) reads 0.
+        assert_eq!(median_of(&[]), 0.0);
     }
 
     fn anchor(value: f64, tolerance: f64) -> Option<Anchor> {

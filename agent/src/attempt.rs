@@ -1,0 +1,174 @@
+//! What every kind of attempt shares: its identity ([`AttemptSpec`], [`AttemptKey`]), the sink
+//! of its updates ([`Updates`]), why it is stopped from outside ([`StopReason`]), its deadline and
+//! stop signal watched together ([`Guard`], [`Halt`]), and how a run that ended or halted becomes
+//! a [`Finished`].
+//!
+//! A leaf: the pytest runner ([`crate::runner`]), the benchmark core ([`crate::bench`]) and the
+//! process-group runner ([`crate::process`]) all use it, and it uses none of them.
+
+use msfleet_proto::{task_update, Finished, JobSpec, LogChunk, Outcome};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Why a running attempt is being stopped from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled(String),
+    /// The scheduler no longer recognises the attempt: stop and report nothing.
+    Abandoned,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+/// One attempt to run.
+#[derive(Debug, Clone)]
+pub struct AttemptSpec {
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt: u32,
+    /// The lease's fencing epoch (calls about the attempt carry it).
+    pub epoch: u64,
+    pub spec: JobSpec,
+}
+
+/// Identifies an attempt on this agent: (task id, attempt number).
+pub type AttemptKey = (String, u32);
+
+/// Sink for one attempt's updates; the session numbers and sends them.
+#[derive(Clone)]
+pub struct Updates {
+    key: AttemptKey,
+    tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
+}
+
+impl Updates {
+    pub fn new(
+        key: AttemptKey,
+        tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
+    ) -> Self {
+        Updates { key, tx }
+    }
+
+    pub fn send(&self, kind: task_update::Kind) {
+        let _ = self.tx.send((self.key.clone(), kind));
+    }
+
+    /// Sends `text` as one log chunk of `stream` (the agent's own lines go to `stderr`).
+    pub fn log(&self, stream: &str, text: String) {
+        self.send(task_update::Kind::Log(LogChunk {
+            stream: stream.into(),
+            data: text.into_bytes(),
+        }));
+    }
+}
+
+/// Wall-clock limit of one attempt (the scheduler fills in its default).
+pub fn attempt_timeout(spec: &JobSpec) -> Duration {
+    Duration::from_millis(spec.timeout_ms.unwrap_or(3_600_000).max(1) as u64)
+}
+
+/// A `Finished` update, as every runner returns it.
+pub fn finished(outcome: Outcome, reason: impl Into<String>, exit_code: i32) -> Option<Finished> {
+    Some(Finished {
+        outcome: outcome as i32,
+        reason: reason.into(),
+        exit_code,
+    })
+}
+
+/// How an attempt that was halted ends (`None`: abandoned, nothing is reported). `timeout` is
+/// the attempt's limit, said when it ran out.
+pub fn halted(halt: Halt, timeout: Duration, exit_code: i32) -> Option<Finished> {
+    match halt {
+        Halt::TimedOut => finished(
+            Outcome::TimedOut,
+            format!("timed out after {}", humantime::format_duration(timeout)),
+            exit_code,
+        ),
+        Halt::Stop(StopReason::Cancelled(why)) => finished(Outcome::Cancelled, why, exit_code),
+        Halt::Stop(StopReason::Abandoned) => None,
+        Halt::Stop(StopReason::Shutdown) => {
+            finished(Outcome::Requeue, "the agent is shutting down", exit_code)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- stop and timeout
+
+/// Why the attempt stops before it is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Halt {
+    TimedOut,
+    Stop(StopReason),
+}
+
+/// The attempt's deadline and its stop signal, watched while anything runs.
+pub struct Guard<'a> {
+    deadline: tokio::time::Instant,
+    stop: &'a mut watch::Receiver<Option<StopReason>>,
+    halted: Option<Halt>,
+}
+
+impl<'a> Guard<'a> {
+    pub fn new(
+        deadline: tokio::time::Instant,
+        stop: &'a mut watch::Receiver<Option<StopReason>>,
+    ) -> Self {
+        Guard {
+            deadline,
+            stop,
+            halted: None,
+        }
+    }
+
+    /// The halt already seen by [`Guard::wait`], if any.
+    pub fn halted(&self) -> Option<&Halt> {
+        self.halted.as_ref()
+    }
+
+    /// Without waiting: a stop that has come, else the deadline if it has passed.
+    pub fn check(&mut self) -> Option<Halt> {
+        if let Some(h) = &self.halted {
+            return Some(h.clone());
+        }
+        let now = self.stop.borrow_and_update().clone();
+        if let Some(r) = now {
+            return Some(self.set(Halt::Stop(r)));
+        }
+        if tokio::time::Instant::now() >= self.deadline {
+            return Some(self.set(Halt::TimedOut));
+        }
+        None
+    }
+
+    /// Resolves when the attempt must stop (at once, once it has). Cancel-safe.
+    pub async fn wait(&mut self) -> Halt {
+        if let Some(h) = &self.halted {
+            return h.clone();
+        }
+        let now = self.stop.borrow_and_update().clone();
+        if let Some(r) = now {
+            return self.set(Halt::Stop(r));
+        }
+        let halt = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.deadline) => break Halt::TimedOut,
+                changed = self.stop.changed() => {
+                    if changed.is_err() {
+                        break Halt::Stop(StopReason::Shutdown);
+                    }
+                    let now = self.stop.borrow_and_update().clone();
+                    if let Some(r) = now {
+                        break Halt::Stop(r);
+                    }
+                }
+            }
+        };
+        self.set(halt)
+    }
+
+    fn set(&mut self, h: Halt) -> Halt {
+        self.halted = Some(h.clone());
+        h
+    }
+}

@@ -1,0 +1,274 @@
+//! A case's runs judged against its baselines, the `CaseResult` that becomes of it, the log line
+//! that says it, and the tally of an attempt's verdicts.
+
+use super::baselines::{baseline_for, Baselines};
+use super::cases::{LoadedCase, Plan};
+use super::metrics::{median_operators, primary_metric, primary_samples, RunSample};
+use super::verdict::{self, Direction, Judgement, OperatorReport, Rules, Verdict};
+use msfleet_proto::bench as pbench;
+use msfleet_proto::case::CaseError;
+use msfleet_proto::{self as pb, Outcome};
+use std::collections::BTreeMap;
+
+/// A judged measurement.
+pub(super) struct Judged {
+    pub(super) metric: String,
+    pub(super) judgement: Judgement,
+    pub(super) operators: Vec<verdict::OperatorTime>,
+    pub(super) report: Option<OperatorReport>,
+}
+
+/// Judges the runs' primary metric against `stored` (or the case file) and folds in the
+/// operator comparison.
+pub(super) fn judge_runs(
+    plan: &Plan,
+    lc: &LoadedCase,
+    runs: &[RunSample],
+    baselines: &Baselines,
+) -> Result<Judged, String> {
+    let metric = primary_metric(plan.metric.as_deref(), runs);
+    let samples = primary_samples(&metric, runs)?;
+    let stored = baselines.find(lc, &metric);
+    let base = baseline_for(&lc.case, stored);
+    let dir = if pbench::higher_is_better(&metric) {
+        Direction::HigherIsBetter
+    } else {
+        Direction::LowerIsBetter
+    };
+    let mut judgement = verdict::judge(&samples, dir, &base, &Rules::default());
+    let operators = median_operators(runs);
+    let base_ops: Vec<verdict::OperatorTime> = match stored {
+        Some(b) if !b.anchor_operators.is_empty() => b
+            .anchor_operators
+            .iter()
+            .map(|o| verdict::OperatorTime {
+                name: o.name.clone(),
+                total_time_s: o.total_time_s,
+                num_calls: o.num_calls,
+            })
+            .collect(),
+        _ => lc
+            .case
+            .operators
+            .iter()
+            .map(|o| verdict::OperatorTime {
+                name: o.name.clone(),
+                total_time_s: o.total_time_s,
+                num_calls: o.num_calls,
+            })
+            .collect(),
+    };
+    let report = (!operators.is_empty() && !base_ops.is_empty()).then(|| {
+        verdict::compare_operators(
+            &operators,
+            &base_ops,
+            lc.case.operator_top_n,
+            lc.case.operator_tolerance,
+        )
+    });
+    if let Some(r) = &report {
+        judgement = verdict::with_operators(judgement, r);
+    }
+    Ok(Judged {
+        metric,
+        judgement,
+        operators,
+        report,
+    })
+}
+
+pub(super) fn explanation(ex: &verdict::Explanation) -> pb::Explanation {
+    pb::Explanation {
+        value: ex.value,
+        baseline: ex.baseline,
+        delta_pct: ex.delta_pct,
+        limit: ex.limit.clone(),
+        z: ex.z,
+        t_limit: ex.t_limit,
+        k: u32::try_from(ex.k).unwrap_or(u32::MAX),
+        spread_cv: ex.spread_cv,
+        baseline_run_ids: ex.baseline_run_ids.clone(),
+        rule: ex.rule.clone(),
+        message: ex.message.clone(),
+    }
+}
+
+/// An `error` result for a case that could not be measured or judged.
+pub(super) fn error_result(
+    name: &str,
+    file: &str,
+    input_hash: &str,
+    metric: &str,
+    rule: &str,
+    message: String,
+) -> pb::CaseResult {
+    pb::CaseResult {
+        name: name.to_string(),
+        file: file.to_string(),
+        input_hash: input_hash.to_string(),
+        metric: metric.to_string(),
+        verdict: Verdict::Error.as_str().to_string(),
+        explanation: Some(pb::Explanation {
+            rule: rule.to_string(),
+            message,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The result of a case file that did not load.
+pub fn case_error_result(e: &CaseError) -> pb::CaseResult {
+    error_result(
+        &e.case,
+        &e.file.display().to_string(),
+        "",
+        "",
+        verdict::RULE_INPUT,
+        e.to_string(),
+    )
+}
+
+/// A number with four significant digits, without trailing zeros.
+fn num(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return format!("{x}");
+    }
+    let decimals = (3 - x.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    let s = format!("{x:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// The one-line summary of a case for the attempt's log.
+pub fn summary_line(r: &pb::CaseResult) -> String {
+    let ex = r.explanation.clone().unwrap_or_default();
+    let mut line = format!("msfleet: case {}: {}", r.name, r.verdict);
+    if r.verdict == Verdict::Error.as_str() {
+        line.push_str(": ");
+        line.push_str(ex.message.lines().next().unwrap_or(""));
+    } else {
+        line.push_str(&format!(" {} {}", r.metric, num(ex.value)));
+        let mut paren = Vec::new();
+        if r.verdict == Verdict::NoBaseline.as_str() {
+            paren.push("nothing to compare with yet".to_string());
+        }
+        if let Some(b) = ex.baseline {
+            line.push_str(&format!(" vs {}", num(b)));
+        }
+        if let Some(d) = ex.delta_pct {
+            paren.push(format!("{d:+.1}%"));
+        }
+        if !ex.limit.is_empty() && r.verdict != Verdict::NoBaseline.as_str() {
+            paren.push(ex.limit.clone());
+        }
+        if !paren.is_empty() {
+            line.push_str(&format!(" ({})", paren.join(", ")));
+        }
+        if r.rerun {
+            line.push_str(if r.confirmed {
+                ", confirmed by a re-run"
+            } else {
+                ", not confirmed by a re-run"
+            });
+        }
+        if !r.operators_moved.is_empty() {
+            line.push_str(&format!(
+                "; operators moved: {}",
+                r.operators_moved.join(", ")
+            ));
+        }
+    }
+    line.push('\n');
+    line
+}
+
+/// Counts of the verdicts of an attempt's cases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub counts: BTreeMap<String, usize>,
+}
+
+impl Tally {
+    pub fn record(&mut self, verdict: &str) {
+        *self.counts.entry(verdict.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn total(&self) -> usize {
+        self.counts.values().sum()
+    }
+
+    fn count(&self, v: Verdict) -> usize {
+        self.counts.get(v.as_str()).copied().unwrap_or(0)
+    }
+
+    /// Passed when no case regressed or errored, else failed; with a reason.
+    pub fn outcome(&self) -> (Outcome, String) {
+        let total = self.total();
+        let cases = if total == 1 { "case" } else { "cases" };
+        if total == 0 {
+            return (Outcome::Failed, "no benchmark cases found".into());
+        }
+        let (reg, err) = (self.count(Verdict::Regression), self.count(Verdict::Error));
+        if reg == 0 && err == 0 {
+            let parts: Vec<String> = self
+                .counts
+                .iter()
+                .map(|(v, n)| format!("{n} {v}"))
+                .collect();
+            return (
+                Outcome::Passed,
+                format!("{total} {cases}: {}", parts.join(", ")),
+            );
+        }
+        let reason = match (reg, err) {
+            (r, 0) => format!("{r} of {total} {cases} regressed"),
+            (0, e) => format!("{e} of {total} {cases} errored"),
+            (r, e) => format!("{r} of {total} {cases} regressed, {e} errored"),
+        };
+        (Outcome::Failed, reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_reasons() {
+        let mut t = Tally::default();
+        assert_eq!(t.outcome().0, Outcome::Failed);
+        for v in ["pass", "pass", "improvement", "noisy"] {
+            t.record(v);
+        }
+        assert_eq!(
+            t.outcome(),
+            (
+                Outcome::Passed,
+                "4 cases: 1 improvement, 1 noisy, 2 pass".to_string()
+            )
+        );
+        t.record("regression");
+        t.record("regression");
+        t.record("error");
+        assert_eq!(
+            t.outcome(),
+            (
+                Outcome::Failed,
+                "2 of 7 cases regressed, 1 errored".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn numbers_have_four_significant_digits() {
+        assert_eq!(num(0.0201234), "0.02012");
+        assert_eq!(num(0.0154), "0.0154");
+        assert_eq!(num(12345.6), "12346");
+        assert_eq!(num(1.5), "1.5");
+        assert_eq!(num(0.0), "0");
+    }
+}

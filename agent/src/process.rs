@@ -1,0 +1,366 @@
+//! The process-group runner: the one way the agent runs a test or benchmark command.
+//!
+//! [`ProcessGroup::spawn`] starts a command in its own process group (stdin from `/dev/null`,
+//! stdout and stderr piped); [`ProcessGroup::record`] writes the group to a `.pgid` file so
+//! that an agent restarted after a crash can kill what is left ([`reap_orphans`]);
+//! [`ProcessGroup::start`] streams both pipes as sequenced log chunks of at most
+//! [`msfleet_proto::MAX_LOG_CHUNK`] bytes (each chunk also handed to an optional
+//! [`OutputHook`]) and reaps the process with `wait4` on a blocking thread, which gives its exit
+//! status and resource usage ([`Reaped`]). [`Running::wait`] waits for the exit, or for the
+//! attempt's [`Guard`] (deadline or stop): then SIGTERM to the group, the grace period, SIGKILL
+//! of the group. Whatever the process left behind in its group is SIGKILLed in either case.
+//!
+//! The pytest runner ([`crate::runner`]) and the benchmark core ([`crate::bench`]) both run
+//! their processes through it: pytest ignores the resource usage, the benchmark core measures
+//! with it and captures the output through the hook for its extractors.
+
+use crate::attempt::{Guard, Halt, Updates};
+use msfleet_proto::{task_update, LogChunk};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::task::JoinHandle;
+
+/// How long the output readers may lag behind the end of a run.
+pub const READER_DRAIN: Duration = Duration::from_secs(5);
+
+/// The environment variables whose value a runner also writes as the second line of its
+/// `.pgid` file: a live group leader that carries one of them with that value is ours.
+/// `MSFLEET_RESULT_SOCKET`: pytest's result socket; `MSFLEET_METRICS`: a benchmark run's
+/// metrics file.
+const MARKER_VARS: [&str; 2] = ["MSFLEET_RESULT_SOCKET", "MSFLEET_METRICS"];
+
+/// Sees every chunk of a run's output (`"stdout"` or `"stderr"`, bytes) before it is sent.
+pub type OutputHook = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
+
+/// The exit status and resource usage of a reaped child.
+#[derive(Debug)]
+pub struct Reaped {
+    pub status: ExitStatus,
+    /// User + system CPU time of the child and the descendants it waited for.
+    pub cpu_s: f64,
+    /// Peak resident set size of the largest of them.
+    pub max_rss_bytes: u64,
+    /// When it was reaped.
+    pub ended: Instant,
+}
+
+/// A command started in its own process group whose output is not read yet.
+pub struct ProcessGroup {
+    child: std::process::Child,
+    pid: libc::pid_t,
+    pgid_file: Option<PathBuf>,
+}
+
+impl ProcessGroup {
+    /// Starts `cmd` as the leader of a new process group, stdin from `/dev/null`, stdout and
+    /// stderr piped.
+    pub fn spawn(cmd: &mut std::process::Command) -> std::io::Result<ProcessGroup> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let child = cmd.spawn()?;
+        // The child is reaped by `wait_rusage`, never through `child`.
+        let pid = libc::pid_t::try_from(child.id())
+            .map_err(|_| std::io::Error::other("the run got an invalid process id"))?;
+        Ok(ProcessGroup {
+            child,
+            pid,
+            pgid_file: None,
+        })
+    }
+
+    /// The leader's pid, which is also the group's id.
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// Records the group in `file` (`<pgid>\n<marker>\n`, see [`reap_orphans`]); `marker` is
+    /// the value the command got in one of the marker variables. The file is removed by
+    /// [`Exited::drain`], also when writing it failed.
+    pub async fn record(&mut self, file: PathBuf, marker: &Path) -> std::io::Result<()> {
+        let written =
+            tokio::fs::write(&file, format!("{}\n{}\n", self.pid, marker.display())).await;
+        self.pgid_file = Some(file);
+        written
+    }
+
+    /// Streams stdout and stderr into `tx` as log chunks (through `hook` first, if any) and
+    /// starts reaping the process.
+    pub fn start(mut self, tx: &Updates, hook: Option<OutputHook>) -> Running {
+        let mut readers = Vec::new();
+        let pipes: [(Option<OwnedFd>, &'static str); 2] = [
+            (self.child.stdout.take().map(OwnedFd::from), "stdout"),
+            (self.child.stderr.take().map(OwnedFd::from), "stderr"),
+        ];
+        for (fd, stream) in pipes {
+            let Some(fd) = fd else { continue };
+            match pipe::Receiver::from_owned_fd(fd) {
+                Ok(r) => readers.push(tokio::spawn(pump(r, stream, tx.clone(), hook.clone()))),
+                Err(e) => tracing::warn!(error = %e, stream, "cannot read the run's output"),
+            }
+        }
+        drop(self.child);
+        let pid = self.pid;
+        Running {
+            pgid: Pid::from_raw(pid),
+            pgid_file: self.pgid_file,
+            readers,
+            reaper: tokio::task::spawn_blocking(move || wait_rusage(pid)),
+        }
+    }
+}
+
+/// A started process group: its output is being read and its leader reaped.
+pub struct Running {
+    pgid: Pid,
+    pgid_file: Option<PathBuf>,
+    readers: Vec<JoinHandle<()>>,
+    reaper: JoinHandle<std::io::Result<Reaped>>,
+}
+
+/// How a process group's run ended.
+pub struct Exited {
+    /// The leader's status and usage (on a halt: after SIGTERM or SIGKILL).
+    pub reaped: std::io::Result<Reaped>,
+    /// Set when the guard stopped the run.
+    pub halted: Option<Halt>,
+    readers: Vec<JoinHandle<()>>,
+    pgid_file: Option<PathBuf>,
+}
+
+impl Running {
+    /// Waits until the leader exits, or until `guard` halts the attempt: then SIGTERM to the
+    /// group and SIGKILL once `grace` is over. Either way the rest of the group is SIGKILLed.
+    pub async fn wait(mut self, guard: &mut Guard<'_>, grace: Duration) -> Exited {
+        let (waited, halted) = tokio::select! {
+            r = &mut self.reaper => (r, None),
+            h = guard.wait() => (terminate(self.pgid, grace, &mut self.reaper).await, Some(h)),
+        };
+        // Whatever the run left behind in its group goes too.
+        let _ = killpg(self.pgid, Signal::SIGKILL);
+        Exited {
+            reaped: waited.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            halted,
+            readers: self.readers,
+            pgid_file: self.pgid_file,
+        }
+    }
+}
+
+impl Exited {
+    /// Lets the output readers catch up (up to [`READER_DRAIN`] each), then removes the
+    /// group's `.pgid` file.
+    pub async fn drain(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = tokio::time::timeout(READER_DRAIN, r).await;
+        }
+        if let Some(f) = self.pgid_file.take() {
+            let _ = tokio::fs::remove_file(f).await;
+        }
+    }
+}
+
+/// Blocks until `pid` exits and reaps it with `wait4`, which gives the resource usage of the
+/// child and of the descendants it waited for.
+fn wait_rusage(pid: libc::pid_t) -> std::io::Result<Reaped> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero `rusage` is a valid value (plain integers and timevals).
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are to live, writable locals of the right types.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            return Ok(Reaped {
+                status: ExitStatus::from_raw(status),
+                cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
+                // Linux reports ru_maxrss in KiB.
+                max_rss_bytes: u64::try_from(ru.ru_maxrss).unwrap_or(0) * 1024,
+                ended: Instant::now(),
+            });
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Waits for the reaper after SIGTERM to the group; SIGKILL once `grace` is over.
+async fn terminate(
+    pgid: Pid,
+    grace: Duration,
+    waiter: &mut JoinHandle<std::io::Result<Reaped>>,
+) -> Result<std::io::Result<Reaped>, tokio::task::JoinError> {
+    let _ = killpg(pgid, Signal::SIGTERM);
+    match tokio::time::timeout(grace, &mut *waiter).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            waiter.await
+        }
+    }
+}
+
+/// Sends what `r` yields as log chunks of `stream`, showing each to `hook` first.
+async fn pump(mut r: pipe::Receiver, stream: &'static str, tx: Updates, hook: Option<OutputHook>) {
+    let mut buf = vec![0u8; msfleet_proto::MAX_LOG_CHUNK];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Some(h) = &hook {
+                    h(stream, &buf[..n]);
+                }
+                tx.send(task_update::Kind::Log(LogChunk {
+                    stream: stream.into(),
+                    data: buf[..n].to_vec(),
+                }));
+            }
+        }
+    }
+}
+
+/// Kills the process groups of test runs that a previous agent process left
+/// behind (it was killed before it could stop them). A group is killed only
+/// when it is certainly ours: its leader is gone (a live group keeps its id
+/// from being reused) or the leader still carries our result-socket path
+/// (pytest) or metrics-file path (benchmark runs), the file's second line.
+pub fn reap_orphans(work_dir: &Path) -> usize {
+    let run_dir = work_dir.join("run");
+    let Ok(entries) = std::fs::read_dir(&run_dir) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pgid") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut lines = text.lines();
+        let pgid = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
+        let sock = lines.next().unwrap_or("").to_string();
+        if let Some(pg) = pgid.filter(|p| *p > 1) {
+            let leader = Path::new("/proc").join(pg.to_string());
+            let ours = if leader.exists() {
+                let markers = MARKER_VARS.map(|var| format!("{var}={sock}"));
+                std::fs::read(leader.join("environ"))
+                    .map(|env| {
+                        env.split(|b| *b == 0)
+                            .any(|kv| markers.iter().any(|m| kv == m.as_bytes()))
+                    })
+                    .unwrap_or(false)
+            } else {
+                true
+            };
+            if ours && killpg(Pid::from_raw(pg), Signal::SIGKILL).is_ok() {
+                tracing::warn!(
+                    pgid = pg,
+                    "killed a test process group left by a previous agent"
+                );
+                killed += 1;
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(sock);
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spawn_group(marker: Option<&str>) -> std::process::Child {
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("300").process_group(0);
+        if let Some(m) = marker {
+            cmd.env("MSFLEET_RESULT_SOCKET", m);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    fn alive(child: &mut std::process::Child) -> bool {
+        std::thread::sleep(Duration::from_millis(100));
+        child.try_wait().unwrap().is_none()
+    }
+
+    #[test]
+    fn reaps_only_groups_that_carry_our_marker() {
+        let work = tempfile::tempdir().unwrap();
+        let run = work.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let sock = run.join("7-1.sock");
+        let mut ours = spawn_group(Some(&sock.display().to_string()));
+        let mut stranger = spawn_group(None);
+        // Until the child has exec'd, /proc shows the parent's environment.
+        for child in [&ours, &stranger] {
+            let exe = format!("/proc/{}/cmdline", child.id());
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !std::fs::read(&exe)
+                .unwrap_or_default()
+                .starts_with(b"sleep")
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        std::fs::write(
+            run.join("7-1.pgid"),
+            format!("{}\n{}\n", ours.id(), sock.display()),
+        )
+        .unwrap();
+        std::fs::write(
+            run.join("8-1.pgid"),
+            format!("{}\n{}\n", stranger.id(), run.join("8-1.sock").display()),
+        )
+        .unwrap();
+        assert_eq!(reap_orphans(work.path()), 1);
+        assert!(!alive(&mut ours), "our orphaned group must be killed");
+        assert!(alive(&mut stranger), "a reused pid must not be killed");
+        assert!(!run.join("7-1.pgid").exists());
+        stranger.kill().unwrap();
+        let _ = stranger.wait();
+    }
+
+    #[test]
+    fn orphaned_benchmark_runs_are_reaped_by_their_metrics_marker() {
+        let work = tempfile::tempdir().unwrap();
+        let run = work.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let metrics = run.join("9-1-bench").join("metrics-0.json");
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .env("MSFLEET_METRICS", &metrics)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            run.join("9-1.pgid"),
+            format!("{}\n{}\n", child.id(), metrics.display()),
+        )
+        .unwrap();
+        // Right after spawn the new program's environment may not be readable yet.
+        let environ = format!("/proc/{}/environ", child.id());
+        for _ in 0..100 {
+            let env = std::fs::read(&environ).unwrap_or_default();
+            if env.windows(15).any(|w| w == b"MSFLEET_METRICS") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(reap_orphans(work.path()), 1);
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+}
