@@ -1,5 +1,6 @@
 //! Agent settings: a TOML file (`--config`) overlaid by command-line flags.
 
+use msfleet_proto::client::{Bearer, Target};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,13 @@ pub struct FileConfig {
     /// e.g. "10s"
     pub kill_grace: Option<String>,
     pub npu_smi: Option<PathBuf>,
+    /// File with this agent's join token (`msctl agent token create`).
+    pub token_file: Option<PathBuf>,
+    /// CA (PEM) that signed the scheduler's certificate (https:// addresses).
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mTLS: the certificate's name is the agent's.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -65,6 +73,10 @@ pub struct AgentConfig {
     /// Time between SIGTERM and SIGKILL of a test's process group.
     pub kill_grace: Duration,
     pub npu_smi: PathBuf,
+    /// How to reach the scheduler: address, CA, client certificate.
+    pub target: Target,
+    /// The join token, sent with every call (its Debug never shows the secret).
+    pub bearer: Bearer,
 }
 
 /// Flag values (all optional: the file and defaults fill the rest).
@@ -79,6 +91,10 @@ pub struct Overrides {
     pub slots: Option<u32>,
     pub kill_grace: Option<Duration>,
     pub npu_smi: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -137,6 +153,37 @@ impl AgentConfig {
                 .map_err(|e| ConfigError::Invalid(format!("kill_grace '{s}': {e}")))?,
             (None, None) => Duration::from_secs(10),
         };
+        let token = match flags.token_file.or(file.token_file) {
+            Some(p) => Some(
+                msfleet_proto::client::read_token_file(&p)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let bearer =
+            Bearer::new(token.as_deref()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let identity = match (
+            flags.tls_cert.or(file.tls_cert),
+            flags.tls_key.or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "--tls-cert and --tls-key go together".into(),
+                ))
+            }
+        };
+        let target = Target {
+            addr: scheduler.clone(),
+            ca: flags.ca.or(file.ca),
+            identity,
+        };
+        if token.is_none() && target.identity.is_none() {
+            tracing::warn!(
+                "no --token-file and no client certificate: the scheduler will refuse this agent"
+            );
+        }
         let slots = flags.slots.or(file.slots).unwrap_or(1);
         if slots == 0 {
             return Err(ConfigError::Invalid("slots must be at least 1".into()));
@@ -157,6 +204,8 @@ impl AgentConfig {
                 .npu_smi
                 .or(file.npu_smi)
                 .unwrap_or_else(|| PathBuf::from("npu-smi")),
+            target,
+            bearer,
         })
     }
 }

@@ -42,6 +42,18 @@ struct Args {
     /// The npu-smi binary.
     #[arg(long)]
     npu_smi: Option<PathBuf>,
+    /// File with this agent's join token (`msctl agent token create NAME`).
+    #[arg(long, env = "MSFLEET_AGENT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the scheduler's, for https:// addresses.
+    #[arg(long, env = "MSFLEET_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; its DNS name or common name must be --name.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Print the capability report as JSON and exit.
     #[arg(long)]
     probe: bool,
@@ -79,6 +91,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             slots: args.slots,
             kill_grace: args.kill_grace,
             npu_smi: args.npu_smi,
+            token_file: args.token_file,
+            ca: args.ca,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
         },
     )?;
     std::fs::create_dir_all(&cfg.work_dir)

@@ -586,6 +586,8 @@ def test_param(p):
             slots: 1,
             kill_grace: Duration::from_secs(2),
             npu_smi: "npu-smi".into(),
+            target: Default::default(),
+            bearer: msfleet_proto::client::Bearer::new(None).unwrap(),
         });
         let mut spec = JobSpec {
             kind: "pytest".into(),
@@ -875,6 +877,11 @@ def test_slow_second_time():
         f.case("broken", "not json");
         let work = tempfile::tempdir().unwrap();
         let cfg = Arc::new(AgentConfig {
+            target: msfleet_proto::client::Target {
+                addr: addr.clone(),
+                ..Default::default()
+            },
+            bearer: msfleet_proto::client::Bearer::new(None).unwrap(),
             scheduler: addr,
             name: "a".into(),
             work_dir: work.path().to_path_buf(),

@@ -12,6 +12,7 @@ use crate::attempt::{AttemptKey, AttemptSpec, StopReason, Updates};
 use crate::config::AgentConfig;
 use crate::runner;
 use msfleet_proto::agent_link_client::AgentLinkClient;
+use msfleet_proto::client::ConnectError;
 use msfleet_proto::{
     agent_message, scheduler_message, task_update, AgentMessage, AttemptRef, Capabilities,
     TaskUpdate,
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tonic::Code;
 
 /// Why the agent stopped for good.
@@ -161,9 +161,9 @@ impl Session {
     }
 
     async fn connect_once(&mut self, shutdown: &mut watch::Receiver<bool>) -> Disconnect {
-        let endpoint = match Endpoint::from_shared(self.cfg.scheduler.clone()) {
+        let target = &self.cfg.target;
+        let endpoint = match target.endpoint() {
             Ok(e) => e
-                .connect_timeout(Duration::from_secs(5))
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_while_idle(true),
             Err(e) => {
@@ -176,10 +176,13 @@ impl Session {
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                return Disconnect::Retry(format!("connecting to {}: {e}", self.cfg.scheduler))
+                return match target.explain(&msfleet_proto::client::chain(&e)) {
+                    ConnectError::Config(m) => Disconnect::Fatal(SessionError::Refused(m)),
+                    ConnectError::Unreachable(m) => Disconnect::Retry(m),
+                }
             }
         };
-        let mut client = AgentLinkClient::new(channel)
+        let mut client = AgentLinkClient::with_interceptor(channel, self.cfg.bearer.clone())
             .max_decoding_message_size(msfleet_proto::MAX_MESSAGE)
             .max_encoding_message_size(msfleet_proto::MAX_MESSAGE);
         let (out, out_rx) = mpsc::channel::<AgentMessage>(4096);
@@ -196,10 +199,10 @@ impl Session {
             .await;
         let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
             Ok(r) => r.into_inner(),
-            Err(s) if matches!(s.code(), Code::AlreadyExists | Code::InvalidArgument) => {
+            Err(s) if fatal(&s) => {
                 return Disconnect::Fatal(SessionError::Refused(s.message().to_string()))
             }
-            Err(s) => return Disconnect::Retry(format!("opening the session: {s}")),
+            Err(s) => return Disconnect::Retry(self.retry_why("opening the session", &s)),
         };
         let registered = match inbound.message().await {
             Ok(Some(msfleet_proto::SchedulerMessage {
@@ -208,7 +211,10 @@ impl Session {
             Ok(_) => {
                 return Disconnect::Retry("the scheduler did not confirm the registration".into())
             }
-            Err(s) => return Disconnect::Retry(format!("registering: {s}")),
+            Err(s) if fatal(&s) => {
+                return Disconnect::Fatal(SessionError::Refused(s.message().to_string()))
+            }
+            Err(s) => return Disconnect::Retry(self.retry_why("registering", &s)),
         };
         tracing::info!(
             scheduler = %self.cfg.scheduler,
@@ -257,6 +263,11 @@ impl Session {
                         }
                     }
                     Ok(None) => return Disconnect::Retry("the scheduler closed the session".into()),
+                    Err(s) if fatal(&s) => {
+                        self.stop_all(StopReason::Abandoned);
+                        self.attempts.clear();
+                        return Disconnect::Fatal(SessionError::Refused(s.message().to_string()));
+                    }
                     Err(s) => return Disconnect::Retry(format!("session error: {s}")),
                 },
                 Some((key, kind)) = self.updates_rx.recv() => {
@@ -386,6 +397,28 @@ impl Session {
         self.attempts.insert(key.clone(), Attempt::new(r, stop));
         let updates = Updates::new(key, self.updates_tx.clone());
         tokio::spawn(runner::run(self.cfg.clone(), spec, updates, stop_rx));
+    }
+}
+
+/// Refusals no retry can fix: a wrong or revoked credential, a name taken.
+fn fatal(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        Code::AlreadyExists
+            | Code::InvalidArgument
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+    )
+}
+
+impl Session {
+    /// Why a call failed, with the TLS/plain-text mix-up spelled out.
+    fn retry_why(&self, what: &str, s: &tonic::Status) -> String {
+        let detail = format!("{}: {}", s.code(), s.message());
+        match self.cfg.target.explain(&detail) {
+            ConnectError::Config(m) => m,
+            ConnectError::Unreachable(_) => format!("{what}: {detail}"),
+        }
     }
 }
 

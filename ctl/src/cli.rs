@@ -19,6 +19,12 @@ pub struct Cli {
         global = true
     )]
     pub addr: String,
+    /// File holding your token (else $MSFLEET_TOKEN, else ~/.config/msfleet/token).
+    #[arg(long, env = "MSFLEET_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the scheduler's, for https:// addresses.
+    #[arg(long, env = "MSFLEET_CA", global = true)]
+    pub ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -117,6 +123,55 @@ pub enum Command {
         #[command(subcommand)]
         action: ScheduleAction,
     },
+    /// People's tokens (admin): create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Make a token; its secret is printed once, on the last line.
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["viewer", "submitter", "admin"])]
+        role: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentTokenAction {
+    /// Make an agent's join token (give it to `msagent --token-file`); its
+    /// secret is printed once, on the last line.
+    Create {
+        name: String,
+        /// Trusted label key=value (repeatable): wins over the agent's own.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Hardware profile the agent is counted under (overrides its own key).
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List agent tokens (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an agent's token: its live session ends within a second and its
+    /// running attempts are requeued.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -234,7 +289,8 @@ pub enum BaselineAction {
     /// Make a finished benchmark job's results the baselines' anchors (audited).
     Accept {
         job: String,
-        /// Who accepts (default: $USER).
+        /// Who accepts: the scheduler records your token's name; a different
+        /// --by is refused.
         #[arg(long = "by")]
         by: Option<String>,
         #[arg(long)]
@@ -260,6 +316,11 @@ pub enum AgentAction {
     Undrain { name: String },
     /// Take nothing new and mark the agent suspect.
     Quarantine { name: String },
+    /// Agents' join tokens: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: AgentTokenAction,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -8,12 +8,12 @@ use crate::export::{self, Outcome};
 use crate::follow::follow;
 use crate::jobfile::{parse_timeout, ExtractFile, JobFile, SourceFile};
 use crate::render::{self, counts_line};
-use crate::{exit, CtlError};
+use crate::{exit, Client, CtlError};
+use msfleet_proto::client::{self as client, Bearer, ConnectError, Target};
 use msfleet_proto::fleet_client::FleetClient;
 use msfleet_proto::{self as pb, job_event, CaseResult, JobState, TestCounts};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use tonic::transport::{Channel, Endpoint};
 
 pub async fn run(cli: Cli) -> Result<i32, CtlError> {
     if let Command::Submit(s) = &cli.command {
@@ -30,10 +30,10 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
     {
         // A bad job file is bad input whether or not the scheduler is up.
         let schedule = new_schedule(a)?;
-        let mut client = connect(&cli.addr).await?;
+        let mut client = connect(&cli).await?;
         return schedule_add(&mut client, schedule, a.json).await;
     }
-    let mut client = connect(&cli.addr).await?;
+    let mut client = connect(&cli).await?;
     match cli.command {
         Command::Submit(s) => submit(&mut client, *s).await,
         Command::Watch { job, json } => watch(&mut client, &job, json).await,
@@ -165,11 +165,16 @@ pub async fn run(cli: Cli) -> Result<i32, CtlError> {
             }
             Ok(exit::OK)
         }
+        Command::Token { action } => crate::tokens::people(&mut client, action).await,
+        Command::Agent {
+            action: AgentAction::Token { action },
+        } => crate::tokens::agents(&mut client, action).await,
         Command::Agent { action } => {
             let (name, admin) = match action {
                 AgentAction::Drain { name } => (name, pb::AgentAdmin::Drained),
                 AgentAction::Undrain { name } => (name, pb::AgentAdmin::Active),
                 AgentAction::Quarantine { name } => (name, pb::AgentAdmin::Quarantined),
+                AgentAction::Token { .. } => unreachable!("matched above"),
             };
             let a = client
                 .set_agent_admin(pb::SetAgentAdminRequest {
@@ -248,20 +253,38 @@ fn reason(r: &str) -> String {
     }
 }
 
-async fn connect(addr: &str) -> Result<FleetClient<Channel>, CtlError> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+/// The caller's token: `--token-file`, else `$MSFLEET_TOKEN`, else
+/// `~/.config/msfleet/token`, else none (the scheduler then says what to do).
+fn token(cli: &Cli) -> Result<Option<String>, CtlError> {
+    let bad = |e: ConnectError| CtlError::input(e.to_string());
+    if let Some(path) = &cli.token_file {
+        return client::read_token_file(path).map(Some).map_err(bad);
+    }
+    if let Some(t) = std::env::var("MSFLEET_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(Some(t.trim().to_string()));
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    match home.map(|h| h.join(".config/msfleet/token")) {
+        Some(path) if path.is_file() => client::read_token_file(&path).map(Some).map_err(bad),
+        _ => Ok(None),
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Client, CtlError> {
+    let target = Target {
+        addr: cli.addr.clone(),
+        ca: cli.ca.clone(),
+        identity: None,
     };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| CtlError::input(format!("bad --addr '{addr}': {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| CtlError::infra(format!("cannot reach the scheduler at {url}: {e}")))?;
-    Ok(FleetClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE))
+    let bearer = Bearer::new(token(cli)?.as_deref()).map_err(|e| CtlError::input(e.to_string()))?;
+    let channel = target.connect().await.map_err(|e| match e {
+        ConnectError::Config(m) => CtlError::input(m),
+        ConnectError::Unreachable(m) => CtlError::infra(m),
+    })?;
+    Ok(FleetClient::with_interceptor(channel, bearer).max_decoding_message_size(pb::MAX_MESSAGE))
 }
 
 /// The job file the submit flags describe (flags override `-f`).
@@ -489,7 +512,7 @@ fn split_kv(kv: &str, flag: &str) -> Result<(String, String), CtlError> {
     }
 }
 
-async fn submit(client: &mut FleetClient<Channel>, s: Submit) -> Result<i32, CtlError> {
+async fn submit(client: &mut Client, s: Submit) -> Result<i32, CtlError> {
     let file = job_file(&s)?;
     let spec = file.to_spec().map_err(|e| CtlError::input(e.to_string()))?;
     let spec_key = spec.dedup_key.clone();
@@ -533,10 +556,7 @@ pub fn dedup_note(job: &pb::Job, sent_key: &str) -> String {
 
 /// The schedule `schedule add` asks for: its job from the job file (with
 /// `--queue`/`--require` applied), checked as `submit -f` checks it.
-async fn test_command(
-    client: &mut FleetClient<Channel>,
-    action: TestAction,
-) -> Result<i32, CtlError> {
+async fn test_command(client: &mut Client, action: TestAction) -> Result<i32, CtlError> {
     let TestAction::History {
         test_id,
         profile,
@@ -592,7 +612,7 @@ fn new_schedule(a: &ScheduleAdd) -> Result<pb::Schedule, CtlError> {
 }
 
 async fn schedule_add(
-    client: &mut FleetClient<Channel>,
+    client: &mut Client,
     schedule: pb::Schedule,
     json: bool,
 ) -> Result<i32, CtlError> {
@@ -605,10 +625,7 @@ async fn schedule_add(
     Ok(exit::OK)
 }
 
-async fn schedule(
-    client: &mut FleetClient<Channel>,
-    action: ScheduleAction,
-) -> Result<i32, CtlError> {
+async fn schedule(client: &mut Client, action: ScheduleAction) -> Result<i32, CtlError> {
     let name = |name: String| pb::ScheduleName { name };
     let (s, json, verb) = match action {
         ScheduleAction::Add(a) => {
@@ -707,7 +724,7 @@ pub fn exit_code(state: JobState) -> i32 {
     }
 }
 
-async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Result<i32, CtlError> {
+async fn watch(client: &mut Client, job: &str, json: bool) -> Result<i32, CtlError> {
     let tty = std::io::stderr().is_terminal();
     let mut counts = TestCounts::default();
     let mut attempt = 0u32;
@@ -838,11 +855,7 @@ async fn watch(client: &mut FleetClient<Channel>, job: &str, json: bool) -> Resu
     Ok(exit_code(final_state))
 }
 
-async fn logs(
-    client: &mut FleetClient<Channel>,
-    job: &str,
-    follow_on: bool,
-) -> Result<i32, CtlError> {
+async fn logs(client: &mut Client, job: &str, follow_on: bool) -> Result<i32, CtlError> {
     let upto = if follow_on {
         u64::MAX
     } else {
@@ -871,12 +884,12 @@ async fn logs(
     Ok(exit::OK)
 }
 
-fn print_json(v: &serde_json::Value) {
+pub(crate) fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 async fn list_baselines(
-    client: &mut FleetClient<Channel>,
+    client: &mut Client,
     case: Option<String>,
     profile: Option<String>,
 ) -> Result<Vec<pb::Baseline>, CtlError> {
@@ -891,7 +904,7 @@ async fn list_baselines(
 }
 
 async fn baseline_list(
-    client: &mut FleetClient<Channel>,
+    client: &mut Client,
     case: Option<String>,
     profile: Option<String>,
     json: bool,
@@ -906,7 +919,7 @@ async fn baseline_list(
 }
 
 async fn baseline_show(
-    client: &mut FleetClient<Channel>,
+    client: &mut Client,
     case: String,
     profile: Option<String>,
     json: bool,
@@ -931,28 +944,25 @@ async fn baseline_show(
     Ok(exit::OK)
 }
 
-/// Who accepts: `--by`, else `$USER`, else "unknown".
-fn accepted_by(by: Option<String>) -> String {
-    by.filter(|b| !b.trim().is_empty())
-        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "unknown".into())
-}
-
 async fn baseline_accept(
-    client: &mut FleetClient<Channel>,
+    client: &mut Client,
     job: String,
     by: Option<String>,
     json: bool,
 ) -> Result<i32, CtlError> {
-    let who = accepted_by(by);
     let baselines = client
         .accept_baselines(pb::AcceptBaselinesRequest {
             job_id: job.clone(),
-            who: who.clone(),
+            who: by.unwrap_or_default(),
         })
         .await?
         .into_inner()
         .baselines;
+    // The scheduler recorded the caller's token name: show what it recorded.
+    let who = baselines
+        .iter()
+        .find_map(|b| b.audit.last().map(|a| a.who.clone()))
+        .unwrap_or_default();
     if json {
         print_json(&baselines.iter().map(render::baseline_json).collect());
         return Ok(exit::OK);
@@ -973,7 +983,7 @@ async fn baseline_accept(
 }
 
 async fn baseline_export(
-    client: &mut FleetClient<Channel>,
+    client: &mut Client,
     dir: &Path,
     profile: Option<String>,
     metric: Option<String>,
@@ -1508,12 +1518,5 @@ mod tests {
         );
         let bare = pb::Job { spec: None, ..job };
         assert!(dedup_note(&bare, "sent").contains("dedup key sent "));
-    }
-
-    #[test]
-    fn accept_names_who() {
-        assert_eq!(accepted_by(Some("alice".into())), "alice");
-        let fallback = accepted_by(Some("  ".into()));
-        assert!(!fallback.is_empty());
     }
 }

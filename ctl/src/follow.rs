@@ -1,11 +1,10 @@
 //! Following a job's event stream, resuming from the last seen event when the
 //! connection drops (e.g. while the scheduler restarts).
 
+use crate::Client;
 use crate::CtlError;
-use msfleet_proto::fleet_client::FleetClient;
 use msfleet_proto::{JobEvent, WatchJobRequest};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// How long a follower keeps trying to reconnect before giving up.
@@ -14,7 +13,7 @@ const RECONNECT_FOR: Duration = Duration::from_secs(120);
 /// Calls `on_event` for every event after `after_seq` until the job's last
 /// event (or until `on_event` returns false). Returns the last seq seen.
 pub async fn follow(
-    client: &mut FleetClient<Channel>,
+    client: &mut Client,
     job: &str,
     after_seq: u64,
     mut on_event: impl FnMut(&JobEvent) -> bool,

@@ -14,8 +14,12 @@ pub mod follow;
 pub mod jobfile;
 pub mod render;
 pub mod report;
+pub mod tokens;
 
 use tonic::{Code, Status};
+
+/// A Fleet client whose calls carry the caller's token.
+pub type Client = msfleet_proto::fleet_client::FleetClient<msfleet_proto::client::AuthedChannel>;
 
 /// Exit codes scripts rely on.
 pub mod exit {

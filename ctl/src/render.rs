@@ -107,6 +107,7 @@ pub fn job_json(j: &Job) -> Value {
         "tests": counts_json(&j.tests.unwrap_or_default()),
         "warnings": j.warnings,
         "submitted_at_ms": j.submitted_at_ms,
+        "submitted_by": j.submitted_by,
         "started_at_ms": nonzero(j.started_at_ms),
         "finished_at_ms": nonzero(j.finished_at_ms),
         "last_event_seq": j.last_event_seq,
@@ -184,6 +185,9 @@ pub fn schedule_json(s: &Schedule) -> Value {
         "overlap": s.overlap,
         "paused": s.paused,
         "created_ms": nonzero(s.created_ms),
+        "created_by": s.created_by,
+        "paused_by": s.paused_by,
+        "paused_ms": nonzero(s.paused_ms),
         "last_slot_ms": s.last_slot_ms,
         "last_slot_local": s.last_slot_ms.map(|ms| local_time(ms, &s.tz)),
         "last_job_id": text_or_null(&s.last_job_id),
@@ -254,7 +258,19 @@ pub fn schedule_text(s: &Schedule) -> String {
     out += &format!("  paused:    {}\n", if s.paused { "yes" } else { "no" });
     out += &format!("  misfire:   {}\n", dash(&s.misfire));
     out += &format!("  overlap:   {}\n", dash(&s.overlap));
-    out += &format!("  created:   {}\n", local_time(s.created_ms, &s.tz));
+    out += &format!("  created:   {}", local_time(s.created_ms, &s.tz));
+    if !s.created_by.is_empty() {
+        out += &format!(" by {}", s.created_by);
+    }
+    out += "\n";
+    if !s.paused_by.is_empty() {
+        let what = if s.paused { "paused" } else { "resumed" };
+        out += &format!(
+            "  {what}:    {} by {}\n",
+            local_time(s.paused_ms, &s.tz),
+            s.paused_by
+        );
+    }
     out += &format!(
         "  last slot: {}\n",
         s.last_slot_ms
@@ -469,6 +485,9 @@ pub fn job_text(j: &Job) -> String {
     }
     if !spec.dedup_key.is_empty() {
         out += &format!("  dedup key: {}\n", spec.dedup_key);
+    }
+    if !j.submitted_by.is_empty() {
+        out += &format!("  submitted: by {}\n", j.submitted_by);
     }
     out += &format!(
         "  attempts:  {}{}\n",
@@ -1116,6 +1135,9 @@ mod tests {
             next_ms: NEXT,
             next_local: "2026-11-23 02:00 CST".into(),
             last_state: "passed".into(),
+            created_by: "ops".into(),
+            paused_by: String::new(),
+            paused_ms: 0,
         }
     }
 

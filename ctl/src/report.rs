@@ -8,13 +8,12 @@
 
 use crate::follow::follow;
 use crate::render::{self, counts_line};
+use crate::Client;
 use crate::{exit, CtlError};
-use msfleet_proto::fleet_client::FleetClient;
 use msfleet_proto::{self as pb, job_event, Job, TestResult};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use tonic::transport::Channel;
 
 /// One test's final result on one profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -669,7 +668,7 @@ pub fn markdown(r: &Report, all: bool) -> String {
 
 // ------------------------------------------------------------------ fetching
 
-async fn get_job(client: &mut FleetClient<Channel>, id: &str) -> Result<Job, CtlError> {
+async fn get_job(client: &mut Client, id: &str) -> Result<Job, CtlError> {
     Ok(client
         .get_job(pb::GetJobRequest { id: id.into() })
         .await?
@@ -678,7 +677,7 @@ async fn get_job(client: &mut FleetClient<Channel>, id: &str) -> Result<Job, Ctl
 
 /// The test results of the job's last attempt, combined per nodeid.
 async fn outcomes(
-    client: &mut FleetClient<Channel>,
+    client: &mut Client,
     job: &Job,
 ) -> Result<BTreeMap<String, TestOutcome>, CtlError> {
     let mut results: Vec<TestResult> = Vec::new();
@@ -696,7 +695,7 @@ async fn outcomes(
 }
 
 /// The hardware profile of the agent that ran the job (its name when unknown).
-async fn profile_of(client: &mut FleetClient<Channel>, job: &Job) -> String {
+async fn profile_of(client: &mut Client, job: &Job) -> String {
     if job.agent.is_empty() {
         return "unknown".into();
     }
@@ -716,7 +715,7 @@ async fn profile_of(client: &mut FleetClient<Channel>, job: &Job) -> String {
 /// The matrix columns of a job: its own results under its agent's profile,
 /// or for a fan-out parent one column per child plus an empty (all "not run")
 /// column per profile or agent that had no online agent.
-async fn columns_of(client: &mut FleetClient<Channel>, job: &Job) -> Result<Vec<Column>, CtlError> {
+async fn columns_of(client: &mut Client, job: &Job) -> Result<Vec<Column>, CtlError> {
     if job.children.is_empty() && job.not_run.is_empty() {
         let tests = outcomes(client, job).await?;
         return Ok(vec![(profile_of(client, job).await, tests)]);
@@ -754,7 +753,7 @@ pub fn previous_of<'a>(jobs: &'a [Job], job: &Job) -> Option<&'a Job> {
         .max_by_key(|j| id_num(&j.id))
 }
 
-pub async fn build(client: &mut FleetClient<Channel>, id: &str) -> Result<Report, CtlError> {
+pub async fn build(client: &mut Client, id: &str) -> Result<Report, CtlError> {
     let job = get_job(client, id).await?;
     if !job.state().is_terminal() {
         return Err(CtlError::input(format!(
@@ -789,7 +788,7 @@ pub async fn build(client: &mut FleetClient<Channel>, id: &str) -> Result<Report
 
 /// `msctl report JOB`.
 pub async fn run(
-    client: &mut FleetClient<Channel>,
+    client: &mut Client,
     id: &str,
     json_out: bool,
     junit_file: Option<&Path>,

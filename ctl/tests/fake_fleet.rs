@@ -138,6 +138,9 @@ fn nightly() -> pb::Schedule {
         next_ms: NEXT,
         next_local: "2026-11-23 02:00 CST".into(),
         last_state: "passed".into(),
+        created_by: "ops".into(),
+        paused_by: String::new(),
+        paused_ms: 0,
     }
 }
 
@@ -288,6 +291,54 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Sen
 
 #[tonic::async_trait]
 impl Fleet for Svc {
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreatedToken>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(pb::CreatedToken {
+            token: Some(pb::Token {
+                name: req.name,
+                role: req.role,
+                labels: req.labels,
+                profile: req.profile,
+                created_by: "root".into(),
+                ..Default::default()
+            }),
+            secret: "msfleet_0123abcd".into(),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: vec![pb::Token {
+                name: "ci".into(),
+                role: "submitter".into(),
+                created_by: "root".into(),
+                created_ms: 1_763_900_000_000,
+                ..Default::default()
+            }],
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let req = req.into_inner();
+        if req.name != "ci" {
+            return Err(Status::not_found(format!("no token named '{}'", req.name)));
+        }
+        Ok(Response::new(pb::Token {
+            name: req.name,
+            role: "submitter".into(),
+            ..Default::default()
+        }))
+    }
+
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
         let spec = req.into_inner().spec.unwrap_or_default();
         if let Ok(mut seen) = self.0.submitted.lock() {
@@ -406,13 +457,20 @@ impl Fleet for Svc {
         if req.job_id != "7" {
             return Err(Status::not_found(format!("no job {}", req.job_id)));
         }
+        // As the real scheduler: the caller's token name ("bob" here) unless
+        // the client names someone (which the real one refuses, see e2e).
+        let who_name = if req.who.is_empty() {
+            "bob".to_string()
+        } else {
+            req.who.clone()
+        };
         if let Ok(mut who) = self.0.accepted_by.lock() {
-            who.push(req.who.clone());
+            who.push(who_name.clone());
         }
         let mut b = baseline(DECODE, "a2-64g", 0.0201);
         b.audit.push(pb::BaselineAudit {
             action: "accept".into(),
-            who: req.who,
+            who: who_name,
             time_ms: 1_763_900_000_000,
             job_id: req.job_id,
             value: 0.0201,
@@ -570,6 +628,9 @@ fn msctl(addr: &str, args: &[&str]) -> Out {
         .arg(addr)
         .args(args)
         .env("USER", "bob")
+        .env_remove("MSFLEET_TOKEN")
+        .env_remove("MSFLEET_TOKEN_FILE")
+        .env("HOME", std::env::temp_dir())
         .output()
         .expect("run msctl");
     Out {
@@ -1227,5 +1288,47 @@ fn report_shows_the_matrix_and_the_diff_against_the_previous_run() {
         "{out}"
     );
     let out = msctl(&addr, &["report", "404"]);
+    assert_eq!(out.code, 2, "{out}");
+}
+
+#[test]
+fn token_commands_print_the_secret_once_on_the_last_line_and_list_none() {
+    let (addr, _) = start();
+    let out = msctl(&addr, &["token", "create", "ci", "--role", "submitter"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.stdout.lines().last(), Some("msfleet_0123abcd"), "{out}");
+    let out = msctl(
+        &addr,
+        &[
+            "agent",
+            "token",
+            "create",
+            "h1",
+            "--label",
+            "pool=nightly",
+            "--profile",
+            "gpu-a",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("created agent token 'h1'"), "{out}");
+    let out = msctl(
+        &addr,
+        &["agent", "token", "create", "h1", "--label", "novalue"],
+    );
+    assert_eq!(out.code, 2, "{out}");
+    let out = msctl(&addr, &["token", "list"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout.contains("ci") && out.stdout.contains("submitter"),
+        "{out}"
+    );
+    assert!(
+        !out.stdout.contains("msfleet_"),
+        "no secret in a listing: {out}"
+    );
+    let out = msctl(&addr, &["token", "revoke", "nope"]);
+    assert_eq!(out.code, 2, "{out}");
+    let out = msctl(&addr, &["token", "create", "x", "--role", "root"]);
     assert_eq!(out.code, 2, "{out}");
 }

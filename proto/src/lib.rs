@@ -15,6 +15,7 @@ pub use v1::*;
 
 pub mod bench;
 pub mod case;
+pub mod client;
 pub mod roots;
 
 /// Largest log chunk (bytes of `LogChunk.data`) the scheduler accepts; agents split to this.

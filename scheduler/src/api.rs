@@ -1,6 +1,7 @@
 //! The two gRPC services. They translate requests into core commands and back;
 //! all state and every rule lives in [`crate::core`].
 
+use crate::auth::{self, Principal};
 use crate::core::{Command, CoreHandle, Progress};
 use crate::store::Store;
 use futures::Stream;
@@ -18,6 +19,14 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// Events read from the store per round trip of a watch.
 const WATCH_PAGE: u64 = 512;
 
+/// The caller the auth layer established for `req` ([`crate::auth::layer`]).
+fn caller<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated(crate::auth::layer::NO_TOKEN))
+}
+
 /// The user-facing `msfleet.v1.Fleet` service.
 pub struct FleetService {
     core: CoreHandle,
@@ -33,6 +42,7 @@ impl FleetService {
 #[tonic::async_trait]
 impl Fleet for FleetService {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
+        let by = caller(&req)?.name().to_string();
         let spec = req
             .into_inner()
             .spec
@@ -41,6 +51,7 @@ impl Fleet for FleetService {
             .core
             .call(|reply| Command::Submit {
                 spec: Box::new(spec),
+                by,
                 reply,
             })
             .await?;
@@ -72,10 +83,11 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&req)?;
         let id = req.into_inner().id;
         Ok(Response::new(
             self.core
-                .call(|reply| Command::Cancel { id, reply })
+                .call(|reply| Command::Cancel { id, who, reply })
                 .await?,
         ))
     }
@@ -191,10 +203,11 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::AcceptBaselinesRequest>,
     ) -> Result<Response<pb::AcceptBaselinesResponse>, Status> {
+        let by = caller(&req)?.name().to_string();
         let req = req.into_inner();
         let baselines = self
             .core
-            .call(|reply| Command::AcceptBaselines { req, reply })
+            .call(|reply| Command::AcceptBaselines { req, by, reply })
             .await?;
         Ok(Response::new(pb::AcceptBaselinesResponse { baselines }))
     }
@@ -203,10 +216,15 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::Schedule>,
     ) -> Result<Response<pb::Schedule>, Status> {
+        let by = caller(&req)?.name().to_string();
         let schedule = Box::new(req.into_inner());
         Ok(Response::new(
             self.core
-                .call(|reply| Command::AddSchedule { schedule, reply })
+                .call(|reply| Command::AddSchedule {
+                    schedule,
+                    by,
+                    reply,
+                })
                 .await?,
         ))
     }
@@ -238,12 +256,14 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::SetSchedulePausedRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
+        let by = caller(&req)?.name().to_string();
         let pb::SetSchedulePausedRequest { name, paused } = req.into_inner();
         Ok(Response::new(
             self.core
                 .call(|reply| Command::SetSchedulePaused {
                     name,
                     paused,
+                    by,
                     reply,
                 })
                 .await?,
@@ -290,10 +310,65 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::ScheduleName>,
     ) -> Result<Response<pb::Job>, Status> {
+        let by = caller(&req)?.name().to_string();
         let name = req.into_inner().name;
         Ok(Response::new(
             self.core
-                .call(|reply| Command::RunScheduleNow { name, reply })
+                .call(|reply| Command::RunScheduleNow { name, by, reply })
+                .await?,
+        ))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreatedToken>, Status> {
+        let by = caller(&req)?.name().to_string();
+        let req = req.into_inner();
+        let secret =
+            auth::new_secret().map_err(|_| Status::internal("the system random source failed"))?;
+        let hash = auth::secret_hash(&secret);
+        let token = self
+            .core
+            .call(|reply| Command::CreateToken {
+                req,
+                hash,
+                by,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(pb::CreatedToken {
+            token: Some(token),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let kind = req.into_inner().kind;
+        let tokens = self
+            .core
+            .call(|reply| Command::ListTokens { kind, reply })
+            .await?;
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let by = caller(&req)?.name().to_string();
+        let pb::RevokeTokenRequest { name, kind } = req.into_inner();
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::RevokeToken {
+                    name,
+                    kind,
+                    by,
+                    reply,
+                })
                 .await?,
         ))
     }
@@ -322,6 +397,7 @@ impl AgentLink for AgentLinkService {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let who = caller(&req)?;
         let mut inbound = req.into_inner();
         let reg = match inbound.message().await? {
             Some(pb::AgentMessage {
@@ -344,6 +420,7 @@ impl AgentLink for AgentLinkService {
             .call(|reply| Command::Register {
                 session,
                 reg,
+                who,
                 tx,
                 reply,
             })
@@ -379,10 +456,11 @@ impl AgentLink for AgentLinkService {
         &self,
         req: Request<pb::GetBaselinesRequest>,
     ) -> Result<Response<pb::GetBaselinesResponse>, Status> {
+        let agent = caller(&req)?.name().to_string();
         let req = req.into_inner();
         Ok(Response::new(
             self.core
-                .call(|reply| Command::GetBaselines { req, reply })
+                .call(|reply| Command::GetBaselines { req, agent, reply })
                 .await?,
         ))
     }

@@ -29,6 +29,31 @@ pub struct Config {
     /// How long a submit's dedup key is remembered.
     pub dedup_window: Duration,
     pub clock: Arc<dyn Clock>,
+    /// Serve TLS with this certificate and key (PEM); `None` is plain text
+    /// (allowed only on loopback unless `--insecure`, checked by `msched`).
+    pub tls: Option<TlsFiles>,
+    /// Written with the bound address once the scheduler serves (after the
+    /// store is loaded and the bootstrap admin token exists).
+    pub ready_file: Option<PathBuf>,
+}
+
+/// PEM contents for the TLS listener.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    /// Client certificates signed by this CA identify agents (mTLS); clients
+    /// without one still connect and authenticate with a token.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("TlsFiles")
+            .field("client_ca", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -48,6 +73,8 @@ impl Config {
             cache_bytes: 64 << 20,
             dedup_window: Duration::from_secs(24 * 3600),
             clock: Arc::new(SystemClock),
+            tls: None,
+            ready_file: None,
         }
     }
 }

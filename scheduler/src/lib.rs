@@ -5,6 +5,7 @@
 //! [`requirement`], [`baseline`]) <- [`api`] (gRPC services) <- [`server`] (wiring).
 
 pub mod api;
+pub mod auth;
 pub mod baseline;
 pub mod clock;
 pub mod config;

@@ -40,6 +40,20 @@ struct Args {
     /// How long `submit --dedup-key` remembers a key.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     dedup_window: Duration,
+    /// Serve TLS with this certificate chain (PEM). Needed on any address but loopback.
+    #[arg(long, env = "MSCHED_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "MSCHED_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Accept client certificates signed by this CA (PEM) as agent identities
+    /// (mTLS: the certificate's DNS name or common name is the agent's name).
+    #[arg(long, env = "MSCHED_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Allow plain text on a non-loopback address (tokens then cross the
+    /// network in the clear). Logs a warning at every start.
+    #[arg(long)]
+    insecure: bool,
     /// Testing: read the time (Unix ms) from this file instead of the system clock.
     #[arg(long, hide = true)]
     clock_file: Option<PathBuf>,
@@ -77,18 +91,37 @@ async fn main() -> anyhow::Result<()> {
         }
         cfg.queues.insert(q.clone(), args.aging);
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |what: &str, p: &PathBuf| {
+            std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
+        };
+        cfg.tls = Some(msched::config::TlsFiles {
+            cert: read("--tls-cert", cert)?,
+            key: read("--tls-key", key)?,
+            client_ca: args
+                .client_ca
+                .as_ref()
+                .map(|p| read("--client-ca", p))
+                .transpose()?,
+        });
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "msched listening");
-    if let Some(path) = &args.ready_file {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, addr.to_string())?;
-        std::fs::rename(&tmp, path)?;
+    if cfg.tls.is_none() && !addr.ip().is_loopback() {
+        if !args.insecure {
+            anyhow::bail!(
+                "refusing plain text on {addr} (not loopback): add --tls-cert PEM --tls-key PEM \
+                 (and --client-ca PEM for agent certificates), or --insecure to accept the risk"
+            );
+        }
+        tracing::warn!(%addr, "--insecure: serving plain text off loopback; tokens cross the network in the clear");
     }
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "msched listening");
+    cfg.ready_file = args.ready_file.clone();
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing a SIGTERM handler");

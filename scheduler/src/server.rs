@@ -2,8 +2,9 @@
 //! msfleet services, gRPC health and reflection) on a listener.
 
 use crate::api::{AgentLinkService, FleetService};
+use crate::auth::{self, layer::AuthLayer, TokenIndex};
 use crate::config::Config;
-use crate::core;
+use crate::core::{self, Command, CoreHandle};
 use crate::store::Store;
 use msfleet_proto::{agent_link_server::AgentLinkServer, fleet_server::FleetServer};
 use std::future::Future;
@@ -23,6 +24,86 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("making the bootstrap admin token: {0}")]
+    Bootstrap(String),
+    #[error("announcing readiness: {0}")]
+    Ready(String),
+}
+
+/// Where the bootstrap admin token is written.
+pub fn admin_token_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.data_dir.join("admin.token")
+}
+
+/// On first start (no admin token exists), makes one and writes its secret,
+/// alone on one line, to `DATA_DIR/admin.token` (mode 0600), like `nomad acl
+/// bootstrap`. The file is written before the token is stored, so a crash in
+/// between leaves no admin token and the next start simply makes a new one.
+async fn bootstrap_admin(core: &CoreHandle, cfg: &Config) -> Result<(), ServeError> {
+    let has = core
+        .call(|reply| Command::HasAdminToken { reply })
+        .await
+        .map_err(|s| ServeError::Bootstrap(s.message().to_string()))?;
+    if has {
+        return Ok(());
+    }
+    let secret = auth::new_secret()
+        .map_err(|_| ServeError::Bootstrap("the system random source failed".into()))?;
+    let path = admin_token_path(cfg);
+    write_secret_file(&path, &secret)
+        .map_err(|e| ServeError::Bootstrap(format!("writing {}: {e}", path.display())))?;
+    let mut last = String::new();
+    for name in ["admin".to_string()]
+        .into_iter()
+        .chain((2..10).map(|n| format!("admin-{n}")))
+    {
+        let req = msfleet_proto::CreateTokenRequest {
+            name: name.clone(),
+            role: "admin".into(),
+            ..Default::default()
+        };
+        let hash = auth::secret_hash(&secret);
+        match core
+            .call(|reply| Command::CreateToken {
+                req,
+                hash,
+                by: "bootstrap".into(),
+                reply,
+            })
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    token = %name,
+                    path = %path.display(),
+                    "first start: wrote an admin token to {} (msctl --token-file {} ...)",
+                    path.display(),
+                    path.display()
+                );
+                return Ok(());
+            }
+            Err(s) if s.code() == tonic::Code::AlreadyExists => last = s.message().to_string(),
+            Err(s) => return Err(ServeError::Bootstrap(s.message().to_string())),
+        }
+    }
+    Err(ServeError::Bootstrap(last))
+}
+
+/// Writes `secret` and a newline to `path` with mode 0600, atomically.
+fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Runs a blocking store step (open, load) off the async runtime.
@@ -54,7 +135,20 @@ pub async fn serve(
     let (dir, cache) = (cfg.data_dir.clone(), cfg.cache_bytes);
     let store = blocking_store_step(&cfg, move || Store::open(&dir, cache)).await?;
     let (core_store, core_cfg) = (store.clone(), cfg.clone());
-    let core = blocking_store_step(&cfg, move || core::start(core_cfg, core_store)).await?;
+    let tokens = Arc::new(TokenIndex::default());
+    let core_tokens = tokens.clone();
+    let core =
+        blocking_store_step(&cfg, move || core::start(core_cfg, core_store, core_tokens)).await?;
+    bootstrap_admin(&core, &cfg).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Ready(e.to_string()))?;
+    if let Some(path) = &cfg.ready_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, addr.to_string())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| ServeError::Ready(format!("writing {}: {e}", path.display())))?;
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FleetServer<FleetService>>().await;
@@ -67,8 +161,20 @@ pub async fn serve(
         .build_v1()?;
 
     let max = msfleet_proto::MAX_MESSAGE;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &cfg.tls {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            config = config
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        builder = builder.tls_config(config)?;
+    }
+    builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .layer(AuthLayer::new(tokens))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

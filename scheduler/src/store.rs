@@ -15,13 +15,15 @@
 //! - `s` schedule name     -> `msfleet.v1.Schedule` (protobuf)
 //! - `h` test id, 0, job id, seq -> `msfleet.v1.TestRun` (protobuf): every test
 //!   outcome, for `msctl test history` (the profile is in the value)
+//! - `t` kind (`a` agent / `p` people), name -> `msfleet.v1.StoredToken`
+//!   (protobuf): a credential's role and the SHA-256 of its secret, never the secret
 //!
 //! Durability: [`Store::after_durable`] hands a callback to the flusher thread,
 //! which calls `Db::flush` once for every callback queued while it was busy and
 //! then runs them all. Many concurrent submits therefore share one fsync, and
 //! nothing is acknowledged before the flush that covers it has returned.
 
-use msfleet_proto::{Agent, Baseline, Job, JobEvent, Schedule, TestRun};
+use msfleet_proto::{Agent, Baseline, Job, JobEvent, Schedule, StoredToken, TestRun};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -61,6 +63,7 @@ pub struct Snapshot {
     pub meta: Vec<(String, u64)>,
     pub baselines: Vec<(String, Baseline)>,
     pub schedules: Vec<Schedule>,
+    pub tokens: Vec<StoredToken>,
 }
 
 /// A batch of writes that goes to disk atomically.
@@ -134,6 +137,16 @@ impl WriteSet {
         self.put(k, baseline.encode_to_vec());
     }
 
+    pub fn put_token(&mut self, agent: bool, token: &StoredToken) {
+        let name = token.token.as_ref().map_or("", |t| t.name.as_str());
+        self.put(token_key(agent, name), token.encode_to_vec());
+    }
+
+    pub fn remove_token(&mut self, agent: bool, name: &str) {
+        self.batch.remove(token_key(agent, name));
+        self.writes += 1;
+    }
+
     pub fn put_meta(&mut self, name: &str, value: u64) {
         let mut k = vec![b'm'];
         k.extend_from_slice(name.as_bytes());
@@ -155,6 +168,12 @@ fn test_key(test_id: &str) -> Vec<u8> {
     k.push(b'h');
     k.extend_from_slice(test_id.as_bytes());
     k.push(0);
+    k
+}
+
+fn token_key(agent: bool, name: &str) -> Vec<u8> {
+    let mut k = vec![b't', if agent { b'a' } else { b'p' }];
+    k.extend_from_slice(name.as_bytes());
     k
 }
 
@@ -266,6 +285,11 @@ impl Store {
             let (k, v) = item?;
             snap.schedules
                 .push(Schedule::decode(&*v).map_err(|e| corrupt(&k, e))?);
+        }
+        for item in self.db.scan_prefix([b't']) {
+            let (k, v) = item?;
+            snap.tokens
+                .push(StoredToken::decode(&*v).map_err(|e| corrupt(&k, e))?);
         }
         for item in self.db.scan_prefix([b'm']) {
             let (k, v) = item?;

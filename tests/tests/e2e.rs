@@ -1052,9 +1052,24 @@ mod raw {
         instance: &str,
         caps: pb::Capabilities,
     ) -> Result<RawAgent, Status> {
-        let mut client = AgentLinkClient::connect(format!("http://{addr}"))
-            .await
+        // An agent's join token, made by the scheduler's admin (once per name).
+        let (a, n) = (addr.to_string(), name.to_string());
+        let token_file = tokio::task::spawn_blocking(move || {
+            let dir = std::env::temp_dir().join(format!("msfleet-raw-{}", a.replace(':', "_")));
+            super::common::agent_token(&a, &dir, &n, &[])
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let secret =
+            std::fs::read_to_string(token_file).map_err(|e| Status::internal(e.to_string()))?;
+        let bearer =
+            pb::client::Bearer::new(Some(&secret)).map_err(|e| Status::internal(e.to_string()))?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Status::unavailable(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut client = AgentLinkClient::with_interceptor(channel, bearer)
             .max_encoding_message_size(pb::MAX_MESSAGE);
         let (tx, rx) = mpsc::channel(64);
         tx.send(pb::AgentMessage {

@@ -72,6 +72,9 @@ pub fn baseline_for(c: &Case, stored: Option<&pb::Baseline>) -> verdict::Baselin
 }
 
 /// Why one GetBaselines call failed.
+/// Where the scheduler is and the agent's credential.
+pub type Link = (pb::client::Target, pb::client::Bearer);
+
 enum FetchError {
     /// Worth another try (scheduler down or restarting).
     Transient(String),
@@ -79,19 +82,25 @@ enum FetchError {
 }
 
 async fn get_baselines_once(
-    addr: &str,
+    link: &Link,
     req: pb::GetBaselinesRequest,
 ) -> Result<pb::GetBaselinesResponse, FetchError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .map_err(|e| FetchError::Final(format!("bad scheduler address '{addr}': {e}")))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| FetchError::Transient(format!("connecting to {addr}: {e}")))?;
-    let mut client = pb::agent_link_client::AgentLinkClient::new(channel)
-        .max_decoding_message_size(pb::MAX_MESSAGE)
-        .max_encoding_message_size(pb::MAX_MESSAGE);
+    let (target, bearer) = link;
+    let endpoint = target
+        .endpoint()
+        .map_err(|e| FetchError::Final(e.to_string()))?;
+    let channel =
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| match target.explain(&pb::client::chain(&e)) {
+                pb::client::ConnectError::Config(m) => FetchError::Final(m),
+                pb::client::ConnectError::Unreachable(m) => FetchError::Transient(m),
+            })?;
+    let mut client =
+        pb::agent_link_client::AgentLinkClient::with_interceptor(channel, bearer.clone())
+            .max_decoding_message_size(pb::MAX_MESSAGE)
+            .max_encoding_message_size(pb::MAX_MESSAGE);
     let mut request = tonic::Request::new(req);
     request.set_timeout(Duration::from_secs(10));
     match client.get_baselines(request).await {
@@ -116,7 +125,7 @@ async fn get_baselines_once(
 /// Asks the scheduler at `addr` for the baselines of `req`'s cases, retrying transient failures
 /// for up to `budget`. `Ok(Err(why))` when it gave up; `Err` when the attempt was stopped.
 pub async fn fetch_baselines(
-    addr: &str,
+    link: &Link,
     req: pb::GetBaselinesRequest,
     budget: Duration,
     guard: &mut Guard<'_>,
@@ -125,7 +134,7 @@ pub async fn fetch_baselines(
     let mut pause = Duration::from_millis(500);
     loop {
         let outcome = tokio::select! {
-            r = get_baselines_once(addr, req.clone()) => r,
+            r = get_baselines_once(link, req.clone()) => r,
             h = guard.wait() => return Err(h),
         };
         match outcome {
@@ -149,6 +158,16 @@ pub async fn fetch_baselines(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    fn link(addr: &str) -> Link {
+        (
+            pb::client::Target {
+                addr: addr.to_string(),
+                ..Default::default()
+            },
+            pb::client::Bearer::new(None).unwrap(),
+        )
+    }
     use msfleet_proto::bench::TOTAL_TIME;
     use tokio::sync::watch;
     use tokio::task::JoinHandle;
@@ -233,7 +252,7 @@ pub(crate) mod tests {
             tokio::time::Instant::now() + Duration::from_secs(60),
             &mut stop,
         );
-        let resp = fetch_baselines(&addr, request(7), Duration::from_secs(5), &mut guard)
+        let resp = fetch_baselines(&link(&addr), request(7), Duration::from_secs(5), &mut guard)
             .await
             .unwrap()
             .unwrap();
@@ -245,10 +264,15 @@ pub(crate) mod tests {
         );
         // A refusal is not retried.
         let t0 = Instant::now();
-        let why = fetch_baselines(&addr, request(1), Duration::from_secs(30), &mut guard)
-            .await
-            .unwrap()
-            .unwrap_err();
+        let why = fetch_baselines(
+            &link(&addr),
+            request(1),
+            Duration::from_secs(30),
+            &mut guard,
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
         assert!(why.contains("stale epoch"), "{why}");
         assert!(t0.elapsed() < Duration::from_secs(5));
         server.abort();
@@ -260,10 +284,15 @@ pub(crate) mod tests {
             format!("http://{}", l.local_addr().unwrap())
         };
         let t0 = Instant::now();
-        let why = fetch_baselines(&closed, request(7), Duration::from_secs(1), &mut guard)
-            .await
-            .unwrap()
-            .unwrap_err();
+        let why = fetch_baselines(
+            &link(&closed),
+            request(7),
+            Duration::from_secs(1),
+            &mut guard,
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
         assert!(why.starts_with("connecting to"), "{why}");
         assert!(t0.elapsed() >= Duration::from_millis(500));
         assert!(t0.elapsed() < Duration::from_secs(10));

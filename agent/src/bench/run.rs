@@ -617,7 +617,8 @@ async fn run_with(
                 })
                 .collect(),
         };
-        match fetch_baselines(&cfg.scheduler, req, BASELINE_RETRY_BUDGET, guard).await? {
+        let link = (cfg.target.clone(), cfg.bearer.clone());
+        match fetch_baselines(&link, req, BASELINE_RETRY_BUDGET, guard).await? {
             Ok(resp) => {
                 tx.log(
                     "stderr",

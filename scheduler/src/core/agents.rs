@@ -2,6 +2,7 @@
 //! disconnects, and the admin state (drain / quarantine).
 
 use super::*;
+use crate::auth::AgentProof;
 
 pub(super) struct Session {
     pub(super) id: u64,
@@ -9,6 +10,9 @@ pub(super) struct Session {
     pub(super) tx: AgentTx,
     /// The agent gave work back because it is shutting down: send it no more.
     pub(super) leaving: bool,
+    /// How the session's agent proved its name (revoking a token ends only
+    /// the sessions that came with one).
+    pub(super) proof: AgentProof,
 }
 
 pub(super) struct AgentEntry {
@@ -80,11 +84,32 @@ impl Core {
         &mut self,
         session: u64,
         reg: pb::Register,
+        who: &Principal,
         tx: AgentTx,
         step: &mut Step,
     ) -> Result<(), Status> {
         let name = reg.name.clone();
         check_name("agent", &name)?;
+        let Principal::Agent {
+            name: bound,
+            labels,
+            profile,
+            proof,
+        } = who
+        else {
+            return Err(Status::permission_denied(
+                "only an agent's credential may open an agent session",
+            ));
+        };
+        if *bound != name {
+            return Err(Status::permission_denied(format!(
+                "this credential belongs to agent '{bound}'; start msagent with --name {bound} \
+                 (or make a token for '{}')",
+                super::tokens::short(&name)
+            )));
+        }
+        let mut caps = reg.capabilities.clone().unwrap_or_default();
+        trust_token(&mut caps, labels, profile)?;
         if let Some(old) = self.agents.get(&name).and_then(|a| a.session.as_ref()) {
             if old.instance != reg.instance_id {
                 return Err(Status::already_exists(format!(
@@ -95,7 +120,6 @@ impl Core {
             // The same process reconnecting: its old stream is dead or dying.
             self.sessions.remove(&old.id);
         }
-        let caps = reg.capabilities.clone().unwrap_or_default();
         let attrs = matching::attributes(&name, &caps);
         let now = self.now;
         let entry = self
@@ -119,6 +143,7 @@ impl Core {
             instance: reg.instance_id.clone(),
             tx: tx.clone(),
             leaving: false,
+            proof: *proof,
         });
         step.writes.put_agent(&entry.record);
         self.sessions.insert(session, name.clone());
@@ -184,6 +209,37 @@ impl Core {
         Ok(())
     }
 
+    /// Ends agent `name`'s live session if it came with `proof`: the stream
+    /// gets `why` as an Unauthenticated status and closes, and its attempts
+    /// are lost at once (requeued within their retry budget).
+    pub(super) fn end_session(
+        &mut self,
+        name: &str,
+        proof: AgentProof,
+        why: &str,
+        step: &mut Step,
+    ) {
+        let Some(a) = self.agents.get_mut(name) else {
+            return;
+        };
+        if a.session.as_ref().is_none_or(|s| s.proof != proof) {
+            return;
+        }
+        let Some(session) = a.session.take() else {
+            return;
+        };
+        a.last_seen_ms = self.now;
+        self.sessions.remove(&session.id);
+        let status = Status::unauthenticated(why.to_string());
+        step.after.push(Box::new(move |_| {
+            let _ = session.tx.send(Err(status));
+        }));
+        for task in self.leases.held_by(name) {
+            self.lose(task, &format!("agent {name}: {why}"), step);
+        }
+        tracing::warn!(agent = %name, "session ended: {why}");
+    }
+
     pub(super) fn session_agent(&mut self, session: u64) -> Option<(String, AgentTx)> {
         let name = self.sessions.get(&session)?.clone();
         let a = self.agents.get_mut(&name)?;
@@ -233,6 +289,28 @@ pub(super) fn agent_profile(agents: &BTreeMap<String, AgentEntry>, name: &str) -
         .get(name)
         .map(|a| a.caps().profile.clone())
         .unwrap_or_default()
+}
+
+/// Applies what the admin set on an agent's token: its labels win over the
+/// agent's own, and only the token may override the hardware profile.
+fn trust_token(
+    caps: &mut pb::Capabilities,
+    labels: &BTreeMap<String, String>,
+    profile: &str,
+) -> Result<(), Status> {
+    for (k, v) in labels {
+        caps.labels.insert(k.clone(), v.clone());
+    }
+    if !profile.is_empty() {
+        caps.profile = profile.to_string();
+        caps.labels.insert("profile".into(), profile.to_string());
+    } else if caps.labels.contains_key("profile") {
+        return Err(Status::permission_denied(
+            "a profile= override comes from the agent's token, not from the agent: \
+             msctl agent token create NAME --profile P",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -303,5 +381,59 @@ mod tests {
         assert!(!agents[0].connected);
         let e = set_admin(&mut h, "nobody", AgentAdmin::Drained).unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn an_agent_registers_only_under_its_own_credentials_name() {
+        let mut h = Harness::new();
+        let e = h
+            .register_with(
+                "h2",
+                "x",
+                caps("cpu", 1),
+                Vec::new(),
+                agent_token("h1", &[], ""),
+            )
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message().contains("belongs to agent 'h1'"),
+            "{}",
+            e.message()
+        );
+        let person = person("ana", crate::auth::Role::Admin);
+        let e = h
+            .register_with("ana", "x", caps("cpu", 1), Vec::new(), person)
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let agents = h.call(|reply| Command::ListAgents { reply }).unwrap();
+        assert!(agents.is_empty(), "a refused registration leaves no trace");
+    }
+
+    #[test]
+    fn labels_and_profile_come_from_the_token_not_from_the_agent() {
+        let mut h = Harness::new();
+        let mut own = caps("hw-key", 1);
+        own.labels.insert("pool".into(), "nightly".into());
+        own.labels.insert("rack".into(), "a3".into());
+        let token = agent_token("g1", &[("pool", "dev")], "gpu-a");
+        h.register_with("g1", "g1-1", own.clone(), Vec::new(), token)
+            .unwrap();
+        let agents = h.call(|reply| Command::ListAgents { reply }).unwrap();
+        let got = agents[0].capabilities.clone().unwrap();
+        assert_eq!(got.profile, "gpu-a");
+        assert_eq!(got.labels["pool"], "dev", "the token's label wins");
+        assert_eq!(got.labels["rack"], "a3", "the agent's other labels stay");
+        // An agent may not claim a profile override itself.
+        let mut claims = caps("fake", 1);
+        claims.labels.insert("profile".into(), "fake".into());
+        let e = h
+            .register_with("g2", "g2-1", claims, Vec::new(), agent_token("g2", &[], ""))
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("--profile"), "{}", e.message());
     }
 }

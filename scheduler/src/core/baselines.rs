@@ -8,8 +8,16 @@ impl Core {
     pub(super) fn accept_baselines(
         &mut self,
         req: &pb::AcceptBaselinesRequest,
+        by: &str,
         step: &mut Step,
     ) -> Result<Vec<pb::Baseline>, Status> {
+        let claimed = req.who.trim();
+        if !claimed.is_empty() && claimed != by {
+            return Err(Status::invalid_argument(format!(
+                "the audit records who accepted from the caller's token ('{by}'); drop --by '{}'",
+                super::tokens::short(claimed)
+            )));
+        }
         let id = self.job_id(&req.job_id)?;
         let job = &self.jobs[&id].job;
         if job.spec.as_ref().is_none_or(|s| s.kind != "benchmark") {
@@ -28,10 +36,7 @@ impl Core {
                 "job {id} has no case results to accept"
             )));
         }
-        let who = match req.who.trim() {
-            "" => "unknown",
-            w => w,
-        };
+        let who = by;
         let (cases, job_id) = (job.cases.clone(), job.id.clone());
         let changed = self.baselines.accept(&cases, &job_id, who, self.now);
         if changed.is_empty() {
@@ -49,6 +54,7 @@ impl Core {
     pub(super) fn get_baselines(
         &self,
         req: &pb::GetBaselinesRequest,
+        agent: &str,
     ) -> Result<pb::GetBaselinesResponse, Status> {
         let r = req
             .attempt
@@ -62,6 +68,12 @@ impl Core {
             .ok_or_else(|| {
                 Status::failed_precondition(format!("task {} has no live attempt", r.task_id))
             })?;
+        if owner != agent {
+            return Err(Status::permission_denied(format!(
+                "task {} is not leased to agent {agent}",
+                r.task_id
+            )));
+        }
         self.leases
             .check(task, &r, &owner)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
@@ -163,9 +175,13 @@ mod tests {
     fn accept(h: &mut Harness, job: &str) -> Result<Vec<pb::Baseline>, tonic::Status> {
         let req = pb::AcceptBaselinesRequest {
             job_id: job.into(),
-            who: "ana".into(),
+            who: String::new(),
         };
-        h.call(|reply| Command::AcceptBaselines { req, reply })
+        h.call(|reply| Command::AcceptBaselines {
+            req,
+            by: "ana".into(),
+            reply,
+        })
     }
 
     #[test]
@@ -259,7 +275,11 @@ mod tests {
         };
         let req = ask(Some(r.clone()));
         let got = h
-            .call(|reply| Command::GetBaselines { req, reply })
+            .call(|reply| Command::GetBaselines {
+                req,
+                agent: "b1".into(),
+                reply,
+            })
             .unwrap();
         assert_eq!(got.profile, "p-b");
         assert!(got.baselines.is_empty(), "p-a's baseline never judges p-b");
@@ -269,7 +289,11 @@ mod tests {
         };
         let req = ask(Some(stale));
         let e = h
-            .call(|reply| Command::GetBaselines { req, reply })
+            .call(|reply| Command::GetBaselines {
+                req,
+                agent: "b1".into(),
+                reply,
+            })
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         let req = ask(Some(pb::AttemptRef {
@@ -278,7 +302,11 @@ mod tests {
             epoch: 1,
         }));
         let e = h
-            .call(|reply| Command::GetBaselines { req, reply })
+            .call(|reply| Command::GetBaselines {
+                req,
+                agent: "b1".into(),
+                reply,
+            })
             .unwrap_err();
         assert!(e.message().contains("has no live attempt"), "{e}");
         assert_ne!(job.id, "");

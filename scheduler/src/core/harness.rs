@@ -4,6 +4,7 @@
 //! including that replies and agent messages leave only after the flush.
 
 use super::*;
+use crate::auth::{AgentProof, Role};
 use crate::clock::Clock;
 use msfleet_proto::{source, Capabilities, Source};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -27,13 +28,48 @@ pub struct Harness {
     cfg: Arc<Config>,
     core: Option<Core>,
     next_session: u64,
+    pub tokens: Arc<TokenIndex>,
+}
+
+/// The person every harness call submits and cancels as.
+pub const SUBMITTER: &str = "tester";
+
+pub fn person(name: &str, role: Role) -> Principal {
+    Principal::Person {
+        name: name.into(),
+        role,
+    }
+}
+
+/// An agent's token credential for `name`, with what the admin set on it.
+pub fn agent_token(name: &str, labels: &[(&str, &str)], profile: &str) -> Principal {
+    Principal::Agent {
+        name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        profile: profile.into(),
+        proof: AgentProof::Token,
+    }
 }
 
 /// One agent session as the core sees it: its id and what the core sent it.
 pub struct Conn {
-    pub name: String,
     pub session: u64,
     rx: tmpsc::UnboundedReceiver<Result<SchedulerMessage, Status>>,
+}
+
+impl Conn {
+    /// The status the core ended this session's stream with, skipping messages.
+    pub fn next_status(&mut self) -> Option<Status> {
+        loop {
+            match self.rx.blocking_recv()? {
+                Ok(_) => continue,
+                Err(status) => return Some(status),
+            }
+        }
+    }
 }
 
 impl Harness {
@@ -56,6 +92,7 @@ impl Harness {
             cfg: Arc::new(cfg),
             core: None,
             next_session: 1,
+            tokens: Arc::new(TokenIndex::default()),
         };
         h.open();
         h
@@ -63,7 +100,8 @@ impl Harness {
 
     fn open(&mut self) {
         let store = Store::open(self.dir.path(), 8 << 20).expect("open store");
-        self.core = Some(Core::load(self.cfg.clone(), store).expect("load core"));
+        self.core =
+            Some(Core::load(self.cfg.clone(), store, self.tokens.clone()).expect("load core"));
     }
 
     pub fn core(&self) -> &Core {
@@ -112,6 +150,7 @@ impl Harness {
     pub fn submit(&mut self, spec: JobSpec) -> Result<Job, Status> {
         self.call(|reply| Command::Submit {
             spec: Box::new(spec),
+            by: SUBMITTER.into(),
             reply,
         })
     }
@@ -127,8 +166,12 @@ impl Harness {
     }
 
     pub fn cancel(&mut self, id: &str) -> Result<Job, Status> {
+        self.cancel_as(id, person(SUBMITTER, Role::Submitter))
+    }
+
+    pub fn cancel_as(&mut self, id: &str, who: Principal) -> Result<Job, Status> {
         let id = id.to_string();
-        self.call(|reply| Command::Cancel { id, reply })
+        self.call(|reply| Command::Cancel { id, who, reply })
     }
 
     pub fn jobs(&mut self) -> Vec<Job> {
@@ -168,6 +211,18 @@ impl Harness {
         caps: Capabilities,
         resume: Vec<AttemptRef>,
     ) -> Result<Conn, Status> {
+        self.register_with(name, instance, caps, resume, agent_token(name, &[], ""))
+    }
+
+    /// Registers with an explicit credential (another agent's, a person's, ...).
+    pub fn register_with(
+        &mut self,
+        name: &str,
+        instance: &str,
+        caps: Capabilities,
+        resume: Vec<AttemptRef>,
+        who: Principal,
+    ) -> Result<Conn, Status> {
         let session = self.next_session;
         self.next_session += 1;
         let (tx, rx) = tmpsc::unbounded_channel();
@@ -180,14 +235,11 @@ impl Harness {
         self.call(|reply| Command::Register {
             session,
             reg,
+            who,
             tx,
             reply,
         })?;
-        Ok(Conn {
-            name: name.to_string(),
-            session,
-            rx,
-        })
+        Ok(Conn { session, rx })
     }
 
     pub fn register(&mut self, name: &str, profile: &str, slots: u32) -> Conn {
@@ -204,7 +256,7 @@ impl Harness {
         loop {
             match conn.rx.try_recv() {
                 Ok(Ok(m)) => out.extend(m.msg),
-                Ok(Err(status)) => panic!("stream error to {}: {status}", conn.name),
+                Ok(Err(_)) => return out,
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return out,
             }
         }

@@ -18,6 +18,7 @@ impl Core {
         &mut self,
         mut spec: JobSpec,
         origin: Option<(String, i64)>,
+        by: &str,
         step: &mut Step,
     ) -> Result<Job, Status> {
         let req = jobspec::validate(&mut spec, &self.cfg)?;
@@ -91,6 +92,7 @@ impl Core {
             submitted_at_ms: now,
             schedule,
             slot_ms,
+            submitted_by: by.to_string(),
             ..Default::default()
         };
         let progress = Arc::new(watch::channel(Progress::default()).0);
@@ -171,8 +173,26 @@ impl Core {
             .collect())
     }
 
-    pub(super) fn cancel(&mut self, id: &str, step: &mut Step) -> Result<Job, Status> {
+    /// Cancels a job (and a parent's children). Submitters may cancel only
+    /// the jobs their own token submitted; admins any.
+    pub(super) fn cancel(
+        &mut self,
+        id: &str,
+        who: &Principal,
+        step: &mut Step,
+    ) -> Result<Job, Status> {
         let id = self.job_id(id)?;
+        let owner = &self.jobs[&id].job.submitted_by;
+        if !who.is_admin() && owner != who.name() {
+            return Err(Status::permission_denied(format!(
+                "job {id} was submitted by '{}'; only that token or an admin may cancel it",
+                if owner.is_empty() {
+                    "nobody known"
+                } else {
+                    owner
+                }
+            )));
+        }
         let state = self.jobs[&id].job.state();
         if state.is_terminal() {
             return Err(Status::failed_precondition(format!(
@@ -189,7 +209,7 @@ impl Core {
                     .and_then(|c| self.jobs.get(&c))
                     .is_some_and(|e| !e.job.state().is_terminal());
                 if running {
-                    self.cancel(&child, step)?;
+                    self.cancel(&child, who, step)?;
                 }
             }
             return Ok(self.view(id));
@@ -454,5 +474,25 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].job_id, queued.id);
         assert_eq!(h.submit(spec()).unwrap().id, "3", "ids are not reused");
+    }
+
+    #[test]
+    fn submitters_cancel_only_their_own_jobs_and_admins_any() {
+        use crate::auth::Role;
+        let mut h = Harness::new();
+        let job = h.submit(spec()).unwrap();
+        assert_eq!(job.submitted_by, SUBMITTER);
+        let e = h
+            .cancel_as(&job.id, person("mallory", Role::Submitter))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message().contains("submitted by 'tester'"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(h.state(&job.id), Queued, "a refused cancel changes nothing");
+        let done = h.cancel_as(&job.id, person("root", Role::Admin)).unwrap();
+        assert_eq!(done.state(), Cancelled);
     }
 }

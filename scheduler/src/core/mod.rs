@@ -11,6 +11,7 @@
 //! The async gRPC layer talks to the core only through [`CoreHandle`]; it
 //! never blocks on sled itself.
 
+use crate::auth::{Principal, TokenIndex};
 use crate::baseline::BaselineBook;
 use crate::config::Config;
 use crate::jobspec;
@@ -41,6 +42,7 @@ mod harness;
 mod jobs;
 mod parents;
 mod schedules;
+mod tokens;
 
 use agents::{agent_profile, AgentEntry};
 use attempts::attempt_ref;
@@ -56,6 +58,8 @@ pub type AgentTx = tmpsc::UnboundedSender<Result<SchedulerMessage, Status>>;
 pub enum Command {
     Submit {
         spec: Box<JobSpec>,
+        /// The caller's token name, recorded as the job's `submitted_by`.
+        by: String,
         reply: Reply<Job>,
     },
     GetJob {
@@ -68,6 +72,7 @@ pub enum Command {
     },
     Cancel {
         id: String,
+        who: Principal,
         reply: Reply<Job>,
     },
     Watch {
@@ -91,10 +96,12 @@ pub enum Command {
     },
     AcceptBaselines {
         req: pb::AcceptBaselinesRequest,
+        by: String,
         reply: Reply<Vec<pb::Baseline>>,
     },
     AddSchedule {
         schedule: Box<pb::Schedule>,
+        by: String,
         reply: Reply<pb::Schedule>,
     },
     ListSchedules {
@@ -107,6 +114,7 @@ pub enum Command {
     SetSchedulePaused {
         name: String,
         paused: bool,
+        by: String,
         reply: Reply<pb::Schedule>,
     },
     DeleteSchedule {
@@ -115,16 +123,22 @@ pub enum Command {
     },
     RunScheduleNow {
         name: String,
+        by: String,
         reply: Reply<Job>,
     },
     /// From an agent's unary call: baselines of the profile of the attempt's agent.
     GetBaselines {
         req: pb::GetBaselinesRequest,
+        /// The calling agent: it may ask only about its own attempts.
+        agent: String,
         reply: Reply<pb::GetBaselinesResponse>,
     },
     Register {
         session: u64,
         reg: pb::Register,
+        /// The credential the session came with: the name it may register as,
+        /// and the labels and profile the admin set on its token.
+        who: Principal,
         tx: AgentTx,
         reply: Reply<()>,
     },
@@ -138,6 +152,27 @@ pub enum Command {
     },
     Disconnected {
         session: u64,
+    },
+    CreateToken {
+        req: pb::CreateTokenRequest,
+        /// SHA-256 of the new secret; the secret never enters the core.
+        hash: String,
+        by: String,
+        reply: Reply<pb::Token>,
+    },
+    ListTokens {
+        kind: String,
+        reply: Reply<Vec<pb::Token>>,
+    },
+    RevokeToken {
+        name: String,
+        kind: String,
+        by: String,
+        reply: Reply<pb::Token>,
+    },
+    /// Start-up: is there an admin token yet?
+    HasAdminToken {
+        reply: Reply<bool>,
     },
 }
 
@@ -165,8 +200,12 @@ impl CoreHandle {
 }
 
 /// Loads the durable state and starts the core thread.
-pub fn start(cfg: Arc<Config>, store: Store) -> Result<CoreHandle, StoreError> {
-    let core = Core::load(cfg, store)?;
+pub fn start(
+    cfg: Arc<Config>,
+    store: Store,
+    tokens: Arc<TokenIndex>,
+) -> Result<CoreHandle, StoreError> {
+    let core = Core::load(cfg, store, tokens)?;
     let (tx, rx) = mpsc::channel();
     thread::Builder::new()
         .name("msched-core".into())
@@ -224,12 +263,19 @@ struct Core {
     started_ms: i64,
     /// The clock's reading for the current loop turn.
     now: i64,
+    tokens: tokens::TokenBook,
+    /// What the auth layer reads; the core keeps it in step with `tokens`.
+    token_index: Arc<TokenIndex>,
 }
 
 const NEXT_EPOCH: &str = "next_epoch";
 
 impl Core {
-    fn load(cfg: Arc<Config>, store: Store) -> Result<Core, StoreError> {
+    fn load(
+        cfg: Arc<Config>,
+        store: Store,
+        token_index: Arc<TokenIndex>,
+    ) -> Result<Core, StoreError> {
         let mut snap = store.load()?;
         let started_ms = cfg.clock.now_ms();
         let mut core = Core {
@@ -242,6 +288,8 @@ impl Core {
             sessions: HashMap::new(),
             baselines: BaselineBook::load(std::mem::take(&mut snap.baselines)),
             schedules: BTreeMap::new(),
+            tokens: tokens::load_tokens(std::mem::take(&mut snap.tokens), &token_index),
+            token_index,
             dedup: HashMap::new(),
             next_job: 1,
             next_epoch: 1,
@@ -448,8 +496,8 @@ impl Core {
 
     fn handle(&mut self, cmd: Command, step: &mut Step) {
         match cmd {
-            Command::Submit { spec, reply } => {
-                let r = self.submit(*spec, None, step);
+            Command::Submit { spec, by, reply } => {
+                let r = self.submit(*spec, None, &by, step);
                 step.reply(reply, r);
             }
             Command::GetJob { id, reply } => {
@@ -460,8 +508,8 @@ impl Core {
                 let r = self.list_jobs(&req);
                 step.reply(reply, r);
             }
-            Command::Cancel { id, reply } => {
-                let r = self.cancel(&id, step);
+            Command::Cancel { id, who, reply } => {
+                let r = self.cancel(&id, &who, step);
                 step.reply(reply, r);
             }
             Command::Watch { id, reply } => {
@@ -484,12 +532,16 @@ impl Core {
                 let r = Ok(self.baselines.list(&req.case, &req.profile));
                 step.reply(reply, r);
             }
-            Command::AcceptBaselines { req, reply } => {
-                let r = self.accept_baselines(&req, step);
+            Command::AcceptBaselines { req, by, reply } => {
+                let r = self.accept_baselines(&req, &by, step);
                 step.reply(reply, r);
             }
-            Command::AddSchedule { schedule, reply } => {
-                let r = self.add_schedule(*schedule, step);
+            Command::AddSchedule {
+                schedule,
+                by,
+                reply,
+            } => {
+                let r = self.add_schedule(*schedule, &by, step);
                 step.reply(reply, r);
             }
             Command::ListSchedules { reply } => {
@@ -503,35 +555,63 @@ impl Core {
             Command::SetSchedulePaused {
                 name,
                 paused,
+                by,
                 reply,
             } => {
-                let r = self.set_schedule_paused(&name, paused, step);
+                let r = self.set_schedule_paused(&name, paused, &by, step);
                 step.reply(reply, r);
             }
             Command::DeleteSchedule { name, reply } => {
                 let r = self.delete_schedule(&name, step);
                 step.reply(reply, r);
             }
-            Command::RunScheduleNow { name, reply } => {
-                let r = self.run_schedule_now(&name, step);
+            Command::RunScheduleNow { name, by, reply } => {
+                let r = self.run_schedule_now(&name, &by, step);
                 step.reply(reply, r);
             }
-            Command::GetBaselines { req, reply } => {
-                let r = self.get_baselines(&req);
+            Command::GetBaselines { req, agent, reply } => {
+                let r = self.get_baselines(&req, &agent);
                 step.reply(reply, r);
             }
             Command::Register {
                 session,
                 reg,
+                who,
                 tx,
                 reply,
             } => {
-                let r = self.register(session, reg, tx, step);
+                let r = self.register(session, reg, &who, tx, step);
                 step.reply(reply, r);
             }
             Command::Heartbeat { session, hb } => self.heartbeat(session, hb, step),
             Command::Update { session, update } => self.update(session, update, step),
             Command::Disconnected { session } => self.disconnected(session),
+            Command::CreateToken {
+                req,
+                hash,
+                by,
+                reply,
+            } => {
+                let r = self.create_token(req, hash, &by, step);
+                step.reply(reply, r);
+            }
+            Command::ListTokens { kind, reply } => {
+                let r = self.list_tokens(&kind);
+                step.reply(reply, r);
+            }
+            Command::RevokeToken {
+                name,
+                kind,
+                by,
+                reply,
+            } => {
+                let r = self.revoke_token(&name, &kind, &by, step);
+                step.reply(reply, r);
+            }
+            Command::HasAdminToken { reply } => {
+                let r = Ok(self.has_admin_token());
+                step.reply(reply, r);
+            }
         }
     }
 }

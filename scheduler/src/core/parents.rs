@@ -6,6 +6,14 @@
 use super::*;
 
 impl Core {
+    /// Children are submitted in their parent's submitter's name.
+    fn submitter(&self, parent: u64) -> String {
+        self.jobs
+            .get(&parent)
+            .map(|e| e.job.submitted_by.clone())
+            .unwrap_or_default()
+    }
+
     /// A child of `parent` running `spec`, shown under `column`.
     pub(super) fn spawn_child(
         &mut self,
@@ -14,7 +22,8 @@ impl Core {
         column: &str,
         step: &mut Step,
     ) -> Result<String, Status> {
-        let job = self.submit(spec, None, step)?;
+        let by = self.submitter(parent);
+        let job = self.submit(spec, None, &by, step)?;
         if let Some(e) = job
             .id
             .parse::<u64>()
@@ -204,7 +213,8 @@ impl Core {
                 format!("({}) && {pin}", spec.requirements)
             };
             child.name = format!("{} [{column}]", spec.name);
-            match self.submit(child, None, step) {
+            let by = self.submitter(parent);
+            match self.submit(child, None, &by, step) {
                 Ok(job) => {
                     if let Some(e) = job
                         .id

@@ -15,6 +15,7 @@ impl Core {
     pub(super) fn add_schedule(
         &mut self,
         mut rec: pb::Schedule,
+        by: &str,
         step: &mut Step,
     ) -> Result<pb::Schedule, Status> {
         let name = rec.name.trim().to_string();
@@ -55,6 +56,13 @@ impl Core {
             overlap: overlap.to_string(),
             paused: rec.paused,
             created_ms: self.now,
+            created_by: by.to_string(),
+            paused_by: if rec.paused {
+                by.to_string()
+            } else {
+                String::new()
+            },
+            paused_ms: if rec.paused { self.now } else { 0 },
             ..Default::default()
         };
         step.writes.put_schedule(&stored);
@@ -75,11 +83,14 @@ impl Core {
         &mut self,
         name: &str,
         paused: bool,
+        by: &str,
         step: &mut Step,
     ) -> Result<pb::Schedule, Status> {
         let name = self.schedule_named(name)?;
         if let Some((rec, _)) = self.schedules.get_mut(&name) {
             rec.paused = paused;
+            rec.paused_by = by.to_string();
+            rec.paused_ms = self.now;
             step.writes.put_schedule(rec);
         }
         Ok(self.schedule_view(&name))
@@ -119,10 +130,15 @@ impl Core {
         v
     }
 
-    pub(super) fn run_schedule_now(&mut self, name: &str, step: &mut Step) -> Result<Job, Status> {
+    pub(super) fn run_schedule_now(
+        &mut self,
+        name: &str,
+        by: &str,
+        step: &mut Step,
+    ) -> Result<Job, Status> {
         let name = self.schedule_named(name)?;
         let spec = self.schedules[&name].0.spec.clone().unwrap_or_default();
-        let job = self.submit(spec, Some((name.clone(), 0)), step)?;
+        let job = self.submit(spec, Some((name.clone(), 0)), by, step)?;
         if let Some((rec, _)) = self.schedules.get_mut(&name) {
             rec.last_job_id = job.id.clone();
             rec.last_state.clear();
@@ -177,7 +193,8 @@ impl Core {
                         tracing::info!(schedule = %name, slot, "{outcome}");
                     }
                     OverlapAction::Start | OverlapAction::Queue => {
-                        match self.submit(spec, Some((name.clone(), slot)), step) {
+                        let by = format!("schedule:{name}");
+                        match self.submit(spec, Some((name.clone(), slot)), &by, step) {
                             Ok(job) => job_id = Some(job.id),
                             Err(status) => {
                                 outcome = format!("refused: {}", status.message());
@@ -218,7 +235,11 @@ mod tests {
             overlap: "queue".into(),
             ..Default::default()
         });
-        h.call(|reply| Command::AddSchedule { schedule, reply })
+        h.call(|reply| Command::AddSchedule {
+            schedule,
+            by: "ops".into(),
+            reply,
+        })
     }
 
     fn fired(h: &mut Harness, name: &str) -> Vec<i64> {
@@ -272,6 +293,7 @@ mod tests {
             .call(|reply| Command::SetSchedulePaused {
                 name: "s".into(),
                 paused: true,
+                by: "ops".into(),
                 reply,
             })
             .unwrap();

@@ -19,6 +19,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use msfleet_proto as pb;
 use msfleet_proto::agent_link_client::AgentLinkClient;
+use msfleet_proto::client::Bearer;
 use msfleet_proto::fleet_client::FleetClient;
 use msfleet_proto::{agent_message, scheduler_message, task_update};
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser, Debug)]
@@ -78,7 +80,19 @@ fn now_ns() -> u64 {
 struct Sched {
     child: Child,
     addr: String,
+    /// The bootstrap admin token msched wrote on its first start.
+    admin: String,
     _dir: tempfile::TempDir,
+}
+
+type Fc = FleetClient<InterceptedService<Channel, Bearer>>;
+
+/// A Fleet client on `ch` that carries `secret`.
+fn fleet_client(ch: Channel, secret: &str) -> Result<Fc> {
+    Ok(FleetClient::with_interceptor(
+        ch,
+        Bearer::new(Some(secret))?,
+    ))
 }
 
 impl Sched {
@@ -100,9 +114,14 @@ impl Sched {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(a) = std::fs::read_to_string(&ready) {
+                let admin = std::fs::read_to_string(dir.path().join("data/admin.token"))
+                    .context("reading msched's admin token")?
+                    .trim()
+                    .to_string();
                 return Ok(Sched {
                     child,
                     addr: format!("http://{a}"),
+                    admin,
                     _dir: dir,
                 });
             }
@@ -173,10 +192,11 @@ async fn channel(addr: &str) -> Result<Channel> {
 async fn sim_agent(
     ch: Channel,
     name: String,
+    secret: String,
     obs: Arc<Observed>,
     stop: Arc<tokio::sync::Notify>,
 ) -> Result<()> {
-    let mut client = AgentLinkClient::new(ch);
+    let mut client = AgentLinkClient::with_interceptor(ch, Bearer::new(Some(&secret))?);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
     tx.send(pb::AgentMessage {
         msg: Some(agent_message::Msg::Register(pb::Register {
@@ -241,14 +261,16 @@ async fn sim_agent(
     }
 }
 
-/// Connects `n` agents, 50 per HTTP/2 connection.
+/// Makes each agent's join token, then connects `n` agents, 50 per HTTP/2 connection.
 async fn fleet(
-    addr: &str,
+    sched: &Sched,
     n: usize,
     prefix: &str,
     obs: Arc<Observed>,
     stop: Arc<tokio::sync::Notify>,
 ) -> Result<()> {
+    let addr = &sched.addr;
+    let mut admin = fleet_client(channel(addr).await?, &sched.admin)?;
     let mut ch = channel(addr).await?;
     for i in 0..n {
         if i % 50 == 0 && i > 0 {
@@ -256,8 +278,17 @@ async fn fleet(
         }
         let (c, o, s) = (ch.clone(), obs.clone(), stop.clone());
         let name = format!("{prefix}-{i:05}");
+        let secret = admin
+            .create_token(pb::CreateTokenRequest {
+                name: name.clone(),
+                role: "agent".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .secret;
         tokio::spawn(async move {
-            if let Err(e) = sim_agent(c, name.clone(), o, s).await {
+            if let Err(e) = sim_agent(c, name.clone(), secret, o, s).await {
                 if !STOPPING.load(Ordering::Relaxed) {
                     eprintln!("{name}: {e}");
                 }
@@ -267,7 +298,7 @@ async fn fleet(
     Ok(())
 }
 
-async fn wait_agents(client: &mut FleetClient<Channel>, n: usize) -> Result<()> {
+async fn wait_agents(client: &mut Fc, n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let agents = client
@@ -308,9 +339,9 @@ async fn throughput(args: &Args, bin: &PathBuf) -> Result<()> {
     let sched = Sched::start(bin, &args.heartbeat)?;
     let obs = Arc::new(Observed::default());
     let stop = Arc::new(tokio::sync::Notify::new());
-    fleet(&sched.addr, args.agents, "tp", obs.clone(), stop.clone()).await?;
+    fleet(&sched, args.agents, "tp", obs.clone(), stop.clone()).await?;
     let ch = channel(&sched.addr).await?;
-    let mut fc = FleetClient::new(ch.clone());
+    let mut fc = fleet_client(ch.clone(), &sched.admin)?;
     wait_agents(&mut fc, args.agents).await?;
     let (_, cpu0) = sched.usage();
     let start = Instant::now();
@@ -319,7 +350,7 @@ async fn throughput(args: &Args, bin: &PathBuf) -> Result<()> {
     let mut submit_lat = Histogram::<u64>::new(3)?;
     let mut handles = Vec::new();
     for _ in 0..args.submitters {
-        let mut c = FleetClient::new(ch.clone());
+        let mut c = fleet_client(ch.clone(), &sched.admin)?;
         let next = next.clone();
         let total = args.jobs as u64;
         handles.push(tokio::spawn(async move {
@@ -387,9 +418,9 @@ async fn latency(args: &Args, bin: &PathBuf) -> Result<()> {
     let obs = Arc::new(Observed::default());
     *obs.latency.lock().await = Some(Histogram::new(3)?);
     let stop = Arc::new(tokio::sync::Notify::new());
-    fleet(&sched.addr, args.agents, "lat", obs.clone(), stop.clone()).await?;
+    fleet(&sched, args.agents, "lat", obs.clone(), stop.clone()).await?;
     let ch = channel(&sched.addr).await?;
-    let mut fc = FleetClient::new(ch.clone());
+    let mut fc = fleet_client(ch.clone(), &sched.admin)?;
     wait_agents(&mut fc, args.agents).await?;
     let total = args.rate * args.seconds;
     let period = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
@@ -399,7 +430,7 @@ async fn latency(args: &Args, bin: &PathBuf) -> Result<()> {
     let start = Instant::now();
     for _ in 0..total {
         tick.tick().await;
-        let mut c = FleetClient::new(ch.clone());
+        let mut c = fleet_client(ch.clone(), &sched.admin)?;
         inflight.push(tokio::spawn(async move {
             c.submit(pb::SubmitRequest {
                 spec: Some(spec(Some(now_ns()))),
@@ -449,8 +480,8 @@ async fn idle(args: &Args, bin: &PathBuf) -> Result<()> {
     let (rss0, _) = sched.usage();
     let obs = Arc::new(Observed::default());
     let stop = Arc::new(tokio::sync::Notify::new());
-    fleet(&sched.addr, args.idle_agents, "idle", obs, stop.clone()).await?;
-    let mut fc = FleetClient::new(channel(&sched.addr).await?);
+    fleet(&sched, args.idle_agents, "idle", obs, stop.clone()).await?;
+    let mut fc = fleet_client(channel(&sched.addr).await?, &sched.admin)?;
     wait_agents(&mut fc, args.idle_agents).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, cpu0) = sched.usage();

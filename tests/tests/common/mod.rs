@@ -179,15 +179,92 @@ fn exit_code(st: ExitStatus) -> i32 {
     st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
 }
 
-/// An `msctl --addr ADDR` command, not yet run.
+/// What a client needs to talk to a scheduler a test started.
+#[derive(Debug, Clone)]
+pub struct SchedCreds {
+    /// The bootstrap admin token's file.
+    pub admin_token: PathBuf,
+    /// The CA of its TLS certificate, when it serves TLS.
+    pub ca: Option<PathBuf>,
+}
+
+/// Every scheduler a test started, by port (all listen on loopback).
+fn schedulers() -> &'static std::sync::Mutex<std::collections::HashMap<String, SchedCreds>> {
+    static T: OnceLock<std::sync::Mutex<std::collections::HashMap<String, SchedCreds>>> =
+        OnceLock::new();
+    T.get_or_init(Default::default)
+}
+
+fn port_of(addr: &str) -> String {
+    addr.rsplit(':').next().unwrap_or(addr).trim_end_matches('/').to_string()
+}
+
+/// How to reach the scheduler at `addr` (`HOST:PORT` or a URL).
+pub fn sched_creds(addr: &str) -> Option<SchedCreds> {
+    schedulers().lock().ok()?.get(&port_of(addr)).cloned()
+}
+
+/// The admin token file of the scheduler at `addr`.
+pub fn admin_token_file(addr: &str) -> Option<PathBuf> {
+    sched_creds(addr).map(|c| c.admin_token)
+}
+
+/// An `msctl --addr ADDR` command, not yet run. It carries the scheduler's
+/// admin token (`MSFLEET_TOKEN_FILE`) unless the test passes `--token-file`.
 pub fn ctl_cmd(addr: &str, args: &[&str]) -> Command {
     let mut c = Command::new(bin("msctl"));
     c.arg("--addr")
         .arg(addr)
         .args(args)
         .env_remove("MSFLEET_ADDR")
+        .env_remove("MSFLEET_TOKEN")
+        .env_remove("MSFLEET_TOKEN_FILE")
+        .env_remove("MSFLEET_CA")
+        .env("HOME", std::env::temp_dir())
         .env("NO_COLOR", "1");
+    if let Some(creds) = sched_creds(addr) {
+        c.env("MSFLEET_TOKEN_FILE", creds.admin_token);
+        if let Some(ca) = creds.ca {
+            c.env("MSFLEET_CA", ca);
+        }
+    }
     c
+}
+
+/// An msctl command with no token at all.
+pub fn ctl_cmd_anonymous(addr: &str, args: &[&str]) -> Command {
+    let mut c = ctl_cmd(addr, args);
+    c.env_remove("MSFLEET_TOKEN_FILE");
+    c
+}
+
+/// Makes (once) the join token of agent `name` on the scheduler at `addr`
+/// and returns its file under `dir/tokens/`. A `profile=P` label becomes the
+/// token's profile, as an admin would set it.
+pub fn agent_token(addr: &str, dir: &Path, name: &str, labels: &[&str]) -> PathBuf {
+    let file = dir.join("tokens").join(format!("{name}.token"));
+    if file.is_file() {
+        return file;
+    }
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let mut args = vec!["agent", "token", "create", name];
+    for l in labels {
+        if let Some(p) = l.strip_prefix("profile=") {
+            args.push("--profile");
+            args.push(p);
+        }
+    }
+    let out = ctl_at(addr, &args);
+    assert_eq!(out.code, 0, "creating agent {name}'s token: {out}");
+    let secret = out
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    file
 }
 
 /// Runs msctl against `addr`.
@@ -304,6 +381,9 @@ pub struct SchedOpts {
     pub lease_timeout: String,
     pub heartbeat_interval: String,
     pub extra: Vec<String>,
+    /// Serve TLS: (certificate, key, CA that signed it). Clients then use
+    /// `https://localhost:PORT` and the CA.
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl Default for SchedOpts {
@@ -312,6 +392,7 @@ impl Default for SchedOpts {
             lease_timeout: "3s".into(),
             heartbeat_interval: "500ms".into(),
             extra: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -358,6 +439,14 @@ impl Scheduler {
             .arg("--heartbeat-interval")
             .arg(&self.opts.heartbeat_interval)
             .args(&self.opts.extra)
+            .args(self.opts.tls.iter().flat_map(|(cert, key, _)| {
+                [
+                    "--tls-cert".into(),
+                    cert.clone().into_os_string(),
+                    "--tls-key".into(),
+                    key.clone().into_os_string(),
+                ]
+            }))
             .env("NO_COLOR", "1")
             .env_remove("MSCHED_LISTEN")
             .env_remove("MSCHED_DATA_DIR")
@@ -370,6 +459,13 @@ impl Scheduler {
             if let Ok(addr) = std::fs::read_to_string(&self.ready_file) {
                 if !addr.trim().is_empty() {
                     self.addr = addr.trim().to_string();
+                    schedulers().lock().unwrap().insert(
+                        port_of(&self.addr),
+                        SchedCreds {
+                            admin_token: self.data_dir.join("admin.token"),
+                            ca: self.opts.tls.as_ref().map(|(_, _, ca)| ca.clone()),
+                        },
+                    );
                     self.child = Some(child);
                     return Ok(());
                 }
@@ -386,9 +482,12 @@ impl Scheduler {
         }
     }
 
-    /// `http://ADDR`, as agents want it.
+    /// `http://ADDR` (or `https://localhost:PORT` with TLS), as agents want it.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.opts.tls {
+            None => format!("http://{}", self.addr),
+            Some(_) => format!("https://localhost:{}", port_of(&self.addr)),
+        }
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -461,7 +560,22 @@ impl Agent {
         let work_dir = dir.join("agents").join(name);
         std::fs::create_dir_all(&work_dir).unwrap();
         std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let mut args: Vec<String> = vec![
+        let mut args: Vec<String> = Vec::new();
+        if let Some(ca) = sched_creds(sched_url).and_then(|c| c.ca) {
+            if !extra.contains(&"--ca") {
+                args.push("--ca".into());
+                args.push(ca.display().to_string());
+            }
+        }
+        if !extra.contains(&"--token-file") && !extra.contains(&"--tls-cert") {
+            args.push("--token-file".into());
+            args.push(
+                agent_token(sched_url, dir, name, labels)
+                    .display()
+                    .to_string(),
+            );
+        }
+        args.extend::<Vec<String>>(vec![
             "--scheduler".into(),
             sched_url.into(),
             "--name".into(),
@@ -472,7 +586,7 @@ impl Agent {
             python().display().to_string(),
             "--kill-grace".into(),
             "2s".into(),
-        ];
+        ]);
         for r in roots {
             args.push("--root".into());
             args.push(r.display().to_string());
@@ -499,6 +613,8 @@ impl Agent {
             .args(&self.args)
             .env("NO_COLOR", "1")
             .env_remove("MSFLEET_SCHEDULER")
+            .env_remove("MSFLEET_AGENT_TOKEN_FILE")
+            .env_remove("MSFLEET_CA")
             .stdin(Stdio::null())
             .stdout(log_file(&self.log))
             .stderr(log_file(&self.log))
