@@ -64,6 +64,8 @@
 //! [`Overlap::decide`] for what to do when the previous run is still going.
 
 mod crontab;
+#[cfg(test)]
+mod fuzz;
 mod slot;
 #[cfg(test)]
 mod test_support;
@@ -132,6 +134,20 @@ impl ScheduleError {
     }
 }
 
+/// Longest piece of the input, in characters, that an error quotes; a longer
+/// one is cut and ends in `...`, so a message stays short however long the
+/// expression or zone.
+const MAX_QUOTED: usize = 40;
+
+/// `text` as an error quotes it: whole up to [`MAX_QUOTED`] characters, else
+/// its start and `...`.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}...", &text[..end]),
+    }
+}
+
 fn field_tail(value: &str, element: &str, problem: &str) -> String {
     if element == value {
         format!(" {problem}")
@@ -169,7 +185,7 @@ impl CronSpec {
         let tz: Tz = tz
             .trim()
             .parse()
-            .map_err(|_| ScheduleError::UnknownTimeZone { tz: tz.to_string() })?;
+            .map_err(|_| ScheduleError::UnknownTimeZone { tz: clip(tz) })?;
 
         let schedules = crontab::cron_schedules(&original, &fields)?;
 
@@ -229,7 +245,7 @@ impl FromStr for Misfire {
             "skip" => Ok(Misfire::Skip),
             _ => Err(ScheduleError::UnknownPolicy {
                 kind: "misfire",
-                value: s.to_string(),
+                value: clip(s),
                 expected: "'fire_once' or 'skip'",
             }),
         }
@@ -265,7 +281,7 @@ impl FromStr for Overlap {
             "queue" => Ok(Overlap::Queue),
             _ => Err(ScheduleError::UnknownPolicy {
                 kind: "overlap",
-                value: s.to_string(),
+                value: clip(s),
                 expected: "'skip' or 'queue'",
             }),
         }
