@@ -20,19 +20,7 @@ pub struct RequirementError {
     pub help: Option<String>,
 }
 
-/// Longest piece of the input, in characters, that a message quotes; a longer
-/// one is cut and ends in `...`, so a message stays short however long the
-/// input (the full token is still in [`RequirementError::token`]).
-pub(super) const MAX_QUOTED: usize = 40;
-
-/// `text` as a message quotes it: whole up to [`MAX_QUOTED`] characters,
-/// else its start and `...`.
-pub(super) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(MAX_QUOTED) {
-        None => text.into(),
-        Some((end, _)) => format!("{}...", &text[..end]).into(),
-    }
-}
+pub(super) use crate::clip;
 
 fn help_suffix(help: &Option<String>) -> String {
     help.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()

@@ -70,7 +70,7 @@ struct ElemError {
 
 fn elem_err(element: &str, problem: impl Into<String>) -> ElemError {
     ElemError {
-        element: clip(element),
+        element: clip(element).into_owned(),
         problem: problem.into(),
     }
 }
@@ -259,19 +259,21 @@ fn alias_fields(alias: &str) -> Option<&'static str> {
 pub(super) fn parse_fields(expr: &str) -> Result<Fields, ScheduleError> {
     let tokens: Vec<&str> = expr.split_whitespace().collect();
     let Some(first) = tokens.first() else {
-        return Err(ScheduleError::Empty { expr: clip(expr) });
+        return Err(ScheduleError::Empty {
+            expr: clip(expr).into_owned(),
+        });
     };
     let texts: Vec<&str> = if first.starts_with('@') {
         let Some(expansion) = alias_fields(first) else {
             return Err(ScheduleError::UnknownAlias {
-                alias: clip(first),
-                expr: clip(expr),
+                alias: clip(first).into_owned(),
+                expr: clip(expr).into_owned(),
             });
         };
         if tokens.len() != 1 {
             return Err(ScheduleError::AliasWithFields {
-                alias: clip(first),
-                expr: clip(expr),
+                alias: clip(first).into_owned(),
+                expr: clip(expr).into_owned(),
             });
         }
         expansion.split(' ').collect()
@@ -279,7 +281,7 @@ pub(super) fn parse_fields(expr: &str) -> Result<Fields, ScheduleError> {
         if tokens.len() != 5 {
             return Err(ScheduleError::FieldCount {
                 got: tokens.len(),
-                expr: clip(expr),
+                expr: clip(expr).into_owned(),
             });
         }
         tokens.clone()
@@ -288,9 +290,9 @@ pub(super) fn parse_fields(expr: &str) -> Result<Fields, ScheduleError> {
     let mut sets = [0u64; 5];
     for ((kind, text), set) in KINDS.iter().zip(&texts).zip(sets.iter_mut()) {
         *set = parse_field(*kind, text).map_err(|e| ScheduleError::BadField {
-            expr: clip(expr),
+            expr: clip(expr).into_owned(),
             field: kind.name(),
-            value: clip(text),
+            value: clip(text).into_owned(),
             element: e.element,
             problem: e.problem,
         })?;
@@ -316,7 +318,7 @@ pub(super) fn parse_fields(expr: &str) -> Result<Fields, ScheduleError> {
                     "day-of-month '{}' does not occur in month '{}'",
                     texts[2], texts[3]
                 ),
-                expr: clip(expr),
+                expr: clip(expr).into_owned(),
             });
         }
     }
@@ -348,7 +350,7 @@ pub(super) fn cron_schedules(
         .iter()
         .map(|s| {
             cron::Schedule::from_str(s).map_err(|e| ScheduleError::Internal {
-                expr: clip(expr),
+                expr: clip(expr).into_owned(),
                 reason: format!("cron crate refused '{s}': {e}"),
             })
         })

@@ -77,6 +77,7 @@ use chrono::TimeZone;
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use crate::clip;
 use crontab::{Fields, ALIASES, FIELD_LIST};
 pub use slot::{due, Due};
 
@@ -134,20 +135,6 @@ impl ScheduleError {
     }
 }
 
-/// Longest piece of the input, in characters, that an error quotes; a longer
-/// one is cut and ends in `...`, so a message stays short however long the
-/// expression or zone.
-const MAX_QUOTED: usize = 40;
-
-/// `text` as an error quotes it: whole up to [`MAX_QUOTED`] characters, else
-/// its start and `...`.
-fn clip(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTED) {
-        None => text.to_string(),
-        Some((end, _)) => format!("{}...", &text[..end]),
-    }
-}
-
 fn field_tail(value: &str, element: &str, problem: &str) -> String {
     if element == value {
         format!(" {problem}")
@@ -185,7 +172,9 @@ impl CronSpec {
         let tz: Tz = tz
             .trim()
             .parse()
-            .map_err(|_| ScheduleError::UnknownTimeZone { tz: clip(tz) })?;
+            .map_err(|_| ScheduleError::UnknownTimeZone {
+                tz: clip(tz).into_owned(),
+            })?;
 
         let schedules = crontab::cron_schedules(&original, &fields)?;
 
@@ -245,7 +234,7 @@ impl FromStr for Misfire {
             "skip" => Ok(Misfire::Skip),
             _ => Err(ScheduleError::UnknownPolicy {
                 kind: "misfire",
-                value: clip(s),
+                value: clip(s).into_owned(),
                 expected: "'fire_once' or 'skip'",
             }),
         }
@@ -281,7 +270,7 @@ impl FromStr for Overlap {
             "queue" => Ok(Overlap::Queue),
             _ => Err(ScheduleError::UnknownPolicy {
                 kind: "overlap",
-                value: clip(s),
+                value: clip(s).into_owned(),
                 expected: "'skip' or 'queue'",
             }),
         }
