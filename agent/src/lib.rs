@@ -8,6 +8,8 @@
 pub mod bench;
 pub mod capabilities;
 pub mod config;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod probe;
 pub mod profile;
 pub mod runner;

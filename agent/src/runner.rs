@@ -148,7 +148,7 @@ fn log(tx: &Updates, stream: &str, text: String) {
 
 /// One line the plugin sends.
 #[derive(Debug, Deserialize)]
-struct PluginMessage {
+pub(crate) struct PluginMessage {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
