@@ -12,6 +12,8 @@ pub mod attempt;
 pub mod bench;
 pub mod capabilities;
 pub mod config;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod probe;
 pub mod process;
 pub mod profile;

@@ -86,7 +86,7 @@ async fn run_inner(
 
 /// One line the plugin sends.
 #[derive(Debug, Deserialize)]
-struct PluginMessage {
+pub(crate) struct PluginMessage {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]

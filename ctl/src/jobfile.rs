@@ -142,7 +142,7 @@ impl BenchmarkFile {
                 .collect(),
             trusted: self.trusted,
         };
-        bench::validate(&mut spec).map_err(JobFileError::Benchmark)?;
+        bench::validate(&mut spec).map_err(|e| JobFileError::Benchmark(cut(&e, 600)))?;
         Ok(spec)
     }
 }
@@ -181,7 +181,7 @@ pub enum JobFileError {
 
 impl JobFile {
     pub fn parse(text: &str) -> Result<JobFile, JobFileError> {
-        toml::from_str(text).map_err(|e| JobFileError::Toml(e.to_string()))
+        toml::from_str(text).map_err(|e| JobFileError::Toml(toml_error(text, &e)))
     }
 
     pub fn to_toml(&self) -> String {
@@ -239,11 +239,46 @@ impl JobFile {
     }
 }
 
+/// Longest TOML error shown as the parser wrote it; past this (its snippet
+/// quotes the whole offending line, however long) only the place and a cut
+/// message are shown.
+const MAX_TOML_ERROR: usize = 600;
+
+/// The parser's message for `e`, kept short even for a 100 KB line.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let full = e.to_string();
+    if full.len() <= MAX_TOML_ERROR {
+        return full;
+    }
+    let place = e
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    format!("TOML parse error{place}: {}", cut(e.message().trim(), 300))
+}
+
+/// `text` up to `max` bytes (at a character boundary), else its start and `...`.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
 /// Parses a positive duration ("30m", "1h30m", "45s") into milliseconds.
 pub fn parse_timeout(t: &str) -> Result<i64, JobFileError> {
     let bad = |reason: &str| JobFileError::Timeout {
-        value: t.to_string(),
-        reason: reason.to_string(),
+        value: cut(t, 40),
+        reason: cut(reason, 200),
     };
     if t.trim_start().starts_with('-') {
         return Err(bad("it is negative"));
@@ -433,5 +468,28 @@ mod tests {
         assert!(parse_timeout("-5m").is_err());
         assert!(parse_timeout("soon").is_err());
         assert_eq!(parse_timeout("1h30m").unwrap(), 5_400_000);
+    }
+
+    /// A regression found by `fuzz_jobfile_long_input`: the TOML error quoted
+    /// the whole offending line and the timeout error the whole value, so a
+    /// 100 KB line made a 100 KB message.
+    #[test]
+    fn errors_about_huge_lines_stay_short() {
+        let long = "x".repeat(100_000);
+        for text in [
+            format!("kind = \"{long}"),
+            format!("bogus{long} = 1"),
+            format!("kind = {long}"),
+            format!("retries = \"{long}\"\n[source]\ndir = \"/srv\""),
+        ] {
+            let e = JobFile::parse(&text).unwrap_err().to_string();
+            assert!(e.len() <= 1024, "{} bytes: {e:.300}", e.len());
+            assert!(e.contains("line "), "{e:.300}");
+        }
+        let e = parse_timeout(&format!("1{long}")).unwrap_err().to_string();
+        assert!(e.len() <= 1024, "{} bytes: {e:.300}", e.len());
+        // Short errors are shown as the parser wrote them, snippet and all.
+        let e = JobFile::parse("kind = \"x").unwrap_err().to_string();
+        assert!(e.contains("kind = \"x") && e.contains('^'), "{e}");
     }
 }

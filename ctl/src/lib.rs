@@ -11,6 +11,8 @@ pub mod cli;
 pub mod commands;
 pub mod export;
 pub mod follow;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod jobfile;
 pub mod render;
 pub mod report;

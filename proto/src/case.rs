@@ -445,7 +445,7 @@ fn parse_operators(v: &Value) -> Result<Vec<Operator>, String> {
             }
             None => return Err(format!("operators[{i}]: \"name\" is missing")),
         };
-        let at = |reason: String| format!("operators[{i}] ({name}): {reason}");
+        let at = |reason: String| format!("operators[{i}] ({}): {reason}", clip(&name));
         let field = |key: &str| {
             obj.get(key)
                 .ok_or_else(|| at(format!("\"{key}\" is missing")))
@@ -468,6 +468,15 @@ fn parse_operators(v: &Value) -> Result<Vec<Operator>, String> {
 }
 
 /// What a value is, for error messages.
+/// `s` as an error quotes it: whole up to 40 characters, else its start and
+/// `...` (so a 100 KB name does not make a 100 KB message).
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}...", &s[..end]),
+    }
+}
+
 fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".to_string(),
@@ -1229,5 +1238,20 @@ mod tests {
             errors[1]
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A regression found by `fuzz_case_long_values`: an operator's error
+    /// quoted its name whole.
+    #[test]
+    fn long_operator_names_are_cut_in_errors() {
+        let r = reason(&format!(
+            r#"{{"user_input": {{}}, "operators": [{{"name": "{}", "total_time_s": "x"}}]}}"#,
+            "v".repeat(5000)
+        ));
+        assert!(
+            r.starts_with(&format!("operators[0] ({}...): ", "v".repeat(40))),
+            "{r:.200}"
+        );
+        assert!(r.len() < 200, "{r:.200}");
     }
 }

@@ -16,6 +16,8 @@ pub use v1::*;
 pub mod bench;
 pub mod case;
 pub mod client;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod roots;
 
 /// Largest log chunk (bytes of `LogChunk.data`) the scheduler accepts; agents split to this.

@@ -6,6 +6,7 @@
 //! A lease is renewed by any message from its agent and expires when the agent
 //! has been silent for longer than the lease timeout.
 
+use crate::clip;
 use msfleet_proto::AttemptRef;
 use std::collections::{BTreeSet, HashMap};
 
@@ -92,18 +93,18 @@ impl LeaseTable {
         let lease = self
             .by_task
             .get(&task)
-            .ok_or_else(|| LeaseError::NoLiveAttempt(r.task_id.clone()))?;
+            .ok_or_else(|| LeaseError::NoLiveAttempt(clip(&r.task_id).into_owned()))?;
         if lease.attempt != r.attempt || lease.epoch != r.epoch {
             return Err(LeaseError::Stale {
-                task: r.task_id.clone(),
-                given: r.display(),
+                task: clip(&r.task_id).into_owned(),
+                given: clip(&r.display()).into_owned(),
                 attempt: lease.attempt,
                 epoch: lease.epoch,
             });
         }
         if lease.agent != agent {
             return Err(LeaseError::NotYours {
-                given: r.display(),
+                given: clip(&r.display()).into_owned(),
                 owner: lease.agent.clone(),
                 caller: agent.to_string(),
             });

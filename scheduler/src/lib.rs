@@ -10,6 +10,8 @@ pub mod baseline;
 pub mod clock;
 pub mod config;
 pub mod core;
+#[cfg(test)]
+pub(crate) mod fuzz_support;
 pub mod jobspec;
 pub mod lease;
 pub mod matching;
@@ -22,3 +24,18 @@ pub mod store;
 
 pub use config::Config;
 pub use server::serve;
+
+/// Longest piece of outside input, in characters, that an error message
+/// quotes; a longer one is cut and ends in `...`, so a message stays short
+/// however long the input (found by the fuzz targets: a 100 KB input made a
+/// 100 KB message).
+pub(crate) const MAX_QUOTED: usize = 40;
+
+/// `text` as an error message quotes it: whole up to [`MAX_QUOTED`]
+/// characters, else its start and `...`.
+pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_QUOTED) {
+        None => text.into(),
+        Some((end, _)) => format!("{}...", &text[..end]).into(),
+    }
+}

@@ -222,7 +222,7 @@ pub fn parse_info(text: &str) -> Result<NpuSmiInfo, NpuSmiParseError> {
         let bad = |reason: &str| NpuSmiParseError::BadLine {
             line,
             reason: reason.to_string(),
-            text: trimmed.to_string(),
+            text: shown_line(trimmed),
         };
         if !trimmed.ends_with('|') {
             return Err(bad("row does not end with '|' (output cut off?)"));
@@ -283,7 +283,7 @@ pub fn parse_info(text: &str) -> Result<NpuSmiInfo, NpuSmiParseError> {
                 health: second.to_string(),
                 power_w,
                 line,
-                text: trimmed.to_string(),
+                text: shown_line(trimmed),
                 used: false,
             });
         }
@@ -550,14 +550,14 @@ fn parse_chip_map(text: &str, header: usize) -> Result<NpuSmiInfo, NpuSmiParseEr
         return Err(NpuSmiParseError::BadLine {
             line: header + 1,
             reason: "unrecognised `npu-smi info -m` header".to_string(),
-            text: header_line.trim().to_string(),
+            text: shown_line(header_line.trim()),
         });
     };
     if name_col + 1 != titles.len() {
         return Err(NpuSmiParseError::BadLine {
             line: header + 1,
             reason: "`Chip Name` is not the last column of `npu-smi info -m`".to_string(),
-            text: header_line.trim().to_string(),
+            text: shown_line(header_line.trim()),
         });
     }
 
@@ -571,7 +571,7 @@ fn parse_chip_map(text: &str, header: usize) -> Result<NpuSmiInfo, NpuSmiParseEr
         let bad = |reason: &str| NpuSmiParseError::BadLine {
             line,
             reason: reason.to_string(),
-            text: raw.trim().to_string(),
+            text: shown_line(raw.trim()),
         };
         // Every column but the last is one word; the name (last column) may contain spaces.
         if words.len() < titles.len() {
@@ -607,6 +607,15 @@ fn parse_chip_map(text: &str, header: usize) -> Result<NpuSmiInfo, NpuSmiParseEr
         });
     }
     Ok(info)
+}
+
+/// A line as an error quotes it: its first 120 characters, then `...` (a
+/// 100 KB line must not make a 100 KB message).
+fn shown_line(line: &str) -> String {
+    match line.char_indices().nth(120) {
+        None => line.to_string(),
+        Some((end, _)) => format!("{}...", &line[..end]),
+    }
 }
 
 /// The first non-blank line, shortened, for error messages.

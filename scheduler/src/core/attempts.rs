@@ -22,7 +22,11 @@ impl Core {
             );
         };
         let Ok(task) = r.task_id.parse::<u64>() else {
-            return reject(step, format!("unknown task '{}'", r.task_id), true);
+            return reject(
+                step,
+                format!("unknown task '{}'", crate::clip(&r.task_id)),
+                true,
+            );
         };
         if let Err(e) = self.leases.check(task, &r, &name) {
             return reject(step, e.to_string(), true);
@@ -512,5 +516,41 @@ mod tests {
         assert!(msgs
             .iter()
             .any(|m| matches!(m, Msg::Assign(x) if x.attempt.as_ref().unwrap().attempt == 2)));
+    }
+
+    /// A regression found by `fuzz_core_agent_message_sequences`: a refusal
+    /// quoted the agent's task id whole, so a 5 KB id made a 5 KB reject.
+    #[test]
+    fn rejects_quote_a_long_task_id_cut_short() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        h.submit(spec()).unwrap();
+        h.assignments(&mut a);
+        for task_id in ["x".repeat(5000), "9".repeat(5000)] {
+            let junk = AttemptRef {
+                task_id,
+                attempt: 1,
+                epoch: 1,
+            };
+            let mut msgs = h.update(&mut a, &junk, 1, started());
+            h.send(crate::core::Command::Heartbeat {
+                session: a.session,
+                hb: msfleet_proto::Heartbeat {
+                    running: vec![junk.clone()],
+                },
+            });
+            msgs.extend(h.messages(&mut a));
+            let rejects: Vec<_> = msgs
+                .iter()
+                .filter_map(|m| match m {
+                    Msg::Reject(r) => Some(r.message.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(rejects.len(), 2, "{rejects:.100?}");
+            for r in rejects {
+                assert!(r.len() < 200 && r.contains("..."), "{r:.300}");
+            }
+        }
     }
 }

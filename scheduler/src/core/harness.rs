@@ -99,7 +99,20 @@ impl Harness {
     }
 
     fn open(&mut self) {
-        let store = Store::open(self.dir.path(), 8 << 20).expect("open store");
+        // sled releases its file lock from a background thread shortly after
+        // the last handle drops, so a reopen right after a drop can find it
+        // still held (seen once in ~2000 fuzz cases): retry for a while.
+        let mut tries = 0;
+        let store = loop {
+            match Store::open(self.dir.path(), 8 << 20) {
+                Ok(store) => break store,
+                Err(e) if tries < 200 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("open store: {e:?}"),
+            }
+        };
         self.core =
             Some(Core::load(self.cfg.clone(), store, self.tokens.clone()).expect("load core"));
     }

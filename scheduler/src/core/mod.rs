@@ -38,6 +38,8 @@ mod attempts;
 mod baselines;
 mod events;
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod harness;
 mod jobs;
 mod parents;

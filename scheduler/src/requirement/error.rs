@@ -20,6 +20,8 @@ pub struct RequirementError {
     pub help: Option<String>,
 }
 
+pub(super) use crate::clip;
+
 fn help_suffix(help: &Option<String>) -> String {
     help.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
 }

@@ -1,7 +1,7 @@
 //! The lexer: characters to tokens with their columns.
 
 use super::ast::Op;
-use super::error::RequirementError;
+use super::error::{clip, RequirementError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Tok {
@@ -36,9 +36,9 @@ impl Token {
     pub(super) fn describe(&self) -> String {
         match &self.tok {
             Tok::End => "end of input".to_owned(),
-            Tok::Str(_) => format!("string {}", self.text),
-            Tok::Num(_) => format!("number {}", self.text),
-            _ => format!("'{}'", self.text),
+            Tok::Str(_) => format!("string {}", clip(&self.text)),
+            Tok::Num(_) => format!("number {}", clip(&self.text)),
+            _ => format!("'{}'", clip(&self.text)),
         }
     }
 }
@@ -197,8 +197,11 @@ impl Lexer {
         }
         let text = self.text(start, end);
         if !valid || suffix {
-            let err =
-                RequirementError::new(start + 1, text.clone(), format!("invalid number '{text}'"));
+            let err = RequirementError::new(
+                start + 1,
+                text.clone(),
+                format!("invalid number '{}'", clip(&text)),
+            );
             let has_letters = text.chars().any(char::is_alphabetic);
             return Err(if has_letters {
                 err.help("numbers take no unit suffix; memory attributes are in MB")
@@ -218,7 +221,7 @@ impl Lexer {
             _ => Err(RequirementError::new(
                 start + 1,
                 text.clone(),
-                format!("number '{text}' is out of range"),
+                format!("number '{}' is out of range", clip(&text)),
             )),
         }
     }

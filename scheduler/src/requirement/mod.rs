@@ -171,8 +171,10 @@ impl FromStr for Requirement {
 
 #[cfg(test)]
 mod tests {
+    use crate::fuzz_support::fuzz_config;
     use crate::requirement::test_support::*;
     use crate::requirement::*;
+    use proptest::prelude::*;
 
     #[test]
     fn empty_requirement() {
@@ -216,130 +218,200 @@ mod tests {
         }
     }
 
-    #[test]
-    fn random_bytes_do_not_panic() {
-        let mut rng = Lcg(0x5eed);
-        for _ in 0..5000 {
-            let len = rng.below(40);
-            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+    /// Pieces of the language and near misses, for token soup.
+    const PIECES: &[&str] = &[
+        "gpu.count",
+        "gpu.model",
+        "label.pool",
+        "label.é",
+        "cpu.cores",
+        "slots",
+        "foo",
+        "==",
+        "!=",
+        "<",
+        "<=",
+        ">",
+        ">=",
+        "=~",
+        "!~",
+        "=",
+        "&",
+        "|",
+        "~",
+        "&&",
+        "||",
+        "!",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        "in",
+        "true",
+        "false",
+        "and",
+        "1",
+        "-2",
+        "3.5",
+        "4.",
+        "40GB",
+        "\"H100\"",
+        "\"日本\"",
+        "\"a\\\"b\"",
+        "\"x",
+        "\\",
+        "\"",
+        "'",
+        " ",
+        " ",
+        "\t",
+        "\n",
+        "é",
+        "日本",
+        "🚀",
+        "\u{0}",
+        "-",
+    ];
+
+    /// A valid expression, to depth `depth`, from the same leaves as before.
+    fn valid_expr() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            (prop::sample::select(&[">=", "<", "==", "!="][..]), 0..10u32)
+                .prop_map(|(op, n)| format!("gpu.count {op} {n}")),
+            (
+                prop::sample::select(&["=~", "!~", "==", "!="][..]),
+                0..200u32
+            )
+                .prop_map(|(op, n)| format!("gpu.model {op} \"h{n}\"")),
+            (0..3u32, 0..3u32).prop_map(|(a, b)| format!("label.pool in [\"p{a}\", \"p{b}\"]")),
+            (0..100u32, 0..100u32).prop_map(|(a, b)| format!("cpu.cores in [{a}, {b}.5]")),
+            prop::sample::select(&["true", "false"][..]).prop_map(str::to_owned),
+            (0..4u32).prop_map(|n| format!("label.rack != \"a{n}\"")),
+        ];
+        leaf.prop_recursive(5, 64, 2, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|e| format!("!{e}")),
+                inner.clone().prop_map(|e| format!("({e})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} && {b}")),
+                (inner.clone(), inner).prop_map(|(a, b)| format!("{a} || {b}")),
+            ]
+        })
+    }
+
+    /// One very long token of each kind the lexer knows (and some it does
+    /// not), up to 100 KB: errors must not quote it whole.
+    fn long_input() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(
+                &[
+                    "slots > ",
+                    "label.a == ",
+                    "gpu.count == ",
+                    "label.a =~ ",
+                    "",
+                    "(",
+                    "!",
+                    "gpu.model ",
+                    "label.x in [",
+                    "slots > 1 && ",
+                ][..],
+            ),
+            prop::sample::select(
+                &[
+                    "\"", "1", "label.", "x", "é", "(", "!", ")", "\\", "🚀", " ", "a.b",
+                ][..],
+            ),
+            0..100_000usize,
+            prop::sample::select(&["", "\"", " == 1", ")", " x", "1"][..]),
+        )
+            .prop_map(|(head, unit, n, tail)| format!("{head}{}{tail}", unit.repeat(n)))
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config())]
+
+        /// Random bytes: no panic; an accepted input re-parses from its
+        /// canonical form; a refusal points into the input with a short message.
+        #[test]
+        fn fuzz_requirement_random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             check_any(&String::from_utf8_lossy(&bytes));
         }
-    }
 
-    #[test]
-    fn random_token_soup_does_not_panic() {
-        const PIECES: &[&str] = &[
-            "gpu.count",
-            "gpu.model",
-            "label.pool",
-            "label.é",
-            "cpu.cores",
-            "slots",
-            "foo",
-            "==",
-            "!=",
-            "<",
-            "<=",
-            ">",
-            ">=",
-            "=~",
-            "!~",
-            "=",
-            "&",
-            "|",
-            "~",
-            "&&",
-            "||",
-            "!",
-            "(",
-            ")",
-            "[",
-            "]",
-            ",",
-            "in",
-            "true",
-            "false",
-            "and",
-            "1",
-            "-2",
-            "3.5",
-            "4.",
-            "40GB",
-            "\"H100\"",
-            "\"日本\"",
-            "\"a\\\"b\"",
-            "\"x",
-            "\\",
-            "\"",
-            "'",
-            " ",
-            " ",
-            "\t",
-            "\n",
-            "é",
-            "日本",
-            "🚀",
-            "\u{0}",
-            "-",
-        ];
-        let mut rng = Lcg(42);
-        let mut parsed = 0;
-        for _ in 0..20000 {
-            let n = rng.below(12);
-            let src: String = (0..n).map(|_| PIECES[rng.below(PIECES.len())]).collect();
-            if Requirement::parse(&src).is_ok() {
-                parsed += 1;
-            }
+        /// Any string (proptest's unicode generator): the same properties.
+        #[test]
+        fn fuzz_requirement_random_text(src in "\\PC{0,120}") {
             check_any(&src);
         }
-        // The soup is valid often enough to exercise round-tripping.
-        assert!(parsed > 100, "only {parsed} random expressions parsed");
-    }
 
-    #[test]
-    fn random_valid_expressions_round_trip() {
-        fn gen(rng: &mut Lcg, depth: usize) -> String {
-            let leaf = depth == 0 || rng.below(3) == 0;
-            if leaf {
-                return match rng.below(6) {
-                    0 => format!(
-                        "gpu.count {} {}",
-                        [">=", "<", "==", "!="][rng.below(4)],
-                        rng.below(10)
-                    ),
-                    1 => format!(
-                        "gpu.model {} \"h{}\"",
-                        ["=~", "!~", "==", "!="][rng.below(4)],
-                        rng.below(200)
-                    ),
-                    2 => format!(
-                        "label.pool in [\"p{}\", \"p{}\"]",
-                        rng.below(3),
-                        rng.below(3)
-                    ),
-                    3 => format!("cpu.cores in [{}, {}.5]", rng.below(100), rng.below(100)),
-                    4 => ["true", "false"][rng.below(2)].to_owned(),
-                    _ => format!("label.rack != \"a{}\"", rng.below(4)),
-                };
-            }
-            match rng.below(4) {
-                0 => format!("!{}", gen(rng, depth - 1)),
-                1 => format!("({})", gen(rng, depth - 1)),
-                2 => format!("{} && {}", gen(rng, depth - 1), gen(rng, depth - 1)),
-                _ => format!("{} || {}", gen(rng, depth - 1), gen(rng, depth - 1)),
-            }
+        /// Token soup biased toward the grammar: the same properties.
+        #[test]
+        fn fuzz_requirement_token_soup(
+            pieces in prop::collection::vec(prop::sample::select(PIECES), 0..16),
+        ) {
+            check_any(&pieces.concat());
         }
-        let mut rng = Lcg(7);
-        let agents = [h100(), npu(), cpu_only(), mixed(), Attributes::default()];
-        for _ in 0..2000 {
-            let src = gen(&mut rng, 5);
+
+        /// Valid expressions parse, and their canonical form parses back to an
+        /// equal requirement that prints the same and matches the same agents.
+        #[test]
+        fn fuzz_requirement_valid_expressions_round_trip(src in valid_expr()) {
             let req = parse(&src);
             let again = parse(&req.to_string());
-            assert_eq!(again, req, "{src}");
-            assert_eq!(again.to_string(), req.to_string(), "{src}");
-            for a in &agents {
-                assert_eq!(again.matches(a), req.matches(a), "{src}");
+            prop_assert_eq!(&again, &req, "{}", src);
+            prop_assert_eq!(again.to_string(), req.to_string(), "{}", src);
+            for a in [h100(), npu(), cpu_only(), mixed(), Attributes::default()] {
+                prop_assert_eq!(again.matches(&a), req.matches(&a), "{}", src);
             }
+        }
+
+        /// Deep nesting of `(` and `!` (up to 100 000 levels, mixed, closed or
+        /// not): never a stack overflow; past MAX_DEPTH always an error at the
+        /// first level too deep.
+        #[test]
+        fn fuzz_requirement_deep_nesting(
+            opens in prop::collection::vec(prop::sample::select(&["(", "!", " ", "(!"][..]), 0..64),
+            repeat in 1..2_000usize,
+            close in any::<bool>(),
+        ) {
+            let head = opens.concat().repeat(repeat);
+            let depth = head.matches(['(', '!']).count();
+            let parens = head.matches('(').count();
+            let tail = if close { ")".repeat(parens) } else { String::new() };
+            let src = format!("{head}true{tail}");
+            check_any(&src);
+            if depth > MAX_DEPTH {
+                prop_assert!(Requirement::parse(&src).is_err(), "{} levels accepted", depth);
+            } else if close && src.chars().count() <= MAX_LEN {
+                prop_assert!(Requirement::parse(&src).is_ok(), "{}", src);
+            }
+        }
+
+        /// Inputs with one huge token (up to 100 KB): refused or accepted like
+        /// any other, and a refusal's message stays under the bound.
+        #[test]
+        fn fuzz_requirement_long_tokens(src in long_input()) {
+            check_any(&src);
+        }
+    }
+
+    /// A regression found by `fuzz_requirement_long_tokens`: errors quoted the
+    /// offending token whole, so a 4 KB string made a 4 KB message.
+    #[test]
+    fn errors_quote_long_tokens_cut_short() {
+        let long = "x".repeat(4000);
+        for src in [
+            format!("\"{long}\""),
+            format!("label.{long} > 1"),
+            format!("{long} == 1"),
+            format!("slots == \"{long}\""),
+            format!("label.a == {long}"),
+            format!("slots > 1{}", "0".repeat(4000)),
+            format!("slots > 1 {long}"),
+        ] {
+            let err = parse_err(&src);
+            check_error_invariants(&src, &err);
+            assert!(err.to_string().contains("..."), "{err}");
         }
     }
 }

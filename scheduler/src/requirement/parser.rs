@@ -2,7 +2,7 @@
 //! for everything that does not fit the grammar or the attribute types.
 
 use super::ast::{Expr, StrOp};
-use super::error::RequirementError;
+use super::error::{clip, RequirementError};
 use super::lexer::{Lexer, Tok, Token};
 use super::{LABEL_PREFIX, MAX_DEPTH, MAX_LEN, NUMERIC_ATTRIBUTES, STRING_ATTRIBUTES};
 
@@ -252,7 +252,7 @@ impl Parser {
             Tok::End => {
                 let message = match &self.last {
                     Some(prev) if !prev.is_empty() => {
-                        format!("expected an expression after '{prev}'")
+                        format!("expected an expression after '{}'", clip(prev))
                     }
                     _ => "expected an expression".to_owned(),
                 };
@@ -264,7 +264,7 @@ impl Parser {
             )
             .help("write comparisons as attribute, operator, value, e.g. gpu.model == \"H100\"")),
             _ => Err(
-                RequirementError::at(&tok, format!("unexpected '{}'", tok.text))
+                RequirementError::at(&tok, format!("unexpected '{}'", clip(&tok.text)))
                     .help("expected an attribute, '(', '!', 'true' or 'false'"),
             ),
         }
@@ -276,10 +276,11 @@ impl Parser {
             return Ok(kind);
         }
         if name == LABEL_PREFIX.trim_end_matches('.') || name == LABEL_PREFIX {
-            return Err(
-                RequirementError::at(tok, format!("missing label key in '{name}'"))
-                    .help("write label.<key>, e.g. label.pool"),
-            );
+            return Err(RequirementError::at(
+                tok,
+                format!("missing label key in '{}'", clip(name)),
+            )
+            .help("write label.<key>, e.g. label.pool"));
         }
         let known = NUMERIC_ATTRIBUTES
             .iter()
@@ -289,10 +290,10 @@ impl Parser {
             .join(", ");
         let known = format!("known: {known}; or {LABEL_PREFIX}<key>");
         let help = match suggest_attribute(name) {
-            Some(s) => format!("did you mean '{s}'? {known}"),
+            Some(s) => format!("did you mean '{}'? {known}", clip(&s)),
             None => known,
         };
-        Err(RequirementError::at(tok, format!("unknown attribute '{name}'")).help(help))
+        Err(RequirementError::at(tok, format!("unknown attribute '{}'", clip(name))).help(help))
     }
 
     /// `attribute op value | attribute "in" "[" value ("," value)* "]"`,
@@ -311,7 +312,8 @@ impl Parser {
                 return Err(RequirementError::at(
                     &op_tok,
                     format!(
-                        "expected a comparison operator after '{attr}', found {}",
+                        "expected a comparison operator after '{}', found {}",
+                        clip(&attr),
                         op_tok.describe()
                     ),
                 )
@@ -324,7 +326,10 @@ impl Parser {
                 let Some(op) = op.num_op() else {
                     return Err(RequirementError::at(
                         &op_tok,
-                        format!("'{op_str}' matches strings, but '{attr}' is a numeric attribute"),
+                        format!(
+                            "'{op_str}' matches strings, but '{}' is a numeric attribute",
+                            clip(&attr)
+                        ),
                     )
                     .help("compare numbers with == != < <= > >="));
                 };
@@ -337,7 +342,10 @@ impl Parser {
                 let Some(op) = op.str_op() else {
                     return Err(RequirementError::at(
                         &op_tok,
-                        format!("'{op_str}' compares numbers, but '{attr}' is a string attribute"),
+                        format!(
+                            "'{op_str}' compares numbers, but '{}' is a string attribute",
+                            clip(&attr)
+                        ),
                     )
                     .help("compare strings with == != =~ !~"));
                 };
@@ -414,9 +422,9 @@ impl Parser {
             Tok::Ident(w) if w == "true" || w == "false" => Ok(Literal::Bool),
             Tok::Ident(w) => Err(RequirementError::at(
                 tok,
-                format!("expected a value after '{after}', found '{w}'"),
+                format!("expected a value after '{after}', found '{}'", clip(w)),
             )
-            .help(format!("strings need double quotes: \"{w}\""))),
+            .help(format!("strings need double quotes: \"{}\"", clip(w)))),
             _ => Err(RequirementError::at(
                 tok,
                 format!("expected a value after '{after}', found {}", tok.describe()),
@@ -435,14 +443,15 @@ impl Parser {
         RequirementError::at(
             tok,
             format!(
-                "'{op}' needs a {} value for {} attribute '{attr}', got {} {}",
+                "'{op}' needs a {} value for {} attribute '{}', got {} {}",
                 match want {
                     Kind::Num => "number",
                     Kind::Str => "string",
                 },
                 want.name(),
+                clip(attr),
                 got.kind_name(),
-                tok.text
+                clip(&tok.text)
             ),
         )
     }
@@ -458,12 +467,12 @@ impl Parser {
             Literal::Str(s) => {
                 let err = Self::type_error(tok, op, attr, Kind::Num, &Literal::Str(String::new()));
                 Err(match s.trim().parse::<f64>() {
-                    Ok(_) => err.help(format!("remove the quotes: {}", s.trim())),
-                    Err(_) => err.help(format!("'{attr}' holds numbers")),
+                    Ok(_) => err.help(format!("remove the quotes: {}", clip(s.trim()))),
+                    Err(_) => err.help(format!("'{}' holds numbers", clip(attr))),
                 })
             }
             Literal::Bool => Err(Self::type_error(tok, op, attr, Kind::Num, &Literal::Bool)
-                .help(format!("'{attr}' holds numbers"))),
+                .help(format!("'{}' holds numbers", clip(attr)))),
         }
     }
 
@@ -476,7 +485,7 @@ impl Parser {
         match lit {
             Literal::Str(s) => Ok(s),
             other => Err(Self::type_error(tok, op, attr, Kind::Str, &other)
-                .help(format!("put it in double quotes: \"{}\"", tok.text))),
+                .help(format!("put it in double quotes: \"{}\"", clip(&tok.text)))),
         }
     }
 }

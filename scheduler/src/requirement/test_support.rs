@@ -1,5 +1,5 @@
 //! Fixtures and checks shared by the requirement tests: four typical agents,
-//! parse helpers, the properties every error must have, and a tiny PRNG.
+//! parse helpers and the properties every error must have.
 
 use super::*;
 
@@ -106,6 +106,14 @@ pub(super) fn check_error_invariants(src: &str, err: &RequirementError) {
         err.column
     );
     assert!(!err.message.is_empty());
+    let shown = err.to_string();
+    assert!(
+        shown.len() <= crate::fuzz_support::MAX_ERROR_BYTES,
+        "{} byte error for a {} byte input: {:.200}...",
+        shown.len(),
+        src.len(),
+        shown
+    );
     let rendered = err.render(src);
     let mut lines = rendered.split('\n');
     let (Some(first), Some(carets), None) = (lines.next(), lines.next(), lines.next()) else {
@@ -133,23 +141,5 @@ pub(super) fn check_any(src: &str) {
             }
         }
         Err(err) => check_error_invariants(src, &err),
-    }
-}
-
-/// A tiny linear congruential generator, so the fuzz tests need no crate
-/// and are reproducible.
-pub(super) struct Lcg(pub(super) u64);
-
-impl Lcg {
-    pub(super) fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 33
-    }
-
-    pub(super) fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use chrono::{Datelike, NaiveDate};
 
-use super::ScheduleError;
+use super::{clip, ScheduleError};
 
 pub(super) const FIELD_LIST: &str = "minute hour day-of-month month day-of-week";
 pub(super) const ALIASES: &str =
@@ -70,7 +70,7 @@ struct ElemError {
 
 fn elem_err(element: &str, problem: impl Into<String>) -> ElemError {
     ElemError {
-        element: element.to_string(),
+        element: clip(element).into_owned(),
         problem: problem.into(),
     }
 }
@@ -112,7 +112,7 @@ fn parse_element(kind: Kind, elem: &str) -> Result<u64, ElemError> {
             if step_text.is_empty() || !step_text.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(elem_err(
                     elem,
-                    format!("has a step '{step_text}' that is not a number"),
+                    format!("has a step '{}' that is not a number", clip(step_text)),
                 ));
             }
             let step = step_text.parse::<u32>().unwrap_or(u32::MAX);
@@ -260,20 +260,20 @@ pub(super) fn parse_fields(expr: &str) -> Result<Fields, ScheduleError> {
     let tokens: Vec<&str> = expr.split_whitespace().collect();
     let Some(first) = tokens.first() else {
         return Err(ScheduleError::Empty {
-            expr: expr.to_string(),
+            expr: clip(expr).into_owned(),
         });
     };
     let texts: Vec<&str> = if first.starts_with('@') {
         let Some(expansion) = alias_fields(first) else {
             return Err(ScheduleError::UnknownAlias {
-                alias: first.to_string(),
-                expr: expr.to_string(),
+                alias: clip(first).into_owned(),
+                expr: clip(expr).into_owned(),
             });
         };
         if tokens.len() != 1 {
             return Err(ScheduleError::AliasWithFields {
-                alias: first.to_string(),
-                expr: expr.to_string(),
+                alias: clip(first).into_owned(),
+                expr: clip(expr).into_owned(),
             });
         }
         expansion.split(' ').collect()
@@ -281,7 +281,7 @@ pub(super) fn parse_fields(expr: &str) -> Result<Fields, ScheduleError> {
         if tokens.len() != 5 {
             return Err(ScheduleError::FieldCount {
                 got: tokens.len(),
-                expr: expr.to_string(),
+                expr: clip(expr).into_owned(),
             });
         }
         tokens.clone()
@@ -290,9 +290,9 @@ pub(super) fn parse_fields(expr: &str) -> Result<Fields, ScheduleError> {
     let mut sets = [0u64; 5];
     for ((kind, text), set) in KINDS.iter().zip(&texts).zip(sets.iter_mut()) {
         *set = parse_field(*kind, text).map_err(|e| ScheduleError::BadField {
-            expr: expr.to_string(),
+            expr: clip(expr).into_owned(),
             field: kind.name(),
-            value: text.to_string(),
+            value: clip(text).into_owned(),
             element: e.element,
             problem: e.problem,
         })?;
@@ -318,7 +318,7 @@ pub(super) fn parse_fields(expr: &str) -> Result<Fields, ScheduleError> {
                     "day-of-month '{}' does not occur in month '{}'",
                     texts[2], texts[3]
                 ),
-                expr: expr.to_string(),
+                expr: clip(expr).into_owned(),
             });
         }
     }
@@ -350,7 +350,7 @@ pub(super) fn cron_schedules(
         .iter()
         .map(|s| {
             cron::Schedule::from_str(s).map_err(|e| ScheduleError::Internal {
-                expr: expr.to_string(),
+                expr: clip(expr).into_owned(),
                 reason: format!("cron crate refused '{s}': {e}"),
             })
         })

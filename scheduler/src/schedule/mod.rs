@@ -64,6 +64,8 @@
 //! [`Overlap::decide`] for what to do when the previous run is still going.
 
 mod crontab;
+#[cfg(test)]
+mod fuzz;
 mod slot;
 #[cfg(test)]
 mod test_support;
@@ -75,6 +77,7 @@ use chrono::TimeZone;
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use crate::clip;
 use crontab::{Fields, ALIASES, FIELD_LIST};
 pub use slot::{due, Due};
 
@@ -169,7 +172,9 @@ impl CronSpec {
         let tz: Tz = tz
             .trim()
             .parse()
-            .map_err(|_| ScheduleError::UnknownTimeZone { tz: tz.to_string() })?;
+            .map_err(|_| ScheduleError::UnknownTimeZone {
+                tz: clip(tz).into_owned(),
+            })?;
 
         let schedules = crontab::cron_schedules(&original, &fields)?;
 
@@ -229,7 +234,7 @@ impl FromStr for Misfire {
             "skip" => Ok(Misfire::Skip),
             _ => Err(ScheduleError::UnknownPolicy {
                 kind: "misfire",
-                value: s.to_string(),
+                value: clip(s).into_owned(),
                 expected: "'fire_once' or 'skip'",
             }),
         }
@@ -265,7 +270,7 @@ impl FromStr for Overlap {
             "queue" => Ok(Overlap::Queue),
             _ => Err(ScheduleError::UnknownPolicy {
                 kind: "overlap",
-                value: s.to_string(),
+                value: clip(s).into_owned(),
                 expected: "'skip' or 'queue'",
             }),
         }

@@ -196,7 +196,11 @@ fn schedulers() -> &'static std::sync::Mutex<std::collections::HashMap<String, S
 }
 
 fn port_of(addr: &str) -> String {
-    addr.rsplit(':').next().unwrap_or(addr).trim_end_matches('/').to_string()
+    addr.rsplit(':')
+        .next()
+        .unwrap_or(addr)
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// How to reach the scheduler at `addr` (`HOST:PORT` or a URL).
