@@ -202,7 +202,7 @@ impl Session {
             Err(s) if fatal(&s) => {
                 return Disconnect::Fatal(SessionError::Refused(s.message().to_string()))
             }
-            Err(s) => return Disconnect::Retry(self.retry_why("opening the session", &s)),
+            Err(s) => return self.failed("opening the session", &s),
         };
         let registered = match inbound.message().await {
             Ok(Some(msfleet_proto::SchedulerMessage {
@@ -214,7 +214,7 @@ impl Session {
             Err(s) if fatal(&s) => {
                 return Disconnect::Fatal(SessionError::Refused(s.message().to_string()))
             }
-            Err(s) => return Disconnect::Retry(self.retry_why("registering", &s)),
+            Err(s) => return self.failed("registering", &s),
         };
         tracing::info!(
             scheduler = %self.cfg.scheduler,
@@ -412,12 +412,13 @@ fn fatal(s: &tonic::Status) -> bool {
 }
 
 impl Session {
-    /// Why a call failed, with the TLS/plain-text mix-up spelled out.
-    fn retry_why(&self, what: &str, s: &tonic::Status) -> String {
+    /// A failed call: retried, unless it shows a mistake only the user can
+    /// fix (plain text against a TLS scheduler, ...), which ends the agent.
+    fn failed(&self, what: &str, s: &tonic::Status) -> Disconnect {
         let detail = format!("{}: {}", s.code(), s.message());
         match self.cfg.target.explain(&detail) {
-            ConnectError::Config(m) => m,
-            ConnectError::Unreachable(_) => format!("{what}: {detail}"),
+            ConnectError::Config(m) => Disconnect::Fatal(SessionError::Refused(m)),
+            ConnectError::Unreachable(_) => Disconnect::Retry(format!("{what}: {detail}")),
         }
     }
 }

@@ -16,6 +16,33 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 pub async fn run(cli: Cli) -> Result<i32, CtlError> {
+    let target = target(&cli);
+    run_command(cli)
+        .await
+        .map_err(|e| transport_hint(e, &target))
+}
+
+/// A failed call that shows a mistake only the user can fix (plain text
+/// against a TLS scheduler shows up only at the first call) says so.
+fn transport_hint(e: CtlError, target: &Target) -> CtlError {
+    if e.code != exit::INFRA {
+        return e;
+    }
+    match target.explain(&e.message) {
+        ConnectError::Config(m) => CtlError::input(m),
+        ConnectError::Unreachable(_) => e,
+    }
+}
+
+fn target(cli: &Cli) -> Target {
+    Target {
+        addr: cli.addr.clone(),
+        ca: cli.ca.clone(),
+        identity: None,
+    }
+}
+
+async fn run_command(cli: Cli) -> Result<i32, CtlError> {
     if let Command::Submit(s) = &cli.command {
         if s.dry_run {
             let file = job_file(s)?;
@@ -274,11 +301,7 @@ fn token(cli: &Cli) -> Result<Option<String>, CtlError> {
 }
 
 async fn connect(cli: &Cli) -> Result<Client, CtlError> {
-    let target = Target {
-        addr: cli.addr.clone(),
-        ca: cli.ca.clone(),
-        identity: None,
-    };
+    let target = target(cli);
     let bearer = Bearer::new(token(cli)?.as_deref()).map_err(|e| CtlError::input(e.to_string()))?;
     let channel = target.connect().await.map_err(|e| match e {
         ConnectError::Config(m) => CtlError::input(m),

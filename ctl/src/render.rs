@@ -255,7 +255,16 @@ pub fn schedule_text(s: &Schedule) -> String {
         schedule_next(s),
         if s.paused { " (paused)" } else { "" }
     );
-    out += &format!("  paused:    {}\n", if s.paused { "yes" } else { "no" });
+    out += &format!("  paused:    {}", if s.paused { "yes" } else { "no" });
+    if !s.paused_by.is_empty() {
+        let what = if s.paused { "paused" } else { "resumed" };
+        out += &format!(
+            " ({what} by {}, {})",
+            s.paused_by,
+            local_time(s.paused_ms, &s.tz)
+        );
+    }
+    out += "\n";
     out += &format!("  misfire:   {}\n", dash(&s.misfire));
     out += &format!("  overlap:   {}\n", dash(&s.overlap));
     out += &format!("  created:   {}", local_time(s.created_ms, &s.tz));
@@ -263,14 +272,6 @@ pub fn schedule_text(s: &Schedule) -> String {
         out += &format!(" by {}", s.created_by);
     }
     out += "\n";
-    if !s.paused_by.is_empty() {
-        let what = if s.paused { "paused" } else { "resumed" };
-        out += &format!(
-            "  {what}:    {} by {}\n",
-            local_time(s.paused_ms, &s.tz),
-            s.paused_by
-        );
-    }
     out += &format!(
         "  last slot: {}\n",
         s.last_slot_ms
@@ -1135,7 +1136,7 @@ mod tests {
             next_ms: NEXT,
             next_local: "2026-11-23 02:00 CST".into(),
             last_state: "passed".into(),
-            created_by: "ops".into(),
+            created_by: String::new(),
             paused_by: String::new(),
             paused_ms: 0,
         }
@@ -1306,5 +1307,23 @@ mod tests {
             .collect();
         let line = quote_argv(&argv);
         assert_eq!(crate::argv::split(&line).unwrap(), argv);
+    }
+
+    #[test]
+    fn schedule_text_names_who_made_and_paused_it() {
+        let mut s = schedule();
+        s.created_by = "ops".into();
+        s.paused = true;
+        s.paused_by = "ana".into();
+        s.paused_ms = s.created_ms;
+        let text = schedule_text(&s);
+        assert!(
+            text.contains("  created:   2026-11-01 17:30 CST by ops\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  paused:    yes (paused by ana, 2026-11-01 17:30 CST)\n"),
+            "{text}"
+        );
     }
 }

@@ -113,11 +113,12 @@ impl Target {
                  with --tls-cert and --tls-key"
             ));
         }
+        // What a plain-text HTTP/2 client reads when a TLS server answers its
+        // preface with a TLS alert. (A scheduler that dies mid-call gives
+        // resets and closed streams instead, which stay retryable.)
         if !self.is_tls()
-            && (d.contains("h2 protocol error")
-                || d.contains("frame with invalid size")
-                || d.contains("connection reset")
-                || d.contains("broken pipe"))
+            && (d.contains("h2 protocol error: http2 error")
+                || d.contains("frame with invalid size"))
         {
             return ConnectError::Config(format!(
                 "the scheduler at {url} closed a plain-text connection: it probably serves TLS; \
@@ -247,8 +248,13 @@ mod tests {
         assert!(
             matches!(plain_server, ConnectError::Config(m) if m.contains("does not speak TLS"))
         );
-        let tls_server = target("http://h:1").explain("h2 protocol error: connection reset");
+        let tls_server = target("http://h:1").explain("h2 protocol error: http2 error");
         assert!(matches!(tls_server, ConnectError::Config(m) if m.contains("use https://")));
+        let died = target("http://h:1").explain("transport error: connection reset by peer");
+        assert!(
+            matches!(died, ConnectError::Unreachable(_)),
+            "a restart is retried"
+        );
         let down = tls.explain("tcp connect error: Connection refused (os error 111)");
         assert!(matches!(down, ConnectError::Unreachable(_)));
     }

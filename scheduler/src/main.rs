@@ -60,12 +60,19 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    if let Err(e) = run(Args::parse()).await {
+        // One line that says what to fix (no backtrace, whatever RUST_BACKTRACE says).
+        eprintln!("msched: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if args.lease_timeout <= args.heartbeat_interval {
         anyhow::bail!("--lease-timeout must be longer than --heartbeat-interval");
     }

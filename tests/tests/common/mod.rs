@@ -486,6 +486,10 @@ impl Scheduler {
         }
     }
 
+    pub fn tls(&self) -> bool {
+        self.opts.tls.is_some()
+    }
+
     /// `http://ADDR` (or `https://localhost:PORT` with TLS), as agents want it.
     pub fn url(&self) -> String {
         match &self.opts.tls {
@@ -797,7 +801,11 @@ impl Fleet {
     // ---------------------------------------------------------- msctl
 
     pub fn ctl(&self, args: &[&str]) -> Out {
-        ctl_at(&self.sched.addr, args)
+        if self.sched.tls() {
+            ctl_at(&self.sched.url(), args)
+        } else {
+            ctl_at(&self.sched.addr, args)
+        }
     }
 
     /// `msctl submit ARGS` that must succeed; returns the job id it printed.
