@@ -175,13 +175,23 @@ fn no_baseline_then_accept_then_judged_against_it_and_exported() {
     assert_eq!(job["state"], "passed", "{job:#}");
     let measured = c["explanation"]["value"].as_f64().unwrap();
 
+    // A client-supplied name is refused: the audit records the caller's token.
     let out = f.ctl(&["baseline", "accept", &first, "--by", "alice"]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("drop --by 'alice'"), "{out}");
+    let out = f.ctl(&["baseline", "list", "--json"]);
+    assert_eq!(
+        out.json(),
+        serde_json::json!([]),
+        "nothing was accepted: {out}"
+    );
+    let out = f.ctl(&["baseline", "accept", &first]);
     assert_eq!(out.code, 0, "{out}");
     let out = f.ctl(&["baseline", "show", "fresh", "--json"]);
     assert_eq!(out.code, 0, "{out}");
     let text = out.stdout.clone();
     assert!(
-        text.contains("alice") && text.contains(&first),
+        text.contains("\"admin\"") && text.contains(&first),
         "audit trail: {text}"
     );
 
