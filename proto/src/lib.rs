@@ -15,7 +15,9 @@ pub use v1::*;
 
 pub mod bench;
 pub mod case;
+pub mod policy;
 pub mod roots;
+pub mod secrets;
 
 /// Largest log chunk (bytes of `LogChunk.data`) the scheduler accepts; agents split to this.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;
