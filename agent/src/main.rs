@@ -45,6 +45,8 @@ struct Args {
     /// Print the capability report as JSON and exit.
     #[arg(long)]
     probe: bool,
+    #[command(flatten)]
+    policy: msagent::config::PolicyFlags,
 }
 
 #[tokio::main]
@@ -79,6 +81,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             slots: args.slots,
             kill_grace: args.kill_grace,
             npu_smi: args.npu_smi,
+            policy: args.policy,
         },
     )?;
     std::fs::create_dir_all(&cfg.work_dir)
