@@ -68,6 +68,11 @@ impl Updates {
         self
     }
 
+    /// `text` with the job's secret values replaced.
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets.text(text)
+    }
+
     /// A fresh stream redactor for the job's secret values (empty without any).
     pub fn redactor(&self) -> Redactor {
         (*self.secrets).clone()

@@ -53,7 +53,9 @@ pub async fn run(
     let tx = tx.with_secrets(&a.spec);
     tx.send(task_update::Kind::Started(Started {}));
     let finished = run_inner(&cfg, &a, &tx, stop).await;
-    if let Some(f) = finished {
+    if let Some(mut f) = finished {
+        // Also the agent's own log never carries a secret value.
+        f.reason = tx.redact(&f.reason);
         tracing::info!(task = %a.task_id, attempt = a.attempt, outcome = ?f.outcome(), reason = %f.reason, "attempt finished");
         tx.send(task_update::Kind::Finished(f));
     }

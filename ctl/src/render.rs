@@ -377,6 +377,13 @@ pub fn agent_json(a: &Agent) -> Value {
         "slots": caps.slots,
         "labels": caps.labels,
         "roots": caps.roots,
+        "policy": caps.policy.as_ref().map_or(Value::Null, |p| json!({
+            "allow_git": p.allow_git,
+            "allow_bench_commands": p.allow_bench_commands,
+            "deny_env": p.deny_env,
+            "allow_env": p.allow_env,
+            "allow_plugins": p.allow_plugins,
+        })),
         "host": {
             "hostname": host.hostname, "os": host.os, "arch": host.arch,
             "cpu_model": host.cpu_model, "cores": host.cores, "memory_mb": host.memory_mb,
