@@ -6,7 +6,9 @@
 //! A leaf: the pytest runner ([`crate::runner`]), the benchmark core ([`crate::bench`]) and the
 //! process-group runner ([`crate::process`]) all use it, and it uses none of them.
 
+use msfleet_proto::secrets::Redactor;
 use msfleet_proto::{task_update, Finished, JobSpec, LogChunk, Outcome};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -35,10 +37,17 @@ pub struct AttemptSpec {
 pub type AttemptKey = (String, u32);
 
 /// Sink for one attempt's updates; the session numbers and sends them.
+///
+/// With [`Updates::with_secrets`], no secret value leaves through it: the
+/// texts of test results, case results and `Finished` are redacted here, the
+/// agent's own lines in [`Updates::log`], and the test's output by the log
+/// pump ([`crate::process`]), which uses [`Updates::redactor`] because a
+/// value may be split across two reads of a pipe.
 #[derive(Clone)]
 pub struct Updates {
     key: AttemptKey,
     tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
+    secrets: Arc<Redactor>,
 }
 
 impl Updates {
@@ -46,10 +55,48 @@ impl Updates {
         key: AttemptKey,
         tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
     ) -> Self {
-        Updates { key, tx }
+        Updates {
+            key,
+            tx,
+            secrets: Arc::default(),
+        }
     }
 
-    pub fn send(&self, kind: task_update::Kind) {
+    /// The same sink, redacting the job's `secret_env` values.
+    pub fn with_secrets(mut self, spec: &JobSpec) -> Self {
+        self.secrets = Arc::new(Redactor::new(spec.secret_env.values()));
+        self
+    }
+
+    /// `text` with the job's secret values replaced.
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets.text(text)
+    }
+
+    /// A fresh stream redactor for the job's secret values (empty without any).
+    pub fn redactor(&self) -> Redactor {
+        (*self.secrets).clone()
+    }
+
+    /// Sends one update. Log chunks go as they are (they were redacted where
+    /// they were made); every other text is redacted here.
+    pub fn send(&self, mut kind: task_update::Kind) {
+        if !self.secrets.is_empty() {
+            let r = &self.secrets;
+            match &mut kind {
+                task_update::Kind::Test(t) => {
+                    t.nodeid = r.text(&t.nodeid);
+                    t.longrepr = r.text(&t.longrepr);
+                }
+                task_update::Kind::Finished(f) => f.reason = r.text(&f.reason),
+                task_update::Kind::Case(c) => {
+                    if let Some(e) = c.explanation.as_mut() {
+                        e.message = r.text(&e.message);
+                    }
+                }
+                task_update::Kind::Started(_) | task_update::Kind::Log(_) => {}
+            }
+        }
         let _ = self.tx.send((self.key.clone(), kind));
     }
 
@@ -57,7 +104,7 @@ impl Updates {
     pub fn log(&self, stream: &str, text: String) {
         self.send(task_update::Kind::Log(LogChunk {
             stream: stream.into(),
-            data: text.into_bytes(),
+            data: self.secrets.text(&text).into_bytes(),
         }));
     }
 }

@@ -1,5 +1,5 @@
-//! What the agent tells the scheduler about itself: probe facts, labels, roots
-//! and the hardware profile key, as a `msfleet.v1.Capabilities`.
+//! What the agent tells the scheduler about itself: probe facts, labels, roots,
+//! its owner's policy and the hardware profile key, as a `msfleet.v1.Capabilities`.
 
 use crate::config::AgentConfig;
 use crate::probe::HardwareFacts;
@@ -62,5 +62,6 @@ pub fn report(cfg: &AgentConfig, facts: &HardwareFacts) -> Capabilities {
         roots: cfg.roots.iter().map(|r| r.display().to_string()).collect(),
         profile: hardware_profile(facts, &cfg.labels),
         slots: cfg.slots,
+        policy: Some(cfg.policy.clone()),
     }
 }

@@ -1,6 +1,12 @@
 //! Agent settings: a TOML file (`--config`) overlaid by command-line flags.
+//!
+//! The owner's policy ([`AgentPolicy`], see [`msfleet_proto::policy`]) comes
+//! from here too: `allow_git`, `allow_bench_commands`, `deny_env`, `allow_env`
+//! and `allow_plugins` in the file, `--allow-git`, `--allow-bench-commands`,
+//! `--deny-env`, `--allow-env` and `--allow-plugin` as flags ([`PolicyFlags`]).
 
 use msfleet_proto::client::{Bearer, Target};
+use msfleet_proto::AgentPolicy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +50,55 @@ pub struct FileConfig {
     /// Client certificate and key (PEM) for mTLS: the certificate's name is the agent's.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Git URL patterns fetched (replaces the default https/ssh patterns).
+    pub allow_git: Option<Vec<String>>,
+    /// `true` (any), `false` (none, the default) or command patterns.
+    pub allow_bench_commands: Option<BenchCommands>,
+    /// Environment variable names refused on top of the defaults.
+    #[serde(default)]
+    pub deny_env: Vec<String>,
+    /// Names let through although denied (e.g. "PYTHONPATH").
+    #[serde(default)]
+    pub allow_env: Vec<String>,
+    /// pytest plugins a job may load with `-p NAME`.
+    #[serde(default)]
+    pub allow_plugins: Vec<String>,
+}
+
+/// `allow_bench_commands = true | false | ["python *", ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BenchCommands {
+    All(bool),
+    Patterns(Vec<String>),
+}
+
+/// The policy flags (flattened into msagent's command line).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct PolicyFlags {
+    /// A git URL pattern the agent fetches (repeatable; replaces the default
+    /// 'https://**' 'ssh://**' '*@*:**'; `*` stops at '/', `**` does not).
+    #[arg(long = "allow-git", value_name = "PATTERN")]
+    pub allow_git: Vec<String>,
+    /// Let benchmark commands run: alone, any; with a PATTERN (repeatable),
+    /// those whose first word or whole command matches it.
+    #[arg(
+        long = "allow-bench-commands",
+        value_name = "PATTERN",
+        num_args = 0..=1,
+        default_missing_value = "*"
+    )]
+    pub allow_bench_commands: Vec<String>,
+    /// Refuse jobs that set this environment variable (repeatable; NAME* is a
+    /// prefix), on top of the defaults.
+    #[arg(long = "deny-env", value_name = "NAME")]
+    pub deny_env: Vec<String>,
+    /// Let this environment variable through although denied (repeatable).
+    #[arg(long = "allow-env", value_name = "NAME")]
+    pub allow_env: Vec<String>,
+    /// A pytest plugin jobs may load with -p NAME (repeatable).
+    #[arg(long = "allow-plugin", value_name = "NAME")]
+    pub allow_plugins: Vec<String>,
 }
 
 impl FileConfig {
@@ -77,6 +132,8 @@ pub struct AgentConfig {
     pub target: Target,
     /// The join token, sent with every call (its Debug never shows the secret).
     pub bearer: Bearer,
+    /// What the owner lets this agent run (published with the capabilities).
+    pub policy: AgentPolicy,
 }
 
 /// Flag values (all optional: the file and defaults fill the rest).
@@ -95,11 +152,13 @@ pub struct Overrides {
     pub ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub policy: PolicyFlags,
 }
 
 impl AgentConfig {
     /// Flags win over the file; labels and roots from both are combined.
     pub fn resolve(file: FileConfig, flags: Overrides) -> Result<AgentConfig, ConfigError> {
+        let policy = resolve_policy(&file, flags.policy)?;
         let scheduler = flags
             .scheduler
             .or(file.scheduler)
@@ -206,8 +265,57 @@ impl AgentConfig {
                 .unwrap_or_else(|| PathBuf::from("npu-smi")),
             target,
             bearer,
+            policy,
         })
     }
+}
+
+/// The policy from the file and the flags over [`msfleet_proto::policy::defaults`]:
+/// `allow_git` and `allow_bench_commands` given by flags replace the file's,
+/// which replace the defaults; the name lists add up (`deny_env` to the defaults).
+fn resolve_policy(file: &FileConfig, flags: PolicyFlags) -> Result<AgentPolicy, ConfigError> {
+    let mut p = msfleet_proto::policy::defaults();
+    if !flags.allow_git.is_empty() {
+        p.allow_git = flags.allow_git;
+    } else if let Some(g) = &file.allow_git {
+        p.allow_git = g.clone();
+    }
+    p.allow_bench_commands = if !flags.allow_bench_commands.is_empty() {
+        flags.allow_bench_commands
+    } else {
+        match &file.allow_bench_commands {
+            None | Some(BenchCommands::All(false)) => Vec::new(),
+            Some(BenchCommands::All(true)) => vec!["*".into()],
+            Some(BenchCommands::Patterns(v)) => v.clone(),
+        }
+    };
+    p.deny_env
+        .extend(file.deny_env.iter().cloned().chain(flags.deny_env));
+    p.allow_env = file
+        .allow_env
+        .iter()
+        .cloned()
+        .chain(flags.allow_env)
+        .collect();
+    p.allow_plugins = file
+        .allow_plugins
+        .iter()
+        .cloned()
+        .chain(flags.allow_plugins)
+        .collect();
+    let lists = [
+        ("allow_git", &p.allow_git),
+        ("allow_bench_commands", &p.allow_bench_commands),
+        ("deny_env", &p.deny_env),
+        ("allow_env", &p.allow_env),
+        ("allow_plugins", &p.allow_plugins),
+    ];
+    for (what, items) in lists {
+        if items.iter().any(|i| i.trim().is_empty()) {
+            return Err(ConfigError::Invalid(format!("{what} has an empty entry")));
+        }
+    }
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -240,6 +348,82 @@ mod tests {
         assert_eq!(cfg.kill_grace, Duration::from_secs(3));
         assert_eq!(cfg.labels["pool"], "nightly");
         assert_eq!(cfg.labels["rack"], "b1");
+    }
+
+    #[test]
+    fn the_policy_defaults_and_what_the_owner_changes() {
+        let cfg = AgentConfig::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(cfg.policy, msfleet_proto::policy::defaults());
+        assert!(cfg.policy.allow_bench_commands.is_empty());
+        assert!(cfg.policy.deny_env.contains(&"LD_PRELOAD".to_string()));
+
+        let file: FileConfig = toml::from_str(
+            r#"
+            allow_git = ["https://github.com/org/*"]
+            allow_bench_commands = true
+            deny_env = ["AWS_*"]
+            allow_env = ["PYTHONPATH"]
+            allow_plugins = ["xdist"]
+            "#,
+        )
+        .unwrap();
+        let cfg = AgentConfig::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(cfg.policy.allow_git, ["https://github.com/org/*"]);
+        assert_eq!(cfg.policy.allow_bench_commands, ["*"]);
+        assert!(cfg.policy.deny_env.contains(&"AWS_*".to_string()));
+        assert!(
+            cfg.policy.deny_env.contains(&"GIT_*".to_string()),
+            "defaults stay"
+        );
+        assert_eq!(cfg.policy.allow_env, ["PYTHONPATH"]);
+        assert_eq!(cfg.policy.allow_plugins, ["xdist"]);
+
+        let file: FileConfig = toml::from_str(r#"allow_bench_commands = ["python *"]"#).unwrap();
+        let flags = Overrides {
+            policy: PolicyFlags {
+                allow_git: vec!["file:///srv/**".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cfg = AgentConfig::resolve(file, flags).unwrap();
+        assert_eq!(cfg.policy.allow_bench_commands, ["python *"]);
+        assert_eq!(cfg.policy.allow_git, ["file:///srv/**"]);
+        let off: FileConfig = toml::from_str("allow_bench_commands = false").unwrap();
+        let cfg = AgentConfig::resolve(off, Overrides::default()).unwrap();
+        assert!(cfg.policy.allow_bench_commands.is_empty());
+        assert!(toml::from_str::<FileConfig>("allow_bench_commands = 3").is_err());
+        let empty = Overrides {
+            policy: PolicyFlags {
+                allow_env: vec![" ".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(AgentConfig::resolve(FileConfig::default(), empty).is_err());
+    }
+
+    #[test]
+    fn policy_flags_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            policy: PolicyFlags,
+        }
+        let c = Cli::parse_from(["x", "--allow-bench-commands", "--allow-env", "PYTHONPATH"]);
+        assert_eq!(c.policy.allow_bench_commands, ["*"]);
+        assert_eq!(c.policy.allow_env, ["PYTHONPATH"]);
+        let c = Cli::parse_from([
+            "x",
+            "--allow-bench-commands",
+            "python *",
+            "--allow-bench-commands=./run",
+            "--allow-git",
+            "file://**",
+        ]);
+        assert_eq!(c.policy.allow_bench_commands, ["python *", "./run"]);
+        assert_eq!(c.policy.allow_git, ["file://**"]);
     }
 
     #[test]

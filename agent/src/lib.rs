@@ -1,8 +1,9 @@
 //! msagent: the msfleet agent as a library. `main.rs` is a thin wrapper.
 //!
 //! Code map: [`config`] (TOML + flags) -> [`probe`] + [`profile`] ->
-//! [`capabilities`] (what is reported) -> [`session`] (the scheduler link,
-//! outbox and resume) -> [`runner`] (one attempt: [`source`] checkout, then
+//! [`capabilities`] (what is reported, the owner's policy included) ->
+//! [`session`] (the scheduler link, outbox and resume) -> [`runner`] (one
+//! attempt: [`policy`] check, [`source`] checkout, [`policy`] paths, then
 //! pytest with live results through the plugin socket, or the benchmark core
 //! [`bench`](mod@bench)). Both run their commands through [`process`] (own process group,
 //! log chunks, deadline and cancel: SIGTERM, grace, SIGKILL); [`attempt`] holds
@@ -14,6 +15,7 @@ pub mod capabilities;
 pub mod config;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod policy;
 pub mod probe;
 pub mod process;
 pub mod profile;

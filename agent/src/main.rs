@@ -57,6 +57,8 @@ struct Args {
     /// Print the capability report as JSON and exit.
     #[arg(long)]
     probe: bool,
+    #[command(flatten)]
+    policy: msagent::config::PolicyFlags,
 }
 
 #[tokio::main]
@@ -95,6 +97,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ca: args.ca,
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
+            policy: args.policy,
         },
     )?;
     std::fs::create_dir_all(&cfg.work_dir)

@@ -211,21 +211,31 @@ async fn terminate(
     }
 }
 
-/// Sends what `r` yields as log chunks of `stream`, showing each to `hook` first.
+/// Sends what `r` yields as log chunks of `stream`, showing each to `hook` first. The job's
+/// secret values are replaced by `[redacted]` on the way, also when a read ends inside one:
+/// the redactor keeps back a tail that could begin a secret until the next read (or the end).
 async fn pump(mut r: pipe::Receiver, stream: &'static str, tx: Updates, hook: Option<OutputHook>) {
     let mut buf = vec![0u8; msfleet_proto::MAX_LOG_CHUNK];
+    let mut redactor = tx.redactor();
+    let emit = |data: Vec<u8>| {
+        // Redaction can make a chunk longer than the limit.
+        for piece in data.chunks(msfleet_proto::MAX_LOG_CHUNK) {
+            if let Some(h) = &hook {
+                h(stream, piece);
+            }
+            tx.send(task_update::Kind::Log(LogChunk {
+                stream: stream.into(),
+                data: piece.to_vec(),
+            }));
+        }
+    };
     loop {
         match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if let Some(h) = &hook {
-                    h(stream, &buf[..n]);
-                }
-                tx.send(task_update::Kind::Log(LogChunk {
-                    stream: stream.into(),
-                    data: buf[..n].to_vec(),
-                }));
+            Ok(0) | Err(_) => {
+                emit(redactor.finish());
+                return;
             }
+            Ok(n) => emit(redactor.push(&buf[..n])),
         }
     }
 }

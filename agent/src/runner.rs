@@ -23,7 +23,7 @@ use crate::attempt::{
 };
 use crate::config::AgentConfig;
 use crate::process::ProcessGroup;
-use crate::source;
+use crate::{policy, source};
 use msfleet_proto::{task_update, Finished, Outcome, Started, TestResult};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -49,9 +49,13 @@ pub async fn run(
     tx: Updates,
     stop: watch::Receiver<Option<StopReason>>,
 ) {
+    // From here on nothing about the attempt carries a secret value.
+    let tx = tx.with_secrets(&a.spec);
     tx.send(task_update::Kind::Started(Started {}));
     let finished = run_inner(&cfg, &a, &tx, stop).await;
-    if let Some(f) = finished {
+    if let Some(mut f) = finished {
+        // Also the agent's own log never carries a secret value.
+        f.reason = tx.redact(&f.reason);
         tracing::info!(task = %a.task_id, attempt = a.attempt, outcome = ?f.outcome(), reason = %f.reason, "attempt finished");
         tx.send(task_update::Kind::Finished(f));
     }
@@ -64,10 +68,19 @@ async fn run_inner(
     mut stop: watch::Receiver<Option<StopReason>>,
 ) -> Option<Finished> {
     let slot = format!("{}-{}", a.task_id, a.attempt);
+    // The owner's policy, whatever the scheduler decided: before anything is
+    // fetched, and for the paths once the checkout is there.
+    if let Err(why) = policy::admit(&cfg.policy, &a.spec) {
+        return finished(Outcome::Error, why, -1);
+    }
     let ws = match source::prepare(a.spec.source.as_ref(), &cfg.roots, &cfg.work_dir, &slot).await {
         Ok(ws) => ws,
         Err(e) => return finished(Outcome::Error, e.to_string(), -1),
     };
+    if let Err(why) = policy::admit_paths(&ws.dir, &a.spec) {
+        ws.cleanup().await;
+        return finished(Outcome::Error, why, -1);
+    }
     if let Some(c) = &ws.commit {
         tx.log("stderr", format!("msfleet: checked out {c}\n"));
     }
@@ -314,6 +327,7 @@ impl PytestRun<'_> {
             .args(args)
             .current_dir(self.dir)
             .envs(&a.spec.env)
+            .envs(&a.spec.secret_env)
             .env("PYTHONPATH", &self.pythonpath)
             .env("PYTHONUNBUFFERED", "1")
             .env("MSFLEET_RESULT_SOCKET", &sock_path)
@@ -588,6 +602,7 @@ def test_param(p):
             npu_smi: "npu-smi".into(),
             target: Default::default(),
             bearer: msfleet_proto::client::Bearer::new(None).unwrap(),
+            policy: msfleet_proto::policy::defaults(),
         });
         let mut spec = JobSpec {
             kind: "pytest".into(),
@@ -866,6 +881,116 @@ def test_slow_second_time():
         assert!(ran.logs.contains("3 deselected"), "{}", ran.logs);
     }
 
+    /// Each way out of the source tree is refused by the agent itself (its
+    /// policy is the default one), before pytest runs: the attempt ends
+    /// `error` with the reason.
+    #[tokio::test]
+    async fn root_escapes_are_refused_by_the_agent_and_end_in_error() {
+        const SUITE: &[(&str, &str)] = &[("test_ok.py", "def test_ok():\n    pass\n")];
+        let link_out = |spec: &mut JobSpec| {
+            let Some(pb::source::Kind::Dir(d)) = spec.source.as_ref().and_then(|s| s.kind.clone())
+            else {
+                panic!("a dir job");
+            };
+            std::os::unix::fs::symlink("/usr", Path::new(&d).join("escape")).unwrap();
+        };
+        type Tweak = Box<dyn FnOnce(&mut JobSpec)>;
+        let cases: Vec<(&[&str], Tweak, &str)> = vec![
+            (
+                &["escape/lib"],
+                Box::new(link_out),
+                "refused by this agent's policy: path argument 'escape/lib' leaves the source tree (it resolves to /usr/lib)",
+            ),
+            (
+                &["--rootdir", "/"],
+                Box::new(|_| {}),
+                "refused by this agent's policy: pytest option --rootdir / leaves the source tree (paths must stay inside the checkout)",
+            ),
+            (
+                &["-c", "/etc/x.ini"],
+                Box::new(|_| {}),
+                "refused by this agent's policy: pytest option -c /etc/x.ini leaves the source tree (paths must stay inside the checkout)",
+            ),
+            (
+                &["-p", "evilplugin"],
+                Box::new(|_| {}),
+                "refused by this agent's policy: the agent's policy does not load pytest plugin '-p evilplugin' (allow_plugins: none)",
+            ),
+            (
+                &[],
+                Box::new(|s: &mut JobSpec| {
+                    s.env.insert("LD_PRELOAD".into(), "/tmp/evil.so".into());
+                }),
+                "refused by this agent's policy: the agent's policy refuses environment variable LD_PRELOAD (deny_env; the agent's allow_env lets it through)",
+            ),
+        ];
+        for (args, tweak, reason) in cases {
+            let ran = run_suite_spec(SUITE, "", 0, args, 60_000, false, tweak).await;
+            assert_finished(&ran, Outcome::Error, reason);
+            assert!(
+                ran.results.is_empty(),
+                "pytest must not run: {:?}",
+                ran.results
+            );
+        }
+    }
+
+    /// A secret value reaches the test's environment but never leaves the
+    /// agent: printed in two writes (two reads of the pipe), and quoted in a
+    /// failure, it comes back as `[redacted]`.
+    #[tokio::test]
+    async fn secret_values_reach_the_test_and_are_redacted_from_what_it_prints() {
+        const SECRET: &str = "tok-3141592653-xyzzy";
+        let suite = r#"
+import os, sys, time
+
+def test_sees_the_secret():
+    value = os.environ["API_TOKEN"]
+    assert value == "tok-3141592653-xyzzy"
+    sys.stdout.write("token is " + value[:7]); sys.stdout.flush()
+    time.sleep(0.3)
+    sys.stdout.write(value[7:] + " (end)\n"); sys.stdout.flush()
+    print("whole:", value, file=sys.stderr)
+
+def test_quotes_it():
+    assert os.environ["API_TOKEN"] == "no", os.environ["API_TOKEN"]
+"#;
+        let ran = run_suite_spec(
+            &[("test_secret.py", suite)],
+            "",
+            0,
+            &["-s"],
+            60_000,
+            false,
+            |s| {
+                s.secret_env.insert("API_TOKEN".into(), SECRET.into());
+            },
+        )
+        .await;
+        assert_finished(&ran, Outcome::Failed, "tests failed");
+        assert_eq!(
+            ids(&ran, "passed"),
+            ["test_secret.py::test_sees_the_secret"]
+        );
+        assert!(!ran.logs.contains(SECRET), "{}", ran.logs);
+        assert!(!ran.logs.contains("3141592653"), "{}", ran.logs);
+        assert!(
+            ran.logs.contains("token is [redacted] (end)"),
+            "{}",
+            ran.logs
+        );
+        assert!(ran.logs.contains("whole: [redacted]"), "{}", ran.logs);
+        for t in &ran.results {
+            assert!(!t.longrepr.contains(SECRET), "{}", t.longrepr);
+        }
+        let failed = ran.results.iter().find(|t| t.outcome == "failed").unwrap();
+        assert!(
+            failed.longrepr.contains("[redacted]"),
+            "{}",
+            failed.longrepr
+        );
+    }
+
     #[tokio::test]
     async fn a_benchmark_attempt_runs_through_the_runner() {
         let (addr, server) = stub_scheduler().await;
@@ -891,6 +1016,10 @@ def test_slow_second_time():
             slots: 1,
             kill_grace: Duration::from_secs(1),
             npu_smi: "npu-smi".into(),
+            policy: pb::AgentPolicy {
+                allow_bench_commands: vec!["python3".into()],
+                ..msfleet_proto::policy::defaults()
+            },
         });
         let a = AttemptSpec {
             job_id: "j1".into(),

@@ -356,6 +356,12 @@ pub struct Submit {
     /// KEY=VALUE for the test process (repeatable).
     #[arg(long = "env")]
     pub env: Vec<String>,
+    /// NAME=VALUE for the test process that is never shown back (repeatable):
+    /// views and --dry-run print [redacted], and so do the test's logs.
+    /// NAME=@FILE reads the value from FILE (one trailing newline dropped);
+    /// NAME=@@X is the value @X.
+    #[arg(long = "secret-env", value_name = "NAME=VALUE")]
+    pub secret_env: Vec<String>,
     /// KEY=VALUE label on the job (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,

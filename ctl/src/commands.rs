@@ -47,7 +47,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
         if s.dry_run {
             let file = job_file(s)?;
             file.to_spec().map_err(|e| CtlError::input(e.to_string()))?;
-            print!("{}", file.to_toml());
+            print!("{}", file.redacted().to_toml());
             return Ok(exit::OK);
         }
     }
@@ -409,6 +409,10 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     for kv in &s.env {
         let (k, v) = split_kv(kv, "--env")?;
         f.env.insert(k, v);
+    }
+    for kv in &s.secret_env {
+        let (k, v) = split_kv(kv, "--secret-env")?;
+        f.secret_env.insert(k, v);
     }
     for kv in &s.labels {
         let (k, v) = split_kv(kv, "--label")?;

@@ -177,6 +177,9 @@ fn job_file() -> impl Strategy<Value = JobFile> {
                 source,
                 env,
                 labels,
+                // Secret values do not round-trip on purpose: --dry-run prints
+                // them as [redacted] (tested in commands.rs).
+                secret_env: Default::default(),
                 benchmark,
             },
         )

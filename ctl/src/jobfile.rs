@@ -15,7 +15,12 @@
 //! CUDA_VISIBLE_DEVICES = "0"
 //! [labels]
 //! team = "modeling"
+//! [secret_env]                             # never shown back: views print [redacted]
+//! HF_TOKEN = "@/home/me/.config/hf-token"  # @path: read from the file (trailing newline dropped)
 //! ```
+//!
+//! `--dry-run` prints every `secret_env` value as `[redacted]`; such a file
+//! is refused until the values (or `@path`s) are filled in again.
 //!
 //! `dedup_key = "nightly-2026-11-23"` (top level, any kind) makes a second
 //! submit with the same key return the first job (for plain system cron).
@@ -80,6 +85,10 @@ pub struct JobFile {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Values (or `@path` of a file holding one) that reach the test process
+    /// and are never shown back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     /// For `kind = "benchmark"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub benchmark: Option<BenchmarkFile>,
@@ -177,6 +186,40 @@ pub enum JobFileError {
     BenchmarkWithoutKind,
     #[error("a benchmark job needs a [benchmark] table with a command")]
     NoBenchmark,
+    #[error("secret_env {name}: cannot read {path}: {reason}")]
+    SecretFile {
+        name: String,
+        path: String,
+        reason: String,
+    },
+    #[error(
+        "secret_env {0} is \"[redacted]\" (what --dry-run prints): give the value or @path again"
+    )]
+    RedactedSecret(String),
+}
+
+/// A `secret_env` value as written: `@path` is read from that file (one
+/// trailing newline dropped), `@@x` is the value `@x`, anything else itself.
+pub fn secret_value(name: &str, written: &str) -> Result<String, JobFileError> {
+    if written == msfleet_proto::secrets::REDACTED {
+        return Err(JobFileError::RedactedSecret(name.to_string()));
+    }
+    if let Some(escaped) = written.strip_prefix("@@") {
+        return Ok(format!("@{escaped}"));
+    }
+    let Some(path) = written.strip_prefix('@') else {
+        return Ok(written.to_string());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| JobFileError::SecretFile {
+        name: name.to_string(),
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    let value = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    Ok(value.to_string())
 }
 
 impl JobFile {
@@ -186,6 +229,15 @@ impl JobFile {
 
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
+    }
+
+    /// The file as it may be shown: every `secret_env` value `[redacted]`.
+    pub fn redacted(&self) -> JobFile {
+        let mut f = self.clone();
+        for v in f.secret_env.values_mut() {
+            *v = msfleet_proto::secrets::REDACTED.to_string();
+        }
+        f
     }
 
     /// The spec to submit. Checks what only the client can (durations, source shape);
@@ -208,6 +260,10 @@ impl JobFile {
             }),
             _ => return Err(JobFileError::Source),
         };
+        let mut secret_env = std::collections::HashMap::new();
+        for (name, written) in &self.secret_env {
+            secret_env.insert(name.clone(), secret_value(name, written)?);
+        }
         let benchmark = match (self.kind.as_str(), &self.benchmark) {
             ("benchmark", None) => return Err(JobFileError::NoBenchmark),
             ("benchmark", Some(_)) if !self.args.is_empty() => {
@@ -234,6 +290,7 @@ impl JobFile {
             retry_failed: self.retry_failed,
             fanout: self.fanout.clone(),
             shards: self.shards,
+            secret_env,
             ..Default::default()
         })
     }
@@ -317,6 +374,46 @@ mod tests {
         let spec = back.to_spec().unwrap();
         assert_eq!(spec.timeout_ms, Some(1_800_000));
         assert_eq!(spec.args.len(), 3);
+    }
+
+    #[test]
+    fn secret_values_come_from_the_file_or_a_path_and_dry_runs_hide_them() {
+        let token = std::env::temp_dir().join(format!("msctl-unit-secret-{}", std::process::id()));
+        std::fs::write(&token, "s3cret-from-file\n").unwrap();
+        let text = format!(
+            "[source]\ndir = \"/srv/x\"\n[env]\nPLAIN = \"1\"\n[secret_env]\nA = \"inline\"\nB = \"@{}\"\nC = \"@@at\"\n",
+            token.display()
+        );
+        let f = JobFile::parse(&text).unwrap();
+        let spec = f.to_spec().unwrap();
+        assert_eq!(spec.secret_env["A"], "inline");
+        assert_eq!(spec.secret_env["B"], "s3cret-from-file");
+        assert_eq!(spec.secret_env["C"], "@at");
+        assert_eq!(spec.env["PLAIN"], "1");
+        let shown = f.redacted().to_toml();
+        assert!(
+            !shown.contains("inline") && !shown.contains("token"),
+            "{shown}"
+        );
+        assert!(shown.contains("A = \"[redacted]\""), "{shown}");
+        assert!(shown.contains("PLAIN = \"1\""), "{shown}");
+        let back = JobFile::parse(&shown).unwrap().to_spec().unwrap_err();
+        assert!(
+            back.to_string().contains("secret_env A is \"[redacted]\""),
+            "{back}"
+        );
+
+        let mut missing = f.clone();
+        missing
+            .secret_env
+            .insert("D".into(), "@/definitely/not/here".into());
+        let e = missing.to_spec().unwrap_err().to_string();
+        assert!(
+            e.starts_with("secret_env D: cannot read /definitely/not/here: "),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1);
+        let _ = std::fs::remove_file(&token);
     }
 
     fn bench_file() -> JobFile {

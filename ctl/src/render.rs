@@ -81,7 +81,8 @@ fn text_or_null(s: &str) -> Value {
 }
 
 pub fn job_json(j: &Job) -> Value {
-    let spec = j.spec.clone().unwrap_or_default();
+    // The scheduler already redacts; msctl never prints a secret value either.
+    let spec = msfleet_proto::secrets::redacted(&j.spec.clone().unwrap_or_default());
     let src = source_json(&spec);
     let benchmark = match &spec.benchmark {
         Some(b) => benchmark_json(b),
@@ -101,6 +102,8 @@ pub fn job_json(j: &Job) -> Value {
         "timeout_ms": spec.timeout_ms,
         "retries": spec.retries,
         "retry_failed": spec.retry_failed,
+        "env": spec.env,
+        "secret_env": spec.secret_env,
         "labels": spec.labels,
         "attempts": j.attempts,
         "agent": if j.agent.is_empty() { Value::Null } else { json!(j.agent) },
@@ -128,6 +131,7 @@ pub fn job_json(j: &Job) -> Value {
 
 /// The job spec on its own (a schedule's job): what runs, where, from what.
 pub fn spec_json(spec: &JobSpec) -> Value {
+    let spec = &msfleet_proto::secrets::redacted(spec);
     json!({
         "kind": spec.kind,
         "name": spec.name,
@@ -140,6 +144,7 @@ pub fn spec_json(spec: &JobSpec) -> Value {
         "retries": spec.retries,
         "retry_failed": spec.retry_failed,
         "env": spec.env,
+        "secret_env": spec.secret_env,
         "labels": spec.labels,
         "dedup_key": text_or_null(&spec.dedup_key),
         "benchmark": spec.benchmark.as_ref().map_or(Value::Null, benchmark_json),
@@ -389,6 +394,13 @@ pub fn agent_json(a: &Agent) -> Value {
         "slots": caps.slots,
         "labels": caps.labels,
         "roots": caps.roots,
+        "policy": caps.policy.as_ref().map_or(Value::Null, |p| json!({
+            "allow_git": p.allow_git,
+            "allow_bench_commands": p.allow_bench_commands,
+            "deny_env": p.deny_env,
+            "allow_env": p.allow_env,
+            "allow_plugins": p.allow_plugins,
+        })),
         "host": {
             "hostname": host.hostname, "os": host.os, "arch": host.arch,
             "cpu_model": host.cpu_model, "cores": host.cores, "memory_mb": host.memory_mb,

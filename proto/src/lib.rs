@@ -18,7 +18,9 @@ pub mod case;
 pub mod client;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod policy;
 pub mod roots;
+pub mod secrets;
 
 /// Largest log chunk (bytes of `LogChunk.data`) the scheduler accepts; agents split to this.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;

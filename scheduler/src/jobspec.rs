@@ -94,12 +94,13 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
         spec.retries = Some(cfg.default_retries);
     }
     let too_big = spec.args.len() > MAX_ITEMS
-        || spec.env.len() > MAX_ITEMS
+        || spec.env.len() + spec.secret_env.len() > MAX_ITEMS
         || spec.labels.len() > MAX_ITEMS
         || spec.args.iter().any(|a| a.len() > MAX_TEXT)
         || spec
             .env
             .iter()
+            .chain(spec.secret_env.iter())
             .chain(spec.labels.iter())
             .any(|(k, v)| k.len() > MAX_TEXT || v.len() > MAX_TEXT);
     if too_big {
@@ -107,9 +108,26 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
             "job spec too large: at most {MAX_ITEMS} args/env/labels of {MAX_TEXT} bytes each"
         )));
     }
-    if let Some(k) = spec.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+    let bad_name = |k: &&String| k.is_empty() || k.contains(['=', '\0']);
+    if let Some(k) = spec.env.keys().chain(spec.secret_env.keys()).find(bad_name) {
         return Err(Status::invalid_argument(format!(
             "bad environment variable name '{k}'"
+        )));
+    }
+    if let Some(k) = spec.secret_env.keys().find(|k| spec.env.contains_key(*k)) {
+        return Err(Status::invalid_argument(format!(
+            "{k} is both in env and in secret_env; give it once"
+        )));
+    }
+    if let Some(k) = spec
+        .secret_env
+        .iter()
+        .find(|(_, v)| v.as_str() == msfleet_proto::secrets::REDACTED)
+        .map(|(k, _)| k)
+    {
+        return Err(Status::invalid_argument(format!(
+            "secret_env {k} is '{}', which is how views show a secret: give the value itself",
+            msfleet_proto::secrets::REDACTED
         )));
     }
     if spec.name.is_empty() {
@@ -193,6 +211,25 @@ mod tests {
                 "absolute path",
             ),
             (Box::new(|s| s.kind = "make".into()), "unknown job kind"),
+            (
+                Box::new(|s| {
+                    s.secret_env.insert("A=B".into(), "v".into());
+                }),
+                "bad environment variable name 'A=B'",
+            ),
+            (
+                Box::new(|s| {
+                    s.env.insert("TOKEN".into(), "v".into());
+                    s.secret_env.insert("TOKEN".into(), "w".into());
+                }),
+                "TOKEN is both in env and in secret_env",
+            ),
+            (
+                Box::new(|s| {
+                    s.secret_env.insert("TOKEN".into(), "[redacted]".into());
+                }),
+                "give the value itself",
+            ),
             (Box::new(|s| s.kind = "benchmark".into()), "needs a command"),
         ];
         for (mutate, want) in cases {

@@ -1,7 +1,8 @@
 //! Which agent may run which job: an agent's reported capabilities become
 //! requirement [`Attributes`], and a job fits an agent when its requirement
-//! matches them and its source directory (if any) lies under one of the
-//! agent's roots.
+//! matches them, its source directory (if any) lies under one of the agent's
+//! roots, and the agent's policy admits it ([`msfleet_proto::policy::admits`],
+//! the rule the agent applies too).
 
 use crate::requirement::{Attributes, Requirement};
 use msfleet_proto::{source, Capabilities, JobSpec};
@@ -68,13 +69,49 @@ pub fn under_root(dir: &str, root: &str) -> bool {
 
 /// True when an agent with these capabilities may run the job.
 pub fn fits(req: &Requirement, spec: &JobSpec, attrs: &Attributes, caps: &Capabilities) -> bool {
-    if !req.matches(attrs) {
+    if !req.matches(attrs) || policy_refusal(spec, caps).is_some() {
         return false;
     }
     match source_dir(spec) {
         Some(dir) => caps.roots.iter().any(|root| under_root(dir, root)),
         None => true,
     }
+}
+
+/// Why the agent's published policy refuses the job; `None` when it admits it
+/// (or the agent published none: then the agent alone decides).
+pub fn policy_refusal(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
+    let p = caps.policy.as_ref()?;
+    msfleet_proto::policy::admits(p, spec).err()
+}
+
+/// When there are registered agents and the policy of every one of them
+/// refuses the job: the refusals, by agent (agents that give the same reason
+/// are named together).
+pub fn refused_by_every_policy<'a>(
+    spec: &JobSpec,
+    agents: impl IntoIterator<Item = (&'a str, &'a Capabilities)>,
+) -> Option<String> {
+    let mut reasons: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    let mut any = false;
+    for (name, caps) in agents {
+        any = true;
+        reasons
+            .entry(policy_refusal(spec, caps)?)
+            .or_default()
+            .push(name);
+    }
+    if !any {
+        return None;
+    }
+    let list: Vec<String> = reasons
+        .into_iter()
+        .map(|(why, names)| format!("{}: {why}", names.join(", ")))
+        .collect();
+    Some(format!(
+        "no registered agent's policy admits this job ({})",
+        list.join("; ")
+    ))
 }
 
 #[cfg(test)]
@@ -125,6 +162,42 @@ mod tests {
         assert!(!fits(&req, &spec("/home/x"), &attrs, &c));
         let npu: Requirement = "npu.count>=1".parse().unwrap();
         assert!(!fits(&npu, &spec("/srv/work"), &attrs, &c));
+    }
+
+    #[test]
+    fn the_agents_policy_decides_too() {
+        let mut c = caps();
+        let attrs = attributes("a1", &c);
+        let any = Requirement::parse("").unwrap();
+        let mut job = spec("/srv/work/proj");
+        job.env.insert("LD_PRELOAD".into(), "/tmp/evil.so".into());
+        assert!(
+            fits(&any, &job, &attrs, &c),
+            "no published policy: the agent decides"
+        );
+        c.policy = Some(msfleet_proto::policy::defaults());
+        assert!(!fits(&any, &job, &attrs, &c));
+        assert!(fits(&any, &spec("/srv/work/proj"), &attrs, &c));
+        let other = Capabilities {
+            policy: Some(msfleet_proto::AgentPolicy {
+                allow_env: vec!["LD_PRELOAD".into()],
+                ..msfleet_proto::policy::defaults()
+            }),
+            ..caps()
+        };
+        assert_eq!(
+            refused_by_every_policy(&job, [("a1", &c), ("a2", &c)]).as_deref(),
+            Some(
+                "no registered agent's policy admits this job (a1, a2: the agent's policy \
+                 refuses environment variable LD_PRELOAD (deny_env; the agent's allow_env \
+                 lets it through))"
+            )
+        );
+        assert_eq!(
+            refused_by_every_policy(&job, [("a1", &c), ("a2", &other)]),
+            None
+        );
+        assert_eq!(refused_by_every_policy(&job, []), None);
     }
 
     #[test]

@@ -98,7 +98,7 @@ fn case<'a>(job: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn stable_passes_slower_is_a_confirmed_regression_faster_an_improvement() {
     let mut f = Fleet::new();
-    f.add_agent("b1", &[], &[]);
+    f.add_agent("b1", &[], ALLOW_BENCH);
     let suite = bench_suite(
         &f,
         "perf",
@@ -151,7 +151,7 @@ fn stable_passes_slower_is_a_confirmed_regression_faster_an_improvement() {
 #[test]
 fn random_sleeps_are_noisy_not_a_regression() {
     let mut f = Fleet::new();
-    f.add_agent("b1", &[], &[]);
+    f.add_agent("b1", &[], ALLOW_BENCH);
     let mut noisy: Value = serde_json::from_str(&short_case("noisy", 0.1, 0.1)).unwrap();
     noisy["user_input"]["noisy"] = true.into();
     let suite = bench_suite(&f, "noise", &[("noisy.json", noisy.to_string())]);
@@ -163,7 +163,7 @@ fn random_sleeps_are_noisy_not_a_regression() {
 #[test]
 fn no_baseline_then_accept_then_judged_against_it_and_exported() {
     let mut f = Fleet::new();
-    f.add_agent("b1", &[], &[]);
+    f.add_agent("b1", &[], ALLOW_BENCH);
     let suite = bench_suite(
         &f,
         "fresh",
@@ -228,7 +228,7 @@ fn no_baseline_then_accept_then_judged_against_it_and_exported() {
 #[test]
 fn a_malformed_case_is_that_cases_error_and_the_others_run() {
     let mut f = Fleet::new();
-    f.add_agent("b1", &[], &[]);
+    f.add_agent("b1", &[], ALLOW_BENCH);
     let suite = bench_suite(
         &f,
         "mixed",
@@ -254,8 +254,8 @@ fn a_malformed_case_is_that_cases_error_and_the_others_run() {
 #[test]
 fn baselines_of_two_hardware_profiles_stay_apart() {
     let mut f = Fleet::new();
-    f.add_agent("alpha", &["profile=alpha"], &[]);
-    f.add_agent("beta", &["profile=beta"], &[]);
+    f.add_agent("alpha", &["profile=alpha"], ALLOW_BENCH);
+    f.add_agent("beta", &["profile=beta"], ALLOW_BENCH);
     let suite = bench_suite(&f, "prof", &[("p.json", short_case("p", 0.05, 0.0))]);
     let (on_alpha, job) = run_bench(&f, &suite, &["--require", "profile==\"alpha\""]);
     assert_eq!(case(&job, "p")["verdict"], "no_baseline");
@@ -280,7 +280,7 @@ fn baselines_of_two_hardware_profiles_stay_apart() {
 #[test]
 fn trusted_runs_build_history_automatically_but_regressions_never_join() {
     let mut f = Fleet::new();
-    f.add_agent("b1", &[], &[]);
+    f.add_agent("b1", &[], ALLOW_BENCH);
     let suite = bench_suite(&f, "hist", &[("h.json", short_case("h", 0.05, 0.0))]);
     for _ in 0..2 {
         let (_, job) = run_bench(&f, &suite, &["--trusted"]);
@@ -303,7 +303,7 @@ fn trusted_runs_build_history_automatically_but_regressions_never_join() {
 #[test]
 fn bad_benchmark_specs_are_refused_with_exit_2() {
     let mut f = Fleet::new();
-    f.add_agent("b1", &[], &[]);
+    f.add_agent("b1", &[], ALLOW_BENCH);
     let suite = bench_suite(&f, "bad", &[("a.json", short_case("a", 0.05, 0.05))]);
     let dir = suite.to_str().unwrap();
     for args in [

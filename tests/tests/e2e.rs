@@ -220,7 +220,8 @@ fn fleet_counts_equal_pytest_for_selections_and_collection_errors() {
 
 fn job_env_pythonpath_reaches_the_tests() {
     let mut f = Fleet::new();
-    f.add_agent("a1", &[], &[]);
+    // PYTHONPATH is refused by the default policy; this agent's owner allows it.
+    f.add_agent("a1", &[], &["--allow-env", "PYTHONPATH"]);
     let suite = f.write_suite(
         "srclayout",
         &[
@@ -937,7 +938,8 @@ fn bad_input_is_refused_with_exit_2_and_changes_nothing() {
 #[test]
 fn git_sources_run_and_a_missing_ref_is_an_error_not_a_failure() {
     let mut f = Fleet::new();
-    f.add_agent("a1", &[], &[]);
+    // The default policy fetches only https and ssh URLs; this repo is local.
+    f.add_agent("a1", &[], ALLOW_FILE_GIT);
     let repo = f.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     std::fs::write(repo.join("test_from_git.py"), QUICK_TEST).unwrap();

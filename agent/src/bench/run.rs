@@ -661,6 +661,7 @@ async fn run_with(
         .spec
         .env
         .iter()
+        .chain(a.spec.secret_env.iter())
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     env.extend([

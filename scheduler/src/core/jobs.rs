@@ -52,6 +52,10 @@ impl Core {
                 )));
             }
         }
+        let fleet = self.agents.iter().map(|(n, a)| (n.as_str(), a.caps()));
+        if let Some(why) = matching::refused_by_every_policy(&spec, fleet) {
+            return Err(Status::invalid_argument(why));
+        }
         if spec.shards > 1 {
             if spec.kind != "pytest"
                 || !spec.fanout.is_empty()
@@ -242,10 +246,12 @@ impl Core {
         Ok(self.view(id))
     }
 
-    /// The job as users see it, with warnings derived from the current fleet.
+    /// The job as users see it (secret values redacted), with warnings derived
+    /// from the current fleet.
     pub(super) fn view(&self, id: u64) -> Job {
         let e = &self.jobs[&id];
         let mut job = e.job.clone();
+        job.spec = job.spec.as_ref().map(msfleet_proto::secrets::redacted);
         if job.state() == JobState::Queued {
             if let Some(spec) = &job.spec {
                 let anyone = self
@@ -256,7 +262,8 @@ impl Core {
                     job.warnings.push(if self.agents.is_empty() {
                         "no agent has registered yet".to_string()
                     } else if spec.requirements.is_empty() {
-                        "no registered agent can run this job (source dir outside their roots)"
+                        "no registered agent can run this job (source dir outside their roots, \
+                         or their policy refuses it)"
                             .to_string()
                     } else {
                         format!(
@@ -428,6 +435,114 @@ mod tests {
         assert!(h.jobs().is_empty());
         // The next good job still gets id 1: no id was used up.
         assert_eq!(h.submit(spec()).unwrap().id, "1");
+    }
+
+    #[test]
+    fn secret_values_reach_the_assignment_and_no_view() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let mut s = spec();
+        s.env.insert("PLAIN".into(), "visible".into());
+        s.secret_env.insert("TOKEN".into(), "hunter2".into());
+        let submitted = h.submit(s.clone()).unwrap();
+        let shown = h.job(&submitted.id);
+        let listed = h.jobs().remove(0);
+        for view in [&submitted, &shown, &listed] {
+            let spec = view.spec.as_ref().unwrap();
+            assert_eq!(spec.secret_env["TOKEN"], "[redacted]", "{view:?}");
+            assert_eq!(spec.env["PLAIN"], "visible");
+        }
+        let got = h.assignments(&mut a);
+        assert_eq!(got[0].spec.as_ref().unwrap().secret_env["TOKEN"], "hunter2");
+        // Schedules show their spec redacted too; the job they fire keeps the value.
+        let schedule = Box::new(msfleet_proto::Schedule {
+            name: "n".into(),
+            cron: "@daily".into(),
+            spec: Some(s),
+            ..Default::default()
+        });
+        let added = h
+            .call(|reply| super::super::Command::AddSchedule {
+                schedule,
+                by: "ops".into(),
+                reply,
+            })
+            .unwrap();
+        assert_eq!(added.spec.unwrap().secret_env["TOKEN"], "[redacted]");
+        let listed = h
+            .call(|reply| super::super::Command::ListSchedules { reply })
+            .unwrap();
+        assert_eq!(
+            listed[0].spec.as_ref().unwrap().secret_env["TOKEN"],
+            "[redacted]"
+        );
+        let name = "n".to_string();
+        let fired = h
+            .call(|reply| super::super::Command::RunScheduleNow {
+                name,
+                by: "ops".into(),
+                reply,
+            })
+            .unwrap();
+        assert_eq!(fired.spec.unwrap().secret_env["TOKEN"], "[redacted]");
+        let r = got[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        let next = h.update(&mut a, &r, 2, finished(Outcome::Passed));
+        let assigned = next.iter().find_map(|m| match m {
+            msfleet_proto::scheduler_message::Msg::Assign(x) => x.spec.as_ref(),
+            _ => None,
+        });
+        assert_eq!(assigned.unwrap().secret_env["TOKEN"], "hunter2");
+    }
+
+    #[test]
+    fn a_job_no_agents_policy_admits_is_refused_at_submit() {
+        let mut h = Harness::new();
+        let mut bench = spec();
+        bench.kind = "benchmark".into();
+        bench.benchmark = Some(msfleet_proto::BenchmarkSpec {
+            command: vec!["python".into(), "run.py".into(), "{case}".into()],
+            ..Default::default()
+        });
+        // No agent yet: nothing to judge by, the job waits.
+        h.submit(bench.clone()).unwrap();
+        let with_policy = |p: msfleet_proto::AgentPolicy| msfleet_proto::Capabilities {
+            policy: Some(p),
+            ..caps("cpu", 1)
+        };
+        let mut strict = h
+            .register_as(
+                "strict",
+                "s-1",
+                with_policy(msfleet_proto::policy::defaults()),
+                vec![],
+            )
+            .unwrap();
+        let e = h.submit(bench.clone()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("no registered agent's policy admits this job (strict: the agent's policy runs no benchmark commands"),
+            "{e}"
+        );
+        assert_eq!(h.jobs().len(), 1, "nothing was written");
+        // The waiting one is not offered to the strict agent.
+        assert!(h.assignments(&mut strict).is_empty());
+        let mut open = h
+            .register_as(
+                "open",
+                "o-1",
+                with_policy(msfleet_proto::AgentPolicy {
+                    allow_bench_commands: vec!["python".into()],
+                    ..msfleet_proto::policy::defaults()
+                }),
+                vec![],
+            )
+            .unwrap();
+        let job = h.submit(bench).unwrap();
+        let got = h.assignments(&mut open);
+        assert_eq!(got.len(), 1, "the open agent takes one of the two");
+        assert!(h.assignments(&mut strict).is_empty());
+        assert!(h.job(&job.id).warnings.is_empty());
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl Core {
             return pb::Schedule::default();
         };
         let mut v = rec.clone();
+        v.spec = v.spec.as_ref().map(msfleet_proto::secrets::redacted);
         let from = rec.last_slot_ms.unwrap_or(i64::MIN).max(self.now);
         if let Some(next) = cron.next_after(from) {
             v.next_ms = next;

@@ -20,6 +20,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Agent flags of an owner who lets benchmark commands run (the default
+/// policy refuses them).
+pub const ALLOW_BENCH: &[&str] = &["--allow-bench-commands"];
+/// Agent flags of an owner who lets the agent fetch local `file://` repositories
+/// (the default policy fetches only https and ssh URLs).
+pub const ALLOW_FILE_GIT: &[&str] = &["--allow-git", "file://**"];
+
 /// How long a job may take to reach the state a test waits for.
 pub const JOB_DEADLINE: Duration = Duration::from_secs(60);
 /// How long one msctl invocation may run (watch/--wait included).
