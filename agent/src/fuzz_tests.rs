@@ -6,23 +6,9 @@
 use crate::probe::npu::{parse_info, parse_usages};
 use crate::runner::PluginMessage;
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use serde_json::{Map, Value};
 
-/// Cases per fuzz target: `MSFLEET_FUZZ_CASES`, else 256; no failure files.
-fn fuzz_config() -> Config {
-    Config {
-        cases: std::env::var("MSFLEET_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(256),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
-
-/// Longest error message a refusal may have, whatever the input's size.
-const MAX_ERROR_BYTES: usize = 1024;
+use msfleet_proto::fuzz::{fuzz_config, MAX_ERROR_BYTES};
 
 /// The recorded real outputs.
 const FIXTURES: &[&str] = &[

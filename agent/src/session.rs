@@ -202,7 +202,7 @@ impl Session {
             Err(s) if fatal(&s) => {
                 return Disconnect::Fatal(SessionError::Refused(s.message().to_string()))
             }
-            Err(s) => return self.failed("opening the session", &s),
+            Err(s) => return self.failed("opening the session", &s).await,
         };
         let registered = match inbound.message().await {
             Ok(Some(msfleet_proto::SchedulerMessage {
@@ -214,7 +214,7 @@ impl Session {
             Err(s) if fatal(&s) => {
                 return Disconnect::Fatal(SessionError::Refused(s.message().to_string()))
             }
-            Err(s) => return self.failed("registering", &s),
+            Err(s) => return self.failed("registering", &s).await,
         };
         tracing::info!(
             scheduler = %self.cfg.scheduler,
@@ -414,10 +414,14 @@ fn fatal(s: &tonic::Status) -> bool {
 impl Session {
     /// A failed call: retried, unless it shows a mistake only the user can
     /// fix (plain text against a TLS scheduler, ...), which ends the agent.
-    fn failed(&self, what: &str, s: &tonic::Status) -> Disconnect {
+    async fn failed(&self, what: &str, s: &tonic::Status) -> Disconnect {
         let detail = format!("{}: {}", s.code(), s.message());
-        match self.cfg.target.explain(&detail) {
+        let target = &self.cfg.target;
+        match target.explain(&detail) {
             ConnectError::Config(m) => Disconnect::Fatal(SessionError::Refused(m)),
+            ConnectError::Unreachable(_) if target.serves_tls_instead().await => Disconnect::Fatal(
+                SessionError::Refused(target.plain_text_to_tls().to_string()),
+            ),
             ConnectError::Unreachable(_) => Disconnect::Retry(format!("{what}: {detail}")),
         }
     }

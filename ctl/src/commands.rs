@@ -17,21 +17,23 @@ use std::path::{Path, PathBuf};
 
 pub async fn run(cli: Cli) -> Result<i32, CtlError> {
     let target = target(&cli);
-    run_command(cli)
-        .await
-        .map_err(|e| transport_hint(e, &target))
+    match run_command(cli).await {
+        Err(e) if e.code == exit::INFRA => Err(transport_hint(e, &target).await),
+        other => other,
+    }
 }
 
-/// A failed call that shows a mistake only the user can fix (plain text
-/// against a TLS scheduler shows up only at the first call) says so.
-fn transport_hint(e: CtlError, target: &Target) -> CtlError {
-    if e.code != exit::INFRA {
-        return e;
+/// A failed call that shows a mistake only the user can fix says so: plain
+/// text against a TLS scheduler shows up only at the first call, as one of
+/// several transport errors, so the port is asked whether it speaks TLS.
+async fn transport_hint(e: CtlError, target: &Target) -> CtlError {
+    if let ConnectError::Config(m) = target.explain(&e.message) {
+        return CtlError::input(m);
     }
-    match target.explain(&e.message) {
-        ConnectError::Config(m) => CtlError::input(m),
-        ConnectError::Unreachable(_) => e,
+    if target.serves_tls_instead().await {
+        return CtlError::input(target.plain_text_to_tls().to_string());
     }
+    e
 }
 
 fn target(cli: &Cli) -> Target {

@@ -4,22 +4,8 @@
 
 use crate::jobfile::{BenchmarkFile, ExtractFile, JobFile, SourceFile};
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 
-/// Cases per fuzz target: `MSFLEET_FUZZ_CASES`, else 256; no failure files.
-fn fuzz_config() -> Config {
-    Config {
-        cases: std::env::var("MSFLEET_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(256),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
-
-/// Longest error message a refusal may have, whatever the input's size.
-const MAX_ERROR_BYTES: usize = 1024;
+use msfleet_proto::fuzz::{fuzz_config, MAX_ERROR_BYTES};
 
 /// What every answer of the job file parser must satisfy: an accepted file
 /// that makes a spec round-trips through the dry-run writer to the same

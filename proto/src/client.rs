@@ -97,6 +97,47 @@ impl Target {
             .map_err(|e| self.explain(&chain(&e)))
     }
 
+    /// For a plain-text (`http://`) target: does the server at its address
+    /// answer like a TLS server? Sends the HTTP/2 preface and reads the first
+    /// bytes back: a TLS server answers with a TLS record (an alert, 0x15, or
+    /// a handshake, 0x16, then version 3.x), an HTTP/2 server with a SETTINGS
+    /// frame. Asked only after a call failed, to say which mistake it was.
+    pub async fn serves_tls_instead(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.is_tls() {
+            return false;
+        }
+        let url = self.url();
+        let hostport = url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let probe = async {
+            let mut s = tokio::net::TcpStream::connect(&hostport).await.ok()?;
+            s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .ok()?;
+            let mut buf = [0u8; 2];
+            s.read_exact(&mut buf).await.ok()?;
+            Some(matches!(buf[0], 0x15 | 0x16) && buf[1] == 0x03)
+        };
+        tokio::time::timeout(Duration::from_secs(3), probe)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    }
+
+    /// The one-line mistake for a plain-text client talking to a TLS server.
+    pub fn plain_text_to_tls(&self) -> ConnectError {
+        ConnectError::Config(format!(
+            "the scheduler at {} serves TLS: use https:// and --ca (or MSFLEET_CA)",
+            self.url()
+        ))
+    }
+
     /// Turns a transport failure into what a person can do about it.
     pub fn explain(&self, detail: &str) -> ConnectError {
         let url = self.url();

@@ -16,6 +16,8 @@ pub use v1::*;
 pub mod bench;
 pub mod case;
 pub mod client;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod policy;

@@ -10,8 +10,6 @@ pub mod baseline;
 pub mod clock;
 pub mod config;
 pub mod core;
-#[cfg(test)]
-pub(crate) mod fuzz_support;
 pub mod jobspec;
 pub mod lease;
 pub mod matching;

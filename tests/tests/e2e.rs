@@ -1056,12 +1056,10 @@ mod raw {
     ) -> Result<RawAgent, Status> {
         // An agent's join token, made by the scheduler's admin (once per name).
         let (a, n) = (addr.to_string(), name.to_string());
-        let token_file = tokio::task::spawn_blocking(move || {
-            let dir = std::env::temp_dir().join(format!("msfleet-raw-{}", a.replace(':', "_")));
-            super::common::agent_token(&a, &dir, &n, &[])
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+        let token_file =
+            tokio::task::spawn_blocking(move || super::common::agent_token(&a, &n, &[]))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
         let secret =
             std::fs::read_to_string(token_file).map_err(|e| Status::internal(e.to_string()))?;
         let bearer =
@@ -1667,7 +1665,21 @@ async fn grpc_health_and_reflection_are_served() {
         .expect_err("an unknown service is not healthy");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
-    let mut reflection = ServerReflectionClient::new(channel);
+    // Health needs no token (load balancers, systemd); reflection needs a
+    // viewer's, as `grpcurl -H 'authorization: Bearer ...'` sends it.
+    let mut anonymous = ServerReflectionClient::new(channel.clone());
+    let list = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let refused = anonymous
+        .server_reflection_info(tokio_stream::iter(vec![list()]))
+        .await
+        .expect_err("reflection without a token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let admin = std::fs::read_to_string(admin_token_file(&f.addr()).unwrap()).unwrap();
+    let bearer = msfleet_proto::client::Bearer::new(Some(&admin)).unwrap();
+    let mut reflection = ServerReflectionClient::with_interceptor(channel, bearer);
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

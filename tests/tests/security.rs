@@ -274,7 +274,7 @@ async fn every_rpc_answers_each_kind_of_caller_as_the_matrix_says() {
         secrets.insert("admin", admin.trim().to_string());
         assert_eq!(f.ctl(&["token", "revoke", "revoked"]).code, 0);
         // a2's token exists; a1 is a live agent running a slow job.
-        let a2 = agent_token(&f.addr(), f.path(), "a2", &[]);
+        let a2 = agent_token(&f.addr(), "a2", &[]);
         secrets.insert(
             "a2",
             std::fs::read_to_string(a2).unwrap().trim().to_string(),
@@ -329,7 +329,7 @@ async fn every_rpc_answers_each_kind_of_caller_as_the_matrix_says() {
 #[test]
 fn an_agent_cannot_register_under_another_agents_name() {
     let mut f = Fleet::new();
-    let a2 = agent_token(&f.addr(), f.path(), "a2", &[]);
+    let a2 = agent_token(&f.addr(), "a2", &[]);
     let mut imposter = Agent::start(
         &f.sched.url(),
         f.path(),

@@ -17,7 +17,7 @@
 
 use super::harness::*;
 use super::*;
-use crate::fuzz_support::{fuzz_config, MAX_ERROR_BYTES};
+use msfleet_proto::fuzz::{fuzz_config, MAX_ERROR_BYTES};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 

@@ -171,9 +171,9 @@ impl FromStr for Requirement {
 
 #[cfg(test)]
 mod tests {
-    use crate::fuzz_support::fuzz_config;
     use crate::requirement::test_support::*;
     use crate::requirement::*;
+    use msfleet_proto::fuzz::fuzz_config;
     use proptest::prelude::*;
 
     #[test]

@@ -108,7 +108,7 @@ pub(super) fn check_error_invariants(src: &str, err: &RequirementError) {
     assert!(!err.message.is_empty());
     let shown = err.to_string();
     assert!(
-        shown.len() <= crate::fuzz_support::MAX_ERROR_BYTES,
+        shown.len() <= msfleet_proto::fuzz::MAX_ERROR_BYTES,
         "{} byte error for a {} byte input: {:.200}...",
         shown.len(),
         src.len(),

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::fuzz_support::{fuzz_config, MAX_ERROR_BYTES};
+use msfleet_proto::fuzz::{fuzz_config, MAX_ERROR_BYTES};
 
 /// Zones with odd offsets and DST rules, near misses, and junk.
 const ZONES: &[&str] = &[

@@ -215,6 +215,12 @@ pub fn sched_creds(addr: &str) -> Option<SchedCreds> {
     schedulers().lock().ok()?.get(&port_of(addr)).cloned()
 }
 
+/// The directory of the test that started the scheduler at `addr`.
+pub fn fleet_dir(addr: &str) -> Option<PathBuf> {
+    let data = admin_token_file(addr)?;
+    Some(data.parent()?.parent()?.to_path_buf())
+}
+
 /// The admin token file of the scheduler at `addr`.
 pub fn admin_token_file(addr: &str) -> Option<PathBuf> {
     sched_creds(addr).map(|c| c.admin_token)
@@ -250,9 +256,11 @@ pub fn ctl_cmd_anonymous(addr: &str, args: &[&str]) -> Command {
 }
 
 /// Makes (once) the join token of agent `name` on the scheduler at `addr`
-/// and returns its file under `dir/tokens/`. A `profile=P` label becomes the
+/// and returns its file under the test's `tokens/` ([`fleet_dir`]), so every
+/// process of that agent name uses the same token. A `profile=P` label becomes the
 /// token's profile, as an admin would set it.
-pub fn agent_token(addr: &str, dir: &Path, name: &str, labels: &[&str]) -> PathBuf {
+pub fn agent_token(addr: &str, name: &str, labels: &[&str]) -> PathBuf {
+    let dir = fleet_dir(addr).expect("a scheduler this test started");
     let file = dir.join("tokens").join(format!("{name}.token"));
     if file.is_file() {
         return file;
@@ -584,11 +592,7 @@ impl Agent {
         }
         if !extra.contains(&"--token-file") && !extra.contains(&"--tls-cert") {
             args.push("--token-file".into());
-            args.push(
-                agent_token(sched_url, dir, name, labels)
-                    .display()
-                    .to_string(),
-            );
+            args.push(agent_token(sched_url, name, labels).display().to_string());
         }
         args.extend::<Vec<String>>(vec![
             "--scheduler".into(),

@@ -1,4 +1,5 @@
-//! The one knob of the property-based fuzz targets (`cargo test fuzz_`):
+//! The one knob of every crate's property-based fuzz targets (`cargo test
+//! fuzz_`, feature `fuzz`, enabled by the crates' dev-dependencies):
 //! `MSFLEET_FUZZ_CASES` cases per target (default 256, so the normal test
 //! suite stays fast; `scripts/fuzz` runs more). No failure files are written:
 //! a failing case is printed, minimized, in the test's panic message.
