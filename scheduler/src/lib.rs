@@ -14,6 +14,7 @@ pub mod core;
 pub(crate) mod fuzz_support;
 pub mod jobspec;
 pub mod lease;
+pub mod limits;
 pub mod matching;
 pub mod queue;
 pub mod requirement;

@@ -72,7 +72,10 @@ impl Core {
             ));
         }
         let a = self.agents.get_mut(name).ok_or_else(|| {
-            Status::not_found(format!("no agent named '{name}' has ever registered"))
+            Status::not_found(format!(
+                "no agent named '{}' has ever registered",
+                crate::clip(name)
+            ))
         })?;
         a.record.admin = admin as i32;
         step.writes.put_agent(&a.record);
@@ -105,7 +108,7 @@ impl Core {
             return Err(Status::permission_denied(format!(
                 "this credential belongs to agent '{bound}'; start msagent with --name {bound} \
                  (or make a token for '{}')",
-                super::tokens::short(&name)
+                crate::clip(&name)
             )));
         }
         let mut caps = reg.capabilities.clone().unwrap_or_default();
