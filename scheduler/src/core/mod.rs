@@ -15,6 +15,7 @@ use crate::auth::{Principal, TokenIndex};
 use crate::baseline::BaselineBook;
 use crate::config::Config;
 use crate::jobspec;
+use crate::limits;
 use crate::lease::{Lease, LeaseTable};
 use crate::matching::{self, fits, source_dir, under_root};
 use crate::queue::PendingQueue;
@@ -48,6 +49,7 @@ mod tokens;
 
 use agents::{agent_profile, AgentEntry};
 use attempts::attempt_ref;
+pub use attempts::log_limit_marker;
 pub use events::{Progress, WatchHandle};
 use jobs::JobEntry;
 
@@ -629,7 +631,8 @@ fn check_name(what: &str, name: &str) -> Result<(), Status> {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "bad {what} name '{name}': use 1-128 of A-Z a-z 0-9 . _ -"
+            "bad {what} name '{}': use 1-128 of A-Z a-z 0-9 . _ -",
+            crate::clip(name)
         )))
     }
 }
