@@ -12,7 +12,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -429,7 +428,7 @@ impl AgentLink for AgentLinkService {
             }
         };
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::core::agent_channel(crate::core::AGENT_QUEUE);
         self.core
             .call(|reply| Command::Register {
                 session,
@@ -444,11 +443,14 @@ impl AgentLink for AgentLinkService {
             loop {
                 match inbound.message().await {
                     Ok(Some(msg)) => match msg.msg {
-                        Some(agent_message::Msg::Heartbeat(hb)) => {
-                            core.send(Command::Heartbeat { session, hb })
-                        }
+                        // Awaiting room in the core slows this agent down
+                        // (h2 flow control) rather than queueing without end.
+                        Some(agent_message::Msg::Heartbeat(hb)) => match hb.check() {
+                            Ok(()) => core.send(Command::Heartbeat { session, hb }).await,
+                            Err(status) => tracing::warn!(session, %status, "ignoring a heartbeat"),
+                        },
                         Some(agent_message::Msg::Update(update)) => {
-                            core.send(Command::Update { session, update })
+                            core.send(Command::Update { session, update }).await
                         }
                         Some(agent_message::Msg::Register(_)) | None => {
                             tracing::warn!(session, "ignoring a repeated or empty agent message")
@@ -461,9 +463,9 @@ impl AgentLink for AgentLinkService {
                     }
                 }
             }
-            core.send(Command::Disconnected { session });
+            core.send(Command::Disconnected { session }).await;
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn get_baselines(

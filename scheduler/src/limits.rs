@@ -372,16 +372,12 @@ mod tests {
             (
                 "labels has too many entries",
                 MAX_LABELS,
-                Box::new(|s, n| {
-                    s.labels = (0..n).map(|i| (format!("k{i}"), "v".into())).collect()
-                }),
+                Box::new(|s, n| s.labels = (0..n).map(|i| (format!("k{i}"), "v".into())).collect()),
             ),
             (
                 "env has too many entries",
                 MAX_ITEMS,
-                Box::new(|s, n| {
-                    s.env = (0..n).map(|i| (format!("K{i}"), "v".into())).collect()
-                }),
+                Box::new(|s, n| s.env = (0..n).map(|i| (format!("K{i}"), "v".into())).collect()),
             ),
             (
                 "args has too many items",
@@ -449,7 +445,10 @@ mod tests {
         let mut s = job();
         s.requirements = format!("{}gpu.count>=1{}", "(".repeat(10_000), ")".repeat(10_000));
         let why = refused(s);
-        assert!(why.contains("requirements is too long: 20012 bytes"), "{why}");
+        assert!(
+            why.contains("requirements is too long: 20012 bytes"),
+            "{why}"
+        );
         // Within the length bound, too deep: the parser's error, without the caret rendering
         // of a long expression.
         let mut s = job();
@@ -463,7 +462,11 @@ mod tests {
         assert!(priority_for(100, false).is_ok());
         assert!(priority_for(-100, false).is_ok());
         let e = priority_for(101, false).unwrap_err();
-        assert!(e.message().contains("needs an admin token"), "{}", e.message());
+        assert!(
+            e.message().contains("needs an admin token"),
+            "{}",
+            e.message()
+        );
         assert!(priority_for(-101, false).is_err());
         assert!(priority_for(1000, true).is_ok());
     }

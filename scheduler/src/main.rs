@@ -76,7 +76,11 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("unknown unit in '{s}': use K, M or G (KiB, MiB, GiB)")),
+        _ => {
+            return Err(format!(
+                "unknown unit in '{s}': use K, M or G (KiB, MiB, GiB)"
+            ))
+        }
     };
     n.checked_mul(1 << shift)
         .filter(|&b| b > 0)

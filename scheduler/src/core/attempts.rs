@@ -144,7 +144,12 @@ impl Core {
             stream: "stderr".into(),
             data: log_limit_marker(limit).into_bytes(),
         };
-        tracing::warn!(task, attempt, limit, "attempt output passed the log limit; dropping the rest");
+        tracing::warn!(
+            task,
+            attempt,
+            limit,
+            "attempt output passed the log limit; dropping the rest"
+        );
         self.push_event(task, attempt, job_event::Kind::Log(marker), step);
     }
 
