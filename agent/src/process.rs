@@ -15,7 +15,7 @@
 //! with it and captures the output through the hook for its extractors.
 
 use crate::attempt::{Guard, Halt, Updates};
-use msfleet_proto::{task_update, LogChunk};
+use msfleet_proto::LogChunk;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
@@ -221,10 +221,11 @@ async fn pump(mut r: pipe::Receiver, stream: &'static str, tx: Updates, hook: Op
                 if let Some(h) = &hook {
                     h(stream, &buf[..n]);
                 }
-                tx.send(task_update::Kind::Log(LogChunk {
+                tx.send_log(LogChunk {
                     stream: stream.into(),
                     data: buf[..n].to_vec(),
-                }));
+                })
+                .await;
             }
         }
     }

@@ -23,7 +23,7 @@ pub const MAX_TIMEOUT_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Node ids in a `select` list.
 pub const MAX_SELECT: usize = 100_000;
 /// A pytest node id (`select` items, test results, `TestHistory.test_id`).
-pub const MAX_NODEID: usize = 4096;
+pub const MAX_NODEID: usize = pb::MAX_NODEID;
 /// Labels of a job, of a `ListJobs` filter, of an agent token.
 pub const MAX_LABELS: usize = 64;
 /// Arguments and env entries of a job; benchmark commands and cases.
@@ -44,10 +44,10 @@ pub const MAX_REQUIREMENTS: usize = crate::requirement::MAX_LEN;
 pub const MAX_CRON: usize = 256;
 /// A submit's dedup key.
 pub const MAX_DEDUP_KEY: usize = 256;
-/// The failure text of one test result.
-pub const MAX_LONGREPR: usize = 1 << 20;
-/// Markers of one test result.
-pub const MAX_MARKERS: usize = 256;
+/// The failure text of one test result (the agent cuts longer ones).
+pub const MAX_LONGREPR: usize = pb::MAX_LONGREPR;
+/// Markers of one test result (the agent drops the rest).
+pub const MAX_MARKERS: usize = pb::MAX_MARKERS;
 /// One benchmark case result, encoded.
 pub const MAX_CASE_RESULT: usize = 1 << 20;
 /// An agent's capabilities, encoded.
