@@ -54,21 +54,6 @@ pub fn cut_longrepr(text: String) -> String {
 /// Largest gRPC message either side decodes.
 pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
 
-#[cfg(test)]
-mod limit_tests {
-    use super::*;
-
-    #[test]
-    fn a_long_failure_text_keeps_its_start_and_end_within_the_limit() {
-        let text = format!("start{}é{}end", "x".repeat(MAX_LONGREPR), "y".repeat(10));
-        let cut = cut_longrepr(text);
-        assert!(cut.len() <= MAX_LONGREPR, "{}", cut.len());
-        assert!(cut.starts_with("start") && cut.ends_with("end"));
-        assert!(cut.contains("... [truncated by msfleet] ..."));
-        assert_eq!(cut_longrepr("short".into()), "short");
-    }
-}
-
 impl JobState {
     /// The lower-case name users see and type (`queued`, `timed_out`, ...).
     pub fn label(self) -> &'static str {
@@ -171,5 +156,20 @@ impl AttemptRef {
     /// `task#attempt@epoch`, for logs and error messages.
     pub fn display(&self) -> String {
         format!("{}#{}@{}", self.task_id, self.attempt, self.epoch)
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_failure_text_keeps_its_start_and_end_within_the_limit() {
+        let text = format!("start{}é{}end", "x".repeat(MAX_LONGREPR), "y".repeat(10));
+        let cut = cut_longrepr(text);
+        assert!(cut.len() <= MAX_LONGREPR, "{}", cut.len());
+        assert!(cut.starts_with("start") && cut.ends_with("end"));
+        assert!(cut.contains("... [truncated by msfleet] ..."));
+        assert_eq!(cut_longrepr("short".into()), "short");
     }
 }
