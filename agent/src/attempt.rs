@@ -36,6 +36,68 @@ pub struct AttemptSpec {
 /// Identifies an attempt on this agent: (task id, attempt number).
 pub type AttemptKey = (String, u32);
 
+/// Log chunks of one attempt the agent may hold unacknowledged (in the
+/// session's channel and outbox): 256 chunks, at most 16 MiB.
+pub const LOG_BUDGET: usize = 256;
+
+/// How many log chunks of an attempt may be on their way to the scheduler
+/// and not yet acknowledged. The output pump waits for room
+/// ([`Updates::send_log`]), so a test that prints faster than the scheduler
+/// takes it blocks on its pipe instead of growing the agent's memory. The
+/// session gives a chunk's room back once it is acknowledged or dropped.
+#[derive(Debug)]
+pub struct LogBudget {
+    room: tokio::sync::Semaphore,
+    /// Chunks sent without room (the agent's own few lines never wait):
+    /// paid back before room is added again, so the count stays exact.
+    debt: std::sync::atomic::AtomicUsize,
+}
+
+impl LogBudget {
+    pub fn new(chunks: usize) -> std::sync::Arc<LogBudget> {
+        std::sync::Arc::new(LogBudget {
+            room: tokio::sync::Semaphore::new(chunks),
+            debt: Default::default(),
+        })
+    }
+
+    /// Waits for room for one chunk; false once the attempt is gone.
+    async fn take(&self) -> bool {
+        match self.room.acquire().await {
+            Ok(p) => {
+                p.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn take_now(&self) {
+        match self.room.try_acquire() {
+            Ok(p) => p.forget(),
+            Err(_) => {
+                self.debt.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// One chunk left the agent's hands (acknowledged or dropped).
+    pub fn give_back(&self) {
+        use std::sync::atomic::Ordering;
+        let paid = self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
+        if paid.is_err() {
+            self.room.add_permits(1);
+        }
+    }
+
+    /// The attempt is over: a pump waiting for room stops.
+    pub fn close(&self) {
+        self.room.close();
+    }
+}
+
 /// Sink for one attempt's updates; the session numbers and sends them.
 ///
 /// With [`Updates::with_secrets`], no secret value leaves through it: the
@@ -43,14 +105,21 @@ pub type AttemptKey = (String, u32);
 /// agent's own lines in [`Updates::log`], and the test's output by the log
 /// pump ([`crate::process`]), which uses [`Updates::redactor`] because a
 /// value may be split across two reads of a pipe.
+///
+/// The channel is unbounded, but what can wait in it is bounded: log chunks
+/// (the only updates whose number a test controls) by the attempt's
+/// [`LogBudget`]; the others are one per test phase or case (each within the
+/// scheduler's size limits) plus a start and a finish.
 #[derive(Clone)]
 pub struct Updates {
     key: AttemptKey,
     tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
     secrets: Arc<Redactor>,
+    logs: Option<Arc<LogBudget>>,
 }
 
 impl Updates {
+    /// Without a log budget (tests that read the channel themselves).
     pub fn new(
         key: AttemptKey,
         tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
@@ -59,6 +128,19 @@ impl Updates {
             key,
             tx,
             secrets: Arc::default(),
+            logs: None,
+        }
+    }
+
+    /// Log chunks count against `logs` until the session gives them back.
+    pub fn with_budget(
+        key: AttemptKey,
+        tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
+        logs: Arc<LogBudget>,
+    ) -> Self {
+        Updates {
+            logs: Some(logs),
+            ..Updates::new(key, tx)
         }
     }
 
@@ -79,8 +161,12 @@ impl Updates {
     }
 
     /// Sends one update. Log chunks go as they are (they were redacted where
-    /// they were made); every other text is redacted here.
+    /// they were made) and count against the budget; every other text is
+    /// redacted here.
     pub fn send(&self, mut kind: task_update::Kind) {
+        if let (Some(b), task_update::Kind::Log(_)) = (&self.logs, &kind) {
+            b.take_now();
+        }
         if !self.secrets.is_empty() {
             let r = &self.secrets;
             match &mut kind {
@@ -98,6 +184,18 @@ impl Updates {
             }
         }
         let _ = self.tx.send((self.key.clone(), kind));
+    }
+
+    /// Sends a chunk of the test's output once the budget has room.
+    pub async fn send_log(&self, chunk: LogChunk) {
+        if let Some(b) = &self.logs {
+            if !b.take().await {
+                return;
+            }
+        }
+        let _ = self
+            .tx
+            .send((self.key.clone(), task_update::Kind::Log(chunk)));
     }
 
     /// Sends `text` as one log chunk of `stream` (the agent's own lines go to `stderr`).

@@ -15,7 +15,7 @@
 //! with it and captures the output through the hook for its extractors.
 
 use crate::attempt::{Guard, Halt, Updates};
-use msfleet_proto::{task_update, LogChunk};
+use msfleet_proto::LogChunk;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
@@ -217,25 +217,25 @@ async fn terminate(
 async fn pump(mut r: pipe::Receiver, stream: &'static str, tx: Updates, hook: Option<OutputHook>) {
     let mut buf = vec![0u8; msfleet_proto::MAX_LOG_CHUNK];
     let mut redactor = tx.redactor();
-    let emit = |data: Vec<u8>| {
-        // Redaction can make a chunk longer than the limit.
+    loop {
+        let (data, done) = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => (redactor.finish(), true),
+            Ok(n) => (redactor.push(&buf[..n]), false),
+        };
+        // Redaction can make a chunk longer than the limit. Each chunk waits
+        // for room in the attempt's log budget (the test blocks on its pipe).
         for piece in data.chunks(msfleet_proto::MAX_LOG_CHUNK) {
             if let Some(h) = &hook {
                 h(stream, piece);
             }
-            tx.send(task_update::Kind::Log(LogChunk {
+            tx.send_log(LogChunk {
                 stream: stream.into(),
                 data: piece.to_vec(),
-            }));
+            })
+            .await;
         }
-    };
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                emit(redactor.finish());
-                return;
-            }
-            Ok(n) => emit(redactor.push(&buf[..n])),
+        if done {
+            return;
         }
     }
 }

@@ -465,15 +465,70 @@ async fn pump_results(
             rerun,
         );
         if let Some(tx) = &tx {
-            tx.send(task_update::Kind::Test(TestResult {
+            tx.send(task_update::Kind::Test(bounded_result(TestResult {
                 nodeid: msg.nodeid,
                 when: msg.when,
                 outcome: msg.outcome,
                 duration_s: msg.duration_s,
                 longrepr: msg.longrepr,
                 markers: msg.markers,
-            }));
+            })));
         }
+    }
+}
+
+/// `t` within the scheduler's size limits (it refuses a result over them):
+/// a long failure text is cut with a visible marker, markers past the limit
+/// are dropped. An over-long node id is sent as it is and refused: cutting it
+/// would record the result under another test's name.
+fn bounded_result(mut t: TestResult) -> TestResult {
+    t.longrepr = msfleet_proto::cut_longrepr(std::mem::take(&mut t.longrepr));
+    t.markers.truncate(msfleet_proto::MAX_MARKERS);
+    t
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A plugin line with a 3 MiB failure text and 300 markers reaches the
+    /// scheduler within its limits (it would refuse it otherwise).
+    #[tokio::test]
+    async fn a_huge_failure_text_is_cut_before_it_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (utx, mut urx) = tokio::sync::mpsc::unbounded_channel();
+        let tally = Arc::new(Mutex::new(Default::default()));
+        let pump = tokio::spawn(pump_results(
+            listener,
+            Some(Updates::new(("1".into(), 1), utx)),
+            tally,
+            Arc::new(AtomicBool::new(false)),
+        ));
+        let line = serde_json::json!({
+            "type": "test",
+            "nodeid": "t.py::big",
+            "when": "call",
+            "outcome": "failed",
+            "longrepr": format!("Traceback{}AssertionError: the end", "x".repeat(3 << 20)),
+            "markers": vec!["m"; 300],
+        });
+        let mut conn = tokio::net::UnixStream::connect(&path).await.unwrap();
+        conn.write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        drop(conn);
+        pump.await.unwrap();
+        let Some((_, task_update::Kind::Test(t))) = urx.recv().await else {
+            panic!("a test result");
+        };
+        assert!(t.longrepr.len() <= msfleet_proto::MAX_LONGREPR);
+        assert!(t.longrepr.starts_with("Traceback"));
+        assert!(t.longrepr.ends_with("AssertionError: the end"));
+        assert!(t.longrepr.contains("... [truncated by msfleet] ..."));
+        assert_eq!(t.markers.len(), msfleet_proto::MAX_MARKERS);
     }
 }
 

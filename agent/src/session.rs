@@ -8,7 +8,7 @@
 //! resends their outboxes in order; the scheduler applies each (attempt, seq)
 //! once. Attempts the scheduler no longer recognises are stopped and dropped.
 
-use crate::attempt::{AttemptKey, AttemptSpec, StopReason, Updates};
+use crate::attempt::{AttemptKey, AttemptSpec, LogBudget, StopReason, Updates, LOG_BUDGET};
 use crate::config::AgentConfig;
 use crate::runner;
 use msfleet_proto::agent_link_client::AgentLinkClient;
@@ -47,6 +47,14 @@ struct Attempt {
     stop: watch::Sender<Option<StopReason>>,
     /// Sequence number of the `Finished` update, once the runner produced it.
     finished_seq: Option<u64>,
+    /// Room for the attempt's unacknowledged log chunks.
+    logs: Arc<LogBudget>,
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.logs.close();
+    }
 }
 
 impl Attempt {
@@ -57,6 +65,16 @@ impl Attempt {
             unacked: VecDeque::new(),
             stop,
             finished_seq: None,
+            logs: LogBudget::new(LOG_BUDGET),
+        }
+    }
+
+    /// The oldest unacknowledged update leaves the outbox (acknowledged or refused).
+    fn pop_front(&mut self) {
+        if let Some(u) = self.unacked.pop_front() {
+            if matches!(u.kind, Some(task_update::Kind::Log(_))) {
+                self.logs.give_back();
+            }
         }
     }
 
@@ -69,7 +87,7 @@ impl Attempt {
         if self.unacked.front().map(|u| u.seq) != Some(seq) {
             return Vec::new();
         }
-        self.unacked.pop_front();
+        self.pop_front();
         let mut next = seq;
         for u in self.unacked.iter_mut() {
             if matches!(u.kind, Some(task_update::Kind::Finished(_))) {
@@ -89,6 +107,11 @@ pub struct Session {
     caps: Capabilities,
     instance: String,
     attempts: BTreeMap<AttemptKey, Attempt>,
+    /// Unbounded, but bounded in what it can hold: log chunks wait for room
+    /// in their attempt's [`LogBudget`] (given back on ack), and the other
+    /// updates are one per test phase or case plus a start and a finish (see
+    /// [`Updates`]). The session's outgoing stream is bounded (4096) and
+    /// waits on h2 flow control.
     updates_tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
     updates_rx: mpsc::UnboundedReceiver<(AttemptKey, task_update::Kind)>,
     shutting_down: bool,
@@ -252,6 +275,9 @@ impl Session {
                 return Disconnect::ShutDown;
             }
             tokio::select! {
+                // Read what the scheduler sent first: it ends a session that
+                // falls too far behind, and acks make room for more output.
+                biased;
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => {
                         if let Some(m) = m.msg {
@@ -324,7 +350,7 @@ impl Session {
                     return Vec::new();
                 };
                 while a.unacked.front().is_some_and(|u| u.seq <= ack.seq) {
-                    a.unacked.pop_front();
+                    a.pop_front();
                 }
                 if a.finished_seq.is_some_and(|f| f <= ack.seq) {
                     self.attempts.remove(&key);
@@ -394,8 +420,10 @@ impl Session {
             epoch: r.epoch,
             spec: asg.spec.unwrap_or_default(),
         };
-        self.attempts.insert(key.clone(), Attempt::new(r, stop));
-        let updates = Updates::new(key, self.updates_tx.clone());
+        let attempt = Attempt::new(r, stop);
+        let updates =
+            Updates::with_budget(key.clone(), self.updates_tx.clone(), attempt.logs.clone());
+        self.attempts.insert(key, attempt);
         tokio::spawn(runner::run(self.cfg.clone(), spec, updates, stop_rx));
     }
 }
@@ -451,6 +479,7 @@ mod tests {
             unacked: VecDeque::new(),
             stop,
             finished_seq: None,
+            logs: LogBudget::new(LOG_BUDGET),
         };
         for i in 1..=n {
             let kind = if i == n {
@@ -470,6 +499,57 @@ mod tests {
         }
         a.finished_seq = Some(n);
         a
+    }
+
+    /// A test that prints faster than the scheduler acknowledges waits once
+    /// its attempt holds LOG_BUDGET unacknowledged chunks, and goes on as acks
+    /// come; a pump still waiting when the attempt is dropped stops.
+    #[tokio::test]
+    async fn output_waits_for_acks_once_the_log_budget_is_spent() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (stop, _) = watch::channel(None);
+        let r = AttemptRef {
+            task_id: "1".into(),
+            attempt: 1,
+            epoch: 1,
+        };
+        let mut a = Attempt::new(r.clone(), stop);
+        let up = Updates::with_budget(("1".into(), 1), tx, a.logs.clone());
+        let chunk = || LogChunk {
+            stream: "stdout".into(),
+            data: b"x".to_vec(),
+        };
+        for _ in 0..LOG_BUDGET {
+            up.send_log(chunk()).await;
+        }
+        for seq in 1..=LOG_BUDGET as u64 {
+            let (_, kind) = rx.recv().await.unwrap();
+            a.unacked.push_back(TaskUpdate {
+                attempt: Some(r.clone()),
+                seq,
+                kind: Some(kind),
+            });
+        }
+        let more = tokio::spawn({
+            let up = up.clone();
+            async move { up.send_log(chunk()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!more.is_finished(), "the budget is spent");
+        a.pop_front(); // acknowledged
+        tokio::time::timeout(Duration::from_secs(5), more)
+            .await
+            .expect("room after an ack")
+            .unwrap();
+        let stuck = tokio::spawn({
+            let up = up.clone();
+            async move { up.send_log(chunk()).await }
+        });
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(5), stuck)
+            .await
+            .expect("a dropped attempt releases its pump")
+            .unwrap();
     }
 
     #[test]

@@ -309,7 +309,9 @@ async fn connect(cli: &Cli) -> Result<Client, CtlError> {
         ConnectError::Config(m) => CtlError::input(m),
         ConnectError::Unreachable(m) => CtlError::infra(m),
     })?;
-    Ok(FleetClient::with_interceptor(channel, bearer).max_decoding_message_size(pb::MAX_MESSAGE))
+    Ok(FleetClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(pb::MAX_MESSAGE)
+        .max_encoding_message_size(pb::MAX_MESSAGE))
 }
 
 /// The job file the submit flags describe (flags override `-f`).

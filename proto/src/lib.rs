@@ -27,6 +27,34 @@ pub mod secrets;
 /// Largest log chunk (bytes of `LogChunk.data`) the scheduler accepts; agents split to this.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;
 
+/// Longest failure text (`TestResult.longrepr`) the scheduler accepts; the
+/// agent cuts longer ones itself ([`cut_longrepr`]).
+pub const MAX_LONGREPR: usize = 1 << 20;
+/// Most markers of one test result.
+pub const MAX_MARKERS: usize = 256;
+/// Longest pytest node id.
+pub const MAX_NODEID: usize = 4096;
+/// What replaces the middle of a failure text that was too long.
+pub const TRUNCATED: &str = "\n... [truncated by msfleet] ...\n";
+
+/// `text` within [`MAX_LONGREPR`] bytes: a longer one keeps its start and
+/// its end (where pytest puts the error) around a visible [`TRUNCATED`].
+pub fn cut_longrepr(text: String) -> String {
+    if text.len() <= MAX_LONGREPR {
+        return text;
+    }
+    let keep = (MAX_LONGREPR - TRUNCATED.len()) / 2;
+    let mut head = keep;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - keep;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}{TRUNCATED}{}", &text[..head], &text[tail..])
+}
+
 /// Largest gRPC message either side decodes.
 pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
 
@@ -132,5 +160,20 @@ impl AttemptRef {
     /// `task#attempt@epoch`, for logs and error messages.
     pub fn display(&self) -> String {
         format!("{}#{}@{}", self.task_id, self.attempt, self.epoch)
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_failure_text_keeps_its_start_and_end_within_the_limit() {
+        let text = format!("start{}é{}end", "x".repeat(MAX_LONGREPR), "y".repeat(10));
+        let cut = cut_longrepr(text);
+        assert!(cut.len() <= MAX_LONGREPR, "{}", cut.len());
+        assert!(cut.starts_with("start") && cut.ends_with("end"));
+        assert!(cut.contains("... [truncated by msfleet] ..."));
+        assert_eq!(cut_longrepr("short".into()), "short");
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::auth::{self, Principal};
 use crate::core::{Command, CoreHandle, Progress};
+use crate::limits::{self, Bounded};
 use crate::store::Store;
 use futures::Stream;
 use msfleet_proto as pb;
@@ -11,7 +12,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -25,6 +25,14 @@ fn caller<T>(req: &Request<T>) -> Result<Principal, Status> {
         .get::<Principal>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated(crate::auth::layer::NO_TOKEN))
+}
+
+/// The request of `req`, once it is within [`limits`] (every string, list
+/// and map bounded).
+fn bounded<T: Bounded>(req: Request<T>) -> Result<T, Status> {
+    let r = req.into_inner();
+    r.check()?;
+    Ok(r)
 }
 
 /// The user-facing `msfleet.v1.Fleet` service.
@@ -42,11 +50,13 @@ impl FleetService {
 #[tonic::async_trait]
 impl Fleet for FleetService {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
-        let by = caller(&req)?.name().to_string();
-        let spec = req
-            .into_inner()
+        let who = caller(&req)?;
+        let by = who.name().to_string();
+        let spec = bounded(req)?
             .spec
             .ok_or_else(|| Status::invalid_argument("SubmitRequest.spec is missing"))?;
+        // The one place a caller's role bounds what a spec may ask for.
+        limits::priority_for(spec.priority, who.is_admin())?;
         let job = self
             .core
             .call(|reply| Command::Submit {
@@ -59,7 +69,7 @@ impl Fleet for FleetService {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let id = req.into_inner().id;
+        let id = bounded(req)?.id;
         Ok(Response::new(
             self.core
                 .call(|reply| Command::GetJob { id, reply })
@@ -71,7 +81,7 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let req = req.into_inner();
+        let req = bounded(req)?;
         let jobs = self
             .core
             .call(|reply| Command::ListJobs { req, reply })
@@ -84,7 +94,7 @@ impl Fleet for FleetService {
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let who = caller(&req)?;
-        let id = req.into_inner().id;
+        let id = bounded(req)?.id;
         Ok(Response::new(
             self.core
                 .call(|reply| Command::Cancel { id, who, reply })
@@ -98,7 +108,7 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let req = req.into_inner();
+        let req = bounded(req)?;
         let id = req.id;
         let handle = self.core.call(|reply| Command::Watch { id, reply }).await?;
         let store = self.store.clone();
@@ -165,7 +175,7 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::SetAgentAdminRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let req = req.into_inner();
+        let req = bounded(req)?;
         let admin = pb::AgentAdmin::try_from(req.admin)
             .map_err(|_| Status::invalid_argument(format!("unknown agent state {}", req.admin)))?;
         let name = req.name;
@@ -191,7 +201,7 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::ListBaselinesRequest>,
     ) -> Result<Response<pb::ListBaselinesResponse>, Status> {
-        let req = req.into_inner();
+        let req = bounded(req)?;
         let baselines = self
             .core
             .call(|reply| Command::ListBaselines { req, reply })
@@ -204,7 +214,7 @@ impl Fleet for FleetService {
         req: Request<pb::AcceptBaselinesRequest>,
     ) -> Result<Response<pb::AcceptBaselinesResponse>, Status> {
         let by = caller(&req)?.name().to_string();
-        let req = req.into_inner();
+        let req = bounded(req)?;
         let baselines = self
             .core
             .call(|reply| Command::AcceptBaselines { req, by, reply })
@@ -217,7 +227,7 @@ impl Fleet for FleetService {
         req: Request<pb::Schedule>,
     ) -> Result<Response<pb::Schedule>, Status> {
         let by = caller(&req)?.name().to_string();
-        let schedule = Box::new(req.into_inner());
+        let schedule = Box::new(bounded(req)?);
         Ok(Response::new(
             self.core
                 .call(|reply| Command::AddSchedule {
@@ -244,7 +254,7 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::ScheduleName>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        let name = req.into_inner().name;
+        let name = bounded(req)?.name;
         Ok(Response::new(
             self.core
                 .call(|reply| Command::GetSchedule { name, reply })
@@ -257,7 +267,7 @@ impl Fleet for FleetService {
         req: Request<pb::SetSchedulePausedRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
         let by = caller(&req)?.name().to_string();
-        let pb::SetSchedulePausedRequest { name, paused } = req.into_inner();
+        let pb::SetSchedulePausedRequest { name, paused } = bounded(req)?;
         Ok(Response::new(
             self.core
                 .call(|reply| Command::SetSchedulePaused {
@@ -274,7 +284,7 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::ScheduleName>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        let name = req.into_inner().name;
+        let name = bounded(req)?.name;
         Ok(Response::new(
             self.core
                 .call(|reply| Command::DeleteSchedule { name, reply })
@@ -286,7 +296,7 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::TestHistoryRequest>,
     ) -> Result<Response<pb::TestHistoryResponse>, Status> {
-        let req = req.into_inner();
+        let req = bounded(req)?;
         if req.test_id.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "give a test id (a pytest node id such as tests/test_a.py::test_x)",
@@ -311,7 +321,7 @@ impl Fleet for FleetService {
         req: Request<pb::ScheduleName>,
     ) -> Result<Response<pb::Job>, Status> {
         let by = caller(&req)?.name().to_string();
-        let name = req.into_inner().name;
+        let name = bounded(req)?.name;
         Ok(Response::new(
             self.core
                 .call(|reply| Command::RunScheduleNow { name, by, reply })
@@ -324,7 +334,7 @@ impl Fleet for FleetService {
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreatedToken>, Status> {
         let by = caller(&req)?.name().to_string();
-        let req = req.into_inner();
+        let req = bounded(req)?;
         let secret =
             auth::new_secret().map_err(|_| Status::internal("the system random source failed"))?;
         let hash = auth::secret_hash(&secret);
@@ -347,7 +357,7 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let kind = req.into_inner().kind;
+        let kind = bounded(req)?.kind;
         let tokens = self
             .core
             .call(|reply| Command::ListTokens { kind, reply })
@@ -360,7 +370,7 @@ impl Fleet for FleetService {
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::Token>, Status> {
         let by = caller(&req)?.name().to_string();
-        let pb::RevokeTokenRequest { name, kind } = req.into_inner();
+        let pb::RevokeTokenRequest { name, kind } = bounded(req)?;
         Ok(Response::new(
             self.core
                 .call(|reply| Command::RevokeToken {
@@ -402,7 +412,10 @@ impl AgentLink for AgentLinkService {
         let reg = match inbound.message().await? {
             Some(pb::AgentMessage {
                 msg: Some(agent_message::Msg::Register(reg)),
-            }) => reg,
+            }) => {
+                reg.check()?;
+                reg
+            }
             Some(_) => {
                 return Err(Status::invalid_argument(
                     "the first message of a session must be Register",
@@ -415,7 +428,7 @@ impl AgentLink for AgentLinkService {
             }
         };
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::core::agent_channel(crate::core::AGENT_QUEUE);
         self.core
             .call(|reply| Command::Register {
                 session,
@@ -430,11 +443,14 @@ impl AgentLink for AgentLinkService {
             loop {
                 match inbound.message().await {
                     Ok(Some(msg)) => match msg.msg {
-                        Some(agent_message::Msg::Heartbeat(hb)) => {
-                            core.send(Command::Heartbeat { session, hb })
-                        }
+                        // Awaiting room in the core slows this agent down
+                        // (h2 flow control) rather than queueing without end.
+                        Some(agent_message::Msg::Heartbeat(hb)) => match hb.check() {
+                            Ok(()) => core.send(Command::Heartbeat { session, hb }).await,
+                            Err(status) => tracing::warn!(session, %status, "ignoring a heartbeat"),
+                        },
                         Some(agent_message::Msg::Update(update)) => {
-                            core.send(Command::Update { session, update })
+                            core.send(Command::Update { session, update }).await
                         }
                         Some(agent_message::Msg::Register(_)) | None => {
                             tracing::warn!(session, "ignoring a repeated or empty agent message")
@@ -447,9 +463,9 @@ impl AgentLink for AgentLinkService {
                     }
                 }
             }
-            core.send(Command::Disconnected { session });
+            core.send(Command::Disconnected { session }).await;
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn get_baselines(
@@ -457,7 +473,7 @@ impl AgentLink for AgentLinkService {
         req: Request<pb::GetBaselinesRequest>,
     ) -> Result<Response<pb::GetBaselinesResponse>, Status> {
         let agent = caller(&req)?.name().to_string();
-        let req = req.into_inner();
+        let req = bounded(req)?;
         Ok(Response::new(
             self.core
                 .call(|reply| Command::GetBaselines { req, agent, reply })

@@ -9,6 +9,9 @@ use std::time::Duration;
 /// The queues every scheduler has, with their aging interval.
 pub const BUILTIN_QUEUES: [&str; 4] = ["default", "nightly", "benchmark", "npu"];
 
+/// Default of [`Config::max_log_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 256 << 20;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
@@ -29,6 +32,9 @@ pub struct Config {
     /// How long a submit's dedup key is remembered.
     pub dedup_window: Duration,
     pub clock: Arc<dyn Clock>,
+    /// Total log bytes one attempt may store; past it one marker event is
+    /// appended and the rest of the attempt's output is dropped.
+    pub max_log_bytes: u64,
     /// Serve TLS with this certificate and key (PEM); `None` is plain text
     /// (allowed only on loopback unless `--insecure`, checked by `msched`).
     pub tls: Option<TlsFiles>,
@@ -73,6 +79,7 @@ impl Config {
             cache_bytes: 64 << 20,
             dedup_window: Duration::from_secs(24 * 3600),
             clock: Arc::new(SystemClock),
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             tls: None,
             ready_file: None,
         }

@@ -9,11 +9,14 @@ use tonic::Status;
 /// Most arguments, env entries and labels a spec may carry, and their size.
 const MAX_ITEMS: usize = 1024;
 const MAX_TEXT: usize = 16 * 1024;
+/// Longest requirement whose refusal shows it with carets under the error.
+const RENDERED: usize = 160;
 /// Most re-runs of failed tests a job may ask for.
 const MAX_RETRY_FAILED: u32 = 10;
 
 /// Validates `spec` in place (fills defaults) and returns its parsed requirement.
 pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status> {
+    crate::limits::spec(spec)?;
     if spec.kind.is_empty() {
         spec.kind = "pytest".into();
     }
@@ -36,7 +39,8 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
         }
         other => {
             return Err(Status::invalid_argument(format!(
-                "unknown job kind '{other}': use 'pytest' or 'benchmark'"
+                "unknown job kind '{}': use 'pytest' or 'benchmark'",
+                crate::clip(other)
             )))
         }
     }
@@ -47,7 +51,7 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
         let known: Vec<&str> = cfg.queues.keys().map(String::as_str).collect();
         return Err(Status::invalid_argument(format!(
             "unknown queue '{}' (known queues: {})",
-            spec.queue,
+            crate::clip(&spec.queue),
             known.join(", ")
         )));
     }
@@ -60,7 +64,8 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
         Some(source::Kind::Dir(d)) => {
             if !msfleet_proto::roots::is_clean_absolute(d) {
                 return Err(Status::invalid_argument(format!(
-                    "source dir '{d}' must be an absolute path without '..'"
+                    "source dir '{}' must be an absolute path without '..'",
+                    crate::clip(d)
                 )));
             }
         }
@@ -111,7 +116,8 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
     let bad_name = |k: &&String| k.is_empty() || k.contains(['=', '\0']);
     if let Some(k) = spec.env.keys().chain(spec.secret_env.keys()).find(bad_name) {
         return Err(Status::invalid_argument(format!(
-            "bad environment variable name '{k}'"
+            "bad environment variable name '{}'",
+            crate::clip(k)
         )));
     }
     if let Some(k) = spec.secret_env.keys().find(|k| spec.env.contains_key(*k)) {
@@ -134,11 +140,14 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
         spec.name = default_name(spec);
     }
     Requirement::parse(&spec.requirements).map_err(|e| {
-        Status::invalid_argument(format!(
-            "bad requirement: {}\n{}",
-            e,
-            e.render(&spec.requirements)
-        ))
+        // The caret rendering quotes the whole expression: only for a short one.
+        match spec.requirements.chars().count() {
+            n if n <= RENDERED => Status::invalid_argument(format!(
+                "bad requirement: {e}\n{}",
+                e.render(&spec.requirements)
+            )),
+            _ => Status::invalid_argument(format!("bad requirement: {e}")),
+        }
     })
 }
 

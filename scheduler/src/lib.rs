@@ -12,6 +12,7 @@ pub mod config;
 pub mod core;
 pub mod jobspec;
 pub mod lease;
+pub mod limits;
 pub mod matching;
 pub mod queue;
 pub mod requirement;

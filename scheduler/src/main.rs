@@ -54,9 +54,37 @@ struct Args {
     /// network in the clear). Logs a warning at every start.
     #[arg(long)]
     insecure: bool,
+    /// Total log output one attempt may store (bytes; K, M, G, KiB, MiB, GiB
+    /// suffixes); past it a marker is logged and the rest is dropped.
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    max_log_bytes: u64,
     /// Testing: read the time (Unix ms) from this file instead of the system clock.
     #[arg(long, hide = true)]
     clock_file: Option<PathBuf>,
+}
+
+/// `1048576`, `1MiB`, `64K`, `2G`: binary units.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 1048576, 64KiB or 256MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "unknown unit in '{s}': use K, M or G (KiB, MiB, GiB)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("'{s}' is not a positive size that fits"))
 }
 
 #[tokio::main]
@@ -82,6 +110,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.restart_grace = args.restart_grace.unwrap_or(args.lease_timeout);
     cfg.default_timeout = args.default_timeout;
     cfg.dedup_window = args.dedup_window;
+    cfg.max_log_bytes = args.max_log_bytes;
     if let Some(path) = &args.clock_file {
         cfg.clock = std::sync::Arc::new(msched::clock::FileClock::new(path));
     }

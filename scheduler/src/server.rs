@@ -175,14 +175,25 @@ pub async fn serve(
     builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .layer(AuthLayer::new(tokens))
-        .add_service(health_service)
-        .add_service(reflection)
         .add_service(
-            FleetServer::new(FleetService::new(core.clone(), store.clone()))
-                .max_decoding_message_size(max),
+            health_service
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
         )
         .add_service(
-            AgentLinkServer::new(AgentLinkService::new(core)).max_decoding_message_size(max),
+            reflection
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            FleetServer::new(FleetService::new(core.clone(), store.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            AgentLinkServer::new(AgentLinkService::new(core))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

@@ -48,6 +48,10 @@ pub struct AttemptRecord {
     /// Highest task-update sequence number applied (updates are gap-free from 1).
     pub applied_seq: u64,
     pub cancel_requested: bool,
+    /// Log bytes the agent sent for this attempt so far (kept or dropped),
+    /// so that a restart does not reset the attempt's log limit.
+    #[serde(default)]
+    pub log_bytes: u64,
 }
 
 /// A callback run once the writes before it are on disk (`true`) or failed to get there.

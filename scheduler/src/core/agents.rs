@@ -72,7 +72,10 @@ impl Core {
             ));
         }
         let a = self.agents.get_mut(name).ok_or_else(|| {
-            Status::not_found(format!("no agent named '{name}' has ever registered"))
+            Status::not_found(format!(
+                "no agent named '{}' has ever registered",
+                crate::clip(name)
+            ))
         })?;
         a.record.admin = admin as i32;
         step.writes.put_agent(&a.record);
@@ -105,7 +108,7 @@ impl Core {
             return Err(Status::permission_denied(format!(
                 "this credential belongs to agent '{bound}'; start msagent with --name {bound} \
                  (or make a token for '{}')",
-                super::tokens::short(&name)
+                crate::clip(&name)
             )));
         }
         let mut caps = reg.capabilities.clone().unwrap_or_default();
@@ -231,9 +234,7 @@ impl Core {
         a.last_seen_ms = self.now;
         self.sessions.remove(&session.id);
         let status = Status::unauthenticated(why.to_string());
-        step.after.push(Box::new(move |_| {
-            let _ = session.tx.send(Err(status));
-        }));
+        step.after.push(Box::new(move |_| session.tx.end(status)));
         for task in self.leases.held_by(name) {
             self.lose(task, &format!("agent {name}: {why}"), step);
         }
@@ -265,6 +266,24 @@ impl Core {
                     }),
                 );
             }
+        }
+    }
+
+    /// Ends the sessions whose agents fell [`AGENT_QUEUE`] messages behind
+    /// (their streams already end with ResourceExhausted): like a
+    /// disconnect, so their leases run on and expire normally unless the
+    /// agent reconnects and resumes, which it does at once.
+    pub(super) fn end_slow_sessions(&mut self) {
+        let slow: Vec<(u64, String)> = self
+            .agents
+            .iter()
+            .filter_map(|(n, a)| a.session.as_ref().map(|s| (n, s)))
+            .filter(|(_, s)| s.tx.overflowed())
+            .map(|(n, s)| (s.id, n.clone()))
+            .collect();
+        for (session, name) in slow {
+            tracing::warn!(agent = %name, "ending the session of an agent that reads too slowly");
+            self.disconnected(session);
         }
     }
 
@@ -352,6 +371,60 @@ mod tests {
         let bad = h.register_as("bad name!", "x", caps("cpu", 1), Vec::new());
         assert_eq!(bad.err().unwrap().code(), tonic::Code::InvalidArgument);
         drop(a);
+    }
+
+    #[test]
+    fn an_agent_that_reads_too_slowly_loses_its_session_and_resumes_its_attempt() {
+        use msfleet_proto::{scheduler_message::Msg, Outcome};
+        let mut h = Harness::with(|c| c.lease_timeout = std::time::Duration::from_secs(3));
+        h.agent_queue = 8;
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        // The agent sends but does not read: ten acks for a queue of eight.
+        for seq in 1..=10 {
+            let kind = if seq == 1 {
+                started()
+            } else {
+                test_result(&format!("t.py::t{seq}"), "passed")
+            };
+            h.send(Command::Update {
+                session: a.session,
+                update: msfleet_proto::TaskUpdate {
+                    attempt: Some(r.clone()),
+                    seq,
+                    kind: Some(kind),
+                },
+            });
+        }
+        // The acks leave after the flush (a barrier waits for that); the
+        // next turn ends the session.
+        h.call(|reply| Command::ListQueues { reply }).unwrap();
+        let agents = h.call(|reply| Command::ListAgents { reply }).unwrap();
+        assert!(!agents[0].connected, "the slow consumer's session is over");
+        let end = a.next_status().expect("the stream ends with a status");
+        assert_eq!(end.code(), tonic::Code::ResourceExhausted, "{end:?}");
+        assert_eq!(h.state(&job.id), Running, "its attempt is not lost at once");
+        // Updates on the dead session change nothing.
+        h.update(&mut a, &r, 11, finished(Outcome::Passed));
+        assert_eq!(h.state(&job.id), Running);
+        // It reconnects, resumes and resends what was not acknowledged.
+        let mut b = h
+            .register_as("a1", "a1-1", caps("cpu", 1), vec![r.clone()])
+            .unwrap();
+        let msgs = h.messages(&mut b);
+        assert!(msgs
+            .iter()
+            .any(|m| matches!(m, Msg::Registered(x) if x.resumed == vec![r.clone()])));
+        let msgs = h.update(&mut b, &r, 10, test_result("t.py::t10", "passed"));
+        assert!(
+            msgs.iter().any(|m| is_ack(m, 10)),
+            "a resend is acked again"
+        );
+        h.update(&mut b, &r, 11, finished(Outcome::Passed));
+        let view = h.job(&job.id);
+        assert_eq!(view.state(), Passed);
+        assert_eq!(view.tests.unwrap().passed, 9, "every test counted once");
     }
 
     #[test]

@@ -5,17 +5,18 @@
 use super::*;
 
 impl Core {
-    pub(super) fn update(&mut self, session: u64, u: pb::TaskUpdate, step: &mut Step) {
+    pub(super) fn update(&mut self, session: u64, mut u: pb::TaskUpdate, step: &mut Step) {
         let Some((name, tx)) = self.session_agent(session) else {
             return;
         };
         let r = u.attempt.clone().unwrap_or_default();
+        let seq = u.seq;
         let reject = |step: &mut Step, message: String, abandon: bool| {
             step.send(
                 &tx,
                 scheduler_message::Msg::Reject(pb::Reject {
                     attempt: Some(r.clone()),
-                    seq: u.seq,
+                    seq,
                     message,
                     abandon,
                 }),
@@ -58,7 +59,7 @@ impl Core {
             );
         }
         // Refuse bad content before anything changes: the sequence number stays free.
-        match &u.kind {
+        match &mut u.kind {
             None => return reject(step, "empty task update".into(), false),
             Some(task_update::Kind::Log(chunk)) if chunk.data.len() > pb::MAX_LOG_CHUNK => {
                 let message = format!(
@@ -68,10 +69,28 @@ impl Core {
                 );
                 return reject(step, message, false);
             }
+            Some(task_update::Kind::Log(chunk)) if chunk.stream.len() > limits::MAX_WORD => {
+                return reject(step, "log chunk stream name is too long".into(), false);
+            }
+            Some(task_update::Kind::Test(t)) => {
+                if let Err(s) = limits::test_result(t) {
+                    return reject(step, format!("test result refused: {}", s.message()), false);
+                }
+            }
+            Some(task_update::Kind::Case(c)) => {
+                if let Err(s) = limits::case_result(c) {
+                    return reject(step, format!("case result refused: {}", s.message()), false);
+                }
+            }
+            Some(task_update::Kind::Finished(f)) => limits::cut(&mut f.reason, limits::MAX_REASON),
             Some(_) => {}
         }
         att.applied_seq = u.seq;
         let attempt = att.attempt;
+        let logged_before = att.log_bytes;
+        if let Some(task_update::Kind::Log(chunk)) = &u.kind {
+            att.log_bytes = att.log_bytes.saturating_add(chunk.data.len() as u64);
+        }
         step.touched.insert(task);
         match u.kind {
             Some(task_update::Kind::Started(_)) if e.job.state() == JobState::Assigned => {
@@ -80,7 +99,7 @@ impl Core {
             }
             Some(task_update::Kind::Started(_)) => {}
             Some(task_update::Kind::Log(chunk)) => {
-                self.push_event(task, attempt, job_event::Kind::Log(chunk), step);
+                self.log_within_limit(task, attempt, logged_before, chunk, step)
             }
             Some(task_update::Kind::Case(c)) => self.record_case(task, attempt, &name, c, step),
             Some(task_update::Kind::Test(t)) => self.record_test(task, attempt, &name, t, step),
@@ -94,6 +113,44 @@ impl Core {
                 seq: u.seq,
             }),
         );
+    }
+
+    /// Stores a log chunk of `task`'s attempt, of which `before` bytes came
+    /// earlier, within [`Config::max_log_bytes`]: the chunk that passes the
+    /// limit is cut at it and followed by one marker event; every later chunk
+    /// is dropped (still acknowledged: the agent has nothing to resend).
+    fn log_within_limit(
+        &mut self,
+        task: u64,
+        attempt: u32,
+        before: u64,
+        mut chunk: pb::LogChunk,
+        step: &mut Step,
+    ) {
+        let limit = self.cfg.max_log_bytes;
+        let after = before.saturating_add(chunk.data.len() as u64);
+        if after <= limit {
+            self.push_event(task, attempt, job_event::Kind::Log(chunk), step);
+            return;
+        }
+        if before > limit {
+            return; // past the limit, and the marker is already there
+        }
+        chunk.data.truncate((limit - before) as usize);
+        if !chunk.data.is_empty() {
+            self.push_event(task, attempt, job_event::Kind::Log(chunk), step);
+        }
+        let marker = pb::LogChunk {
+            stream: "stderr".into(),
+            data: log_limit_marker(limit).into_bytes(),
+        };
+        tracing::warn!(
+            task,
+            attempt,
+            limit,
+            "attempt output passed the log limit; dropping the rest"
+        );
+        self.push_event(task, attempt, job_event::Kind::Log(marker), step);
     }
 
     /// One test result of `task`'s live attempt: counted, kept in the test
@@ -295,6 +352,7 @@ impl Core {
             agent: agent.to_string(),
             applied_seq: 0,
             cancel_requested: false,
+            log_bytes: 0,
         };
         let r = attempt_ref(id, &att);
         let spec = e.job.spec.clone();
@@ -320,6 +378,16 @@ impl Core {
             );
         }
     }
+}
+
+/// The one log line that says an attempt's output was cut at `limit` bytes.
+pub fn log_limit_marker(limit: u64) -> String {
+    let size = match limit {
+        l if l >= 1 << 20 && l % (1 << 20) == 0 => format!("{} MiB", l >> 20),
+        l if l >= 1 << 10 && l % (1 << 10) == 0 => format!("{} KiB", l >> 10),
+        l => format!("{l} bytes"),
+    };
+    format!("\n[msfleet: this attempt's output passed the {size} log limit; the rest is dropped]\n")
 }
 
 pub(super) fn attempt_ref(id: u64, att: &AttemptRecord) -> AttemptRef {
@@ -468,6 +536,134 @@ mod tests {
         let msgs = h.update(&mut a, &r, 3, finished(Outcome::Passed));
         assert!(msgs.iter().any(|m| is_ack(m, 3)));
         assert_eq!(h.state(&job.id), Passed);
+    }
+
+    /// The log chunks stored for `job`: (bytes of output, markers).
+    fn stored_logs(h: &Harness, job: &str) -> (usize, Vec<String>) {
+        let mut bytes = 0;
+        let mut markers = Vec::new();
+        for ev in h.events(job) {
+            if let Some(msfleet_proto::job_event::Kind::Log(c)) = ev.kind {
+                let text = String::from_utf8_lossy(&c.data).to_string();
+                if text.contains("[msfleet:") {
+                    markers.push(text);
+                } else {
+                    bytes += c.data.len();
+                }
+            }
+        }
+        (bytes, markers)
+    }
+
+    #[test]
+    fn an_attempts_log_stops_at_the_limit_with_one_marker_and_a_reload_keeps_the_total() {
+        let mut h = Harness::with(|c| c.max_log_bytes = 100);
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        h.update(&mut a, &r, 2, task_log(60));
+        // A restart between chunks: the 60 bytes still count.
+        h.reload();
+        let mut a = h
+            .register_as("a1", "a1-1", caps("cpu", 1), vec![r.clone()])
+            .unwrap();
+        h.messages(&mut a);
+        let msgs = h.update(&mut a, &r, 3, task_log(60));
+        assert!(msgs.iter().any(|m| is_ack(m, 3)), "{msgs:?}");
+        let msgs = h.update(&mut a, &r, 4, task_log(60));
+        assert!(
+            msgs.iter().any(|m| is_ack(m, 4)),
+            "a dropped chunk is still acknowledged: {msgs:?}"
+        );
+        h.update(&mut a, &r, 5, test_result("t.py::a", "passed"));
+        h.reload();
+        let mut a = h
+            .register_as("a1", "a1-1", caps("cpu", 1), vec![r.clone()])
+            .unwrap();
+        h.messages(&mut a);
+        h.update(&mut a, &r, 6, task_log(10));
+        h.update(&mut a, &r, 7, test_result("t.py::b", "failed"));
+        h.update(&mut a, &r, 8, finished(Outcome::Failed));
+        let (bytes, markers) = stored_logs(&h, &job.id);
+        assert_eq!(bytes, 100, "output is kept up to the limit exactly");
+        assert_eq!(markers.len(), 1, "{markers:?}");
+        assert!(
+            markers[0].contains("passed the 100 bytes log limit; the rest is dropped"),
+            "{}",
+            markers[0]
+        );
+        let view = h.job(&job.id);
+        assert_eq!(view.state(), Failed, "the final state still applies");
+        let tests = view.tests.unwrap();
+        assert_eq!((tests.passed, tests.failed), (1, 1), "results still count");
+    }
+
+    #[test]
+    fn the_log_limit_marker_names_the_limit_in_binary_units() {
+        assert!(super::log_limit_marker(256 << 20).contains("the 256 MiB log limit"));
+        assert!(super::log_limit_marker(64 << 10).contains("the 64 KiB log limit"));
+    }
+
+    #[test]
+    fn oversized_test_and_case_results_are_refused_and_change_no_count() {
+        use msfleet_proto::{task_update::Kind, CaseResult, TestResult};
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        let ok = TestResult {
+            nodeid: "t.py::a".into(),
+            when: "call".into(),
+            outcome: "failed".into(),
+            ..Default::default()
+        };
+        let bad: Vec<(Kind, &str)> = vec![
+            (
+                Kind::Test(TestResult {
+                    longrepr: "x".repeat((1 << 20) + 1),
+                    ..ok.clone()
+                }),
+                "longrepr is too long",
+            ),
+            (
+                Kind::Test(TestResult {
+                    nodeid: "n".repeat(4097),
+                    ..ok.clone()
+                }),
+                "nodeid is too long",
+            ),
+            (
+                Kind::Test(TestResult {
+                    markers: vec!["slow".into(); 257],
+                    ..ok.clone()
+                }),
+                "markers has too many items",
+            ),
+            (
+                Kind::Case(CaseResult {
+                    name: "c".into(),
+                    operators_missing: vec!["o".repeat(1024); 1025],
+                    ..Default::default()
+                }),
+                "case result (encoded) is too long",
+            ),
+        ];
+        for (kind, want) in bad {
+            let msgs = h.update(&mut a, &r, 2, kind);
+            let (why, abandon) = reject(&msgs).expect("refused");
+            assert!(!abandon, "the attempt goes on: {why}");
+            assert!(why.contains(want), "{why} !~ {want}");
+            assert!(why.len() < 200, "{why}");
+        }
+        let view = h.job(&job.id);
+        assert_eq!(view.tests.unwrap().total, 0, "nothing was counted");
+        assert!(view.cases.is_empty());
+        // Sequence number 2 is still free for the next good result.
+        let msgs = h.update(&mut a, &r, 2, Kind::Test(ok));
+        assert!(msgs.iter().any(|m| is_ack(m, 2)));
+        assert_eq!(h.job(&job.id).tests.unwrap().failed, 1);
     }
 
     fn task_log(n: usize) -> msfleet_proto::task_update::Kind {

@@ -15,7 +15,7 @@ impl Core {
         if !claimed.is_empty() && claimed != by {
             return Err(Status::invalid_argument(format!(
                 "the audit records who accepted from the caller's token ('{by}'); drop --by '{}'",
-                super::tokens::short(claimed)
+                crate::clip(claimed)
             )));
         }
         let id = self.job_id(&req.job_id)?;

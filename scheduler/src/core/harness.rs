@@ -29,6 +29,8 @@ pub struct Harness {
     core: Option<Core>,
     next_session: u64,
     pub tokens: Arc<TokenIndex>,
+    /// Capacity of the session streams of agents registered from now on.
+    pub agent_queue: usize,
 }
 
 /// The person every harness call submits and cancels as.
@@ -57,7 +59,7 @@ pub fn agent_token(name: &str, labels: &[(&str, &str)], profile: &str) -> Princi
 /// One agent session as the core sees it: its id and what the core sent it.
 pub struct Conn {
     pub session: u64,
-    rx: tmpsc::UnboundedReceiver<Result<SchedulerMessage, Status>>,
+    rx: AgentRx,
 }
 
 impl Conn {
@@ -93,6 +95,7 @@ impl Harness {
             core: None,
             next_session: 1,
             tokens: Arc::new(TokenIndex::default()),
+            agent_queue: AGENT_QUEUE,
         };
         h.open();
         h
@@ -238,7 +241,7 @@ impl Harness {
     ) -> Result<Conn, Status> {
         let session = self.next_session;
         self.next_session += 1;
-        let (tx, rx) = tmpsc::unbounded_channel();
+        let (tx, rx) = agent_channel(self.agent_queue);
         let reg = pb::Register {
             name: name.to_string(),
             capabilities: Some(caps),

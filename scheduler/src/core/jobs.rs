@@ -46,8 +46,9 @@ impl Core {
                     .flat_map(|a| a.caps().roots.iter().map(String::as_str))
                     .collect();
                 return Err(Status::invalid_argument(format!(
-                    "source dir '{dir}' is outside the allowed roots of every registered agent \
+                    "source dir '{}' is outside the allowed roots of every registered agent \
                      ({}); move it under a root or start an agent with --root",
+                    crate::clip(dir),
                     roots.into_iter().collect::<Vec<_>>().join(", ")
                 )));
             }
@@ -128,7 +129,7 @@ impl Core {
             .parse::<u64>()
             .ok()
             .filter(|n| self.jobs.contains_key(n))
-            .ok_or_else(|| Status::not_found(format!("no job with id '{id}'")))
+            .ok_or_else(|| Status::not_found(format!("no job with id '{}'", crate::clip(id))))
     }
 
     pub(super) fn list_jobs(&self, req: &pb::ListJobsRequest) -> Result<Vec<Job>, Status> {
@@ -137,7 +138,8 @@ impl Core {
             s => Some(JobState::from_label(s).ok_or_else(|| {
                 let names: Vec<&str> = pb::ALL_STATES.iter().map(|s| s.label()).collect();
                 Status::invalid_argument(format!(
-                    "unknown state '{s}' (states: {})",
+                    "unknown state '{}' (states: {})",
+                    crate::clip(s),
                     names.join(", ")
                 ))
             })?),
@@ -145,13 +147,16 @@ impl Core {
         if !req.queue.is_empty() && !self.cfg.queues.contains_key(&req.queue) {
             return Err(Status::invalid_argument(format!(
                 "unknown queue '{}'",
-                req.queue
+                crate::clip(&req.queue)
             )));
         }
         let mut labels = Vec::new();
         for l in &req.labels {
             let (k, v) = l.split_once('=').ok_or_else(|| {
-                Status::invalid_argument(format!("label filter '{l}' must look like key=value"))
+                Status::invalid_argument(format!(
+                    "label filter '{}' must look like key=value",
+                    crate::clip(l)
+                ))
             })?;
             labels.push((k, v));
         }

@@ -16,6 +16,7 @@ use crate::baseline::BaselineBook;
 use crate::config::Config;
 use crate::jobspec;
 use crate::lease::{Lease, LeaseTable};
+use crate::limits;
 use crate::matching::{self, fits, source_dir, under_root};
 use crate::queue::PendingQueue;
 use crate::requirement::{Attributes, Requirement};
@@ -27,10 +28,13 @@ use msfleet_proto::{
     JobSpec, JobState, Outcome, SchedulerMessage, StateChange, TestCounts,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{mpsc, Arc};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc as tmpsc, oneshot, watch};
+use tokio::sync::{mpsc as tmpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 mod agents;
@@ -48,13 +52,157 @@ mod tokens;
 
 use agents::{agent_profile, AgentEntry};
 use attempts::attempt_ref;
+pub use attempts::log_limit_marker;
 pub use events::{Progress, WatchHandle};
 use jobs::JobEntry;
 
 /// Where a caller's answer goes.
 pub type Reply<T> = oneshot::Sender<Result<T, Status>>;
-/// The outbound half of an agent's session stream.
-pub type AgentTx = tmpsc::UnboundedSender<Result<SchedulerMessage, Status>>;
+
+/// Commands the API may have handed the core and the core not yet handled.
+/// Past it callers wait ([`CoreHandle::call`] and [`CoreHandle::send`] are
+/// async), so a fast agent is slowed down by h2 flow control on its stream
+/// instead of growing the scheduler's memory.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// Messages the core may queue for one agent's session stream. The core never
+/// waits for an agent: when the queue is full the session is ended as a slow
+/// consumer ([`AgentTx::offer`]); the agent reconnects and resumes.
+pub const AGENT_QUEUE: usize = 4096;
+
+type Outbound = Result<SchedulerMessage, Status>;
+
+/// How an agent's stream ends early: the status it ends with, and whether it
+/// ended because the agent fell [`AGENT_QUEUE`] messages behind.
+#[derive(Default)]
+struct StreamEnd {
+    status: Mutex<Option<Status>>,
+    overflowed: AtomicBool,
+}
+
+impl StreamEnd {
+    fn set(&self, status: Status) {
+        let mut slot = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(status);
+    }
+
+    fn take(&self) -> Option<Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The outbound half of an agent's session stream: bounded, and never waited on.
+#[derive(Clone)]
+pub struct AgentTx {
+    tx: tmpsc::Sender<Outbound>,
+    end: Arc<StreamEnd>,
+}
+
+/// The inbound half: what the gRPC layer streams to the agent (and the
+/// harness reads).
+pub struct AgentRx {
+    rx: tmpsc::Receiver<Outbound>,
+    end: Arc<StreamEnd>,
+    done: bool,
+}
+
+/// A session stream of `capacity` messages.
+pub fn agent_channel(capacity: usize) -> (AgentTx, AgentRx) {
+    let (tx, rx) = tmpsc::channel(capacity);
+    let end = Arc::new(StreamEnd::default());
+    (
+        AgentTx {
+            tx,
+            end: end.clone(),
+        },
+        AgentRx {
+            rx,
+            end,
+            done: false,
+        },
+    )
+}
+
+impl AgentTx {
+    /// Queues `msg` without waiting. A full queue means the agent is not
+    /// reading: the stream then ends with ResourceExhausted (ahead of what is
+    /// queued), later messages are dropped, and the core ends the session on
+    /// its next turn ([`Core::end_slow_sessions`]).
+    fn offer(&self, msg: SchedulerMessage) {
+        if self.overflowed() {
+            return;
+        }
+        if let Err(tmpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(msg)) {
+            self.end.overflowed.store(true, AtomicOrdering::Release);
+            self.end.set(Status::resource_exhausted(format!(
+                "this agent read its session too slowly (over {} messages behind); reconnect",
+                self.tx.max_capacity()
+            )));
+        }
+    }
+
+    /// Ends the stream with `status`, ahead of what is still queued if full.
+    fn end(&self, status: Status) {
+        if let Err(tmpsc::error::TrySendError::Full(Err(status))) = self.tx.try_send(Err(status)) {
+            self.end.set(status);
+        }
+    }
+
+    fn overflowed(&self) -> bool {
+        self.end.overflowed.load(AtomicOrdering::Acquire)
+    }
+}
+
+impl AgentRx {
+    fn ended(&mut self, item: Option<Outbound>) -> Option<Outbound> {
+        if self.done {
+            return None;
+        }
+        if let Some(status) = self.end.take() {
+            self.done = true;
+            return Some(Err(status));
+        }
+        if matches!(item, None | Some(Err(_))) {
+            self.done = true;
+        }
+        item
+    }
+
+    /// The next message without waiting (`Empty` when there is none yet).
+    pub fn try_recv(&mut self) -> Result<Outbound, tmpsc::error::TryRecvError> {
+        if self.done || self.end.status.lock().is_ok_and(|s| s.is_some()) {
+            return self
+                .ended(None)
+                .ok_or(tmpsc::error::TryRecvError::Disconnected);
+        }
+        let item = self.rx.try_recv()?;
+        self.ended(Some(item))
+            .ok_or(tmpsc::error::TryRecvError::Disconnected)
+    }
+
+    /// The next message, waiting for it (outside async code).
+    pub fn blocking_recv(&mut self) -> Option<Outbound> {
+        if self.done || self.end.status.lock().is_ok_and(|s| s.is_some()) {
+            return self.ended(None);
+        }
+        let item = self.rx.blocking_recv();
+        self.ended(item)
+    }
+}
+
+impl futures::Stream for AgentRx {
+    type Item = Outbound;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        if self.done || self.end.status.lock().is_ok_and(|s| s.is_some()) {
+            return Poll::Ready(self.ended(None));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(item) => Poll::Ready(self.ended(item)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// Everything the core can be asked to do.
 pub enum Command {
@@ -178,26 +326,52 @@ pub enum Command {
     },
 }
 
+/// A command on its way to the core, with the permit it holds until the
+/// core has handled it.
+struct Envelope {
+    cmd: Command,
+    permit: OwnedSemaphorePermit,
+}
+
 /// A cheap, cloneable way into the core thread.
 #[derive(Clone)]
 pub struct CoreHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Envelope>,
+    in_flight: Arc<Semaphore>,
 }
 
 impl CoreHandle {
+    fn bounded(max_in_flight: usize) -> (CoreHandle, mpsc::Receiver<Envelope>) {
+        let (tx, rx) = mpsc::channel();
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
+        (CoreHandle { tx, in_flight }, rx)
+    }
+
+    /// Waits for room among the [`MAX_IN_FLIGHT`] commands, then hands `cmd` over.
+    async fn enqueue(&self, cmd: Command) -> Result<(), Status> {
+        let stopped = || Status::unavailable("the scheduler is shutting down");
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| stopped())?;
+        self.tx
+            .send(Envelope { cmd, permit })
+            .map_err(|_| stopped())
+    }
+
     /// Sends a command and waits for its (durable) answer.
     pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
+        self.enqueue(make(tx)).await?;
         rx.await
             .map_err(|_| Status::unavailable("the scheduler core stopped"))?
     }
 
-    /// Sends a command that has no answer.
-    pub fn send(&self, cmd: Command) {
-        let _ = self.tx.send(cmd);
+    /// Sends a command that has no answer; waits while the core is behind.
+    pub async fn send(&self, cmd: Command) {
+        let _ = self.enqueue(cmd).await;
     }
 }
 
@@ -208,12 +382,12 @@ pub fn start(
     tokens: Arc<TokenIndex>,
 ) -> Result<CoreHandle, StoreError> {
     let core = Core::load(cfg, store, tokens)?;
-    let (tx, rx) = mpsc::channel();
+    let (handle, rx) = CoreHandle::bounded(MAX_IN_FLIGHT);
     thread::Builder::new()
         .name("msched-core".into())
         .spawn(move || core.run(rx))
         .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-    Ok(CoreHandle { tx })
+    Ok(handle)
 }
 
 /// What one turn of the loop writes and what it releases after the flush.
@@ -242,7 +416,7 @@ impl Step {
         let tx = tx.clone();
         self.after.push(Box::new(move |ok| {
             if ok {
-                let _ = tx.send(Ok(SchedulerMessage { msg: Some(msg) }));
+                tx.offer(SchedulerMessage { msg: Some(msg) });
             }
         }));
     }
@@ -422,15 +596,15 @@ impl Core {
         Ok(core)
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Command>) {
+    fn run(mut self, rx: mpsc::Receiver<Envelope>) {
         let tick = Duration::from_millis(200);
         let mut last_tick = Instant::now();
         loop {
-            let mut batch = Vec::new();
+            let mut envelopes = Vec::new();
             match rx.recv_timeout(tick) {
-                Ok(cmd) => {
-                    batch.push(cmd);
-                    batch.extend(rx.try_iter().take(1023));
+                Ok(env) => {
+                    envelopes.push(env);
+                    envelopes.extend(rx.try_iter().take(1023));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -439,7 +613,11 @@ impl Core {
             if ticked {
                 last_tick = Instant::now();
             }
+            let (batch, permits): (Vec<Command>, Vec<OwnedSemaphorePermit>) =
+                envelopes.into_iter().map(|e| (e.cmd, e.permit)).unzip();
             self.turn(batch, ticked);
+            // Handled: room for as many new commands.
+            drop(permits);
         }
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "final flush failed");
@@ -453,6 +631,7 @@ impl Core {
     fn turn(&mut self, batch: Vec<Command>, tick: bool) {
         let mut step = Step::default();
         self.now = self.cfg.clock.now_ms();
+        self.end_slow_sessions();
         for cmd in batch {
             self.handle(cmd, &mut step);
         }
@@ -629,7 +808,56 @@ fn check_name(what: &str, name: &str) -> Result<(), Status> {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "bad {what} name '{name}': use 1-128 of A-Z a-z 0-9 . _ -"
+            "bad {what} name '{}': use 1-128 of A-Z a-z 0-9 . _ -",
+            crate::clip(name)
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noop(session: u64) -> Command {
+        Command::Disconnected { session }
+    }
+
+    /// Callers wait once [`MAX_IN_FLIGHT`]-many commands are unhandled, and
+    /// go on as soon as the core has handled one (its permit is dropped).
+    #[tokio::test]
+    async fn callers_wait_while_the_core_is_behind() {
+        let (core, rx) = CoreHandle::bounded(2);
+        core.send(noop(1)).await;
+        core.send(noop(2)).await;
+        let third = tokio::time::timeout(Duration::from_millis(100), core.send(noop(3)));
+        assert!(third.await.is_err(), "a third command waits for room");
+        let handled = rx.recv().expect("the first command");
+        let sending = tokio::spawn({
+            let core = core.clone();
+            async move { core.send(noop(3)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sending.is_finished(), "received is not yet handled");
+        drop(handled);
+        tokio::time::timeout(Duration::from_secs(5), sending)
+            .await
+            .expect("room once the core handled one")
+            .unwrap();
+        assert_eq!(rx.try_iter().count(), 2);
+    }
+
+    #[test]
+    fn a_full_agent_stream_ends_ahead_of_what_is_queued() {
+        let (tx, mut rx) = agent_channel(2);
+        let msg = || SchedulerMessage { msg: None };
+        tx.offer(msg());
+        tx.offer(msg());
+        assert!(!tx.overflowed());
+        tx.offer(msg());
+        assert!(tx.overflowed());
+        let end = rx.try_recv().expect("the end").unwrap_err();
+        assert_eq!(end.code(), tonic::Code::ResourceExhausted);
+        assert!(end.message().contains("too slowly"), "{}", end.message());
+        assert!(rx.try_recv().is_err(), "nothing after the end");
     }
 }

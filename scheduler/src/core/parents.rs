@@ -156,7 +156,8 @@ impl Core {
             "each-agent" => false,
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown fanout '{other}': use each-profile or each-agent"
+                    "unknown fanout '{}': use each-profile or each-agent",
+                    crate::clip(other)
                 )))
             }
         };

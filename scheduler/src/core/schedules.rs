@@ -9,7 +9,7 @@ impl Core {
         self.schedules
             .contains_key(name)
             .then(|| name.to_string())
-            .ok_or_else(|| Status::not_found(format!("no schedule named '{name}'")))
+            .ok_or_else(|| Status::not_found(format!("no schedule named '{}'", crate::clip(name))))
     }
 
     pub(super) fn add_schedule(

@@ -32,7 +32,7 @@ fn kind_is_agent(kind: &str) -> Result<bool, Status> {
         "people" | "" => Ok(false),
         other => Err(Status::invalid_argument(format!(
             "unknown token kind '{}': use agent or people",
-            short(other)
+            crate::clip(other)
         ))),
     }
 }
@@ -60,7 +60,7 @@ impl Core {
         if !agent && auth::Role::parse(&req.role).is_none() {
             return Err(Status::invalid_argument(format!(
                 "unknown role '{}': use viewer, submitter or admin",
-                short(&req.role)
+                crate::clip(&req.role)
             )));
         }
         if !agent && (!req.labels.is_empty() || !req.profile.is_empty()) {
@@ -143,7 +143,7 @@ impl Core {
             return Err(Status::not_found(format!(
                 "no {} token named '{}'",
                 if agent { "agent" } else { "people's" },
-                short(name)
+                crate::clip(name)
             )));
         };
         self.token_index.remove(&stored.secret_sha256);
@@ -159,15 +159,6 @@ impl Core {
         }
         Ok(stored.token.unwrap_or_default())
     }
-}
-
-/// At most 64 characters of outside input, for error messages.
-pub(super) fn short(s: &str) -> String {
-    let mut out: String = s.chars().take(64).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]

@@ -89,10 +89,11 @@ type Fc = FleetClient<InterceptedService<Channel, Bearer>>;
 
 /// A Fleet client on `ch` that carries `secret`.
 fn fleet_client(ch: Channel, secret: &str) -> Result<Fc> {
-    Ok(FleetClient::with_interceptor(
-        ch,
-        Bearer::new(Some(secret))?,
-    ))
+    Ok(
+        FleetClient::with_interceptor(ch, Bearer::new(Some(secret))?)
+            .max_decoding_message_size(msfleet_proto::MAX_MESSAGE)
+            .max_encoding_message_size(msfleet_proto::MAX_MESSAGE),
+    )
 }
 
 impl Sched {
@@ -196,7 +197,9 @@ async fn sim_agent(
     obs: Arc<Observed>,
     stop: Arc<tokio::sync::Notify>,
 ) -> Result<()> {
-    let mut client = AgentLinkClient::with_interceptor(ch, Bearer::new(Some(&secret))?);
+    let mut client = AgentLinkClient::with_interceptor(ch, Bearer::new(Some(&secret))?)
+        .max_decoding_message_size(msfleet_proto::MAX_MESSAGE)
+        .max_encoding_message_size(msfleet_proto::MAX_MESSAGE);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
     tx.send(pb::AgentMessage {
         msg: Some(agent_message::Msg::Register(pb::Register {
