@@ -214,21 +214,8 @@ impl Core {
                 format!("({}) && {pin}", spec.requirements)
             };
             child.name = format!("{} [{column}]", spec.name);
-            let by = self.submitter(parent);
-            match self.submit(child, None, &by, step) {
-                Ok(job) => {
-                    if let Some(e) = job
-                        .id
-                        .parse::<u64>()
-                        .ok()
-                        .and_then(|c| self.jobs.get_mut(&c))
-                    {
-                        e.job.parent = parent.to_string();
-                        e.job.column = column;
-                        step.touched.insert(job.id.parse().unwrap_or(0));
-                    }
-                    children.push(job.id);
-                }
+            match self.spawn_child(parent, child, &column, step) {
+                Ok(id) => children.push(id),
                 Err(status) => not_run.push(format!("{column} ({})", status.message())),
             }
         }
