@@ -115,8 +115,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let caps = msagent::capabilities::report(&cfg, &facts);
     if args.probe {
-        println!("{}", serde_json::to_string_pretty(&facts)?);
-        println!("profile: {}", caps.profile);
+        // JSON alone on stdout (`msagent --probe | jq .profile`): the probe
+        // facts with the hardware profile key they make.
+        let mut report = serde_json::to_value(&facts)?;
+        if let Some(obj) = report.as_object_mut() {
+            obj.insert("profile".into(), caps.profile.clone().into());
+        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     msagent::process::reap_orphans(&cfg.work_dir);

@@ -123,6 +123,13 @@ pub enum Command {
         #[command(subcommand)]
         action: ScheduleAction,
     },
+    /// Print a shell completion script: `msctl completions bash > /etc/bash_completion.d/msctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print msctl's man page (roff): `msctl man | man -l -`.
+    Man,
     /// People's tokens (admin): create, list, revoke.
     Token {
         #[command(subcommand)]

@@ -45,6 +45,22 @@ fn target(cli: &Cli) -> Target {
 }
 
 async fn run_command(cli: Cli) -> Result<i32, CtlError> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "msctl", &mut std::io::stdout());
+            return Ok(exit::OK);
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| CtlError::infra(format!("writing the man page: {e}")))?;
+            return Ok(exit::OK);
+        }
+        _ => {}
+    }
     if let Command::Submit(s) = &cli.command {
         if s.dry_run {
             let file = job_file(s)?;
@@ -194,6 +210,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
             }
             Ok(exit::OK)
         }
+        Command::Completions { .. } | Command::Man => Ok(exit::OK), // answered above, offline
         Command::Token { action } => crate::tokens::people(&mut client, action).await,
         Command::Agent {
             action: AgentAction::Token { action },
@@ -355,7 +372,7 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     }
     if let Some(dir) = &s.dir {
         f.source = SourceFile {
-            dir: Some(existing_dir(dir, "--dir")?.display().to_string()),
+            dir: Some(agent_path(dir)?.display().to_string()),
             ..Default::default()
         };
     }
@@ -428,21 +445,31 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     Ok(f)
 }
 
-/// `path` made absolute; it must be an existing directory.
-fn existing_dir(path: &Path, flag: &str) -> Result<PathBuf, CtlError> {
-    let abs = std::fs::canonicalize(path).map_err(|e| {
+/// `--dir` names a directory on the agent, not here: an absolute path goes
+/// through as given (the scheduler and the agent check it); a relative one is
+/// resolved against the current directory, lexically (`.` and `..` folded),
+/// for the common case of submitting from a checkout the agents share.
+fn agent_path(path: &Path) -> Result<PathBuf, CtlError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|e| {
         CtlError::input(format!(
-            "{flag} {}: {e}; give an existing directory",
+            "--dir {}: the current directory is unreadable ({e}); give an absolute path",
             path.display()
         ))
     })?;
-    if !abs.is_dir() {
-        return Err(CtlError::input(format!(
-            "{flag} {} is not a directory",
-            path.display()
-        )));
+    let mut out = PathBuf::new();
+    for c in cwd.join(path).components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
     }
-    Ok(abs)
+    Ok(out)
 }
 
 /// Applies the bench flags to the job file's `[benchmark]` table. With a
@@ -551,7 +578,10 @@ async fn submit(client: &mut Client, s: Submit) -> Result<i32, CtlError> {
         .submit(pb::SubmitRequest { spec: Some(spec) })
         .await?
         .into_inner();
-    if s.json {
+    if s.json && s.wait {
+        // NDJSON: the job, then one object per event (as `watch --json`).
+        println!("{}", render::job_json(&job));
+    } else if s.json {
         print_json(&render::job_json(&job));
     } else if s.wait && !job.deduplicated {
         eprintln!("submitted job {}", job.id);
@@ -565,7 +595,7 @@ async fn submit(client: &mut Client, s: Submit) -> Result<i32, CtlError> {
         eprintln!("warning: {w}");
     }
     if s.wait {
-        return watch(client, &job.id, false).await;
+        return watch(client, &job.id, s.json).await;
     }
     Ok(exit::OK)
 }
@@ -1549,5 +1579,16 @@ mod tests {
         );
         let bare = pb::Job { spec: None, ..job };
         assert!(dedup_note(&bare, "sent").contains("dedup key sent "));
+    }
+
+    #[test]
+    fn dir_is_a_path_on_the_agent_absolute_as_given_relative_from_here() {
+        let remote = Path::new("/srv/checkouts/not-on-this-machine");
+        assert_eq!(agent_path(remote).unwrap(), remote);
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            agent_path(Path::new("./a/../b/c")).unwrap(),
+            here.join("b").join("c")
+        );
     }
 }
