@@ -747,4 +747,30 @@ fn plain_text_off_loopback_is_refused_unless_insecure() {
         !dir.path().join("d/admin.token").exists(),
         "it started nothing"
     );
+
+    // --insecure accepts the risk, and says so at start.
+    let log = dir.path().join("insecure.log");
+    let ready = dir.path().join("ready");
+    let mut child = Command::new(bin("msched"))
+        .args(["--listen", "0.0.0.0:0", "--insecure", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .env_remove("MSCHED_LISTEN")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the --insecure scheduler to be ready",
+        || ready.exists().then_some(()),
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("--insecure: serving plain text off loopback"),
+        "{text}"
+    );
 }
