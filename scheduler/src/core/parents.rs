@@ -65,6 +65,11 @@ impl Core {
 
     /// Partitions the collected node ids into shards of about equal time
     /// ([`crate::shard::partition`]) and makes one child per non-empty shard.
+    /// The ids are the collect child's last attempt's: those already in the
+    /// store plus those applied in this turn (still in `step`), so a burst
+    /// that carries the last ids and the Finished together drops none; the
+    /// shards are written in the same batch as those ids. A split that cannot
+    /// be made ends the parent `error` with the reason.
     pub(super) fn split_shards(&mut self, parent: u64, collect: u64, step: &mut Step) {
         let Some(spec) = self.jobs.get(&parent).and_then(|e| e.job.spec.clone()) else {
             return;
@@ -75,6 +80,8 @@ impl Core {
             Ok(events) => events,
             Err(e) => {
                 tracing::error!(error = %e, "reading the collected tests");
+                let why = format!("could not read the collected tests of job {collect}: {e}");
+                self.set_state(parent, JobState::Error, &why, step);
                 return;
             }
         };
@@ -86,8 +93,21 @@ impl Core {
                 _ => None,
             })
             .collect();
+        ids.extend(
+            step.collected
+                .iter()
+                .filter(|(job, a, _)| *job == collect && *a == attempt)
+                .map(|(_, _, id)| id.clone()),
+        );
         ids.sort();
         ids.dedup();
+        if ids.is_empty() {
+            let why = format!(
+                "the collection (job {collect}) collected no tests, so there is nothing to shard"
+            );
+            self.set_state(parent, JobState::Error, &why, step);
+            return;
+        }
         // Durations recorded on the hardware profile the selection was collected
         // on (the shards' pool), else on any profile.
         let agent = self
@@ -120,7 +140,7 @@ impl Core {
             .collect();
         let n = spec.shards.max(1) as usize;
         let shards = crate::shard::partition(&known, n);
-        let mut made = Vec::new();
+        let (mut made, mut failed) = (Vec::new(), Vec::new());
         for (i, select) in shards.into_iter().enumerate() {
             if select.is_empty() {
                 continue;
@@ -133,12 +153,20 @@ impl Core {
             child.name = format!("{} [{column}]", spec.name);
             match self.spawn_child(parent, child, &column, step) {
                 Ok(id) => made.push(id),
-                Err(status) => tracing::error!(parent, %status, "could not start a shard"),
+                Err(status) => {
+                    tracing::error!(parent, %status, "could not start a shard");
+                    failed.push(format!("{column}: {}", status.message()));
+                }
             }
         }
         if let Some(e) = self.jobs.get_mut(&parent) {
             e.job.children.extend(made);
             step.touched.insert(parent);
+        }
+        if !failed.is_empty() {
+            // Tests of a shard that never started would silently go missing.
+            let why = format!("could not start every shard: {}", failed.join("; "));
+            self.set_state(parent, JobState::Error, &why, step);
         }
     }
 
@@ -249,6 +277,10 @@ impl Core {
         let Some(p) = self.jobs.get(&parent) else {
             return;
         };
+        if p.job.state().is_terminal() {
+            // A split that failed ended it.
+            return;
+        }
         let kids: Vec<u64> = p
             .job
             .children
@@ -458,5 +490,93 @@ mod tests {
             h.finish(&mut a, &r, Outcome::Passed);
         }
         assert_eq!(h.state(&parent.id), Passed);
+    }
+    /// The shard children assigned among `msgs`, and every node id they select.
+    fn shard_selects(msgs: Vec<msfleet_proto::scheduler_message::Msg>) -> (usize, Vec<String>) {
+        let shards: Vec<_> = msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                msfleet_proto::scheduler_message::Msg::Assign(x) => Some(x),
+                _ => None,
+            })
+            .collect();
+        let mut all: Vec<String> = shards
+            .iter()
+            .flat_map(|x| x.spec.clone().unwrap().select)
+            .collect();
+        all.sort();
+        (shards.len(), all)
+    }
+
+    #[test]
+    fn a_split_sees_ids_collected_in_the_same_turn_as_the_finish() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 4);
+        let mut s = spec();
+        s.shards = 2;
+        let parent = h.submit(s).unwrap();
+        let r = h.assignments(&mut a).remove(0).attempt.unwrap();
+        // Two ids arrive in earlier turns; the last two in the same burst as
+        // the Finished (an agent resending its outbox after a reconnect).
+        h.update(&mut a, &r, 1, started());
+        h.update(&mut a, &r, 2, test_result("t.py::a", "collected"));
+        h.update(&mut a, &r, 3, test_result("t.py::b", "collected"));
+        let after = h.update_batch(
+            &mut a,
+            &r,
+            vec![
+                (2, test_result("t.py::a", "collected")),
+                (3, test_result("t.py::b", "collected")),
+                (4, test_result("t.py::c", "collected")),
+                (5, test_result("t.py::d", "collected")),
+                (6, finished(Outcome::Passed)),
+            ],
+        );
+        let (n, all) = shard_selects(after);
+        assert_eq!(n, 2);
+        assert_eq!(
+            all,
+            vec!["t.py::a", "t.py::b", "t.py::c", "t.py::d"],
+            "every collected test in exactly one shard"
+        );
+        assert_eq!(h.job(&parent.id).children.len(), 3);
+    }
+
+    #[test]
+    fn a_whole_collection_in_one_turn_is_split_completely() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 4);
+        let mut s = spec();
+        s.shards = 3;
+        h.submit(s).unwrap();
+        let r = h.assignments(&mut a).remove(0).attempt.unwrap();
+        let mut burst = vec![(1, started())];
+        let ids: Vec<String> = (0..7).map(|i| format!("t.py::t{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            burst.push((2 + i as u64, test_result(id, "collected")));
+        }
+        burst.push((9, finished(Outcome::Passed)));
+        let (n, all) = shard_selects(h.update_batch(&mut a, &r, burst));
+        assert_eq!(n, 3);
+        assert_eq!(all, ids);
+    }
+
+    #[test]
+    fn a_split_with_nothing_collected_ends_the_parent_error_with_the_reason() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 4);
+        let mut s = spec();
+        s.shards = 2;
+        let parent = h.submit(s).unwrap();
+        let r = h.assignments(&mut a).remove(0).attempt.unwrap();
+        h.finish(&mut a, &r, Outcome::Passed);
+        let done = h.job(&parent.id);
+        assert_eq!(done.state(), Error, "not passed with 0 tests");
+        assert!(
+            done.reason.contains("collected no tests"),
+            "reason: {}",
+            done.reason
+        );
+        assert_eq!(done.children.len(), 1, "no shards made");
     }
 }
