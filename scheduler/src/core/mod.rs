@@ -641,6 +641,7 @@ impl Core {
         }
         if tick {
             self.expire_leases(&mut step);
+            self.end_unrun_children(&mut step);
             self.fire_schedules(&mut step);
         }
         if step.dispatch {

@@ -172,8 +172,10 @@ impl Core {
 
     // ------------------------------------------------------------ fan-out
 
-    /// The columns a fan-out job covers: (profile or agent name, has an online
-    /// agent, requirement that pins a child to it).
+    /// The columns a fan-out job covers: (profile or agent name, has an agent
+    /// that takes work, requirement that pins a child to it). A drained,
+    /// quarantined or offline agent's column is not run: a child pinned to it
+    /// would only wait.
     pub(super) fn fanout_targets(
         &self,
         spec: &JobSpec,
@@ -197,8 +199,7 @@ impl Core {
                 } else {
                     name.clone()
                 };
-                // Online = connected; a drained agent runs its child once undrained.
-                *groups.entry(key).or_default() |= a.session.is_some();
+                *groups.entry(key).or_default() |= a.takes_work();
             }
         }
         if groups.is_empty() {
@@ -255,6 +256,76 @@ impl Core {
         self.refresh_parent(parent, step);
     }
 
+    /// Why nothing runs a child pinned by `column` of a parent fanned out
+    /// `by_profile` or per agent.
+    fn column_status(&self, column: &str, by_profile: bool) -> String {
+        if !by_profile {
+            return match self.agents.get(column) {
+                None => format!("agent {column} is not registered"),
+                Some(a) if a.record.admin() != AgentAdmin::Active => format!(
+                    "agent {column} is {}",
+                    a.record
+                        .admin()
+                        .as_str_name()
+                        .to_lowercase()
+                        .replace("agent_admin_", "")
+                ),
+                Some(a) if !a.takes_work() => format!("agent {column} is offline"),
+                Some(_) => format!("agent {column} did not get to it"),
+            };
+        }
+        let of: Vec<_> = self
+            .agents
+            .values()
+            .filter(|a| a.caps().profile == column)
+            .collect();
+        if of.is_empty() {
+            format!("no agent of profile {column} is registered")
+        } else if !of.iter().any(|a| a.takes_work()) {
+            format!("no agent of profile {column} takes work (drained, quarantined or offline)")
+        } else {
+            format!("no agent of profile {column} got to it")
+        }
+    }
+
+    /// On the tick: a fan-out parent's children still queued at the parent's
+    /// deadline (its submit + `expire_after`) will not run: each ends
+    /// `expired` and its column moves to the parent's not-run list with the
+    /// reason, so the parent finishes (and a schedule's next slot can fire).
+    pub(super) fn end_unrun_children(&mut self, step: &mut Step) {
+        let now = self.now;
+        let due: Vec<(u64, u64)> = self
+            .pending
+            .iter()
+            .filter_map(|id| {
+                let parent = self.jobs.get(&id)?.job.parent.parse::<u64>().ok()?;
+                let p = &self.jobs.get(&parent)?.job;
+                let spec = p.spec.as_ref()?;
+                let deadline = p.submitted_at_ms + spec.expire_after_ms?;
+                (!spec.fanout.is_empty() && !p.state().is_terminal() && now >= deadline)
+                    .then_some((id, parent))
+            })
+            .collect();
+        for (child, parent) in due {
+            let by_profile = self
+                .jobs
+                .get(&parent)
+                .and_then(|p| p.job.spec.as_ref())
+                .is_some_and(|s| s.fanout == "each-profile");
+            let column = self.jobs[&child].job.column.clone();
+            let why = self.column_status(&column, by_profile);
+            self.pending.remove(child);
+            if let Some(p) = self.jobs.get_mut(&parent) {
+                let id = child.to_string();
+                p.job.children.retain(|c| *c != id);
+                p.job.not_run.push(format!("{column} ({why})"));
+                step.touched.insert(parent);
+            }
+            let reason = format!("not run by its parent's deadline: {why}");
+            self.set_state(child, JobState::Expired, &reason, step);
+        }
+    }
+
     /// Recomputes a fan-out parent's counts and state from its children.
     pub(super) fn refresh_parent(&mut self, parent: u64, step: &mut Step) {
         let Some(p) = self.jobs.get(&parent) else {
@@ -297,6 +368,7 @@ impl Core {
             }
         }
         let current = p.job.state();
+        let current_reason = p.job.reason.clone();
         if let Some(e) = self.jobs.get_mut(&parent) {
             e.job.tests = Some(counts);
             step.touched.insert(parent);
@@ -325,9 +397,6 @@ impl Core {
         } else {
             JobState::Queued
         };
-        if next == current && !(all_done || states.is_empty()) {
-            return;
-        }
         let done = states.iter().filter(|s| s.is_terminal()).count();
         let mut reason = format!("{done} of {} children finished", states.len());
         if all_done && !states.is_empty() {
@@ -343,11 +412,12 @@ impl Core {
         }
         if states.is_empty() {
             reason = format!(
-                "no online agent to run on; not run on: {}",
+                "no agent that takes work to run on; not run on: {}",
                 not_run.join(", ")
             );
         }
-        if next != current || next.is_terminal() {
+        // The reason moves too ("N of M children finished"), not only the state.
+        if next != current || next.is_terminal() || reason != current_reason {
             self.set_state(parent, next, &reason, step);
         }
     }
@@ -578,5 +648,105 @@ mod tests {
             done.reason
         );
         assert_eq!(done.children.len(), 1, "no shards made");
+    }
+    fn drain(h: &mut Harness, name: &str, admin: msfleet_proto::AgentAdmin) {
+        let name = name.to_string();
+        h.call(|reply| super::super::Command::SetAgentAdmin { name, admin, reply })
+            .unwrap();
+    }
+
+    fn each_agent() -> msfleet_proto::JobSpec {
+        let mut s = spec();
+        s.fanout = "each-agent".into();
+        s
+    }
+
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+
+    #[test]
+    fn fanout_skips_agents_that_take_no_work_and_the_parent_finishes() {
+        use msfleet_proto::AgentAdmin::*;
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p", 1);
+        h.register("a2", "p", 1);
+        h.register("a3", "p", 1);
+        drain(&mut h, "a2", Drained);
+        drain(&mut h, "a3", Quarantined);
+        let parent = h.submit(each_agent()).unwrap();
+        assert_eq!(parent.children.len(), 1, "only a1 takes work");
+        assert_eq!(parent.not_run, vec!["a2", "a3"]);
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.finish(&mut a, &r, Outcome::Passed);
+        let done = h.job(&parent.id);
+        assert_eq!(done.state(), Passed);
+        assert_eq!(done.reason, "children: 1 passed; not run on: a2, a3");
+    }
+
+    #[test]
+    fn a_child_whose_agent_is_drained_before_it_starts_ends_not_run_by_the_deadline() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p", 1);
+        let mut b = h.register("a2", "p", 1);
+        // a2's one slot is busy, so its child waits in the queue.
+        let mut busy = spec();
+        busy.requirements = "agent.name == \"a2\"".into();
+        h.submit(busy).unwrap();
+        assert_eq!(h.assignments(&mut b).len(), 1);
+        let parent = h.submit(each_agent()).unwrap();
+        assert_eq!(parent.children.len(), 2);
+        drain(&mut h, "a2", msfleet_proto::AgentAdmin::Drained);
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.finish(&mut a, &r, Outcome::Passed);
+        let mid = h.job(&parent.id);
+        assert_eq!(mid.state(), Running);
+        assert_eq!(mid.reason, "1 of 2 children finished");
+        // Before the deadline nothing changes; at it the waiting child ends.
+        h.advance(DAY_MS - 1);
+        h.tick();
+        assert_eq!(h.state(&parent.id), Running);
+        let waiting = mid.children[1].clone();
+        h.advance(1);
+        h.tick();
+        let child = h.job(&waiting);
+        assert_eq!(child.state(), Expired);
+        assert!(
+            child.reason.contains("agent a2 is drained"),
+            "{}",
+            child.reason
+        );
+        let done = h.job(&parent.id);
+        assert_eq!(done.state(), Passed, "{}", done.reason);
+        assert_eq!(
+            done.reason,
+            "children: 1 passed; not run on: a2 (agent a2 is drained)"
+        );
+        assert_eq!(done.children.len(), 1);
+    }
+
+    #[test]
+    fn a_profile_whose_agents_went_away_is_not_run_by_the_parents_own_expiry() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 1);
+        let mut b = h.register("b1", "p-b", 1);
+        let mut busy = spec();
+        busy.requirements = "profile == \"p-b\"".into();
+        h.submit(busy).unwrap();
+        assert_eq!(h.assignments(&mut b).len(), 1);
+        let mut s = fanout();
+        s.expire_after_ms = Some(60_000);
+        let parent = h.submit(s).unwrap();
+        h.disconnect(&b);
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.finish(&mut a, &r, Outcome::Failed);
+        assert_eq!(h.state(&parent.id), Running);
+        h.advance(60_000);
+        h.tick();
+        let done = h.job(&parent.id);
+        assert_eq!(done.state(), Failed);
+        assert!(
+            done.reason.ends_with("not run on: p-b (no agent of profile p-b takes work (drained, quarantined or offline))"),
+            "{}",
+            done.reason
+        );
     }
 }
