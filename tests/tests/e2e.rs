@@ -362,7 +362,8 @@ fn watch_streams_results_while_the_job_is_still_running() {
 
 // ====================================================================== 3
 
-/// Requirements route jobs by label; an unmatchable job stays queued and says why.
+/// Requirements route jobs by label; an unmatchable job is refused with the
+/// closest agents, and with --allow-unmatched stays queued and says why.
 #[test]
 fn requirements_route_jobs_to_matching_agents_only() {
     let mut f = Fleet::new();
@@ -386,9 +387,28 @@ fn requirements_route_jobs_to_matching_agents_only() {
         "--require",
         "label.pool==\"c\"",
     ]);
+    assert_eq!(out.code, 2, "an unmatchable job is refused:\n{out}");
+    for agent in ["agent-a", "agent-b"] {
+        let pool = &agent[agent.len() - 1..];
+        let clause = format!("{agent}: label.pool == \"c\" (has {pool})");
+        assert!(
+            out.stderr.contains(&clause),
+            "the clause each fails:\n{out}"
+        );
+    }
+    assert!(out.stderr.contains("--allow-unmatched"), "{out}");
+    let out = f.ctl(&[
+        "submit",
+        "pytest",
+        "--dir",
+        &suite,
+        "--require",
+        "label.pool==\"c\"",
+        "--allow-unmatched",
+    ]);
     assert_eq!(
         out.code, 0,
-        "an unmatchable job is accepted (queued) with a warning:\n{out}"
+        "with --allow-unmatched it is accepted (queued) with a warning:\n{out}"
     );
     let stuck = out.stdout.trim().to_string();
     assert!(

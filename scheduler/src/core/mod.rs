@@ -642,6 +642,7 @@ impl Core {
         if tick {
             self.expire_leases(&mut step);
             self.end_unrun_children(&mut step);
+            self.expire_queued(&mut step);
             self.fire_schedules(&mut step);
         }
         if step.dispatch {

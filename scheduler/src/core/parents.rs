@@ -301,7 +301,7 @@ impl Core {
                 let parent = self.jobs.get(&id)?.job.parent.parse::<u64>().ok()?;
                 let p = &self.jobs.get(&parent)?.job;
                 let spec = p.spec.as_ref()?;
-                let deadline = p.submitted_at_ms + spec.expire_after_ms?;
+                let deadline = self.deadline(p);
                 (!spec.fanout.is_empty() && !p.state().is_terminal() && now >= deadline)
                     .then_some((id, parent))
             })
@@ -379,10 +379,12 @@ impl Core {
         } else if all_done {
             if states.contains(&JobState::Failed) {
                 JobState::Failed
-            } else if states
-                .iter()
-                .any(|s| matches!(s, JobState::Error | JobState::TimedOut | JobState::Expired))
-            {
+            } else if states.iter().any(|s| {
+                matches!(
+                    s,
+                    JobState::Error | JobState::TimedOut | JobState::Expired | JobState::NoResource
+                )
+            }) {
                 JobState::Error
             } else if states.contains(&JobState::Cancelled) {
                 JobState::Cancelled
