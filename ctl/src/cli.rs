@@ -7,7 +7,7 @@ use std::path::PathBuf;
 ///
 /// Exit codes: 0 passed / ok, 1 tests failed (or a benchmark case regressed
 /// or errored), 2 bad usage or input, 3 infrastructure error, cancelled,
-/// timed out or expired.
+/// timed out, expired or no_resource.
 #[derive(Parser, Debug)]
 #[command(name = "msctl", version)]
 pub struct Cli {
@@ -360,6 +360,18 @@ pub struct Submit {
     /// Retries of a lost attempt.
     #[arg(long)]
     pub retries: Option<u32>,
+    /// A job not started this long after submit ends `expired`, e.g. 2h
+    /// (default: the queue's, 24 h).
+    #[arg(
+        long = "expire-after",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub expire_after: Option<String>,
+    /// Accept the job although no registered agent could run it; it waits for
+    /// one until it expires, then ends `no_resource`.
+    #[arg(long = "allow-unmatched")]
+    pub allow_unmatched: bool,
     /// KEY=VALUE for the test process (repeatable).
     #[arg(long = "env")]
     pub env: Vec<String>,

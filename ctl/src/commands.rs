@@ -409,6 +409,13 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     if let Some(r) = s.retries {
         f.retries = Some(r);
     }
+    if let Some(t) = &s.expire_after {
+        parse_timeout(t).map_err(|e| CtlError::input(format!("--expire-after: {e}")))?;
+        f.expire_after = Some(t.clone());
+    }
+    if s.allow_unmatched {
+        f.allow_unmatched = true;
+    }
     if let Some(n) = &s.name {
         f.name = n.clone();
     }

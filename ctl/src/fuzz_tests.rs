@@ -155,6 +155,8 @@ fn job_file() -> impl Strategy<Value = JobFile> {
                 requirements,
                 timeout,
                 retries,
+                expire_after: None,
+                allow_unmatched: false,
                 args,
                 dedup_key,
                 retry_failed,

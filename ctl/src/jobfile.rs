@@ -65,6 +65,12 @@ pub struct JobFile {
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// A duration like "24h": not started by then, the job ends `expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<String>,
+    /// Accept the job although no registered agent could run it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unmatched: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// Submitting again with a key the scheduler has seen (within its dedup
@@ -247,6 +253,10 @@ impl JobFile {
             None => None,
             Some(t) => Some(parse_timeout(t)?),
         };
+        let expire_after_ms = match &self.expire_after {
+            None => None,
+            Some(t) => Some(parse_timeout(t)?),
+        };
         let kind = match (&self.source.dir, &self.source.git) {
             (Some(d), None) => {
                 if self.source.git_ref.is_some() {
@@ -291,6 +301,8 @@ impl JobFile {
             fanout: self.fanout.clone(),
             shards: self.shards,
             secret_env,
+            expire_after_ms,
+            allow_unmatched: self.allow_unmatched,
             ..Default::default()
         })
     }
@@ -360,6 +372,8 @@ mod tests {
             requirements: r#"gpu.count>=1 && label.pool=="nightly""#.into(),
             timeout: Some("30m".into()),
             retries: Some(1),
+            expire_after: Some("2h".into()),
+            allow_unmatched: true,
             args: vec!["-m".into(), "not nightly".into(), "tests".into()],
             source: SourceFile {
                 git: Some("https://example.com/r.git".into()),
@@ -373,6 +387,8 @@ mod tests {
         assert_eq!(back, f);
         let spec = back.to_spec().unwrap();
         assert_eq!(spec.timeout_ms, Some(1_800_000));
+        assert_eq!(spec.expire_after_ms, Some(7_200_000));
+        assert!(spec.allow_unmatched);
         assert_eq!(spec.args.len(), 3);
     }
 

@@ -31,7 +31,7 @@ pub mod exit {
     pub const TESTS_FAILED: i32 = 1;
     /// Bad usage or input: nothing was changed.
     pub const BAD_INPUT: i32 = 2;
-    /// Infrastructure error, cancelled, timed out or expired.
+    /// Infrastructure error, cancelled, timed out, expired or no resource.
     pub const INFRA: i32 = 3;
 }
 

@@ -72,6 +72,7 @@ impl JobState {
             JobState::Cancelled => "cancelled",
             JobState::TimedOut => "timed_out",
             JobState::Expired => "expired",
+            JobState::NoResource => "no_resource",
         }
     }
 
@@ -90,12 +91,13 @@ impl JobState {
                 | JobState::Cancelled
                 | JobState::TimedOut
                 | JobState::Expired
+                | JobState::NoResource
         )
     }
 }
 
 /// Every state a job can be in, in lifecycle order.
-pub const ALL_STATES: [JobState; 9] = [
+pub const ALL_STATES: [JobState; 10] = [
     JobState::Queued,
     JobState::Assigned,
     JobState::Running,
@@ -105,6 +107,7 @@ pub const ALL_STATES: [JobState; 9] = [
     JobState::Cancelled,
     JobState::TimedOut,
     JobState::Expired,
+    JobState::NoResource,
 ];
 
 impl AgentAdmin {

@@ -27,6 +27,10 @@ pub struct Config {
     pub default_retries: u32,
     /// Queue name -> wait that raises a job's priority by one.
     pub queues: BTreeMap<String, Duration>,
+    /// How long a job may wait unstarted when its spec sets no expiry:
+    /// per queue, else `default_expire_after`.
+    pub expire_after: BTreeMap<String, Duration>,
+    pub default_expire_after: Duration,
     /// sled page cache.
     pub cache_bytes: u64,
     /// How long a submit's dedup key is remembered.
@@ -63,6 +67,14 @@ impl std::fmt::Debug for TlsFiles {
 }
 
 impl Config {
+    /// The expiry of a job in `queue` whose spec sets none.
+    pub fn expire_after_for(&self, queue: &str) -> Duration {
+        self.expire_after
+            .get(queue)
+            .copied()
+            .unwrap_or(self.default_expire_after)
+    }
+
     /// Defaults for a data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Config {
         Config {
@@ -76,6 +88,8 @@ impl Config {
                 .iter()
                 .map(|q| (q.to_string(), Duration::from_secs(300)))
                 .collect(),
+            expire_after: BTreeMap::new(),
+            default_expire_after: Duration::from_secs(24 * 3600),
             cache_bytes: 64 << 20,
             dedup_window: Duration::from_secs(24 * 3600),
             clock: Arc::new(SystemClock),

@@ -95,6 +95,15 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
         Some(_) => {}
         None => spec.timeout_ms = Some(cfg.default_timeout.as_millis() as i64),
     }
+    match spec.expire_after_ms {
+        Some(t) if t <= 0 => {
+            return Err(Status::invalid_argument(format!(
+                "expire_after must be positive, got {t} ms"
+            )))
+        }
+        Some(_) => {}
+        None => spec.expire_after_ms = Some(cfg.expire_after_for(&spec.queue).as_millis() as i64),
+    }
     if spec.retries.is_none() {
         spec.retries = Some(cfg.default_retries);
     }

@@ -20,6 +20,8 @@ pub const MAX_SUBMITTER_PRIORITY: i32 = 100;
 pub const MAX_RETRIES: u32 = 10;
 /// Attempt timeout: 7 days.
 pub const MAX_TIMEOUT_MS: i64 = 7 * 24 * 3600 * 1000;
+/// The longest a job may wait unstarted (`expire_after`): 30 days.
+pub const MAX_EXPIRE_AFTER_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Node ids in a `select` list.
 pub const MAX_SELECT: usize = 100_000;
 /// A pytest node id (`select` items, test results, `TestHistory.test_id`).
@@ -124,6 +126,11 @@ pub fn spec(s: &pb::JobSpec) -> Result<(), Status> {
     if let Some(r) = s.retries.filter(|&r| r > MAX_RETRIES) {
         return Err(Status::invalid_argument(format!(
             "retries {r} is more than {MAX_RETRIES}"
+        )));
+    }
+    if let Some(t) = s.expire_after_ms.filter(|&t| t > MAX_EXPIRE_AFTER_MS) {
+        return Err(Status::invalid_argument(format!(
+            "expire_after of {t} ms is more than 30 days ({MAX_EXPIRE_AFTER_MS} ms)"
         )));
     }
     if let Some(t) = s.timeout_ms.filter(|&t| t > MAX_TIMEOUT_MS) {

@@ -37,6 +37,10 @@ struct Args {
     /// Wait that raises a pending job's priority by one (aging).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     aging: Duration,
+    /// How long a job that sets no expiry may wait unstarted before it ends
+    /// `expired`: DURATION for every queue, or QUEUE=DURATION for one (repeatable).
+    #[arg(long = "expire-after", value_name = "[QUEUE=]DURATION")]
+    expire_after: Vec<String>,
     /// How long `submit --dedup-key` remembers a key.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     dedup_window: Duration,
@@ -126,6 +130,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
             anyhow::bail!("bad queue name '{q}': use letters, digits, '-' and '_'");
         }
         cfg.queues.insert(q.clone(), args.aging);
+    }
+    for e in &args.expire_after {
+        let (queue, text) = match e.split_once('=') {
+            Some((q, d)) => (Some(q), d),
+            None => (None, e.as_str()),
+        };
+        let d = humantime::parse_duration(text.trim())
+            .ok()
+            .filter(|d| {
+                !d.is_zero() && d.as_millis() <= msched::limits::MAX_EXPIRE_AFTER_MS as u128
+            })
+            .with_context(|| {
+                format!("--expire-after {e}: use e.g. 24h or nightly=12h (at most 30 days)")
+            })?;
+        match queue {
+            Some(q) if !cfg.queues.contains_key(q) => {
+                anyhow::bail!("--expire-after {e}: no queue '{q}' (add it with --queue)")
+            }
+            Some(q) => {
+                cfg.expire_after.insert(q.to_string(), d);
+            }
+            None => cfg.default_expire_after = d,
+        }
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let read = |what: &str, p: &PathBuf| {

@@ -362,7 +362,8 @@ fn watch_streams_results_while_the_job_is_still_running() {
 
 // ====================================================================== 3
 
-/// Requirements route jobs by label; an unmatchable job stays queued and says why.
+/// Requirements route jobs by label; an unmatchable job is refused with the
+/// closest agents, and with --allow-unmatched stays queued and says why.
 #[test]
 fn requirements_route_jobs_to_matching_agents_only() {
     let mut f = Fleet::new();
@@ -386,9 +387,28 @@ fn requirements_route_jobs_to_matching_agents_only() {
         "--require",
         "label.pool==\"c\"",
     ]);
+    assert_eq!(out.code, 2, "an unmatchable job is refused:\n{out}");
+    for agent in ["agent-a", "agent-b"] {
+        let pool = &agent[agent.len() - 1..];
+        let clause = format!("{agent}: label.pool == \"c\" (has {pool})");
+        assert!(
+            out.stderr.contains(&clause),
+            "the clause each fails:\n{out}"
+        );
+    }
+    assert!(out.stderr.contains("--allow-unmatched"), "{out}");
+    let out = f.ctl(&[
+        "submit",
+        "pytest",
+        "--dir",
+        &suite,
+        "--require",
+        "label.pool==\"c\"",
+        "--allow-unmatched",
+    ]);
     assert_eq!(
         out.code, 0,
-        "an unmatchable job is accepted (queued) with a warning:\n{out}"
+        "with --allow-unmatched it is accepted (queued) with a warning:\n{out}"
     );
     let stuck = out.stdout.trim().to_string();
     assert!(
@@ -1951,4 +1971,107 @@ fn cancel_escalates_to_sigkill_after_the_grace() {
         "a SIGTERM-ignoring test should die by SIGKILL after the 2 s grace; cancel --wait took {took:?}"
     );
     assert_eq!(f.show(&id)["state"], "cancelled");
+}
+
+/// The shard race: an agent that sends the last collected ids and its Finished
+/// in one burst (as after a reconnect, with resends of what was already
+/// applied) gets shards that hold every collected test exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_burst_with_its_finish_splits_every_test_exactly_once() {
+    use msfleet_proto as pb;
+    let f = Fleet::new();
+    let addr = f.addr();
+    let suite = s(&f.write_suite("quick", &[("test_quick.py", QUICK_TEST)]));
+    let mut caps = raw::caps(&[("pool", "burst")], &[s(&f.root)]);
+    caps.slots = 4;
+    let mut agent = raw::register(&addr, "burst-1", "burst-1-i1", caps)
+        .await
+        .expect("register");
+    let (a2, s2) = (addr.clone(), suite.clone());
+    let parent = blocking(move || {
+        let out = ctl_at(
+            &a2,
+            &[
+                "submit",
+                "pytest",
+                "--dir",
+                &s2,
+                "--shards",
+                "3",
+                "--require",
+                "label.pool==\"burst\"",
+            ],
+        );
+        assert_eq!(out.code, 0, "{out}");
+        out.stdout.trim().to_string()
+    })
+    .await;
+    let collect = agent.assignment().await;
+    assert!(collect.spec.as_ref().unwrap().collect_only);
+    let r = collect.attempt.unwrap();
+    let ids: Vec<String> = (0..12).map(|i| format!("test_quick.py::t{i:02}")).collect();
+    let test = |id: &str, outcome: &str| {
+        pb::task_update::Kind::Test(pb::TestResult {
+            nodeid: id.into(),
+            when: "call".into(),
+            outcome: outcome.into(),
+            ..Default::default()
+        })
+    };
+    agent.send(&r, 1, raw::started()).await;
+    for (i, id) in ids[..4].iter().enumerate() {
+        agent.send(&r, 2 + i as u64, test(id, "collected")).await;
+    }
+    agent.drain(Duration::from_millis(300)).await;
+    // The burst: resends of seq 2..=5, the remaining ids, the Finished, unawaited.
+    for (i, id) in ids.iter().enumerate() {
+        agent.send(&r, 2 + i as u64, test(id, "collected")).await;
+    }
+    let finished = pb::task_update::Kind::Finished(pb::Finished {
+        outcome: pb::Outcome::Passed as i32,
+        reason: "collected".into(),
+        exit_code: 0,
+    });
+    agent.send(&r, 2 + ids.len() as u64, finished).await;
+    let mut shards = Vec::new();
+    while shards.len() < 3 {
+        shards.push(agent.assignment().await);
+    }
+    let mut selected: Vec<String> = shards
+        .iter()
+        .flat_map(|a| a.spec.clone().unwrap().select)
+        .collect();
+    selected.sort();
+    assert_eq!(selected, ids, "every collected test in exactly one shard");
+    for a in &shards {
+        let r = a.attempt.clone().unwrap();
+        agent.send(&r, 1, raw::started()).await;
+        let select = a.spec.clone().unwrap().select;
+        for (i, id) in select.iter().enumerate() {
+            agent.send(&r, 2 + i as u64, test(id, "passed")).await;
+        }
+        let done = pb::task_update::Kind::Finished(pb::Finished {
+            outcome: pb::Outcome::Passed as i32,
+            reason: "passed".into(),
+            exit_code: 0,
+        });
+        agent.send(&r, 2 + select.len() as u64, done).await;
+    }
+    let (a3, p3) = (addr.clone(), parent.clone());
+    let j = blocking(move || {
+        wait_for(
+            Duration::from_secs(20),
+            "the sharded parent to finish",
+            || {
+                let out = ctl_at(&a3, &["show", &p3, "--json"]);
+                let j = out.json();
+                is_terminal(&j).then_some(j)
+            },
+            String::new,
+        )
+    })
+    .await;
+    assert_eq!(j["state"], "passed", "{j:#}");
+    assert_eq!(count(&j, "passed"), 12, "each test counted once: {j:#}");
+    assert_eq!(count(&j, "total"), 12, "{j:#}");
 }

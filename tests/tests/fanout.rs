@@ -138,9 +138,22 @@ fn a_fan_out_survives_a_scheduler_kill9_and_its_parent_never_runs_itself() {
     f.add_agent("a1", &["profile=alpha"], &[]);
     f.add_agent("b1", &["profile=beta"], &[]);
     let suite = f.sleepy_suite("fan", 3, 0.2);
-    // Drained agents are online but take nothing: the parent stays queued.
+    // Each agent's one slot is busy, so the children wait and the parent stays
+    // queued. (A drained agent would not get a child at all.)
+    let blocker = f.sleepy_suite("block", 4, 1.0);
+    let mut blockers = Vec::new();
     for a in ["a1", "b1"] {
-        assert_eq!(f.ctl(&["agent", "drain", a]).code, 0);
+        let pin = format!("agent.name==\"{a}\"");
+        blockers.push(f.submit(&[
+            "pytest",
+            "--dir",
+            blocker.to_str().unwrap(),
+            "--require",
+            &pin,
+        ]));
+    }
+    for b in &blockers {
+        f.wait_state(b, "running");
     }
     let id = f.submit(&[
         "pytest",
@@ -153,7 +166,6 @@ fn a_fan_out_survives_a_scheduler_kill9_and_its_parent_never_runs_itself() {
     f.sched.restart(); // kill -9, then start again on the same address and data
     for a in ["a1", "b1"] {
         f.wait_agent_connected(a);
-        assert_eq!(f.ctl(&["agent", "undrain", a]).code, 0);
     }
     let parent = f.wait_terminal(&id);
     assert_eq!(parent["state"], "passed", "{parent:#}");
@@ -165,7 +177,7 @@ fn a_fan_out_survives_a_scheduler_kill9_and_its_parent_never_runs_itself() {
     let jobs = f.list();
     assert_eq!(
         jobs.len(),
-        3,
-        "parent + 2 children, nothing more: {jobs:#?}"
+        5,
+        "2 blockers + parent + 2 children, nothing more: {jobs:#?}"
     );
 }

@@ -44,6 +44,11 @@ impl Timed {
 
     /// A job file for a quick passing suite under the agents' root.
     fn job_file(&self, name: &str) -> PathBuf {
+        self.job_file_with(name, "")
+    }
+
+    /// The same, with `top` (TOML keys) added at the top.
+    fn job_file_with(&self, name: &str, top: &str) -> PathBuf {
         let suite = self
             .f
             .write_suite(name, &[("test_ok.py", "def test_ok():\n    pass\n")]);
@@ -51,7 +56,7 @@ impl Timed {
         std::fs::write(
             &file,
             format!(
-                "kind = \"pytest\"\n[source]\ndir = \"{}\"\n",
+                "kind = \"pytest\"\n{top}[source]\ndir = \"{}\"\n",
                 suite.display()
             ),
         )
@@ -86,7 +91,12 @@ impl Timed {
     }
 
     fn add(&self, name: &str, cron: &str, extra: &[&str]) -> Out {
-        let file = self.job_file(&format!("suite-{name}"));
+        self.add_with(name, cron, "", extra)
+    }
+
+    /// `add` with `top` TOML keys in the job file.
+    fn add_with(&self, name: &str, cron: &str, top: &str, extra: &[&str]) -> Out {
+        let file = self.job_file_with(&format!("suite-{name}"), top);
         let mut args = vec![
             "schedule",
             "add",
@@ -165,18 +175,27 @@ fn misfire_skip_does_not_fire_missed_slots() {
 #[test]
 fn overlap_skip_and_queue() {
     let t = Timed::new(DAY + 1_000);
-    // No agent: each job stays queued, i.e. still going at the next slot.
-    assert_eq!(t.add("skip", "*/5 * * * *", &[]).code, 0);
+    // No agent: each job stays queued, i.e. still going at the next slot
+    // (its expiry, an hour, is past the next slot).
+    let hour = "expire_after = \"1h\"\n";
+    assert_eq!(t.add_with("skip", "*/5 * * * *", hour, &[]).code, 0);
     assert_eq!(
-        t.add("queue", "*/5 * * * *", &["--overlap", "queue"]).code,
+        t.add_with("queue", "*/5 * * * *", hour, &["--overlap", "queue"])
+            .code,
         0
     );
+    // Without an expiry a run expires at the next slot, which then fires.
+    assert_eq!(t.add("period", "*/5 * * * *", &[]).code, 0);
     t.set(DAY + 5 * MIN + 1_000);
     t.expect_jobs("skip", 1);
     t.expect_jobs("queue", 1);
+    t.expect_jobs("period", 1);
     t.set(DAY + 10 * MIN + 1_000);
     t.expect_jobs("skip", 1);
     t.expect_jobs("queue", 2);
+    let period = t.expect_jobs("period", 2);
+    let first = t.f.show(period[1]["id"].as_str().unwrap());
+    assert_eq!(first["state"], "no_resource", "{first:#}");
 }
 
 #[test]

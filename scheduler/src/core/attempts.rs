@@ -195,7 +195,9 @@ impl Core {
         };
         self.push_event(task, attempt, job_event::Kind::Test(t), step);
         let seq = self.jobs.get(&task).map_or(0, |e| e.job.last_event_seq);
-        if !collected {
+        if collected {
+            step.collected.push((task, attempt, test_id));
+        } else {
             step.writes.put_test_run(&test_id, task, seq, &run);
         }
         if let Some((parent, ft)) = forward {

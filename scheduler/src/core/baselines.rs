@@ -221,6 +221,7 @@ mod tests {
         let mut a = h.register("a1", "p-a", 1);
         let mut never = spec();
         never.requirements = "gpu.count>=1".into();
+        never.allow_unmatched = true;
         let pytest = h.submit(never).unwrap();
         let e = accept(&mut h, &pytest.id).unwrap_err();
         assert!(e.message().contains("is not a benchmark job"), "{e}");

@@ -309,6 +309,30 @@ impl Harness {
         self.messages(conn)
     }
 
+    /// Sends several task updates (seq, kind) in ONE turn, as a burst the
+    /// loop drains at once (an agent resending its outbox after a reconnect);
+    /// returns what the core answered.
+    pub fn update_batch(
+        &mut self,
+        conn: &mut Conn,
+        attempt: &AttemptRef,
+        updates: Vec<(u64, task_update::Kind)>,
+    ) -> Vec<scheduler_message::Msg> {
+        let batch = updates
+            .into_iter()
+            .map(|(seq, kind)| Command::Update {
+                session: conn.session,
+                update: pb::TaskUpdate {
+                    attempt: Some(attempt.clone()),
+                    seq,
+                    kind: Some(kind),
+                },
+            })
+            .collect();
+        self.core_mut().turn(batch, false);
+        self.messages(conn)
+    }
+
     /// Runs an assigned attempt to the end: started, then finished with `outcome`.
     pub fn finish(&mut self, conn: &mut Conn, a: &AttemptRef, outcome: Outcome) {
         self.update(conn, a, 1, started());

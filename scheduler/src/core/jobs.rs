@@ -57,6 +57,18 @@ impl Core {
         if let Some(why) = matching::refused_by_every_policy(&spec, fleet) {
             return Err(Status::invalid_argument(why));
         }
+        // Known agents count whether online or not (a restarting fleet must
+        // not refuse work); with none registered yet the job waits (a warning).
+        if spec.fanout.is_empty()
+            && !spec.allow_unmatched
+            && !self.agents.is_empty()
+            && !self
+                .agents
+                .values()
+                .any(|a| fits(&req, &spec, &a.attrs, a.caps()))
+        {
+            return Err(Status::invalid_argument(self.unmatched(&req, &spec)));
+        }
         if spec.shards > 1 {
             if spec.kind != "pytest"
                 || !spec.fanout.is_empty()
@@ -122,6 +134,102 @@ impl Core {
             }
         }
         Ok(self.view(id))
+    }
+
+    /// Why no registered agent can run `spec`: the closest agents (fewest
+    /// reasons) and what each fails. Short whatever the input.
+    fn unmatched(&self, req: &Requirement, spec: &JobSpec) -> String {
+        let mut by: Vec<(usize, &str, Vec<String>)> = self
+            .agents
+            .iter()
+            .map(|(name, a)| {
+                let mut why: Vec<String> = req
+                    .failing_clauses(&a.attrs)
+                    .into_iter()
+                    .map(|c| crate::clip(&c).into_owned())
+                    .collect();
+                if let Some(dir) = source_dir(spec) {
+                    if !a.caps().roots.iter().any(|r| under_root(dir, r)) {
+                        why.push("source dir outside its roots".into());
+                    }
+                }
+                if let Some(p) = matching::policy_refusal(spec, a.caps()) {
+                    why.push(format!("policy: {}", crate::clip(&p)));
+                }
+                (why.len(), name.as_str(), why)
+            })
+            .collect();
+        by.sort();
+        let closest: Vec<String> = by
+            .iter()
+            .take(3)
+            .map(|(_, name, why)| format!("{}: {}", crate::clip(name), why.join(", ")))
+            .collect();
+        let mut msg = format!(
+            "no registered agent can run this job ({} known, online or not); closest: {}; \
+             change the requirements, or submit with --allow-unmatched to wait for one",
+            self.agents.len(),
+            closest.join("; ")
+        );
+        if msg.len() > 900 {
+            let mut end = 900;
+            while !msg.is_char_boundary(end) {
+                end -= 1;
+            }
+            msg.truncate(end);
+            msg.push_str("...");
+        }
+        msg
+    }
+
+    /// When a job that has not started by then ends: its submit plus its
+    /// `expire_after` (the queue's default for jobs stored without one).
+    pub(super) fn deadline(&self, job: &Job) -> i64 {
+        let spec = job.spec.as_ref();
+        let after = spec.and_then(|s| s.expire_after_ms).unwrap_or_else(|| {
+            let queue = spec.map_or("default", |s| s.queue.as_str());
+            self.cfg.expire_after_for(queue).as_millis() as i64
+        });
+        job.submitted_at_ms.saturating_add(after)
+    }
+
+    /// On the tick: a job never started by its deadline ends `expired`, or
+    /// `no_resource` when no registered agent could run it at all.
+    pub(super) fn expire_queued(&mut self, step: &mut Step) {
+        let now = self.now;
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|id| {
+                self.jobs
+                    .get(id)
+                    .is_some_and(|e| e.job.attempts == 0 && now >= self.deadline(&e.job))
+            })
+            .collect();
+        for id in due {
+            let e = &self.jobs[&id];
+            let spec = e.job.spec.clone().unwrap_or_default();
+            let waited = humantime::format_duration(Duration::from_millis(
+                (now - e.job.submitted_at_ms).max(0) as u64 / 1000 * 1000,
+            ));
+            let anyone = self
+                .agents
+                .values()
+                .any(|a| fits(&e.req, &spec, &a.attrs, a.caps()));
+            let (state, why) = if anyone {
+                (
+                    JobState::Expired,
+                    format!("not started within {waited} (expire_after)"),
+                )
+            } else {
+                (
+                    JobState::NoResource,
+                    format!("no registered agent could run it within {waited} (expire_after)"),
+                )
+            };
+            self.pending.remove(id);
+            self.set_state(id, state, &why, step);
+        }
     }
 
     pub(super) fn job_id(&self, id: &str) -> Result<u64, Status> {
@@ -578,6 +686,96 @@ mod tests {
             view.warnings,
             vec!["no registered agent matches the requirements `gpu.count>=1`"]
         );
+    }
+
+    #[test]
+    fn a_job_no_known_agent_can_run_is_refused_with_the_closest_agents_unless_allowed() {
+        let mut h = Harness::new();
+        h.register("a1", "cpu", 1);
+        let b = h.register("b1", "other", 1);
+        h.disconnect(&b); // known agents count whether online or not
+        let mut s = spec();
+        s.requirements = r#"gpu.count>=1 && profile=="cpu""#.into();
+        let e = h.submit(s.clone()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let m = e.message();
+        assert!(m.contains("2 known, online or not"), "{m}");
+        let a1 = m.find("a1: gpu.count >= 1 (has 0);").expect(m);
+        let b1 = m
+            .find(r#"b1: gpu.count >= 1 (has 0), profile == "cpu" (has other)"#)
+            .expect(m);
+        assert!(a1 < b1, "the closest agent first: {m}");
+        assert!(m.contains("--allow-unmatched"), "{m}");
+        assert!(h.jobs().is_empty(), "nothing was made");
+        // Matched only by an offline agent: accepted.
+        let mut offline = spec();
+        offline.requirements = r#"profile=="other""#.into();
+        assert_eq!(h.submit(offline).unwrap().state(), Queued);
+        // With --allow-unmatched it waits, with the warning.
+        s.allow_unmatched = true;
+        let job = h.submit(s).unwrap();
+        assert_eq!(job.state(), Queued);
+        assert_eq!(job.warnings.len(), 1, "{:?}", job.warnings);
+    }
+
+    #[test]
+    fn a_job_still_queued_at_its_expiry_ends_expired() {
+        let mut h = Harness::new();
+        let a = h.register("a1", "cpu", 1);
+        h.disconnect(&a); // it matches, but nothing takes the job
+        let mut s = spec();
+        s.expire_after_ms = Some(60_000);
+        let job = h.submit(s).unwrap();
+        let default = h.submit(spec()).unwrap();
+        assert_eq!(
+            default.spec.unwrap().expire_after_ms,
+            Some(24 * 3600 * 1000),
+            "the queue's default"
+        );
+        h.advance(59_999);
+        h.tick();
+        assert_eq!(h.state(&job.id), Queued);
+        h.advance(1);
+        h.tick();
+        let done = h.job(&job.id);
+        assert_eq!(done.state(), Expired);
+        assert_eq!(done.reason, "not started within 1m (expire_after)");
+        assert!(done.finished_at_ms > 0);
+        assert_eq!(h.state(&default.id), Queued, "its own expiry is later");
+        // Expired for good: the agent coming back does not run it.
+        h.reload();
+        let mut back = h.register("a1", "cpu", 1);
+        let got = h.assignments(&mut back);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].job_id, default.id);
+        assert_eq!(h.state(&job.id), Expired);
+        let bad = h.submit({
+            let mut s = spec();
+            s.expire_after_ms = Some(0);
+            s
+        });
+        assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn an_allowed_unmatched_job_ends_no_resource_at_its_expiry() {
+        let mut h = Harness::new();
+        h.register("a1", "cpu", 1);
+        let mut s = spec();
+        s.requirements = "gpu.count>=1".into();
+        s.allow_unmatched = true;
+        let job = h.submit(s).unwrap();
+        h.advance(24 * 3600 * 1000);
+        h.tick();
+        let done = h.job(&job.id);
+        assert_eq!(done.state(), NoResource);
+        assert!(done.state().is_terminal());
+        assert_eq!(done.state().label(), "no_resource");
+        assert_eq!(
+            done.reason,
+            "no registered agent could run it within 1day (expire_after)"
+        );
+        assert_eq!(h.state_log(&job.id), vec![Queued, NoResource]);
     }
 
     #[test]

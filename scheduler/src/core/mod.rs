@@ -397,6 +397,10 @@ struct Step {
     after: Vec<Durable>,
     touched: BTreeSet<u64>,
     dispatch: bool,
+    /// Node ids collected this turn as (job, attempt, id): their events are
+    /// in `writes`, not yet in the store, and a split in the same turn must
+    /// see them ([`Core::split_shards`]).
+    collected: Vec<(u64, u32, String)>,
 }
 
 impl Step {
@@ -637,6 +641,8 @@ impl Core {
         }
         if tick {
             self.expire_leases(&mut step);
+            self.end_unrun_children(&mut step);
+            self.expire_queued(&mut step);
             self.fire_schedules(&mut step);
         }
         if step.dispatch {

@@ -65,6 +65,11 @@ impl Core {
 
     /// Partitions the collected node ids into shards of about equal time
     /// ([`crate::shard::partition`]) and makes one child per non-empty shard.
+    /// The ids are the collect child's last attempt's: those already in the
+    /// store plus those applied in this turn (still in `step`), so a burst
+    /// that carries the last ids and the Finished together drops none; the
+    /// shards are written in the same batch as those ids. A split that cannot
+    /// be made ends the parent `error` with the reason.
     pub(super) fn split_shards(&mut self, parent: u64, collect: u64, step: &mut Step) {
         let Some(spec) = self.jobs.get(&parent).and_then(|e| e.job.spec.clone()) else {
             return;
@@ -75,6 +80,8 @@ impl Core {
             Ok(events) => events,
             Err(e) => {
                 tracing::error!(error = %e, "reading the collected tests");
+                let why = format!("could not read the collected tests of job {collect}: {e}");
+                self.set_state(parent, JobState::Error, &why, step);
                 return;
             }
         };
@@ -86,8 +93,21 @@ impl Core {
                 _ => None,
             })
             .collect();
+        ids.extend(
+            step.collected
+                .iter()
+                .filter(|(job, a, _)| *job == collect && *a == attempt)
+                .map(|(_, _, id)| id.clone()),
+        );
         ids.sort();
         ids.dedup();
+        if ids.is_empty() {
+            let why = format!(
+                "the collection (job {collect}) collected no tests, so there is nothing to shard"
+            );
+            self.set_state(parent, JobState::Error, &why, step);
+            return;
+        }
         // Durations recorded on the hardware profile the selection was collected
         // on (the shards' pool), else on any profile.
         let agent = self
@@ -120,7 +140,7 @@ impl Core {
             .collect();
         let n = spec.shards.max(1) as usize;
         let shards = crate::shard::partition(&known, n);
-        let mut made = Vec::new();
+        let (mut made, mut failed) = (Vec::new(), Vec::new());
         for (i, select) in shards.into_iter().enumerate() {
             if select.is_empty() {
                 continue;
@@ -133,19 +153,29 @@ impl Core {
             child.name = format!("{} [{column}]", spec.name);
             match self.spawn_child(parent, child, &column, step) {
                 Ok(id) => made.push(id),
-                Err(status) => tracing::error!(parent, %status, "could not start a shard"),
+                Err(status) => {
+                    tracing::error!(parent, %status, "could not start a shard");
+                    failed.push(format!("{column}: {}", status.message()));
+                }
             }
         }
         if let Some(e) = self.jobs.get_mut(&parent) {
             e.job.children.extend(made);
             step.touched.insert(parent);
         }
+        if !failed.is_empty() {
+            // Tests of a shard that never started would silently go missing.
+            let why = format!("could not start every shard: {}", failed.join("; "));
+            self.set_state(parent, JobState::Error, &why, step);
+        }
     }
 
     // ------------------------------------------------------------ fan-out
 
-    /// The columns a fan-out job covers: (profile or agent name, has an online
-    /// agent, requirement that pins a child to it).
+    /// The columns a fan-out job covers: (profile or agent name, has an agent
+    /// that takes work, requirement that pins a child to it). A drained,
+    /// quarantined or offline agent's column is not run: a child pinned to it
+    /// would only wait.
     pub(super) fn fanout_targets(
         &self,
         spec: &JobSpec,
@@ -169,8 +199,7 @@ impl Core {
                 } else {
                     name.clone()
                 };
-                // Online = connected; a drained agent runs its child once undrained.
-                *groups.entry(key).or_default() |= a.session.is_some();
+                *groups.entry(key).or_default() |= a.takes_work();
             }
         }
         if groups.is_empty() {
@@ -227,6 +256,76 @@ impl Core {
         self.refresh_parent(parent, step);
     }
 
+    /// Why nothing runs a child pinned by `column` of a parent fanned out
+    /// `by_profile` or per agent.
+    fn column_status(&self, column: &str, by_profile: bool) -> String {
+        if !by_profile {
+            return match self.agents.get(column) {
+                None => format!("agent {column} is not registered"),
+                Some(a) if a.record.admin() != AgentAdmin::Active => format!(
+                    "agent {column} is {}",
+                    a.record
+                        .admin()
+                        .as_str_name()
+                        .to_lowercase()
+                        .replace("agent_admin_", "")
+                ),
+                Some(a) if !a.takes_work() => format!("agent {column} is offline"),
+                Some(_) => format!("agent {column} did not get to it"),
+            };
+        }
+        let of: Vec<_> = self
+            .agents
+            .values()
+            .filter(|a| a.caps().profile == column)
+            .collect();
+        if of.is_empty() {
+            format!("no agent of profile {column} is registered")
+        } else if !of.iter().any(|a| a.takes_work()) {
+            format!("no agent of profile {column} takes work (drained, quarantined or offline)")
+        } else {
+            format!("no agent of profile {column} got to it")
+        }
+    }
+
+    /// On the tick: a fan-out parent's children still queued at the parent's
+    /// deadline (its submit + `expire_after`) will not run: each ends
+    /// `expired` and its column moves to the parent's not-run list with the
+    /// reason, so the parent finishes (and a schedule's next slot can fire).
+    pub(super) fn end_unrun_children(&mut self, step: &mut Step) {
+        let now = self.now;
+        let due: Vec<(u64, u64)> = self
+            .pending
+            .iter()
+            .filter_map(|id| {
+                let parent = self.jobs.get(&id)?.job.parent.parse::<u64>().ok()?;
+                let p = &self.jobs.get(&parent)?.job;
+                let spec = p.spec.as_ref()?;
+                let deadline = self.deadline(p);
+                (!spec.fanout.is_empty() && !p.state().is_terminal() && now >= deadline)
+                    .then_some((id, parent))
+            })
+            .collect();
+        for (child, parent) in due {
+            let by_profile = self
+                .jobs
+                .get(&parent)
+                .and_then(|p| p.job.spec.as_ref())
+                .is_some_and(|s| s.fanout == "each-profile");
+            let column = self.jobs[&child].job.column.clone();
+            let why = self.column_status(&column, by_profile);
+            self.pending.remove(child);
+            if let Some(p) = self.jobs.get_mut(&parent) {
+                let id = child.to_string();
+                p.job.children.retain(|c| *c != id);
+                p.job.not_run.push(format!("{column} ({why})"));
+                step.touched.insert(parent);
+            }
+            let reason = format!("not run by its parent's deadline: {why}");
+            self.set_state(child, JobState::Expired, &reason, step);
+        }
+    }
+
     /// Recomputes a fan-out parent's counts and state from its children.
     pub(super) fn refresh_parent(&mut self, parent: u64, step: &mut Step) {
         let Some(p) = self.jobs.get(&parent) else {
@@ -249,6 +348,10 @@ impl Core {
         let Some(p) = self.jobs.get(&parent) else {
             return;
         };
+        if p.job.state().is_terminal() {
+            // A split that failed ended it.
+            return;
+        }
         let kids: Vec<u64> = p
             .job
             .children
@@ -265,6 +368,7 @@ impl Core {
             }
         }
         let current = p.job.state();
+        let current_reason = p.job.reason.clone();
         if let Some(e) = self.jobs.get_mut(&parent) {
             e.job.tests = Some(counts);
             step.touched.insert(parent);
@@ -275,10 +379,12 @@ impl Core {
         } else if all_done {
             if states.contains(&JobState::Failed) {
                 JobState::Failed
-            } else if states
-                .iter()
-                .any(|s| matches!(s, JobState::Error | JobState::TimedOut | JobState::Expired))
-            {
+            } else if states.iter().any(|s| {
+                matches!(
+                    s,
+                    JobState::Error | JobState::TimedOut | JobState::Expired | JobState::NoResource
+                )
+            }) {
                 JobState::Error
             } else if states.contains(&JobState::Cancelled) {
                 JobState::Cancelled
@@ -293,9 +399,6 @@ impl Core {
         } else {
             JobState::Queued
         };
-        if next == current && !(all_done || states.is_empty()) {
-            return;
-        }
         let done = states.iter().filter(|s| s.is_terminal()).count();
         let mut reason = format!("{done} of {} children finished", states.len());
         if all_done && !states.is_empty() {
@@ -311,11 +414,12 @@ impl Core {
         }
         if states.is_empty() {
             reason = format!(
-                "no online agent to run on; not run on: {}",
+                "no agent that takes work to run on; not run on: {}",
                 not_run.join(", ")
             );
         }
-        if next != current || next.is_terminal() {
+        // The reason moves too ("N of M children finished"), not only the state.
+        if next != current || next.is_terminal() || reason != current_reason {
             self.set_state(parent, next, &reason, step);
         }
     }
@@ -458,5 +562,193 @@ mod tests {
             h.finish(&mut a, &r, Outcome::Passed);
         }
         assert_eq!(h.state(&parent.id), Passed);
+    }
+    /// The shard children assigned among `msgs`, and every node id they select.
+    fn shard_selects(msgs: Vec<msfleet_proto::scheduler_message::Msg>) -> (usize, Vec<String>) {
+        let shards: Vec<_> = msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                msfleet_proto::scheduler_message::Msg::Assign(x) => Some(x),
+                _ => None,
+            })
+            .collect();
+        let mut all: Vec<String> = shards
+            .iter()
+            .flat_map(|x| x.spec.clone().unwrap().select)
+            .collect();
+        all.sort();
+        (shards.len(), all)
+    }
+
+    #[test]
+    fn a_split_sees_ids_collected_in_the_same_turn_as_the_finish() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 4);
+        let mut s = spec();
+        s.shards = 2;
+        let parent = h.submit(s).unwrap();
+        let r = h.assignments(&mut a).remove(0).attempt.unwrap();
+        // Two ids arrive in earlier turns; the last two in the same burst as
+        // the Finished (an agent resending its outbox after a reconnect).
+        h.update(&mut a, &r, 1, started());
+        h.update(&mut a, &r, 2, test_result("t.py::a", "collected"));
+        h.update(&mut a, &r, 3, test_result("t.py::b", "collected"));
+        let after = h.update_batch(
+            &mut a,
+            &r,
+            vec![
+                (2, test_result("t.py::a", "collected")),
+                (3, test_result("t.py::b", "collected")),
+                (4, test_result("t.py::c", "collected")),
+                (5, test_result("t.py::d", "collected")),
+                (6, finished(Outcome::Passed)),
+            ],
+        );
+        let (n, all) = shard_selects(after);
+        assert_eq!(n, 2);
+        assert_eq!(
+            all,
+            vec!["t.py::a", "t.py::b", "t.py::c", "t.py::d"],
+            "every collected test in exactly one shard"
+        );
+        assert_eq!(h.job(&parent.id).children.len(), 3);
+    }
+
+    #[test]
+    fn a_whole_collection_in_one_turn_is_split_completely() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 4);
+        let mut s = spec();
+        s.shards = 3;
+        h.submit(s).unwrap();
+        let r = h.assignments(&mut a).remove(0).attempt.unwrap();
+        let mut burst = vec![(1, started())];
+        let ids: Vec<String> = (0..7).map(|i| format!("t.py::t{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            burst.push((2 + i as u64, test_result(id, "collected")));
+        }
+        burst.push((9, finished(Outcome::Passed)));
+        let (n, all) = shard_selects(h.update_batch(&mut a, &r, burst));
+        assert_eq!(n, 3);
+        assert_eq!(all, ids);
+    }
+
+    #[test]
+    fn a_split_with_nothing_collected_ends_the_parent_error_with_the_reason() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 4);
+        let mut s = spec();
+        s.shards = 2;
+        let parent = h.submit(s).unwrap();
+        let r = h.assignments(&mut a).remove(0).attempt.unwrap();
+        h.finish(&mut a, &r, Outcome::Passed);
+        let done = h.job(&parent.id);
+        assert_eq!(done.state(), Error, "not passed with 0 tests");
+        assert!(
+            done.reason.contains("collected no tests"),
+            "reason: {}",
+            done.reason
+        );
+        assert_eq!(done.children.len(), 1, "no shards made");
+    }
+    fn drain(h: &mut Harness, name: &str, admin: msfleet_proto::AgentAdmin) {
+        let name = name.to_string();
+        h.call(|reply| super::super::Command::SetAgentAdmin { name, admin, reply })
+            .unwrap();
+    }
+
+    fn each_agent() -> msfleet_proto::JobSpec {
+        let mut s = spec();
+        s.fanout = "each-agent".into();
+        s
+    }
+
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+
+    #[test]
+    fn fanout_skips_agents_that_take_no_work_and_the_parent_finishes() {
+        use msfleet_proto::AgentAdmin::*;
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p", 1);
+        h.register("a2", "p", 1);
+        h.register("a3", "p", 1);
+        drain(&mut h, "a2", Drained);
+        drain(&mut h, "a3", Quarantined);
+        let parent = h.submit(each_agent()).unwrap();
+        assert_eq!(parent.children.len(), 1, "only a1 takes work");
+        assert_eq!(parent.not_run, vec!["a2", "a3"]);
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.finish(&mut a, &r, Outcome::Passed);
+        let done = h.job(&parent.id);
+        assert_eq!(done.state(), Passed);
+        assert_eq!(done.reason, "children: 1 passed; not run on: a2, a3");
+    }
+
+    #[test]
+    fn a_child_whose_agent_is_drained_before_it_starts_ends_not_run_by_the_deadline() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p", 1);
+        let mut b = h.register("a2", "p", 1);
+        // a2's one slot is busy, so its child waits in the queue.
+        let mut busy = spec();
+        busy.requirements = "agent.name == \"a2\"".into();
+        h.submit(busy).unwrap();
+        assert_eq!(h.assignments(&mut b).len(), 1);
+        let parent = h.submit(each_agent()).unwrap();
+        assert_eq!(parent.children.len(), 2);
+        drain(&mut h, "a2", msfleet_proto::AgentAdmin::Drained);
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.finish(&mut a, &r, Outcome::Passed);
+        let mid = h.job(&parent.id);
+        assert_eq!(mid.state(), Running);
+        assert_eq!(mid.reason, "1 of 2 children finished");
+        // Before the deadline nothing changes; at it the waiting child ends.
+        h.advance(DAY_MS - 1);
+        h.tick();
+        assert_eq!(h.state(&parent.id), Running);
+        let waiting = mid.children[1].clone();
+        h.advance(1);
+        h.tick();
+        let child = h.job(&waiting);
+        assert_eq!(child.state(), Expired);
+        assert!(
+            child.reason.contains("agent a2 is drained"),
+            "{}",
+            child.reason
+        );
+        let done = h.job(&parent.id);
+        assert_eq!(done.state(), Passed, "{}", done.reason);
+        assert_eq!(
+            done.reason,
+            "children: 1 passed; not run on: a2 (agent a2 is drained)"
+        );
+        assert_eq!(done.children.len(), 1);
+    }
+
+    #[test]
+    fn a_profile_whose_agents_went_away_is_not_run_by_the_parents_own_expiry() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p-a", 1);
+        let mut b = h.register("b1", "p-b", 1);
+        let mut busy = spec();
+        busy.requirements = "profile == \"p-b\"".into();
+        h.submit(busy).unwrap();
+        assert_eq!(h.assignments(&mut b).len(), 1);
+        let mut s = fanout();
+        s.expire_after_ms = Some(60_000);
+        let parent = h.submit(s).unwrap();
+        h.disconnect(&b);
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.finish(&mut a, &r, Outcome::Failed);
+        assert_eq!(h.state(&parent.id), Running);
+        h.advance(60_000);
+        h.tick();
+        let done = h.job(&parent.id);
+        assert_eq!(done.state(), Failed);
+        assert!(
+            done.reason.ends_with("not run on: p-b (no agent of profile p-b takes work (drained, quarantined or offline))"),
+            "{}",
+            done.reason
+        );
     }
 }

@@ -138,7 +138,11 @@ impl Core {
         step: &mut Step,
     ) -> Result<Job, Status> {
         let name = self.schedule_named(name)?;
-        let spec = self.schedules[&name].0.spec.clone().unwrap_or_default();
+        let (rec, cron) = &self.schedules[&name];
+        let mut spec = rec.spec.clone().unwrap_or_default();
+        if spec.expire_after_ms.is_none() {
+            spec.expire_after_ms = period_ms(cron, self.now);
+        }
         let job = self.submit(spec, Some((name.clone(), 0)), by, step)?;
         if let Some((rec, _)) = self.schedules.get_mut(&name) {
             rec.last_job_id = job.id.clone();
@@ -184,7 +188,11 @@ impl Core {
                 .and_then(|id| self.jobs.get(&id))
                 .is_some_and(|e| !e.job.state().is_terminal());
             let overlap = rec.overlap.parse().unwrap_or(Overlap::Skip);
-            let spec = rec.spec.clone().unwrap_or_default();
+            let mut spec = rec.spec.clone().unwrap_or_default();
+            if spec.expire_after_ms.is_none() {
+                // A run not started by the next slot gives way to it.
+                spec.expire_after_ms = period_ms(cron, slot);
+            }
             let mut outcome = String::new();
             let mut job_id = None;
             if fire {
@@ -217,6 +225,13 @@ impl Core {
             }
         }
     }
+}
+
+/// A scheduled run's default expiry: from `at` to the schedule's next slot
+/// (within the expiry limits).
+fn period_ms(cron: &CronSpec, at: i64) -> Option<i64> {
+    let next = cron.next_after(at)?;
+    Some((next - at).clamp(1, limits::MAX_EXPIRE_AFTER_MS))
 }
 
 #[cfg(test)]
@@ -322,5 +337,58 @@ mod tests {
         assert!(e.message().contains("minute"), "{}", e.message());
         let listed = h.call(|reply| Command::ListSchedules { reply }).unwrap();
         assert!(listed.is_empty());
+    }
+
+    #[test]
+    fn a_scheduled_run_expires_at_the_next_slot_so_a_stuck_fan_out_lets_it_fire() {
+        use msfleet_proto::{AgentAdmin, JobState, Outcome};
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "p", 1);
+        let mut b = h.register("a2", "p", 1);
+        // a2's one slot is busy, so its child of the fan-out waits; then a2 is drained.
+        let mut busy = spec();
+        busy.requirements = "agent.name == \"a2\"".into();
+        h.submit(busy).unwrap();
+        assert_eq!(h.assignments(&mut b).len(), 1);
+        let mut fan = spec();
+        fan.fanout = "each-agent".into();
+        let schedule = Box::new(pb::Schedule {
+            name: "nightly".into(),
+            cron: "*/5 * * * *".into(),
+            tz: "UTC".into(),
+            spec: Some(fan),
+            overlap: "skip".into(),
+            ..Default::default()
+        });
+        let slot = h
+            .call(|reply| Command::AddSchedule {
+                schedule,
+                by: "ops".into(),
+                reply,
+            })
+            .unwrap()
+            .next_ms;
+        h.set_now(slot);
+        h.tick();
+        let first = h
+            .jobs()
+            .into_iter()
+            .find(|j| j.schedule == "nightly")
+            .unwrap();
+        assert_eq!(first.spec.as_ref().unwrap().expire_after_ms, Some(5 * MIN));
+        let name = "a2".to_string();
+        let admin = AgentAdmin::Drained;
+        h.call(|reply| Command::SetAgentAdmin { name, admin, reply })
+            .unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.finish(&mut a, &r, Outcome::Passed);
+        assert_eq!(h.state(&first.id), JobState::Running);
+        // At the next slot the first run finishes (a2 not run) and the next fires.
+        h.set_now(slot + 5 * MIN);
+        h.tick();
+        let done = h.job(&first.id);
+        assert_eq!(done.state(), JobState::Passed, "{}", done.reason);
+        assert!(done.reason.contains("not run on: a2"), "{}", done.reason);
+        assert_eq!(fired(&mut h, "nightly"), vec![slot + 5 * MIN, slot]);
     }
 }

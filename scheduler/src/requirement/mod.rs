@@ -144,6 +144,38 @@ impl Requirement {
         self.root.as_ref().is_none_or(|e| e.eval(attrs))
     }
 
+    /// The clauses `attrs` fails: each conjunct of a top-level `&&` (else the
+    /// whole expression) that is false, in canonical form, with what the
+    /// agent has for a simple comparison (`gpu.count >= 1 (has 0)`).
+    pub fn failing_clauses(&self, attrs: &Attributes) -> Vec<String> {
+        let Some(root) = &self.root else {
+            return Vec::new();
+        };
+        let clauses: Vec<&Expr> = match root {
+            Expr::And(items) => items.iter().collect(),
+            other => vec![other],
+        };
+        clauses
+            .into_iter()
+            .filter(|e| !e.eval(attrs))
+            .map(|e| {
+                let attr = match e {
+                    Expr::Num { attr, .. }
+                    | Expr::Str { attr, .. }
+                    | Expr::InNum { attr, .. }
+                    | Expr::InStr { attr, .. } => Some(attr),
+                    _ => None,
+                };
+                let has = attr.map(|a| match (attrs.num(a), attrs.strs(a)) {
+                    (Some(v), _) => format!(" (has {v})"),
+                    (None, []) => " (has none)".to_string(),
+                    (None, vs) => format!(" (has {})", crate::clip(&vs.join(", "))),
+                });
+                format!("{e}{}", has.unwrap_or_default())
+            })
+            .collect()
+    }
+
     /// Whether this is the empty requirement (parsed from an empty or
     /// all-whitespace string), which matches every agent. A requirement
     /// written as `true` also matches everything but is not empty.

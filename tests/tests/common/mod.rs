@@ -905,7 +905,7 @@ impl Drop for Fleet {
 pub fn is_terminal(j: &Value) -> bool {
     matches!(
         j["state"].as_str(),
-        Some("passed" | "failed" | "error" | "cancelled" | "timed_out" | "expired")
+        Some("passed" | "failed" | "error" | "cancelled" | "timed_out" | "expired" | "no_resource")
     )
 }
 
