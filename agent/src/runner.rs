@@ -127,6 +127,42 @@ struct RunEnd {
     tally: Tally,
 }
 
+/// Output of a pytest run kept for the reasons of an infrastructure failure
+/// and of a crash: the newest [`TAIL_CAP`] bytes.
+const TAIL_CAP: usize = 16 * 1024;
+
+/// The newest `TAIL_CAP` bytes of a run's output.
+#[derive(Default)]
+struct OutputTail(Vec<u8>);
+
+impl OutputTail {
+    fn push(&mut self, data: &[u8]) {
+        self.0.extend_from_slice(data);
+        if self.0.len() > 2 * TAIL_CAP {
+            self.0.drain(..self.0.len() - TAIL_CAP);
+        }
+    }
+
+    fn text(&self) -> String {
+        let b = &self.0[self.0.len().saturating_sub(TAIL_CAP)..];
+        String::from_utf8_lossy(b).into_owned()
+    }
+}
+
+/// The last `n` non-empty lines of `text`.
+fn last_lines(text: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// `signal 11 (SIGSEGV)`.
+fn describe_signal(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => format!("signal {sig} ({s})"),
+        Err(_) => format!("signal {sig}"),
+    }
+}
+
 /// Everything the runs of one attempt share.
 struct PytestRun<'a> {
     cfg: &'a AgentConfig,
@@ -341,7 +377,10 @@ impl PytestRun<'_> {
                 let _ = tokio::fs::remove_file(&sock_path).await;
                 return Ok(Err(Finished {
                     outcome: Outcome::Error as i32,
-                    reason: format!("cannot start {}: {e}", cfg.python.display()),
+                    reason: format!(
+                        "cannot start the python interpreter {}: {e}",
+                        cfg.python.display()
+                    ),
                     exit_code: -1,
                 }));
             }
@@ -351,7 +390,14 @@ impl PytestRun<'_> {
             .record(self.run_dir.join(format!("{}.pgid", self.slot)), &sock_path)
             .await?;
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let running = group.start(tx, None);
+        let tail = Arc::new(Mutex::new(OutputTail::default()));
+        let hook: crate::process::OutputHook = {
+            let tail = tail.clone();
+            Arc::new(move |_stream: &str, data: &[u8]| {
+                tail.lock().unwrap_or_else(|e| e.into_inner()).push(data);
+            })
+        };
+        let running = group.start(tx, Some(hook));
         let connected = Arc::new(AtomicBool::new(false));
         let results = tokio::spawn(pump_results(
             listener,
@@ -379,11 +425,67 @@ impl PytestRun<'_> {
         let _ = tokio::fs::remove_file(&sock_path).await;
         let status = exited.reaped?.status;
         let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
+        let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).text();
+        // pytest ended on its own, unsuccessfully, and the plugin never
+        // connected: pytest did not get as far as running tests. That is the
+        // fleet's problem (interpreter, environment), never the tests'.
+        if exited.halted.is_none() && !status.success() && !connected.load(Ordering::Acquire) {
+            let reason = self.not_started(status, &tail).await;
+            return Ok(Err(Finished {
+                outcome: Outcome::Error as i32,
+                reason,
+                exit_code: status.code().unwrap_or(-1),
+            }));
+        }
         Ok(Ok(RunEnd {
             status,
             stopped: exited.halted,
             tally,
         }))
+    }
+
+    /// Why pytest ended before its plugin connected, in one line naming the
+    /// interpreter: pytest is not importable by it (asked with the run's own
+    /// environment), or else what pytest last printed.
+    async fn not_started(&self, status: ExitStatus, tail: &str) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        let python = self.cfg.python.display();
+        let mut probe = tokio::process::Command::new(&self.cfg.python);
+        probe
+            .args(["-c", "import pytest"])
+            .current_dir(self.dir)
+            .envs(&self.a.spec.env)
+            .env("PYTHONPATH", &self.pythonpath)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let probed = tokio::time::timeout(Duration::from_secs(30), probe.output()).await;
+        if let Ok(Ok(out)) = probed {
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let why = last_lines(&err, 1)
+                    .first()
+                    .map_or("", |l| l.trim())
+                    .to_string();
+                return format!("pytest is not importable by {python}: {why}");
+            }
+        }
+        let how = match (status.code(), status.signal()) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(sig)) => format!("was killed by {}", describe_signal(sig)),
+            _ => format!("ended with {status}"),
+        };
+        let last = last_lines(tail, 1)
+            .first()
+            .map_or("", |l| l.trim())
+            .to_string();
+        let mut reason = format!("pytest ({python}) {how} before the msfleet plugin connected");
+        if !last.is_empty() {
+            let cut: String = last.chars().take(300).collect();
+            reason.push_str(&format!(": {cut}"));
+        }
+        reason
     }
 }
 
@@ -634,6 +736,32 @@ def test_param(p):
         cancel_on_retry: bool,
         tweak: impl FnOnce(&mut JobSpec),
     ) -> Ran {
+        let python = python_with_pytest();
+        run_suite_python(
+            files,
+            sub,
+            retry_failed,
+            args,
+            timeout_ms,
+            cancel_on_retry,
+            tweak,
+            python,
+        )
+        .await
+    }
+
+    /// [`run_suite_spec`] with the agent's `--python`.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_suite_python(
+        files: &[(&str, &str)],
+        sub: &str,
+        retry_failed: u32,
+        args: &[&str],
+        timeout_ms: i64,
+        cancel_on_retry: bool,
+        tweak: impl FnOnce(&mut JobSpec),
+        python: std::path::PathBuf,
+    ) -> Ran {
         let tmp = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(tmp.path()).unwrap();
         let suite = root.join("suite");
@@ -651,7 +779,7 @@ def test_param(p):
             work_dir: root.join("work"),
             labels: Default::default(),
             roots: vec![root.clone()],
-            python: python_with_pytest(),
+            python,
             slots: 1,
             kill_grace: Duration::from_secs(2),
             npu_smi: "npu-smi".into(),
@@ -936,6 +1064,75 @@ def test_slow_second_time():
         assert!(ran.logs.contains("3 deselected"), "{}", ran.logs);
     }
 
+    /// An executable shell script `name` in `dir` with `body`.
+    fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    const OK_SUITE: &[(&str, &str)] = &[("test_ok.py", "def test_ok():\n    pass\n")];
+
+    /// An interpreter that cannot import pytest (a real Python, without its
+    /// site-packages), one that is missing, and one whose pytest exits before
+    /// the plugin connects: the attempt ends `error` naming the interpreter,
+    /// never `failed` with no tests.
+    #[tokio::test]
+    async fn an_interpreter_that_cannot_run_pytest_ends_the_attempt_in_error() {
+        let bin = tempfile::tempdir().unwrap();
+        let real = python_with_pytest();
+        let bare = script(
+            bin.path(),
+            "python-bare",
+            &format!("exec {} -S \"$@\"", real.display()),
+        );
+        let ran = run_suite_python(OK_SUITE, "", 0, &[], 60_000, false, |_| {}, bare.clone()).await;
+        assert_finished(
+            &ran,
+            Outcome::Error,
+            &format!(
+                "pytest is not importable by {}: ModuleNotFoundError: No module named 'pytest'",
+                bare.display()
+            ),
+        );
+        assert!(ran.results.is_empty(), "{:?}", ran.results);
+
+        let missing = bin.path().join("no-such-python");
+        let ran =
+            run_suite_python(OK_SUITE, "", 0, &[], 60_000, false, |_| {}, missing.clone()).await;
+        assert_finished(
+            &ran,
+            Outcome::Error,
+            &format!(
+                "cannot start the python interpreter {}: No such file or directory (os error 2)",
+                missing.display()
+            ),
+        );
+
+        // pytest is importable, but the run dies before the plugin connects.
+        let broken = script(
+            bin.path(),
+            "python-broken",
+            &format!(
+                "case \"$1\" in -c) exec {} \"$@\";; esac\necho 'libcuda.so.1: cannot open shared object file' >&2\nexit 1",
+                real.display()
+            ),
+        );
+        let ran =
+            run_suite_python(OK_SUITE, "", 0, &[], 60_000, false, |_| {}, broken.clone()).await;
+        assert_finished(
+            &ran,
+            Outcome::Error,
+            &format!(
+                "pytest ({}) exited with code 1 before the msfleet plugin connected: libcuda.so.1: cannot open shared object file",
+                broken.display()
+            ),
+        );
+        assert!(ran.results.is_empty(), "{:?}", ran.results);
+    }
+
     /// Each way out of the source tree is refused by the agent itself (its
     /// policy is the default one), before pytest runs: the attempt ends
     /// `error` with the reason.
@@ -1101,8 +1298,15 @@ def test_quotes_it():
         let Some(task_update::Kind::Finished(fin)) = kinds.last() else {
             panic!("no Finished last: {kinds:?}");
         };
-        assert_eq!(fin.outcome(), Outcome::Failed);
-        assert_eq!(fin.reason, "1 of 2 cases errored");
+        // A case file that cannot be read is the fleet's problem: error.
+        assert_eq!(fin.outcome(), Outcome::Error);
+        assert!(
+            fin.reason.starts_with(
+                "1 of 2 cases could not run: case broken (cases/broken.json): not valid JSON"
+            ),
+            "{}",
+            fin.reason
+        );
         assert_eq!(fin.exit_code, 1);
         let cases: Vec<&pb::CaseResult> = kinds
             .iter()
