@@ -159,8 +159,20 @@ def assert_parity(proc, server):
     # Wire format: one JSON object per \n-terminated line, session last.
     assert server.raw.endswith(b"\n")
     assert server.connections == 1
+    running = None
     for m in msgs[:-1]:
+        # A test's reports lie between its start and its finish.
+        if m["type"] == "start":
+            assert set(m) == {"type", "nodeid"} and running is None, (m, running)
+            running = m["nodeid"]
+            continue
+        if m["type"] == "finish":
+            assert m == {"type": "finish", "nodeid": running}, (m, running)
+            running = None
+            continue
         assert m["type"] == "test", m
+        if m["when"] != "collect":
+            assert m["nodeid"] == running, (m, running)
         assert set(m) == {"type", "nodeid", "when", "outcome", "category", "duration_s", "longrepr", "markers"}
         assert m["outcome"] in ALL_OUTCOMES
         assert m["when"] in ("collect", "setup", "call", "teardown")

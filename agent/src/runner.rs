@@ -17,6 +17,14 @@
 //! (the rest show as deselected). With `collect_only`, pytest runs with
 //! `--collect-only -q` and `MSFLEET_COLLECT=1`, and the plugin reports every
 //! item it kept with outcome `collected` (no retries apply).
+//!
+//! pytest that ends unsuccessfully before the plugin connected never ran a
+//! test: the attempt is `error`, with one line naming the interpreter. pytest
+//! that dies of a signal the agent did not send (SIGKILL excepted: the OOM
+//! killer's) while a test runs has that test reported `failed` ("crashed:
+//! signal 11 (SIGSEGV)" and the fault handler's output) and is restarted on
+//! the tests not yet reported (`MSFLEET_DESELECT_FILE`), up to
+//! `max_crash_restarts` times.
 
 use crate::attempt::{
     attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, StopReason, Updates,
@@ -125,6 +133,20 @@ struct RunEnd {
     /// Set when the attempt was stopped or timed out during the run.
     stopped: Option<Halt>,
     tally: Tally,
+    /// The newest part of the run's output (stdout and stderr as read).
+    tail: String,
+}
+
+/// Lines of output quoted under a crashed test.
+const TAIL_LINES: usize = 20;
+
+/// Removes a file when dropped (the attempt's select and deselect files).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Output of a pytest run kept for the reasons of an infrastructure failure
@@ -153,6 +175,31 @@ impl OutputTail {
 fn last_lines(text: &str, n: usize) -> Vec<&str> {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// What to quote under a crashed test: the Python fault handler's report
+/// (pytest enables it: "Fatal Python error: Segmentation fault", the stack
+/// with the test's frame) when the output has one, else its last lines.
+fn crash_output(tail: &str) -> String {
+    const FAULT: &str = "Fatal Python error";
+    match tail.rfind(FAULT) {
+        // The report starts with the fault and the innermost frames.
+        Some(i) => tail[i..]
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(60)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => last_lines(tail, TAIL_LINES).join("\n"),
+    }
+}
+
+/// The signal pytest died of, when it counts as a crash of the test that was
+/// running: any but SIGKILL (the OOM killer's; the agent's own stops are
+/// told apart before).
+fn crash_signal(status: ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().filter(|&s| s != libc::SIGKILL)
 }
 
 /// `signal 11 (SIGSEGV)`.
@@ -245,7 +292,7 @@ async fn run_pytest(
         text.push('\n');
         tokio::fs::write(&path, text).await?;
         extra_env.push(("MSFLEET_SELECT_FILE", path.clone().into_os_string()));
-        Some(path)
+        Some(RemoveOnDrop(path))
     };
     let main = run
         .once(
@@ -256,10 +303,7 @@ async fn run_pytest(
             &mut guard,
         )
         .await;
-    if let Some(p) = &select_file {
-        let _ = tokio::fs::remove_file(p).await;
-    }
-    let main = match main? {
+    let mut main = match main? {
         Ok(end) => end,
         Err(f) => return Ok(Some(f)),
     };
@@ -271,7 +315,103 @@ async fn run_pytest(
         let (outcome, reason) = classify_collect(main.status, &main.tally);
         return Ok(finished(outcome, reason, code));
     }
-    let base = classify(main.status, main.tally.errors);
+
+    // pytest died of a signal the agent did not send, in a test: that test
+    // is failed (a product crash, not the fleet's), and pytest is restarted
+    // on the rest, as pytest-xdist restarts a crashed worker. SIGKILL (the
+    // OOM killer) is not a crash of a test: it stays an error.
+    let max_restarts = cfg.max_crash_restarts;
+    let mut crashes: Vec<String> = Vec::new();
+    let mut exhausted = false;
+    while let Some(sig) = crash_signal(main.status) {
+        let Some((nodeid, called)) = main.tally.running.take() else {
+            break;
+        };
+        let what = describe_signal(sig);
+        let (when, outcome) = if called {
+            ("teardown", "error")
+        } else {
+            ("call", "failed")
+        };
+        let tail = crash_output(&main.tail);
+        main.tally.add_test(&nodeid, when, outcome, 0.0, &[], false);
+        tx.send(task_update::Kind::Test(bounded_result(TestResult {
+            nodeid: nodeid.clone(),
+            when: when.into(),
+            outcome: outcome.into(),
+            duration_s: 0.0,
+            // The reason first and, as pytest ends a failure with its
+            // error line (what JUnit's message shows), last as well.
+            longrepr: if tail.is_empty() {
+                format!("crashed: {what}")
+            } else {
+                format!("crashed: {what}\n{tail}\ncrashed: {what}")
+            },
+            markers: Vec::new(),
+        })));
+        crashes.push(format!("{nodeid} ({what})"));
+        let n = crashes.len() as u32;
+        if n > max_restarts {
+            exhausted = true;
+            break;
+        }
+        if let Some(h) = guard.check() {
+            return Ok(halted(h, run.timeout, -1));
+        }
+        let done = run.run_dir.join(format!("{slot}-c{n}.deselect"));
+        let mut ids: Vec<&str> = main.tally.reported.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        tokio::fs::write(&done, ids.join("\n") + "\n").await?;
+        let done = RemoveOnDrop(done);
+        tx.log(
+            "stderr",
+            format!(
+                "msfleet: pytest crashed ({what}) in {nodeid}; restart {n} of {max_restarts} without the {} test{} already reported\n",
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" }
+            ),
+        );
+        let mut env = extra_env.clone();
+        env.push(("MSFLEET_DESELECT_FILE", done.0.clone().into_os_string()));
+        let next = match run
+            .once(&format!("{slot}-c{n}.sock"), &args, &env, false, &mut guard)
+            .await?
+        {
+            Ok(end) => end,
+            Err(f) => return Ok(Some(f)),
+        };
+        if let Some(h) = next.stopped {
+            return Ok(halted(h, run.timeout, next.status.code().unwrap_or(-1)));
+        }
+        main.status = next.status;
+        main.tail = next.tail;
+        main.tally.absorb(next.tally);
+    }
+    drop(select_file);
+    let (base, code) = if crashes.is_empty() {
+        (classify(main.status, main.tally.errors), code)
+    } else {
+        let note = match crashes.as_slice() {
+            [one] => format!("pytest crashed in {one}"),
+            [first, ..] => format!("pytest crashed in {} tests, first {first}", crashes.len()),
+            [] => unreachable!(),
+        };
+        if exhausted {
+            let why = format!(
+                "tests failed ({note}; not restarted after {max_restarts} restart{}: the rest did not run)",
+                if max_restarts == 1 { "" } else { "s" }
+            );
+            ((Outcome::Failed, why), 1)
+        } else if matches!(main.status.code(), Some(0 | 1)) {
+            ((Outcome::Failed, format!("tests failed ({note})")), 1)
+        } else {
+            let (o, r) = classify(main.status, main.tally.errors);
+            (
+                (o, format!("{r} ({note})")),
+                main.status.code().unwrap_or(-1),
+            )
+        }
+    };
     let retries = a.spec.retry_failed;
     if retries == 0 || code != 1 || main.tally.failed_calls.is_empty() {
         return Ok(finished(base.0, base.1, code));
@@ -330,7 +470,14 @@ async fn run_pytest(
             false
         });
     }
-    let (outcome, reason) = flaky::verdict(base, code, &main.tally, flaky_count);
+    let crashed = !crashes.is_empty();
+    let (outcome, mut reason) = flaky::verdict(base, code, &main.tally, flaky_count);
+    if crashed && flaky_count > 0 {
+        reason = format!(
+            "tests failed ({flaky_count} flaky; pytest crashed in {})",
+            crashes[0]
+        );
+    }
     Ok(finished(outcome, reason, code))
 }
 
@@ -441,6 +588,7 @@ impl PytestRun<'_> {
             status,
             stopped: exited.halted,
             tally,
+            tail,
         }))
     }
 
@@ -552,6 +700,14 @@ async fn pump_results(
         };
         match msg.kind.as_str() {
             "test" => {}
+            "start" | "finish" => {
+                let running = (msg.kind == "start").then_some(msg.nodeid.as_str());
+                tally
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_running(running);
+                continue;
+            }
             "session" => {
                 tally.lock().unwrap_or_else(|e| e.into_inner()).collected = msg.collected;
                 continue;
@@ -782,6 +938,7 @@ def test_param(p):
             python,
             slots: 1,
             kill_grace: Duration::from_secs(2),
+            max_crash_restarts: 3,
             npu_smi: "npu-smi".into(),
             target: Default::default(),
             bearer: msfleet_proto::client::Bearer::new(None).unwrap(),
@@ -1133,6 +1290,100 @@ def test_slow_second_time():
         assert!(ran.results.is_empty(), "{:?}", ran.results);
     }
 
+    /// One test kills its own pytest with SIGSEGV (as a native kernel would).
+    const CRASH_SUITE: &str = r#"
+import os, signal
+
+def test_a():
+    pass
+
+def test_b_crash():
+    print("about to crash")
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+def test_c():
+    pass
+
+def test_d_fails():
+    assert False
+"#;
+
+    /// A segfaulting test is failed and named, with its output, and pytest
+    /// is restarted on the tests not yet reported: the tests after it run,
+    /// and the attempt ends by the tests' results.
+    #[tokio::test]
+    async fn a_crashing_test_is_failed_by_name_and_the_tests_after_it_still_run() {
+        let ran = run_suite(&[("test_crash.py", CRASH_SUITE)], 0, &["-p", "no:randomly"]).await;
+        assert_finished(
+            &ran,
+            Outcome::Failed,
+            "tests failed (pytest crashed in test_crash.py::test_b_crash (signal 11 (SIGSEGV)))",
+        );
+        assert_eq!(
+            ids(&ran, "passed"),
+            ["test_crash.py::test_a", "test_crash.py::test_c"]
+        );
+        assert_eq!(
+            ids(&ran, "failed"),
+            ["test_crash.py::test_b_crash", "test_crash.py::test_d_fails"]
+        );
+        assert_eq!(ran.results.len(), 4, "{:#?}", ran.results);
+        let crash = ran
+            .results
+            .iter()
+            .find(|t| t.nodeid.ends_with("test_b_crash"))
+            .unwrap();
+        assert_eq!(crash.when, "call");
+        assert!(
+            crash.longrepr.starts_with("crashed: signal 11 (SIGSEGV)\n"),
+            "{}",
+            crash.longrepr
+        );
+        // Its output (pytest's faulthandler names the test's frame).
+        assert!(
+            crash.longrepr.contains("Segmentation fault"),
+            "{}",
+            crash.longrepr
+        );
+        assert!(
+            crash.longrepr.contains("test_b_crash"),
+            "{}",
+            crash.longrepr
+        );
+        assert!(
+            crash.longrepr.ends_with("\ncrashed: signal 11 (SIGSEGV)"),
+            "{}",
+            crash.longrepr
+        );
+        assert!(
+            ran.logs.contains(
+                "msfleet: pytest crashed (signal 11 (SIGSEGV)) in test_crash.py::test_b_crash; restart 1 of 3 without the 2 tests already reported\n"
+            ),
+            "{}",
+            ran.logs
+        );
+        assert!(ran.logs.contains("2 deselected"), "{}", ran.logs);
+    }
+
+    /// Past `max_crash_restarts` the rest does not run, and the attempt says so.
+    #[tokio::test]
+    async fn crash_restarts_are_bounded() {
+        let mut suite = String::from("import os, signal\n");
+        for i in 1..=4 {
+            suite +=
+                &format!("\ndef test_crash_{i}():\n    os.kill(os.getpid(), signal.SIGSEGV)\n");
+        }
+        suite += "\ndef test_z():\n    pass\n";
+        let ran = run_suite(&[("test_crashes.py", &suite)], 0, &["-p", "no:randomly"]).await;
+        assert_finished(
+            &ran,
+            Outcome::Failed,
+            "tests failed (pytest crashed in 4 tests, first test_crashes.py::test_crash_1 (signal 11 (SIGSEGV)); not restarted after 3 restarts: the rest did not run)",
+        );
+        assert_eq!(ids(&ran, "failed").len(), 4, "{:#?}", ran.results);
+        assert!(ids(&ran, "passed").is_empty(), "{:#?}", ran.results);
+    }
+
     /// Each way out of the source tree is refused by the agent itself (its
     /// policy is the default one), before pytest runs: the attempt ends
     /// `error` with the reason.
@@ -1267,6 +1518,7 @@ def test_quotes_it():
             python: "python3".into(),
             slots: 1,
             kill_grace: Duration::from_secs(1),
+            max_crash_restarts: 3,
             npu_smi: "npu-smi".into(),
             policy: pb::AgentPolicy {
                 allow_bench_commands: vec!["python3".into()],

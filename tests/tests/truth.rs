@@ -86,3 +86,59 @@ fn a_benchmark_that_cannot_start_or_has_no_cases_ends_error() {
     assert_eq!(j["state"], "error", "{j:#}");
     assert_eq!(j["reason"], "no benchmark cases found", "{j:#}");
 }
+
+/// One test kills its own pytest with SIGSEGV, as a native kernel would.
+const CRASH_SUITE: &str = r#"
+import os, signal
+
+def test_a():
+    pass
+
+def test_b_crash():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+def test_c():
+    pass
+"#;
+
+/// Through the fleet: the segfaulting test is failed and named in the report
+/// with "crashed: signal 11 (SIGSEGV)", the test after it still ran, and the
+/// job is `failed` (a product crash), not `error`.
+#[test]
+fn a_segfaulting_test_is_failed_by_name_and_the_tests_after_it_run() {
+    let mut f = Fleet::new();
+    f.add_agent("a1", &[], &[]);
+    let suite = f.write_suite("crash", &[("test_crash.py", CRASH_SUITE)]);
+    let id = f.submit(&["pytest", "--dir", &s(&suite), "--", "-p", "no:randomly"]);
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert_eq!(
+        j["reason"],
+        "tests failed (pytest crashed in test_crash.py::test_b_crash (signal 11 (SIGSEGV)))",
+        "{j:#}"
+    );
+    assert_eq!(count(&j, "passed"), 2, "{j:#}");
+    assert_eq!(count(&j, "failed"), 1, "{j:#}");
+    assert_eq!(count(&j, "total"), 3, "{j:#}");
+
+    let out = f.ctl(&["report", &id, "--json"]);
+    assert_eq!(out.code, 0, "{out}");
+    let v = out.json();
+    let rows: Vec<String> = v["matrix"]
+        .as_array()
+        .expect("matrix")
+        .iter()
+        .map(|r| r["test"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(rows, ["test_crash.py::test_b_crash"], "{v}");
+    let xml = f.path().join("crash.xml");
+    let out = f.ctl(&["report", &id, "--junit", &s(&xml)]);
+    assert_eq!(out.code, 0, "{out}");
+    let xml = std::fs::read_to_string(&xml).unwrap();
+    assert!(
+        xml.contains(
+            "<failure message=\"crashed: signal 11 (SIGSEGV)\">crashed: signal 11 (SIGSEGV)\n"
+        ),
+        "{xml}"
+    );
+}
