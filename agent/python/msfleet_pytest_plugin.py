@@ -21,6 +21,13 @@ pytest died of a signal)::
     {"type": "start", "nodeid": "tests/test_a.py::test_x[1-2]"}
     {"type": "finish", "nodeid": "tests/test_a.py::test_x[1-2]"}
 
+A subtest's report (pytest 9's ``subtests`` fixture, unittest's ``subTest``
+under pytest 9, the pytest-subtests plugin) carries its description, as
+pytest shows it after SUBPASS/SUBFAIL, in one more field::
+
+    {"type": "test", "nodeid": "t.py::test_x", "when": "call", "outcome": "failed",
+     ..., "subtest": "[msg] (i=1)"}
+
 ``outcome`` is one of passed, failed, skipped, xfailed, xpassed, error,
 rerun, other or collected.  Every message except rerun/other corresponds one-to-one to
 an entry counted in pytest's own terminal summary line ("3 failed,
@@ -44,7 +51,7 @@ item left after collection is sent once, as soon as collection is finished::
      "category": "collected", "duration_s": 0.0, "longrepr": "", "markers": [...]}
 
 This file is embedded in the Rust agent (include_str!) and must stay a single
-self-contained module: stdlib + pytest only, Python >= 3.8, pytest 7 and 8.
+self-contained module: stdlib + pytest only, Python >= 3.8, pytest 7, 8 and 9.
 """
 
 import json
@@ -105,6 +112,27 @@ def _marker_names(marks):
             seen.add(name)
             names.append(name)
     return names
+
+
+def _subtest_description(report):
+    """The description of a subtest's report ("[msg] (i=1)"), else None."""
+    context = getattr(report, "context", None)
+    if context is None or not hasattr(context, "kwargs"):
+        return None
+    describe = getattr(report, "_sub_test_description", None)
+    if callable(describe):
+        try:
+            return str(describe())
+        except Exception:
+            pass
+    parts = []
+    msg = getattr(context, "msg", None)
+    if msg is not None:
+        parts.append("[%s]" % (msg,))
+    kwargs = getattr(context, "kwargs", None) or {}
+    if kwargs:
+        parts.append("(%s)" % ", ".join("%s=%s" % kv for kv in kwargs.items()))
+    return " ".join(parts) or "(<subtest>)"
 
 
 def _category(config, report):
@@ -234,18 +262,20 @@ class MsfleetReporter:
             duration = float(duration) if duration is not None else 0.0
         except (TypeError, ValueError):
             duration = 0.0
-        self._send(
-            {
-                "type": "test",
-                "nodeid": report.nodeid,
-                "when": when,
-                "outcome": outcome,
-                "category": category,
-                "duration_s": duration,
-                "longrepr": self._longrepr(report, outcome),
-                "markers": self._markers_for(report),
-            }
-        )
+        msg = {
+            "type": "test",
+            "nodeid": report.nodeid,
+            "when": when,
+            "outcome": outcome,
+            "category": category,
+            "duration_s": duration,
+            "longrepr": self._longrepr(report, outcome),
+            "markers": self._markers_for(report),
+        }
+        subtest = _subtest_description(report)
+        if subtest is not None:
+            msg["subtest"] = subtest
+        self._send(msg)
 
     def pytest_runtest_logstart(self, nodeid, location):
         self._send({"type": "start", "nodeid": nodeid})

@@ -122,6 +122,9 @@ pub(crate) struct PluginMessage {
     longrepr: String,
     #[serde(default)]
     markers: Vec<String>,
+    /// A subtest's report: its description (`[msg] (i=1)`).
+    #[serde(default)]
+    subtest: Option<String>,
     /// Session message: `session.testscollected`.
     #[serde(default)]
     collected: Option<u64>,
@@ -723,15 +726,36 @@ async fn pump_results(
             rerun,
         );
         if let Some(tx) = &tx {
+            let longrepr = match &msg.subtest {
+                Some(desc) => subtest_longrepr(desc, &msg.outcome, &msg.longrepr),
+                None => msg.longrepr,
+            };
             tx.send(task_update::Kind::Test(bounded_result(TestResult {
                 nodeid: msg.nodeid,
                 when: msg.when,
                 outcome: msg.outcome,
                 duration_s: msg.duration_s,
-                longrepr: msg.longrepr,
+                longrepr,
                 markers: msg.markers,
             })));
         }
+    }
+}
+
+/// A subtest's result text, headed as pytest shows it: `SUBFAIL [msg] (i=1)`
+/// (or `SUBPASS`, `SUBSKIP`), then its failure.
+fn subtest_longrepr(desc: &str, outcome: &str, longrepr: &str) -> String {
+    let word = match outcome {
+        "passed" => "SUBPASS",
+        "skipped" => "SUBSKIP",
+        "xfailed" => "SUBXFAIL",
+        "xpassed" => "SUBXPASS",
+        _ => "SUBFAIL",
+    };
+    if longrepr.is_empty() {
+        format!("{word} {desc}")
+    } else {
+        format!("{word} {desc}\n{longrepr}")
     }
 }
 
@@ -1382,6 +1406,69 @@ def test_d_fails():
         );
         assert_eq!(ids(&ran, "failed").len(), 4, "{:#?}", ran.results);
         assert!(ids(&ran, "passed").is_empty(), "{:#?}", ran.results);
+    }
+
+    /// unittest's `subTest` (and, on pytest 9, the `subtests` fixture): the
+    /// results add up as pytest's summary, and the failed subtest's result is
+    /// failed, headed with its description as pytest shows it.
+    #[tokio::test]
+    async fn a_failed_subtest_is_a_failed_result_naming_it() {
+        const SUITE: &str = r#"
+import unittest
+
+class T(unittest.TestCase):
+    def test_ut(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertNotEqual(i, 2)
+"#;
+        let ran = run_suite(&[("test_ut.py", SUITE)], 0, &[]).await;
+        assert_finished(&ran, Outcome::Failed, "tests failed");
+        let failed: Vec<&TestResult> = ran
+            .results
+            .iter()
+            .filter(|t| t.outcome == "failed")
+            .collect();
+        assert_eq!(failed.len(), 1, "{:#?}", ran.results);
+        assert_eq!(failed[0].nodeid, "test_ut.py::T::test_ut");
+        assert!(
+            failed[0].longrepr.contains("AssertionError: 2 == 2"),
+            "{}",
+            failed[0].longrepr
+        );
+        let major = std::process::Command::new(python_with_pytest())
+            .args([
+                "-c",
+                "import pytest; print(pytest.__version__.split('.')[0])",
+            ])
+            .output()
+            .unwrap();
+        let major: u32 = String::from_utf8_lossy(&major.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        if major >= 9 {
+            assert!(
+                failed[0].longrepr.starts_with("SUBFAIL (i=2)\n"),
+                "{}",
+                failed[0].longrepr
+            );
+            // pytest 9 counts the test itself as passed, beside its failed subtest.
+            assert_eq!(ids(&ran, "passed"), ["test_ut.py::T::test_ut"]);
+        }
+    }
+
+    #[test]
+    fn subtest_results_are_headed_as_pytest_shows_them() {
+        assert_eq!(
+            subtest_longrepr("[i] (i=1)", "failed", "E  boom"),
+            "SUBFAIL [i] (i=1)\nE  boom"
+        );
+        assert_eq!(subtest_longrepr("(i=0)", "passed", ""), "SUBPASS (i=0)");
+        assert_eq!(
+            subtest_longrepr("(i=0)", "skipped", "why"),
+            "SUBSKIP (i=0)\nwhy"
+        );
     }
 
     /// Each way out of the source tree is refused by the agent itself (its
