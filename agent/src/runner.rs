@@ -692,6 +692,8 @@ async fn pump_results(
     };
     connected.store(true, Ordering::Release);
     let rerun = tx.is_none();
+    // The results of the running test, sent when it finishes (see `flush`).
+    let mut held: Vec<(TestResult, bool)> = Vec::new();
     let mut lines = BufReader::new(conn).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let msg: PluginMessage = match serde_json::from_str(&line) {
@@ -709,6 +711,7 @@ async fn pump_results(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .set_running(running);
+                flush(tx.as_ref(), &mut held);
                 continue;
             }
             "session" => {
@@ -717,28 +720,63 @@ async fn pump_results(
             }
             _ => continue,
         }
-        tally.lock().unwrap_or_else(|e| e.into_inner()).add_test(
-            &msg.nodeid,
-            &msg.when,
-            &msg.outcome,
-            msg.duration_s,
-            &msg.markers,
-            rerun,
-        );
-        if let Some(tx) = &tx {
-            let longrepr = match &msg.subtest {
-                Some(desc) => subtest_longrepr(desc, &msg.outcome, &msg.longrepr),
-                None => msg.longrepr,
-            };
-            tx.send(task_update::Kind::Test(bounded_result(TestResult {
-                nodeid: msg.nodeid,
-                when: msg.when,
-                outcome: msg.outcome,
-                duration_s: msg.duration_s,
-                longrepr,
-                markers: msg.markers,
-            })));
+        let running = {
+            let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+            t.add_test(
+                &msg.nodeid,
+                &msg.when,
+                &msg.outcome,
+                msg.duration_s,
+                &msg.markers,
+                rerun,
+            );
+            t.running.as_ref().is_some_and(|(id, _)| *id == msg.nodeid)
+        };
+        let Some(tx) = &tx else { continue };
+        let longrepr = match &msg.subtest {
+            Some(desc) => subtest_longrepr(desc, &msg.outcome, &msg.longrepr),
+            None => msg.longrepr,
+        };
+        let result = bounded_result(TestResult {
+            nodeid: msg.nodeid,
+            when: msg.when,
+            outcome: msg.outcome,
+            duration_s: msg.duration_s,
+            longrepr,
+            markers: msg.markers,
+        });
+        if running {
+            held.push((result, msg.subtest.is_some()));
+            if held.len() >= MAX_HELD {
+                flush(Some(tx), &mut held);
+            }
+        } else {
+            tx.send(task_update::Kind::Test(result));
         }
+    }
+    flush(tx.as_ref(), &mut held);
+}
+
+/// Results of one test held back at most (a test with more subtests sends
+/// them as they come).
+const MAX_HELD: usize = 1024;
+
+/// Sends the held results of a test. With subtests among them, its failed
+/// call results go last: a test's verdict is its last call result, and
+/// pytest 9 reports a unittest test `passed` after its failed `subTest`, so
+/// in pytest's order the pass would hide the failure. The counts are the
+/// same in any order.
+fn flush(tx: Option<&Updates>, held: &mut Vec<(TestResult, bool)>) {
+    let mut results = std::mem::take(held);
+    let Some(tx) = tx else { return };
+    if results.iter().any(|(_, sub)| *sub) {
+        // Stable: the order within each group is pytest's.
+        results.sort_by_key(|(r, _)| {
+            r.when == "call" && matches!(r.outcome.as_str(), "failed" | "error")
+        });
+    }
+    for (r, _) in results {
+        tx.send(task_update::Kind::Test(r));
     }
 }
 
@@ -1453,8 +1491,11 @@ class T(unittest.TestCase):
                 "{}",
                 failed[0].longrepr
             );
-            // pytest 9 counts the test itself as passed, beside its failed subtest.
+            // pytest 9 counts the test itself as passed, beside its failed
+            // subtest; the failure is sent last, so it is the test's verdict.
             assert_eq!(ids(&ran, "passed"), ["test_ut.py::T::test_ut"]);
+            let last = ran.results.iter().rfind(|t| t.when == "call").unwrap();
+            assert_eq!(last.outcome, "failed", "{:#?}", ran.results);
         }
     }
 

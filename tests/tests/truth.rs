@@ -142,3 +142,90 @@ fn a_segfaulting_test_is_failed_by_name_and_the_tests_after_it_run() {
         "{xml}"
     );
 }
+
+/// unittest's `subTest` and (pytest 9) the `subtests` fixture.
+const SUBTEST_SUITE: &str = r#"
+import unittest
+
+class T(unittest.TestCase):
+    def test_ut(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertNotEqual(i, 2)
+
+def test_plain():
+    pass
+"#;
+
+const SUBTESTS_FIXTURE: &str = r#"
+def test_sub(subtests):
+    for i in range(3):
+        with subtests.test(msg="i", i=i):
+            assert i != 1
+"#;
+
+fn pytest_major() -> u32 {
+    let out = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import pytest; print(pytest.__version__.split('.')[0])",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A test whose subtest failed is failed in the job's report and its JUnit
+/// (also where pytest 9 reports the unittest test itself `passed` after the
+/// failed subtest), and the counts are pytest's.
+#[test]
+fn a_test_with_a_failed_subtest_is_failed_in_the_report_and_junit() {
+    let mut f = Fleet::new();
+    f.add_agent("a1", &[], &[]);
+    let nine = pytest_major() >= 9;
+    let mut files = vec![("test_ut.py", SUBTEST_SUITE)];
+    if nine {
+        files.push(("test_sub.py", SUBTESTS_FIXTURE));
+    }
+    let suite = f.write_suite("subtests", &files);
+    let id = f.submit(&["pytest", "--dir", &s(&suite)]);
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "failed", "{j:#}");
+    // pytest 9: "3 failed, 2 passed" (two SUBFAILs, test_sub itself; test_ut
+    // and test_plain passed); pytest 8: "1 failed, 1 passed".
+    let (failed, passed) = if nine { (3, 2) } else { (1, 1) };
+    assert_eq!(count(&j, "failed"), failed, "{j:#}");
+    assert_eq!(count(&j, "passed"), passed, "{j:#}");
+
+    let v = f.ctl(&["report", &id, "--json"]).json();
+    let rows: Vec<(String, String)> = v["matrix"]
+        .as_array()
+        .expect("matrix")
+        .iter()
+        .map(|r| {
+            let cell = r["cells"].as_object().and_then(|c| c.values().next());
+            (
+                r["test"].as_str().unwrap_or("").to_string(),
+                cell.and_then(|c| c.as_str()).unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let mut want = vec![("test_ut.py::T::test_ut".to_string(), "fail".to_string())];
+    if nine {
+        want.insert(0, ("test_sub.py::test_sub".to_string(), "fail".to_string()));
+    }
+    assert_eq!(rows, want, "{v:#}");
+
+    let xml = f.path().join("sub.xml");
+    let out = f.ctl(&["report", &id, "--junit", &s(&xml)]);
+    assert_eq!(out.code, 0, "{out}");
+    let xml = std::fs::read_to_string(&xml).unwrap();
+    let ut = xml
+        .split("<testcase ")
+        .find(|t| t.contains("name=\"test_ut\""))
+        .unwrap_or_else(|| panic!("no test_ut in {xml}"));
+    assert!(ut.contains("<failure "), "{xml}");
+    if nine {
+        assert!(ut.contains("SUBFAIL (i=2)"), "{xml}");
+    }
+}
