@@ -1512,6 +1512,30 @@ class T(unittest.TestCase):
         );
     }
 
+    /// A source that cannot be prepared is the fleet's problem: error, and
+    /// pytest never runs.
+    #[tokio::test]
+    async fn a_source_that_cannot_be_prepared_ends_the_attempt_in_error() {
+        let mut gone = String::new();
+        let ran = run_suite_spec(OK_SUITE, "", 0, &[], 60_000, false, |s| {
+            let Some(pb::source::Kind::Dir(d)) = s.source.as_ref().and_then(|s| s.kind.clone())
+            else {
+                panic!("a dir job");
+            };
+            gone = format!("{d}/no-such-checkout");
+            s.source = Some(pb::Source {
+                kind: Some(pb::source::Kind::Dir(gone.clone())),
+            });
+        })
+        .await;
+        assert_finished(
+            &ran,
+            Outcome::Error,
+            &format!("source dir '{gone}' does not exist on this agent"),
+        );
+        assert!(ran.results.is_empty(), "{:?}", ran.results);
+    }
+
     /// Each way out of the source tree is refused by the agent itself (its
     /// policy is the default one), before pytest runs: the attempt ends
     /// `error` with the reason.
