@@ -2,24 +2,37 @@
 # Create (idempotently) the Python virtualenv used to run pytest suites and
 # the plugin parity test.
 #
-#   scripts/venv.sh [DIR]
+#   scripts/venv.sh [DIR]            pytest 9 (the current release), DIR defaults to .venv
+#   scripts/venv.sh --pytest8 [DIR]  pytest 8 (the oldest release the tests run against),
+#                                    DIR defaults to .venv-pytest8
 #
-# DIR defaults to .venv at the repository root (relative DIRs are taken
-# relative to the current directory). The path of the venv's python is
-# printed on the last line of stdout. Fast no-op when the venv already
-# exists and pytest is importable in it.
+# Relative DIRs are taken relative to the current directory. The path of the
+# venv's python is printed on the last line of stdout. Fast no-op when the
+# venv already exists with the wanted pytest major version; a venv with
+# another major version is upgraded or downgraded in place.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DIR="${1:-$ROOT/.venv}"
+MAJOR=9
+DEFAULT_DIR="$ROOT/.venv"
+if [ "${1:-}" = "--pytest8" ]; then
+    MAJOR=8
+    DEFAULT_DIR="$ROOT/.venv-pytest8"
+    shift
+fi
+DIR="${1:-$DEFAULT_DIR}"
 PYTHON3="${PYTHON3:-python3}"
-PYTEST_SPEC='pytest>=7,<9'
+PYTEST_SPEC="pytest>=$MAJOR,<$((MAJOR + 1))"
 
 mkdir -p "$(dirname "$DIR")"
 DIR="$(cd "$(dirname "$DIR")" && pwd)/$(basename "$DIR")"
 PY="$DIR/bin/python"
 
-if [ -x "$PY" ] && "$PY" -c 'import pytest' >/dev/null 2>&1; then
+has_pytest() {
+    "$PY" -c "import sys, pytest; sys.exit(int(pytest.__version__.split('.')[0]) != $MAJOR)" >/dev/null 2>&1
+}
+
+if [ -x "$PY" ] && has_pytest; then
     echo "$PY"
     exit 0
 fi
@@ -30,8 +43,8 @@ if [ ! -x "$PY" ]; then
     "$PYTHON3" -m venv --clear "$DIR" >&2
 fi
 
-echo "venv.sh: installing $PYTEST_SPEC" >&2
+echo "venv.sh: installing $PYTEST_SPEC in $DIR" >&2
 "$PY" -m pip install --disable-pip-version-check --quiet "$PYTEST_SPEC" >&2
 
-"$PY" -c 'import pytest' >&2
+has_pytest || { echo "venv.sh: pytest $MAJOR is not importable by $PY" >&2; exit 1; }
 echo "$PY"

@@ -14,6 +14,20 @@ as each result is known::
     ...
     {"type": "session", "exitstatus": 1, "collected": 17}
 
+Around each test's reports the plugin also says when the test starts and
+when it is done (so that the agent can name the test that was running when
+pytest died of a signal)::
+
+    {"type": "start", "nodeid": "tests/test_a.py::test_x[1-2]"}
+    {"type": "finish", "nodeid": "tests/test_a.py::test_x[1-2]"}
+
+A subtest's report (pytest 9's ``subtests`` fixture, unittest's ``subTest``
+under pytest 9, the pytest-subtests plugin) carries its description, as
+pytest shows it after SUBPASS/SUBFAIL, in one more field::
+
+    {"type": "test", "nodeid": "t.py::test_x", "when": "call", "outcome": "failed",
+     ..., "subtest": "[msg] (i=1)"}
+
 ``outcome`` is one of passed, failed, skipped, xfailed, xpassed, error,
 rerun, other or collected.  Every message except rerun/other corresponds one-to-one to
 an entry counted in pytest's own terminal summary line ("3 failed,
@@ -26,6 +40,10 @@ collected items with those node ids are kept (a shard of the selection); the
 rest are deselected through ``pytest_deselected`` so pytest's summary counts
 them as "deselected", and they are not reported.
 
+With ``MSFLEET_DESELECT_FILE`` (a file of node ids, one a line) the
+collected items with those node ids are deselected the same way (the agent
+restarts pytest after a crash on the tests not yet reported).
+
 With ``MSFLEET_COLLECT=1`` (the agent also passes ``--collect-only -q``) each
 item left after collection is sent once, as soon as collection is finished::
 
@@ -33,7 +51,7 @@ item left after collection is sent once, as soon as collection is finished::
      "category": "collected", "duration_s": 0.0, "longrepr": "", "markers": [...]}
 
 This file is embedded in the Rust agent (include_str!) and must stay a single
-self-contained module: stdlib + pytest only, Python >= 3.8, pytest 7 and 8.
+self-contained module: stdlib + pytest only, Python >= 3.8, pytest 7, 8 and 9.
 """
 
 import json
@@ -46,6 +64,7 @@ import pytest
 
 ENV_SOCKET = "MSFLEET_RESULT_SOCKET"
 ENV_SELECT = "MSFLEET_SELECT_FILE"
+ENV_DESELECT = "MSFLEET_DESELECT_FILE"
 ENV_COLLECT = "MSFLEET_COLLECT"
 MAX_LONGREPR_BYTES = 64 * 1024
 _TRUNC_SUFFIX = "\n[msfleet: longrepr truncated]"
@@ -93,6 +112,27 @@ def _marker_names(marks):
             seen.add(name)
             names.append(name)
     return names
+
+
+def _subtest_description(report):
+    """The description of a subtest's report ("[msg] (i=1)"), else None."""
+    context = getattr(report, "context", None)
+    if context is None or not hasattr(context, "kwargs"):
+        return None
+    describe = getattr(report, "_sub_test_description", None)
+    if callable(describe):
+        try:
+            return str(describe())
+        except Exception:
+            pass
+    parts = []
+    msg = getattr(context, "msg", None)
+    if msg is not None:
+        parts.append("[%s]" % (msg,))
+    kwargs = getattr(context, "kwargs", None) or {}
+    if kwargs:
+        parts.append("(%s)" % ", ".join("%s=%s" % kv for kv in kwargs.items()))
+    return " ".join(parts) or "(<subtest>)"
 
 
 def _category(config, report):
@@ -222,18 +262,26 @@ class MsfleetReporter:
             duration = float(duration) if duration is not None else 0.0
         except (TypeError, ValueError):
             duration = 0.0
-        self._send(
-            {
-                "type": "test",
-                "nodeid": report.nodeid,
-                "when": when,
-                "outcome": outcome,
-                "category": category,
-                "duration_s": duration,
-                "longrepr": self._longrepr(report, outcome),
-                "markers": self._markers_for(report),
-            }
-        )
+        msg = {
+            "type": "test",
+            "nodeid": report.nodeid,
+            "when": when,
+            "outcome": outcome,
+            "category": category,
+            "duration_s": duration,
+            "longrepr": self._longrepr(report, outcome),
+            "markers": self._markers_for(report),
+        }
+        subtest = _subtest_description(report)
+        if subtest is not None:
+            msg["subtest"] = subtest
+        self._send(msg)
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self._send({"type": "start", "nodeid": nodeid})
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        self._send({"type": "finish", "nodeid": nodeid})
 
     def pytest_runtest_logreport(self, report):
         if not getattr(report, "count_towards_summary", True):
@@ -300,18 +348,29 @@ def _read_select_file(path):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
-    """A shard: keep only the node ids listed in ``MSFLEET_SELECT_FILE``."""
-    path = os.environ.get(ENV_SELECT)
-    if not path:
+    """A shard: keep only the node ids listed in ``MSFLEET_SELECT_FILE``;
+    a restart after a crash: drop those listed in ``MSFLEET_DESELECT_FILE``."""
+    wanted = None
+    unwanted = set()
+    for var in (ENV_SELECT, ENV_DESELECT):
+        path = os.environ.get(var)
+        if not path:
+            continue
+        try:
+            ids = _read_select_file(path)
+        except OSError as exc:
+            raise pytest.UsageError("msfleet: cannot read %s=%s: %s" % (var, path, exc))
+        if var == ENV_SELECT:
+            wanted = ids
+        else:
+            unwanted = ids
+    if wanted is None and not unwanted:
         return
-    try:
-        wanted = _read_select_file(path)
-    except OSError as exc:
-        raise pytest.UsageError("msfleet: cannot read %s=%s: %s" % (ENV_SELECT, path, exc))
     kept = []
     deselected = []
     for item in items:
-        (kept if item.nodeid in wanted else deselected).append(item)
+        keep = (wanted is None or item.nodeid in wanted) and item.nodeid not in unwanted
+        (kept if keep else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept

@@ -159,9 +159,25 @@ def assert_parity(proc, server):
     # Wire format: one JSON object per \n-terminated line, session last.
     assert server.raw.endswith(b"\n")
     assert server.connections == 1
+    running = None
     for m in msgs[:-1]:
+        # A test's reports lie between its start and its finish.
+        if m["type"] == "start":
+            assert set(m) == {"type", "nodeid"} and running is None, (m, running)
+            running = m["nodeid"]
+            continue
+        if m["type"] == "finish":
+            assert m == {"type": "finish", "nodeid": running}, (m, running)
+            running = None
+            continue
         assert m["type"] == "test", m
-        assert set(m) == {"type", "nodeid", "when", "outcome", "category", "duration_s", "longrepr", "markers"}
+        if m["when"] != "collect":
+            assert m["nodeid"] == running, (m, running)
+        keys = {"type", "nodeid", "when", "outcome", "category", "duration_s", "longrepr", "markers"}
+        if "subtest" in m:
+            assert isinstance(m["subtest"], str) and m["subtest"], m
+            keys.add("subtest")
+        assert set(m) == keys
         assert m["outcome"] in ALL_OUTCOMES
         assert m["when"] in ("collect", "setup", "call", "teardown")
         assert isinstance(m["duration_s"], float) and m["duration_s"] >= 0
@@ -372,3 +388,68 @@ def test_collect_only_reports_each_item_as_collected(monkeypatch):
         proc = run_pytest(SUITE, ["--collect-only", "-q"], socket_path=server.path)
         server.wait_session()
         assert [m["type"] for m in server.messages()] == ["session"]
+
+
+PYTEST_MAJOR = int(pytest.__version__.split(".")[0])
+
+SUBTESTS = """
+import unittest
+
+def test_sub(subtests):
+    for i in range(3):
+        with subtests.test(msg="i", i=i):
+            assert i != 1
+
+def test_sub_ok(subtests):
+    for i in range(2):
+        with subtests.test(i=i):
+            pass
+
+def test_plain():
+    pass
+"""
+
+UNITTEST_SUBTEST = """
+import unittest
+
+class T(unittest.TestCase):
+    def test_ut(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertNotEqual(i, 2)
+
+    def test_ut_ok(self):
+        for i in range(2):
+            with self.subTest(i=i):
+                pass
+"""
+
+
+@pytest.mark.skipif(PYTEST_MAJOR < 9, reason="the subtests fixture is built into pytest 9")
+def test_subtests_fixture_parity(tmp_path):
+    """pytest 9's subtests: the plugin's counts are pytest's summary, and a
+    failed subtest is a failed result naming its subtest."""
+    (tmp_path / "test_sub.py").write_text(SUBTESTS)
+    with ResultServer() as server:
+        proc = run_pytest(str(tmp_path), socket_path=server.path)
+        msgs, session, summary = assert_parity(proc, server)
+    assert proc.returncode == 1
+    failed = [m for m in msgs if m["type"] == "test" and m["outcome"] == "failed"]
+    assert {m["nodeid"] for m in failed} == {"test_sub.py::test_sub"}, failed
+    subfail = [m for m in failed if "subtest" in m]
+    assert [m["subtest"] for m in subfail] == ["[i] (i=1)"], failed
+    assert "assert 1 != 1" in subfail[0]["longrepr"]
+
+
+def test_unittest_subtest_parity(tmp_path):
+    """unittest's subTest, on every supported pytest: counts as pytest's own
+    summary, and the failing subtest's test has a failed result."""
+    (tmp_path / "test_ut.py").write_text(UNITTEST_SUBTEST)
+    with ResultServer() as server:
+        proc = run_pytest(str(tmp_path), socket_path=server.path)
+        msgs, session, summary = assert_parity(proc, server)
+    assert proc.returncode == 1
+    failed = [m for m in msgs if m["type"] == "test" and m["outcome"] == "failed"]
+    assert [m["nodeid"] for m in failed] == ["test_ut.py::T::test_ut"], msgs
+    if PYTEST_MAJOR >= 9:
+        assert failed[0]["subtest"] == "(i=2)", failed

@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub slots: Option<u32>,
     /// e.g. "10s"
     pub kill_grace: Option<String>,
+    /// How many times pytest is restarted after a crash (default 3).
+    pub max_crash_restarts: Option<u32>,
     pub npu_smi: Option<PathBuf>,
     /// File with this agent's join token (`msctl agent token create`).
     pub token_file: Option<PathBuf>,
@@ -114,6 +116,9 @@ impl FileConfig {
     }
 }
 
+/// Restarts of pytest after crashes, per attempt, unless configured.
+pub const DEFAULT_MAX_CRASH_RESTARTS: u32 = 3;
+
 /// The settings the agent runs with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -127,6 +132,9 @@ pub struct AgentConfig {
     pub slots: u32,
     /// Time between SIGTERM and SIGKILL of a test's process group.
     pub kill_grace: Duration,
+    /// How many times one attempt restarts pytest after it died of a signal
+    /// the agent did not send, on the tests not yet reported.
+    pub max_crash_restarts: u32,
     pub npu_smi: PathBuf,
     /// How to reach the scheduler: address, CA, client certificate.
     pub target: Target,
@@ -147,6 +155,7 @@ pub struct Overrides {
     pub python: Option<PathBuf>,
     pub slots: Option<u32>,
     pub kill_grace: Option<Duration>,
+    pub max_crash_restarts: Option<u32>,
     pub npu_smi: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
     pub ca: Option<PathBuf>,
@@ -259,6 +268,10 @@ impl AgentConfig {
                 .unwrap_or_else(|| PathBuf::from("python3")),
             slots,
             kill_grace,
+            max_crash_restarts: flags
+                .max_crash_restarts
+                .or(file.max_crash_restarts)
+                .unwrap_or(DEFAULT_MAX_CRASH_RESTARTS),
             npu_smi: flags
                 .npu_smi
                 .or(file.npu_smi)
@@ -323,6 +336,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn max_crash_restarts_from_the_file_or_the_flag() {
+        let file: FileConfig = toml::from_str("max_crash_restarts = 1").unwrap();
+        let cfg = AgentConfig::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(cfg.max_crash_restarts, 1);
+        let file: FileConfig = toml::from_str("max_crash_restarts = 1").unwrap();
+        let flags = Overrides {
+            max_crash_restarts: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            AgentConfig::resolve(file, flags)
+                .unwrap()
+                .max_crash_restarts,
+            0
+        );
+    }
+
+    #[test]
     fn flags_override_the_file_and_labels_merge() {
         let file: FileConfig = toml::from_str(
             r#"
@@ -342,6 +373,7 @@ mod tests {
             ..Default::default()
         };
         let cfg = AgentConfig::resolve(file, flags).unwrap();
+        assert_eq!(cfg.max_crash_restarts, DEFAULT_MAX_CRASH_RESTARTS);
         assert_eq!(cfg.name, "from-flag");
         assert_eq!(cfg.scheduler, "http://10.0.0.1:7070");
         assert_eq!(cfg.slots, 2);

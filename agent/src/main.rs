@@ -39,6 +39,10 @@ struct Args {
     /// Time between SIGTERM and SIGKILL when a test is cancelled or times out.
     #[arg(long, value_parser = humantime::parse_duration)]
     kill_grace: Option<Duration>,
+    /// How many times one attempt restarts pytest after pytest crashed (a
+    /// signal the agent did not send) on the tests not yet reported (default 3).
+    #[arg(long)]
+    max_crash_restarts: Option<u32>,
     /// The npu-smi binary.
     #[arg(long)]
     npu_smi: Option<PathBuf>,
@@ -92,6 +96,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             python: args.python,
             slots: args.slots,
             kill_grace: args.kill_grace,
+            max_crash_restarts: args.max_crash_restarts,
             npu_smi: args.npu_smi,
             token_file: args.token_file,
             ca: args.ca,

@@ -17,6 +17,14 @@
 //! (the rest show as deselected). With `collect_only`, pytest runs with
 //! `--collect-only -q` and `MSFLEET_COLLECT=1`, and the plugin reports every
 //! item it kept with outcome `collected` (no retries apply).
+//!
+//! pytest that ends unsuccessfully before the plugin connected never ran a
+//! test: the attempt is `error`, with one line naming the interpreter. pytest
+//! that dies of a signal the agent did not send (SIGKILL excepted: the OOM
+//! killer's) while a test runs has that test reported `failed` ("crashed:
+//! signal 11 (SIGSEGV)" and the fault handler's output) and is restarted on
+//! the tests not yet reported (`MSFLEET_DESELECT_FILE`), up to
+//! `max_crash_restarts` times.
 
 use crate::attempt::{
     attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, StopReason, Updates,
@@ -114,6 +122,9 @@ pub(crate) struct PluginMessage {
     longrepr: String,
     #[serde(default)]
     markers: Vec<String>,
+    /// A subtest's report: its description (`[msg] (i=1)`).
+    #[serde(default)]
+    subtest: Option<String>,
     /// Session message: `session.testscollected`.
     #[serde(default)]
     collected: Option<u64>,
@@ -125,6 +136,81 @@ struct RunEnd {
     /// Set when the attempt was stopped or timed out during the run.
     stopped: Option<Halt>,
     tally: Tally,
+    /// The newest part of the run's output (stdout and stderr as read).
+    tail: String,
+}
+
+/// Lines of output quoted under a crashed test.
+const TAIL_LINES: usize = 20;
+
+/// Removes a file when dropped (the attempt's select and deselect files).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Output of a pytest run kept for the reasons of an infrastructure failure
+/// and of a crash: the newest [`TAIL_CAP`] bytes.
+const TAIL_CAP: usize = 16 * 1024;
+
+/// The newest `TAIL_CAP` bytes of a run's output.
+#[derive(Default)]
+struct OutputTail(Vec<u8>);
+
+impl OutputTail {
+    fn push(&mut self, data: &[u8]) {
+        self.0.extend_from_slice(data);
+        if self.0.len() > 2 * TAIL_CAP {
+            self.0.drain(..self.0.len() - TAIL_CAP);
+        }
+    }
+
+    fn text(&self) -> String {
+        let b = &self.0[self.0.len().saturating_sub(TAIL_CAP)..];
+        String::from_utf8_lossy(b).into_owned()
+    }
+}
+
+/// The last `n` non-empty lines of `text`.
+fn last_lines(text: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// What to quote under a crashed test: the Python fault handler's report
+/// (pytest enables it: "Fatal Python error: Segmentation fault", the stack
+/// with the test's frame) when the output has one, else its last lines.
+fn crash_output(tail: &str) -> String {
+    const FAULT: &str = "Fatal Python error";
+    match tail.rfind(FAULT) {
+        // The report starts with the fault and the innermost frames.
+        Some(i) => tail[i..]
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(60)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => last_lines(tail, TAIL_LINES).join("\n"),
+    }
+}
+
+/// The signal pytest died of, when it counts as a crash of the test that was
+/// running: any but SIGKILL (the OOM killer's; the agent's own stops are
+/// told apart before).
+fn crash_signal(status: ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().filter(|&s| s != libc::SIGKILL)
+}
+
+/// `signal 11 (SIGSEGV)`.
+fn describe_signal(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => format!("signal {sig} ({s})"),
+        Err(_) => format!("signal {sig}"),
+    }
 }
 
 /// Everything the runs of one attempt share.
@@ -209,7 +295,7 @@ async fn run_pytest(
         text.push('\n');
         tokio::fs::write(&path, text).await?;
         extra_env.push(("MSFLEET_SELECT_FILE", path.clone().into_os_string()));
-        Some(path)
+        Some(RemoveOnDrop(path))
     };
     let main = run
         .once(
@@ -220,10 +306,7 @@ async fn run_pytest(
             &mut guard,
         )
         .await;
-    if let Some(p) = &select_file {
-        let _ = tokio::fs::remove_file(p).await;
-    }
-    let main = match main? {
+    let mut main = match main? {
         Ok(end) => end,
         Err(f) => return Ok(Some(f)),
     };
@@ -235,7 +318,103 @@ async fn run_pytest(
         let (outcome, reason) = classify_collect(main.status, &main.tally);
         return Ok(finished(outcome, reason, code));
     }
-    let base = classify(main.status, main.tally.errors);
+
+    // pytest died of a signal the agent did not send, in a test: that test
+    // is failed (a product crash, not the fleet's), and pytest is restarted
+    // on the rest, as pytest-xdist restarts a crashed worker. SIGKILL (the
+    // OOM killer) is not a crash of a test: it stays an error.
+    let max_restarts = cfg.max_crash_restarts;
+    let mut crashes: Vec<String> = Vec::new();
+    let mut exhausted = false;
+    while let Some(sig) = crash_signal(main.status) {
+        let Some((nodeid, called)) = main.tally.running.take() else {
+            break;
+        };
+        let what = describe_signal(sig);
+        let (when, outcome) = if called {
+            ("teardown", "error")
+        } else {
+            ("call", "failed")
+        };
+        let tail = crash_output(&main.tail);
+        main.tally.add_test(&nodeid, when, outcome, 0.0, &[], false);
+        tx.send(task_update::Kind::Test(bounded_result(TestResult {
+            nodeid: nodeid.clone(),
+            when: when.into(),
+            outcome: outcome.into(),
+            duration_s: 0.0,
+            // The reason first and, as pytest ends a failure with its
+            // error line (what JUnit's message shows), last as well.
+            longrepr: if tail.is_empty() {
+                format!("crashed: {what}")
+            } else {
+                format!("crashed: {what}\n{tail}\ncrashed: {what}")
+            },
+            markers: Vec::new(),
+        })));
+        crashes.push(format!("{nodeid} ({what})"));
+        let n = crashes.len() as u32;
+        if n > max_restarts {
+            exhausted = true;
+            break;
+        }
+        if let Some(h) = guard.check() {
+            return Ok(halted(h, run.timeout, -1));
+        }
+        let done = run.run_dir.join(format!("{slot}-c{n}.deselect"));
+        let mut ids: Vec<&str> = main.tally.reported.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        tokio::fs::write(&done, ids.join("\n") + "\n").await?;
+        let done = RemoveOnDrop(done);
+        tx.log(
+            "stderr",
+            format!(
+                "msfleet: pytest crashed ({what}) in {nodeid}; restart {n} of {max_restarts} without the {} test{} already reported\n",
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" }
+            ),
+        );
+        let mut env = extra_env.clone();
+        env.push(("MSFLEET_DESELECT_FILE", done.0.clone().into_os_string()));
+        let next = match run
+            .once(&format!("{slot}-c{n}.sock"), &args, &env, false, &mut guard)
+            .await?
+        {
+            Ok(end) => end,
+            Err(f) => return Ok(Some(f)),
+        };
+        if let Some(h) = next.stopped {
+            return Ok(halted(h, run.timeout, next.status.code().unwrap_or(-1)));
+        }
+        main.status = next.status;
+        main.tail = next.tail;
+        main.tally.absorb(next.tally);
+    }
+    drop(select_file);
+    let (base, code) = if crashes.is_empty() {
+        (classify(main.status, main.tally.errors), code)
+    } else {
+        let note = match crashes.as_slice() {
+            [one] => format!("pytest crashed in {one}"),
+            [first, ..] => format!("pytest crashed in {} tests, first {first}", crashes.len()),
+            [] => unreachable!(),
+        };
+        if exhausted {
+            let why = format!(
+                "tests failed ({note}; not restarted after {max_restarts} restart{}: the rest did not run)",
+                if max_restarts == 1 { "" } else { "s" }
+            );
+            ((Outcome::Failed, why), 1)
+        } else if matches!(main.status.code(), Some(0 | 1)) {
+            ((Outcome::Failed, format!("tests failed ({note})")), 1)
+        } else {
+            let (o, r) = classify(main.status, main.tally.errors);
+            (
+                (o, format!("{r} ({note})")),
+                main.status.code().unwrap_or(-1),
+            )
+        }
+    };
     let retries = a.spec.retry_failed;
     if retries == 0 || code != 1 || main.tally.failed_calls.is_empty() {
         return Ok(finished(base.0, base.1, code));
@@ -294,7 +473,14 @@ async fn run_pytest(
             false
         });
     }
-    let (outcome, reason) = flaky::verdict(base, code, &main.tally, flaky_count);
+    let crashed = !crashes.is_empty();
+    let (outcome, mut reason) = flaky::verdict(base, code, &main.tally, flaky_count);
+    if crashed && flaky_count > 0 {
+        reason = format!(
+            "tests failed ({flaky_count} flaky; pytest crashed in {})",
+            crashes[0]
+        );
+    }
     Ok(finished(outcome, reason, code))
 }
 
@@ -341,7 +527,10 @@ impl PytestRun<'_> {
                 let _ = tokio::fs::remove_file(&sock_path).await;
                 return Ok(Err(Finished {
                     outcome: Outcome::Error as i32,
-                    reason: format!("cannot start {}: {e}", cfg.python.display()),
+                    reason: format!(
+                        "cannot start the python interpreter {}: {e}",
+                        cfg.python.display()
+                    ),
                     exit_code: -1,
                 }));
             }
@@ -351,7 +540,14 @@ impl PytestRun<'_> {
             .record(self.run_dir.join(format!("{}.pgid", self.slot)), &sock_path)
             .await?;
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let running = group.start(tx, None);
+        let tail = Arc::new(Mutex::new(OutputTail::default()));
+        let hook: crate::process::OutputHook = {
+            let tail = tail.clone();
+            Arc::new(move |_stream: &str, data: &[u8]| {
+                tail.lock().unwrap_or_else(|e| e.into_inner()).push(data);
+            })
+        };
+        let running = group.start(tx, Some(hook));
         let connected = Arc::new(AtomicBool::new(false));
         let results = tokio::spawn(pump_results(
             listener,
@@ -379,11 +575,68 @@ impl PytestRun<'_> {
         let _ = tokio::fs::remove_file(&sock_path).await;
         let status = exited.reaped?.status;
         let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
+        let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).text();
+        // pytest ended on its own, unsuccessfully, and the plugin never
+        // connected: pytest did not get as far as running tests. That is the
+        // fleet's problem (interpreter, environment), never the tests'.
+        if exited.halted.is_none() && !status.success() && !connected.load(Ordering::Acquire) {
+            let reason = self.not_started(status, &tail).await;
+            return Ok(Err(Finished {
+                outcome: Outcome::Error as i32,
+                reason,
+                exit_code: status.code().unwrap_or(-1),
+            }));
+        }
         Ok(Ok(RunEnd {
             status,
             stopped: exited.halted,
             tally,
+            tail,
         }))
+    }
+
+    /// Why pytest ended before its plugin connected, in one line naming the
+    /// interpreter: pytest is not importable by it (asked with the run's own
+    /// environment), or else what pytest last printed.
+    async fn not_started(&self, status: ExitStatus, tail: &str) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        let python = self.cfg.python.display();
+        let mut probe = tokio::process::Command::new(&self.cfg.python);
+        probe
+            .args(["-c", "import pytest"])
+            .current_dir(self.dir)
+            .envs(&self.a.spec.env)
+            .env("PYTHONPATH", &self.pythonpath)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let probed = tokio::time::timeout(Duration::from_secs(30), probe.output()).await;
+        if let Ok(Ok(out)) = probed {
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let why = last_lines(&err, 1)
+                    .first()
+                    .map_or("", |l| l.trim())
+                    .to_string();
+                return format!("pytest is not importable by {python}: {why}");
+            }
+        }
+        let how = match (status.code(), status.signal()) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(sig)) => format!("was killed by {}", describe_signal(sig)),
+            _ => format!("ended with {status}"),
+        };
+        let last = last_lines(tail, 1)
+            .first()
+            .map_or("", |l| l.trim())
+            .to_string();
+        let mut reason = format!("pytest ({python}) {how} before the msfleet plugin connected");
+        if !last.is_empty() {
+            let cut: String = last.chars().take(300).collect();
+            reason.push_str(&format!(": {cut}"));
+        }
+        reason
     }
 }
 
@@ -439,6 +692,8 @@ async fn pump_results(
     };
     connected.store(true, Ordering::Release);
     let rerun = tx.is_none();
+    // The results of the running test, sent when it finishes (see `flush`).
+    let mut held: Vec<(TestResult, bool)> = Vec::new();
     let mut lines = BufReader::new(conn).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let msg: PluginMessage = match serde_json::from_str(&line) {
@@ -450,30 +705,95 @@ async fn pump_results(
         };
         match msg.kind.as_str() {
             "test" => {}
+            "start" | "finish" => {
+                let running = (msg.kind == "start").then_some(msg.nodeid.as_str());
+                tally
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_running(running);
+                flush(tx.as_ref(), &mut held);
+                continue;
+            }
             "session" => {
                 tally.lock().unwrap_or_else(|e| e.into_inner()).collected = msg.collected;
                 continue;
             }
             _ => continue,
         }
-        tally.lock().unwrap_or_else(|e| e.into_inner()).add_test(
-            &msg.nodeid,
-            &msg.when,
-            &msg.outcome,
-            msg.duration_s,
-            &msg.markers,
-            rerun,
-        );
-        if let Some(tx) = &tx {
-            tx.send(task_update::Kind::Test(bounded_result(TestResult {
-                nodeid: msg.nodeid,
-                when: msg.when,
-                outcome: msg.outcome,
-                duration_s: msg.duration_s,
-                longrepr: msg.longrepr,
-                markers: msg.markers,
-            })));
+        let running = {
+            let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+            t.add_test(
+                &msg.nodeid,
+                &msg.when,
+                &msg.outcome,
+                msg.duration_s,
+                &msg.markers,
+                rerun,
+            );
+            t.running.as_ref().is_some_and(|(id, _)| *id == msg.nodeid)
+        };
+        let Some(tx) = &tx else { continue };
+        let longrepr = match &msg.subtest {
+            Some(desc) => subtest_longrepr(desc, &msg.outcome, &msg.longrepr),
+            None => msg.longrepr,
+        };
+        let result = bounded_result(TestResult {
+            nodeid: msg.nodeid,
+            when: msg.when,
+            outcome: msg.outcome,
+            duration_s: msg.duration_s,
+            longrepr,
+            markers: msg.markers,
+        });
+        if running {
+            held.push((result, msg.subtest.is_some()));
+            if held.len() >= MAX_HELD {
+                flush(Some(tx), &mut held);
+            }
+        } else {
+            tx.send(task_update::Kind::Test(result));
         }
+    }
+    flush(tx.as_ref(), &mut held);
+}
+
+/// Results of one test held back at most (a test with more subtests sends
+/// them as they come).
+const MAX_HELD: usize = 1024;
+
+/// Sends the held results of a test. With subtests among them, its failed
+/// call results go last: a test's verdict is its last call result, and
+/// pytest 9 reports a unittest test `passed` after its failed `subTest`, so
+/// in pytest's order the pass would hide the failure. The counts are the
+/// same in any order.
+fn flush(tx: Option<&Updates>, held: &mut Vec<(TestResult, bool)>) {
+    let mut results = std::mem::take(held);
+    let Some(tx) = tx else { return };
+    if results.iter().any(|(_, sub)| *sub) {
+        // Stable: the order within each group is pytest's.
+        results.sort_by_key(|(r, _)| {
+            r.when == "call" && matches!(r.outcome.as_str(), "failed" | "error")
+        });
+    }
+    for (r, _) in results {
+        tx.send(task_update::Kind::Test(r));
+    }
+}
+
+/// A subtest's result text, headed as pytest shows it: `SUBFAIL [msg] (i=1)`
+/// (or `SUBPASS`, `SUBSKIP`), then its failure.
+fn subtest_longrepr(desc: &str, outcome: &str, longrepr: &str) -> String {
+    let word = match outcome {
+        "passed" => "SUBPASS",
+        "skipped" => "SUBSKIP",
+        "xfailed" => "SUBXFAIL",
+        "xpassed" => "SUBXPASS",
+        _ => "SUBFAIL",
+    };
+    if longrepr.is_empty() {
+        format!("{word} {desc}")
+    } else {
+        format!("{word} {desc}\n{longrepr}")
     }
 }
 
@@ -634,6 +954,32 @@ def test_param(p):
         cancel_on_retry: bool,
         tweak: impl FnOnce(&mut JobSpec),
     ) -> Ran {
+        let python = python_with_pytest();
+        run_suite_python(
+            files,
+            sub,
+            retry_failed,
+            args,
+            timeout_ms,
+            cancel_on_retry,
+            tweak,
+            python,
+        )
+        .await
+    }
+
+    /// [`run_suite_spec`] with the agent's `--python`.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_suite_python(
+        files: &[(&str, &str)],
+        sub: &str,
+        retry_failed: u32,
+        args: &[&str],
+        timeout_ms: i64,
+        cancel_on_retry: bool,
+        tweak: impl FnOnce(&mut JobSpec),
+        python: std::path::PathBuf,
+    ) -> Ran {
         let tmp = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(tmp.path()).unwrap();
         let suite = root.join("suite");
@@ -651,9 +997,10 @@ def test_param(p):
             work_dir: root.join("work"),
             labels: Default::default(),
             roots: vec![root.clone()],
-            python: python_with_pytest(),
+            python,
             slots: 1,
             kill_grace: Duration::from_secs(2),
+            max_crash_restarts: 3,
             npu_smi: "npu-smi".into(),
             target: Default::default(),
             bearer: msfleet_proto::client::Bearer::new(None).unwrap(),
@@ -936,6 +1283,259 @@ def test_slow_second_time():
         assert!(ran.logs.contains("3 deselected"), "{}", ran.logs);
     }
 
+    /// An executable shell script `name` in `dir` with `body`.
+    fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    const OK_SUITE: &[(&str, &str)] = &[("test_ok.py", "def test_ok():\n    pass\n")];
+
+    /// An interpreter that cannot import pytest (a real Python, without its
+    /// site-packages), one that is missing, and one whose pytest exits before
+    /// the plugin connects: the attempt ends `error` naming the interpreter,
+    /// never `failed` with no tests.
+    #[tokio::test]
+    async fn an_interpreter_that_cannot_run_pytest_ends_the_attempt_in_error() {
+        let bin = tempfile::tempdir().unwrap();
+        let real = python_with_pytest();
+        let bare = script(
+            bin.path(),
+            "python-bare",
+            &format!("exec {} -S \"$@\"", real.display()),
+        );
+        let ran = run_suite_python(OK_SUITE, "", 0, &[], 60_000, false, |_| {}, bare.clone()).await;
+        assert_finished(
+            &ran,
+            Outcome::Error,
+            &format!(
+                "pytest is not importable by {}: ModuleNotFoundError: No module named 'pytest'",
+                bare.display()
+            ),
+        );
+        assert!(ran.results.is_empty(), "{:?}", ran.results);
+
+        let missing = bin.path().join("no-such-python");
+        let ran =
+            run_suite_python(OK_SUITE, "", 0, &[], 60_000, false, |_| {}, missing.clone()).await;
+        assert_finished(
+            &ran,
+            Outcome::Error,
+            &format!(
+                "cannot start the python interpreter {}: No such file or directory (os error 2)",
+                missing.display()
+            ),
+        );
+
+        // pytest is importable, but the run dies before the plugin connects.
+        let broken = script(
+            bin.path(),
+            "python-broken",
+            &format!(
+                "case \"$1\" in -c) exec {} \"$@\";; esac\necho 'libcuda.so.1: cannot open shared object file' >&2\nexit 1",
+                real.display()
+            ),
+        );
+        let ran =
+            run_suite_python(OK_SUITE, "", 0, &[], 60_000, false, |_| {}, broken.clone()).await;
+        assert_finished(
+            &ran,
+            Outcome::Error,
+            &format!(
+                "pytest ({}) exited with code 1 before the msfleet plugin connected: libcuda.so.1: cannot open shared object file",
+                broken.display()
+            ),
+        );
+        assert!(ran.results.is_empty(), "{:?}", ran.results);
+    }
+
+    /// One test kills its own pytest with SIGSEGV (as a native kernel would).
+    const CRASH_SUITE: &str = r#"
+import os, signal
+
+def test_a():
+    pass
+
+def test_b_crash():
+    print("about to crash")
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+def test_c():
+    pass
+
+def test_d_fails():
+    assert False
+"#;
+
+    /// A segfaulting test is failed and named, with its output, and pytest
+    /// is restarted on the tests not yet reported: the tests after it run,
+    /// and the attempt ends by the tests' results.
+    #[tokio::test]
+    async fn a_crashing_test_is_failed_by_name_and_the_tests_after_it_still_run() {
+        let ran = run_suite(&[("test_crash.py", CRASH_SUITE)], 0, &["-p", "no:randomly"]).await;
+        assert_finished(
+            &ran,
+            Outcome::Failed,
+            "tests failed (pytest crashed in test_crash.py::test_b_crash (signal 11 (SIGSEGV)))",
+        );
+        assert_eq!(
+            ids(&ran, "passed"),
+            ["test_crash.py::test_a", "test_crash.py::test_c"]
+        );
+        assert_eq!(
+            ids(&ran, "failed"),
+            ["test_crash.py::test_b_crash", "test_crash.py::test_d_fails"]
+        );
+        assert_eq!(ran.results.len(), 4, "{:#?}", ran.results);
+        let crash = ran
+            .results
+            .iter()
+            .find(|t| t.nodeid.ends_with("test_b_crash"))
+            .unwrap();
+        assert_eq!(crash.when, "call");
+        assert!(
+            crash.longrepr.starts_with("crashed: signal 11 (SIGSEGV)\n"),
+            "{}",
+            crash.longrepr
+        );
+        // Its output (pytest's faulthandler names the test's frame).
+        assert!(
+            crash.longrepr.contains("Segmentation fault"),
+            "{}",
+            crash.longrepr
+        );
+        assert!(
+            crash.longrepr.contains("test_b_crash"),
+            "{}",
+            crash.longrepr
+        );
+        assert!(
+            crash.longrepr.ends_with("\ncrashed: signal 11 (SIGSEGV)"),
+            "{}",
+            crash.longrepr
+        );
+        assert!(
+            ran.logs.contains(
+                "msfleet: pytest crashed (signal 11 (SIGSEGV)) in test_crash.py::test_b_crash; restart 1 of 3 without the 2 tests already reported\n"
+            ),
+            "{}",
+            ran.logs
+        );
+        assert!(ran.logs.contains("2 deselected"), "{}", ran.logs);
+    }
+
+    /// Past `max_crash_restarts` the rest does not run, and the attempt says so.
+    #[tokio::test]
+    async fn crash_restarts_are_bounded() {
+        let mut suite = String::from("import os, signal\n");
+        for i in 1..=4 {
+            suite +=
+                &format!("\ndef test_crash_{i}():\n    os.kill(os.getpid(), signal.SIGSEGV)\n");
+        }
+        suite += "\ndef test_z():\n    pass\n";
+        let ran = run_suite(&[("test_crashes.py", &suite)], 0, &["-p", "no:randomly"]).await;
+        assert_finished(
+            &ran,
+            Outcome::Failed,
+            "tests failed (pytest crashed in 4 tests, first test_crashes.py::test_crash_1 (signal 11 (SIGSEGV)); not restarted after 3 restarts: the rest did not run)",
+        );
+        assert_eq!(ids(&ran, "failed").len(), 4, "{:#?}", ran.results);
+        assert!(ids(&ran, "passed").is_empty(), "{:#?}", ran.results);
+    }
+
+    /// unittest's `subTest` (and, on pytest 9, the `subtests` fixture): the
+    /// results add up as pytest's summary, and the failed subtest's result is
+    /// failed, headed with its description as pytest shows it.
+    #[tokio::test]
+    async fn a_failed_subtest_is_a_failed_result_naming_it() {
+        const SUITE: &str = r#"
+import unittest
+
+class T(unittest.TestCase):
+    def test_ut(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertNotEqual(i, 2)
+"#;
+        let ran = run_suite(&[("test_ut.py", SUITE)], 0, &[]).await;
+        assert_finished(&ran, Outcome::Failed, "tests failed");
+        let failed: Vec<&TestResult> = ran
+            .results
+            .iter()
+            .filter(|t| t.outcome == "failed")
+            .collect();
+        assert_eq!(failed.len(), 1, "{:#?}", ran.results);
+        assert_eq!(failed[0].nodeid, "test_ut.py::T::test_ut");
+        assert!(
+            failed[0].longrepr.contains("AssertionError: 2 == 2"),
+            "{}",
+            failed[0].longrepr
+        );
+        let major = std::process::Command::new(python_with_pytest())
+            .args([
+                "-c",
+                "import pytest; print(pytest.__version__.split('.')[0])",
+            ])
+            .output()
+            .unwrap();
+        let major: u32 = String::from_utf8_lossy(&major.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        if major >= 9 {
+            assert!(
+                failed[0].longrepr.starts_with("SUBFAIL (i=2)\n"),
+                "{}",
+                failed[0].longrepr
+            );
+            // pytest 9 counts the test itself as passed, beside its failed
+            // subtest; the failure is sent last, so it is the test's verdict.
+            assert_eq!(ids(&ran, "passed"), ["test_ut.py::T::test_ut"]);
+            let last = ran.results.iter().rfind(|t| t.when == "call").unwrap();
+            assert_eq!(last.outcome, "failed", "{:#?}", ran.results);
+        }
+    }
+
+    #[test]
+    fn subtest_results_are_headed_as_pytest_shows_them() {
+        assert_eq!(
+            subtest_longrepr("[i] (i=1)", "failed", "E  boom"),
+            "SUBFAIL [i] (i=1)\nE  boom"
+        );
+        assert_eq!(subtest_longrepr("(i=0)", "passed", ""), "SUBPASS (i=0)");
+        assert_eq!(
+            subtest_longrepr("(i=0)", "skipped", "why"),
+            "SUBSKIP (i=0)\nwhy"
+        );
+    }
+
+    /// A source that cannot be prepared is the fleet's problem: error, and
+    /// pytest never runs.
+    #[tokio::test]
+    async fn a_source_that_cannot_be_prepared_ends_the_attempt_in_error() {
+        let mut gone = String::new();
+        let ran = run_suite_spec(OK_SUITE, "", 0, &[], 60_000, false, |s| {
+            let Some(pb::source::Kind::Dir(d)) = s.source.as_ref().and_then(|s| s.kind.clone())
+            else {
+                panic!("a dir job");
+            };
+            gone = format!("{d}/no-such-checkout");
+            s.source = Some(pb::Source {
+                kind: Some(pb::source::Kind::Dir(gone.clone())),
+            });
+        })
+        .await;
+        assert_finished(
+            &ran,
+            Outcome::Error,
+            &format!("source dir '{gone}' does not exist on this agent"),
+        );
+        assert!(ran.results.is_empty(), "{:?}", ran.results);
+    }
+
     /// Each way out of the source tree is refused by the agent itself (its
     /// policy is the default one), before pytest runs: the attempt ends
     /// `error` with the reason.
@@ -1070,6 +1670,7 @@ def test_quotes_it():
             python: "python3".into(),
             slots: 1,
             kill_grace: Duration::from_secs(1),
+            max_crash_restarts: 3,
             npu_smi: "npu-smi".into(),
             policy: pb::AgentPolicy {
                 allow_bench_commands: vec!["python3".into()],
@@ -1101,8 +1702,15 @@ def test_quotes_it():
         let Some(task_update::Kind::Finished(fin)) = kinds.last() else {
             panic!("no Finished last: {kinds:?}");
         };
-        assert_eq!(fin.outcome(), Outcome::Failed);
-        assert_eq!(fin.reason, "1 of 2 cases errored");
+        // A case file that cannot be read is the fleet's problem: error.
+        assert_eq!(fin.outcome(), Outcome::Error);
+        assert!(
+            fin.reason.starts_with(
+                "1 of 2 cases could not run: case broken (cases/broken.json): not valid JSON"
+            ),
+            "{}",
+            fin.reason
+        );
         assert_eq!(fin.exit_code, 1);
         let cases: Vec<&pb::CaseResult> = kinds
             .iter()

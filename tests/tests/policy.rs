@@ -190,7 +190,10 @@ fn a_job_no_agents_policy_admits_is_refused_at_submit() {
 fn a_benchmark_job_is_refused_by_an_agent_with_the_default_policy() {
     let mut f = Fleet::new();
     f.add_agent("strict", &[], &[]);
-    let suite = f.write_suite("bench", &[("cases/c.json", r#"{"name": "c"}"#)]);
+    let suite = f.write_suite(
+        "bench",
+        &[("cases/c.json", r#"{"name": "c", "user_input": {}}"#)],
+    );
     let dir = s(&suite);
     let command = format!("{} -c pass {{case}}", python().display());
     let bench: Vec<&str> = vec![
@@ -216,6 +219,7 @@ fn a_benchmark_job_is_refused_by_an_agent_with_the_default_policy() {
     let id = f.submit(&bench);
     let j = f.wait_terminal(&id);
     assert_eq!(j["agent"], "open", "{j:#}");
+    // It ran (a case that cannot run, or a refusal, would be `error`).
     assert_ne!(j["state"], "error", "{j:#}");
 }
 

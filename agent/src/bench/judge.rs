@@ -190,11 +190,25 @@ pub fn summary_line(r: &pb::CaseResult) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
     pub counts: BTreeMap<String, usize>,
+    /// Cases that could not be run at all (an unreadable case file, a command
+    /// that cannot start): the fleet's problem, not the benchmark's.
+    pub setup_errors: usize,
+    /// The first setup error's message.
+    pub first_setup_error: Option<String>,
 }
 
 impl Tally {
     pub fn record(&mut self, verdict: &str) {
         *self.counts.entry(verdict.to_string()).or_insert(0) += 1;
+    }
+
+    /// A case (already recorded as `error`) that could not be run, and why.
+    pub fn record_setup_error(&mut self, why: &str) {
+        self.setup_errors += 1;
+        if self.first_setup_error.is_none() {
+            let line = why.lines().next().unwrap_or("").trim();
+            self.first_setup_error = Some(line.chars().take(300).collect());
+        }
     }
 
     pub fn total(&self) -> usize {
@@ -205,14 +219,27 @@ impl Tally {
         self.counts.get(v.as_str()).copied().unwrap_or(0)
     }
 
-    /// Passed when no case regressed or errored, else failed; with a reason.
+    /// Passed when no case regressed or errored; failed when one regressed, or
+    /// errored in its own run; else `error` when a case could not be set up
+    /// (or there were none): with a reason.
     pub fn outcome(&self) -> (Outcome, String) {
         let total = self.total();
         let cases = if total == 1 { "case" } else { "cases" };
         if total == 0 {
-            return (Outcome::Failed, "no benchmark cases found".into());
+            return (Outcome::Error, "no benchmark cases found".into());
         }
         let (reg, err) = (self.count(Verdict::Regression), self.count(Verdict::Error));
+        // Infrastructure is never a benchmark failure: unless a case measured
+        // a regression or failed in its own run, cases that could not run at
+        // all make the attempt an error.
+        if self.setup_errors > 0 && reg == 0 && err <= self.setup_errors {
+            let n = self.setup_errors;
+            let first = self.first_setup_error.as_deref().unwrap_or("");
+            return (
+                Outcome::Error,
+                format!("{n} of {total} {cases} could not run: {first}"),
+            );
+        }
         if reg == 0 && err == 0 {
             let parts: Vec<String> = self
                 .counts
@@ -240,7 +267,10 @@ mod tests {
     #[test]
     fn tally_reasons() {
         let mut t = Tally::default();
-        assert_eq!(t.outcome().0, Outcome::Failed);
+        assert_eq!(
+            t.outcome(),
+            (Outcome::Error, "no benchmark cases found".to_string())
+        );
         for v in ["pass", "pass", "improvement", "noisy"] {
             t.record(v);
         }
@@ -261,6 +291,34 @@ mod tests {
                 "2 of 7 cases regressed, 1 errored".to_string()
             )
         );
+    }
+
+    #[test]
+    fn cases_that_could_not_run_make_an_error_unless_a_case_failed_on_its_own() {
+        let mut t = Tally::default();
+        t.record("pass");
+        t.record("error");
+        t.record_setup_error("cannot start 'nope': No such file or directory (os error 2)\nmore");
+        assert_eq!(
+            t.outcome(),
+            (
+                Outcome::Error,
+                "1 of 2 cases could not run: cannot start 'nope': No such file or directory (os error 2)"
+                    .to_string()
+            )
+        );
+        // A case that ran and errored on its own (or regressed) is the
+        // benchmark's verdict: failed.
+        t.record("error");
+        assert_eq!(
+            t.outcome(),
+            (Outcome::Failed, "2 of 3 cases errored".to_string())
+        );
+        let mut t = Tally::default();
+        t.record("regression");
+        t.record("error");
+        t.record_setup_error("case x: not valid JSON");
+        assert_eq!(t.outcome().0, Outcome::Failed);
     }
 
     #[test]

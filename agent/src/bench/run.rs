@@ -128,6 +128,9 @@ enum Interrupt {
     Halted(Halt),
     /// The case is an error, for this reason.
     Failed(String),
+    /// The case could not be run at all (the command cannot start): an
+    /// infrastructure error, for this reason.
+    Setup(String),
 }
 
 fn describe_status(status: ExitStatus) -> String {
@@ -208,10 +211,16 @@ impl Bench {
     ) -> Result<Tally, Halt> {
         let mut tally = Tally::default();
         for e in errors {
-            self.report(case_error_result(e), &mut tally);
+            let r = case_error_result(e);
+            tally.record_setup_error(&e.to_string());
+            self.report(r, &mut tally);
         }
         for lc in cases {
-            let r = self.run_case(lc, baselines, guard).await?;
+            let (r, setup) = self.run_case(lc, baselines, guard).await?;
+            if setup {
+                let why = r.explanation.as_ref().map_or("", |e| e.message.as_str());
+                tally.record_setup_error(why);
+            }
             self.report(r, &mut tally);
         }
         Ok(tally)
@@ -225,13 +234,14 @@ impl Bench {
     }
 
     /// Measures one case (re-running a regression candidate once) and judges it. `Err` only
-    /// when the attempt was stopped; a case that fails is an `error` result.
+    /// when the attempt was stopped; a case that fails is an `error` result, with `true` when
+    /// it could not be run at all (its command cannot start).
     pub async fn run_case(
         &self,
         lc: &LoadedCase,
         baselines: &Baselines,
         guard: &mut Guard<'_>,
-    ) -> Result<pb::CaseResult, Halt> {
+    ) -> Result<(pb::CaseResult, bool), Halt> {
         let plan_metric = self.plan.metric.clone().unwrap_or_default();
         let error = |message: String| {
             error_result(
@@ -250,11 +260,12 @@ impl Bench {
         let runs = match self.measure(lc, guard, false).await {
             Ok(r) => r,
             Err(Interrupt::Halted(h)) => return Err(h),
-            Err(Interrupt::Failed(why)) => return Ok(error(why)),
+            Err(Interrupt::Failed(why)) => return Ok((error(why), false)),
+            Err(Interrupt::Setup(why)) => return Ok((error(why), true)),
         };
         let first = match judge_runs(&self.plan, lc, &runs, baselines) {
             Ok(j) => j,
-            Err(why) => return Ok(error(why)),
+            Err(why) => return Ok((error(why), false)),
         };
         let mut judgement = first.judgement.clone();
         let mut rerun = false;
@@ -267,18 +278,20 @@ impl Bench {
             let again = match self.measure(lc, guard, true).await {
                 Ok(r) => r,
                 Err(Interrupt::Halted(h)) => return Err(h),
-                Err(Interrupt::Failed(why)) => {
-                    return Ok(error(format!(
-                        "the re-run confirming a regression failed: {why}"
-                    )))
+                Err(Interrupt::Failed(why) | Interrupt::Setup(why)) => {
+                    return Ok((
+                        error(format!("the re-run confirming a regression failed: {why}")),
+                        false,
+                    ))
                 }
             };
             let second = match judge_runs(&self.plan, lc, &again, baselines) {
                 Ok(j) => j,
                 Err(why) => {
-                    return Ok(error(format!(
-                        "the re-run confirming a regression failed: {why}"
-                    )))
+                    return Ok((
+                        error(format!("the re-run confirming a regression failed: {why}")),
+                        false,
+                    ))
                 }
             };
             judgement = verdict::confirm(&first.judgement, &second.judgement);
@@ -301,34 +314,37 @@ impl Bench {
         let mut ex = explanation(&judgement.explanation);
         ex.message = message;
         let report = first.report.unwrap_or_default();
-        Ok(pb::CaseResult {
-            name: lc.case.name.clone(),
-            file: lc.file.clone(),
-            input_hash: lc.input_hash.clone(),
-            metric: first.metric,
-            verdict: judgement.verdict.as_str().to_string(),
-            explanation: Some(ex),
-            metrics: series_of(&runs).iter().map(metric_summary).collect(),
-            operators: first
-                .operators
-                .iter()
-                .map(|o| pb::OperatorTime {
-                    name: o.name.clone(),
-                    total_time_s: o.total_time_s,
-                    num_calls: o.num_calls,
-                })
-                .collect(),
-            operators_missing: report.missing,
-            operators_new: report.new,
-            operators_moved: report
-                .moved
-                .iter()
-                .map(|(n, d)| format!("{n} {:+.1}%", d * 100.0))
-                .collect(),
-            rerun,
-            confirmed: rerun && judgement.verdict == Verdict::Regression,
-            profile: String::new(),
-        })
+        Ok((
+            pb::CaseResult {
+                name: lc.case.name.clone(),
+                file: lc.file.clone(),
+                input_hash: lc.input_hash.clone(),
+                metric: first.metric,
+                verdict: judgement.verdict.as_str().to_string(),
+                explanation: Some(ex),
+                metrics: series_of(&runs).iter().map(metric_summary).collect(),
+                operators: first
+                    .operators
+                    .iter()
+                    .map(|o| pb::OperatorTime {
+                        name: o.name.clone(),
+                        total_time_s: o.total_time_s,
+                        num_calls: o.num_calls,
+                    })
+                    .collect(),
+                operators_missing: report.missing,
+                operators_new: report.new,
+                operators_moved: report
+                    .moved
+                    .iter()
+                    .map(|(n, d)| format!("{n} {:+.1}%", d * 100.0))
+                    .collect(),
+                rerun,
+                confirmed: rerun && judgement.verdict == Verdict::Regression,
+                profile: String::new(),
+            },
+            false,
+        ))
     }
 
     /// The warmup runs, then the measured runs (returned).
@@ -384,7 +400,7 @@ impl Bench {
             })
             .collect();
         let Some((program, args)) = argv.split_first() else {
-            return Err(Interrupt::Failed("the benchmark command is empty".into()));
+            return Err(Interrupt::Setup("the benchmark command is empty".into()));
         };
         self.log(format!(
             "msfleet: case {}: {}\n",
@@ -404,7 +420,7 @@ impl Bench {
             .env("MSFLEET_RERUN", if phase.rerun { "1" } else { "0" });
         let started = Instant::now();
         let mut group = ProcessGroup::spawn(&mut cmd)
-            .map_err(|e| Interrupt::Failed(format!("cannot start '{program}': {e}")))?;
+            .map_err(|e| Interrupt::Setup(format!("cannot start '{program}': {e}")))?;
         let pid = group.pid();
         let marker = format!("MSFLEET_METRICS={}", metrics_path.display());
         if let Some(f) = &self.pgid_file {
@@ -917,6 +933,35 @@ elif out:
         assert!(!cases[0].rerun);
     }
 
+    /// A command that cannot start, and a case directory without cases, are
+    /// setup failures: the attempt is an error, not a failed benchmark.
+    #[tokio::test]
+    async fn a_command_that_cannot_start_or_no_cases_is_an_error() {
+        let mut f = Fixture::new();
+        f.case("fast", r#"{"name": "fast", "user_input": {"time_s": 0.1}}"#);
+        let mut s = spec(1);
+        s.command = vec!["./no-such-bench".into(), "{case}".into()];
+        let tally = run_dir(&f, s, &Baselines::default()).await.unwrap();
+        assert_eq!(
+            tally.outcome(),
+            (
+                Outcome::Error,
+                "1 of 1 case could not run: cannot start './no-such-bench': No such file or directory (os error 2)"
+                    .to_string()
+            )
+        );
+        let (cases, _) = f.drain();
+        assert_eq!(cases[0].verdict, "error");
+
+        let f = Fixture::new();
+        std::fs::create_dir_all(f.ws().join("cases")).unwrap();
+        let tally = run_dir(&f, spec(1), &Baselines::default()).await.unwrap();
+        assert_eq!(
+            tally.outcome(),
+            (Outcome::Error, "no benchmark cases found".to_string())
+        );
+    }
+
     #[tokio::test]
     async fn malformed_case_file_is_an_error_and_the_rest_still_run() {
         let mut f = Fixture::new();
@@ -932,7 +977,11 @@ elif out:
         let tally = run_dir(&f, spec(2), &Baselines::default()).await.unwrap();
         assert_eq!(
             tally.outcome(),
-            (Outcome::Failed, "2 of 3 cases errored".to_string())
+            (
+                Outcome::Error,
+                "2 of 3 cases could not run: case broken (cases/broken.json): \"name\" must be a string, found a number (3)"
+                    .to_string()
+            )
         );
         let (cases, _) = f.drain();
         let by_name: Vec<(&str, &str)> = cases

@@ -28,6 +28,10 @@ pub(crate) struct Tally {
     pub passed_calls: HashMap<String, (f64, Vec<String>)>,
     /// Re-runs only: node ids with a failed or error result in any phase.
     pub bad: HashSet<String>,
+    /// The test that started and has not finished (the plugin's `start` and
+    /// `finish`), with whether its call phase was reported: the test that was
+    /// running if pytest dies.
+    pub running: Option<(String, bool)>,
 }
 
 impl Tally {
@@ -46,6 +50,13 @@ impl Tally {
             "failed" => self.failed += 1,
             "collected" => self.collected_items += 1,
             _ => {}
+        }
+        if when == "call" {
+            if let Some((id, called)) = &mut self.running {
+                if id == nodeid {
+                    *called = true;
+                }
+            }
         }
         if outcome == "failed" && when == "call" && self.failed_set.insert(nodeid.to_string()) {
             self.failed_calls.push(nodeid.to_string());
@@ -67,6 +78,29 @@ impl Tally {
                     .insert(nodeid.to_string(), (duration_s, markers.to_vec()));
             }
         }
+    }
+
+    /// The plugin's `start` (`Some`) or `finish` (`None`) of a test.
+    pub fn set_running(&mut self, nodeid: Option<&str>) {
+        self.running = nodeid.map(|n| (n.to_string(), false));
+    }
+
+    /// Takes in the tally of a run restarted after a crash (on the tests not
+    /// yet reported): counts add up, and `collected` becomes the whole
+    /// selection's once the restarted run says how many it had left.
+    pub fn absorb(&mut self, next: Tally) {
+        let before = self.reported.len() as u64;
+        self.errors += next.errors;
+        self.failed += next.failed;
+        for id in next.failed_calls {
+            if self.failed_set.insert(id.clone()) {
+                self.failed_calls.push(id);
+            }
+        }
+        self.reported.extend(next.reported);
+        self.collected_items += next.collected_items;
+        self.collected = next.collected.map(|n| n + before);
+        self.running = next.running;
     }
 
     /// A re-run's verdict on one node id: its call passed and nothing else of

@@ -601,11 +601,13 @@ impl Agent {
             name.into(),
             "--work-dir".into(),
             work_dir.display().to_string(),
-            "--python".into(),
-            python().display().to_string(),
             "--kill-grace".into(),
             "2s".into(),
         ]);
+        if !extra.contains(&"--python") {
+            args.push("--python".into());
+            args.push(python().display().to_string());
+        }
         for r in roots {
             args.push("--root".into());
             args.push(r.display().to_string());

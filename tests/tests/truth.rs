@@ -1,0 +1,231 @@
+//! End-to-end: verdicts that can be believed without reading logs. An
+//! infrastructure failure (an interpreter without pytest) is `error`, never a
+//! test failure.
+//!
+//! Run `cargo build --bins` first (see `common`).
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A real Python that cannot import pytest: the test Python without its
+/// site-packages (`-S`), behind a script the agent takes as its `--python`.
+fn python_without_pytest(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("python-bare");
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\nexec {} -S \"$@\"\n", python().display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn a_job_on_an_agent_whose_python_lacks_pytest_ends_error_naming_the_interpreter() {
+    let mut f = Fleet::new();
+    let bare = python_without_pytest(f.path());
+    f.add_agent("bare", &[], &["--python", &s(&bare)]);
+    let suite = f.write_suite("ok", &[("test_ok.py", "def test_ok():\n    pass\n")]);
+    let id = f.submit(&["pytest", "--dir", &s(&suite)]);
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "error", "{j:#}");
+    assert_eq!(
+        j["reason"],
+        format!(
+            "pytest is not importable by {}: ModuleNotFoundError: No module named 'pytest'",
+            bare.display()
+        ),
+        "{j:#}"
+    );
+    let out = f.ctl(&["show", &id]);
+    assert!(!out.stdout.contains("tests failed"), "{out}");
+}
+
+/// The benchmark equivalents: a command that cannot start, and a case
+/// directory without cases, end the job `error`, not `failed`.
+#[test]
+fn a_benchmark_that_cannot_start_or_has_no_cases_ends_error() {
+    let mut f = Fleet::new();
+    f.add_agent("b1", &[], ALLOW_BENCH);
+    let case = r#"{"name": "c", "user_input": {}, "baseline_time_s": 0.1}"#;
+    let suite = f.write_suite("nostart", &[("cases/c.json", case)]);
+    let bench = |dir: &Path, cases: &str| {
+        f.submit(&[
+            "bench",
+            "--dir",
+            &s(dir),
+            "--cases",
+            cases,
+            "--command",
+            "./no-such-bench {case}",
+            "--warmup",
+            "0",
+            "--repetitions",
+            "1",
+        ])
+    };
+    let id = bench(&suite, "cases");
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "error", "{j:#}");
+    assert_eq!(
+        j["reason"],
+        "1 of 1 case could not run: cannot start './no-such-bench': No such file or directory (os error 2)",
+        "{j:#}"
+    );
+
+    std::fs::create_dir_all(suite.join("empty")).unwrap();
+    let id = bench(&suite, "empty");
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "error", "{j:#}");
+    assert_eq!(j["reason"], "no benchmark cases found", "{j:#}");
+}
+
+/// One test kills its own pytest with SIGSEGV, as a native kernel would.
+const CRASH_SUITE: &str = r#"
+import os, signal
+
+def test_a():
+    pass
+
+def test_b_crash():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+def test_c():
+    pass
+"#;
+
+/// Through the fleet: the segfaulting test is failed and named in the report
+/// with "crashed: signal 11 (SIGSEGV)", the test after it still ran, and the
+/// job is `failed` (a product crash), not `error`.
+#[test]
+fn a_segfaulting_test_is_failed_by_name_and_the_tests_after_it_run() {
+    let mut f = Fleet::new();
+    f.add_agent("a1", &[], &[]);
+    let suite = f.write_suite("crash", &[("test_crash.py", CRASH_SUITE)]);
+    let id = f.submit(&["pytest", "--dir", &s(&suite), "--", "-p", "no:randomly"]);
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert_eq!(
+        j["reason"],
+        "tests failed (pytest crashed in test_crash.py::test_b_crash (signal 11 (SIGSEGV)))",
+        "{j:#}"
+    );
+    assert_eq!(count(&j, "passed"), 2, "{j:#}");
+    assert_eq!(count(&j, "failed"), 1, "{j:#}");
+    assert_eq!(count(&j, "total"), 3, "{j:#}");
+
+    let out = f.ctl(&["report", &id, "--json"]);
+    assert_eq!(out.code, 0, "{out}");
+    let v = out.json();
+    let rows: Vec<String> = v["matrix"]
+        .as_array()
+        .expect("matrix")
+        .iter()
+        .map(|r| r["test"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(rows, ["test_crash.py::test_b_crash"], "{v}");
+    let xml = f.path().join("crash.xml");
+    let out = f.ctl(&["report", &id, "--junit", &s(&xml)]);
+    assert_eq!(out.code, 0, "{out}");
+    let xml = std::fs::read_to_string(&xml).unwrap();
+    assert!(
+        xml.contains(
+            "<failure message=\"crashed: signal 11 (SIGSEGV)\">crashed: signal 11 (SIGSEGV)\n"
+        ),
+        "{xml}"
+    );
+}
+
+/// unittest's `subTest` and (pytest 9) the `subtests` fixture.
+const SUBTEST_SUITE: &str = r#"
+import unittest
+
+class T(unittest.TestCase):
+    def test_ut(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertNotEqual(i, 2)
+
+def test_plain():
+    pass
+"#;
+
+const SUBTESTS_FIXTURE: &str = r#"
+def test_sub(subtests):
+    for i in range(3):
+        with subtests.test(msg="i", i=i):
+            assert i != 1
+"#;
+
+fn pytest_major() -> u32 {
+    let out = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import pytest; print(pytest.__version__.split('.')[0])",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A test whose subtest failed is failed in the job's report and its JUnit
+/// (also where pytest 9 reports the unittest test itself `passed` after the
+/// failed subtest), and the counts are pytest's.
+#[test]
+fn a_test_with_a_failed_subtest_is_failed_in_the_report_and_junit() {
+    let mut f = Fleet::new();
+    f.add_agent("a1", &[], &[]);
+    let nine = pytest_major() >= 9;
+    let mut files = vec![("test_ut.py", SUBTEST_SUITE)];
+    if nine {
+        files.push(("test_sub.py", SUBTESTS_FIXTURE));
+    }
+    let suite = f.write_suite("subtests", &files);
+    let id = f.submit(&["pytest", "--dir", &s(&suite)]);
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "failed", "{j:#}");
+    // pytest 9: "3 failed, 2 passed" (two SUBFAILs, test_sub itself; test_ut
+    // and test_plain passed); pytest 8: "1 failed, 1 passed".
+    let (failed, passed) = if nine { (3, 2) } else { (1, 1) };
+    assert_eq!(count(&j, "failed"), failed, "{j:#}");
+    assert_eq!(count(&j, "passed"), passed, "{j:#}");
+
+    let v = f.ctl(&["report", &id, "--json"]).json();
+    let rows: Vec<(String, String)> = v["matrix"]
+        .as_array()
+        .expect("matrix")
+        .iter()
+        .map(|r| {
+            let cell = r["cells"].as_object().and_then(|c| c.values().next());
+            (
+                r["test"].as_str().unwrap_or("").to_string(),
+                cell.and_then(|c| c.as_str()).unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let mut want = vec![("test_ut.py::T::test_ut".to_string(), "fail".to_string())];
+    if nine {
+        want.insert(0, ("test_sub.py::test_sub".to_string(), "fail".to_string()));
+    }
+    assert_eq!(rows, want, "{v:#}");
+
+    let xml = f.path().join("sub.xml");
+    let out = f.ctl(&["report", &id, "--junit", &s(&xml)]);
+    assert_eq!(out.code, 0, "{out}");
+    let xml = std::fs::read_to_string(&xml).unwrap();
+    let ut = xml
+        .split("<testcase ")
+        .find(|t| t.contains("name=\"test_ut\""))
+        .unwrap_or_else(|| panic!("no test_ut in {xml}"));
+    assert!(ut.contains("<failure "), "{xml}");
+    if nine {
+        assert!(ut.contains("SUBFAIL (i=2)"), "{xml}");
+    }
+}
