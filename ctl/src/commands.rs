@@ -49,14 +49,18 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
-            clap_complete::generate(*shell, &mut cmd, "msctl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "msctl", &mut script);
+            crate::out!("{}", String::from_utf8_lossy(&script));
             return Ok(exit::OK);
         }
         Command::Man => {
             use clap::CommandFactory;
+            let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map_err(|e| CtlError::infra(format!("writing the man page: {e}")))?;
+                .render(&mut page)
+                .map_err(|e| CtlError::infra(format!("rendering the man page: {e}")))?;
+            crate::out!("{}", String::from_utf8_lossy(&page));
             return Ok(exit::OK);
         }
         _ => {}
@@ -65,7 +69,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
         if s.dry_run {
             let file = job_file(s)?;
             file.to_spec().map_err(|e| CtlError::input(e.to_string()))?;
-            print!("{}", file.redacted().to_toml());
+            crate::out!("{}", file.redacted().to_toml());
             return Ok(exit::OK);
         }
     }
@@ -91,7 +95,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
             if json {
                 print_json(&render::job_json(&j));
             } else {
-                print!("{}", render::job_text(&j));
+                crate::out!("{}", render::job_text(&j));
             }
             Ok(exit::OK)
         }
@@ -135,7 +139,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
                         ]
                     })
                     .collect();
-                print!(
+                crate::out!(
                     "{}",
                     render::table(
                         &["ID", "STATE", "QUEUE", "PRIO", "AGENT", "TESTS", "NAME"],
@@ -162,7 +166,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
             if json {
                 print_json(&render::job_json(&j));
             } else {
-                println!("job {}: {}{}", j.id, j.state().label(), reason(&j.reason));
+                crate::outln!("job {}: {}{}", j.id, j.state().label(), reason(&j.reason));
             }
             Ok(exit::OK)
         }
@@ -197,7 +201,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
                         ]
                     })
                     .collect();
-                print!(
+                crate::out!(
                     "{}",
                     render::table(
                         &[
@@ -229,7 +233,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
                 })
                 .await?
                 .into_inner();
-            println!("agent {}: {}", a.name, a.admin().label());
+            crate::outln!("agent {}: {}", a.name, a.admin().label());
             Ok(exit::OK)
         }
         Command::Queues { json } => {
@@ -252,7 +256,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
                         ]
                     })
                     .collect();
-                print!(
+                crate::out!(
                     "{}",
                     render::table(&["QUEUE", "PENDING", "RUNNING", "AGING"], &rows)
                 );
@@ -587,13 +591,13 @@ async fn submit(client: &mut Client, s: Submit) -> Result<i32, CtlError> {
         .into_inner();
     if s.json && s.wait {
         // NDJSON: the job, then one object per event (as `watch --json`).
-        println!("{}", render::job_json(&job));
+        crate::outln!("{}", render::job_json(&job));
     } else if s.json {
         print_json(&render::job_json(&job));
     } else if s.wait && !job.deduplicated {
         eprintln!("submitted job {}", job.id);
     } else {
-        println!("{}", job.id);
+        crate::outln!("{}", job.id);
     }
     if job.deduplicated {
         eprintln!("msctl: {}", dedup_note(&job, &spec_key));
@@ -643,9 +647,9 @@ async fn test_command(client: &mut Client, action: TestAction) -> Result<i32, Ct
     if json {
         print_json(&runs.iter().map(render::test_run_json).collect());
     } else if runs.is_empty() {
-        println!("no recorded runs of {test_id}");
+        crate::outln!("no recorded runs of {test_id}");
     } else {
-        print!("{}", render::test_history_text(&test_id, &runs));
+        crate::out!("{}", render::test_history_text(&test_id, &runs));
     }
     Ok(exit::OK)
 }
@@ -688,7 +692,7 @@ async fn schedule_add(
     if json {
         print_json(&render::schedule_json(&s));
     } else {
-        println!("added schedule {}", render::schedule_line(&s));
+        crate::outln!("added schedule {}", render::schedule_line(&s));
     }
     Ok(exit::OK)
 }
@@ -710,7 +714,7 @@ async fn schedule(client: &mut Client, action: ScheduleAction) -> Result<i32, Ct
             if json {
                 print_json(&schedules.iter().map(render::schedule_json).collect());
             } else {
-                print!("{}", render::schedules_table(&schedules));
+                crate::out!("{}", render::schedules_table(&schedules));
             }
             return Ok(exit::OK);
         }
@@ -719,7 +723,7 @@ async fn schedule(client: &mut Client, action: ScheduleAction) -> Result<i32, Ct
             if json {
                 print_json(&render::schedule_json(&s));
             } else {
-                print!("{}", render::schedule_text(&s));
+                crate::out!("{}", render::schedule_text(&s));
             }
             return Ok(exit::OK);
         }
@@ -734,7 +738,7 @@ async fn schedule(client: &mut Client, action: ScheduleAction) -> Result<i32, Ct
             } else if wait {
                 eprintln!("submitted job {} for schedule {n}", job.id);
             } else {
-                println!("{}", job.id);
+                crate::outln!("{}", job.id);
             }
             for w in &job.warnings {
                 eprintln!("warning: {w}");
@@ -772,13 +776,13 @@ async fn schedule(client: &mut Client, action: ScheduleAction) -> Result<i32, Ct
     if json {
         print_json(&render::schedule_json(&s));
     } else if verb == "resumed" {
-        println!(
+        crate::outln!(
             "schedule {} resumed, next {}",
             s.name,
             render::schedule_next(&s)
         );
     } else {
-        println!("schedule {} {verb}", s.name);
+        crate::outln!("schedule {} {verb}", s.name);
     }
     Ok(exit::OK)
 }
@@ -909,10 +913,10 @@ async fn watch(client: &mut Client, job: &str, json: bool) -> Result<i32, CtlErr
         let summary = if cases.is_empty() {
             counts_line(&counts)
         } else {
-            print!("\n{}\n", render::cases_table(&cases));
+            crate::out!("\n{}\n", render::cases_table(&cases));
             render::cases_summary(&cases)
         };
-        println!(
+        crate::outln!(
             "job {job} {}: {} in {:.1}s{}",
             final_state.label(),
             summary,
@@ -953,7 +957,7 @@ async fn logs(client: &mut Client, job: &str, follow_on: bool) -> Result<i32, Ct
 }
 
 pub(crate) fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    crate::outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 async fn list_baselines(
@@ -981,7 +985,7 @@ async fn baseline_list(
     if json {
         print_json(&baselines.iter().map(render::baseline_json).collect());
     } else {
-        print!("{}", render::baselines_table(&baselines));
+        crate::out!("{}", render::baselines_table(&baselines));
     }
     Ok(exit::OK)
 }
@@ -1007,7 +1011,7 @@ async fn baseline_show(
         print_json(&baselines.iter().map(render::baseline_json).collect());
     } else {
         let texts: Vec<String> = baselines.iter().map(render::baseline_text).collect();
-        print!("{}", texts.join("\n"));
+        crate::out!("{}", texts.join("\n"));
     }
     Ok(exit::OK)
 }
@@ -1036,16 +1040,16 @@ async fn baseline_accept(
         return Ok(exit::OK);
     }
     if baselines.is_empty() {
-        println!("job {job}: no case results to accept");
+        crate::outln!("job {job}: no case results to accept");
         return Ok(exit::OK);
     }
-    println!(
+    crate::outln!(
         "accepted {} baseline{} from job {job} as {who}:",
         baselines.len(),
         if baselines.len() == 1 { "" } else { "s" }
     );
     for b in &baselines {
-        println!("  {}", render::accepted_line(b));
+        crate::outln!("  {}", render::accepted_line(b));
     }
     Ok(exit::OK)
 }
@@ -1074,13 +1078,13 @@ async fn baseline_export(
         let file = item.path.display();
         match &item.outcome {
             Outcome::Updated { text, .. } => match export::write_atomic(&item.path, text) {
-                Ok(()) => println!("{}", export::outcome_line(&item)),
+                Ok(()) => crate::outln!("{}", export::outcome_line(&item)),
                 Err(e) => {
-                    println!("error        {}  cannot write {file}: {e}", item.case);
+                    crate::outln!("error        {}  cannot write {file}: {e}", item.case);
                     code = exit::INFRA;
                 }
             },
-            _ => println!("{}", export::outcome_line(&item)),
+            _ => crate::outln!("{}", export::outcome_line(&item)),
         }
     }
     Ok(code)

@@ -20,6 +20,42 @@ pub mod tokens;
 
 use tonic::{Code, Status};
 
+/// `print!` for msctl's output: when the reader has gone away (`msctl list |
+/// head -1`) msctl ends quietly with 141, as a Unix tool killed by SIGPIPE
+/// does, instead of panicking like `print!`. (SIGPIPE itself stays ignored:
+/// with its default action a write to a closed network socket would kill msctl.)
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::write_stdout(format_args!($($t)*))
+    };
+}
+
+/// `println!` for msctl's output; see [`out!`].
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::write_stdout(format_args!("\n"))
+    };
+    ($($t:tt)*) => {
+        $crate::write_stdout(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// Writes to stdout; a closed pipe ends the process with 141, another write
+/// error with one line and the infrastructure exit code.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("msctl: writing the output failed: {e}");
+        std::process::exit(exit::INFRA);
+    }
+}
+
 /// A Fleet client whose calls carry the caller's token.
 pub type Client = msfleet_proto::fleet_client::FleetClient<msfleet_proto::client::AuthedChannel>;
 

@@ -802,14 +802,14 @@ pub async fn run(
         eprintln!("wrote {}", path.display());
     }
     if json_out {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&json(&r, all)).unwrap_or_default()
         );
     } else if md {
-        print!("{}", markdown(&r, all));
+        crate::out!("{}", markdown(&r, all));
     } else if junit_file.is_none() {
-        print!("{}", text(&r, all));
+        crate::out!("{}", text(&r, all));
     }
     Ok(exit::OK)
 }

@@ -65,11 +65,12 @@ async fn create(
         v["secret"] = json!(made.secret);
         print_json(&v);
     } else {
-        println!(
+        crate::outln!(
             "created {} token '{}'; its secret (shown once, the scheduler keeps only a hash):",
-            t.role, t.name
+            t.role,
+            t.name
         );
-        println!("{}", made.secret);
+        crate::outln!("{}", made.secret);
     }
     Ok(exit::OK)
 }
@@ -100,7 +101,7 @@ async fn list(client: &mut Client, kind: &str, json: bool) -> Result<i32, CtlErr
             ]
         })
         .collect();
-    print!(
+    crate::out!(
         "{}",
         render::table(
             &["NAME", "ROLE", "PROFILE", "LABELS", "CREATED BY", "CREATED"],
@@ -118,7 +119,7 @@ async fn revoke(client: &mut Client, name: String, kind: &str) -> Result<i32, Ct
         })
         .await?
         .into_inner();
-    println!("revoked {} token '{}'", t.role, t.name);
+    crate::outln!("revoked {} token '{}'", t.role, t.name);
     Ok(exit::OK)
 }
 
