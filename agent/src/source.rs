@@ -23,6 +23,51 @@ pub enum SourceError {
     },
     #[error("preparing the workspace: {0}")]
     Io(#[from] std::io::Error),
+    /// ENOSPC while fetching or checking out: the agent's disk, not the tests.
+    #[error("no space left on the agent's work dir {dir} ({during}: {message})")]
+    DiskFull {
+        dir: String,
+        during: String,
+        message: String,
+    },
+}
+
+/// What git (or the kernel, `strerror(ENOSPC)`) says when the disk is full.
+const NO_SPACE: &str = "No space left on device";
+
+impl SourceError {
+    /// The same error, as [`SourceError::DiskFull`] naming `work_dir` when
+    /// it came from a full disk (ENOSPC from a file operation, or git saying
+    /// so on stderr).
+    fn or_disk_full(self, work_dir: &Path) -> SourceError {
+        let dir = work_dir.display().to_string();
+        match self {
+            SourceError::Io(e)
+                if e.raw_os_error() == Some(libc::ENOSPC)
+                    || e.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                SourceError::DiskFull {
+                    dir,
+                    during: "preparing the workspace".into(),
+                    message: e.to_string(),
+                }
+            }
+            SourceError::Git { what, url, message } if message.contains(NO_SPACE) => {
+                let line = message
+                    .lines()
+                    .find(|l| l.contains(NO_SPACE))
+                    .unwrap_or(NO_SPACE)
+                    .trim()
+                    .to_string();
+                SourceError::DiskFull {
+                    dir,
+                    during: format!("git {what} of {url}"),
+                    message: line,
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 /// A prepared workspace.
@@ -81,7 +126,17 @@ pub async fn prepare(
                 commit: None,
             })
         }
-        Some(source::Kind::Git(g)) => checkout(&g.url, &g.r#ref, work_dir, slot).await,
+        Some(source::Kind::Git(g)) => {
+            let got = checkout(&g.url, &g.r#ref, work_dir, slot).await;
+            match got.map_err(|e| e.or_disk_full(work_dir)) {
+                Err(e @ SourceError::DiskFull { .. }) => {
+                    // What a full disk left half-written only takes more room.
+                    let _ = tokio::fs::remove_dir_all(work_dir.join("workspaces").join(slot)).await;
+                    Err(e)
+                }
+                other => other,
+            }
+        }
     }
 }
 
@@ -310,6 +365,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no-such-branch"), "{err}");
+    }
+
+    #[test]
+    fn a_full_disk_is_named_with_the_work_dir() {
+        use std::io::Write;
+        // A real ENOSPC: /dev/full refuses every write with it.
+        let Ok(mut full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+            eprintln!("no /dev/full here: skipped");
+            return;
+        };
+        let e = full.write_all(b"x").and_then(|_| full.flush()).unwrap_err();
+        let work = Path::new("/var/lib/msagent");
+        let got = SourceError::from(e).or_disk_full(work);
+        assert!(matches!(got, SourceError::DiskFull { .. }), "{got:?}");
+        assert_eq!(
+            got.to_string(),
+            "no space left on the agent's work dir /var/lib/msagent (preparing the workspace: \
+             No space left on device (os error 28))"
+        );
+        // Full as git says it on stderr (index-pack, checkout).
+        let git = SourceError::Git {
+            what: "clone",
+            url: "https://example.com/r.git".into(),
+            message: "error: unable to write file src/a.py\n\
+                      fatal: write error: No space left on device\n\
+                      fatal: index-pack failed"
+                .into(),
+        };
+        assert_eq!(
+            git.or_disk_full(work).to_string(),
+            "no space left on the agent's work dir /var/lib/msagent (git clone of \
+             https://example.com/r.git: fatal: write error: No space left on device)"
+        );
+        // Anything else is left as it was.
+        let other = SourceError::Io(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(matches!(other.or_disk_full(work), SourceError::Io(_)));
     }
 
     #[tokio::test]

@@ -636,6 +636,8 @@ pub fn case_line(c: &CaseResult) -> String {
         }
         return line;
     };
+    // Judged without the stored history: said whatever the verdict.
+    let history = msfleet_proto::bench::history_unavailable(&e.message);
     line += &format!(" vs {}", num(baseline));
     let mut notes = Vec::new();
     if let Some(d) = e.delta_pct {
@@ -664,6 +666,9 @@ pub fn case_line(c: &CaseResult) -> String {
     }
     if !notes.is_empty() {
         line += &format!(" ({})", notes.join(", "));
+    }
+    if let Some(h) = history {
+        line += &format!("; {h}");
     }
     line
 }
@@ -1044,6 +1049,18 @@ mod tests {
             case_line(&noisy),
             "NOISY       qwen3-8B-decode  total_time_s 0.0170 vs 0.0154 \
              (+10.4%, spread 14.2% cv, z 1.50 vs 3.00)"
+        );
+
+        let mut judged = result("pass", 0.0150, Some(0.0154));
+        if let Some(e) = judged.explanation.as_mut() {
+            e.message = "within 20% of the baseline; history unavailable: refused \
+                         (judged with the case file's anchors only)"
+                .into();
+        }
+        assert_eq!(
+            case_line(&judged),
+            "PASS        qwen3-8B-decode  total_time_s 0.0150 vs 0.0154 (-2.6%); \
+             history unavailable: refused (judged with the case file's anchors only)"
         );
 
         let mut err = result("error", 0.0, None);

@@ -13,6 +13,22 @@ pub const WALL_TIME: &str = "wall_time_s";
 /// The metric case files' `baseline_time_s` refers to when the case reports it.
 pub const TOTAL_TIME: &str = "total_time_s";
 
+/// How a case's explanation message says that the stored history could not
+/// be fetched: "history unavailable: WHY (...)", alone or after "; ", always
+/// last.
+pub const HISTORY_UNAVAILABLE: &str = "history unavailable: ";
+
+/// The "history unavailable: ..." part of a case's explanation message, for
+/// views that do not show the whole message.
+pub fn history_unavailable(message: &str) -> Option<&str> {
+    let at = if message.starts_with(HISTORY_UNAVAILABLE) {
+        0
+    } else {
+        message.find(&format!("; {HISTORY_UNAVAILABLE}"))? + 2
+    };
+    Some(&message[at..])
+}
+
 /// Checks a benchmark spec and fills its defaults. The error says what to fix.
 pub fn validate(spec: &mut BenchmarkSpec) -> Result<(), String> {
     if spec.command.is_empty() || spec.command[0].trim().is_empty() {
@@ -110,6 +126,20 @@ pub fn higher_is_better(metric: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_history_unavailable_part_of_a_message() {
+        assert_eq!(
+            history_unavailable("within 20%; history unavailable: refused; really (x)"),
+            Some("history unavailable: refused; really (x)")
+        );
+        assert_eq!(
+            history_unavailable("history unavailable: refused"),
+            Some("history unavailable: refused")
+        );
+        assert_eq!(history_unavailable("the history unavailable: no"), None);
+        assert_eq!(history_unavailable("within 20%"), None);
+    }
 
     #[test]
     fn extracts_the_last_value_in_seconds() {

@@ -69,13 +69,46 @@ pub fn under_root(dir: &str, root: &str) -> bool {
 
 /// True when an agent with these capabilities may run the job.
 pub fn fits(req: &Requirement, spec: &JobSpec, attrs: &Attributes, caps: &Capabilities) -> bool {
-    if !req.matches(attrs) || policy_refusal(spec, caps).is_some() {
+    if !req.matches(attrs)
+        || policy_refusal(spec, caps).is_some()
+        || pytest_missing(spec, caps).is_some()
+    {
         return false;
     }
     match source_dir(spec) {
         Some(dir) => caps.roots.iter().any(|root| under_root(dir, root)),
         None => true,
     }
+}
+
+/// Why a pytest job cannot run on this agent because its probe found no
+/// pytest (or no runnable interpreter): "pytest is not installed for
+/// /usr/bin/python3". `None` for other kinds, when the probe found pytest, and
+/// when the agent reported no host facts at all (a simulated agent: nothing
+/// was probed, so nothing is known to be missing). A host that was probed and
+/// found no pytest is excluded: its pytest job could only end `error`.
+pub fn pytest_missing(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
+    if spec.kind != "pytest" {
+        return None;
+    }
+    let h = caps.host.as_ref()?;
+    if !h.pytest_version.is_empty() {
+        return None;
+    }
+    let python = if h.python.is_empty() {
+        "its python"
+    } else {
+        h.python.as_str()
+    };
+    let python = crate::clip(python);
+    Some(if h.python_version.is_empty() {
+        format!("pytest is not installed for {python} (the interpreter could not be run)")
+    } else {
+        format!(
+            "pytest is not installed for {python} (python {})",
+            crate::clip(&h.python_version)
+        )
+    })
 }
 
 /// Why the agent's published policy refuses the job; `None` when it admits it
@@ -198,6 +231,57 @@ mod tests {
             None
         );
         assert_eq!(refused_by_every_policy(&job, []), None);
+    }
+
+    #[test]
+    fn a_pytest_job_does_not_fit_a_host_probed_without_pytest() {
+        let any = Requirement::parse("").unwrap();
+        let host = |python_version: &str, pytest_version: &str| Capabilities {
+            host: Some(HostInfo {
+                python: "/opt/py/bin/python3".into(),
+                python_version: python_version.into(),
+                pytest_version: pytest_version.into(),
+                ..Default::default()
+            }),
+            ..caps()
+        };
+        let job = spec("/srv/work/proj");
+        let with = |k: &str| JobSpec {
+            kind: k.into(),
+            ..job.clone()
+        };
+        let ok = host("3.12.1", "9.0.1");
+        assert!(fits(&any, &with("pytest"), &attributes("a", &ok), &ok));
+        let bare = host("3.12.1", "");
+        assert!(!fits(&any, &with("pytest"), &attributes("a", &bare), &bare));
+        assert_eq!(
+            pytest_missing(&with("pytest"), &bare).as_deref(),
+            Some("pytest is not installed for /opt/py/bin/python3 (python 3.12.1)")
+        );
+        let none = host("", "");
+        assert_eq!(
+            pytest_missing(&with("pytest"), &none).as_deref(),
+            Some("pytest is not installed for /opt/py/bin/python3 (the interpreter could not be run)")
+        );
+        // Only pytest needs pytest: a benchmark runs its own command.
+        assert!(fits(
+            &any,
+            &with("benchmark"),
+            &attributes("a", &bare),
+            &bare
+        ));
+        // An agent that reported no host facts (simulated) was not probed: it fits as before.
+        let unprobed = Capabilities {
+            host: None,
+            ..caps()
+        };
+        assert!(fits(
+            &any,
+            &with("pytest"),
+            &attributes("a", &unprobed),
+            &unprobed
+        ));
+        assert_eq!(pytest_missing(&with("pytest"), &unprobed), None);
     }
 
     #[test]

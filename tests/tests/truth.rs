@@ -13,34 +13,55 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// A real Python that cannot import pytest: the test Python without its
-/// site-packages (`-S`), behind a script the agent takes as its `--python`.
-fn python_without_pytest(dir: &Path) -> std::path::PathBuf {
+/// A script the agent takes as its `--python`: the test Python, or (without
+/// pytest) a real Python that cannot import pytest: the test Python without its
+/// site-packages (`-S`). Written again, it changes what the agent runs.
+fn python_wrapper(p: &Path, with_pytest: bool) {
     use std::os::unix::fs::PermissionsExt;
-    let p = dir.join("python-bare");
+    let flag = if with_pytest { "" } else { " -S" };
+    let tmp = p.with_extension("tmp");
     std::fs::write(
-        &p,
-        format!("#!/bin/sh\nexec {} -S \"$@\"\n", python().display()),
+        &tmp,
+        format!("#!/bin/sh\nexec {}{flag} \"$@\"\n", python().display()),
     )
     .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, p).unwrap();
 }
 
 #[test]
 fn a_job_on_an_agent_whose_python_lacks_pytest_ends_error_naming_the_interpreter() {
     let mut f = Fleet::new();
-    let bare = python_without_pytest(f.path());
-    f.add_agent("bare", &[], &["--python", &s(&bare)]);
     let suite = f.write_suite("ok", &[("test_ok.py", "def test_ok():\n    pass\n")]);
+    // Probed without pytest: the scheduler does not give it pytest jobs, and
+    // the submit is refused with the reason.
+    let bare = f.path().join("python-bare");
+    python_wrapper(&bare, false);
+    f.add_agent("bare", &[], &["--python", &s(&bare)]);
+    let out = f.ctl(&["submit", "pytest", "--dir", &s(&suite)]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "bare: pytest is not installed for {}",
+            bare.display()
+        )),
+        "{out}"
+    );
+    // pytest gone after the probe: the job runs there and ends `error`, not
+    // `failed`, naming the interpreter.
+    let lost = f.path().join("python-lost");
+    python_wrapper(&lost, true);
+    f.add_agent("lost", &[], &["--python", &s(&lost)]);
+    python_wrapper(&lost, false);
     let id = f.submit(&["pytest", "--dir", &s(&suite)]);
     let j = f.wait_terminal(&id);
     assert_eq!(j["state"], "error", "{j:#}");
+    assert_eq!(j["agent"], "lost", "{j:#}");
     assert_eq!(
         j["reason"],
         format!(
             "pytest is not importable by {}: ModuleNotFoundError: No module named 'pytest'",
-            bare.display()
+            lost.display()
         ),
         "{j:#}"
     );

@@ -181,6 +181,10 @@ pub fn summary_line(r: &pb::CaseResult) -> String {
                 r.operators_moved.join(", ")
             ));
         }
+        if let Some(note) = pbench::history_unavailable(&ex.message) {
+            line.push_str("; ");
+            line.push_str(note);
+        }
     }
     line.push('\n');
     line

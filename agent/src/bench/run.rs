@@ -306,10 +306,23 @@ impl Bench {
                 names.join(", ")
             ));
         }
+        // History that could not be fetched is said in the verdict itself: a
+        // case judged by its file's anchors says so, and one that has only
+        // history to be judged by is `error` (the fleet's failure, not the
+        // benchmark's), never "nothing to compare with yet".
+        let mut verdict = judgement.verdict.as_str().to_string();
+        let mut setup = false;
         if let Some(why) = &baselines.unavailable {
-            message.push_str(&format!(
-                "; baselines unavailable ({why}): judged with the case file's anchors only"
-            ));
+            if judgement.verdict == Verdict::NoBaseline {
+                verdict = Verdict::Error.as_str().to_string();
+                setup = true;
+                message =
+                    format!("history unavailable: {why} (the case file has no anchor to judge by)");
+            } else {
+                message.push_str(&format!(
+                    "; history unavailable: {why} (judged with the case file's anchors only)"
+                ));
+            }
         }
         let mut ex = explanation(&judgement.explanation);
         ex.message = message;
@@ -320,7 +333,7 @@ impl Bench {
                 file: lc.file.clone(),
                 input_hash: lc.input_hash.clone(),
                 metric: first.metric,
-                verdict: judgement.verdict.as_str().to_string(),
+                verdict,
                 explanation: Some(ex),
                 metrics: series_of(&runs).iter().map(metric_summary).collect(),
                 operators: first
@@ -343,7 +356,7 @@ impl Bench {
                 confirmed: rerun && judgement.verdict == Verdict::Regression,
                 profile: String::new(),
             },
-            false,
+            setup,
         ))
     }
 
@@ -1193,11 +1206,44 @@ elif out:
         assert_eq!(cases[0].verdict, "pass");
         assert!(
             message(&cases[0]).ends_with(
-                "; baselines unavailable (connecting to http://x: refused): judged with the case file's anchors only"
+                "; history unavailable: connecting to http://x: refused (judged with the case file's anchors only)"
             ),
             "{}",
             message(&cases[0])
         );
+        assert!(
+            summary_line(&cases[0]).ends_with(
+                "; history unavailable: connecting to http://x: refused (judged with the case file's anchors only)\n"
+            ),
+            "{}",
+            summary_line(&cases[0])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_case_with_only_history_to_judge_by_is_an_error_when_history_is_unavailable() {
+        let mut f = Fixture::new();
+        f.case("c", r#"{"name": "c", "user_input": {"time_s": 0.1}}"#);
+        let unavailable = Baselines {
+            unavailable: Some("connecting to http://x: refused".into()),
+            ..Default::default()
+        };
+        let tally = run_dir(&f, spec(1), &unavailable).await.unwrap();
+        let (cases, _) = f.drain();
+        assert_eq!(cases[0].verdict, "error", "{}", message(&cases[0]));
+        assert_eq!(
+            message(&cases[0]),
+            "history unavailable: connecting to http://x: refused (the case file has no anchor to judge by)"
+        );
+        assert!(!cases[0].metrics.is_empty(), "what was measured is kept");
+        // The fleet's failure, not the benchmark's: the attempt is `error`.
+        let (outcome, why) = tally.outcome();
+        assert_eq!(outcome, Outcome::Error, "{why}");
+        assert!(why.contains("history unavailable: connecting"), "{why}");
+        // With the history reachable and empty, it is no_baseline as before.
+        run_dir(&f, spec(1), &Baselines::default()).await.unwrap();
+        let (cases, _) = f.drain();
+        assert_eq!(cases[0].verdict, "no_baseline", "{}", message(&cases[0]));
     }
 
     #[tokio::test]

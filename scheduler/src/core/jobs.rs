@@ -156,6 +156,9 @@ impl Core {
                 if let Some(p) = matching::policy_refusal(spec, a.caps()) {
                     why.push(format!("policy: {}", crate::clip(&p)));
                 }
+                if let Some(p) = matching::pytest_missing(spec, a.caps()) {
+                    why.push(p);
+                }
                 (why.len(), name.as_str(), why)
             })
             .collect();
@@ -372,8 +375,23 @@ impl Core {
                     .values()
                     .any(|a| fits(&e.req, spec, &a.attrs, a.caps()));
                 if !anyone {
+                    let no_pytest: Vec<String> = self
+                        .agents
+                        .iter()
+                        .filter(|(_, a)| e.req.matches(&a.attrs))
+                        .filter_map(|(name, a)| {
+                            let why = matching::pytest_missing(spec, a.caps())?;
+                            Some(format!("{why} on agent {}", crate::clip(name)))
+                        })
+                        .take(3)
+                        .collect();
                     job.warnings.push(if self.agents.is_empty() {
                         "no agent has registered yet".to_string()
+                    } else if !no_pytest.is_empty() {
+                        format!(
+                            "no registered agent can run this job: {}",
+                            no_pytest.join("; ")
+                        )
                     } else if spec.requirements.is_empty() {
                         "no registered agent can run this job (source dir outside their roots, \
                          or their policy refuses it)"
@@ -716,6 +734,51 @@ mod tests {
         let job = h.submit(s).unwrap();
         assert_eq!(job.state(), Queued);
         assert_eq!(job.warnings.len(), 1, "{:?}", job.warnings);
+    }
+
+    #[test]
+    fn a_pytest_job_is_not_given_to_an_agent_whose_probe_found_no_pytest() {
+        let mut h = Harness::new();
+        let probed = |pytest: &str| msfleet_proto::Capabilities {
+            host: Some(msfleet_proto::HostInfo {
+                python: "/usr/bin/python3".into(),
+                python_version: "3.12.1".into(),
+                pytest_version: pytest.into(),
+                ..Default::default()
+            }),
+            ..caps("cpu", 1)
+        };
+        let mut bare = h.register_as("bare", "b-1", probed(""), vec![]).unwrap();
+        let e = h.submit(spec()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let m = e.message();
+        assert!(
+            m.contains("bare: pytest is not installed for /usr/bin/python3 (python 3.12.1)"),
+            "{m}"
+        );
+        assert!(h.jobs().is_empty(), "nothing was made");
+        // Allowed to wait: never assigned to it, and the warning says why.
+        let mut s = spec();
+        s.allow_unmatched = true;
+        let job = h.submit(s).unwrap();
+        assert!(h.assignments(&mut bare).is_empty());
+        assert_eq!(
+            h.job(&job.id).warnings,
+            vec![
+                "no registered agent can run this job: pytest is not installed for \
+                 /usr/bin/python3 (python 3.12.1) on agent bare"
+            ]
+        );
+        // An agent with pytest takes it.
+        let mut good = h
+            .register_as("good", "g-1", probed("9.0.1"), vec![])
+            .unwrap();
+        assert_eq!(h.assignments(&mut good).len(), 1);
+        assert!(h.assignments(&mut bare).is_empty());
+        // An agent that reported no host facts (simulated) is not excluded.
+        let mut sim = h.register("sim", "cpu", 1);
+        h.submit(spec()).unwrap();
+        assert_eq!(h.assignments(&mut sim).len(), 1);
     }
 
     #[test]
