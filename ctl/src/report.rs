@@ -494,15 +494,25 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
-/// (classname, name) of a nodeid: `tests/smoke/test_a.py::test_x[1]` ->
-/// (`tests.smoke.test_a`, `test_x[1]`).
+/// (classname, name) of a nodeid as pytest's own `--junitxml` writes them
+/// (`mangle_test_address` in `_pytest/junitxml.py`), so a CI tool's per-test
+/// history is one whether a suite ran under plain pytest or the fleet: the
+/// `[param]` part is set aside first (it may hold `::` or `/`), the file path
+/// loses `.py` and takes `.` for `/`, the class chain joins it, and the name is
+/// the last `::` part with its `[param]`.
+/// `tests/test_more.py::AdjacentTests::test_x[1]` ->
+/// (`tests.test_more.AdjacentTests`, `test_x[1]`); `broken.py` -> (``, `broken`).
 pub fn junit_names(nodeid: &str) -> (String, String) {
-    let (path, name) = match nodeid.split_once("::") {
-        Some((p, n)) => (p, n.to_string()),
-        None => (nodeid, nodeid.to_string()),
+    let (path, params) = match nodeid.find('[') {
+        Some(i) => nodeid.split_at(i),
+        None => (nodeid, ""),
     };
-    let path = path.strip_suffix(".py").unwrap_or(path);
-    (path.replace('/', "."), name)
+    let mut names: Vec<String> = path.split("::").map(str::to_string).collect();
+    let file = names[0].replace('/', ".");
+    names[0] = file.strip_suffix(".py").unwrap_or(&file).to_string();
+    let mut name = names.pop().unwrap_or_default();
+    name += params;
+    (names.join("."), name)
 }
 
 /// The last non-empty line of a longrepr (pytest puts the error there), for
@@ -1014,12 +1024,20 @@ mod tests {
         );
         assert_eq!(
             junit_names("tests/smoke/test_a.py::TestX::test_y[1]"),
-            ("tests.smoke.test_a".into(), "TestX::test_y[1]".into())
+            ("tests.smoke.test_a.TestX".into(), "test_y[1]".into())
         );
         assert_eq!(
-            junit_names("broken.py"),
-            ("broken".into(), "broken.py".into())
+            junit_names("tests/test_more.py::AdjacentTests::Inner::test_call_once"),
+            (
+                "tests.test_more.AdjacentTests.Inner".into(),
+                "test_call_once".into()
+            )
         );
+        assert_eq!(
+            junit_names("t.py::test_p[a::b/c.py]"),
+            ("t".into(), "test_p[a::b/c.py]".into())
+        );
+        assert_eq!(junit_names("broken.py"), ("".into(), "broken".into()));
     }
 
     fn report(columns: Vec<Column>, diff: DiffState) -> Report {
