@@ -28,8 +28,9 @@ mkdir -p "$(dirname "$DIR")"
 DIR="$(cd "$(dirname "$DIR")" && pwd)/$(basename "$DIR")"
 PY="$DIR/bin/python"
 
+# pytest-rerunfailures: the tests check that its reruns are counted flaky.
 has_pytest() {
-    "$PY" -c "import sys, pytest; sys.exit(int(pytest.__version__.split('.')[0]) != $MAJOR)" >/dev/null 2>&1
+    "$PY" -c "import sys, pytest, pytest_rerunfailures; sys.exit(int(pytest.__version__.split('.')[0]) != $MAJOR)" >/dev/null 2>&1
 }
 
 if [ -x "$PY" ] && has_pytest; then
@@ -43,8 +44,8 @@ if [ ! -x "$PY" ]; then
     "$PYTHON3" -m venv --clear "$DIR" >&2
 fi
 
-echo "venv.sh: installing $PYTEST_SPEC in $DIR" >&2
-"$PY" -m pip install --disable-pip-version-check --quiet "$PYTEST_SPEC" >&2
+echo "venv.sh: installing $PYTEST_SPEC pytest-rerunfailures in $DIR" >&2
+"$PY" -m pip install --disable-pip-version-check --quiet "$PYTEST_SPEC" pytest-rerunfailures >&2
 
-has_pytest || { echo "venv.sh: pytest $MAJOR is not importable by $PY" >&2; exit 1; }
+has_pytest || { echo "venv.sh: pytest $MAJOR or pytest-rerunfailures is not importable by $PY" >&2; exit 1; }
 echo "$PY"

@@ -34,6 +34,7 @@ use crate::process::ProcessGroup;
 use crate::{policy, source};
 use msfleet_proto::{task_update, Finished, Outcome, Started, TestResult};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -417,7 +418,8 @@ async fn run_pytest(
     };
     let retries = a.spec.retry_failed;
     if retries == 0 || code != 1 || main.tally.failed_calls.is_empty() {
-        return Ok(finished(base.0, base.1, code));
+        let (o, r) = flaky::with_reruns(base, main.tally.rerun_flaky);
+        return Ok(finished(o, r, code));
     }
 
     // Re-run what failed, by node id, up to `retries` times; a test whose
@@ -694,6 +696,9 @@ async fn pump_results(
     let rerun = tx.is_none();
     // The results of the running test, sent when it finishes (see `flush`).
     let mut held: Vec<(TestResult, bool)> = Vec::new();
+    // pytest-rerunfailures: the last `rerun` report's text per test, for the
+    // failure a later pass turns flaky.
+    let mut reruns: HashMap<String, String> = HashMap::new();
     let mut lines = BufReader::new(conn).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let msg: PluginMessage = match serde_json::from_str(&line) {
@@ -720,9 +725,9 @@ async fn pump_results(
             }
             _ => continue,
         }
-        let running = {
+        let (running, flaky_by_rerun) = {
             let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
-            t.add_test(
+            let flaky = t.add_test(
                 &msg.nodeid,
                 &msg.when,
                 &msg.outcome,
@@ -730,9 +735,15 @@ async fn pump_results(
                 &msg.markers,
                 rerun,
             );
-            t.running.as_ref().is_some_and(|(id, _)| *id == msg.nodeid)
+            (
+                t.running.as_ref().is_some_and(|(id, _)| *id == msg.nodeid),
+                flaky,
+            )
         };
         let Some(tx) = &tx else { continue };
+        if msg.outcome == "rerun" {
+            reruns.insert(msg.nodeid.clone(), msg.longrepr.clone());
+        }
         let longrepr = match &msg.subtest {
             Some(desc) => subtest_longrepr(desc, &msg.outcome, &msg.longrepr),
             None => msg.longrepr,
@@ -745,13 +756,37 @@ async fn pump_results(
             longrepr,
             markers: msg.markers,
         });
-        if running {
-            held.push((result, msg.subtest.is_some()));
-            if held.len() >= MAX_HELD {
-                flush(Some(tx), &mut held);
-            }
+        // A pass after pytest-rerunfailures' reruns is sent as
+        // `--retry-failed` sends a flaky test: the failure, then `flaky` (the
+        // scheduler counts it once, as flaky; the report shows it flaky).
+        let results = if flaky_by_rerun {
+            let failure = reruns.remove(&result.nodeid).unwrap_or_default();
+            let n = result.nodeid.clone();
+            vec![
+                TestResult {
+                    outcome: "failed".into(),
+                    longrepr: failure,
+                    duration_s: 0.0,
+                    ..result.clone()
+                },
+                TestResult {
+                    outcome: "flaky".into(),
+                    longrepr: format!("failed, then passed on a pytest-rerunfailures rerun ({n})"),
+                    ..result
+                },
+            ]
         } else {
-            tx.send(task_update::Kind::Test(result));
+            vec![result]
+        };
+        for result in results {
+            if running {
+                held.push((result, msg.subtest.is_some()));
+                if held.len() >= MAX_HELD {
+                    flush(Some(tx), &mut held);
+                }
+            } else {
+                tx.send(task_update::Kind::Test(result));
+            }
         }
     }
     flush(tx.as_ref(), &mut held);
@@ -771,8 +806,11 @@ fn flush(tx: Option<&Updates>, held: &mut Vec<(TestResult, bool)>) {
     let Some(tx) = tx else { return };
     if results.iter().any(|(_, sub)| *sub) {
         // Stable: the order within each group is pytest's.
-        results.sort_by_key(|(r, _)| {
-            r.when == "call" && matches!(r.outcome.as_str(), "failed" | "error")
+        // A `flaky` result goes after the failure it turns flaky.
+        results.sort_by_key(|(r, _)| match r.outcome.as_str() {
+            "flaky" => 2,
+            "failed" | "error" if r.when == "call" => 1,
+            _ => 0,
         });
     }
     for (r, _) in results {
@@ -1124,6 +1162,63 @@ def test_param(p):
             "{}",
             ran.logs
         );
+    }
+
+    /// pytest-rerunfailures (`--reruns 1`, installed by `scripts/venv.sh`):
+    /// pytest says "3 passed, 1 failed, 4 rerun"; the agent counts the three
+    /// that passed on a rerun flaky, as `--retry-failed` would.
+    #[tokio::test]
+    async fn a_pass_on_a_pytest_rerunfailures_rerun_is_flaky() {
+        let ran = run_suite(
+            &[("test_flaky.py", FLAKY_SUITE), ("test_broken.py", BROKEN)],
+            0,
+            &["--reruns", "1"],
+        )
+        .await;
+        assert_finished(&ran, Outcome::Failed, "tests failed (3 flaky)");
+        let mut counts = msfleet_proto::TestCounts::default();
+        for r in &ran.results {
+            counts.record(&r.outcome);
+        }
+        assert_eq!(
+            (counts.passed, counts.failed, counts.flaky, counts.total),
+            (1, 1, 3, 5),
+            "{:?}\n{}",
+            ran.results,
+            ran.logs
+        );
+        let report = msctl_like_flaky(&ran.results);
+        assert_eq!(
+            report,
+            [
+                "test_flaky.py::test_flaky",
+                "test_flaky.py::test_param[a b]",
+                "test_flaky.py::test_param[c[d]]",
+            ]
+        );
+        assert!(ran.logs.contains("rerun"), "{}", ran.logs);
+        // All flaky: the attempt passed, and says why.
+        let ran = run_suite(&[("test_flaky.py", FLAKY_SUITE)], 0, &["--reruns", "2"]).await;
+        assert_finished(&ran, Outcome::Passed, "all tests passed (3 flaky)");
+    }
+
+    /// Node ids with a `flaky` result, each after a `failed` one (the order
+    /// the scheduler's counts need).
+    fn msctl_like_flaky(results: &[TestResult]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, r) in results.iter().enumerate() {
+            if r.outcome == "flaky" {
+                assert!(
+                    results[..i]
+                        .iter()
+                        .any(|p| p.nodeid == r.nodeid && p.outcome == "failed"),
+                    "{results:?}"
+                );
+                out.push(r.nodeid.clone());
+            }
+        }
+        out.sort();
+        out
     }
 
     #[tokio::test]

@@ -327,12 +327,85 @@ impl DiffState {
 pub struct Report {
     pub job: Job,
     pub columns: Vec<Column>,
+    /// A fan-out parent's benchmark verdicts: per child column, its cases.
+    pub bench: Vec<(String, Vec<pb::CaseResult>)>,
     pub diff: DiffState,
+}
+
+/// The case x profile matrix: profiles, and per case one cell per profile
+/// (`None` where the case did not run there).
+pub type BenchMatrix = (Vec<String>, Vec<(String, Vec<Option<BenchCell>>)>);
+
+/// One cell of the case x profile matrix: value, delta, verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchCell {
+    pub value: String,
+    pub delta: String,
+    pub verdict: String,
+}
+
+impl BenchCell {
+    fn of(c: &pb::CaseResult) -> BenchCell {
+        let [_, verdict, _, value, _, delta] = render::case_cells(c);
+        BenchCell {
+            value,
+            delta,
+            verdict: verdict.to_lowercase(),
+        }
+    }
+
+    fn shown(&self) -> String {
+        format!(
+            "{} ({}) {}",
+            self.value,
+            self.delta,
+            self.verdict.to_uppercase()
+        )
+    }
 }
 
 impl Report {
     pub fn matrix(&self) -> Matrix {
         Matrix::new(&self.columns)
+    }
+
+    /// The children's benchmark verdicts as (profiles, rows of case -> one
+    /// cell per profile, `None` where the case did not run there).
+    pub fn bench_matrix(&self) -> BenchMatrix {
+        let profiles: Vec<String> = self.bench.iter().map(|(p, _)| p.clone()).collect();
+        let mut rows: BTreeMap<String, Vec<Option<BenchCell>>> = BTreeMap::new();
+        for (i, (_, cases)) in self.bench.iter().enumerate() {
+            for c in cases {
+                rows.entry(c.name.clone())
+                    .or_insert_with(|| vec![None; profiles.len()])[i] = Some(BenchCell::of(c));
+            }
+        }
+        (profiles, rows.into_iter().collect())
+    }
+
+    /// The summary after the title: the job's test counts, or for a
+    /// benchmark parent its cases by verdict ("6 cases: 5 pass, 1 regression").
+    pub fn headline(&self) -> String {
+        let tests = self.job.tests.unwrap_or_default();
+        let cells: Vec<BenchCell> = self
+            .bench
+            .iter()
+            .flat_map(|(_, cases)| cases.iter().map(BenchCell::of))
+            .collect();
+        if tests.total > 0 || cells.is_empty() {
+            return counts_line(&tests);
+        }
+        let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in &cells {
+            *by.entry(c.verdict.as_str()).or_default() += 1;
+        }
+        let parts: Vec<String> = by.iter().map(|(v, n)| format!("{n} {v}")).collect();
+        format!(
+            "{} case{}: {}",
+            cells.len(),
+            if cells.len() == 1 { "" } else { "s" },
+            parts.join(", ")
+        )
     }
 }
 
@@ -360,11 +433,7 @@ fn diff_lists(d: &Diff) -> [(&'static str, &Vec<String>); 4] {
 pub fn text(r: &Report, all: bool) -> String {
     let m = r.matrix();
     let j = &r.job;
-    let mut out = format!(
-        "{}: {}",
-        job_title(j),
-        counts_line(&j.tests.unwrap_or_default())
-    );
+    let mut out = format!("{}: {}", job_title(j), r.headline());
     if !j.reason.is_empty() {
         out += &format!(" ({})", j.reason);
     }
@@ -378,7 +447,9 @@ pub fn text(r: &Report, all: bool) -> String {
     }
     out += "\n";
     let rows = m.selected(all);
-    if m.rows.is_empty() {
+    if m.rows.is_empty() && !r.bench.is_empty() {
+        // A benchmark parent: the case matrix below is its result.
+    } else if m.rows.is_empty() {
         out += "no test results\n";
     } else if rows.is_empty() {
         out += "every test passed on every profile\n";
@@ -404,6 +475,25 @@ pub fn text(r: &Report, all: bool) -> String {
     if !j.cases.is_empty() {
         out += "\nbenchmark verdicts:\n";
         out += &render::verdicts_table(&j.cases, false);
+    }
+    let (profiles, rows) = r.bench_matrix();
+    if !rows.is_empty() {
+        out += "benchmark verdicts, value (delta) verdict per profile:\n";
+        let mut header = vec!["CASE"];
+        header.extend(profiles.iter().map(String::as_str));
+        let rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|(case, cells)| {
+                let mut row = vec![case.clone()];
+                row.extend(
+                    cells
+                        .iter()
+                        .map(|c| c.as_ref().map_or("not run".into(), BenchCell::shown)),
+                );
+                row
+            })
+            .collect();
+        out += &render::table(&header, &rows);
     }
     out += &format!("\n{}\n", r.diff.note());
     if let DiffState::Compared(_, d) = &r.diff {
@@ -472,8 +562,37 @@ pub fn json(r: &Report, all: bool) -> Value {
         "matrix": matrix,
         "summary": summary,
         "cases": r.job.cases.iter().map(render::case_json).collect::<Vec<_>>(),
+        "bench": bench_json(r),
+        "summary_line": r.headline(),
         "diff": diff,
     })
+}
+
+/// `{"profiles": [...], "cases": [{"case", "cells": {profile: {value, delta,
+/// verdict} or null}}]}`, or null for a job without children's cases.
+fn bench_json(r: &Report) -> Value {
+    let (profiles, rows) = r.bench_matrix();
+    if rows.is_empty() {
+        return Value::Null;
+    }
+    let cases: Vec<Value> = rows
+        .iter()
+        .map(|(case, cells)| {
+            let cells: Map<String, Value> = profiles
+                .iter()
+                .zip(cells)
+                .map(|(p, c)| {
+                    let v = c.as_ref().map_or(
+                        Value::Null,
+                        |c| json!({"value": c.value, "delta": c.delta, "verdict": c.verdict}),
+                    );
+                    (p.clone(), v)
+                })
+                .collect();
+            json!({"case": case, "cells": cells})
+        })
+        .collect();
+    json!({"profiles": profiles, "cases": cases})
 }
 
 /// Escapes text for XML content and attribute values; drops characters XML 1.0 forbids.
@@ -494,15 +613,25 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
-/// (classname, name) of a nodeid: `tests/smoke/test_a.py::test_x[1]` ->
-/// (`tests.smoke.test_a`, `test_x[1]`).
+/// (classname, name) of a nodeid as pytest's own `--junitxml` writes them
+/// (`mangle_test_address` in `_pytest/junitxml.py`), so a CI tool's per-test
+/// history is one whether a suite ran under plain pytest or the fleet: the
+/// `[param]` part is set aside first (it may hold `::` or `/`), the file path
+/// loses `.py` and takes `.` for `/`, the class chain joins it, and the name is
+/// the last `::` part with its `[param]`.
+/// `tests/test_more.py::AdjacentTests::test_x[1]` ->
+/// (`tests.test_more.AdjacentTests`, `test_x[1]`); `broken.py` -> (``, `broken`).
 pub fn junit_names(nodeid: &str) -> (String, String) {
-    let (path, name) = match nodeid.split_once("::") {
-        Some((p, n)) => (p, n.to_string()),
-        None => (nodeid, nodeid.to_string()),
+    let (path, params) = match nodeid.find('[') {
+        Some(i) => nodeid.split_at(i),
+        None => (nodeid, ""),
     };
-    let path = path.strip_suffix(".py").unwrap_or(path);
-    (path.replace('/', "."), name)
+    let mut names: Vec<String> = path.split("::").map(str::to_string).collect();
+    let file = names[0].replace('/', ".");
+    names[0] = file.strip_suffix(".py").unwrap_or(&file).to_string();
+    let mut name = names.pop().unwrap_or_default();
+    name += params;
+    (names.join("."), name)
 }
 
 /// The last non-empty line of a longrepr (pytest puts the error there), for
@@ -576,7 +705,57 @@ pub fn junit(r: &Report) -> String {
         }
         out += "  </testsuite>\n";
     }
+    out += &bench_junit(r);
     out += "</testsuites>\n";
+    out
+}
+
+/// A benchmark parent's cases in JUnit: a suite per profile
+/// (`benchmark PROFILE`), a testcase per case (classname `benchmark`): a
+/// regression or failure is a `failure`, `error` an `error`, a case that did
+/// not run there `skipped`; the value, delta and verdict in `system-out`.
+fn bench_junit(r: &Report) -> String {
+    let (profiles, rows) = r.bench_matrix();
+    let mut out = String::new();
+    for (i, profile) in profiles.iter().enumerate() {
+        let cells: Vec<(&String, Option<&BenchCell>)> = rows
+            .iter()
+            .map(|(c, cells)| (c, cells[i].as_ref()))
+            .collect();
+        let count =
+            |f: &dyn Fn(Option<&BenchCell>) -> bool| cells.iter().filter(|(_, c)| f(*c)).count();
+        let failing = |c: Option<&BenchCell>| {
+            c.is_some_and(|c| matches!(c.verdict.as_str(), "regression" | "fail" | "failed"))
+        };
+        out += &format!(
+            "  <testsuite name=\"benchmark {}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\">\n",
+            xml_escape(profile),
+            cells.len(),
+            count(&failing),
+            count(&|c| c.is_some_and(|c| c.verdict == "error")),
+            count(&|c| c.is_none()),
+        );
+        for (case, cell) in cells {
+            out += &format!(
+                "    <testcase classname=\"benchmark\" name=\"{}\">\n",
+                xml_escape(case)
+            );
+            match cell {
+                None => out += "      <skipped message=\"not run\"/>\n",
+                Some(c) => {
+                    let shown = xml_escape(&c.shown());
+                    if failing(Some(c)) {
+                        out += &format!("      <failure message=\"{shown}\">{shown}</failure>\n");
+                    } else if c.verdict == "error" {
+                        out += &format!("      <error message=\"{shown}\">{shown}</error>\n");
+                    }
+                    out += &format!("      <system-out>{shown}</system-out>\n");
+                }
+            }
+            out += "    </testcase>\n";
+        }
+        out += "  </testsuite>\n";
+    }
     out
 }
 
@@ -589,7 +768,7 @@ pub fn markdown(r: &Report, all: bool) -> String {
     let m = r.matrix();
     let j = &r.job;
     let mut out = format!("## msfleet report: {}\n\n", md_cell(&job_title(j)));
-    out += &md_cell(&counts_line(&j.tests.unwrap_or_default()));
+    out += &md_cell(&r.headline());
     if !j.reason.is_empty() {
         out += &format!(" ({})", md_cell(&j.reason));
     }
@@ -649,6 +828,24 @@ pub fn markdown(r: &Report, all: bool) -> String {
             out += "|";
             for v in cells {
                 out += &format!(" {} |", md_cell(&v));
+            }
+            out += "\n";
+        }
+    }
+    let (profiles, rows) = r.bench_matrix();
+    if !rows.is_empty() {
+        out += "\n### Benchmark verdicts per profile\n\n| case |";
+        for p in &profiles {
+            out += &format!(" {} |", md_cell(p));
+        }
+        out += "\n| --- |";
+        out += &" --- |".repeat(profiles.len());
+        out += "\n";
+        for (case, cells) in &rows {
+            out += &format!("| `{}` |", md_cell(case));
+            for c in cells {
+                let shown = c.as_ref().map_or("not run".into(), BenchCell::shown);
+                out += &format!(" {} |", md_cell(&shown));
             }
             out += "\n";
         }
@@ -716,11 +913,21 @@ async fn profile_of(client: &mut Client, job: &Job) -> String {
 /// or for a fan-out parent one column per child plus an empty (all "not run")
 /// column per profile or agent that had no online agent.
 async fn columns_of(client: &mut Client, job: &Job) -> Result<Vec<Column>, CtlError> {
+    Ok(columns_and_bench(client, job).await?.0)
+}
+
+/// [`columns_of`], and a parent's children's benchmark cases per column.
+#[allow(clippy::type_complexity)]
+async fn columns_and_bench(
+    client: &mut Client,
+    job: &Job,
+) -> Result<(Vec<Column>, Vec<(String, Vec<pb::CaseResult>)>), CtlError> {
     if job.children.is_empty() && job.not_run.is_empty() {
         let tests = outcomes(client, job).await?;
-        return Ok(vec![(profile_of(client, job).await, tests)]);
+        return Ok((vec![(profile_of(client, job).await, tests)], Vec::new()));
     }
     let mut columns = Vec::new();
+    let mut bench = Vec::new();
     for child in &job.children {
         let c = get_job(client, child).await?;
         if c.spec.as_ref().is_some_and(|s| s.collect_only) {
@@ -732,12 +939,19 @@ async fn columns_of(client: &mut Client, job: &Job) -> Result<Vec<Column>, CtlEr
         } else {
             c.column.clone()
         };
+        if !c.cases.is_empty() {
+            bench.push((name.clone(), c.cases.clone()));
+        }
         columns.push((name, outcomes(client, &c).await?));
     }
+    let any_bench = !bench.is_empty();
     for missing in &job.not_run {
         columns.push((missing.clone(), BTreeMap::new()));
+        if any_bench {
+            bench.push((missing.clone(), Vec::new()));
+        }
     }
-    Ok(columns)
+    Ok((columns, bench))
 }
 
 fn id_num(id: &str) -> Option<u64> {
@@ -762,7 +976,7 @@ pub async fn build(client: &mut Client, id: &str) -> Result<Report, CtlError> {
             job.state().label()
         )));
     }
-    let columns = columns_of(client, &job).await?;
+    let (columns, bench) = columns_and_bench(client, &job).await?;
     let diff = if job.schedule.is_empty() {
         DiffState::NotScheduled
     } else {
@@ -783,7 +997,12 @@ pub async fn build(client: &mut Client, id: &str) -> Result<Report, CtlError> {
             }
         }
     };
-    Ok(Report { job, columns, diff })
+    Ok(Report {
+        job,
+        columns,
+        bench,
+        diff,
+    })
 }
 
 /// `msctl report JOB`.
@@ -1014,12 +1233,20 @@ mod tests {
         );
         assert_eq!(
             junit_names("tests/smoke/test_a.py::TestX::test_y[1]"),
-            ("tests.smoke.test_a".into(), "TestX::test_y[1]".into())
+            ("tests.smoke.test_a.TestX".into(), "test_y[1]".into())
         );
         assert_eq!(
-            junit_names("broken.py"),
-            ("broken".into(), "broken.py".into())
+            junit_names("tests/test_more.py::AdjacentTests::Inner::test_call_once"),
+            (
+                "tests.test_more.AdjacentTests.Inner".into(),
+                "test_call_once".into()
+            )
         );
+        assert_eq!(
+            junit_names("t.py::test_p[a::b/c.py]"),
+            ("t".into(), "test_p[a::b/c.py]".into())
+        );
+        assert_eq!(junit_names("broken.py"), ("".into(), "broken".into()));
     }
 
     fn report(columns: Vec<Column>, diff: DiffState) -> Report {
@@ -1031,6 +1258,7 @@ mod tests {
                 ..Default::default()
             },
             columns,
+            bench: Vec::new(),
             diff,
         }
     }

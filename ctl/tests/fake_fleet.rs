@@ -249,6 +249,51 @@ fn report_jobs() -> Vec<pb::Job> {
     ]
 }
 
+/// A benchmark set fanned out to every profile: parent 30, children 31
+/// (a2-64g) and 32 (h100, one case regressed), and a profile not run.
+fn bench_parent_jobs() -> Vec<pb::Job> {
+    let mut h100 = vec![
+        case_result(DECODE, "regression", 0.0201, Some(0.0154)),
+        case_result(VIDEO, "pass", 7.5, Some(7.698)),
+    ];
+    for c in &mut h100 {
+        c.profile = "h100".into();
+    }
+    let child = |id: &str, column: &str, cases: Vec<pb::CaseResult>, state: JobState| pb::Job {
+        id: id.into(),
+        parent: "30".into(),
+        column: column.into(),
+        state: state as i32,
+        attempts: 1,
+        agent: "b1".into(),
+        cases,
+        ..job()
+    };
+    vec![
+        pb::Job {
+            id: "30".into(),
+            state: JobState::Failed as i32,
+            reason: "1 of 2 children failed".into(),
+            attempts: 0,
+            agent: String::new(),
+            cases: Vec::new(),
+            children: vec!["31".into(), "32".into()],
+            not_run: vec!["npu-910b".into()],
+            ..job()
+        },
+        child(
+            "31",
+            "a2-64g",
+            vec![
+                case_result(DECODE, "pass", 0.0150, Some(0.0154)),
+                case_result(VIDEO, "pass", 7.6, Some(7.698)),
+            ],
+            JobState::Passed,
+        ),
+        child("32", "h100", h100, JobState::Failed),
+    ]
+}
+
 fn report_events(id: &str) -> Vec<pb::JobEvent> {
     let test = |seq, attempt, nodeid: &str, outcome: &str| pb::JobEvent {
         seq,
@@ -370,6 +415,7 @@ impl Fleet for Svc {
         Ok(Response::new(
             report_jobs()
                 .into_iter()
+                .chain(bench_parent_jobs())
                 .find(|j| j.id == id)
                 .unwrap_or_else(job),
         ))
@@ -1331,4 +1377,86 @@ fn token_commands_print_the_secret_once_on_the_last_line_and_list_none() {
     assert_eq!(out.code, 2, "{out}");
     let out = msctl(&addr, &["token", "create", "x", "--role", "root"]);
     assert_eq!(out.code, 2, "{out}");
+}
+
+#[test]
+fn a_benchmark_parents_report_is_a_case_by_profile_matrix() {
+    let (addr, _fake) = start();
+    let out = msctl(&addr, &["report", "30"]);
+    assert_eq!(out.code, 0, "{out}");
+    let first = out.stdout.lines().next().unwrap_or("");
+    assert!(first.contains("4 cases: 3 pass, 1 regression"), "{out}");
+    assert!(!out.stdout.contains("no test"), "{out}");
+    let line = |case: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(case) && l.contains("PASS"))
+            .unwrap_or_else(|| panic!("no row for {case}:\n{out}"))
+            .to_string()
+    };
+    let decode = line(DECODE);
+    for cell in ["0.015", "REGRESSION", "not run"] {
+        assert!(decode.contains(cell), "{cell} missing: {decode}\n{out}");
+    }
+    let header = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("CASE"))
+        .unwrap_or("");
+    for p in ["a2-64g", "h100", "npu-910b"] {
+        assert!(header.contains(p), "{p} column missing:\n{out}");
+    }
+
+    let v: serde_json::Value =
+        serde_json::from_str(&msctl(&addr, &["report", "30", "--json"]).stdout).expect("json");
+    assert_eq!(
+        v["bench"]["profiles"],
+        serde_json::json!(["a2-64g", "h100", "npu-910b"]),
+        "{v:#}"
+    );
+    let cases = v["bench"]["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 2, "{v:#}");
+    let d = cases.iter().find(|c| c["case"] == DECODE).expect("decode");
+    assert_eq!(d["cells"]["h100"]["verdict"], "regression", "{d}");
+    assert_eq!(d["cells"]["a2-64g"]["verdict"], "pass", "{d}");
+    assert!(
+        d["cells"]["h100"]["delta"]
+            .as_str()
+            .unwrap_or("")
+            .contains("30"),
+        "{d}"
+    );
+    assert!(d["cells"]["npu-910b"].is_null(), "{d}");
+    assert_eq!(v["summary_line"], "4 cases: 3 pass, 1 regression", "{v:#}");
+
+    let md = msctl(&addr, &["report", "30", "--markdown"]);
+    assert!(
+        md.stdout.contains("| case | a2-64g | h100 | npu-910b |"),
+        "{md}"
+    );
+    assert!(md.stdout.contains("REGRESSION"), "{md}");
+    assert!(md.stdout.contains("4 cases: 3 pass, 1 regression"), "{md}");
+
+    let dir = temp_dir("bench-junit");
+    let xml = dir.join("r.xml");
+    let out = msctl(&addr, &["report", "30", "--junit", xml.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out}");
+    let xml = std::fs::read_to_string(&xml).unwrap();
+    assert_eq!(
+        xml.matches("<testsuite name=\"benchmark ").count(),
+        3,
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<testsuite name=\"benchmark h100\" tests=\"2\" failures=\"1\" errors=\"0\" skipped=\"0\">"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<testsuite name=\"benchmark npu-910b\" tests=\"2\" failures=\"0\" errors=\"0\" skipped=\"2\">"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<failure message=\"0.0201 (+30.5%) REGRESSION\">"),
+        "{xml}"
+    );
 }

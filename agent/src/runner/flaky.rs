@@ -32,10 +32,16 @@ pub(crate) struct Tally {
     /// `finish`), with whether its call phase was reported: the test that was
     /// running if pytest dies.
     pub running: Option<(String, bool)>,
+    /// Node ids with a `rerun` report (pytest-rerunfailures) and no final result yet.
+    reran: HashSet<String>,
+    /// Tests that pytest-rerunfailures re-ran and that then passed: flaky.
+    pub rerun_flaky: u64,
 }
 
 impl Tally {
     /// Records one test result. `rerun`: also keep what [`Tally::passed_on_retry`] needs.
+    /// True when this is the passing call of a test that pytest-rerunfailures
+    /// re-ran after a failure (`rerun` reports first): the test is flaky.
     pub fn add_test(
         &mut self,
         nodeid: &str,
@@ -44,7 +50,7 @@ impl Tally {
         duration_s: f64,
         markers: &[String],
         rerun: bool,
-    ) {
+    ) -> bool {
         match outcome {
             "error" => self.errors += 1,
             "failed" => self.failed += 1,
@@ -78,6 +84,13 @@ impl Tally {
                     .insert(nodeid.to_string(), (duration_s, markers.to_vec()));
             }
         }
+        if outcome == "rerun" {
+            self.reran.insert(nodeid.to_string());
+        } else if when == "call" && self.reran.remove(nodeid) && outcome == "passed" {
+            self.rerun_flaky += 1;
+            return true;
+        }
+        false
     }
 
     /// The plugin's `start` (`Some`) or `finish` (`None`) of a test.
@@ -99,6 +112,7 @@ impl Tally {
         }
         self.reported.extend(next.reported);
         self.collected_items += next.collected_items;
+        self.rerun_flaky += next.rerun_flaky;
         self.collected = next.collected.map(|n| n + before);
         self.running = next.running;
     }
@@ -208,12 +222,24 @@ pub(crate) fn verdict(
     flaky: u64,
 ) -> (Outcome, String) {
     if flaky == 0 {
-        return base;
+        return with_reruns(base, main.rerun_flaky);
     }
+    let n = flaky + main.rerun_flaky;
     if main_code == 1 && main.errors == 0 && main.failed <= flaky && main.ran_everything() {
-        (Outcome::Passed, format!("all tests passed ({flaky} flaky)"))
+        (Outcome::Passed, format!("all tests passed ({n} flaky)"))
     } else {
-        (Outcome::Failed, format!("tests failed ({flaky} flaky)"))
+        (Outcome::Failed, format!("tests failed ({n} flaky)"))
+    }
+}
+
+/// The exit status's verdict with the tests pytest-rerunfailures turned flaky
+/// named, as `--retry-failed` names its own: "all tests passed (1 flaky)".
+pub(crate) fn with_reruns(base: (Outcome, String), flaky: u64) -> (Outcome, String) {
+    match base.1.as_str() {
+        "all tests passed" | "tests failed" if flaky > 0 => {
+            (base.0, format!("{} ({flaky} flaky)", base.1))
+        }
+        _ => base,
     }
 }
 
@@ -336,6 +362,33 @@ mod tests {
         assert_eq!(t.reported.len(), 4);
         assert!(!t.ran_everything(), "b.py::r never got a counted result");
         assert!(t.passed_calls.is_empty(), "only re-runs keep passes");
+    }
+
+    #[test]
+    fn a_pass_after_a_rerunfailures_rerun_is_flaky() {
+        let mut t = Tally::default();
+        let mut add =
+            |id: &str, when: &str, outcome: &str| t.add_test(id, when, outcome, 0.1, &[], false);
+        assert!(!add("a::f", "call", "rerun"));
+        assert!(!add("a::f", "call", "rerun"));
+        assert!(add("a::f", "call", "passed"));
+        // Reruns used up: a failure, not flaky; a plain pass is a pass.
+        assert!(!add("a::g", "call", "rerun"));
+        assert!(!add("a::g", "call", "failed"));
+        assert!(!add("a::ok", "call", "passed"));
+        // A setup rerun counts as well.
+        assert!(!add("a::s", "setup", "rerun"));
+        assert!(!add("a::s", "setup", "passed"));
+        assert!(add("a::s", "call", "passed"));
+        assert_eq!((t.rerun_flaky, t.failed), (2, 1));
+        assert_eq!(
+            with_reruns((Outcome::Passed, "all tests passed".into()), 2),
+            (Outcome::Passed, "all tests passed (2 flaky)".into())
+        );
+        assert_eq!(
+            with_reruns((Outcome::Passed, "all tests passed".into()), 0).1,
+            "all tests passed"
+        );
     }
 
     #[test]
