@@ -289,6 +289,15 @@ impl Harness {
             .collect()
     }
 
+    /// Keeps `conn`'s one slot busy with a job pinned to it by `requirements`,
+    /// so the next job meant for that agent waits in the queue.
+    pub fn fill_slot(&mut self, conn: &mut Conn, requirements: &str) {
+        let mut busy = spec();
+        busy.requirements = requirements.into();
+        self.submit(busy).expect("the pinned job is accepted");
+        assert_eq!(self.assignments(conn).len(), 1, "the slot is taken");
+    }
+
     /// Sends one task update; returns what the core answered (ack, reject, ...).
     pub fn update(
         &mut self,

@@ -686,10 +686,7 @@ mod tests {
         let mut a = h.register("a1", "p", 1);
         let mut b = h.register("a2", "p", 1);
         // a2's one slot is busy, so its child waits in the queue.
-        let mut busy = spec();
-        busy.requirements = "agent.name == \"a2\"".into();
-        h.submit(busy).unwrap();
-        assert_eq!(h.assignments(&mut b).len(), 1);
+        h.fill_slot(&mut b, "agent.name == \"a2\"");
         let parent = h.submit(each_agent()).unwrap();
         assert_eq!(parent.children.len(), 2);
         drain(&mut h, "a2", msfleet_proto::AgentAdmin::Drained);
@@ -726,10 +723,7 @@ mod tests {
         let mut h = Harness::new();
         let mut a = h.register("a1", "p-a", 1);
         let mut b = h.register("b1", "p-b", 1);
-        let mut busy = spec();
-        busy.requirements = "profile == \"p-b\"".into();
-        h.submit(busy).unwrap();
-        assert_eq!(h.assignments(&mut b).len(), 1);
+        h.fill_slot(&mut b, "profile == \"p-b\"");
         let mut s = fanout();
         s.expire_after_ms = Some(60_000);
         let parent = h.submit(s).unwrap();

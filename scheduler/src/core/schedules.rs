@@ -346,10 +346,7 @@ mod tests {
         let mut a = h.register("a1", "p", 1);
         let mut b = h.register("a2", "p", 1);
         // a2's one slot is busy, so its child of the fan-out waits; then a2 is drained.
-        let mut busy = spec();
-        busy.requirements = "agent.name == \"a2\"".into();
-        h.submit(busy).unwrap();
-        assert_eq!(h.assignments(&mut b).len(), 1);
+        h.fill_slot(&mut b, "agent.name == \"a2\"");
         let mut fan = spec();
         fan.fanout = "each-agent".into();
         let schedule = Box::new(pb::Schedule {
