@@ -189,10 +189,14 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
                             .map(|(k, v)| format!("{k}={v}"))
                             .collect();
                         labels.sort();
+                        let state = if a.state_reason.is_empty() {
+                            a.state.clone()
+                        } else {
+                            format!("{} ({})", a.state, a.state_reason)
+                        };
                         vec![
                             a.name.clone(),
-                            a.admin().label().to_string(),
-                            if a.connected { "online" } else { "offline" }.to_string(),
+                            state,
                             format!("{}/{}", a.running.len(), caps.slots.max(1)),
                             caps.gpus.len().to_string(),
                             caps.npus.len().to_string(),
@@ -204,10 +208,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
                 crate::out!(
                     "{}",
                     render::table(
-                        &[
-                            "NAME", "ADMIN", "STATUS", "RUNNING", "GPUS", "NPUS", "PROFILE",
-                            "LABELS"
-                        ],
+                        &["NAME", "STATE", "RUNNING", "GPUS", "NPUS", "PROFILE", "LABELS"],
                         &rows
                     )
                 );

@@ -386,6 +386,8 @@ pub fn agent_json(a: &Agent) -> Value {
     let host = caps.host.clone().unwrap_or_default();
     json!({
         "name": a.name,
+        "state": a.state,
+        "state_reason": a.state_reason,
         "admin": a.admin().label(),
         "connected": a.connected,
         "last_seen_ms": a.last_seen_ms,

@@ -619,6 +619,7 @@ fn killed_agent_attempt_is_retried_elsewhere_and_counted_once() {
         .find(|a| a["name"] == victim.as_str())
         .unwrap();
     assert_eq!(dead["connected"], false, "{dead:#}");
+    assert_eq!(dead["state"], "offline", "{dead:#}");
 
     let watch = f.ctl(&["watch", &id]);
     assert_eq!(watch.code, 0, "{watch}");
@@ -1608,6 +1609,7 @@ fn drained_and_quarantined_agents_take_no_new_work() {
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(out.stdout.trim(), "agent d1: drained");
     assert_eq!(f.agent_json("d1").unwrap()["admin"], "drained");
+    assert_eq!(f.agent_json("d1").unwrap()["state"], "drained");
     let waiting = f.submit(&["pytest", "--dir", &quick]);
 
     let j = f.wait_terminal(&running);

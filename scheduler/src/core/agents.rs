@@ -41,6 +41,22 @@ impl AgentEntry {
     }
 }
 
+/// The one place an agent's shown state is decided (`msctl agents`, metrics,
+/// the dashboard all read `Agent.state`): the admin state wins, then whether
+/// a session is open, then whether it runs anything.
+pub(super) fn agent_state(a: &AgentEntry, running: usize) -> (&'static str, String) {
+    match a.record.admin() {
+        AgentAdmin::Drained => return ("drained", String::new()),
+        AgentAdmin::Quarantined => return ("quarantined", String::new()),
+        AgentAdmin::Active | AgentAdmin::Unspecified => {}
+    }
+    match &a.session {
+        None => ("offline", String::new()),
+        Some(_) if running > 0 => ("busy", String::new()),
+        Some(_) => ("online", String::new()),
+    }
+}
+
 impl Core {
     pub(super) fn list_agents(&self) -> Vec<Agent> {
         self.agents.keys().map(|n| self.agent_view(n)).collect()
@@ -57,6 +73,9 @@ impl Core {
             .into_iter()
             .map(|t| t.to_string())
             .collect();
+        let (state, reason) = agent_state(a, v.running.len());
+        v.state = state.to_string();
+        v.state_reason = reason;
         v
     }
 
