@@ -10,7 +10,8 @@ pub fn counts_json(c: &TestCounts) -> Value {
     json!({
         "passed": c.passed, "failed": c.failed, "skipped": c.skipped,
         "xfailed": c.xfailed, "xpassed": c.xpassed, "errors": c.errors, "flaky": c.flaky,
-        "total": c.total,
+        "total": c.total, "subtests_passed": c.subtests_passed,
+        "subtests_failed": c.subtests_failed,
     })
 }
 
@@ -460,16 +461,23 @@ pub fn event_json(job: &str, e: &JobEvent) -> Value {
     v
 }
 
-/// pytest-style summary: "1 failed, 8 passed, 2 skipped".
+/// pytest-style summary: "1 failed, 8 passed, 2 skipped", and as pytest 9
+/// (-v) counts subtests, "3 failed (2 subtests), 4 passed, 8 subtests passed".
 pub fn counts_line(c: &TestCounts) -> String {
+    let failed = match c.subtests_failed {
+        0 => "failed".to_string(),
+        1 => "failed (1 subtest)".to_string(),
+        n => format!("failed ({n} subtests)"),
+    };
     let parts: Vec<String> = [
-        (c.failed, "failed"),
+        (c.failed, failed.as_str()),
         (c.passed, "passed"),
         (c.skipped, "skipped"),
         (c.xfailed, "xfailed"),
         (c.xpassed, "xpassed"),
         (c.errors, if c.errors == 1 { "error" } else { "errors" }),
         (c.flaky, "flaky"),
+        (c.subtests_passed, "subtests passed"),
     ]
     .iter()
     .filter(|(n, _)| *n > 0)
@@ -955,7 +963,7 @@ mod tests {
             xpassed: 1,
             errors: 1,
             total: 14,
-            flaky: 0,
+            ..Default::default()
         };
         assert_eq!(
             counts_line(&c),
@@ -968,6 +976,24 @@ mod tests {
             "8 passed, 2 skipped, 1 xfailed, 1 xpassed, 1 error, 1 flaky"
         );
         assert_eq!(counts_line(&TestCounts::default()), "no tests");
+        let sub = TestCounts {
+            failed: 3,
+            passed: 4,
+            total: 7,
+            subtests_passed: 8,
+            subtests_failed: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            counts_line(&sub),
+            "3 failed (2 subtests), 4 passed, 8 subtests passed"
+        );
+        assert_eq!(
+            counts_json(&sub)["subtests_passed"],
+            8,
+            "{}",
+            counts_json(&sub)
+        );
     }
 
     fn result(verdict: &str, value: f64, baseline: Option<f64>) -> CaseResult {

@@ -172,7 +172,7 @@ impl Core {
         e.job
             .tests
             .get_or_insert_with(Default::default)
-            .record(&t.outcome);
+            .record_result(&t);
         let run = pb::TestRun {
             job_id: e.job.id.clone(),
             time_ms: self.now,
@@ -185,6 +185,9 @@ impl Core {
         };
         let test_id = t.nodeid.clone();
         let collected = t.outcome == "collected";
+        // A passed subtest never changes its test's verdict: counted, shown
+        // live, but not a run of the test's history.
+        let history = !collected && t.outcome != "subpassed";
         let forward = match e.job.parent.parse::<u64>() {
             Ok(parent) if !collected => {
                 let mut ft = t.clone();
@@ -197,7 +200,7 @@ impl Core {
         let seq = self.jobs.get(&task).map_or(0, |e| e.job.last_event_seq);
         if collected {
             step.collected.push((task, attempt, test_id));
-        } else {
+        } else if history {
             step.writes.put_test_run(&test_id, task, seq, &run);
         }
         if let Some((parent, ft)) = forward {
