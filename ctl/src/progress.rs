@@ -86,7 +86,7 @@ impl Progress {
                 bar.set_message(format!("{done} {nodeid}"));
                 None
             }
-            None => (counted && counts.total % PLAIN_EVERY == 0).then_some(done),
+            None => (counted && counts.total.is_multiple_of(PLAIN_EVERY)).then_some(done),
         }
     }
 
