@@ -29,7 +29,8 @@ pytest shows it after SUBPASS/SUBFAIL, in one more field::
      ..., "subtest": "[msg] (i=1)"}
 
 ``outcome`` is one of passed, failed, skipped, xfailed, xpassed, error,
-rerun, other or collected.  Every message except rerun/other corresponds one-to-one to
+subpassed (a passed subtest: pytest's "subtests passed", sent whatever the
+verbosity; pytest 9 shows the count with ``-v``), rerun, other or collected.  Every message except rerun/other corresponds one-to-one to
 an entry counted in pytest's own terminal summary line ("3 failed,
 10 passed, ..."), because each report is classified with the same
 ``pytest_report_teststatus`` hook the terminal reporter uses.  ``category``
@@ -80,6 +81,12 @@ _CATEGORY_TO_OUTCOME = {
     "error": "error",
     "errors": "error",
     "rerun": "rerun",
+    # A passed subtest: pytest 9 (-v) and pytest-subtests count it apart, as
+    # "N subtests passed". pytest-subtests' failed and skipped subtests are
+    # failed and skipped results (pytest 9 counts them so).
+    "subtests passed": "subpassed",
+    "subtests failed": "failed",
+    "subtests skipped": "skipped",
     "": None,
     "deselected": None,
     "warnings": None,
@@ -286,7 +293,15 @@ class MsfleetReporter:
     def pytest_runtest_logreport(self, report):
         if not getattr(report, "count_towards_summary", True):
             return
-        self._emit(report, _category(self.config, report), report.when)
+        category = _category(self.config, report)
+        if category == "" and _subtest_description(report) is not None:
+            # pytest 9 hides passed (and xfailed) subtests from its summary
+            # unless verbose; they are counted all the same, as -v shows.
+            if getattr(report, "wasxfail", None) is not None:
+                category = "xfailed"
+            elif report.passed:
+                category = "subtests passed"
+        self._emit(report, category, report.when)
 
     def pytest_collectreport(self, report):
         # Same rule as TerminalReporter.pytest_collectreport.

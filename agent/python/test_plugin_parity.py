@@ -30,9 +30,9 @@ SUITE = os.path.join(REPO, "examples", "suite")
 FAIL = os.path.join(REPO, "examples", "fail")
 EMPTY = os.path.join(REPO, "examples", "empty")
 
-COUNTED = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
+COUNTED = ("passed", "failed", "skipped", "xfailed", "xpassed", "error", "subpassed")
 ALL_OUTCOMES = COUNTED + ("rerun", "other")
-SUMMARY_RE = re.compile(r"(\d+) (passed|failed|skipped|xfailed|xpassed|errors?|warnings?|deselected)\b")
+SUMMARY_RE = re.compile(r"(\d+) (subtests passed|passed|failed|skipped|xfailed|xpassed|errors?|warnings?|deselected)\b")
 DURATION_RE = re.compile(r"\bin \d+(?:\.\d+)?s\b")
 HAS_NPU = os.path.exists("/dev/davinci0")
 
@@ -138,7 +138,9 @@ def summary_counts(stdout):
         if DURATION_RE.search(line) and (SUMMARY_RE.search(line) or "no tests ran" in line):
             counts = collections.Counter()
             for n, word in SUMMARY_RE.findall(line):
-                word = {"errors": "error", "warning": "warnings"}.get(word, word)
+                word = {"errors": "error", "warning": "warnings", "subtests passed": "subpassed"}.get(
+                    word, word
+                )
                 counts[word] += int(n)
             return line, counts
     raise AssertionError("no summary line in pytest output:\n" + stdout)
@@ -148,12 +150,14 @@ def message_counts(msgs):
     return collections.Counter(m["outcome"] for m in msgs if m["type"] == "test")
 
 
-def assert_parity(proc, server):
+def assert_parity(proc, server, hidden=()):
+    """The plugin's results add up to pytest's summary line; `hidden`: outcomes
+    the plugin sends that pytest's summary leaves out at this verbosity."""
     server.wait_session()
     msgs = server.messages()
     line, summary = summary_counts(proc.stdout)
-    expected = {k: v for k, v in summary.items() if k in COUNTED}
-    got = {k: v for k, v in message_counts(msgs).items() if k in COUNTED}
+    expected = {k: v for k, v in summary.items() if k in COUNTED and k not in hidden}
+    got = {k: v for k, v in message_counts(msgs).items() if k in COUNTED and k not in hidden}
     assert got == expected, "summary %r vs messages %r\n%s" % (line, got, proc.stdout)
 
     # Wire format: one JSON object per \n-terminated line, session last.
@@ -425,31 +429,56 @@ class T(unittest.TestCase):
 """
 
 
+def run_subtests_parity(tmp_path):
+    """Runs the suite in tmp_path with -v (pytest's summary then counts the
+    passed subtests: "N subtests passed") and without (it hides them; the
+    plugin sends the same results): parity both times. Returns the -v run's
+    (proc, msgs)."""
+    runs = []
+    for args, hidden in ((["-v"], ()), ([], ("subpassed",))):
+        with ResultServer() as server:
+            proc = run_pytest(str(tmp_path), args, socket_path=server.path)
+            msgs, session, summary = assert_parity(proc, server, hidden)
+        assert proc.returncode == 1
+        runs.append((proc, [m for m in msgs if m["type"] == "test"]))
+    (verbose, verbose_msgs), (_, quiet_msgs) = runs
+    strip = lambda ms: [(m["nodeid"], m["outcome"], m.get("subtest")) for m in ms]
+    assert strip(verbose_msgs) == strip(quiet_msgs)
+    return verbose, verbose_msgs
+
+
 @pytest.mark.skipif(PYTEST_MAJOR < 9, reason="the subtests fixture is built into pytest 9")
 def test_subtests_fixture_parity(tmp_path):
-    """pytest 9's subtests: the plugin's counts are pytest's summary, and a
-    failed subtest is a failed result naming its subtest."""
+    """pytest 9's subtests: the plugin's counts are pytest's summary ("2
+    failed, 2 passed, 4 subtests passed" with -v), and a failed subtest is a
+    failed result naming its subtest."""
     (tmp_path / "test_sub.py").write_text(SUBTESTS)
-    with ResultServer() as server:
-        proc = run_pytest(str(tmp_path), socket_path=server.path)
-        msgs, session, summary = assert_parity(proc, server)
-    assert proc.returncode == 1
-    failed = [m for m in msgs if m["type"] == "test" and m["outcome"] == "failed"]
+    proc, msgs = run_subtests_parity(tmp_path)
+    assert "2 failed, 2 passed, 4 subtests passed" in proc.stdout, proc.stdout
+    failed = [m for m in msgs if m["outcome"] == "failed"]
     assert {m["nodeid"] for m in failed} == {"test_sub.py::test_sub"}, failed
     subfail = [m for m in failed if "subtest" in m]
     assert [m["subtest"] for m in subfail] == ["[i] (i=1)"], failed
     assert "assert 1 != 1" in subfail[0]["longrepr"]
+    subpassed = [(m["nodeid"], m["subtest"]) for m in msgs if m["outcome"] == "subpassed"]
+    assert subpassed == [
+        ("test_sub.py::test_sub", "[i] (i=0)"),
+        ("test_sub.py::test_sub", "[i] (i=2)"),
+        ("test_sub.py::test_sub_ok", "(i=0)"),
+        ("test_sub.py::test_sub_ok", "(i=1)"),
+    ], msgs
 
 
 def test_unittest_subtest_parity(tmp_path):
     """unittest's subTest, on every supported pytest: counts as pytest's own
     summary, and the failing subtest's test has a failed result."""
     (tmp_path / "test_ut.py").write_text(UNITTEST_SUBTEST)
-    with ResultServer() as server:
-        proc = run_pytest(str(tmp_path), socket_path=server.path)
-        msgs, session, summary = assert_parity(proc, server)
-    assert proc.returncode == 1
-    failed = [m for m in msgs if m["type"] == "test" and m["outcome"] == "failed"]
+    proc, msgs = run_subtests_parity(tmp_path)
+    failed = [m for m in msgs if m["outcome"] == "failed"]
     assert [m["nodeid"] for m in failed] == ["test_ut.py::T::test_ut"], msgs
     if PYTEST_MAJOR >= 9:
         assert failed[0]["subtest"] == "(i=2)", failed
+        assert "1 failed, 2 passed, 4 subtests passed" in proc.stdout, proc.stdout
+    else:
+        # pytest 8 has no subtest reports: the test itself fails.
+        assert not any(m["outcome"] == "subpassed" for m in msgs), msgs

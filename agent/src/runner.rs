@@ -748,9 +748,13 @@ async fn pump_results(
             Some(desc) => subtest_longrepr(desc, &msg.outcome, &msg.longrepr),
             None => msg.longrepr,
         };
+        let when = match msg.subtest {
+            Some(_) => msfleet_proto::SUBTEST.to_string(),
+            None => msg.when,
+        };
         let result = bounded_result(TestResult {
             nodeid: msg.nodeid,
-            when: msg.when,
+            when,
             outcome: msg.outcome,
             duration_s: msg.duration_s,
             longrepr,
@@ -796,20 +800,20 @@ async fn pump_results(
 /// them as they come).
 const MAX_HELD: usize = 1024;
 
-/// Sends the held results of a test. With subtests among them, its failed
-/// call results go last: a test's verdict is its last call result, and
-/// pytest 9 reports a unittest test `passed` after its failed `subTest`, so
-/// in pytest's order the pass would hide the failure. The counts are the
-/// same in any order.
+/// Sends the held results of a test. With subtests among them, the test's
+/// own results go first and its subtests' after them, in pytest's order, so
+/// that every view shows the SUBPASS/SUBFAIL lines under their test (pytest
+/// reports a test after its subtests); a `flaky` result stays after the
+/// failure it turns flaky. The counts are the same in any order, and a
+/// failed subtest fails its test wherever it comes (`when` "subtest").
 fn flush(tx: Option<&Updates>, held: &mut Vec<(TestResult, bool)>) {
     let mut results = std::mem::take(held);
     let Some(tx) = tx else { return };
     if results.iter().any(|(_, sub)| *sub) {
         // Stable: the order within each group is pytest's.
-        // A `flaky` result goes after the failure it turns flaky.
-        results.sort_by_key(|(r, _)| match r.outcome.as_str() {
-            "flaky" => 2,
-            "failed" | "error" if r.when == "call" => 1,
+        results.sort_by_key(|(r, sub)| match (r.outcome.as_str(), sub) {
+            ("flaky", _) => 2,
+            (_, true) => 1,
             _ => 0,
         });
     }
@@ -822,7 +826,7 @@ fn flush(tx: Option<&Updates>, held: &mut Vec<(TestResult, bool)>) {
 /// (or `SUBPASS`, `SUBSKIP`), then its failure.
 fn subtest_longrepr(desc: &str, outcome: &str, longrepr: &str) -> String {
     let word = match outcome {
-        "passed" => "SUBPASS",
+        "passed" | "subpassed" => "SUBPASS",
         "skipped" => "SUBSKIP",
         "xfailed" => "SUBXFAIL",
         "xpassed" => "SUBXPASS",
@@ -1587,10 +1591,31 @@ class T(unittest.TestCase):
                 failed[0].longrepr
             );
             // pytest 9 counts the test itself as passed, beside its failed
-            // subtest; the failure is sent last, so it is the test's verdict.
+            // subtest and its two passed ones ("1 failed, 1 passed, 2
+            // subtests passed"); the test's own result comes first, its
+            // subtests' under it, marked as subtests.
             assert_eq!(ids(&ran, "passed"), ["test_ut.py::T::test_ut"]);
-            let last = ran.results.iter().rfind(|t| t.when == "call").unwrap();
-            assert_eq!(last.outcome, "failed", "{:#?}", ran.results);
+            let shown: Vec<(&str, &str, &str)> = ran
+                .results
+                .iter()
+                .map(|t| {
+                    let head = t.longrepr.lines().next().unwrap_or("");
+                    (t.when.as_str(), t.outcome.as_str(), head)
+                })
+                .collect();
+            assert_eq!(
+                shown,
+                [
+                    ("call", "passed", ""),
+                    ("subtest", "subpassed", "SUBPASS (i=0)"),
+                    ("subtest", "subpassed", "SUBPASS (i=1)"),
+                    ("subtest", "failed", "SUBFAIL (i=2)"),
+                ],
+                "{:#?}",
+                ran.results
+            );
+        } else {
+            assert_eq!(failed[0].when, "call");
         }
     }
 
@@ -1601,6 +1626,7 @@ class T(unittest.TestCase):
             "SUBFAIL [i] (i=1)\nE  boom"
         );
         assert_eq!(subtest_longrepr("(i=0)", "passed", ""), "SUBPASS (i=0)");
+        assert_eq!(subtest_longrepr("(i=0)", "subpassed", ""), "SUBPASS (i=0)");
         assert_eq!(
             subtest_longrepr("(i=0)", "skipped", "why"),
             "SUBSKIP (i=0)\nwhy"

@@ -7,12 +7,13 @@ use crate::cli::{
 use crate::export::{self, Outcome};
 use crate::follow::follow;
 use crate::jobfile::{parse_timeout, ExtractFile, JobFile, SourceFile};
+use crate::progress::Progress;
 use crate::render::{self, counts_line};
 use crate::{exit, Client, CtlError};
 use msfleet_proto::client::{self as client, Bearer, ConnectError, Target};
 use msfleet_proto::fleet_client::FleetClient;
 use msfleet_proto::{self as pb, job_event, CaseResult, JobState, TestCounts};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub async fn run(cli: Cli) -> Result<i32, CtlError> {
@@ -645,6 +646,7 @@ async fn test_command(client: &mut Client, action: TestAction) -> Result<i32, Ct
         .await?
         .into_inner()
         .runs;
+    let runs = crate::report::run_verdicts(&runs);
     if json {
         print_json(&runs.iter().map(render::test_run_json).collect());
     } else if runs.is_empty() {
@@ -797,8 +799,45 @@ pub fn exit_code(state: JobState) -> i32 {
     }
 }
 
+/// A test's result lines as `watch` prints them: the outcome, the node id
+/// (with the phase when not the call), the duration; a failure's last three
+/// lines. A subtest's result comes after its test's, as a line under it
+/// (`SUBPASS (i=0)`, `SUBFAIL [msg] (i=1)` and its failure's last lines).
+fn test_lines(out: &mut impl Write, t: &pb::TestResult) {
+    if t.when == pb::SUBTEST {
+        let mut lines = t.longrepr.lines();
+        let _ = writeln!(out, "{:9}{}", "", lines.next().unwrap_or("SUBTEST"));
+        if matches!(t.outcome.as_str(), "failed" | "error") {
+            let rest: Vec<&str> = lines.rev().take(3).collect();
+            for line in rest.into_iter().rev() {
+                let _ = writeln!(out, "{:11}{line}", "");
+            }
+        }
+        return;
+    }
+    let when = if matches!(t.when.as_str(), "call" | "") || t.outcome == "skipped" {
+        String::new()
+    } else {
+        format!(" [{}]", t.when)
+    };
+    let _ = writeln!(
+        out,
+        "{:<8} {}{} ({:.2}s)",
+        t.outcome.to_uppercase(),
+        t.nodeid,
+        when,
+        t.duration_s
+    );
+    if matches!(t.outcome.as_str(), "failed" | "error") {
+        let lines: Vec<&str> = t.longrepr.lines().rev().take(3).collect();
+        for line in lines.into_iter().rev() {
+            let _ = writeln!(out, "         {line}");
+        }
+    }
+}
+
 async fn watch(client: &mut Client, job: &str, json: bool) -> Result<i32, CtlError> {
-    let tty = std::io::stderr().is_terminal();
+    let progress = Progress::new(crate::progress::is_live_here(json));
     let mut counts = TestCounts::default();
     let mut attempt = 0u32;
     let mut final_state = JobState::Unspecified;
@@ -817,17 +856,17 @@ async fn watch(client: &mut Client, job: &str, json: bool) -> Result<i32, CtlErr
                     counts = TestCounts::default(); // a new attempt counts afresh
                     cases.clear();
                 }
-                if tty {
-                    eprint!("\r\x1b[K");
-                }
                 if !json {
-                    let _ = writeln!(
-                        out,
-                        "job {} {}{}",
-                        job,
-                        s.state().label(),
-                        reason(&s.reason)
-                    );
+                    let _ = progress.print(|| {
+                        writeln!(
+                            out,
+                            "job {} {}{}",
+                            job,
+                            s.state().label(),
+                            reason(&s.reason)
+                        )
+                    });
+                    progress.state(&format!("job {job} {}", s.state().label()));
                 }
                 if s.state().is_terminal() {
                     final_state = s.state();
@@ -835,54 +874,24 @@ async fn watch(client: &mut Client, job: &str, json: bool) -> Result<i32, CtlErr
                 }
             }
             Some(job_event::Kind::Test(t)) => {
-                counts.record(&t.outcome);
+                let before = counts.total;
+                counts.record_result(t);
                 if !json && !t.outcome.is_empty() {
-                    if tty {
-                        eprint!("\r\x1b[K");
-                    }
-                    let when = if matches!(t.when.as_str(), "call" | "") || t.outcome == "skipped" {
-                        String::new()
-                    } else {
-                        format!(" [{}]", t.when)
-                    };
-                    let _ = writeln!(
-                        out,
-                        "{:<8} {}{} ({:.2}s)",
-                        t.outcome.to_uppercase(),
-                        t.nodeid,
-                        when,
-                        t.duration_s
-                    );
-                    if matches!(t.outcome.as_str(), "failed" | "error") {
-                        for line in t
-                            .longrepr
-                            .lines()
-                            .rev()
-                            .take(3)
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .rev()
-                        {
-                            let _ = writeln!(out, "         {line}");
-                        }
-                    }
-                    let progress = format!("[{} done: {}]", counts.total, counts_line(&counts));
-                    if tty {
-                        eprint!("{progress}");
-                    } else if counts.total % 10 == 0 {
-                        let _ = writeln!(out, "{progress}");
+                    progress.print(|| test_lines(&mut out, t));
+                    let counted = counts.total != before;
+                    if let Some(line) = progress.tested(&counts, &t.nodeid, counted) {
+                        let _ = writeln!(out, "{line}");
                     }
                 }
             }
             Some(job_event::Kind::Case(c)) => {
                 if !json {
-                    if tty {
-                        eprint!("\r\x1b[K");
-                    }
-                    let _ = writeln!(out, "{}", render::case_line(c));
-                    for line in render::case_details(c) {
-                        let _ = writeln!(out, "{:12}{line}", "");
-                    }
+                    progress.print(|| {
+                        let _ = writeln!(out, "{}", render::case_line(c));
+                        for line in render::case_details(c) {
+                            let _ = writeln!(out, "{:12}{line}", "");
+                        }
+                    });
                 }
                 match cases
                     .iter_mut()
@@ -891,6 +900,7 @@ async fn watch(client: &mut Client, job: &str, json: bool) -> Result<i32, CtlErr
                     Some(seen) => *seen = c.clone(),
                     None => cases.push(c.clone()),
                 }
+                progress.case_done(cases.len(), &c.name, &c.verdict.to_uppercase());
             }
             Some(job_event::Kind::Log(_)) | None => {}
         }
@@ -898,9 +908,7 @@ async fn watch(client: &mut Client, job: &str, json: bool) -> Result<i32, CtlErr
         true
     })
     .await?;
-    if tty {
-        eprint!("\r\x1b[K");
-    }
+    progress.finish();
     if final_state == JobState::Unspecified {
         // The stream ended without a final state (should not happen); ask.
         let j = client

@@ -2,7 +2,8 @@
 //!
 //! Code map: [`cli`] (flags) -> [`commands`] (one function per subcommand)
 //! using [`jobfile`] (the TOML job format), [`argv`] (`--command` splitting),
-//! [`follow`] (watch/logs streams with resume), [`report`] (`report`: matrix,
+//! [`follow`] (watch/logs streams with resume), [`progress`] (watch's live
+//! line on a terminal, plain lines elsewhere), [`report`] (`report`: matrix,
 //! verdicts, diff; text, JSON, JUnit, markdown), [`export`] (`baseline export`:
 //! baselines -> case files) and [`render`] (text and `--json`).
 
@@ -14,6 +15,7 @@ pub mod follow;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod jobfile;
+pub mod progress;
 pub mod render;
 pub mod report;
 pub mod tokens;

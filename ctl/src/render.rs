@@ -10,7 +10,8 @@ pub fn counts_json(c: &TestCounts) -> Value {
     json!({
         "passed": c.passed, "failed": c.failed, "skipped": c.skipped,
         "xfailed": c.xfailed, "xpassed": c.xpassed, "errors": c.errors, "flaky": c.flaky,
-        "total": c.total,
+        "total": c.total, "subtests_passed": c.subtests_passed,
+        "subtests_failed": c.subtests_failed,
     })
 }
 
@@ -460,16 +461,23 @@ pub fn event_json(job: &str, e: &JobEvent) -> Value {
     v
 }
 
-/// pytest-style summary: "1 failed, 8 passed, 2 skipped".
+/// pytest-style summary: "1 failed, 8 passed, 2 skipped", and as pytest 9
+/// (-v) counts subtests, "3 failed (2 subtests), 4 passed, 8 subtests passed".
 pub fn counts_line(c: &TestCounts) -> String {
+    let failed = match c.subtests_failed {
+        0 => "failed".to_string(),
+        1 => "failed (1 subtest)".to_string(),
+        n => format!("failed ({n} subtests)"),
+    };
     let parts: Vec<String> = [
-        (c.failed, "failed"),
+        (c.failed, failed.as_str()),
         (c.passed, "passed"),
         (c.skipped, "skipped"),
         (c.xfailed, "xfailed"),
         (c.xpassed, "xpassed"),
         (c.errors, if c.errors == 1 { "error" } else { "errors" }),
         (c.flaky, "flaky"),
+        (c.subtests_passed, "subtests passed"),
     ]
     .iter()
     .filter(|(n, _)| *n > 0)
@@ -908,32 +916,37 @@ pub fn state_is_success(s: JobState) -> bool {
     s == JobState::Passed
 }
 
-/// A fixed-width table with a header row.
+/// A table with a header row, as `ps` prints one: no borders, columns two
+/// spaces apart, each line trimmed, so `awk`, `cut` and `column` read it.
+/// Widths are display widths (a wide character takes two columns). On a
+/// terminal, long cells wrap to its width; anywhere else (a pipe, a file) a
+/// row is never wrapped.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    let width = comfy_table::Table::new().width();
+    table_within(header, rows, width)
+}
+
+/// [`table`] for a given terminal width (`None`: not a terminal, no wrapping).
+fn table_within(header: &[&str], rows: &[Vec<String>], width: Option<u16>) -> String {
+    use comfy_table::{presets::NOTHING, ContentArrangement, Table};
+    let mut t = Table::new();
+    t.load_style(NOTHING)
+        .force_no_tty()
+        .set_header(header.to_vec());
     for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
+        t.add_row(r.clone());
     }
-    let line = |cells: Vec<String>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s += c;
-            } else {
-                s += &format!("{c:<w$}  ", w = widths[i]);
-            }
-        }
-        s.trim_end().to_string() + "\n"
+    match width {
+        Some(w) => t
+            .set_width(w)
+            .set_content_arrangement(ContentArrangement::Dynamic),
+        None => t.set_content_arrangement(ContentArrangement::Disabled),
     };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        out += &line(r.clone());
+    let columns = t.column_count();
+    for (i, c) in t.column_iter_mut().enumerate() {
+        c.set_padding((0, if i + 1 == columns { 0 } else { 2 }));
     }
-    out
+    t.lines().map(|l| l.trim_end().to_string() + "\n").collect()
 }
 
 #[cfg(test)]
@@ -950,7 +963,7 @@ mod tests {
             xpassed: 1,
             errors: 1,
             total: 14,
-            flaky: 0,
+            ..Default::default()
         };
         assert_eq!(
             counts_line(&c),
@@ -963,6 +976,24 @@ mod tests {
             "8 passed, 2 skipped, 1 xfailed, 1 xpassed, 1 error, 1 flaky"
         );
         assert_eq!(counts_line(&TestCounts::default()), "no tests");
+        let sub = TestCounts {
+            failed: 3,
+            passed: 4,
+            total: 7,
+            subtests_passed: 8,
+            subtests_failed: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            counts_line(&sub),
+            "3 failed (2 subtests), 4 passed, 8 subtests passed"
+        );
+        assert_eq!(
+            counts_json(&sub)["subtests_passed"],
+            8,
+            "{}",
+            counts_json(&sub)
+        );
     }
 
     fn result(verdict: &str, value: f64, baseline: Option<f64>) -> CaseResult {
@@ -1356,5 +1387,47 @@ mod tests {
             text.contains("  paused:    yes (paused by ana, 2026-11-01 17:30 CST)\n"),
             "{text}"
         );
+    }
+
+    fn rows(cells: &[&[&str]]) -> Vec<Vec<String>> {
+        cells
+            .iter()
+            .map(|r| r.iter().map(|c| c.to_string()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn table_reads_like_ps_columns_two_spaces_apart() {
+        let r = rows(&[&["j-1", "passed", "nightly run"], &["j-22", "", "x"]]);
+        let t = table_within(&["ID", "STATE", "NAME"], &r, None);
+        assert_eq!(
+            t,
+            "ID    STATE   NAME\n\
+             j-1   passed  nightly run\n\
+             j-22          x\n"
+        );
+        // awk-style use: every row splits into its fields.
+        let fields: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(fields[1], ["j-1", "passed", "nightly", "run"]);
+    }
+
+    #[test]
+    fn table_aligns_wide_characters_by_display_width() {
+        let r = rows(&[&["模型推理", "ok"], &["ab", "ok"]]);
+        let t = table_within(&["CASE", "VERDICT"], &r, None);
+        // Four CJK characters take eight columns: VERDICT starts at column 10 in every row.
+        assert_eq!(t, "CASE      VERDICT\n模型推理  ok\nab        ok\n");
+    }
+
+    #[test]
+    fn table_wraps_only_on_a_terminal() {
+        let long = "a long reason that does not fit in a narrow terminal at all";
+        let r = rows(&[&["j-1", long]]);
+        let piped = table_within(&["ID", "REASON"], &r, None);
+        assert_eq!(piped.lines().count(), 2, "{piped}");
+        assert!(piped.contains(long));
+        let narrow = table_within(&["ID", "REASON"], &r, Some(30));
+        assert!(narrow.lines().count() > 2, "{narrow}");
+        assert!(narrow.lines().all(|l| l.chars().count() <= 30), "{narrow}");
     }
 }

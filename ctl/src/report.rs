@@ -54,6 +54,21 @@ impl Cell {
         }
     }
 
+    /// The cell as a pytest outcome word (`passed`, `failed`, ...), as a
+    /// test's history shows a run's verdict.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Cell::Pass => "passed",
+            Cell::Fail => "failed",
+            Cell::Error => "error",
+            Cell::Skip => "skipped",
+            Cell::XFail => "xfailed",
+            Cell::XPass => "xpassed",
+            Cell::Flaky => "flaky",
+            Cell::NotRun => "not_run",
+        }
+    }
+
     /// fail or error.
     pub fn failing(self) -> bool {
         matches!(self, Cell::Fail | Cell::Error)
@@ -82,18 +97,29 @@ struct Phases {
     other_error: Option<String>,
     setup_skip: Option<String>,
     flaky: Option<String>,
+    /// The first failed subtest's text (`SUBFAIL ...`).
+    subtest_failure: Option<String>,
     duration_s: f64,
 }
 
 /// Combines TestResult events (of one attempt) per nodeid like pytest does:
 /// the call outcome wins, an error in setup/teardown/collect makes `error`,
-/// a skip in setup `skip`, and a later `flaky` overrides an earlier failure.
+/// a skip in setup `skip`, a failed subtest makes its test `fail` (pytest 9
+/// may report the test itself passed, as for unittest's `subTest`), and a
+/// later `flaky` overrides an earlier failure.
 pub fn combine<'a>(
     results: impl IntoIterator<Item = &'a TestResult>,
 ) -> BTreeMap<String, TestOutcome> {
     let mut by_id: BTreeMap<String, Phases> = BTreeMap::new();
     for r in results {
         let p = by_id.entry(r.nodeid.clone()).or_default();
+        if r.when == msfleet_proto::SUBTEST {
+            // Its time is within its test's call.
+            if matches!(r.outcome.as_str(), "failed" | "error") && p.subtest_failure.is_none() {
+                p.subtest_failure = Some(r.longrepr.clone());
+            }
+            continue;
+        }
         p.duration_s += r.duration_s;
         if r.outcome == "flaky" {
             p.flaky = Some(r.longrepr.clone());
@@ -113,6 +139,8 @@ pub fn combine<'a>(
         .map(|(id, p)| {
             let (cell, longrepr) = if let Some(text) = p.flaky {
                 (Cell::Flaky, text)
+            } else if let Some(text) = p.subtest_failure {
+                (Cell::Fail, text)
             } else if let Some((_, text)) = p.call.as_ref().filter(|(o, _)| o == "failed") {
                 (Cell::Fail, text.clone())
             } else if let Some(text) = p.other_error {
@@ -634,6 +662,46 @@ pub fn junit_names(nodeid: &str) -> (String, String) {
     (names.join("."), name)
 }
 
+/// A test's recorded results (newest first, as the scheduler returns them)
+/// as one verdict per run of a job: the results of one job attempt (its
+/// phases, subtests, a retry's `flaky`) combined as [`combine`] combines them
+/// for the report, so a test whose subtest failed reads `failed` there too.
+/// The phase shown is the one of the result that decided the verdict.
+pub fn run_verdicts(runs: &[pb::TestRun]) -> Vec<pb::TestRun> {
+    let mut out: Vec<pb::TestRun> = Vec::new();
+    let mut rest = runs;
+    while let Some(first) = rest.first() {
+        let n = rest
+            .iter()
+            .take_while(|r| r.job_id == first.job_id && r.attempt == first.attempt)
+            .count();
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        let results: Vec<TestResult> = group
+            .iter()
+            .rev()
+            .map(|r| TestResult {
+                when: r.when.clone(),
+                outcome: r.outcome.clone(),
+                duration_s: r.duration_s,
+                ..Default::default()
+            })
+            .collect();
+        let Some(verdict) = combine(&results).into_values().next() else {
+            continue;
+        };
+        let outcome = verdict.cell.outcome();
+        let decided = group.iter().find(|r| r.outcome == outcome).unwrap_or(first);
+        out.push(pb::TestRun {
+            outcome: outcome.to_string(),
+            duration_s: verdict.duration_s,
+            when: decided.when.clone(),
+            ..first.clone()
+        });
+    }
+    out
+}
+
 /// The last non-empty line of a longrepr (pytest puts the error there), for
 /// a `message` attribute.
 fn first_line(s: &str) -> &str {
@@ -1093,6 +1161,14 @@ mod tests {
             tr("t.py::fl", "call", "failed"),
             tr("t.py::fl", "call", "flaky"),
             tr("broken.py", "collect", "failed"),
+            // pytest 9 reports a unittest test passed after its failed subTest.
+            tr("t.py::ut", "call", "passed"),
+            tr("t.py::ut", "subtest", "subpassed"),
+            tr("t.py::ut", "subtest", "failed"),
+            tr("t.py::ut", "subtest", "subpassed"),
+            tr("t.py::sub_ok", "call", "passed"),
+            tr("t.py::sub_ok", "subtest", "subpassed"),
+            tr("t.py::sub_ok", "subtest", "skipped"),
         ];
         let m = combine(&results);
         let got = cells(&m);
@@ -1107,13 +1183,63 @@ mod tests {
             ("t.py::xp", Cell::XPass),
             ("t.py::fl", Cell::Flaky),
             ("broken.py", Cell::Error),
+            ("t.py::ut", Cell::Fail),
+            ("t.py::sub_ok", Cell::Pass),
         ]
         .into_iter()
         .collect();
         assert_eq!(got, want);
+        assert!(m["t.py::ut"].longrepr.starts_with("failed in subtest"));
         assert_eq!(m["t.py::ok"].duration_s, 1.5);
         assert!(m["t.py::fail"].longrepr.starts_with("failed in call"));
         assert!(m["t.py::fl"].longrepr.starts_with("flaky"));
+    }
+
+    #[test]
+    fn history_shows_one_verdict_per_job_run() {
+        let run = |job: &str, attempt: u32, when: &str, outcome: &str| pb::TestRun {
+            job_id: job.into(),
+            attempt,
+            when: when.into(),
+            outcome: outcome.into(),
+            duration_s: 0.5,
+            profile: "alpha".into(),
+            ..Default::default()
+        };
+        // Newest first, as the scheduler returns them.
+        let runs = [
+            run("9", 1, "subtest", "failed"),
+            run("9", 1, "call", "passed"),
+            run("8", 2, "call", "flaky"),
+            run("8", 2, "call", "failed"),
+            run("8", 1, "teardown", "error"),
+            run("8", 1, "call", "passed"),
+            run("7", 1, "call", "passed"),
+        ];
+        let verdicts = run_verdicts(&runs);
+        let v: Vec<(&str, u32, &str, &str, f64)> = verdicts
+            .iter()
+            .map(|r| {
+                assert_eq!(r.profile, "alpha");
+                (
+                    r.job_id.as_str(),
+                    r.attempt,
+                    r.when.as_str(),
+                    r.outcome.as_str(),
+                    r.duration_s,
+                )
+            })
+            .collect();
+        assert_eq!(
+            v,
+            [
+                // The subtest's failure decides; its time is within the call's.
+                ("9", 1, "subtest", "failed", 0.5),
+                ("8", 2, "call", "flaky", 1.0),
+                ("8", 1, "teardown", "error", 1.0),
+                ("7", 1, "call", "passed", 0.5),
+            ]
+        );
     }
 
     #[test]

@@ -124,11 +124,16 @@ impl AgentAdmin {
 impl TestCounts {
     /// Counts one result under pytest's terminal category; other categories
     /// (`rerun`, ...) are not part of pytest's summary and are not counted.
-    /// `flaky` moves one earlier failure to the flaky count.
+    /// `flaky` moves one earlier failure to the flaky count; `subpassed` (a
+    /// passed subtest) is pytest's "N subtests passed", not a test of `total`.
     pub fn record(&mut self, outcome: &str) {
         if outcome == "flaky" {
             self.failed = self.failed.saturating_sub(1);
             self.flaky += 1;
+            return;
+        }
+        if outcome == "subpassed" {
+            self.subtests_passed += 1;
             return;
         }
         let slot = match outcome {
@@ -143,7 +148,19 @@ impl TestCounts {
         *slot += 1;
         self.total += 1;
     }
+
+    /// Counts one result as [`TestCounts::record`] does; a failed subtest
+    /// (`when` "subtest") is also one of `subtests_failed`.
+    pub fn record_result(&mut self, t: &TestResult) {
+        self.record(&t.outcome);
+        if t.when == SUBTEST && t.outcome == "failed" {
+            self.subtests_failed += 1;
+        }
+    }
 }
+
+/// `TestResult.when` of a subtest's result.
+pub const SUBTEST: &str = "subtest";
 
 impl std::ops::AddAssign for TestCounts {
     /// Sums two tallies, e.g. a parent's from its children's.
@@ -156,6 +173,8 @@ impl std::ops::AddAssign for TestCounts {
         self.errors += o.errors;
         self.flaky += o.flaky;
         self.total += o.total;
+        self.subtests_passed += o.subtests_passed;
+        self.subtests_failed += o.subtests_failed;
     }
 }
 
@@ -169,6 +188,41 @@ impl AttemptRef {
 #[cfg(test)]
 mod limit_tests {
     use super::*;
+
+    #[test]
+    fn subtests_count_as_pytest_9_counts_them() {
+        // pytest 9 -v: "2 failed, 1 passed, 2 subtests passed" for a test
+        // whose subtest failed (the test is failed too) and its two passes.
+        let mut c = TestCounts::default();
+        let r = |when: &str, outcome: &str| TestResult {
+            nodeid: "t.py::test_sub".into(),
+            when: when.into(),
+            outcome: outcome.into(),
+            ..Default::default()
+        };
+        for t in [
+            r(SUBTEST, "subpassed"),
+            r(SUBTEST, "failed"),
+            r(SUBTEST, "subpassed"),
+            r("call", "failed"),
+            r("call", "passed"),
+        ] {
+            c.record_result(&t);
+        }
+        assert_eq!(
+            (
+                c.failed,
+                c.passed,
+                c.subtests_passed,
+                c.subtests_failed,
+                c.total
+            ),
+            (2, 1, 2, 1, 3)
+        );
+        let mut sum = c;
+        sum += c;
+        assert_eq!((sum.subtests_passed, sum.subtests_failed), (4, 2));
+    }
 
     #[test]
     fn a_long_failure_text_keeps_its_start_and_end_within_the_limit() {

@@ -343,3 +343,113 @@ fn bad_benchmark_specs_are_refused_with_exit_2() {
     }
     assert!(f.list().is_empty(), "nothing was submitted");
 }
+
+/// The nightly use: one benchmark set fanned out to every hardware profile
+/// (two agents, two profiles). The parent's `msctl report` shows every case on
+/// every profile (value, delta, verdict per cell) in text, JSON and JUnit, and
+/// its headline counts the cases.
+#[test]
+fn a_benchmark_fan_out_parent_reports_every_case_on_every_profile() {
+    let mut f = Fleet::new();
+    f.add_agent("a1", &["profile=alpha"], ALLOW_BENCH);
+    f.add_agent("b1", &["profile=beta"], ALLOW_BENCH);
+    let suite = bench_suite(
+        &f,
+        "nightly",
+        &[
+            ("decode.json", short_case("decode", 0.05, 0.05)),
+            ("prefill.json", short_case("prefill", 0.05, 0.05)),
+        ],
+    );
+    let (id, parent) = run_bench_reps(&f, &suite, "2", &["--fanout", "each-profile"]);
+    assert_eq!(
+        parent["children"].as_array().map(Vec::len),
+        Some(2),
+        "{parent:#}"
+    );
+    let cases = ["decode", "prefill"];
+    let profiles = ["alpha", "beta"];
+
+    let v = f.ctl(&["report", &id, "--json"]).json();
+    assert_eq!(v["bench"]["profiles"], serde_json::json!(profiles), "{v:#}");
+    let rows = v["bench"]["cases"].as_array().expect("bench cases");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["case"].as_str()).collect();
+    assert_eq!(names, cases, "{v:#}");
+    // The verdict of every cell, to compare with the text and the JUnit.
+    let mut verdicts = Vec::new();
+    for r in rows {
+        for p in profiles {
+            let cell = &r["cells"][p];
+            let verdict = cell["verdict"].as_str().unwrap_or("");
+            assert!(
+                !verdict.is_empty() && cell["value"].as_str().is_some_and(|s| !s.is_empty()),
+                "{p} has no verdict for {}: {v:#}",
+                r["case"]
+            );
+            verdicts.push(verdict.to_string());
+        }
+    }
+    assert_eq!(
+        v["summary_line"].as_str().unwrap_or(""),
+        format!("4 cases: {}", verdict_counts(&verdicts)),
+        "{v:#}"
+    );
+
+    let out = f.ctl(&["report", &id]);
+    let text = &out.stdout;
+    assert!(
+        text.contains("benchmark verdicts, value (delta) verdict per profile:\nCASE "),
+        "{out}"
+    );
+    assert!(!text.contains("no test results"), "{out}");
+    for (i, case) in cases.iter().enumerate() {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{case} ")))
+            .unwrap_or_else(|| panic!("no row for {case}:\n{out}"));
+        // One cell per profile, in the header's order: value (delta) VERDICT.
+        let cells: Vec<&str> = line.split("  ").filter(|c| !c.trim().is_empty()).collect();
+        assert_eq!(cells.len(), 3, "{line}\n{out}");
+        for (p, cell) in cells[1..].iter().enumerate() {
+            let verdict = verdicts[i * 2 + p].to_uppercase();
+            assert!(
+                cell.trim_end().ends_with(&verdict),
+                "{cell} for {verdict}:\n{out}"
+            );
+        }
+        assert!(!line.contains("not run"), "{line}");
+    }
+
+    let xml = f.path().join("bench.xml");
+    let out = f.ctl(&["report", &id, "--junit", xml.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out}");
+    let xml = std::fs::read_to_string(&xml).unwrap();
+    for p in profiles {
+        let suite = xml
+            .split("<testsuite ")
+            .find(|s| s.starts_with(&format!("name=\"benchmark {p}\"")))
+            .unwrap_or_else(|| panic!("no benchmark suite for {p}: {xml}"));
+        assert!(suite.contains(" tests=\"2\""), "{xml}");
+        for case in cases {
+            assert!(
+                suite.contains(&format!(
+                    "<testcase classname=\"benchmark\" name=\"{case}\">"
+                )),
+                "{case} on {p}: {xml}"
+            );
+        }
+        assert!(!suite.contains("not run"), "{xml}");
+    }
+}
+
+/// "2 pass, 1 regression": verdicts counted as the report's headline counts them.
+fn verdict_counts(verdicts: &[String]) -> String {
+    let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
+    for v in verdicts {
+        *by.entry(v.as_str()).or_default() += 1;
+    }
+    by.iter()
+        .map(|(v, n)| format!("{n} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -165,3 +165,58 @@ fn a_test_that_fails_then_passes_on_retry_is_flaky() {
     );
     assert!(!logs(&f, &id).contains("msfleet: retry"));
 }
+
+/// pytest-rerunfailures through the fleet (`-- --reruns 2` in the job's
+/// pytest arguments; `scripts/venv.sh` installs the plugin): test_flaky fails
+/// once and passes on pytest's rerun, so the job passes and counts it flaky,
+/// as `--retry-failed` does; `msctl report` shows it flaky.
+#[test]
+fn a_pass_on_a_pytest_rerunfailures_rerun_through_the_fleet_is_flaky() {
+    let mut f = Fleet::new();
+    f.add_agent("a1", &[], &[]);
+    let suite = f.write_suite(
+        "reruns",
+        &[("test_stable.py", STABLE), ("test_flaky.py", FLAKY)],
+    );
+    let env = format!("FLAKY_DIR={}", marker_dir(&f, "reruns"));
+    let id = f.submit(&[
+        "pytest",
+        "--dir",
+        &s(&suite),
+        "--env",
+        &env,
+        "--",
+        "--reruns",
+        "2",
+    ]);
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "passed", "{j:#}");
+    assert_eq!(j["reason"], "all tests passed (1 flaky)", "{j:#}");
+    assert_eq!(
+        counts(&j),
+        want(&[("passed", 1), ("flaky", 1), ("total", 2)]),
+        "{j:#}"
+    );
+    assert!(logs(&f, &id).contains("1 rerun"), "pytest's own summary");
+
+    let out = f.ctl(&["report", &id, "--json"]);
+    assert_eq!(out.code, 0, "{out}");
+    let v = out.json();
+    let rows: Vec<(String, String)> = v["matrix"]
+        .as_array()
+        .expect("matrix")
+        .iter()
+        .map(|r| {
+            let cell = r["cells"].as_object().and_then(|c| c.values().next());
+            (
+                r["test"].as_str().unwrap_or("").to_string(),
+                cell.and_then(|c| c.as_str()).unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [("test_flaky.py::test_flaky".to_string(), "flaky".to_string())],
+        "{v:#}"
+    );
+}

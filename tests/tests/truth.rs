@@ -196,6 +196,88 @@ fn pytest_major() -> u32 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
+/// A test whose subtest failed reads `failed` in `msctl test history` (one
+/// verdict per run, the phase that decided it), and its subtests are counted
+/// as pytest 9 counts them ("N subtests passed") in `show` and `watch`, whose
+/// SUBPASS/SUBFAIL lines stand under their test.
+#[test]
+fn a_failed_subtest_fails_its_test_in_history_and_subtests_are_counted() {
+    let mut f = Fleet::new();
+    f.add_agent("a1", &[], &[]);
+    let nine = pytest_major() >= 9;
+    let suite = f.write_suite("subhist", &[("test_ut.py", SUBTEST_SUITE)]);
+    let id = f.submit(&["pytest", "--dir", &s(&suite)]);
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "failed", "{j:#}");
+
+    let out = f.ctl(&["test", "history", "test_ut.py::T::test_ut", "--json"]);
+    assert_eq!(out.code, 0, "{out}");
+    let runs = out.json();
+    let runs = runs.as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "one run, one verdict: {runs:#?}");
+    assert_eq!(runs[0]["job_id"], id.as_str());
+    assert_eq!(runs[0]["outcome"], "failed", "{runs:#?}");
+    assert_eq!(runs[0]["when"], if nine { "subtest" } else { "call" });
+    let out = f.ctl(&["test", "history", "test_ut.py::T::test_ut"]);
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+        .unwrap_or_else(|| panic!("no row for job {id}:\n{out}"));
+    assert!(row.contains(" failed ") && !row.contains("passed"), "{row}");
+
+    if !nine {
+        return; // pytest 8 has no subtest reports: the test itself failed.
+    }
+    // pytest 9 -v says "1 failed, 2 passed, 2 subtests passed".
+    let counts: Vec<u64> = [
+        "failed",
+        "passed",
+        "subtests_passed",
+        "subtests_failed",
+        "total",
+    ]
+    .iter()
+    .map(|k| j["tests"][k].as_u64().unwrap_or(0))
+    .collect();
+    assert_eq!(counts, [1, 2, 2, 1, 3], "{j:#}");
+    let show = f.ctl(&["show", &id]);
+    assert!(
+        show.stdout
+            .contains("tests:     1 failed (1 subtest), 2 passed, 2 subtests passed\n"),
+        "{show}"
+    );
+    let watch = f.ctl(&["watch", &id]);
+    assert_eq!(watch.code, 1, "{watch}");
+    let lines: Vec<&str> = watch.stdout.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("PASSED   test_ut.py::T::test_ut "))
+        .unwrap_or_else(|| panic!("no line for test_ut:\n{watch}"));
+    assert_eq!(
+        lines[at + 1..at + 4],
+        [
+            "         SUBPASS (i=0)",
+            "         SUBPASS (i=1)",
+            "         SUBFAIL (i=2)"
+        ],
+        "{watch}"
+    );
+    assert!(
+        lines[at + 4..]
+            .iter()
+            .any(|l| l.contains("AssertionError: 2 == 2")),
+        "{watch}"
+    );
+    assert!(!watch.stdout.contains("OTHER"), "{watch}");
+    assert!(
+        watch.stdout.contains(&format!(
+            "job {id} failed: 1 failed (1 subtest), 2 passed, 2 subtests passed in "
+        )),
+        "{watch}"
+    );
+}
+
 /// A test whose subtest failed is failed in the job's report and its JUnit
 /// (also where pytest 9 reports the unittest test itself `passed` after the
 /// failed subtest), and the counts are pytest's.

@@ -64,6 +64,11 @@ impl Tally {
                 }
             }
         }
+        if outcome == "subpassed" {
+            // A passed subtest is no result of its test (pytest's "N
+            // subtests passed"): it neither reports the test nor passes it.
+            return false;
+        }
         if outcome == "failed" && when == "call" && self.failed_set.insert(nodeid.to_string()) {
             self.failed_calls.push(nodeid.to_string());
         }

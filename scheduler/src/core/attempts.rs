@@ -172,7 +172,7 @@ impl Core {
         e.job
             .tests
             .get_or_insert_with(Default::default)
-            .record(&t.outcome);
+            .record_result(&t);
         let run = pb::TestRun {
             job_id: e.job.id.clone(),
             time_ms: self.now,
@@ -185,6 +185,9 @@ impl Core {
         };
         let test_id = t.nodeid.clone();
         let collected = t.outcome == "collected";
+        // A passed subtest never changes its test's verdict: counted, shown
+        // live, but not a run of the test's history.
+        let history = !collected && t.outcome != "subpassed";
         let forward = match e.job.parent.parse::<u64>() {
             Ok(parent) if !collected => {
                 let mut ft = t.clone();
@@ -197,7 +200,7 @@ impl Core {
         let seq = self.jobs.get(&task).map_or(0, |e| e.job.last_event_seq);
         if collected {
             step.collected.push((task, attempt, test_id));
-        } else {
+        } else if history {
             step.writes.put_test_run(&test_id, task, seq, &run);
         }
         if let Some((parent, ft)) = forward {
@@ -750,5 +753,51 @@ mod tests {
                 assert!(r.len() < 200 && r.contains("..."), "{r:.300}");
             }
         }
+    }
+
+    /// Subtests as pytest 9 counts them: a passed one in `subtests_passed`
+    /// (no test of `total`, no run in the test's history), a failed one one
+    /// more `failed` and one of `subtests_failed`, kept in the history.
+    #[test]
+    fn subtests_are_counted_apart_and_only_failures_join_the_history() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        let sub = |outcome: &str| {
+            msfleet_proto::task_update::Kind::Test(msfleet_proto::TestResult {
+                nodeid: "t.py::T::test_ut".into(),
+                when: msfleet_proto::SUBTEST.into(),
+                outcome: outcome.into(),
+                ..Default::default()
+            })
+        };
+        h.update(&mut a, &r, 2, test_result("t.py::T::test_ut", "passed"));
+        h.update(&mut a, &r, 3, sub("subpassed"));
+        h.update(&mut a, &r, 4, sub("subpassed"));
+        h.update(&mut a, &r, 5, sub("failed"));
+        h.update(&mut a, &r, 6, finished(Outcome::Failed));
+        let c = h.job(&job.id).tests.unwrap();
+        assert_eq!(
+            (
+                c.passed,
+                c.failed,
+                c.total,
+                c.subtests_passed,
+                c.subtests_failed
+            ),
+            (1, 1, 2, 2, 1)
+        );
+        let runs = h
+            .core()
+            .store
+            .test_history("t.py::T::test_ut", "", 20)
+            .unwrap();
+        let outcomes: Vec<(&str, &str)> = runs
+            .iter()
+            .map(|r| (r.when.as_str(), r.outcome.as_str()))
+            .collect();
+        assert_eq!(outcomes, [("subtest", "failed"), ("call", "passed")]);
     }
 }
