@@ -164,7 +164,7 @@ impl Core {
     fn agent_mut(&mut self, name: &str) -> Result<&mut AgentEntry, Status> {
         self.agents.get_mut(name).ok_or_else(|| {
             Status::not_found(format!(
-                "no agent named '{}' has ever registered",
+                "no agent named '{}' is registered (msctl agents lists them)",
                 crate::clip(name)
             ))
         })
