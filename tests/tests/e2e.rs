@@ -619,7 +619,15 @@ fn killed_agent_attempt_is_retried_elsewhere_and_counted_once() {
         .find(|a| a["name"] == victim.as_str())
         .unwrap();
     assert_eq!(dead["connected"], false, "{dead:#}");
-    assert_eq!(dead["state"], "offline", "{dead:#}");
+    // It went away holding work: lost (not merely offline) until it returns.
+    assert_eq!(dead["state"], "lost", "{dead:#}");
+    assert!(
+        dead["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("disconnected past its 3 s lease"),
+        "{dead:#}"
+    );
 
     let watch = f.ctl(&["watch", &id]);
     assert_eq!(watch.code, 0, "{watch}");
@@ -1447,7 +1455,10 @@ async fn a_second_agent_process_under_a_connected_name_takes_it_over() {
         || f.agent("dup").try_wait(),
         || std::fs::read_to_string(&first_log).unwrap_or_default(),
     );
-    assert!(!status.success(), "the fenced agent exits non-zero: {status}");
+    assert!(
+        !status.success(),
+        "the fenced agent exits non-zero: {status}"
+    );
     let log = std::fs::read_to_string(&first_log).unwrap();
     assert!(
         log.contains("'dup'") && log.contains("took the name over"),

@@ -116,12 +116,15 @@ fn an_agent_frozen_past_its_lease_is_lost_and_its_job_completes_on_the_other_age
     assert_eq!(count(&j, "passed"), 21, "{j:#}");
     let show = f.ctl(&["show", &id]);
     assert!(
-        show.stdout.contains("lost:      1 with their agent (of 5 allowed)"),
+        show.stdout
+            .contains("lost:      1 with their agent (of 5 allowed)"),
         "{show}"
     );
     let events = f.ctl(&["watch", &id, "--json"]);
     assert!(
-        events.stdout.contains("attempt 1 lost (agent f1 lost: silent "),
+        events
+            .stdout
+            .contains("attempt 1 lost (agent f1 lost: silent "),
         "{events}"
     );
     assert!(
@@ -135,7 +138,10 @@ fn an_agent_frozen_past_its_lease_is_lost_and_its_job_completes_on_the_other_age
     );
 
     signal(agent_pid, Signal::SIGCONT);
-    wait_gone(frozen_pytest, "the woken agent to stop its abandoned pytest");
+    wait_gone(
+        frozen_pytest,
+        "the woken agent to stop its abandoned pytest",
+    );
     wait_agent(&f, "f1", "back online", |a| {
         a["state"] == "online" && a["connected"] == true
     });
@@ -144,7 +150,11 @@ fn an_agent_frozen_past_its_lease_is_lost_and_its_job_completes_on_the_other_age
     let after = f.show(&id);
     assert_eq!(after["state"], "passed", "{after:#}");
     assert_eq!(after["attempts"], 2, "{after:#}");
-    assert_eq!(count(&after, "total"), 21, "late results are refused: {after:#}");
+    assert_eq!(
+        count(&after, "total"),
+        21,
+        "late results are refused: {after:#}"
+    );
     // Back and reconciled, it takes work again.
     let quick = s(&f.write_suite("quick", &[("test_q.py", "def test_q():\n    pass\n")]));
     let pinned = f.submit(&["pytest", "--dir", &quick, "--require", "agent.name==\"f1\""]);
@@ -222,7 +232,10 @@ fn a_restarted_agent_takes_its_name_over_from_its_frozen_process() {
     let agents = f.agents_json();
     let h1: Vec<&Value> = agents.iter().filter(|a| a["name"] == "h1").collect();
     assert_eq!(h1.len(), 1, "{agents:#?}");
-    assert_eq!(h1[0]["connected"], true, "the new process stays: {agents:#?}");
+    assert_eq!(
+        h1[0]["connected"], true,
+        "the new process stays: {agents:#?}"
+    );
     f.agents.push(new);
 }
 
@@ -293,7 +306,9 @@ fn a_drain_deadline_requeues_the_running_attempt_to_another_agent() {
     let events = f.ctl(&["watch", &id, "--json"]);
     assert!(
         events.stdout.contains("drain deadline")
-            && events.stdout.contains("requeued (its retries are not used)"),
+            && events
+                .stdout
+                .contains("requeued (its retries are not used)"),
         "{events}"
     );
     wait_gone(first_pytest, "the drained agent to stop the attempt");
@@ -322,7 +337,9 @@ fn forget_removes_a_gone_agent_and_fan_out_no_longer_lists_it() {
     let p = f.wait_terminal(&parent);
     let not_run = p["not_run"].as_array().unwrap();
     assert!(
-        not_run.iter().any(|c| c.as_str().unwrap().starts_with("g1")),
+        not_run
+            .iter()
+            .any(|c| c.as_str().unwrap().starts_with("g1")),
         "{p:#}"
     );
 

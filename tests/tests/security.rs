@@ -77,10 +77,12 @@ const MATRIX: &[(&str, [Got; 7])] = &[
     ("Fleet/ListTokens", [U, D, D, K, D, U, D]),
     ("Fleet/RevokeToken", [U, D, D, K, D, U, D]),
     ("Fleet/ForgetAgent", [U, D, D, K, D, U, D]),
-    // Registers as a1: only a1's own credential may.
-    ("AgentLink/Session", [U, D, D, D, K, U, D]),
     // Asks about an attempt leased to a1.
     ("AgentLink/GetBaselines", [U, D, D, D, K, U, D]),
+    // Registers as a1: only a1's own credential may. Last, because a1's
+    // credential registering from another instance takes the name over
+    // (the live a1 and its attempt are fenced off).
+    ("AgentLink/Session", [U, D, D, D, K, U, D]),
 ];
 
 /// Every method of both msfleet services, from the descriptor the server

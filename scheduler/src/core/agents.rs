@@ -591,13 +591,13 @@ mod tests {
         let lost = h
             .events(&job.id)
             .into_iter()
-            .filter_map(|e| match e.kind {
+            .rev()
+            .find_map(|e| match e.kind {
                 Some(msfleet_proto::job_event::Kind::State(s)) if s.state() == Queued => {
                     Some(s.reason)
                 }
                 _ => None,
             })
-            .last()
             .unwrap();
         assert!(
             lost.contains("agent h1 lost: another msagent process took its name over"),
