@@ -212,10 +212,8 @@ impl Core {
     /// longer listed, nor a fan-out column. Its token stays valid (revoke it
     /// to keep the agent out); if it registers again it is a new agent.
     pub(super) fn forget_agent(&mut self, name: &str, step: &mut Step) -> Result<Agent, Status> {
-        let view = {
-            self.agent_mut(name)?;
-            self.agent_view(name)
-        };
+        self.agent_mut(name)?; // NotFound for an unknown name
+        let view = self.agent_view(name);
         if view.connected {
             return Err(Status::failed_precondition(format!(
                 "agent '{name}' is connected: stop its msagent first (msctl agent drain {name} \
