@@ -39,6 +39,15 @@ pub(super) struct Lost {
 /// Replaced instances remembered per agent name.
 const MAX_FENCED: usize = 16;
 
+/// What a process replaced under `name` is told (its stream ends with it,
+/// and so does its next registration); the agent stops on it.
+fn taken_over(name: &str) -> Status {
+    Status::already_exists(format!(
+        "another msagent process registered as '{name}' and took the name over; \
+         this one stops (start it again to take the name back)"
+    ))
+}
+
 impl AgentEntry {
     pub(super) fn new(record: Agent, attrs: Attributes, last_seen_ms: i64) -> AgentEntry {
         AgentEntry {
@@ -266,10 +275,7 @@ impl Core {
         trust_token(&mut caps, labels, profile)?;
         if let Some(a) = self.agents.get(&name) {
             if a.fenced.contains(&reg.instance_id) {
-                return Err(Status::already_exists(format!(
-                    "another msagent process registered as '{name}' and took the name over; \
-                     this one stops (start it again to take the name back)"
-                )));
+                return Err(taken_over(&name));
             }
         }
         let mut replaced = false;
@@ -283,10 +289,7 @@ impl Core {
                 if a.fenced.len() > MAX_FENCED {
                     a.fenced.remove(0);
                 }
-                let status = Status::already_exists(format!(
-                    "another msagent process registered as '{name}' and took the name over; \
-                     this one stops (start it again to take the name back)"
-                ));
+                let status = taken_over(&name);
                 step.after.push(Box::new(move |_| old.tx.end(status)));
                 tracing::warn!(agent = %name, old = %old.instance, new = %reg.instance_id,
                     "another msagent process took the name over");
