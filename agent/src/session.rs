@@ -21,8 +21,54 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
+
+/// HTTP/2 pings on the scheduler connection: a scheduler that stops
+/// answering (a dead host, a partition without a reset) is noticed within
+/// about their sum, and the agent reconnects.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Reconnect delays: exponential from [`BACKOFF_MIN`] to [`BACKOFF_MAX`],
+/// each drawn at random up to its bound (full jitter) so that a fleet whose
+/// scheduler restarts does not reconnect all at once.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The delay before reconnect number `failures` (0 for the first): at least
+/// [`BACKOFF_MIN`], at most `min(BACKOFF_MAX, BACKOFF_MIN * 2^failures)`,
+/// uniform in between as `random` (any u64) says.
+fn backoff_delay(failures: u32, random: u64) -> Duration {
+    let min = BACKOFF_MIN.as_millis() as u64;
+    let cap = min
+        .saturating_mul(1u64 << failures.min(20))
+        .min(BACKOFF_MAX.as_millis() as u64);
+    Duration::from_millis(min + random % (cap - min + 1))
+}
+
+/// A small xorshift generator for the jitter (no secrets depend on it),
+/// seeded from the clock and the process id.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Jitter((nanos ^ (u64::from(std::process::id()) << 32)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
 
 /// Why the agent stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +81,8 @@ pub enum SessionError {
 
 /// A failure of one connection (retried) or of the agent (returned).
 enum Disconnect {
-    Retry(String),
+    /// Why, and whether the connection had registered (the backoff starts over).
+    Retry(String, bool),
     Fatal(SessionError),
     ShutDown,
 }
@@ -115,6 +162,9 @@ pub struct Session {
     updates_tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
     updates_rx: mpsc::UnboundedReceiver<(AttemptKey, task_update::Kind)>,
     shutting_down: bool,
+    /// The runner tasks, so that the agent does not exit while a test it
+    /// stopped is still being killed.
+    runners: JoinSet<()>,
 }
 
 impl Session {
@@ -129,24 +179,36 @@ impl Session {
             updates_tx,
             updates_rx,
             shutting_down: false,
+            runners: JoinSet::new(),
         }
     }
 
     /// Runs until `shutdown` turns true (then stops running tests and reports
     /// them) or the scheduler refuses the agent.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut jitter = Jitter::new();
+        let mut failures = 0u32;
         loop {
-            match self.connect_once(&mut shutdown).await {
+            let backoff = match self.connect_once(&mut shutdown).await {
                 Disconnect::Fatal(e) => {
-                    self.stop_all(StopReason::Shutdown);
+                    // Nothing it runs may be reported any more: stop it all
+                    // and wait until the test processes are gone.
+                    self.stop_all(StopReason::Abandoned);
+                    self.attempts.clear();
+                    self.wait_for_runners().await;
                     return Err(e);
                 }
                 Disconnect::ShutDown => return Ok(()),
-                Disconnect::Retry(why) => {
+                Disconnect::Retry(why, registered) => {
+                    if registered {
+                        failures = 0;
+                    }
+                    let backoff = backoff_delay(failures, jitter.next());
+                    failures = failures.saturating_add(1);
                     tracing::warn!(%why, retry_in = ?backoff, "scheduler connection lost");
+                    backoff
                 }
-            }
+            };
             if self.shutting_down && self.attempts.is_empty() {
                 return Ok(());
             }
@@ -164,7 +226,19 @@ impl Session {
                 // Nobody to report to; the tests are stopped.
                 return Ok(());
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Waits (at most the kill grace and a little more) until every runner
+    /// has ended, i.e. killed its test process group.
+    async fn wait_for_runners(&mut self) {
+        let limit = self.cfg.kill_grace + Duration::from_secs(5);
+        let all = async { while self.runners.join_next().await.is_some() {} };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!(
+                running = self.runners.len(),
+                "test processes still stopping as the agent exits"
+            );
         }
     }
 
@@ -187,7 +261,8 @@ impl Session {
         let target = &self.cfg.target;
         let endpoint = match target.endpoint() {
             Ok(e) => e
-                .http2_keep_alive_interval(Duration::from_secs(10))
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true),
             Err(e) => {
                 return Disconnect::Fatal(SessionError::BadAddress {
@@ -201,7 +276,7 @@ impl Session {
             Err(e) => {
                 return match target.explain(&msfleet_proto::client::chain(&e)) {
                     ConnectError::Config(m) => Disconnect::Fatal(SessionError::Refused(m)),
-                    ConnectError::Unreachable(m) => Disconnect::Retry(m),
+                    ConnectError::Unreachable(m) => Disconnect::Retry(m, false),
                 }
             }
         };
@@ -232,7 +307,10 @@ impl Session {
                 msg: Some(scheduler_message::Msg::Registered(r)),
             })) => r,
             Ok(_) => {
-                return Disconnect::Retry("the scheduler did not confirm the registration".into())
+                return Disconnect::Retry(
+                    "the scheduler did not confirm the registration".into(),
+                    false,
+                )
             }
             Err(s) if fatal(&s) => {
                 return Disconnect::Fatal(SessionError::Refused(s.message().to_string()))
@@ -263,7 +341,7 @@ impl Session {
         for a in self.attempts.values() {
             for u in &a.unacked {
                 if out.send(update_msg(u.clone())).await.is_err() {
-                    return Disconnect::Retry("the session closed while resending".into());
+                    return Disconnect::Retry("the session closed while resending".into(), true);
                 }
             }
         }
@@ -283,23 +361,21 @@ impl Session {
                         if let Some(m) = m.msg {
                             for u in self.on_message(m) {
                                 if out.send(update_msg(u)).await.is_err() {
-                                    return Disconnect::Retry("the session closed".into());
+                                    return Disconnect::Retry("the session closed".into(), true);
                                 }
                             }
                         }
                     }
-                    Ok(None) => return Disconnect::Retry("the scheduler closed the session".into()),
+                    Ok(None) => return Disconnect::Retry("the scheduler closed the session".into(), true),
                     Err(s) if fatal(&s) => {
-                        self.stop_all(StopReason::Abandoned);
-                        self.attempts.clear();
                         return Disconnect::Fatal(SessionError::Refused(s.message().to_string()));
                     }
-                    Err(s) => return Disconnect::Retry(format!("session error: {s}")),
+                    Err(s) => return Disconnect::Retry(format!("session error: {s}"), true),
                 },
                 Some((key, kind)) = self.updates_rx.recv() => {
                     if let Some(u) = self.record(key, kind) {
                         if out.send(update_msg(u)).await.is_err() {
-                            return Disconnect::Retry("the session closed".into());
+                            return Disconnect::Retry("the session closed".into(), true);
                         }
                     }
                 }
@@ -312,7 +388,7 @@ impl Session {
                         .collect();
                     let hb = AgentMessage { msg: Some(agent_message::Msg::Heartbeat(msfleet_proto::Heartbeat { running })) };
                     if out.send(hb).await.is_err() {
-                        return Disconnect::Retry("the session closed".into());
+                        return Disconnect::Retry("the session closed".into(), true);
                     }
                 }
                 _ = shutdown.changed(), if !self.shutting_down => self.begin_shutdown(),
@@ -424,11 +500,14 @@ impl Session {
         let updates =
             Updates::with_budget(key.clone(), self.updates_tx.clone(), attempt.logs.clone());
         self.attempts.insert(key, attempt);
-        tokio::spawn(runner::run(self.cfg.clone(), spec, updates, stop_rx));
+        while self.runners.try_join_next().is_some() {}
+        self.runners
+            .spawn(runner::run(self.cfg.clone(), spec, updates, stop_rx));
     }
 }
 
-/// Refusals no retry can fix: a wrong or revoked credential, a name taken.
+/// Refusals no retry can fix: a wrong or revoked credential, the name taken
+/// over by another msagent process.
 fn fatal(s: &tonic::Status) -> bool {
     matches!(
         s.code(),
@@ -450,7 +529,7 @@ impl Session {
             ConnectError::Unreachable(_) if target.serves_tls_instead().await => Disconnect::Fatal(
                 SessionError::Refused(target.plain_text_to_tls().to_string()),
             ),
-            ConnectError::Unreachable(_) => Disconnect::Retry(format!("{what}: {detail}")),
+            ConnectError::Unreachable(_) => Disconnect::Retry(format!("{what}: {detail}"), false),
         }
     }
 }
@@ -550,6 +629,32 @@ mod tests {
             .await
             .expect("a dropped attempt releases its pump")
             .unwrap();
+    }
+
+    #[test]
+    fn reconnect_delays_grow_from_200ms_to_10s_with_full_jitter() {
+        assert_eq!(backoff_delay(0, 0), BACKOFF_MIN);
+        assert_eq!(backoff_delay(0, u64::MAX), Duration::from_millis(200));
+        assert_eq!(
+            backoff_delay(1, 200),
+            Duration::from_millis(400),
+            "the bound"
+        );
+        assert_eq!(backoff_delay(3, 1_400), Duration::from_millis(1_600));
+        for failures in [6, 7, 40, u32::MAX] {
+            assert_eq!(backoff_delay(failures, 9_800), BACKOFF_MAX, "capped");
+            assert_eq!(backoff_delay(failures, 9_801), BACKOFF_MIN);
+        }
+        // Drawn delays spread over the range rather than all taking the bound.
+        let mut jitter = Jitter::new();
+        let drawn: Vec<Duration> = (0..200).map(|_| backoff_delay(10, jitter.next())).collect();
+        assert!(drawn
+            .iter()
+            .all(|d| (BACKOFF_MIN..=BACKOFF_MAX).contains(d)));
+        let distinct: std::collections::BTreeSet<_> = drawn.iter().collect();
+        assert!(distinct.len() > 100, "{} distinct delays", distinct.len());
+        assert!(drawn.iter().any(|d| *d < Duration::from_secs(3)));
+        assert!(drawn.iter().any(|d| *d > Duration::from_secs(7)));
     }
 
     #[test]

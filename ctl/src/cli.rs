@@ -81,7 +81,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Drain, undrain or quarantine an agent.
+    /// Drain, undrain, quarantine or forget an agent.
     Agent {
         #[command(subcommand)]
         action: AgentAction,
@@ -318,11 +318,20 @@ pub enum BaselineAction {
 #[derive(Subcommand, Debug)]
 pub enum AgentAction {
     /// Finish running work, take nothing new.
-    Drain { name: String },
+    Drain {
+        name: String,
+        /// Stop what still runs this long from now (e.g. 30m) and requeue it
+        /// elsewhere without using its retries.
+        #[arg(long)]
+        deadline: Option<String>,
+    },
     /// Take work again.
     Undrain { name: String },
     /// Take nothing new and mark the agent suspect.
     Quarantine { name: String },
+    /// Remove an agent that is gone for good (not connected, holding no
+    /// attempts): `agents` and each-agent fan-outs no longer list it.
+    Forget { name: String },
     /// Agents' join tokens: create, list, revoke.
     Token {
         #[command(subcommand)]
@@ -357,9 +366,15 @@ pub struct Submit {
     /// Time limit of one attempt, e.g. 30m.
     #[arg(long, allow_hyphen_values = true)]
     pub timeout: Option<String>,
-    /// Retries of a lost attempt.
+    /// Retries of a lost attempt whose agent did not go away (it gave the
+    /// attempt up, its credential was revoked).
     #[arg(long)]
     pub retries: Option<u32>,
+    /// Retries of an attempt lost with its agent (silent past its lease,
+    /// disconnected, restarted), apart from --retries (default: the
+    /// scheduler's, 5).
+    #[arg(long)]
+    pub agent_lost_retries: Option<u32>,
     /// A job not started this long after submit ends `expired`, e.g. 2h
     /// (default: the queue's, 24 h).
     #[arg(

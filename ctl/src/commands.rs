@@ -221,21 +221,49 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
         Command::Agent {
             action: AgentAction::Token { action },
         } => crate::tokens::agents(&mut client, action).await,
+        Command::Agent {
+            action: AgentAction::Forget { name },
+        } => {
+            let a = client
+                .forget_agent(pb::ForgetAgentRequest { name })
+                .await?
+                .into_inner();
+            crate::outln!("agent {}: forgotten", a.name);
+            Ok(exit::OK)
+        }
         Command::Agent { action } => {
-            let (name, admin) = match action {
-                AgentAction::Drain { name } => (name, pb::AgentAdmin::Drained),
-                AgentAction::Undrain { name } => (name, pb::AgentAdmin::Active),
-                AgentAction::Quarantine { name } => (name, pb::AgentAdmin::Quarantined),
-                AgentAction::Token { .. } => unreachable!("matched above"),
+            let (name, admin, deadline) = match action {
+                AgentAction::Drain { name, deadline } => {
+                    let deadline = deadline
+                        .as_deref()
+                        .map(parse_timeout)
+                        .transpose()
+                        .map_err(|e| CtlError::input(format!("--deadline: {e}")))?;
+                    (name, pb::AgentAdmin::Drained, deadline.unwrap_or(0))
+                }
+                AgentAction::Undrain { name } => (name, pb::AgentAdmin::Active, 0),
+                AgentAction::Quarantine { name } => (name, pb::AgentAdmin::Quarantined, 0),
+                AgentAction::Token { .. } | AgentAction::Forget { .. } => {
+                    unreachable!("matched above")
+                }
             };
             let a = client
                 .set_agent_admin(pb::SetAgentAdminRequest {
                     name,
                     admin: admin as i32,
+                    drain_deadline_in_ms: deadline.unsigned_abs(),
                 })
                 .await?
                 .into_inner();
-            crate::outln!("agent {}: {}", a.name, a.admin().label());
+            match a.drain_deadline_ms {
+                0 => crate::outln!("agent {}: {}", a.name, a.admin().label()),
+                ms => crate::outln!(
+                    "agent {}: {} (deadline {})",
+                    a.name,
+                    a.admin().label(),
+                    render::time_ms(ms)
+                ),
+            }
             Ok(exit::OK)
         }
         Command::Queues { json } => {
@@ -414,6 +442,9 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     }
     if let Some(r) = s.retries {
         f.retries = Some(r);
+    }
+    if let Some(r) = s.agent_lost_retries {
+        f.agent_lost_retries = Some(r);
     }
     if let Some(t) = &s.expire_after {
         parse_timeout(t).map_err(|e| CtlError::input(format!("--expire-after: {e}")))?;

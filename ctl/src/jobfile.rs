@@ -65,6 +65,8 @@ pub struct JobFile {
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_lost_retries: Option<u32>,
     /// A duration like "24h": not started by then, the job ends `expired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_after: Option<String>,
@@ -292,6 +294,7 @@ impl JobFile {
             requirements: self.requirements.clone(),
             timeout_ms,
             retries: self.retries,
+            agent_lost_retries: self.agent_lost_retries,
             env: self.env.clone().into_iter().collect(),
             labels: self.labels.clone().into_iter().collect(),
             name: self.name.clone(),

@@ -102,11 +102,14 @@ pub fn job_json(j: &Job) -> Value {
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
         "retries": spec.retries,
+        "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
         "env": spec.env,
         "secret_env": spec.secret_env,
         "labels": spec.labels,
         "attempts": j.attempts,
+        "agent_lost": j.agent_lost,
+        "lost_retried": j.lost_retried,
         "agent": if j.agent.is_empty() { Value::Null } else { json!(j.agent) },
         "tests": counts_json(&j.tests.unwrap_or_default()),
         "warnings": j.warnings,
@@ -143,6 +146,7 @@ pub fn spec_json(spec: &JobSpec) -> Value {
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
         "retries": spec.retries,
+        "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
         "env": spec.env,
         "secret_env": spec.secret_env,
@@ -390,6 +394,7 @@ pub fn agent_json(a: &Agent) -> Value {
         "state": a.state,
         "state_reason": a.state_reason,
         "admin": a.admin().label(),
+        "drain_deadline_ms": nonzero(a.drain_deadline_ms),
         "connected": a.connected,
         "last_seen_ms": a.last_seen_ms,
         "running": a.running,
@@ -521,6 +526,15 @@ pub fn job_text(j: &Job) -> String {
             format!(" (agent {})", j.agent)
         }
     );
+    if j.agent_lost > 0 || j.lost_retried > 0 {
+        out += &format!(
+            "  lost:      {} with their agent (of {} allowed), {} retried (of {})\n",
+            j.agent_lost,
+            spec.agent_lost_retries.unwrap_or_default(),
+            j.lost_retried,
+            spec.retries.unwrap_or_default()
+        );
+    }
     if spec.kind == "benchmark" || !j.cases.is_empty() {
         out += &format!("  results:   {}\n", cases_summary(&j.cases));
     } else {

@@ -469,6 +469,12 @@ impl Fleet for Svc {
     ) -> Result<Response<pb::Agent>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn forget_agent(
+        &self,
+        _: Request<pb::ForgetAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
     async fn list_queues(
         &self,
         _: Request<pb::ListQueuesRequest>,

@@ -178,10 +178,27 @@ impl Fleet for FleetService {
         let req = bounded(req)?;
         let admin = pb::AgentAdmin::try_from(req.admin)
             .map_err(|_| Status::invalid_argument(format!("unknown agent state {}", req.admin)))?;
-        let name = req.name;
+        let (name, drain_deadline_in_ms) = (req.name, req.drain_deadline_in_ms);
         Ok(Response::new(
             self.core
-                .call(|reply| Command::SetAgentAdmin { name, admin, reply })
+                .call(|reply| Command::SetAgentAdmin {
+                    name,
+                    admin,
+                    drain_deadline_in_ms,
+                    reply,
+                })
+                .await?,
+        ))
+    }
+
+    async fn forget_agent(
+        &self,
+        req: Request<pb::ForgetAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let name = bounded(req)?.name;
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::ForgetAgent { name, reply })
                 .await?,
         ))
     }

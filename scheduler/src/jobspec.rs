@@ -107,6 +107,9 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
     if spec.retries.is_none() {
         spec.retries = Some(cfg.default_retries);
     }
+    if spec.agent_lost_retries.is_none() {
+        spec.agent_lost_retries = Some(cfg.default_agent_lost_retries);
+    }
     let too_big = spec.args.len() > MAX_ITEMS
         || spec.env.len() + spec.secret_env.len() > MAX_ITEMS
         || spec.labels.len() > MAX_ITEMS
@@ -194,6 +197,7 @@ mod tests {
         assert_eq!(s.queue, "default");
         assert_eq!(s.kind, "pytest");
         assert_eq!(s.retries, Some(2));
+        assert_eq!(s.agent_lost_retries, Some(5));
         assert_eq!(s.timeout_ms, Some(3_600_000));
         assert_eq!(s.name, "pytest tests/smoke");
     }

@@ -18,6 +18,10 @@ pub const MAX_PRIORITY: i32 = 1000;
 pub const MAX_SUBMITTER_PRIORITY: i32 = 100;
 /// Retries of a lost attempt.
 pub const MAX_RETRIES: u32 = 10;
+/// Retries of attempts lost with their agent (`agent_lost_retries`).
+pub const MAX_AGENT_LOST_RETRIES: u32 = 100;
+/// How far ahead a drain's deadline may lie: 30 days.
+pub const MAX_DRAIN_DEADLINE_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Attempt timeout: 7 days.
 pub const MAX_TIMEOUT_MS: i64 = 7 * 24 * 3600 * 1000;
 /// The longest a job may wait unstarted (`expire_after`): 30 days.
@@ -128,6 +132,11 @@ pub fn spec(s: &pb::JobSpec) -> Result<(), Status> {
             "retries {r} is more than {MAX_RETRIES}"
         )));
     }
+    if let Some(r) = s.agent_lost_retries.filter(|&r| r > MAX_AGENT_LOST_RETRIES) {
+        return Err(Status::invalid_argument(format!(
+            "agent_lost_retries {r} is more than {MAX_AGENT_LOST_RETRIES}"
+        )));
+    }
     if let Some(t) = s.expire_after_ms.filter(|&t| t > MAX_EXPIRE_AFTER_MS) {
         return Err(Status::invalid_argument(format!(
             "expire_after of {t} ms is more than 30 days ({MAX_EXPIRE_AFTER_MS} ms)"
@@ -229,7 +238,17 @@ bounded! {
     pb::ListAgentsRequest => |_r| Ok(());
     pb::ListQueuesRequest => |_r| Ok(());
     pb::ListSchedulesRequest => |_r| Ok(());
-    pb::SetAgentAdminRequest => |r| text("agent name", &r.name, MAX_NAME);
+    pb::SetAgentAdminRequest => |r| {
+        text("agent name", &r.name, MAX_NAME)?;
+        if r.drain_deadline_in_ms > MAX_DRAIN_DEADLINE_MS {
+            return Err(Status::invalid_argument(format!(
+                "drain deadline of {} ms is more than 30 days ({MAX_DRAIN_DEADLINE_MS} ms)",
+                r.drain_deadline_in_ms
+            )));
+        }
+        Ok(())
+    };
+    pb::ForgetAgentRequest => |r| text("agent name", &r.name, MAX_NAME);
     pb::ScheduleName => |r| text("schedule name", &r.name, MAX_NAME);
     pb::SetSchedulePausedRequest => |r| text("schedule name", &r.name, MAX_NAME);
     pb::Schedule => |r| {
@@ -361,6 +380,11 @@ mod tests {
             ("priority", 1000, Box::new(|s, n| s.priority = n as i32)),
             ("priority", 1000, Box::new(|s, n| s.priority = -(n as i32))),
             ("retries", 10, Box::new(|s, n| s.retries = Some(n as u32))),
+            (
+                "agent_lost_retries",
+                MAX_AGENT_LOST_RETRIES as usize,
+                Box::new(|s, n| s.agent_lost_retries = Some(n as u32)),
+            ),
             (
                 "7 days",
                 MAX_TIMEOUT_MS as usize,
@@ -514,7 +538,14 @@ mod tests {
             Box::new(pb::SetAgentAdminRequest {
                 name: long.clone(),
                 admin: 0,
+                drain_deadline_in_ms: 0,
             }),
+            Box::new(pb::SetAgentAdminRequest {
+                name: "a".into(),
+                admin: 2,
+                drain_deadline_in_ms: MAX_DRAIN_DEADLINE_MS + 1,
+            }),
+            Box::new(pb::ForgetAgentRequest { name: long.clone() }),
             Box::new(pb::AcceptBaselinesRequest {
                 job_id: long.clone(),
                 who: String::new(),

@@ -28,6 +28,11 @@ struct Args {
     /// After a restart, how long known agents get to reconnect (default: the lease timeout).
     #[arg(long, value_parser = humantime::parse_duration)]
     restart_grace: Option<Duration>,
+    /// Retries of an attempt lost with its agent (silent past its lease,
+    /// disconnected, restarted, replaced) for jobs that set none; counted
+    /// apart from the job's --retries.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=msched::limits::MAX_AGENT_LOST_RETRIES as i64))]
+    agent_lost_retries: u32,
     /// Attempt timeout of jobs that set none.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     default_timeout: Duration,
@@ -113,6 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.heartbeat_interval = args.heartbeat_interval;
     cfg.restart_grace = args.restart_grace.unwrap_or(args.lease_timeout);
     cfg.default_timeout = args.default_timeout;
+    cfg.default_agent_lost_retries = args.agent_lost_retries;
     cfg.dedup_window = args.dedup_window;
     cfg.max_log_bytes = args.max_log_bytes;
     if let Some(path) = &args.clock_file {

@@ -125,6 +125,12 @@ async fn blocking_store_step<T: Send + 'static>(
         .map_err(store_error)
 }
 
+/// HTTP/2 pings to every peer: a connection whose peer stops answering (a
+/// frozen or vanished agent host, a partition without a reset) is closed
+/// within about their sum, so its session ends in seconds.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     cfg: Config,
@@ -173,7 +179,8 @@ pub async fn serve(
         builder = builder.tls_config(config)?;
     }
     builder
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(AuthLayer::new(tokens))
         .add_service(
             health_service

@@ -115,6 +115,13 @@ impl WriteSet {
         self.put(k, agent.encode_to_vec());
     }
 
+    pub fn remove_agent(&mut self, name: &str) {
+        let mut k = vec![b'g'];
+        k.extend_from_slice(name.as_bytes());
+        self.batch.remove(k);
+        self.writes += 1;
+    }
+
     pub fn put_test_run(&mut self, test_id: &str, job: u64, seq: u64, run: &TestRun) {
         let mut k = test_key(test_id);
         k.extend_from_slice(&job.to_be_bytes());

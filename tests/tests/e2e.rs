@@ -619,7 +619,15 @@ fn killed_agent_attempt_is_retried_elsewhere_and_counted_once() {
         .find(|a| a["name"] == victim.as_str())
         .unwrap();
     assert_eq!(dead["connected"], false, "{dead:#}");
-    assert_eq!(dead["state"], "offline", "{dead:#}");
+    // It went away holding work: lost (not merely offline) until it returns.
+    assert_eq!(dead["state"], "lost", "{dead:#}");
+    assert!(
+        dead["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("disconnected past its 3 s lease"),
+        "{dead:#}"
+    );
 
     let watch = f.ctl(&["watch", &id]);
     assert_eq!(watch.code, 0, "{watch}");
@@ -1418,16 +1426,20 @@ async fn a_rejected_log_chunk_is_not_acknowledged() {
     );
 }
 
-/// Only one agent process per name: a second msagent exits with a message
-/// naming the conflict; a raw Register from another instance gets AlreadyExists.
+/// A second msagent process under a connected name (a restarted agent whose
+/// old connection lingers) takes the name over: the first process is fenced
+/// (it exits saying why) and the second runs the work. On the raw protocol the
+/// replaced session's stream ends, its late updates change nothing and it may
+/// not register again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_agent_process_under_a_connected_name_is_refused() {
+async fn a_second_agent_process_under_a_connected_name_takes_it_over() {
+    use msfleet_proto as pb;
     let mut f = Fleet::new();
     f.add_agent("dup", &[], &[]);
     let addr = f.addr();
 
-    // A second msagent process under the same name.
-    let mut second = Agent::start(
+    // A second msagent process under the same name (same token).
+    let second = Agent::start(
         &f.sched.url(),
         &f.path().join("second"),
         "dup",
@@ -1435,38 +1447,32 @@ async fn a_second_agent_process_under_a_connected_name_is_refused() {
         &[f.root.clone()],
         &[],
     );
-    let second_log = second.log.clone();
-    f.extra_logs.push(second_log.clone());
+    f.extra_logs.push(second.log.clone());
+    let first_log = f.agent("dup").log.clone();
     let status = wait_for(
         Duration::from_secs(30),
-        "the second msagent 'dup' to exit",
-        || second.try_wait(),
-        || std::fs::read_to_string(&second_log).unwrap_or_default(),
+        "the first msagent 'dup' to exit",
+        || f.agent("dup").try_wait(),
+        || std::fs::read_to_string(&first_log).unwrap_or_default(),
     );
     assert!(
         !status.success(),
-        "the second agent must exit non-zero: {status}"
+        "the fenced agent exits non-zero: {status}"
     );
-    let log = std::fs::read_to_string(&second.log).unwrap();
+    let log = std::fs::read_to_string(&first_log).unwrap();
     assert!(
-        log.contains("'dup'") && log.contains("already connected"),
-        "the second agent says why it stopped:\n{log}"
+        log.contains("'dup'") && log.contains("took the name over"),
+        "the first agent says why it stopped:\n{log}"
     );
+    f.agents.push(second);
 
-    // The raw protocol: another instance id under the connected name.
-    let err = raw::register(&addr, "dup", "someone-else", raw::caps(&[], &[]))
-        .await
-        .err()
-        .expect("a second instance under a connected name must be refused");
-    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
-    assert!(err.message().contains("dup"), "{err:?}");
-
-    // The first agent is untouched and still takes work.
+    // The second process takes the work.
     let suite = s(&f.write_suite("quick", &[("test_quick.py", QUICK_TEST)]));
-    let a2 = addr.clone();
-    let out = blocking(move || ctl_at(&a2, &["submit", "pytest", "--dir", &suite, "--wait"])).await;
+    let (a2, s2) = (addr.clone(), suite.clone());
+    let out = blocking(move || ctl_at(&a2, &["submit", "pytest", "--dir", &s2, "--wait"])).await;
     assert_eq!(out.code, 0, "{out}");
-    let agents = blocking(move || ctl_at(&addr, &["agents", "--json"]).json()).await;
+    let a2 = addr.clone();
+    let agents = blocking(move || ctl_at(&a2, &["agents", "--json"]).json()).await;
     let dup: Vec<&Value> = agents
         .as_array()
         .unwrap()
@@ -1475,6 +1481,61 @@ async fn a_second_agent_process_under_a_connected_name_is_refused() {
         .collect();
     assert_eq!(dup.len(), 1, "{agents:#}");
     assert_eq!(dup[0]["connected"], true, "{agents:#}");
+
+    // The raw protocol: an old session with an attempt, then a new one.
+    let roots = vec![s(&f.root)];
+    let mut old = raw::register(&addr, "dup", "raw-old", raw::caps(&[], &roots))
+        .await
+        .expect("a new instance takes the name over");
+    let (a2, s2) = (addr.clone(), suite.clone());
+    let id = blocking(move || {
+        let out = ctl_at(&a2, &["submit", "pytest", "--dir", &s2]);
+        assert_eq!(out.code, 0, "{out}");
+        out.stdout.trim().to_string()
+    })
+    .await;
+    let asg = old.assignment().await;
+    let live = asg.attempt.clone().unwrap();
+    old.send(&live, 1, raw::started()).await;
+    let mut new = raw::register(&addr, "dup", "raw-new", raw::caps(&[], &roots))
+        .await
+        .expect("another instance takes it over again");
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), old.rx.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("the old stream ended without a status"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("the old stream did not end"),
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::AlreadyExists, "{end:?}");
+    assert!(end.message().contains("took the name over"), "{end:?}");
+    // The old session's late finish changes nothing: the attempt was lost
+    // with its agent and goes to the new session.
+    let _ = old
+        .tx
+        .send(pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Update(pb::TaskUpdate {
+                attempt: Some(live.clone()),
+                seq: 2,
+                kind: Some(pb::task_update::Kind::Finished(pb::Finished {
+                    outcome: pb::Outcome::Failed as i32,
+                    ..Default::default()
+                })),
+            })),
+        })
+        .await;
+    let again = new.assignment().await;
+    assert_eq!(again.job_id, id);
+    assert_eq!(again.attempt.as_ref().unwrap().attempt, 2);
+    let j = show_at(&addr, &id).await;
+    assert_eq!(j["state"], "assigned", "{j:#}");
+    assert_eq!(j["agent_lost"], 1, "{j:#}");
+    let err = raw::register(&addr, "dup", "raw-old", raw::caps(&[], &roots))
+        .await
+        .err()
+        .expect("a replaced instance may not come back");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
 }
 
 // ====================================================================== 9
@@ -1776,21 +1837,26 @@ fn a_gracefully_stopped_agents_job_is_retried_elsewhere() {
     assert_eq!(count(&j, "total"), 4, "{j:#}");
 }
 
-/// With no retries left, a lost attempt ends the job as `error` (not `failed`).
+/// With no agent-lost retries left, an attempt lost with its agent ends the
+/// job as `error` (not `failed`).
 #[test]
 fn a_lost_attempt_without_retries_is_an_error() {
     let mut f = Fleet::new();
     f.add_agent("l1", &[], &[]);
     let suite = s(&f.sleepy_suite("four", 4, 1.0));
-    let id = f.submit(&["pytest", "--dir", &suite, "--retries", "0"]);
+    let id = f.submit(&["pytest", "--dir", &suite, "--agent-lost-retries", "0"]);
     f.wait_state(&id, "running");
     f.agent("l1").kill9();
     let j = f.wait_terminal(&id);
     assert_eq!(j["state"], "error", "{j:#}");
     assert!(
-        j["reason"].as_str().unwrap().contains("no retries left"),
+        j["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no retries left (agent lost 1 of 0 allowed)"),
         "{j:#}"
     );
+    assert_eq!(j["agent_lost"], 1, "{j:#}");
     assert_eq!(j["attempts"], 1, "{j:#}");
     let watch = f.ctl(&["watch", &id]);
     assert_eq!(watch.code, 3, "{watch}");

@@ -76,10 +76,13 @@ const MATRIX: &[(&str, [Got; 7])] = &[
     ("Fleet/CreateToken", [U, D, D, K, D, U, D]),
     ("Fleet/ListTokens", [U, D, D, K, D, U, D]),
     ("Fleet/RevokeToken", [U, D, D, K, D, U, D]),
-    // Registers as a1: only a1's own credential may.
-    ("AgentLink/Session", [U, D, D, D, K, U, D]),
+    ("Fleet/ForgetAgent", [U, D, D, K, D, U, D]),
     // Asks about an attempt leased to a1.
     ("AgentLink/GetBaselines", [U, D, D, D, K, U, D]),
+    // Registers as a1: only a1's own credential may. Last, because a1's
+    // credential registering from another instance takes the name over
+    // (the live a1 and its attempt are fenced off).
+    ("AgentLink/Session", [U, D, D, D, K, U, D]),
 ];
 
 /// Every method of both msfleet services, from the descriptor the server
@@ -155,6 +158,12 @@ async fn call(m: &Matrix, method: &str, who: Caller) -> Got {
             .set_agent_admin(pb::SetAgentAdminRequest {
                 name: "nobody".into(),
                 admin: pb::AgentAdmin::Drained as i32,
+                drain_deadline_in_ms: 0,
+            })
+            .await),
+        "Fleet/ForgetAgent" => got(f
+            .forget_agent(pb::ForgetAgentRequest {
+                name: "nobody".into(),
             })
             .await),
         "Fleet/ListQueues" => got(f.list_queues(pb::ListQueuesRequest {}).await),

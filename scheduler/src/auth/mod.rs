@@ -137,6 +137,7 @@ pub const RULES: &[(&str, &str, Need)] = &[
     (FLEET, "CreateToken", Need::Person(Role::Admin)),
     (FLEET, "ListTokens", Need::Person(Role::Admin)),
     (FLEET, "RevokeToken", Need::Person(Role::Admin)),
+    (FLEET, "ForgetAgent", Need::Person(Role::Admin)),
     (AGENT_LINK, "Session", Need::Agent),
     (AGENT_LINK, "GetBaselines", Need::Agent),
 ];

@@ -1,5 +1,6 @@
-//! Agents: registration (and resuming attempts), sessions, heartbeats,
-//! disconnects, and the admin state (drain / quarantine).
+//! Agents: registration (and resuming attempts, taking a name over from
+//! another process), sessions, heartbeats (a lost agent comes back), disconnects,
+//! the admin state (drain with a deadline / quarantine) and forgetting an agent.
 
 use super::*;
 use crate::auth::AgentProof;
@@ -20,6 +21,44 @@ pub(super) struct AgentEntry {
     pub(super) attrs: Attributes,
     pub(super) session: Option<Session>,
     pub(super) last_seen_ms: i64,
+    /// Set when its lease expired ([`Core::expire_leases`]): it gets no work
+    /// until it speaks again with what it runs (a heartbeat or a registration).
+    pub(super) lost: Option<Lost>,
+    /// Instances of msagent that another process under this name replaced:
+    /// they may not register again (newest last, at most [`MAX_FENCED`]).
+    pub(super) fenced: Vec<String>,
+}
+
+/// Why and since when an agent is lost.
+pub(super) struct Lost {
+    /// Last heard from.
+    pub(super) silent_since_ms: i64,
+    pub(super) why: String,
+}
+
+/// Replaced instances remembered per agent name.
+const MAX_FENCED: usize = 16;
+
+/// What a process replaced under `name` is told (its stream ends with it,
+/// and so does its next registration); the agent stops on it.
+fn taken_over(name: &str) -> Status {
+    Status::already_exists(format!(
+        "another msagent process registered as '{name}' and took the name over; \
+         this one stops (start it again to take the name back)"
+    ))
+}
+
+impl AgentEntry {
+    pub(super) fn new(record: Agent, attrs: Attributes, last_seen_ms: i64) -> AgentEntry {
+        AgentEntry {
+            record,
+            attrs,
+            session: None,
+            last_seen_ms,
+            lost: None,
+            fenced: Vec::new(),
+        }
+    }
 }
 
 impl AgentEntry {
@@ -37,18 +76,38 @@ impl AgentEntry {
 
     pub(super) fn takes_work(&self) -> bool {
         self.session.as_ref().is_some_and(|s| !s.leaving)
+            && self.lost.is_none()
             && self.record.admin() == AgentAdmin::Active
     }
 }
 
+/// `ms` (UTC) as `2026-12-01T11:20:01Z`.
+pub(super) fn utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
 /// The one place an agent's shown state is decided (`msctl agents`, metrics,
 /// the dashboard all read `Agent.state`): the admin state wins, then whether
-/// a session is open, then whether it runs anything.
+/// its lease expired (lost), then whether a session is open, then whether it
+/// runs anything.
 pub(super) fn agent_state(a: &AgentEntry, running: usize) -> (&'static str, String) {
     match a.record.admin() {
+        AgentAdmin::Drained if a.record.drain_deadline_ms > 0 => {
+            let reason = format!(
+                "drain deadline {}: what still runs then is stopped and requeued",
+                utc(a.record.drain_deadline_ms)
+            );
+            return ("drained", reason);
+        }
         AgentAdmin::Drained => return ("drained", String::new()),
         AgentAdmin::Quarantined => return ("quarantined", String::new()),
         AgentAdmin::Active | AgentAdmin::Unspecified => {}
+    }
+    if let Some(lost) = &a.lost {
+        let reason = format!("silent since {}: {}", utc(lost.silent_since_ms), lost.why);
+        return ("lost", reason);
     }
     match &a.session {
         None => ("offline", String::new()),
@@ -79,10 +138,13 @@ impl Core {
         v
     }
 
+    /// Sets an agent's admin state; a drain may come with a deadline
+    /// `deadline_in_ms` from now (0: none), any other state clears it.
     pub(super) fn set_admin(
         &mut self,
         name: &str,
         admin: AgentAdmin,
+        deadline_in_ms: u64,
         step: &mut Step,
     ) -> Result<Agent, Status> {
         if admin == AgentAdmin::Unspecified {
@@ -90,16 +152,95 @@ impl Core {
                 "say which state: active, drained or quarantined",
             ));
         }
-        let a = self.agents.get_mut(name).ok_or_else(|| {
-            Status::not_found(format!(
-                "no agent named '{}' has ever registered",
-                crate::clip(name)
-            ))
-        })?;
+        if deadline_in_ms > 0 && admin != AgentAdmin::Drained {
+            return Err(Status::invalid_argument(
+                "a deadline goes only with a drain: msctl agent drain NAME --deadline 30m",
+            ));
+        }
+        let now = self.now;
+        let a = self.agent_mut(name)?;
         a.record.admin = admin as i32;
+        a.record.drain_deadline_ms = if deadline_in_ms > 0 {
+            now.saturating_add(i64::try_from(deadline_in_ms).unwrap_or(i64::MAX))
+        } else {
+            0
+        };
         step.writes.put_agent(&a.record);
         step.dispatch = true;
         Ok(self.agent_view(name))
+    }
+
+    fn agent_mut(&mut self, name: &str) -> Result<&mut AgentEntry, Status> {
+        self.agents.get_mut(name).ok_or_else(|| {
+            Status::not_found(format!(
+                "no agent named '{}' is registered (msctl agents lists them)",
+                crate::clip(name)
+            ))
+        })
+    }
+
+    /// On the tick: the attempts still held by a drained agent whose drain
+    /// deadline passed are stopped (CancelAttempt to the agent) and requeued
+    /// without using their retries.
+    pub(super) fn end_drain_deadlines(&mut self, step: &mut Step) {
+        let now = self.now;
+        let due: Vec<(String, Vec<u64>)> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| {
+                a.record.admin() == AgentAdmin::Drained
+                    && a.record.drain_deadline_ms > 0
+                    && now >= a.record.drain_deadline_ms
+            })
+            .map(|(n, _)| (n.clone(), self.leases.held_by(n)))
+            .filter(|(_, held)| !held.is_empty())
+            .collect();
+        for (name, held) in due {
+            let tx = self.agents[&name].session.as_ref().map(|s| s.tx.clone());
+            let why = format!(
+                "agent {name}'s drain deadline {} passed",
+                utc(self.agents[&name].record.drain_deadline_ms)
+            );
+            for task in held {
+                let attempt = self.jobs.get(&task).and_then(|e| e.attempt.as_ref());
+                if let (Some(tx), Some(att)) = (&tx, attempt) {
+                    step.send(
+                        tx,
+                        scheduler_message::Msg::Cancel(pb::CancelAttempt {
+                            attempt: Some(attempt_ref(task, att)),
+                            reason: why.clone(),
+                        }),
+                    );
+                }
+                self.lose(task, Loss::Stopped, &why, step);
+            }
+        }
+    }
+
+    /// Removes an agent that is not connected and holds no attempts: it is no
+    /// longer listed, nor a fan-out column. Its token stays valid (revoke it
+    /// to keep the agent out); if it registers again it is a new agent.
+    pub(super) fn forget_agent(&mut self, name: &str, step: &mut Step) -> Result<Agent, Status> {
+        self.agent_mut(name)?; // NotFound for an unknown name
+        let view = self.agent_view(name);
+        if view.connected {
+            return Err(Status::failed_precondition(format!(
+                "agent '{name}' is connected: stop its msagent first (msctl agent drain {name} \
+                 lets it finish its work)"
+            )));
+        }
+        if !view.running.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "agent '{name}' still holds {} attempt(s) (tasks {}): wait until they are \
+                 requeued (its lease expires) or finish",
+                view.running.len(),
+                view.running.join(", ")
+            )));
+        }
+        self.agents.remove(name);
+        step.writes.remove_agent(name);
+        tracing::info!(agent = %name, "agent forgotten");
+        Ok(view)
     }
 
     pub(super) fn register(
@@ -132,34 +273,50 @@ impl Core {
         }
         let mut caps = reg.capabilities.clone().unwrap_or_default();
         trust_token(&mut caps, labels, profile)?;
-        if let Some(old) = self.agents.get(&name).and_then(|a| a.session.as_ref()) {
-            if old.instance != reg.instance_id {
-                return Err(Status::already_exists(format!(
-                    "an agent named '{name}' is already connected from another msagent process; \
-                     stop that one or start this one with another --name"
-                )));
+        if let Some(a) = self.agents.get(&name) {
+            if a.fenced.contains(&reg.instance_id) {
+                return Err(taken_over(&name));
             }
-            // The same process reconnecting: its old stream is dead or dying.
-            self.sessions.remove(&old.id);
+        }
+        let mut replaced = false;
+        if let Some(a) = self.agents.get_mut(&name) {
+            if let Some(old) = a.session.take_if(|old| old.instance != reg.instance_id) {
+                // Another process under the name (a restarted agent whose old
+                // connection is half-open, a frozen one): it takes the name
+                // over; the old session is fenced off for good.
+                self.sessions.remove(&old.id);
+                a.fenced.push(old.instance.clone());
+                if a.fenced.len() > MAX_FENCED {
+                    a.fenced.remove(0);
+                }
+                let status = taken_over(&name);
+                step.after.push(Box::new(move |_| old.tx.end(status)));
+                tracing::warn!(agent = %name, old = %old.instance, new = %reg.instance_id,
+                    "another msagent process took the name over");
+                replaced = true;
+            } else if let Some(old) = &a.session {
+                // The same process reconnecting: its old stream is dead or dying.
+                self.sessions.remove(&old.id);
+            }
         }
         let attrs = matching::attributes(&name, &caps);
         let now = self.now;
-        let entry = self
-            .agents
-            .entry(name.clone())
-            .or_insert_with(|| AgentEntry {
-                record: Agent {
+        let entry = self.agents.entry(name.clone()).or_insert_with(|| {
+            AgentEntry::new(
+                Agent {
                     name: name.clone(),
                     admin: AgentAdmin::Active as i32,
                     ..Default::default()
                 },
-                attrs: Attributes::default(),
-                session: None,
-                last_seen_ms: now,
-            });
+                Attributes::default(),
+                now,
+            )
+        });
         entry.record.capabilities = Some(caps);
         entry.attrs = attrs;
         entry.last_seen_ms = now;
+        // It said what it runs (`resume`): reconciled, it may take work again.
+        entry.lost = None;
         entry.session = Some(Session {
             id: session,
             instance: reg.instance_id.clone(),
@@ -193,9 +350,14 @@ impl Core {
             .iter()
             .filter_map(|r| r.task_id.parse().ok())
             .collect();
+        let why = if replaced {
+            format!("agent {name} lost: another msagent process took its name over")
+        } else {
+            format!("agent {name} lost: it restarted without it")
+        };
         for task in self.leases.held_by(&name) {
             if !claimed.contains(&task) {
-                self.lose(task, &format!("agent {name} restarted without it"), step);
+                self.lose(task, Loss::AgentGone, &why, step);
             }
         }
         tracing::info!(agent = %name, resumed = resumed.len(), "agent registered");
@@ -255,7 +417,7 @@ impl Core {
         let status = Status::unauthenticated(why.to_string());
         step.after.push(Box::new(move |_| session.tx.end(status)));
         for task in self.leases.held_by(name) {
-            self.lose(task, &format!("agent {name}: {why}"), step);
+            self.lose(task, Loss::Retried, &format!("agent {name}: {why}"), step);
         }
         tracing::warn!(agent = %name, "session ended: {why}");
     }
@@ -268,10 +430,18 @@ impl Core {
         Some((name, tx))
     }
 
+    /// A heartbeat lists what the agent runs: attempts it no longer holds are
+    /// refused with `abandon` (the agent stops them). A lost agent has now
+    /// reconciled its attempts and takes work again.
     pub(super) fn heartbeat(&mut self, session: u64, hb: pb::Heartbeat, step: &mut Step) {
         let Some((name, tx)) = self.session_agent(session) else {
             return;
         };
+        if let Some(lost) = self.agents.get_mut(&name).and_then(|a| a.lost.take()) {
+            let silent_ms = self.now - lost.silent_since_ms;
+            tracing::info!(agent = %name, silent_ms, "a lost agent is back");
+            step.dispatch = true;
+        }
         for r in hb.running {
             let task = r.task_id.parse::<u64>().unwrap_or(0);
             if let Err(e) = self.leases.check(task, &r, &name) {
@@ -363,33 +533,233 @@ mod tests {
         admin: AgentAdmin,
     ) -> Result<msfleet_proto::Agent, tonic::Status> {
         let name = name.to_string();
-        h.call(|reply| Command::SetAgentAdmin { name, admin, reply })
+        h.call(|reply| Command::SetAgentAdmin {
+            name,
+            admin,
+            drain_deadline_in_ms: 0,
+            reply,
+        })
+    }
+
+    fn set_drain(
+        h: &mut Harness,
+        name: &str,
+        admin: AgentAdmin,
+        drain_deadline_in_ms: u64,
+    ) -> Result<msfleet_proto::Agent, tonic::Status> {
+        let name = name.to_string();
+        h.call(|reply| Command::SetAgentAdmin {
+            name,
+            admin,
+            drain_deadline_in_ms,
+            reply,
+        })
+    }
+
+    fn forget(h: &mut Harness, name: &str) -> Result<msfleet_proto::Agent, tonic::Status> {
+        let name = name.to_string();
+        h.call(|reply| Command::ForgetAgent { name, reply })
+    }
+
+    fn agents(h: &mut Harness) -> Vec<msfleet_proto::Agent> {
+        h.call(|reply| Command::ListAgents { reply }).unwrap()
     }
 
     #[test]
-    fn a_name_taken_by_a_connected_process_is_refused_and_the_same_process_may_reconnect() {
+    fn another_process_under_the_name_takes_it_over_and_the_old_one_is_fenced() {
+        use msfleet_proto::{scheduler_message::Msg, Outcome};
         let mut h = Harness::new();
-        let a = h.register("h1", "cpu", 1);
-        let e = h
-            .register_as("h1", "other-process", caps("cpu", 1), Vec::new())
-            .err()
+        let mut old = h.register("h1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut old)[0].attempt.clone().unwrap();
+        h.update(&mut old, &r, 1, started());
+        h.update(&mut old, &r, 2, test_result("t.py::a", "passed"));
+
+        // A restarted msagent (new instance id, same credential) while the
+        // old connection still looks alive: it takes the name over.
+        let mut new = h
+            .register_as("h1", "h1-2", caps("cpu", 1), Vec::new())
+            .expect("a new process takes the name over");
+        let second = h.assignments(&mut new);
+        assert_eq!(second.len(), 1, "the lost attempt is retried at once");
+        assert_eq!(second[0].attempt.as_ref().unwrap().attempt, 2);
+        let end = old.next_status().expect("the old stream ends");
+        assert_eq!(end.code(), tonic::Code::AlreadyExists, "{end:?}");
+        assert!(end.message().contains("took the name over"), "{end:?}");
+        let view = h.job(&job.id);
+        assert_eq!((view.agent_lost, view.lost_retried), (1, 0));
+        assert_eq!(view.tests.unwrap().total, 0, "the new attempt counts anew");
+        let lost = h
+            .events(&job.id)
+            .into_iter()
+            .rev()
+            .find_map(|e| match e.kind {
+                Some(msfleet_proto::job_event::Kind::State(s)) if s.state() == Queued => {
+                    Some(s.reason)
+                }
+                _ => None,
+            })
             .unwrap();
-        assert_eq!(e.code(), tonic::Code::AlreadyExists);
-        assert!(e
-            .message()
-            .contains("already connected from another msagent process"));
-        let again = h.register_as("h1", "h1-1", caps("cpu", 2), Vec::new());
         assert!(
-            again.is_ok(),
-            "the same instance reconnecting is its old stream dying"
+            lost.contains("agent h1 lost: another msagent process took its name over"),
+            "{lost}"
         );
-        let agents = h.call(|reply| Command::ListAgents { reply }).unwrap();
-        assert_eq!(agents.len(), 1);
-        assert!(agents[0].connected);
-        assert_eq!(agents[0].capabilities.as_ref().unwrap().slots, 2);
+
+        // The old process's late updates change nothing ...
+        h.update(&mut old, &r, 3, finished(Outcome::Failed));
+        assert_eq!(h.state(&job.id), Assigned);
+        // ... and it may not come back under the name.
+        let e = h
+            .register_as("h1", "h1-1", caps("cpu", 1), vec![r.clone()])
+            .err()
+            .expect("a fenced process is refused");
+        assert_eq!(e.code(), tonic::Code::AlreadyExists);
+        assert!(e.message().contains("took the name over"), "{e:?}");
+        let listed = agents(&mut h);
+        assert_eq!(listed.len(), 1);
+        assert!(
+            listed[0].connected,
+            "the new process's session is untouched"
+        );
+        assert_eq!(listed[0].state, "busy");
+
+        // The new process reconnecting as itself replaces its own session.
+        let mut again = h
+            .register_as(
+                "h1",
+                "h1-2",
+                caps("cpu", 2),
+                second.iter().map(|a| a.attempt.clone().unwrap()).collect(),
+            )
+            .unwrap();
+        assert!(h
+            .messages(&mut again)
+            .iter()
+            .any(|m| matches!(m, Msg::Registered(x) if x.resumed.len() == 1)));
+        assert_eq!(agents(&mut h)[0].capabilities.as_ref().unwrap().slots, 2);
         let bad = h.register_as("bad name!", "x", caps("cpu", 1), Vec::new());
         assert_eq!(bad.err().unwrap().code(), tonic::Code::InvalidArgument);
-        drop(a);
+    }
+
+    #[test]
+    fn a_drain_deadline_stops_what_still_runs_and_requeues_it_without_using_retries() {
+        use msfleet_proto::{scheduler_message::Msg, Outcome};
+        let mut h = Harness::with(|c| c.lease_timeout = std::time::Duration::from_secs(600));
+        let mut a = h.register("a1", "cpu", 1);
+        let mut s = spec();
+        s.retries = Some(0);
+        s.agent_lost_retries = Some(0);
+        let job = h.submit(s).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+
+        let e = set_drain(&mut h, "a1", AgentAdmin::Quarantined, 1_000).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("only with a drain"), "{e:?}");
+        let v = set_drain(&mut h, "a1", AgentAdmin::Drained, 60_000).unwrap();
+        assert_eq!(v.drain_deadline_ms, T0 + 60_000);
+        assert_eq!(v.state, "drained");
+        assert!(
+            v.state_reason
+                .contains("drain deadline 2025-06-15T15:07:40Z"),
+            "{}",
+            v.state_reason
+        );
+
+        // The deadline is durable: the scheduler restarts, the agent resumes.
+        h.reload();
+        let mut a = h
+            .register_as("a1", "a1-1", caps("cpu", 1), vec![r.clone()])
+            .unwrap();
+        h.messages(&mut a);
+        assert_eq!(agents(&mut h)[0].drain_deadline_ms, T0 + 60_000);
+        h.advance(59_999);
+        h.tick();
+        assert_eq!(h.state(&job.id), Running, "before the deadline it runs on");
+        h.advance(1);
+        h.tick();
+        let msgs = h.messages(&mut a);
+        let cancel = msgs
+            .iter()
+            .find_map(|m| match m {
+                Msg::Cancel(c) => Some(c.clone()),
+                _ => None,
+            })
+            .expect("the agent is told to stop the attempt");
+        assert_eq!(cancel.attempt.as_ref(), Some(&r));
+        assert!(
+            cancel.reason.contains("drain deadline"),
+            "{}",
+            cancel.reason
+        );
+        let view = h.job(&job.id);
+        assert_eq!(view.state(), Queued, "requeued although retries are 0");
+        assert_eq!((view.agent_lost, view.lost_retried), (0, 0));
+        assert!(
+            view.reason.contains("requeued (its retries are not used)"),
+            "{}",
+            view.reason
+        );
+        assert!(
+            h.assignments(&mut a).is_empty(),
+            "a drained agent gets no work"
+        );
+        // Another agent runs it; the drained agent's late finish is refused.
+        let mut b = h.register("b1", "cpu", 1);
+        let second = h.assignments(&mut b)[0].attempt.clone().unwrap();
+        assert_eq!(second.attempt, 2);
+        let msgs = h.update(&mut a, &r, 2, finished(Outcome::Cancelled));
+        assert!(
+            reject(&msgs).is_some_and(|(_, abandon)| abandon),
+            "{msgs:?}"
+        );
+        h.finish(&mut b, &second, Outcome::Passed);
+        assert_eq!(h.state(&job.id), Passed);
+        // Undrained, the deadline is gone.
+        let v = set_drain(&mut h, "a1", AgentAdmin::Active, 0).unwrap();
+        assert_eq!(v.drain_deadline_ms, 0);
+    }
+
+    #[test]
+    fn forget_removes_an_offline_agent_for_good_and_refuses_a_connected_or_busy_one() {
+        let mut h = Harness::with(|c| c.lease_timeout = std::time::Duration::from_secs(3));
+        let mut a = h.register("a1", "cpu", 1);
+        let e = forget(&mut h, "a1").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("'a1' is connected"), "{e:?}");
+        let job = h.submit(spec()).unwrap();
+        assert_eq!(h.assignments(&mut a).len(), 1);
+        h.disconnect(&a);
+        let e = forget(&mut h, "a1").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("still holds 1 attempt"), "{e:?}");
+        h.advance(3_001);
+        h.tick();
+        assert_eq!(h.state(&job.id), Queued);
+
+        // An each-agent fan-out lists the offline agent as not run ...
+        let _c = h.register("c1", "cpu", 2);
+        let mut each = spec();
+        each.fanout = "each-agent".into();
+        let before = h.submit(each.clone()).unwrap();
+        assert_eq!(h.job(&before.id).not_run.len(), 1, "a1 is a column");
+        let gone = forget(&mut h, "a1").unwrap();
+        assert_eq!(gone.name, "a1");
+        // ... and no longer once it is forgotten, also after a restart.
+        h.reload();
+        let listed = agents(&mut h);
+        assert_eq!(
+            listed.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+            vec!["c1"]
+        );
+        let mut c = h.register("c1", "cpu", 2);
+        h.messages(&mut c);
+        let after = h.submit(each).unwrap();
+        let view = h.job(&after.id);
+        assert!(view.not_run.is_empty(), "{:?}", view.not_run);
+        assert_eq!(view.children.len(), 1);
+        let e = forget(&mut h, "a1").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
     }
 
     #[test]

@@ -4,6 +4,20 @@
 
 use super::*;
 
+/// How an attempt was lost, which decides what its retry uses up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Loss {
+    /// Its agent went away: silent past its lease, disconnected, restarted
+    /// or replaced by another process under its name. Counted in
+    /// `Job.agent_lost` against `agent_lost_retries`, never as a test failure.
+    AgentGone,
+    /// The agent gave it up (shutting down) or its credential was revoked:
+    /// counted in `Job.lost_retried` against `retries`.
+    Retried,
+    /// Stopped by the scheduler (a drain's deadline): requeued, uses nothing.
+    Stopped,
+}
+
 impl Core {
     pub(super) fn update(&mut self, session: u64, mut u: pb::TaskUpdate, step: &mut Step) {
         let Some((name, tx)) = self.session_agent(session) else {
@@ -220,7 +234,7 @@ impl Core {
                 s.leaving = true;
             }
             let why = format!("agent {agent} gave it up: {}", f.reason);
-            self.lose(task, &why, step);
+            self.lose(task, Loss::Retried, &why, step);
             return;
         }
         let state = match f.outcome() {
@@ -238,15 +252,16 @@ impl Core {
         step.dispatch = true;
     }
 
-    /// The attempt of `task` is gone (agent lost or restarted): retry or give up.
-    pub(super) fn lose(&mut self, task: u64, why: &str, step: &mut Step) {
+    /// The attempt of `task` is gone: requeue it within the allowance its
+    /// `loss` uses (see [`Loss`]), else end the job `error`.
+    pub(super) fn lose(&mut self, task: u64, loss: Loss, why: &str, step: &mut Step) {
         self.leases.release(task);
         let Some(e) = self.jobs.get_mut(&task) else {
             return;
         };
         let Some(att) = e.attempt.take() else { return };
-        let retries = e.job.spec.as_ref().and_then(|s| s.retries).unwrap_or(0);
-        tracing::warn!(task, attempt = att.attempt, agent = %att.agent, why, "attempt lost");
+        tracing::warn!(task, attempt = att.attempt, agent = %att.agent, why, ?loss, "attempt lost");
+        step.dispatch = true;
         if att.cancel_requested {
             self.set_state(
                 task,
@@ -254,8 +269,27 @@ impl Core {
                 &format!("cancelled ({why})"),
                 step,
             );
-        } else if e.job.attempts <= retries {
-            let spec = e.job.spec.clone().unwrap_or_default();
+            return;
+        }
+        let spec = e.job.spec.clone().unwrap_or_default();
+        let (retry, budget) = match loss {
+            Loss::AgentGone => {
+                e.job.agent_lost += 1;
+                let allowed = spec
+                    .agent_lost_retries
+                    .unwrap_or(self.cfg.default_agent_lost_retries);
+                let n = e.job.agent_lost;
+                (n <= allowed, format!("agent lost {n} of {allowed} allowed"))
+            }
+            Loss::Retried => {
+                e.job.lost_retried += 1;
+                let allowed = spec.retries.unwrap_or(0);
+                let n = e.job.lost_retried;
+                (n <= allowed, format!("retry {n} of {allowed}"))
+            }
+            Loss::Stopped => (true, "its retries are not used".to_string()),
+        };
+        if retry {
             let submitted = e.job.submitted_at_ms;
             self.pending.push(
                 task,
@@ -267,20 +301,27 @@ impl Core {
             self.set_state(
                 task,
                 JobState::Queued,
-                &format!("attempt {} lost ({why}); requeued", att.attempt),
+                &format!("attempt {} lost ({why}); requeued ({budget})", att.attempt),
                 step,
             );
         } else {
             self.set_state(
                 task,
                 JobState::Error,
-                &format!("attempt {} lost ({why}); no retries left", att.attempt),
+                &format!(
+                    "attempt {} lost ({why}); no retries left ({budget})",
+                    att.attempt
+                ),
                 step,
             );
         }
-        step.dispatch = true;
     }
 
+    /// Where a lease expires: an agent silent past `lease_timeout` (after the
+    /// restart grace) that is connected or holds attempts is `lost`: its
+    /// attempts are lost with it ([`Loss::AgentGone`]) and it gets no work
+    /// until it speaks again with what it runs ([`Core::heartbeat`],
+    /// [`Core::register`]).
     pub(super) fn expire_leases(&mut self, step: &mut Step) {
         let now = self.now;
         let lease = self.cfg.lease_timeout.as_millis() as i64;
@@ -288,14 +329,33 @@ impl Core {
         let expired: Vec<(String, Vec<u64>)> = self
             .agents
             .iter()
+            .filter(|(_, a)| a.lost.is_none())
             .filter(|(_, a)| now > (a.last_seen_ms + lease).max(grace_end))
-            .map(|(n, _)| (n.clone(), self.leases.held_by(n)))
-            .filter(|(_, held)| !held.is_empty())
+            .map(|(n, a)| (n.clone(), a, self.leases.held_by(n)))
+            .filter(|(_, a, held)| a.session.is_some() || !held.is_empty())
+            .map(|(n, _, held)| (n, held))
             .collect();
         for (name, held) in expired {
+            let Some(a) = self.agents.get_mut(&name) else {
+                continue;
+            };
+            let silent_s = (now - a.last_seen_ms) as f64 / 1000.0;
+            let how = if a.session.is_some() {
+                "connected but silent"
+            } else {
+                "disconnected"
+            };
+            let lease_s = lease as f64 / 1000.0;
+            a.lost = Some(agents::Lost {
+                silent_since_ms: a.last_seen_ms,
+                why: format!("{how} past its {lease_s} s lease"),
+            });
+            tracing::warn!(agent = %name, silent_s, attempts = held.len(), "agent lost");
+            let why = format!("agent {name} lost: silent {silent_s:.1} s");
             for task in held {
-                self.lose(task, &format!("agent {name} silent past its lease"), step);
+                self.lose(task, Loss::AgentGone, &why, step);
             }
+            step.dispatch = true;
         }
     }
 
@@ -454,14 +514,143 @@ mod tests {
         );
     }
 
+    fn heartbeat(h: &mut Harness, conn: &Conn, running: Vec<AttemptRef>) {
+        h.send(crate::core::Command::Heartbeat {
+            session: conn.session,
+            hb: msfleet_proto::Heartbeat { running },
+        });
+    }
+
+    fn agent(h: &mut Harness, name: &str) -> msfleet_proto::Agent {
+        h.call(|reply| crate::core::Command::ListAgents { reply })
+            .unwrap()
+            .into_iter()
+            .find(|a| a.name == name)
+            .unwrap()
+    }
+
+    /// The case: a frozen agent (connection open, nothing said) lost
+    /// its attempt, which went straight back to it and was lost again until
+    /// the retries were gone. Now it is `lost` and gets nothing until it
+    /// speaks again with what it runs.
     #[test]
-    fn a_lost_attempt_without_retries_left_ends_the_job_in_error() {
+    fn a_silent_agent_is_lost_and_gets_no_work_until_it_heartbeats() {
         let mut h = Harness::with(lease_3s);
         let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let first = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &first, 1, started());
+        h.advance(3_100);
+        h.tick();
+        let seen = agent(&mut h, "a1");
+        assert_eq!(seen.state, "lost");
+        assert!(seen.connected, "its connection is still open");
+        assert!(
+            seen.state_reason.contains(
+                "silent since 2025-06-15T15:06:40Z: connected but silent past its 3 s lease"
+            ),
+            "{}",
+            seen.state_reason
+        );
+        let view = h.job(&job.id);
+        assert_eq!(view.state(), Queued);
+        assert_eq!(view.agent_lost, 1);
+        assert!(
+            view.reason
+                .contains("attempt 1 lost (agent a1 lost: silent 3.1 s); requeued"),
+            "{}",
+            view.reason
+        );
+        // However long it stays silent, nothing goes back to it.
+        for _ in 0..5 {
+            h.advance(3_100);
+            h.tick();
+        }
+        assert!(h.assignments(&mut a).is_empty());
+        let view = h.job(&job.id);
+        assert_eq!((view.state(), view.attempts), (Queued, 1), "no retry burnt");
+        assert_eq!(
+            view.warnings,
+            vec!["every matching agent is offline, drained or quarantined"]
+        );
+        // Late results of the lost attempt are refused.
+        let msgs = h.update(&mut a, &first, 2, test_result("t.py::a", "passed"));
+        assert!(
+            reject(&msgs).is_some_and(|(_, abandon)| abandon),
+            "{msgs:?}"
+        );
+        assert_eq!(
+            agent(&mut h, "a1").state,
+            "lost",
+            "an update is not a reconciliation"
+        );
+        // Its heartbeat names the old attempt: told to abandon it, and back.
+        heartbeat(&mut h, &a, vec![first.clone()]);
+        let msgs = h.messages(&mut a);
+        let (why, abandon) = reject(&msgs).expect("the stale attempt is refused");
+        assert!(abandon, "{why}");
+        let second = msgs
+            .iter()
+            .find_map(|m| match m {
+                Msg::Assign(x) => x.attempt.clone(),
+                _ => None,
+            })
+            .expect("reconciled, it takes work again");
+        assert_eq!(second.attempt, 2);
+        assert_eq!(agent(&mut h, "a1").state, "busy");
+        h.update(&mut a, &second, 1, started());
+        h.update(&mut a, &second, 2, finished(Outcome::Passed));
+        assert_eq!(h.state(&job.id), Passed);
+    }
+
+    /// An idle agent that falls silent is lost too, so nothing is sent to it.
+    #[test]
+    fn a_requeued_attempt_goes_to_an_agent_that_is_alive() {
+        let mut h = Harness::with(lease_3s);
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        assert_eq!(h.assignments(&mut a).len(), 1);
+        h.advance(2_000);
+        let mut b = h.register("b1", "cpu", 1);
+        h.advance(1_100);
+        h.tick();
+        let view = h.job(&job.id);
+        assert_eq!((view.state(), view.agent.as_str()), (Assigned, "b1"));
+        assert_eq!(h.assignments(&mut b).len(), 1);
+        assert!(h.assignments(&mut a).is_empty());
+        // b1 goes silent without work: lost, and a new job waits.
+        h.advance(3_100);
+        h.tick();
+        assert_eq!(agent(&mut h, "b1").state, "lost");
+    }
+
+    #[test]
+    fn an_attempt_lost_with_its_agent_has_its_own_allowance_apart_from_retries() {
+        let mut h = Harness::with(lease_3s);
         let mut s = spec();
         s.retries = Some(0);
+        s.agent_lost_retries = Some(1);
+        let mut a = h.register("a1", "cpu", 1);
         let job = h.submit(s).unwrap();
         assert_eq!(h.assignments(&mut a).len(), 1);
+        h.advance(3_001);
+        h.tick();
+        let view = h.job(&job.id);
+        assert_eq!(
+            view.state(),
+            Queued,
+            "retries 0 leaves the agent-lost retry"
+        );
+        assert_eq!((view.agent_lost, view.lost_retried), (1, 0));
+        assert!(
+            view.reason.contains("requeued (agent lost 1 of 1 allowed)"),
+            "{}",
+            view.reason
+        );
+        // The count and the allowance are durable.
+        h.reload();
+        let mut a = h.register("a1", "cpu", 1);
+        assert_eq!(h.assignments(&mut a).len(), 1, "registered: reconciled");
         h.advance(3_001);
         h.tick();
         let view = h.job(&job.id);
@@ -470,9 +659,27 @@ mod tests {
             Error,
             "lost is infrastructure, not a test failure"
         );
+        assert_eq!(view.agent_lost, 2);
         assert!(
+            view.reason.contains(
+                "attempt 2 lost (agent a1 lost: silent 3.0 s); no retries left (agent lost 2 of 1 allowed)"
+            ),
+            "{}",
             view.reason
-                .contains("attempt 1 lost (agent a1 silent past its lease); no retries left"),
+        );
+        // The job's own `retries` are for the other losses: an agent giving
+        // an attempt up uses them, not the agent-lost allowance.
+        heartbeat(&mut h, &a, Vec::new());
+        let mut s = spec();
+        s.retries = Some(0);
+        let other = h.submit(s).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, finished(Outcome::Requeue));
+        let view = h.job(&other.id);
+        assert_eq!(view.state(), Error);
+        assert_eq!((view.agent_lost, view.lost_retried), (0, 1));
+        assert!(
+            view.reason.contains("gave it up") && view.reason.contains("(retry 1 of 0)"),
             "{}",
             view.reason
         );

@@ -51,8 +51,8 @@ mod schedules;
 mod tokens;
 
 use agents::{agent_profile, AgentEntry};
-use attempts::attempt_ref;
 pub use attempts::log_limit_marker;
+use attempts::{attempt_ref, Loss};
 pub use events::{Progress, WatchHandle};
 use jobs::JobEntry;
 
@@ -235,6 +235,12 @@ pub enum Command {
     SetAgentAdmin {
         name: String,
         admin: AgentAdmin,
+        /// With a drain: its deadline, this long from now (0: none).
+        drain_deadline_in_ms: u64,
+        reply: Reply<Agent>,
+    },
+    ForgetAgent {
+        name: String,
         reply: Reply<Agent>,
     },
     ListQueues {
@@ -561,12 +567,7 @@ impl Core {
             );
             core.agents.insert(
                 record.name.clone(),
-                AgentEntry {
-                    record,
-                    attrs,
-                    session: None,
-                    last_seen_ms: started_ms,
-                },
+                AgentEntry::new(record, attrs, started_ms),
             );
         }
         for (&id, e) in &core.jobs {
@@ -641,6 +642,7 @@ impl Core {
         }
         if tick {
             self.expire_leases(&mut step);
+            self.end_drain_deadlines(&mut step);
             self.end_unrun_children(&mut step);
             self.expire_queued(&mut step);
             self.fire_schedules(&mut step);
@@ -707,8 +709,17 @@ impl Core {
                 let r = Ok(self.list_agents());
                 step.reply(reply, r);
             }
-            Command::SetAgentAdmin { name, admin, reply } => {
-                let r = self.set_admin(&name, admin, step);
+            Command::SetAgentAdmin {
+                name,
+                admin,
+                drain_deadline_in_ms,
+                reply,
+            } => {
+                let r = self.set_admin(&name, admin, drain_deadline_in_ms, step);
+                step.reply(reply, r);
+            }
+            Command::ForgetAgent { name, reply } => {
+                let r = self.forget_agent(&name, step);
                 step.reply(reply, r);
             }
             Command::ListQueues { reply } => {

@@ -649,8 +649,13 @@ mod tests {
     }
     fn drain(h: &mut Harness, name: &str, admin: msfleet_proto::AgentAdmin) {
         let name = name.to_string();
-        h.call(|reply| super::super::Command::SetAgentAdmin { name, admin, reply })
-            .unwrap();
+        h.call(|reply| super::super::Command::SetAgentAdmin {
+            name,
+            admin,
+            drain_deadline_in_ms: 0,
+            reply,
+        })
+        .unwrap();
     }
 
     fn each_agent() -> msfleet_proto::JobSpec {

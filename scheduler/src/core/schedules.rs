@@ -342,7 +342,9 @@ mod tests {
     #[test]
     fn a_scheduled_run_expires_at_the_next_slot_so_a_stuck_fan_out_lets_it_fire() {
         use msfleet_proto::{AgentAdmin, JobState, Outcome};
-        let mut h = Harness::new();
+        // The clock jumps from slot to slot without heartbeats: a lease long
+        // enough that the agents are not lost meanwhile.
+        let mut h = Harness::with(|c| c.lease_timeout = std::time::Duration::from_secs(3600));
         let mut a = h.register("a1", "p", 1);
         let mut b = h.register("a2", "p", 1);
         // a2's one slot is busy, so its child of the fan-out waits; then a2 is drained.
@@ -375,8 +377,13 @@ mod tests {
         assert_eq!(first.spec.as_ref().unwrap().expire_after_ms, Some(5 * MIN));
         let name = "a2".to_string();
         let admin = AgentAdmin::Drained;
-        h.call(|reply| Command::SetAgentAdmin { name, admin, reply })
-            .unwrap();
+        h.call(|reply| Command::SetAgentAdmin {
+            name,
+            admin,
+            drain_deadline_in_ms: 0,
+            reply,
+        })
+        .unwrap();
         let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
         h.finish(&mut a, &r, Outcome::Passed);
         assert_eq!(h.state(&first.id), JobState::Running);
