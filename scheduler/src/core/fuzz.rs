@@ -311,6 +311,7 @@ impl World {
                         outcome: *o,
                         reason: "fuzz".into(),
                         exit_code: 0,
+                        ..Default::default()
                     })),
                     KindPick::Case(name) => Some(task_update::Kind::Case(pb::CaseResult {
                         name: name.to_string(),
