@@ -402,8 +402,14 @@ impl Session {
             return Vec::new();
         };
         let key = (r.task_id.clone(), r.attempt);
-        if self.attempts.contains_key(&key) {
-            return Vec::new();
+        if let Some(old) = self.attempts.get(&key) {
+            // The same attempt under a newer lease: the scheduler gives the
+            // number of an attempt this agent refused again, and that lease
+            // fences the old one, whose Finished no longer matters.
+            if old.r.epoch >= r.epoch || old.finished_seq.is_none() {
+                return Vec::new();
+            }
+            self.attempts.remove(&key);
         }
         if self.shutting_down {
             // Give it straight back so that it runs elsewhere.
@@ -701,6 +707,22 @@ mod tests {
         let first = run_to_finished(&mut s, "1").await;
         assert_eq!(first.outcome(), msfleet_proto::Outcome::Error, "{first:?}");
         assert!(s.on_message(assign("3")).is_empty(), "a slot is free again");
+        assert_eq!(s.running(), 1);
+        let _ = run_to_finished(&mut s, "3").await;
+        // The refused attempt's number again, under a newer lease: taken.
+        let scheduler_message::Msg::Assign(mut again) = assign("2") else {
+            unreachable!()
+        };
+        again.attempt.as_mut().unwrap().epoch = 2;
+        let stale = again.clone();
+        assert!(s
+            .on_message(scheduler_message::Msg::Assign(again))
+            .is_empty());
+        assert_eq!(s.running(), 1, "it runs");
+        // A repeat of that assignment changes nothing.
+        assert!(s
+            .on_message(scheduler_message::Msg::Assign(stale))
+            .is_empty());
         assert_eq!(s.running(), 1);
     }
 

@@ -103,6 +103,29 @@ fn a_hung_git_fetch_is_cut_by_the_jobs_timeout_and_by_cancel() {
     assert_eq!(out.code, 0, "{out}");
 }
 
+/// git's own timeout (`msagent --git-timeout`) cuts a hung fetch inside a
+/// job whose own timeout is far off: the job ends `error` naming git and the
+/// setting, and no git process is left.
+#[test]
+fn the_agents_git_timeout_cuts_a_hung_fetch_and_names_git() {
+    let url = hung_git_server();
+    let mut f = Fleet::new();
+    let mut extra = ALLOW_LOCAL_HTTP_GIT.to_vec();
+    extra.extend(["--git-timeout", "1s"]);
+    f.add_agent("a1", &[], &extra);
+    let id = f.submit(&["pytest", "--git", &url, "--ref", "main", "--timeout", "5m"]);
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "error", "{j:#}");
+    assert_eq!(
+        j["reason"],
+        format!(
+            "git clone failed for {url}: git did not finish within 1s (the agent's --git-timeout); killed"
+        ),
+        "{j:#}"
+    );
+    wait_no_git_naming(&url);
+}
+
 /// Two jobs of one git repository at once on a two-slot agent both check it
 /// out and pass: the cache of the repository is locked while one clones it.
 #[test]
