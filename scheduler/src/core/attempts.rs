@@ -91,6 +91,14 @@ impl Core {
                 );
                 return reject(step, message, false);
             }
+            // A refused attempt never ran: its number is given again, so
+            // nothing of it may have been recorded.
+            Some(task_update::Kind::Finished(f)) if f.refused && att.applied_seq != 0 => {
+                let message = "Finished.refused must be the attempt's first update \
+                               (it says the attempt never started)"
+                    .to_string();
+                return reject(step, message, false);
+            }
             Some(task_update::Kind::Finished(f)) => limits::cut(&mut f.reason, limits::MAX_REASON),
             Some(_) => {}
         }
@@ -902,6 +910,17 @@ mod tests {
             "Finished.refused goes with outcome REQUEUE only, not Passed"
         );
         assert_eq!(h.state(&job.id), Assigned, "nothing changed");
+        // Nor after the attempt has reported anything: then it ran.
+        h.update(&mut a, &r, 1, started());
+        let msgs = h.update(&mut a, &r, 2, refused(Outcome::Requeue));
+        let (why, abandon) = reject(&msgs).expect("refused");
+        assert!(!abandon, "{why}");
+        assert_eq!(
+            why,
+            "Finished.refused must be the attempt's first update (it says the attempt never started)"
+        );
+        assert_eq!(h.state(&job.id), Running, "nothing changed");
+        assert_eq!(h.job(&job.id).attempts, 1);
     }
 
     /// A regression found by `fuzz_core_agent_message_sequences`: a refusal
