@@ -176,6 +176,11 @@ fn two_jobs_on_the_same_git_repo_at_once_both_pass() {
 /// goes on to pass the next job.
 #[test]
 fn an_injected_runner_panic_ends_the_job_in_error_and_the_agent_keeps_working() {
+    if !cfg!(debug_assertions) {
+        // The binaries of this profile are release builds: they never read MSAGENT_FAULT.
+        eprintln!("release build: MSAGENT_FAULT is compiled into debug builds only; skipped");
+        return;
+    }
     let mut f = Fleet::new();
     f.add_agent_with_env("a1", &[], &[], &[("MSAGENT_FAULT", "panic-in-runner")]);
     let quick = s(&f.write_suite("quick", &[("test_quick.py", "def test_ok():\n    pass\n")]));
