@@ -218,6 +218,7 @@ pub fn finished(outcome: Outcome, reason: impl Into<String>, exit_code: i32) -> 
         outcome: outcome as i32,
         reason: reason.into(),
         exit_code,
+        ..Default::default()
     })
 }
 

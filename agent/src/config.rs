@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub slots: Option<u32>,
     /// e.g. "10s"
     pub kill_grace: Option<String>,
+    /// Longest one git command of a checkout may run, e.g. "10m" (the default).
+    pub git_timeout: Option<String>,
     /// How many times pytest is restarted after a crash (default 3).
     pub max_crash_restarts: Option<u32>,
     pub npu_smi: Option<PathBuf>,
@@ -119,6 +121,9 @@ impl FileConfig {
 /// Restarts of pytest after crashes, per attempt, unless configured.
 pub const DEFAULT_MAX_CRASH_RESTARTS: u32 = 3;
 
+/// How long one git command of a checkout may run, unless configured.
+pub const DEFAULT_GIT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The settings the agent runs with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -132,6 +137,9 @@ pub struct AgentConfig {
     pub slots: u32,
     /// Time between SIGTERM and SIGKILL of a test's process group.
     pub kill_grace: Duration,
+    /// Longest one git command (clone, fetch, checkout) may run; past it the
+    /// git process group is killed and the attempt ends `error`.
+    pub git_timeout: Duration,
     /// How many times one attempt restarts pytest after it died of a signal
     /// the agent did not send, on the tests not yet reported.
     pub max_crash_restarts: u32,
@@ -155,6 +163,7 @@ pub struct Overrides {
     pub python: Option<PathBuf>,
     pub slots: Option<u32>,
     pub kill_grace: Option<Duration>,
+    pub git_timeout: Option<Duration>,
     pub max_crash_restarts: Option<u32>,
     pub npu_smi: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
@@ -221,6 +230,17 @@ impl AgentConfig {
                 .map_err(|e| ConfigError::Invalid(format!("kill_grace '{s}': {e}")))?,
             (None, None) => Duration::from_secs(10),
         };
+        let git_timeout = match (flags.git_timeout, file.git_timeout) {
+            (Some(d), _) => d,
+            (None, Some(s)) => humantime::parse_duration(&s)
+                .map_err(|e| ConfigError::Invalid(format!("git_timeout '{s}': {e}")))?,
+            (None, None) => DEFAULT_GIT_TIMEOUT,
+        };
+        if git_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "git_timeout must be longer than 0s (e.g. 10m)".into(),
+            ));
+        }
         let token = match flags.token_file.or(file.token_file) {
             Some(p) => Some(
                 msfleet_proto::client::read_token_file(&p)
@@ -268,6 +288,7 @@ impl AgentConfig {
                 .unwrap_or_else(|| PathBuf::from("python3")),
             slots,
             kill_grace,
+            git_timeout,
             max_crash_restarts: flags
                 .max_crash_restarts
                 .or(file.max_crash_restarts)
@@ -351,6 +372,34 @@ mod tests {
                 .max_crash_restarts,
             0
         );
+    }
+
+    #[test]
+    fn git_timeout_defaults_to_ten_minutes_and_is_set_by_the_file_or_the_flag() {
+        let cfg = AgentConfig::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(cfg.git_timeout, Duration::from_secs(600));
+        let file = || toml::from_str::<FileConfig>(r#"git_timeout = "90s""#).unwrap();
+        let cfg = AgentConfig::resolve(file(), Overrides::default()).unwrap();
+        assert_eq!(cfg.git_timeout, Duration::from_secs(90));
+        let flags = Overrides {
+            git_timeout: Some(Duration::from_secs(5)),
+            ..Default::default()
+        };
+        assert_eq!(
+            AgentConfig::resolve(file(), flags).unwrap().git_timeout,
+            Duration::from_secs(5)
+        );
+        let zero = toml::from_str::<FileConfig>(r#"git_timeout = "0s""#).unwrap();
+        let err = AgentConfig::resolve(zero, Overrides::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "git_timeout must be longer than 0s (e.g. 10m)"
+        );
+        let bad = toml::from_str::<FileConfig>(r#"git_timeout = "soon""#).unwrap();
+        assert!(AgentConfig::resolve(bad, Overrides::default())
+            .unwrap_err()
+            .to_string()
+            .starts_with("git_timeout 'soon': "));
     }
 
     #[test]

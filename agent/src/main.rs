@@ -39,6 +39,11 @@ struct Args {
     /// Time between SIGTERM and SIGKILL when a test is cancelled or times out.
     #[arg(long, value_parser = humantime::parse_duration)]
     kill_grace: Option<Duration>,
+    /// Longest one git command of a checkout (clone, fetch, checkout) may
+    /// run before its process group is killed and the attempt ends `error`
+    /// (default 10m; the attempt's own timeout applies as well).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    git_timeout: Option<Duration>,
     /// How many times one attempt restarts pytest after pytest crashed (a
     /// signal the agent did not send) on the tests not yet reported (default 3).
     #[arg(long)]
@@ -96,6 +101,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             python: args.python,
             slots: args.slots,
             kill_grace: args.kill_grace,
+            git_timeout: args.git_timeout,
             max_crash_restarts: args.max_crash_restarts,
             npu_smi: args.npu_smi,
             token_file: args.token_file,

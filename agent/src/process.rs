@@ -256,32 +256,50 @@ pub fn reap_orphans(work_dir: &Path) -> usize {
         if path.extension().and_then(|e| e.to_str()) != Some("pgid") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut lines = text.lines();
-        let pgid = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
-        let sock = lines.next().unwrap_or("").to_string();
-        if let Some(pg) = pgid.filter(|p| *p > 1) {
-            let leader = Path::new("/proc").join(pg.to_string());
-            let ours = if leader.exists() {
-                let markers = MARKER_VARS.map(|var| format!("{var}={sock}"));
-                std::fs::read(leader.join("environ"))
-                    .map(|env| {
-                        env.split(|b| *b == 0)
-                            .any(|kv| markers.iter().any(|m| kv == m.as_bytes()))
-                    })
-                    .unwrap_or(false)
-            } else {
-                true
-            };
-            if ours && killpg(Pid::from_raw(pg), Signal::SIGKILL).is_ok() {
-                tracing::warn!(
-                    pgid = pg,
-                    "killed a test process group left by a previous agent"
-                );
-                killed += 1;
-            }
+        if kill_recorded(&path) {
+            tracing::warn!(
+                file = %path.display(),
+                "killed a test process group left by a previous agent"
+            );
+            killed += 1;
         }
-        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}
+
+/// Kills the process group that the attempt of `slot` recorded (`run/<slot>.pgid`), if it is
+/// still there and ours: what a runner that died without stopping its run left behind.
+pub fn kill_attempt_group(work_dir: &Path, slot: &str) -> bool {
+    kill_recorded(&work_dir.join("run").join(format!("{slot}.pgid")))
+}
+
+/// Kills the group a `.pgid` file names when it is certainly ours (see [`reap_orphans`]) and
+/// removes the file and the marker path; true when a group was killed.
+fn kill_recorded(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let mut lines = text.lines();
+    let pgid = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
+    let sock = lines.next().unwrap_or("").to_string();
+    let mut killed = false;
+    if let Some(pg) = pgid.filter(|p| *p > 1) {
+        let leader = Path::new("/proc").join(pg.to_string());
+        let ours = if leader.exists() {
+            let markers = MARKER_VARS.map(|var| format!("{var}={sock}"));
+            std::fs::read(leader.join("environ"))
+                .map(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|kv| markers.iter().any(|m| kv == m.as_bytes()))
+                })
+                .unwrap_or(false)
+        } else {
+            true
+        };
+        killed = ours && killpg(Pid::from_raw(pg), Signal::SIGKILL).is_ok();
+    }
+    let _ = std::fs::remove_file(path);
+    if !sock.is_empty() {
         let _ = std::fs::remove_file(sock);
     }
     killed

@@ -61,6 +61,8 @@ pub async fn run(
     // From here on nothing about the attempt carries a secret value.
     let tx = tx.with_secrets(&a.spec);
     tx.send(task_update::Kind::Started(Started {}));
+    #[cfg(debug_assertions)]
+    injected_fault();
     let finished = run_inner(&cfg, &a, &tx, stop).await;
     if let Some(mut f) = finished {
         // Also the agent's own log never carries a secret value.
@@ -70,20 +72,66 @@ pub async fn run(
     }
 }
 
+/// Names the attempt's files under the work dir (workspace, `.pgid`, socket, artifacts).
+pub fn slot_name(a: &AttemptSpec) -> String {
+    format!("{}-{}", a.task_id, a.attempt)
+}
+
+/// The agent's environment variable of the test-only fault injection.
+pub const FAULT_VAR: &str = "MSAGENT_FAULT";
+
+/// Test-only fault injection, compiled into debug builds alone (release
+/// builds never read [`FAULT_VAR`]): with `MSAGENT_FAULT=panic-in-runner` in
+/// the agent's environment, the runner of the first attempt the agent process
+/// starts panics right after `Started`, which proves that the session's
+/// supervisor ends such an attempt `error` and the agent keeps taking work.
+#[cfg(debug_assertions)]
+fn injected_fault() {
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    if std::env::var(FAULT_VAR).as_deref() == Ok("panic-in-runner")
+        && !FIRED.swap(true, Ordering::SeqCst)
+    {
+        panic!("injected fault ({FAULT_VAR}=panic-in-runner)");
+    }
+}
+
 async fn run_inner(
     cfg: &AgentConfig,
     a: &AttemptSpec,
     tx: &Updates,
     mut stop: watch::Receiver<Option<StopReason>>,
 ) -> Option<Finished> {
-    let slot = format!("{}-{}", a.task_id, a.attempt);
+    let slot = slot_name(a);
+    // One deadline for the whole attempt, from the checkout to the last re-run.
+    let timeout = attempt_timeout(&a.spec);
+    let mut guard = Guard::new(tokio::time::Instant::now() + timeout, &mut stop);
     // The owner's policy, whatever the scheduler decided: before anything is
     // fetched, and for the paths once the checkout is there.
     if let Err(why) = policy::admit(&cfg.policy, &a.spec) {
         return finished(Outcome::Error, why, -1);
     }
-    let ws = match source::prepare(a.spec.source.as_ref(), &cfg.roots, &cfg.work_dir, &slot).await {
+    let git = source::GitRun {
+        timeout: cfg.git_timeout,
+        guard: &mut guard,
+    };
+    let ws = match source::prepare(
+        a.spec.source.as_ref(),
+        &cfg.roots,
+        &cfg.work_dir,
+        &slot,
+        git,
+    )
+    .await
+    {
         Ok(ws) => ws,
+        Err(source::SourceError::Halted { halt, during }) => {
+            let timed_out = halt == Halt::TimedOut;
+            let mut f = halted(halt, timeout, -1)?;
+            if timed_out {
+                f.reason = format!("{} (in {during})", f.reason);
+            }
+            return Some(f);
+        }
         Err(e) => return finished(Outcome::Error, e.to_string(), -1),
     };
     if let Err(why) = policy::admit_paths(&ws.dir, &a.spec) {
@@ -94,11 +142,11 @@ async fn run_inner(
         tx.log("stderr", format!("msfleet: checked out {c}\n"));
     }
     if a.spec.kind == "benchmark" {
-        let f = crate::bench::run::run(cfg, a, &slot, &ws.dir, tx, &mut stop).await;
+        let f = crate::bench::run::run(cfg, a, &slot, &ws.dir, tx, &mut guard).await;
         ws.cleanup().await;
         return f;
     }
-    let result = run_pytest(cfg, a, &slot, &ws.dir, tx, &mut stop).await;
+    let result = run_pytest(cfg, a, &slot, &ws.dir, tx, &mut guard).await;
     ws.cleanup().await;
     match result {
         Ok(f) => f,
@@ -232,7 +280,7 @@ async fn run_pytest(
     slot: &str,
     dir: &Path,
     tx: &Updates,
-    stop: &mut watch::Receiver<Option<StopReason>>,
+    guard: &mut Guard<'_>,
 ) -> std::io::Result<Option<Finished>> {
     let plugin_dir = cfg.work_dir.join("plugin");
     tokio::fs::create_dir_all(&plugin_dir).await?;
@@ -273,8 +321,6 @@ async fn run_pytest(
         tx,
         timeout,
     };
-    // One deadline for the whole attempt, re-runs included.
-    let mut guard = Guard::new(tokio::time::Instant::now() + timeout, stop);
 
     let mut args: Vec<String> = vec![format!(
         "--junitxml={}",
@@ -299,13 +345,7 @@ async fn run_pytest(
         Some(RemoveOnDrop(path))
     };
     let main = run
-        .once(
-            &format!("{slot}.sock"),
-            &args,
-            &extra_env,
-            false,
-            &mut guard,
-        )
+        .once(&format!("{slot}.sock"), &args, &extra_env, false, guard)
         .await;
     let mut main = match main? {
         Ok(end) => end,
@@ -378,7 +418,7 @@ async fn run_pytest(
         let mut env = extra_env.clone();
         env.push(("MSFLEET_DESELECT_FILE", done.0.clone().into_os_string()));
         let next = match run
-            .once(&format!("{slot}-c{n}.sock"), &args, &env, false, &mut guard)
+            .once(&format!("{slot}-c{n}.sock"), &args, &env, false, guard)
             .await?
         {
             Ok(end) => end,
@@ -447,7 +487,7 @@ async fn run_pytest(
         let mut rargs = keep.clone();
         rargs.extend(pending.iter().map(|id| flaky::retry_arg(dir, id)));
         let end = match run
-            .once(&format!("{slot}-r{r}.sock"), &rargs, &[], true, &mut guard)
+            .once(&format!("{slot}-r{r}.sock"), &rargs, &[], true, guard)
             .await?
         {
             Ok(end) => end,
@@ -534,6 +574,7 @@ impl PytestRun<'_> {
                         cfg.python.display()
                     ),
                     exit_code: -1,
+                    ..Default::default()
                 }));
             }
         };
@@ -587,6 +628,7 @@ impl PytestRun<'_> {
                 outcome: Outcome::Error as i32,
                 reason,
                 exit_code: status.code().unwrap_or(-1),
+                ..Default::default()
             }));
         }
         Ok(Ok(RunEnd {
@@ -1042,6 +1084,7 @@ def test_param(p):
             python,
             slots: 1,
             kill_grace: Duration::from_secs(2),
+            git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
             max_crash_restarts: 3,
             npu_smi: "npu-smi".into(),
             target: Default::default(),
@@ -1791,6 +1834,7 @@ def test_quotes_it():
             python: "python3".into(),
             slots: 1,
             kill_grace: Duration::from_secs(1),
+            git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
             max_crash_restarts: 3,
             npu_smi: "npu-smi".into(),
             policy: pb::AgentPolicy {

@@ -399,6 +399,10 @@ impl Session {
     /// Numbers an update from a runner and keeps it until acknowledged.
     fn record(&mut self, key: AttemptKey, kind: task_update::Kind) -> Option<TaskUpdate> {
         let a = self.attempts.get_mut(&key)?; // abandoned: drop
+        if a.finished_seq.is_some() {
+            // Nothing follows a Finished (a supervisor's after a late panic).
+            return None;
+        }
         let seq = a.next_seq;
         a.next_seq += 1;
         if matches!(kind, task_update::Kind::Finished(_)) {
@@ -416,7 +420,7 @@ impl Session {
     /// Handles one scheduler message; returns updates to (re)send.
     fn on_message(&mut self, m: scheduler_message::Msg) -> Vec<TaskUpdate> {
         match m {
-            scheduler_message::Msg::Assign(asg) => self.start(asg),
+            scheduler_message::Msg::Assign(asg) => return self.start(asg),
             scheduler_message::Msg::Ack(ack) => {
                 let Some(r) = ack.attempt else {
                     return Vec::new();
@@ -467,25 +471,37 @@ impl Session {
         }
     }
 
-    fn start(&mut self, asg: msfleet_proto::Assignment) {
-        let Some(r) = asg.attempt else { return };
+    /// Starts an assigned attempt under a supervisor, or gives it straight
+    /// back (shutting down, or every slot taken); returns what to send.
+    fn start(&mut self, asg: msfleet_proto::Assignment) -> Vec<TaskUpdate> {
+        let Some(r) = asg.attempt else {
+            return Vec::new();
+        };
         let key = (r.task_id.clone(), r.attempt);
-        if self.attempts.contains_key(&key) {
-            return;
+        if let Some(old) = self.attempts.get(&key) {
+            // The same attempt under a newer lease: the scheduler gives the
+            // number of an attempt this agent refused again, and that lease
+            // fences the old one, whose Finished no longer matters.
+            if old.r.epoch >= r.epoch || old.finished_seq.is_none() {
+                return Vec::new();
+            }
+            self.attempts.remove(&key);
         }
         if self.shutting_down {
             // Give it straight back so that it runs elsewhere.
-            let (stop, _) = watch::channel(None);
-            self.attempts.insert(key.clone(), Attempt::new(r, stop));
-            let _ = self.updates_tx.send((
-                key,
-                task_update::Kind::Finished(msfleet_proto::Finished {
-                    outcome: msfleet_proto::Outcome::Requeue as i32,
-                    reason: "the agent is shutting down".into(),
-                    exit_code: -1,
-                }),
-            ));
-            return;
+            return self.give_back(r, "the agent is shutting down".into(), false);
+        }
+        let running = self.running();
+        if running >= self.cfg.slots as usize {
+            let why = format!(
+                "agent {} has no free slot: it runs {running} attempt{} on its {} slot{} (--slots)",
+                self.cfg.name,
+                if running == 1 { "" } else { "s" },
+                self.cfg.slots,
+                if self.cfg.slots == 1 { "" } else { "s" },
+            );
+            tracing::warn!(task = %r.task_id, attempt = r.attempt, %why, "refusing an assignment");
+            return self.give_back(r, why, true);
         }
         tracing::info!(job = %asg.job_id, task = %r.task_id, attempt = r.attempt, epoch = r.epoch, "assigned");
         let (stop, stop_rx) = watch::channel(None);
@@ -498,12 +514,80 @@ impl Session {
         };
         let attempt = Attempt::new(r, stop);
         let updates =
-            Updates::with_budget(key.clone(), self.updates_tx.clone(), attempt.logs.clone());
+            Updates::with_budget(key.clone(), self.updates_tx.clone(), attempt.logs.clone())
+                .with_secrets(&spec.spec);
         self.attempts.insert(key, attempt);
+        let slot = runner::slot_name(&spec);
+        let runner = tokio::spawn(runner::run(
+            self.cfg.clone(),
+            spec,
+            updates.clone(),
+            stop_rx,
+        ));
+        // The supervisor awaits the runner: waiting on `runners` (at exit)
+        // waits for every test to be stopped, and a panic still ends the
+        // attempt `error`.
         while self.runners.try_join_next().is_some() {}
         self.runners
-            .spawn(runner::run(self.cfg.clone(), spec, updates, stop_rx));
+            .spawn(supervise(runner, updates, self.cfg.clone(), slot));
+        Vec::new()
     }
+
+    /// Attempts this agent runs: those without a `Finished` yet.
+    fn running(&self) -> usize {
+        self.attempts
+            .values()
+            .filter(|a| a.finished_seq.is_none())
+            .count()
+    }
+
+    /// Ends an attempt that never started with `Finished{REQUEUE}` (`refused`:
+    /// for lack of a slot), numbered at once so that it no longer counts as running.
+    fn give_back(&mut self, r: AttemptRef, reason: String, refused: bool) -> Vec<TaskUpdate> {
+        let key = (r.task_id.clone(), r.attempt);
+        let (stop, _) = watch::channel(None);
+        self.attempts.insert(key.clone(), Attempt::new(r, stop));
+        let finished = task_update::Kind::Finished(msfleet_proto::Finished {
+            outcome: msfleet_proto::Outcome::Requeue as i32,
+            reason,
+            exit_code: -1,
+            refused,
+        });
+        self.record(key, finished).into_iter().collect()
+    }
+}
+
+/// Waits for an attempt's runner task; one that panicked (or was aborted)
+/// sent no `Finished`: its run is killed and the attempt ends `error`, so it
+/// is not heartbeated as running forever.
+async fn supervise(
+    runner: tokio::task::JoinHandle<()>,
+    tx: Updates,
+    cfg: Arc<AgentConfig>,
+    slot: String,
+) {
+    let Err(e) = runner.await else {
+        return;
+    };
+    let what = if e.is_panic() {
+        let payload = e.into_panic();
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        format!("agent runner panicked: {text}")
+    } else {
+        "agent runner was stopped before it finished".into()
+    };
+    let killed = crate::process::kill_attempt_group(&cfg.work_dir, &slot);
+    tracing::error!(%slot, killed_run = killed, "{what}");
+    tx.send(task_update::Kind::Finished(msfleet_proto::Finished {
+        outcome: msfleet_proto::Outcome::Error as i32,
+        reason: tx.redact(&what),
+        exit_code: -1,
+        ..Default::default()
+    }));
 }
 
 /// Refusals no retry can fix: a wrong or revoked credential, the name taken
@@ -629,6 +713,139 @@ mod tests {
             .await
             .expect("a dropped attempt releases its pump")
             .unwrap();
+    }
+
+    fn config(slots: u32, work_dir: &std::path::Path) -> AgentConfig {
+        AgentConfig {
+            scheduler: String::new(),
+            name: "h1".into(),
+            work_dir: work_dir.to_path_buf(),
+            labels: Default::default(),
+            roots: Vec::new(),
+            python: "python3".into(),
+            slots,
+            kill_grace: Duration::from_secs(1),
+            git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
+            max_crash_restarts: 0,
+            npu_smi: "npu-smi".into(),
+            target: Default::default(),
+            bearer: msfleet_proto::client::Bearer::new(None).unwrap(),
+            policy: msfleet_proto::policy::defaults(),
+        }
+    }
+
+    fn assign(task: &str) -> scheduler_message::Msg {
+        scheduler_message::Msg::Assign(msfleet_proto::Assignment {
+            attempt: Some(AttemptRef {
+                task_id: task.into(),
+                attempt: 1,
+                epoch: 1,
+            }),
+            job_id: task.into(),
+            // No source: the runner ends it `error` at once.
+            spec: Some(msfleet_proto::JobSpec::default()),
+        })
+    }
+
+    /// The session's updates for attempt `task` until its `Finished`, recorded.
+    async fn run_to_finished(s: &mut Session, task: &str) -> msfleet_proto::Finished {
+        loop {
+            let (key, kind) = tokio::time::timeout(Duration::from_secs(10), s.updates_rx.recv())
+                .await
+                .expect("the runner reports")
+                .expect("open");
+            let done = match (&kind, key.0 == task) {
+                (task_update::Kind::Finished(f), true) => Some(f.clone()),
+                _ => None,
+            };
+            s.record(key, kind);
+            if let Some(f) = done {
+                return f;
+            }
+        }
+    }
+
+    /// With every slot taken, an assignment is refused at once with
+    /// `Finished{REQUEUE, refused}` naming the slots; once an attempt has
+    /// finished, the next one is taken.
+    #[tokio::test]
+    async fn an_assignment_beyond_the_slots_is_refused_and_said_so() {
+        let work = tempfile::tempdir().unwrap();
+        let mut s = Session::new(Arc::new(config(1, work.path())), Capabilities::default());
+        assert!(s.on_message(assign("1")).is_empty(), "the first is taken");
+        let out = s.on_message(assign("2"));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].seq, 1);
+        let Some(task_update::Kind::Finished(f)) = &out[0].kind else {
+            panic!("{out:?}");
+        };
+        assert_eq!(f.outcome(), msfleet_proto::Outcome::Requeue);
+        assert!(f.refused);
+        assert_eq!(
+            f.reason,
+            "agent h1 has no free slot: it runs 1 attempt on its 1 slot (--slots)"
+        );
+        assert_eq!(s.running(), 1, "the refused one is not running");
+        let first = run_to_finished(&mut s, "1").await;
+        assert_eq!(first.outcome(), msfleet_proto::Outcome::Error, "{first:?}");
+        assert!(s.on_message(assign("3")).is_empty(), "a slot is free again");
+        assert_eq!(s.running(), 1);
+        let _ = run_to_finished(&mut s, "3").await;
+        // The refused attempt's number again, under a newer lease: taken.
+        let scheduler_message::Msg::Assign(mut again) = assign("2") else {
+            unreachable!()
+        };
+        again.attempt.as_mut().unwrap().epoch = 2;
+        let stale = again.clone();
+        assert!(s
+            .on_message(scheduler_message::Msg::Assign(again))
+            .is_empty());
+        assert_eq!(s.running(), 1, "it runs");
+        // A repeat of that assignment changes nothing.
+        assert!(s
+            .on_message(scheduler_message::Msg::Assign(stale))
+            .is_empty());
+        assert_eq!(s.running(), 1);
+    }
+
+    /// A runner that panics sent no `Finished`: the supervisor ends the
+    /// attempt `error`, naming the panic.
+    #[tokio::test]
+    async fn a_panicking_runner_ends_its_attempt_in_error() {
+        let work = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let updates = Updates::new(("7".into(), 1), tx);
+        let runner = tokio::spawn(async {
+            let v: Vec<u8> = Vec::new();
+            if v.is_empty() {
+                panic!("index out of bounds: boom");
+            }
+        });
+        supervise(
+            runner,
+            updates,
+            Arc::new(config(1, work.path())),
+            "7-1".into(),
+        )
+        .await;
+        let (key, kind) = rx.recv().await.expect("a Finished");
+        assert_eq!(key, ("7".to_string(), 1));
+        let task_update::Kind::Finished(f) = kind else {
+            panic!("{kind:?}");
+        };
+        assert_eq!(f.outcome(), msfleet_proto::Outcome::Error);
+        assert_eq!(f.reason, "agent runner panicked: index out of bounds: boom");
+        // A runner that ends normally gets nothing more.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ok = tokio::spawn(async {});
+        supervise(
+            ok,
+            Updates::new(("8".into(), 1), tx),
+            Arc::new(config(1, work.path())),
+            "8-1".into(),
+        )
+        .await;
+        assert!(rx.recv().await.is_none());
     }
 
     #[test]

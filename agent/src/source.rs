@@ -1,10 +1,36 @@
 //! Where a job's tests come from: a directory under one of the agent's roots,
 //! or a git repository + ref checked out (with the `git` CLI) from a bare
 //! cache into a per-attempt workspace.
+//!
+//! A checkout is part of its attempt: every git command runs in its own
+//! process group under the attempt's [`Guard`] (its deadline and its stop) and
+//! under the agent's `--git-timeout`; whichever comes first kills the group
+//! (git and its `git-remote-http` helpers). git also aborts an HTTP transfer
+//! slower than [`LOW_SPEED_LIMIT`] bytes/s for [`LOW_SPEED_TIME_S`] seconds.
+//! The bare cache of a repository is locked ([`RepoLock`], an `flock` on
+//! `git-cache/<name>.lock`) from the fetch to the end of the workspace
+//! checkout: two attempts of one repository take turns, attempts of
+//! different repositories do not wait on each other.
 
+use crate::attempt::{Guard, Halt};
 use msfleet_proto::{source, Source};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+
+/// git's `http.lowSpeedLimit`: bytes per second below which a transfer is slow.
+pub const LOW_SPEED_LIMIT: u32 = 1000;
+/// git's `http.lowSpeedTime`: how long a transfer may stay slow before git aborts it.
+pub const LOW_SPEED_TIME_S: u32 = 60;
+/// How much of a git command's stdout and of its stderr is kept.
+const GIT_OUTPUT_CAP: usize = 64 * 1024;
+/// How often a checkout waiting for another attempt's lock of the same cache looks again.
+const LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// Why a job's source could not be prepared (an infrastructure error, not a test failure).
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +56,9 @@ pub enum SourceError {
         during: String,
         message: String,
     },
+    /// The attempt's deadline or stop came during the checkout (git was killed).
+    #[error("stopped ({halt:?}) during {during}")]
+    Halted { halt: Halt, during: String },
 }
 
 /// What git (or the kernel, `strerror(ENOSPC)`) says when the disk is full.
@@ -91,12 +120,21 @@ impl Workspace {
     }
 }
 
+/// How a git checkout runs: the agent's settings and the attempt's guard.
+pub struct GitRun<'g, 'a> {
+    /// Longest one git command may run (the agent's `--git-timeout`).
+    pub timeout: Duration,
+    /// The attempt's deadline and stop.
+    pub guard: &'g mut Guard<'a>,
+}
+
 /// Prepares the source of an attempt. `slot` names the per-attempt checkout.
 pub async fn prepare(
     src: Option<&Source>,
     roots: &[PathBuf],
     work_dir: &Path,
     slot: &str,
+    git: GitRun<'_, '_>,
 ) -> Result<Workspace, SourceError> {
     match src.and_then(|s| s.kind.as_ref()) {
         None => Err(SourceError::Missing),
@@ -127,14 +165,14 @@ pub async fn prepare(
             })
         }
         Some(source::Kind::Git(g)) => {
-            let got = checkout(&g.url, &g.r#ref, work_dir, slot).await;
+            let got = checkout(&g.url, &g.r#ref, work_dir, slot, git).await;
             match got.map_err(|e| e.or_disk_full(work_dir)) {
-                Err(e @ SourceError::DiskFull { .. }) => {
-                    // What a full disk left half-written only takes more room.
+                Err(e) => {
+                    // What a full disk or a killed git left half-written only takes room.
                     let _ = tokio::fs::remove_dir_all(work_dir.join("workspaces").join(slot)).await;
                     Err(e)
                 }
-                other => other,
+                ok => ok,
             }
         }
     }
@@ -145,12 +183,16 @@ async fn checkout(
     git_ref: &str,
     work_dir: &Path,
     slot: &str,
+    mut git: GitRun<'_, '_>,
 ) -> Result<Workspace, SourceError> {
     let cache_root = work_dir.join("git-cache");
     tokio::fs::create_dir_all(&cache_root).await?;
-    let cache = cache_root.join(cache_name(url));
+    let name = cache_name(url);
+    let cache = cache_root.join(&name);
+    // Held until the workspace is checked out: its clone shares the cache's objects.
+    let _lock = RepoLock::acquire(&cache_root.join(format!("{name}.lock")), url, git.guard).await?;
     if cache.join("HEAD").exists() {
-        git(
+        git.run(
             &[
                 "fetch",
                 "--quiet",
@@ -168,7 +210,7 @@ async fn checkout(
     } else {
         let tmp = cache.with_extension("partial");
         let _ = tokio::fs::remove_dir_all(&tmp).await;
-        git(
+        git.run(
             &[
                 "clone",
                 "--quiet",
@@ -190,31 +232,34 @@ async fn checkout(
         url: url.to_string(),
         message: format!("ref '{want}' does not exist: {first}"),
     };
-    let commit = match rev_parse(&cache, want).await {
+    let commit = match git.rev_parse(&cache, want, url).await? {
         Ok(c) => c,
         Err(first) => {
             // Not a branch or tag: maybe a commit or a ref like refs/pull/1/head.
-            if git(
-                &["fetch", "--quiet", "origin", want],
-                Some(&cache),
-                "fetch",
-                url,
-            )
-            .await
-            .is_ok()
+            match git
+                .run(
+                    &["fetch", "--quiet", "origin", want],
+                    Some(&cache),
+                    "fetch",
+                    url,
+                )
+                .await
             {
-                rev_parse(&cache, "FETCH_HEAD")
-                    .await
-                    .map_err(|_| missing(first))?
-            } else {
-                return Err(missing(first));
+                Ok(_) => git
+                    .rev_parse(&cache, "FETCH_HEAD", url)
+                    .await?
+                    .map_err(|_| missing(first))?,
+                // A deadline, a stop or git's own timeout is not a missing ref.
+                Err(e @ SourceError::Halted { .. }) => return Err(e),
+                Err(e @ SourceError::Git { .. }) if is_timeout(&e) => return Err(e),
+                Err(_) => return Err(missing(first)),
             }
         }
     };
     let ws = work_dir.join("workspaces").join(slot);
     let _ = tokio::fs::remove_dir_all(&ws).await;
     tokio::fs::create_dir_all(ws.parent().unwrap_or(work_dir)).await?;
-    git(
+    git.run(
         &[
             "clone",
             "--quiet",
@@ -229,7 +274,7 @@ async fn checkout(
         url,
     )
     .await?;
-    git(
+    git.run(
         &["checkout", "--quiet", "--detach", &commit],
         Some(&ws),
         "checkout",
@@ -243,44 +288,213 @@ async fn checkout(
     })
 }
 
-async fn rev_parse(repo: &Path, r: &str) -> Result<String, String> {
-    let out = Command::new("git")
-        .args(["rev-parse", "--verify", &format!("{r}^{{commit}}")])
-        .current_dir(repo)
-        .output()
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+/// The message of a git command cut by `--git-timeout` ([`GitRun::run`]).
+const GIT_TIMEOUT_NOTE: &str = "the agent's --git-timeout";
+
+fn is_timeout(e: &SourceError) -> bool {
+    matches!(e, SourceError::Git { message, .. } if message.contains(GIT_TIMEOUT_NOTE))
+}
+
+/// What one git command printed (at most [`GIT_OUTPUT_CAP`] bytes of each stream).
+struct GitOutput {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl GitRun<'_, '_> {
+    /// Runs `git ARGS` (in `cwd`), `what` naming it in errors about `url`;
+    /// fails unless git exits 0.
+    async fn run(
+        &mut self,
+        args: &[&str],
+        cwd: Option<&Path>,
+        what: &'static str,
+        url: &str,
+    ) -> Result<GitOutput, SourceError> {
+        let out = self.output(args, cwd, what, url).await?;
+        if out.success {
+            Ok(out)
+        } else {
+            Err(SourceError::Git {
+                what,
+                url: url.to_string(),
+                message: out.stderr.trim().to_string(),
+            })
+        }
+    }
+
+    /// `git rev-parse --verify REF^{commit}` in `repo`: the commit, or what git said.
+    async fn rev_parse(
+        &mut self,
+        repo: &Path,
+        r: &str,
+        url: &str,
+    ) -> Result<Result<String, String>, SourceError> {
+        let spec = format!("{r}^{{commit}}");
+        let out = self
+            .output(
+                &["rev-parse", "--verify", &spec],
+                Some(repo),
+                "rev-parse",
+                url,
+            )
+            .await?;
+        Ok(if out.success {
+            Ok(out.stdout.trim().to_string())
+        } else {
+            Err(out.stderr.trim().to_string())
+        })
+    }
+
+    /// Runs git as the leader of its own process group, to its end, the
+    /// attempt's halt, or `self.timeout`; on either of the last two the whole
+    /// group is killed. Whatever git left in its group is killed in any case.
+    async fn output(
+        &mut self,
+        args: &[&str],
+        cwd: Option<&Path>,
+        what: &'static str,
+        url: &str,
+    ) -> Result<GitOutput, SourceError> {
+        if let Some(halt) = self.guard.check() {
+            return Err(SourceError::Halted {
+                halt,
+                during: format!("the git {what} of {url}"),
+            });
+        }
+        let mut cmd = Command::new("git");
+        cmd.arg("-c")
+            .arg(format!("http.lowSpeedLimit={LOW_SPEED_LIMIT}"))
+            .arg("-c")
+            .arg(format!("http.lowSpeedTime={LOW_SPEED_TIME_S}"))
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        let cannot = |e: std::io::Error| SourceError::Git {
+            what,
+            url: url.to_string(),
+            message: format!("cannot run git: {e}"),
+        };
+        let mut child = cmd.spawn().map_err(cannot)?;
+        let pgid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw)
+            .ok_or_else(|| cannot(std::io::Error::other("git has no process id")))?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let ran = async {
+            let (out, err, status) =
+                tokio::join!(read_capped(stdout), read_capped(stderr), child.wait());
+            (out, err, status)
+        };
+        let ended = tokio::select! {
+            r = ran => Ok(r),
+            _ = tokio::time::sleep(self.timeout) => Err(None),
+            h = self.guard.wait() => Err(Some(h)),
+        };
+        // git's helpers (git-remote-http, index-pack) are in its group.
+        let _ = killpg(pgid, Signal::SIGKILL);
+        match ended {
+            Ok((stdout, stderr, status)) => Ok(GitOutput {
+                success: status.map_err(cannot)?.success(),
+                stdout,
+                stderr,
+            }),
+            Err(None) => Err(SourceError::Git {
+                what,
+                url: url.to_string(),
+                message: format!(
+                    "git did not finish within {} ({GIT_TIMEOUT_NOTE}); killed",
+                    humantime::format_duration(self.timeout)
+                ),
+            }),
+            Err(Some(halt)) => Err(SourceError::Halted {
+                halt,
+                during: format!("the git {what} of {url}"),
+            }),
+        }
     }
 }
 
-async fn git(
-    args: &[&str],
-    cwd: Option<&Path>,
-    what: &'static str,
-    url: &str,
-) -> Result<(), SourceError> {
-    let mut cmd = Command::new("git");
-    cmd.args(args).env("GIT_TERMINAL_PROMPT", "0");
-    if let Some(d) = cwd {
-        cmd.current_dir(d);
+/// Reads a pipe to its end, keeping the first [`GIT_OUTPUT_CAP`] bytes.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> String {
+    let Some(mut pipe) = pipe else {
+        return String::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = GIT_OUTPUT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
     }
-    let out = cmd.output().await.map_err(|e| SourceError::Git {
-        what,
-        url: url.to_string(),
-        message: format!("cannot run git: {e}"),
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(SourceError::Git {
-            what,
-            url: url.to_string(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// An exclusive lock of one repository's git cache, released when dropped
+/// (or when the agent dies: the kernel drops an `flock` with its file).
+pub struct RepoLock {
+    _file: Flock<std::fs::File>,
+}
+
+impl RepoLock {
+    /// Waits for the lock at `path` (created if missing), giving up when the
+    /// attempt halts. The wait polls without blocking a thread.
+    pub async fn acquire(
+        path: &Path,
+        url: &str,
+        guard: &mut Guard<'_>,
+    ) -> Result<RepoLock, SourceError> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .await?
+            .into_std()
+            .await;
+        let mut said = false;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => return Ok(RepoLock { _file: locked }),
+                Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => file = f,
+                Err((_, e)) => {
+                    return Err(SourceError::Io(std::io::Error::other(format!(
+                        "locking the git cache {}: {e}",
+                        path.display()
+                    ))))
+                }
+            }
+            if !said {
+                tracing::info!(
+                    url,
+                    "waiting for another attempt's checkout of the same repository"
+                );
+                said = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LOCK_POLL) => {}
+                halt = guard.wait() => {
+                    return Err(SourceError::Halted {
+                        halt,
+                        during: format!("the wait for the git cache of {url}"),
+                    })
+                }
+            }
+        }
     }
 }
 
@@ -306,6 +520,27 @@ fn cache_name(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attempt::StopReason;
+    use tokio::sync::watch;
+
+    /// [`prepare`] with a minute's deadline and git timeout, never stopped.
+    async fn prep(
+        src: Option<&Source>,
+        roots: &[PathBuf],
+        work: &Path,
+        slot: &str,
+    ) -> Result<Workspace, SourceError> {
+        let (_stop, mut rx) = watch::channel(None::<StopReason>);
+        let mut guard = Guard::new(
+            tokio::time::Instant::now() + Duration::from_secs(60),
+            &mut rx,
+        );
+        let git = GitRun {
+            timeout: Duration::from_secs(60),
+            guard: &mut guard,
+        };
+        prepare(src, roots, work, slot, git).await
+    }
 
     fn sh(dir: &Path, args: &[&str]) {
         let ok = std::process::Command::new("git")
@@ -319,6 +554,195 @@ mod tests {
             .unwrap()
             .success();
         assert!(ok, "git {args:?}");
+    }
+
+    /// An `http://` git URL whose server accepts connections and never answers.
+    fn hung_server() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in l.incoming() {
+                match c {
+                    Ok(s) => held.push(s),
+                    Err(_) => return,
+                }
+            }
+        });
+        format!("http://127.0.0.1:{port}/repo.git")
+    }
+
+    /// Live (not zombie) processes whose command line mentions `needle`.
+    fn procs_naming(needle: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(cmd);
+            }
+        }
+        found
+    }
+
+    /// Waits (up to 5 s) until no process names `url`.
+    async fn assert_no_git_left(url: &str) {
+        for _ in 0..50 {
+            if procs_naming(url).is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("git left running: {:?}", procs_naming(url));
+    }
+
+    fn git_src(url: &str) -> Source {
+        Source {
+            kind: Some(source::Kind::Git(msfleet_proto::GitSource {
+                url: url.into(),
+                r#ref: "main".into(),
+            })),
+        }
+    }
+
+    /// A hung fetch is cut by git's own timeout (an error naming git and the
+    /// setting), by the attempt's deadline and by its stop; git and its
+    /// helpers are gone each time.
+    #[tokio::test]
+    async fn a_hung_fetch_is_cut_by_the_git_timeout_the_deadline_and_a_stop() {
+        let url = hung_server();
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        let run = |git_timeout: Duration, deadline: Duration| {
+            let url = url.clone();
+            async move {
+                let (stop, mut rx) = watch::channel(None::<StopReason>);
+                let mut guard = Guard::new(tokio::time::Instant::now() + deadline, &mut rx);
+                let git = GitRun {
+                    timeout: git_timeout,
+                    guard: &mut guard,
+                };
+                let started = std::time::Instant::now();
+                let canceller = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    let _ = stop.send(Some(StopReason::Cancelled("by alice".into())));
+                    // Keep the sender: a dropped one reads as a shutdown.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+                let got = prepare(Some(&git_src(&url)), &[], work, "s", git).await;
+                canceller.abort();
+                (got.map(|w| w.dir), started.elapsed())
+            }
+        };
+        let long = Duration::from_secs(60);
+        let short = Duration::from_millis(300);
+        // git's own timeout, before the deadline and the stop.
+        let (got, took) = run(short, long).await;
+        let err = got.unwrap_err();
+        assert!(
+            matches!(err, SourceError::Git { what: "clone", .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("git clone failed for {url}: git did not finish within 300ms (the agent's --git-timeout); killed")
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_no_git_left(&url).await;
+        // The attempt's deadline.
+        let (got, _) = run(long, short).await;
+        match got.unwrap_err() {
+            SourceError::Halted { halt, during } => {
+                assert_eq!(halt, Halt::TimedOut);
+                assert_eq!(during, format!("the git clone of {url}"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_no_git_left(&url).await;
+        // A cancel.
+        let (got, took) = run(long, long).await;
+        match got.unwrap_err() {
+            SourceError::Halted { halt, .. } => {
+                assert_eq!(halt, Halt::Stop(StopReason::Cancelled("by alice".into())))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_no_git_left(&url).await;
+        assert!(
+            !work.join("workspaces").join("s").exists(),
+            "nothing half-made is kept"
+        );
+    }
+
+    fn make_repo(dir: &Path, text: &str) -> String {
+        std::fs::create_dir_all(dir).unwrap();
+        sh(dir, &["init", "-q", "-b", "main"]);
+        std::fs::write(dir.join("a.txt"), text).unwrap();
+        sh(dir, &["add", "."]);
+        sh(dir, &["commit", "-qm", "one"]);
+        dir.to_string_lossy().to_string()
+    }
+
+    /// The cache of one repository is locked from the fetch to the end of the
+    /// workspace checkout: a checkout of that repository waits (and gives up
+    /// with its attempt's deadline), one of another repository does not.
+    /// Two checkouts of one repository at once both get it.
+    #[tokio::test]
+    async fn the_git_cache_is_locked_per_repository() {
+        let tmp = tempfile::tempdir().unwrap();
+        let one = make_repo(&tmp.path().join("one"), "one");
+        let two = make_repo(&tmp.path().join("two"), "two");
+        let work = tmp.path().join("work");
+        let cache_root = work.join("git-cache");
+        std::fs::create_dir_all(&cache_root).unwrap();
+        let (_stop, mut rx) = watch::channel(None::<StopReason>);
+        let mut outer = Guard::new(
+            tokio::time::Instant::now() + Duration::from_secs(60),
+            &mut rx,
+        );
+        let lock_path = cache_root.join(format!("{}.lock", cache_name(&one)));
+        let held = RepoLock::acquire(&lock_path, &one, &mut outer)
+            .await
+            .unwrap();
+        // Another repository goes ahead.
+        let ws = prep(Some(&git_src(&two)), &[], &work, "b").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(ws.dir.join("a.txt")).unwrap(),
+            "two"
+        );
+        // The locked one waits until the attempt's deadline.
+        let (_stop2, mut rx2) = watch::channel(None::<StopReason>);
+        let mut guard = Guard::new(
+            tokio::time::Instant::now() + Duration::from_millis(400),
+            &mut rx2,
+        );
+        let git = GitRun {
+            timeout: Duration::from_secs(60),
+            guard: &mut guard,
+        };
+        match prepare(Some(&git_src(&one)), &[], &work, "a", git).await {
+            Err(SourceError::Halted { halt, during }) => {
+                assert_eq!(halt, Halt::TimedOut);
+                assert_eq!(during, format!("the wait for the git cache of {one}"));
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(held);
+        // Free again: two checkouts of it at once (the first clones the cache).
+        let src = git_src(&one);
+        let (x, y) = tokio::join!(
+            prep(Some(&src), &[], &work, "x"),
+            prep(Some(&src), &[], &work, "y")
+        );
+        for ws in [x.unwrap(), y.unwrap()] {
+            assert_eq!(
+                std::fs::read_to_string(ws.dir.join("a.txt")).unwrap(),
+                "one"
+            );
+        }
     }
 
     #[tokio::test]
@@ -341,18 +765,18 @@ mod tests {
                 r#ref: r.into(),
             })),
         };
-        let ws = prepare(Some(&src("main")), &[], &work, "a").await.unwrap();
+        let ws = prep(Some(&src("main")), &[], &work, "a").await.unwrap();
         assert_eq!(
             std::fs::read_to_string(ws.dir.join("a.txt")).unwrap(),
             "two"
         );
-        let ws = prepare(Some(&src("v1")), &[], &work, "b").await.unwrap();
+        let ws = prep(Some(&src("v1")), &[], &work, "b").await.unwrap();
         assert_eq!(
             std::fs::read_to_string(ws.dir.join("a.txt")).unwrap(),
             "one"
         );
         let commit = ws.commit.clone().unwrap();
-        let ws = prepare(Some(&src(&commit[..12])), &[], &work, "c")
+        let ws = prep(Some(&src(&commit[..12])), &[], &work, "c")
             .await
             .unwrap();
         assert_eq!(
@@ -360,7 +784,7 @@ mod tests {
             "one"
         );
         ws.cleanup().await;
-        let err = prepare(Some(&src("no-such-branch")), &[], &work, "d")
+        let err = prep(Some(&src("no-such-branch")), &[], &work, "d")
             .await
             .unwrap_err()
             .to_string();
@@ -413,12 +837,10 @@ mod tests {
             kind: Some(source::Kind::Dir(d.to_string_lossy().into())),
         };
         let roots = vec![root.clone()];
-        assert!(prepare(Some(&dir(&inside)), &roots, &root, "x")
-            .await
-            .is_ok());
-        let missing = prepare(Some(&dir(&root.join("nope"))), &roots, &root, "x").await;
+        assert!(prep(Some(&dir(&inside)), &roots, &root, "x").await.is_ok());
+        let missing = prep(Some(&dir(&root.join("nope"))), &roots, &root, "x").await;
         assert!(matches!(missing, Err(SourceError::NoSuchDir(_))));
-        let outside = prepare(Some(&dir(Path::new("/usr"))), &roots, &root, "x").await;
+        let outside = prep(Some(&dir(Path::new("/usr"))), &roots, &root, "x").await;
         assert!(matches!(outside, Err(SourceError::OutsideRoots { .. })));
     }
 
@@ -438,7 +860,7 @@ mod tests {
         let src = Source {
             kind: Some(source::Kind::Dir(text.to_string_lossy().into())),
         };
-        let got = prepare(Some(&src), std::slice::from_ref(&root), &base, "x").await;
+        let got = prep(Some(&src), std::slice::from_ref(&root), &base, "x").await;
         assert!(
             matches!(got, Err(SourceError::OutsideRoots { .. })),
             "{:?}",

@@ -2099,6 +2099,7 @@ async fn a_collection_burst_with_its_finish_splits_every_test_exactly_once() {
         outcome: pb::Outcome::Passed as i32,
         reason: "collected".into(),
         exit_code: 0,
+        ..Default::default()
     });
     agent.send(&r, 2 + ids.len() as u64, finished).await;
     let mut shards = Vec::new();
@@ -2122,6 +2123,7 @@ async fn a_collection_burst_with_its_finish_splits_every_test_exactly_once() {
             outcome: pb::Outcome::Passed as i32,
             reason: "passed".into(),
             exit_code: 0,
+            ..Default::default()
         });
         agent.send(&r, 2 + select.len() as u64, done).await;
     }

@@ -30,9 +30,7 @@ use super::metrics::{
     GPU_THROTTLE, PEAK_RSS,
 };
 use super::verdict::{self, Verdict};
-use crate::attempt::{
-    attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, StopReason, Updates,
-};
+use crate::attempt::{attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, Updates};
 use crate::config::AgentConfig;
 use crate::process::{OutputHook, ProcessGroup};
 use msfleet_proto::bench::WALL_TIME;
@@ -46,7 +44,6 @@ use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// Output of one run kept in memory for the extractors (the newest part).
 pub const OUTPUT_CAP: usize = 4 * 1024 * 1024;
@@ -542,10 +539,9 @@ pub async fn run(
     slot: &str,
     ws: &Path,
     tx: &Updates,
-    stop: &mut watch::Receiver<Option<StopReason>>,
+    guard: &mut Guard<'_>,
 ) -> Option<Finished> {
     let timeout = attempt_timeout(&a.spec);
-    let mut guard = Guard::new(tokio::time::Instant::now() + timeout, stop);
     let Some(spec) = a.spec.benchmark.as_ref() else {
         return finished(
             Outcome::Error,
@@ -574,7 +570,7 @@ pub async fn run(
             return finished(Outcome::Error, e.to_string(), -1);
         }
     };
-    let result = run_with(cfg, a, plan, ws, &scratch, &run_dir, slot, tx, &mut guard).await;
+    let result = run_with(cfg, a, plan, ws, &scratch, &run_dir, slot, tx, guard).await;
     let _ = tokio::fs::remove_dir_all(&scratch).await;
     match result {
         Ok(tally) => {
@@ -714,10 +710,11 @@ async fn run_with(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::attempt::AttemptKey;
+    use crate::attempt::{AttemptKey, StopReason};
     use msfleet_proto::bench::TOTAL_TIME;
     use msfleet_proto::BenchmarkSpec;
     use tokio::sync::mpsc;
+    use tokio::sync::watch;
 
     type Rx = mpsc::UnboundedReceiver<(AttemptKey, task_update::Kind)>;
 

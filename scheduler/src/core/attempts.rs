@@ -96,6 +96,23 @@ impl Core {
                     return reject(step, format!("case result refused: {}", s.message()), false);
                 }
             }
+            Some(task_update::Kind::Finished(f))
+                if f.refused && f.outcome() != Outcome::Requeue =>
+            {
+                let message = format!(
+                    "Finished.refused goes with outcome REQUEUE only, not {:?}",
+                    f.outcome()
+                );
+                return reject(step, message, false);
+            }
+            // A refused attempt never ran: its number is given again, so
+            // nothing of it may have been recorded.
+            Some(task_update::Kind::Finished(f)) if f.refused && att.applied_seq != 0 => {
+                let message = "Finished.refused must be the attempt's first update \
+                               (it says the attempt never started)"
+                    .to_string();
+                return reject(step, message, false);
+            }
             Some(task_update::Kind::Finished(f)) => limits::cut(&mut f.reason, limits::MAX_REASON),
             Some(_) => {}
         }
@@ -224,12 +241,18 @@ impl Core {
     }
 
     pub(super) fn finish(&mut self, task: u64, f: pb::Finished, step: &mut Step) {
+        let agent = self
+            .leases
+            .get(task)
+            .map(|l| l.agent.clone())
+            .unwrap_or_default();
+        if f.outcome() == Outcome::Requeue && f.refused {
+            self.requeue_refused(task, &agent, &f.reason, step);
+            return;
+        }
+        // The agent freed a slot: whatever it counted, it can take work again.
+        self.held_back.remove(&agent);
         if f.outcome() == Outcome::Requeue {
-            let agent = self
-                .leases
-                .get(task)
-                .map(|l| l.agent.clone())
-                .unwrap_or_default();
             if let Some(s) = self.agents.get_mut(&agent).and_then(|a| a.session.as_mut()) {
                 s.leaving = true;
             }
@@ -250,6 +273,61 @@ impl Core {
         }
         self.set_state(task, state, &f.reason, step);
         step.dispatch = true;
+    }
+
+    /// `agent` refused the attempt of `task` without starting it: all its
+    /// slots are taken, whatever the scheduler counted (attempts it still
+    /// runs that the scheduler already let go). The attempt never ran, so it
+    /// does not count against the job's retries (its number is given again),
+    /// the job is queued again, and dispatch passes `agent` over until it
+    /// finishes an attempt or the lease timeout has gone by.
+    fn requeue_refused(&mut self, task: u64, agent: &str, why: &str, step: &mut Step) {
+        self.leases.release(task);
+        let hold_ms = self.cfg.lease_timeout.as_millis() as i64;
+        self.held_back
+            .insert(agent.to_string(), self.now.saturating_add(hold_ms));
+        step.dispatch = true;
+        let Some(e) = self.jobs.get_mut(&task) else {
+            return;
+        };
+        let Some(att) = e.attempt.take() else { return };
+        e.job.attempts = e.job.attempts.saturating_sub(1);
+        tracing::warn!(
+            task,
+            attempt = att.attempt,
+            agent,
+            why,
+            "assignment refused by the agent"
+        );
+        if att.cancel_requested {
+            let reason = format!("cancelled (agent {agent} refused it before it started)");
+            self.set_state(task, JobState::Cancelled, &reason, step);
+            return;
+        }
+        let spec = e.job.spec.clone().unwrap_or_default();
+        let submitted = e.job.submitted_at_ms;
+        self.pending.push(
+            task,
+            &spec.queue,
+            spec.priority,
+            submitted,
+            self.aging_ms(&spec.queue),
+        );
+        let reason = format!(
+            "agent {agent} refused attempt {} ({why}); requeued",
+            att.attempt
+        );
+        self.set_state(task, JobState::Queued, &reason, step);
+    }
+
+    /// Ends the holds of [`Core::requeue_refused`] whose time is up.
+    fn release_holds(&mut self, step: &mut Step) {
+        let now = self.now;
+        let before = self.held_back.len();
+        self.held_back.retain(|_, until| now < *until);
+        if self.held_back.len() < before {
+            step.dispatch = true;
+        }
     }
 
     /// The attempt of `task` is gone: requeue it within the allowance its
@@ -323,6 +401,7 @@ impl Core {
     /// until it speaks again with what it runs ([`Core::heartbeat`],
     /// [`Core::register`]).
     pub(super) fn expire_leases(&mut self, step: &mut Step) {
+        self.release_holds(step);
         let now = self.now;
         let lease = self.cfg.lease_timeout.as_millis() as i64;
         let grace_end = self.started_ms + self.cfg.restart_grace.as_millis() as i64;
@@ -365,6 +444,7 @@ impl Core {
             .agents
             .iter()
             .filter(|(_, a)| a.takes_work())
+            .filter(|(n, _)| !self.held_back.contains_key(*n))
             .filter_map(|(n, a)| {
                 let held = self.leases.count_held_by(n);
                 (a.slots() > held).then(|| (n.clone(), a.slots() - held))
@@ -924,6 +1004,133 @@ mod tests {
         assert!(msgs
             .iter()
             .any(|m| matches!(m, Msg::Assign(x) if x.attempt.as_ref().unwrap().attempt == 2)));
+    }
+
+    /// What an agent sends when it refuses an assignment for lack of a slot.
+    fn refused(outcome: Outcome) -> msfleet_proto::task_update::Kind {
+        msfleet_proto::task_update::Kind::Finished(msfleet_proto::Finished {
+            outcome: outcome as i32,
+            reason: "agent a1 has no free slot".into(),
+            exit_code: -1,
+            refused: true,
+        })
+    }
+
+    #[test]
+    fn a_refused_assignment_is_requeued_uncounted_and_not_sent_straight_back() {
+        let mut h = Harness::with(lease_3s);
+        let mut a = h.register("a1", "cpu", 1);
+        let mut s = spec();
+        s.retries = Some(0);
+        let job = h.submit(s).unwrap();
+        let first = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        let msgs = h.update(&mut a, &first, 1, refused(Outcome::Requeue));
+        assert!(msgs.iter().any(|m| is_ack(m, 1)), "{msgs:?}");
+        assert!(
+            !msgs.iter().any(|m| matches!(m, Msg::Assign(_))),
+            "not sent straight back to the agent that refused it: {msgs:?}"
+        );
+        let view = h.job(&job.id);
+        assert_eq!(view.state(), Queued, "{}", view.reason);
+        assert_eq!(view.attempts, 0, "an attempt that never ran does not count");
+        assert_eq!(
+            view.reason,
+            "agent a1 refused attempt 1 (agent a1 has no free slot); requeued"
+        );
+        h.tick();
+        assert!(
+            h.assignments(&mut a).is_empty(),
+            "held back inside the hold"
+        );
+        // An agent with a free slot takes it at once; no retries were left
+        // to burn (retries = 0) and it still runs.
+        let mut b = h.register("b1", "cpu", 1);
+        let second = h.assignments(&mut b)[0].attempt.clone().unwrap();
+        assert_eq!(second.attempt, 1, "the number of an attempt that never ran");
+        assert!(second.epoch > first.epoch, "a new lease fences the old one");
+        h.finish(&mut b, &second, Outcome::Passed);
+        assert_eq!(h.state(&job.id), Passed);
+        assert_eq!(
+            h.state_log(&job.id),
+            vec![Queued, Assigned, Queued, Assigned, Running, Passed]
+        );
+    }
+
+    #[test]
+    fn a_refusing_agent_gets_work_again_once_it_finishes_an_attempt_or_the_hold_ends() {
+        let mut h = Harness::with(lease_3s);
+        let mut a = h.register("a1", "cpu", 2);
+        let one = h.submit(spec()).unwrap();
+        let two = h.submit(spec()).unwrap();
+        let got = h.assignments(&mut a);
+        assert_eq!(got.len(), 2);
+        let (r1, r2) = (
+            got[0].attempt.clone().unwrap(),
+            got[1].attempt.clone().unwrap(),
+        );
+        h.update(&mut a, &r1, 1, started());
+        // The agent runs one attempt on what it says is its only free slot.
+        h.update(&mut a, &r2, 1, refused(Outcome::Requeue));
+        h.tick();
+        assert!(h.assignments(&mut a).is_empty(), "held back");
+        assert_eq!(h.state(&two.id), Queued);
+        // Finishing its attempt frees a slot: it gets work again at once.
+        let again: Vec<_> = h
+            .update(&mut a, &r1, 2, finished(Outcome::Passed))
+            .into_iter()
+            .filter_map(|m| match m {
+                Msg::Assign(x) => Some(x),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(h.state(&one.id), Passed);
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_eq!(again[0].job_id, two.id);
+        // Refused once more; with nothing finishing, the hold ends with the lease timeout.
+        let r = again[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, refused(Outcome::Requeue));
+        h.advance(2_999);
+        h.tick();
+        assert!(h.assignments(&mut a).is_empty(), "still held");
+        h.advance(1);
+        h.tick();
+        let last = h.assignments(&mut a);
+        assert_eq!(last.len(), 1, "the hold is over");
+        h.finish(&mut a, &last[0].attempt.clone().unwrap(), Outcome::Passed);
+        let view = h.job(&two.id);
+        assert_eq!(
+            (view.state(), view.attempts),
+            (Passed, 1),
+            "{}",
+            view.reason
+        );
+    }
+
+    #[test]
+    fn refused_with_an_outcome_other_than_requeue_is_refused() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        let msgs = h.update(&mut a, &r, 1, refused(Outcome::Passed));
+        let (why, abandon) = reject(&msgs).expect("refused");
+        assert!(!abandon, "{why}");
+        assert_eq!(
+            why,
+            "Finished.refused goes with outcome REQUEUE only, not Passed"
+        );
+        assert_eq!(h.state(&job.id), Assigned, "nothing changed");
+        // Nor after the attempt has reported anything: then it ran.
+        h.update(&mut a, &r, 1, started());
+        let msgs = h.update(&mut a, &r, 2, refused(Outcome::Requeue));
+        let (why, abandon) = reject(&msgs).expect("refused");
+        assert!(!abandon, "{why}");
+        assert_eq!(
+            why,
+            "Finished.refused must be the attempt's first update (it says the attempt never started)"
+        );
+        assert_eq!(h.state(&job.id), Running, "nothing changed");
+        assert_eq!(h.job(&job.id).attempts, 1);
     }
 
     /// A regression found by `fuzz_core_agent_message_sequences`: a refusal

@@ -51,7 +51,8 @@ enum KindPick {
     Started,
     Log(usize),
     Test(&'static str, &'static str, &'static str),
-    Finished(i32),
+    /// Outcome, and whether the agent refused the assignment (no free slot).
+    Finished(i32, bool),
     Case(&'static str),
 }
 
@@ -137,7 +138,7 @@ fn kind_pick() -> impl Strategy<Value = KindPick> {
         ]
         .prop_map(KindPick::Log),
         4 => (nodeid, when, outcome).prop_map(|(n, w, o)| KindPick::Test(n, w, o)),
-        2 => (0..8i32).prop_map(KindPick::Finished),
+        2 => (0..8i32, prop::bool::weighted(0.25)).prop_map(|(o, r)| KindPick::Finished(o, r)),
         1 => prop::sample::select(&["case-a", "", "pass", "regression"][..]).prop_map(KindPick::Case),
     ]
 }
@@ -307,11 +308,14 @@ impl World {
                             ..Default::default()
                         }))
                     }
-                    KindPick::Finished(o) => Some(task_update::Kind::Finished(pb::Finished {
-                        outcome: *o,
-                        reason: "fuzz".into(),
-                        exit_code: 0,
-                    })),
+                    KindPick::Finished(o, refused) => {
+                        Some(task_update::Kind::Finished(pb::Finished {
+                            outcome: *o,
+                            reason: "fuzz".into(),
+                            exit_code: 0,
+                            refused: *refused,
+                        }))
+                    }
                     KindPick::Case(name) => Some(task_update::Kind::Case(pb::CaseResult {
                         name: name.to_string(),
                         verdict: name.to_string(),

@@ -385,6 +385,7 @@ pub fn finished(outcome: Outcome) -> task_update::Kind {
         outcome: outcome as i32,
         reason: format!("{outcome:?}"),
         exit_code: 0,
+        ..Default::default()
     })
 }
 

@@ -452,6 +452,9 @@ struct Core {
     tokens: tokens::TokenBook,
     /// What the auth layer reads; the core keeps it in step with `tokens`.
     token_index: Arc<TokenIndex>,
+    /// Agents that refused an assignment for lack of a slot, and until when
+    /// dispatch passes them over (see `Core::requeue_refused`).
+    held_back: BTreeMap<String, i64>,
 }
 
 const NEXT_EPOCH: &str = "next_epoch";
@@ -481,6 +484,7 @@ impl Core {
             next_epoch: 1,
             started_ms,
             now: started_ms,
+            held_back: BTreeMap::new(),
         };
         for (name, value) in snap.meta {
             if name == NEXT_EPOCH {

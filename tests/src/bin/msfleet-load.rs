@@ -245,7 +245,7 @@ async fn sim_agent(
                         let r = a.attempt.clone();
                         for (seq, kind) in [
                             (1, task_update::Kind::Started(pb::Started {})),
-                            (2, task_update::Kind::Finished(pb::Finished { outcome: pb::Outcome::Passed as i32, reason: String::new(), exit_code: 0 })),
+                            (2, task_update::Kind::Finished(pb::Finished { outcome: pb::Outcome::Passed as i32, reason: String::new(), exit_code: 0, ..Default::default() })),
                         ] {
                             tx.send(pb::AgentMessage { msg: Some(agent_message::Msg::Update(pb::TaskUpdate { attempt: r.clone(), seq, kind: Some(kind) })) }).await?;
                         }

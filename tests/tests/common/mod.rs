@@ -563,6 +563,8 @@ pub struct Agent {
     pub work_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    /// Environment variables set on top of the test's (e.g. a test-only fault).
+    env: Vec<(String, String)>,
     /// Processes the agent had started when it was killed (they live on, as
     /// after a real crash, until the test ends).
     orphans: Vec<ProcId>,
@@ -579,6 +581,19 @@ impl Agent {
         labels: &[&str],
         roots: &[PathBuf],
         extra: &[&str],
+    ) -> Agent {
+        Agent::start_with_env(sched_url, dir, name, labels, roots, extra, &[])
+    }
+
+    /// [`Agent::start`] with `env` set in the agent's environment.
+    pub fn start_with_env(
+        sched_url: &str,
+        dir: &Path,
+        name: &str,
+        labels: &[&str],
+        roots: &[PathBuf],
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Agent {
         let work_dir = dir.join("agents").join(name);
         std::fs::create_dir_all(&work_dir).unwrap();
@@ -623,6 +638,10 @@ impl Agent {
             work_dir,
             log: dir.join("logs").join(format!("msagent-{name}.log")),
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             orphans: Vec::new(),
         };
         a.spawn();
@@ -636,6 +655,7 @@ impl Agent {
             .env_remove("MSFLEET_SCHEDULER")
             .env_remove("MSFLEET_AGENT_TOKEN_FILE")
             .env_remove("MSFLEET_CA")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file(&self.log))
             .stderr(log_file(&self.log))
@@ -746,6 +766,28 @@ impl Fleet {
             labels,
             std::slice::from_ref(&self.root),
             extra,
+        );
+        self.agents.push(a);
+        self.wait_agent_connected(name);
+        self.agents.last_mut().unwrap()
+    }
+
+    /// [`Fleet::add_agent`] with `env` set in the agent's environment.
+    pub fn add_agent_with_env(
+        &mut self,
+        name: &str,
+        labels: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> &mut Agent {
+        let a = Agent::start_with_env(
+            &self.sched.url(),
+            self.dir.path(),
+            name,
+            labels,
+            std::slice::from_ref(&self.root),
+            extra,
+            env,
         );
         self.agents.push(a);
         self.wait_agent_connected(name);
