@@ -45,6 +45,12 @@ pub struct FileConfig {
     /// How many times pytest is restarted after a crash (default 3).
     pub max_crash_restarts: Option<u32>,
     pub npu_smi: Option<PathBuf>,
+    /// How often the host is probed again and its capabilities and health
+    /// sent to the scheduler, e.g. "60s" (the default).
+    pub probe_interval: Option<String>,
+    /// Disk free on the work dir below this (MiB) makes the host degraded
+    /// (default 2048).
+    pub min_disk_free_mb: Option<u64>,
     /// File with this agent's join token (`msctl agent token create`).
     pub token_file: Option<PathBuf>,
     /// CA (PEM) that signed the scheduler's certificate (https:// addresses).
@@ -118,6 +124,10 @@ impl FileConfig {
 
 /// Restarts of pytest after crashes, per attempt, unless configured.
 pub const DEFAULT_MAX_CRASH_RESTARTS: u32 = 3;
+/// How often the host is probed again by default.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+/// Disk free (MiB) under which the host is degraded by default.
+pub const DEFAULT_MIN_DISK_FREE_MB: u64 = 2048;
 
 /// The settings the agent runs with.
 #[derive(Debug, Clone)]
@@ -136,6 +146,10 @@ pub struct AgentConfig {
     /// the agent did not send, on the tests not yet reported.
     pub max_crash_restarts: u32,
     pub npu_smi: PathBuf,
+    /// How often the host is probed again (capabilities and health sent).
+    pub probe_interval: Duration,
+    /// Disk free on the work dir below this (MiB) makes the host degraded.
+    pub min_disk_free_mb: u64,
     /// How to reach the scheduler: address, CA, client certificate.
     pub target: Target,
     /// The join token, sent with every call (its Debug never shows the secret).
@@ -157,6 +171,8 @@ pub struct Overrides {
     pub kill_grace: Option<Duration>,
     pub max_crash_restarts: Option<u32>,
     pub npu_smi: Option<PathBuf>,
+    pub probe_interval: Option<Duration>,
+    pub min_disk_free_mb: Option<u64>,
     pub token_file: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
@@ -221,6 +237,17 @@ impl AgentConfig {
                 .map_err(|e| ConfigError::Invalid(format!("kill_grace '{s}': {e}")))?,
             (None, None) => Duration::from_secs(10),
         };
+        let probe_interval = match (flags.probe_interval, &file.probe_interval) {
+            (Some(d), _) => d,
+            (None, Some(s)) => humantime::parse_duration(s)
+                .map_err(|e| ConfigError::Invalid(format!("probe_interval '{s}': {e}")))?,
+            (None, None) => DEFAULT_PROBE_INTERVAL,
+        };
+        if probe_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(format!(
+                "probe interval {probe_interval:?} is shorter than 1s"
+            )));
+        }
         let token = match flags.token_file.or(file.token_file) {
             Some(p) => Some(
                 msfleet_proto::client::read_token_file(&p)
@@ -276,6 +303,11 @@ impl AgentConfig {
                 .npu_smi
                 .or(file.npu_smi)
                 .unwrap_or_else(|| PathBuf::from("npu-smi")),
+            probe_interval,
+            min_disk_free_mb: flags
+                .min_disk_free_mb
+                .or(file.min_disk_free_mb)
+                .unwrap_or(DEFAULT_MIN_DISK_FREE_MB),
             target,
             bearer,
             policy,

@@ -46,6 +46,14 @@ struct Args {
     /// The npu-smi binary.
     #[arg(long)]
     npu_smi: Option<PathBuf>,
+    /// How often to probe the host again and send its capabilities and health
+    /// (disk free, GPU and NPU health) to the scheduler (default 60s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    probe_interval: Option<Duration>,
+    /// Disk free on the work dir (MiB) below which the host is degraded and
+    /// the scheduler quarantines it (default 2048).
+    #[arg(long)]
+    min_disk_free_mb: Option<u64>,
     /// File with this agent's join token (`msctl agent token create NAME`).
     #[arg(long, env = "MSFLEET_AGENT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -98,6 +106,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             kill_grace: args.kill_grace,
             max_crash_restarts: args.max_crash_restarts,
             npu_smi: args.npu_smi,
+            probe_interval: args.probe_interval,
+            min_disk_free_mb: args.min_disk_free_mb,
             token_file: args.token_file,
             ca: args.ca,
             tls_cert: args.tls_cert,
@@ -110,15 +120,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = cfg;
     cfg.work_dir = std::fs::canonicalize(&cfg.work_dir)?;
     let cfg = Arc::new(cfg);
-    let probe_cfg = cfg.clone();
-    let facts = tokio::task::spawn_blocking(move || {
-        msagent::probe::probe_all(&probe_cfg.work_dir, &probe_cfg.python, &probe_cfg.npu_smi)
-    })
-    .await?;
+    let (facts, caps) = msagent::health::probe(&cfg).await;
     for note in &facts.notes {
         tracing::info!("probe: {note}");
     }
-    let caps = msagent::capabilities::report(&cfg, &facts);
     if args.probe {
         // JSON alone on stdout (`msagent --probe | jq .profile`): the probe
         // facts with the hardware profile key they make.

@@ -115,13 +115,21 @@ pub struct Session {
     updates_tx: mpsc::UnboundedSender<(AttemptKey, task_update::Kind)>,
     updates_rx: mpsc::UnboundedReceiver<(AttemptKey, task_update::Kind)>,
     shutting_down: bool,
+    /// Fresh capabilities from the periodic probe or a health check (the
+    /// newest only): sent as a `HealthReport`, and registered with after a
+    /// reconnect.
+    probes: watch::Sender<Option<Capabilities>>,
+    fresh: watch::Receiver<Option<Capabilities>>,
 }
 
 impl Session {
     pub fn new(cfg: Arc<AgentConfig>, caps: Capabilities) -> Session {
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let instance = format!("{}-{}-{}", cfg.name, std::process::id(), crate::now_ms());
+        let (probes, fresh) = watch::channel(None);
         Session {
+            probes,
+            fresh,
             cfg,
             caps,
             instance,
@@ -135,6 +143,10 @@ impl Session {
     /// Runs until `shutdown` turns true (then stops running tests and reports
     /// them) or the scheduler refuses the agent.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
+        tokio::spawn(crate::health::probe_every(
+            self.cfg.clone(),
+            self.probes.clone(),
+        ));
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.connect_once(&mut shutdown).await {
@@ -209,6 +221,9 @@ impl Session {
             .max_decoding_message_size(msfleet_proto::MAX_MESSAGE)
             .max_encoding_message_size(msfleet_proto::MAX_MESSAGE);
         let (out, out_rx) = mpsc::channel::<AgentMessage>(4096);
+        if let Some(caps) = self.fresh.borrow_and_update().clone() {
+            self.caps = caps;
+        }
         let register = msfleet_proto::Register {
             name: self.cfg.name.clone(),
             capabilities: Some(self.caps.clone()),
@@ -312,6 +327,18 @@ impl Session {
                         .collect();
                     let hb = AgentMessage { msg: Some(agent_message::Msg::Heartbeat(msfleet_proto::Heartbeat { running })) };
                     if out.send(hb).await.is_err() {
+                        return Disconnect::Retry("the session closed".into());
+                    }
+                }
+                Ok(()) = self.fresh.changed() => {
+                    let Some(caps) = self.fresh.borrow_and_update().clone() else { continue };
+                    self.caps = caps.clone();
+                    let report = AgentMessage {
+                        msg: Some(agent_message::Msg::HealthReport(msfleet_proto::HealthReport {
+                            capabilities: Some(caps),
+                        })),
+                    };
+                    if out.send(report).await.is_err() {
                         return Disconnect::Retry("the session closed".into());
                     }
                 }
@@ -424,6 +451,18 @@ impl Session {
         let updates =
             Updates::with_budget(key.clone(), self.updates_tx.clone(), attempt.logs.clone());
         self.attempts.insert(key, attempt);
+        if spec.spec.kind == crate::health::CHECK_KIND {
+            // A health check runs no source: it probes this host.
+            let probes = self.probes.clone();
+            tokio::spawn(crate::health::run_check(
+                self.cfg.clone(),
+                spec,
+                updates,
+                probes,
+                stop_rx,
+            ));
+            return;
+        }
         tokio::spawn(runner::run(self.cfg.clone(), spec, updates, stop_rx));
     }
 }

@@ -175,13 +175,33 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::SetAgentAdminRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
+        let by = caller(&req)?.name().to_string();
         let req = bounded(req)?;
         let admin = pb::AgentAdmin::try_from(req.admin)
             .map_err(|_| Status::invalid_argument(format!("unknown agent state {}", req.admin)))?;
-        let name = req.name;
+        let (name, reason) = (req.name, req.reason);
         Ok(Response::new(
             self.core
-                .call(|reply| Command::SetAgentAdmin { name, admin, reply })
+                .call(|reply| Command::SetAgentAdmin {
+                    name,
+                    admin,
+                    by,
+                    reason,
+                    reply,
+                })
+                .await?,
+        ))
+    }
+
+    async fn check_agent(
+        &self,
+        req: Request<pb::CheckAgentRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let by = caller(&req)?.name().to_string();
+        let name = bounded(req)?.name;
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::CheckAgent { name, by, reply })
                 .await?,
         ))
     }
@@ -452,6 +472,10 @@ impl AgentLink for AgentLinkService {
                         Some(agent_message::Msg::Update(update)) => {
                             core.send(Command::Update { session, update }).await
                         }
+                        Some(agent_message::Msg::HealthReport(report)) => match report.check() {
+                            Ok(()) => core.send(Command::HealthReport { session, report }).await,
+                            Err(status) => tracing::warn!(session, %status, "ignoring a health report"),
+                        },
                         Some(agent_message::Msg::Register(_)) | None => {
                             tracing::warn!(session, "ignoring a repeated or empty agent message")
                         }

@@ -25,6 +25,9 @@ pub struct Config {
     pub default_timeout: Duration,
     /// Retries of a lost attempt for jobs that set none.
     pub default_retries: u32,
+    /// Attempts in a row ending `error` on one agent that quarantine it
+    /// (0: never).
+    pub quarantine_after: u32,
     /// Queue name -> wait that raises a job's priority by one.
     pub queues: BTreeMap<String, Duration>,
     /// How long a job may wait unstarted when its spec sets no expiry:
@@ -84,6 +87,7 @@ impl Config {
             restart_grace: Duration::from_secs(30),
             default_timeout: Duration::from_secs(3600),
             default_retries: 2,
+            quarantine_after: 3,
             queues: BUILTIN_QUEUES
                 .iter()
                 .map(|q| (q.to_string(), Duration::from_secs(300)))

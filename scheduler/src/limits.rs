@@ -59,6 +59,8 @@ pub const MAX_REFS: usize = 4096;
 /// Text of a `Finished` reason kept (longer is cut, not refused: refusing
 /// the last update of an attempt would leave it running forever).
 pub const MAX_REASON: usize = 4096;
+/// Longest reason a person gives (an admin's quarantine).
+pub const MAX_TEXT_REASON: usize = 1024;
 
 fn too_long(what: &str, len: usize, max: usize) -> Status {
     Status::invalid_argument(format!(
@@ -229,7 +231,11 @@ bounded! {
     pb::ListAgentsRequest => |_r| Ok(());
     pb::ListQueuesRequest => |_r| Ok(());
     pb::ListSchedulesRequest => |_r| Ok(());
-    pb::SetAgentAdminRequest => |r| text("agent name", &r.name, MAX_NAME);
+    pb::SetAgentAdminRequest => |r| {
+        text("agent name", &r.name, MAX_NAME)?;
+        text("reason", &r.reason, MAX_TEXT_REASON)
+    };
+    pb::CheckAgentRequest => |r| text("agent name", &r.name, MAX_NAME);
     pb::ScheduleName => |r| text("schedule name", &r.name, MAX_NAME);
     pb::SetSchedulePausedRequest => |r| text("schedule name", &r.name, MAX_NAME);
     pb::Schedule => |r| {
@@ -293,10 +299,28 @@ bounded! {
             list("roots", &c.roots, MAX_LABELS, MAX_PATH)?;
             map("agent labels", c.labels.iter(), MAX_LABELS, MAX_TEXT)?;
             text("profile", &c.profile, MAX_NAME)?;
+            health(c)?;
         }
         Ok(())
     };
     pb::Heartbeat => |r| refs(&r.running);
+    pb::HealthReport => |r| {
+        use prost::Message;
+        let caps = r.capabilities.as_ref().map_or(0, |c| c.encoded_len());
+        if caps > MAX_CAPABILITIES {
+            return Err(too_long("capabilities (encoded)", caps, MAX_CAPABILITIES));
+        }
+        r.capabilities.as_ref().map_or(Ok(()), health)
+    };
+}
+
+/// The health summary an agent reports with its capabilities.
+fn health(c: &pb::Capabilities) -> Result<(), Status> {
+    if let Some(h) = &c.health {
+        text("health status", &h.status, MAX_WORD)?;
+        list("health reasons", &h.reasons, MAX_LABELS, MAX_NAME)?;
+    }
+    Ok(())
 }
 
 fn refs(refs: &[pb::AttemptRef]) -> Result<(), Status> {
@@ -514,7 +538,9 @@ mod tests {
             Box::new(pb::SetAgentAdminRequest {
                 name: long.clone(),
                 admin: 0,
+                reason: String::new(),
             }),
+            Box::new(pb::CheckAgentRequest { name: long.clone() }),
             Box::new(pb::AcceptBaselinesRequest {
                 job_id: long.clone(),
                 who: String::new(),

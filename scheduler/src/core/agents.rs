@@ -43,11 +43,12 @@ impl AgentEntry {
 
 /// The one place an agent's shown state is decided (`msctl agents`, metrics,
 /// the dashboard all read `Agent.state`): the admin state wins, then whether
-/// a session is open, then whether it runs anything.
+/// a session is open, then whether it runs anything. A quarantined agent's
+/// reason says who or what quarantined it and why (durable).
 pub(super) fn agent_state(a: &AgentEntry, running: usize) -> (&'static str, String) {
     match a.record.admin() {
         AgentAdmin::Drained => return ("drained", String::new()),
-        AgentAdmin::Quarantined => return ("quarantined", String::new()),
+        AgentAdmin::Quarantined => return ("quarantined", a.record.quarantine_reason.clone()),
         AgentAdmin::Active | AgentAdmin::Unspecified => {}
     }
     match &a.session {
@@ -79,10 +80,15 @@ impl Core {
         v
     }
 
+    /// An admin sets an agent's state: `by` (the caller's token name) and
+    /// `reason` become a quarantine's reason; active or drained ends a
+    /// quarantine.
     pub(super) fn set_admin(
         &mut self,
         name: &str,
         admin: AgentAdmin,
+        by: &str,
+        reason: &str,
         step: &mut Step,
     ) -> Result<Agent, Status> {
         if admin == AgentAdmin::Unspecified {
@@ -90,15 +96,22 @@ impl Core {
                 "say which state: active, drained or quarantined",
             ));
         }
-        let a = self.agents.get_mut(name).ok_or_else(|| {
-            Status::not_found(format!(
+        if !self.agents.contains_key(name) {
+            return Err(Status::not_found(format!(
                 "no agent named '{}' has ever registered",
                 crate::clip(name)
-            ))
-        })?;
-        a.record.admin = admin as i32;
-        step.writes.put_agent(&a.record);
-        step.dispatch = true;
+            )));
+        }
+        match admin {
+            AgentAdmin::Quarantined => {
+                let why = match reason.trim() {
+                    "" => format!("admin {by}"),
+                    r => format!("admin {by}: {r}"),
+                };
+                self.quarantine(name, why, false, step);
+            }
+            _ => self.clear_quarantine(name, admin, step),
+        }
         Ok(self.agent_view(name))
     }
 
@@ -227,6 +240,7 @@ impl Core {
                 }),
             );
         }
+        self.apply_health(&name, step);
         step.dispatch = true;
         Ok(())
     }
@@ -362,8 +376,7 @@ mod tests {
         name: &str,
         admin: AgentAdmin,
     ) -> Result<msfleet_proto::Agent, tonic::Status> {
-        let name = name.to_string();
-        h.call(|reply| Command::SetAgentAdmin { name, admin, reply })
+        h.set_admin(name, admin)
     }
 
     #[test]

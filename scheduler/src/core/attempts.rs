@@ -227,11 +227,15 @@ impl Core {
             Outcome::TimedOut => JobState::TimedOut,
             Outcome::Error | Outcome::Unspecified | Outcome::Requeue => JobState::Error,
         };
+        let agent = self.leases.get(task).map(|l| l.agent.clone());
         self.leases.release(task);
         if let Some(e) = self.jobs.get_mut(&task) {
             e.attempt = None;
         }
         self.set_state(task, state, &f.reason, step);
+        if let Some(agent) = agent {
+            self.judge_agent(&agent, task, state, &f.reason, step);
+        }
         step.dispatch = true;
     }
 
@@ -251,7 +255,7 @@ impl Core {
                 &format!("cancelled ({why})"),
                 step,
             );
-        } else if e.job.attempts <= retries {
+        } else if e.job.attempts.saturating_sub(e.job.quarantined_attempts) <= retries {
             let spec = e.job.spec.clone().unwrap_or_default();
             let submitted = e.job.submitted_at_ms;
             self.pending.push(
@@ -296,12 +300,13 @@ impl Core {
         }
     }
 
-    /// Hands pending jobs to agents with free slots, highest rank first.
+    /// Hands pending jobs to agents with free slots, highest rank first (a
+    /// drained or quarantined agent takes only its health checks).
     pub(super) fn dispatch(&mut self, step: &mut Step) {
         let mut free: Vec<(String, usize)> = self
             .agents
             .iter()
-            .filter(|(_, a)| a.takes_work())
+            .filter(|(_, a)| a.connected_for_work())
             .filter_map(|(n, a)| {
                 let held = self.leases.count_held_by(n);
                 (a.slots() > held).then(|| (n.clone(), a.slots() - held))
@@ -321,7 +326,7 @@ impl Core {
             let Some(spec) = &e.job.spec else { continue };
             let pick = free.iter().position(|(n, _)| {
                 let a = &self.agents[n];
-                fits(&e.req, spec, &a.attrs, a.caps())
+                a.accepts(spec) && fits(&e.req, spec, &a.attrs, a.caps())
             });
             if let Some(i) = pick {
                 chosen.push((id, free[i].0.clone()));

@@ -45,6 +45,7 @@ mod events;
 mod fuzz;
 #[cfg(test)]
 mod harness;
+mod health;
 mod jobs;
 mod parents;
 mod schedules;
@@ -235,7 +236,16 @@ pub enum Command {
     SetAgentAdmin {
         name: String,
         admin: AgentAdmin,
+        /// The caller's token name and their reason (quarantine).
+        by: String,
+        reason: String,
         reply: Reply<Agent>,
+    },
+    /// A health-check job pinned to agent `name`.
+    CheckAgent {
+        name: String,
+        by: String,
+        reply: Reply<Job>,
     },
     ListQueues {
         reply: Reply<Vec<pb::Queue>>,
@@ -299,6 +309,11 @@ pub enum Command {
     Update {
         session: u64,
         update: pb::TaskUpdate,
+    },
+    /// An agent's periodic probe: fresh capabilities.
+    HealthReport {
+        session: u64,
+        report: pb::HealthReport,
     },
     Disconnected {
         session: u64,
@@ -707,8 +722,18 @@ impl Core {
                 let r = Ok(self.list_agents());
                 step.reply(reply, r);
             }
-            Command::SetAgentAdmin { name, admin, reply } => {
-                let r = self.set_admin(&name, admin, step);
+            Command::SetAgentAdmin {
+                name,
+                admin,
+                by,
+                reason,
+                reply,
+            } => {
+                let r = self.set_admin(&name, admin, &by, &reason, step);
+                step.reply(reply, r);
+            }
+            Command::CheckAgent { name, by, reply } => {
+                let r = self.check_agent(&name, &by, step);
                 step.reply(reply, r);
             }
             Command::ListQueues { reply } => {
@@ -772,6 +797,9 @@ impl Core {
             }
             Command::Heartbeat { session, hb } => self.heartbeat(session, hb, step),
             Command::Update { session, update } => self.update(session, update, step),
+            Command::HealthReport { session, report } => {
+                self.health_report(session, report, step)
+            }
             Command::Disconnected { session } => self.disconnected(session),
             Command::CreateToken {
                 req,
