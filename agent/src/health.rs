@@ -247,7 +247,11 @@ mod tests {
             "/tests/fixtures/npu-smi/info-910b-8card-24.1.0.txt"
         ))
         .expect("fixture");
-        let sick = table.replacen("| 5     910B                | OK  ", "| 5     910B                | Alarm", 1);
+        let sick = table.replacen(
+            "| 5     910B                | OK            |",
+            "| 5     910B                | Alarm         |",
+            1,
+        );
         assert_ne!(sick, table, "the fixture has card 5");
         f.npus = npu::parse_info(&sick).expect("parses");
         let h = assess(&f, 2048, false);

@@ -1040,6 +1040,8 @@ def test_param(p):
             kill_grace: Duration::from_secs(2),
             max_crash_restarts: 3,
             npu_smi: "npu-smi".into(),
+            probe_interval: crate::config::DEFAULT_PROBE_INTERVAL,
+            min_disk_free_mb: crate::config::DEFAULT_MIN_DISK_FREE_MB,
             target: Default::default(),
             bearer: msfleet_proto::client::Bearer::new(None).unwrap(),
             policy: msfleet_proto::policy::defaults(),
@@ -1767,6 +1769,8 @@ def test_quotes_it():
             kill_grace: Duration::from_secs(1),
             max_crash_restarts: 3,
             npu_smi: "npu-smi".into(),
+            probe_interval: crate::config::DEFAULT_PROBE_INTERVAL,
+            min_disk_free_mb: crate::config::DEFAULT_MIN_DISK_FREE_MB,
             policy: pb::AgentPolicy {
                 allow_bench_commands: vec!["python3".into()],
                 ..msfleet_proto::policy::defaults()

@@ -220,21 +220,43 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
         Command::Agent {
             action: AgentAction::Token { action },
         } => crate::tokens::agents(&mut client, action).await,
+        Command::Agent {
+            action: AgentAction::Check { name, json },
+        } => {
+            let job = client
+                .check_agent(pb::CheckAgentRequest { name })
+                .await?
+                .into_inner();
+            if json {
+                crate::outln!("{}", render::job_json(&job));
+            } else {
+                eprintln!("submitted health check job {}", job.id);
+            }
+            watch(&mut client, &job.id, json).await
+        }
         Command::Agent { action } => {
-            let (name, admin) = match action {
-                AgentAction::Drain { name } => (name, pb::AgentAdmin::Drained),
-                AgentAction::Undrain { name } => (name, pb::AgentAdmin::Active),
-                AgentAction::Quarantine { name } => (name, pb::AgentAdmin::Quarantined),
-                AgentAction::Token { .. } => unreachable!("matched above"),
+            let (name, admin, reason) = match action {
+                AgentAction::Drain { name } => (name, pb::AgentAdmin::Drained, String::new()),
+                AgentAction::Undrain { name } => (name, pb::AgentAdmin::Active, String::new()),
+                AgentAction::Quarantine { name, reason } => {
+                    (name, pb::AgentAdmin::Quarantined, reason)
+                }
+                AgentAction::Token { .. } | AgentAction::Check { .. } => {
+                    unreachable!("matched above")
+                }
             };
             let a = client
                 .set_agent_admin(pb::SetAgentAdminRequest {
                     name,
                     admin: admin as i32,
+                    reason,
                 })
                 .await?
                 .into_inner();
-            crate::outln!("agent {}: {}", a.name, a.admin().label());
+            match a.state_reason.as_str() {
+                "" => crate::outln!("agent {}: {}", a.name, a.admin().label()),
+                why => crate::outln!("agent {}: {} ({why})", a.name, a.admin().label()),
+            }
             Ok(exit::OK)
         }
         Command::Queues { json } => {

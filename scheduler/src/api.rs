@@ -474,7 +474,9 @@ impl AgentLink for AgentLinkService {
                         }
                         Some(agent_message::Msg::HealthReport(report)) => match report.check() {
                             Ok(()) => core.send(Command::HealthReport { session, report }).await,
-                            Err(status) => tracing::warn!(session, %status, "ignoring a health report"),
+                            Err(status) => {
+                                tracing::warn!(session, %status, "ignoring a health report")
+                            }
                         },
                         Some(agent_message::Msg::Register(_)) | None => {
                             tracing::warn!(session, "ignoring a repeated or empty agent message")

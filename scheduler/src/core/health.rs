@@ -30,8 +30,7 @@ impl AgentEntry {
     /// Whether the agent may be given `spec` now: an active agent any job, a
     /// drained or quarantined one only a health check (pinned to it).
     pub(super) fn accepts(&self, spec: &JobSpec) -> bool {
-        self.connected_for_work()
-            && (self.record.admin() == AgentAdmin::Active || is_check(spec))
+        self.connected_for_work() && (self.record.admin() == AgentAdmin::Active || is_check(spec))
     }
 }
 
@@ -207,7 +206,12 @@ impl Core {
     /// An agent's periodic probe: its probed facts (host, devices, health)
     /// replace the stored ones; what it registered with (labels and profile
     /// from its token, roots, policy, slots) stays.
-    pub(super) fn health_report(&mut self, session: u64, report: pb::HealthReport, step: &mut Step) {
+    pub(super) fn health_report(
+        &mut self,
+        session: u64,
+        report: pb::HealthReport,
+        step: &mut Step,
+    ) {
         let Some((name, _)) = self.session_agent(session) else {
             return;
         };
@@ -369,8 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quarantined_agents_running_attempt_is_stopped_and_runs_elsewhere_without_using_a_retry()
-    {
+    fn a_quarantined_agents_running_attempt_is_stopped_and_runs_elsewhere_without_using_a_retry() {
         let mut h = Harness::new();
         let mut a = h.register("a1", "cpu", 1);
         let mut s = spec();

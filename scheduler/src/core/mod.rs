@@ -797,9 +797,7 @@ impl Core {
             }
             Command::Heartbeat { session, hb } => self.heartbeat(session, hb, step),
             Command::Update { session, update } => self.update(session, update, step),
-            Command::HealthReport { session, report } => {
-                self.health_report(session, report, step)
-            }
+            Command::HealthReport { session, report } => self.health_report(session, report, step),
             Command::Disconnected { session } => self.disconnected(session),
             Command::CreateToken {
                 req,
