@@ -63,6 +63,7 @@ const MATRIX: &[(&str, [Got; 7])] = &[
     ("Fleet/WatchJob", [U, K, K, K, D, U, D]),
     ("Fleet/ListAgents", [U, K, K, K, D, U, D]),
     ("Fleet/SetAgentAdmin", [U, D, D, K, D, U, D]),
+    ("Fleet/CheckAgent", [U, D, D, K, D, U, D]),
     ("Fleet/ListQueues", [U, K, K, K, D, U, D]),
     ("Fleet/ListBaselines", [U, K, K, K, D, U, D]),
     ("Fleet/AcceptBaselines", [U, D, D, K, D, U, D]),
@@ -155,6 +156,12 @@ async fn call(m: &Matrix, method: &str, who: Caller) -> Got {
             .set_agent_admin(pb::SetAgentAdminRequest {
                 name: "nobody".into(),
                 admin: pb::AgentAdmin::Drained as i32,
+                reason: String::new(),
+            })
+            .await),
+        "Fleet/CheckAgent" => got(f
+            .check_agent(pb::CheckAgentRequest {
+                name: "nobody".into(),
             })
             .await),
         "Fleet/ListQueues" => got(f.list_queues(pb::ListQueuesRequest {}).await),
