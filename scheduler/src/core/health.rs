@@ -13,6 +13,9 @@ use super::*;
 /// The job kind of a health check: made only by [`Core::check_agent`].
 pub(super) const CHECK_KIND: &str = "check";
 
+/// Longest quarantine reason kept (it is also said in refusals to the agent).
+const MAX_QUARANTINE_REASON: usize = 900;
+
 /// How long a health check may run, and wait for its agent.
 const CHECK_TIMEOUT_MS: i64 = 5 * 60 * 1000;
 const CHECK_EXPIRE_AFTER_MS: i64 = 10 * 60 * 1000;
@@ -48,7 +51,7 @@ impl Core {
             return;
         }
         let mut reason = reason;
-        limits::cut(&mut reason, limits::MAX_REASON);
+        limits::cut(&mut reason, MAX_QUARANTINE_REASON);
         tracing::warn!(agent = %name, auto, %reason, "agent quarantined");
         a.record.admin = AgentAdmin::Quarantined as i32;
         a.record.quarantine_reason = reason.clone();
@@ -258,10 +261,16 @@ impl Core {
         by: &str,
         step: &mut Step,
     ) -> Result<Job, Status> {
-        if !self.agents.contains_key(name) {
+        let Some(a) = self.agents.get(name) else {
             return Err(Status::not_found(format!(
                 "no agent named '{}' has ever registered",
                 crate::clip(name)
+            )));
+        };
+        if !a.connected_for_work() {
+            return Err(Status::failed_precondition(format!(
+                "agent '{name}' is not connected (or is shutting down): a health check runs on \
+                 the agent itself; start its msagent and check again"
             )));
         }
         check_name("agent", name)?;
@@ -482,6 +491,17 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound);
+        let a = h.register("a1", "cpu", 1);
+        h.disconnect(&a);
+        let e = h
+            .call(|reply| Command::CheckAgent {
+                name: "a1".into(),
+                by: "ana".into(),
+                reply,
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("not connected"), "{}", e.message());
         let _a = h.register("a1", "cpu", 1);
         let mut s = spec();
         s.kind = "check".into();
