@@ -415,6 +415,33 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_interval_and_disk_threshold_come_from_file_and_flags() {
+        let cfg = AgentConfig::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(cfg.probe_interval, DEFAULT_PROBE_INTERVAL);
+        assert_eq!(cfg.min_disk_free_mb, DEFAULT_MIN_DISK_FREE_MB);
+        let file = || -> FileConfig {
+            toml::from_str("probe_interval = \"5m\"\nmin_disk_free_mb = 512\n").unwrap()
+        };
+        let cfg = AgentConfig::resolve(file(), Overrides::default()).unwrap();
+        assert_eq!(cfg.probe_interval, Duration::from_secs(300));
+        assert_eq!(cfg.min_disk_free_mb, 512);
+        let flags = Overrides {
+            probe_interval: Some(Duration::from_secs(2)),
+            min_disk_free_mb: Some(1),
+            ..Default::default()
+        };
+        let cfg = AgentConfig::resolve(file(), flags).unwrap();
+        assert_eq!(cfg.probe_interval, Duration::from_secs(2));
+        assert_eq!(cfg.min_disk_free_mb, 1);
+        let too_often = Overrides {
+            probe_interval: Some(Duration::from_millis(10)),
+            ..Default::default()
+        };
+        let e = AgentConfig::resolve(FileConfig::default(), too_often).unwrap_err();
+        assert!(e.to_string().contains("shorter than 1s"), "{e}");
+    }
+
+    #[test]
     fn the_policy_defaults_and_what_the_owner_changes() {
         let cfg = AgentConfig::resolve(FileConfig::default(), Overrides::default()).unwrap();
         assert_eq!(cfg.policy, msfleet_proto::policy::defaults());
