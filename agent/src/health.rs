@@ -67,9 +67,13 @@ pub fn assess(facts: &HardwareFacts, min_disk_free_mb: u64, need_pytest: bool) -
     }
 }
 
-/// `2.0 GB` from MiB, one decimal.
+/// `2.0 GB` from MiB, one decimal (`64 MB` under 100 MiB).
 fn gigabytes(mb: u64) -> String {
-    format!("{:.1} GB", mb as f64 / 1024.0)
+    if mb < 100 {
+        format!("{mb} MB")
+    } else {
+        format!("{:.1} GB", mb as f64 / 1024.0)
+    }
 }
 
 /// Probes the host off the async threads (npu-smi, python and NVML block) and
@@ -263,6 +267,10 @@ mod tests {
                 "gpu 3: uncorrected ECC errors (12)",
                 "npu 5: Alarm"
             ]
+        );
+        assert_eq!(
+            assess(&facts(20), 64, false).reasons,
+            ["disk free 20 MB < 64 MB"]
         );
         let check = assess(&f, 2048, true);
         assert_eq!(

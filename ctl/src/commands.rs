@@ -232,7 +232,12 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
             } else {
                 eprintln!("submitted health check job {}", job.id);
             }
-            watch(&mut client, &job.id, json).await
+            let code = watch(&mut client, &job.id, json).await?;
+            if !json {
+                // The findings, one line per rule the agent checked.
+                logs(&mut client, &job.id, false).await?;
+            }
+            Ok(code)
         }
         Command::Agent { action } => {
             let (name, admin, reason) = match action {

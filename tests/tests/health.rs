@@ -141,6 +141,10 @@ fn three_infra_errors_quarantine_the_agent_and_a_passing_check_releases_it() {
     assert_eq!(out.code, 0, "{out}");
     assert!(out.stdout.contains("passed"), "{out}");
     assert!(out.stdout.contains("healthy: disk free"), "{out}");
+    assert!(
+        out.stdout.contains("npu 5 chip 0 910B: OK"),
+        "the findings: {out}"
+    );
     let j = f.wait_terminal(&waiting);
     assert_eq!(j["state"], "passed", "the waiting job runs now: {j}");
     assert_eq!(j["agent"], "a1", "{j}");

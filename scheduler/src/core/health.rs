@@ -481,6 +481,48 @@ mod tests {
     }
 
     #[test]
+    fn the_infra_error_run_survives_a_restart_and_zero_turns_it_off() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        run_one(&mut h, &mut a, "a1", Outcome::Error);
+        run_one(&mut h, &mut a, "a1", Outcome::Error);
+        h.reload();
+        assert_eq!(agent(&mut h, "a1").infra_errors, 2, "durable");
+        let mut a = h.register("a1", "cpu", 1);
+        run_one(&mut h, &mut a, "a1", Outcome::Error);
+        assert_eq!(agent(&mut h, "a1").state, "quarantined");
+
+        let mut h = Harness::with(|c| c.quarantine_after = 0);
+        let mut a = h.register("a1", "cpu", 1);
+        for _ in 0..5 {
+            run_one(&mut h, &mut a, "a1", Outcome::Error);
+        }
+        let a = agent(&mut h, "a1");
+        assert_eq!((a.state.as_str(), a.infra_errors), ("online", 5));
+    }
+
+    #[test]
+    fn an_agent_that_registers_degraded_is_quarantined_at_once() {
+        let mut h = Harness::new();
+        let mut sick = caps("cpu", 1);
+        sick.health = Some(HealthSummary {
+            status: "degraded".into(),
+            reasons: vec!["disk free 0.4 GB < 2.0 GB".into()],
+            probed_at_ms: T0,
+        });
+        let mut a = h.register_as("a1", "a1-1", sick, Vec::new()).unwrap();
+        let q = agent(&mut h, "a1");
+        assert_eq!(q.state, "quarantined");
+        assert_eq!(q.state_reason, "unhealthy probe: disk free 0.4 GB < 2.0 GB");
+        let job = h.submit(spec()).unwrap();
+        assert!(h.assignments(&mut a).is_empty(), "no work");
+        assert_eq!(
+            h.job(&job.id).warnings,
+            vec!["every matching agent is offline, drained or quarantined"]
+        );
+    }
+
+    #[test]
     fn a_check_needs_a_known_agent_and_a_user_cannot_submit_one() {
         let mut h = Harness::new();
         let e = h
