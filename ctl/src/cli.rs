@@ -319,7 +319,8 @@ pub enum BaselineAction {
 pub enum AgentAction {
     /// Finish running work, take nothing new.
     Drain { name: String },
-    /// Take work again (also ends a quarantine).
+    /// Take work again (also ends a quarantine; alias `release`).
+    #[command(visible_alias = "release")]
     Undrain { name: String },
     /// Take nothing new but health checks, and stop what it runs now (its
     /// attempts are requeued elsewhere without using a retry): its results

@@ -1392,6 +1392,37 @@ mod tests {
         Cli::try_parse_from(["msctl"].iter().chain(args).copied())
     }
 
+    fn agent_action(args: &[&str]) -> AgentAction {
+        match parse(args) {
+            Ok(Cli {
+                command: Command::Agent { action },
+                ..
+            }) => action,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn agent_quarantine_release_and_check() {
+        assert!(matches!(
+            agent_action(&["agent", "quarantine", "h1", "--reason", "fan noise"]),
+            AgentAction::Quarantine { name, reason } if name == "h1" && reason == "fan noise"
+        ));
+        assert!(matches!(
+            agent_action(&["agent", "quarantine", "h1"]),
+            AgentAction::Quarantine { reason, .. } if reason.is_empty()
+        ));
+        assert!(matches!(
+            agent_action(&["agent", "release", "h1"]),
+            AgentAction::Undrain { name } if name == "h1"
+        ));
+        assert!(matches!(
+            agent_action(&["agent", "check", "h1", "--json"]),
+            AgentAction::Check { name, json: true } if name == "h1"
+        ));
+        assert!(parse(&["agent", "check"]).is_err(), "check needs a name");
+    }
+
     fn schedule_action(args: &[&str]) -> ScheduleAction {
         match parse(args) {
             Ok(Cli {
