@@ -126,15 +126,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.probe {
         // JSON alone on stdout (`msagent --probe | jq .profile`): the probe
-        // facts with the hardware profile key they make.
+        // facts with the hardware profile key and the health they make.
         let mut report = serde_json::to_value(&facts)?;
         if let Some(obj) = report.as_object_mut() {
             obj.insert("profile".into(), caps.profile.clone().into());
+            if let Some(h) = &caps.health {
+                obj.insert(
+                    "health".into(),
+                    serde_json::json!({ "status": h.status, "reasons": h.reasons }),
+                );
+            }
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     msagent::process::reap_orphans(&cfg.work_dir);
+    if let Some(h) = caps.health.as_ref().filter(|h| h.status != "ok") {
+        tracing::warn!(reasons = ?h.reasons, "probe: host degraded (the scheduler quarantines it)");
+    }
     tracing::info!(
         name = %cfg.name,
         profile = %caps.profile,
