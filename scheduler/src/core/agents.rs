@@ -35,9 +35,10 @@ impl AgentEntry {
         self.caps().slots.max(1) as usize
     }
 
+    /// Connected and active: takes any job (fan-out counts it as a column
+    /// that runs).
     pub(super) fn takes_work(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| !s.leaving)
-            && self.record.admin() == AgentAdmin::Active
+        self.connected_for_work() && self.record.admin() == AgentAdmin::Active
     }
 }
 

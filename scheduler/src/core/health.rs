@@ -88,20 +88,20 @@ impl Core {
         step.dispatch = true;
     }
 
-    /// Takes agent `name` out of quarantine (or records that it is not in
-    /// one) as `admin`, with its infra error run reset.
+    /// Sets agent `name`'s admin state to `admin` (active or drained); out
+    /// of a quarantine, its run of infra errors starts again.
     pub(super) fn clear_quarantine(&mut self, name: &str, admin: AgentAdmin, step: &mut Step) {
         let Some(a) = self.agents.get_mut(name) else {
             return;
         };
         if a.record.admin() == AgentAdmin::Quarantined {
             tracing::info!(agent = %name, "agent released from quarantine");
+            a.record.infra_errors = 0;
         }
         a.record.admin = admin as i32;
         a.record.quarantine_reason.clear();
         a.record.quarantine_auto = false;
         a.record.quarantined_at_ms = 0;
-        a.record.infra_errors = 0;
         step.writes.put_agent(&a.record);
         step.dispatch = true;
     }
