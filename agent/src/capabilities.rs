@@ -1,5 +1,6 @@
 //! What the agent tells the scheduler about itself: probe facts, labels, roots,
-//! its owner's policy and the hardware profile key, as a `msfleet.v1.Capabilities`.
+//! its owner's policy, the hardware profile key and the host's health, as a
+//! `msfleet.v1.Capabilities`.
 
 use crate::config::AgentConfig;
 use crate::probe::HardwareFacts;
@@ -63,5 +64,6 @@ pub fn report(cfg: &AgentConfig, facts: &HardwareFacts) -> Capabilities {
         profile: hardware_profile(facts, &cfg.labels),
         slots: cfg.slots,
         policy: Some(cfg.policy.clone()),
+        health: Some(crate::health::assess(facts, cfg.min_disk_free_mb, false)),
     }
 }

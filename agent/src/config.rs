@@ -47,6 +47,12 @@ pub struct FileConfig {
     /// How many times pytest is restarted after a crash (default 3).
     pub max_crash_restarts: Option<u32>,
     pub npu_smi: Option<PathBuf>,
+    /// How often the host is probed again and its capabilities and health
+    /// sent to the scheduler, e.g. "60s" (the default).
+    pub probe_interval: Option<String>,
+    /// Disk free on the work dir below this (MiB) makes the host degraded
+    /// (default 2048).
+    pub min_disk_free_mb: Option<u64>,
     /// File with this agent's join token (`msctl agent token create`).
     pub token_file: Option<PathBuf>,
     /// CA (PEM) that signed the scheduler's certificate (https:// addresses).
@@ -120,6 +126,10 @@ impl FileConfig {
 
 /// Restarts of pytest after crashes, per attempt, unless configured.
 pub const DEFAULT_MAX_CRASH_RESTARTS: u32 = 3;
+/// How often the host is probed again by default.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+/// Disk free (MiB) under which the host is degraded by default.
+pub const DEFAULT_MIN_DISK_FREE_MB: u64 = 2048;
 
 /// How long one git command of a checkout may run, unless configured.
 pub const DEFAULT_GIT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -144,6 +154,10 @@ pub struct AgentConfig {
     /// the agent did not send, on the tests not yet reported.
     pub max_crash_restarts: u32,
     pub npu_smi: PathBuf,
+    /// How often the host is probed again (capabilities and health sent).
+    pub probe_interval: Duration,
+    /// Disk free on the work dir below this (MiB) makes the host degraded.
+    pub min_disk_free_mb: u64,
     /// How to reach the scheduler: address, CA, client certificate.
     pub target: Target,
     /// The join token, sent with every call (its Debug never shows the secret).
@@ -166,6 +180,8 @@ pub struct Overrides {
     pub git_timeout: Option<Duration>,
     pub max_crash_restarts: Option<u32>,
     pub npu_smi: Option<PathBuf>,
+    pub probe_interval: Option<Duration>,
+    pub min_disk_free_mb: Option<u64>,
     pub token_file: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
@@ -241,6 +257,17 @@ impl AgentConfig {
                 "git_timeout must be longer than 0s (e.g. 10m)".into(),
             ));
         }
+        let probe_interval = match (flags.probe_interval, &file.probe_interval) {
+            (Some(d), _) => d,
+            (None, Some(s)) => humantime::parse_duration(s)
+                .map_err(|e| ConfigError::Invalid(format!("probe_interval '{s}': {e}")))?,
+            (None, None) => DEFAULT_PROBE_INTERVAL,
+        };
+        if probe_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(format!(
+                "probe interval {probe_interval:?} is shorter than 1s"
+            )));
+        }
         let token = match flags.token_file.or(file.token_file) {
             Some(p) => Some(
                 msfleet_proto::client::read_token_file(&p)
@@ -297,6 +324,11 @@ impl AgentConfig {
                 .npu_smi
                 .or(file.npu_smi)
                 .unwrap_or_else(|| PathBuf::from("npu-smi")),
+            probe_interval,
+            min_disk_free_mb: flags
+                .min_disk_free_mb
+                .or(file.min_disk_free_mb)
+                .unwrap_or(DEFAULT_MIN_DISK_FREE_MB),
             target,
             bearer,
             policy,
@@ -429,6 +461,33 @@ mod tests {
         assert_eq!(cfg.kill_grace, Duration::from_secs(3));
         assert_eq!(cfg.labels["pool"], "nightly");
         assert_eq!(cfg.labels["rack"], "b1");
+    }
+
+    #[test]
+    fn the_probe_interval_and_disk_threshold_come_from_file_and_flags() {
+        let cfg = AgentConfig::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(cfg.probe_interval, DEFAULT_PROBE_INTERVAL);
+        assert_eq!(cfg.min_disk_free_mb, DEFAULT_MIN_DISK_FREE_MB);
+        let file = || -> FileConfig {
+            toml::from_str("probe_interval = \"5m\"\nmin_disk_free_mb = 512\n").unwrap()
+        };
+        let cfg = AgentConfig::resolve(file(), Overrides::default()).unwrap();
+        assert_eq!(cfg.probe_interval, Duration::from_secs(300));
+        assert_eq!(cfg.min_disk_free_mb, 512);
+        let flags = Overrides {
+            probe_interval: Some(Duration::from_secs(2)),
+            min_disk_free_mb: Some(1),
+            ..Default::default()
+        };
+        let cfg = AgentConfig::resolve(file(), flags).unwrap();
+        assert_eq!(cfg.probe_interval, Duration::from_secs(2));
+        assert_eq!(cfg.min_disk_free_mb, 1);
+        let too_often = Overrides {
+            probe_interval: Some(Duration::from_millis(10)),
+            ..Default::default()
+        };
+        let e = AgentConfig::resolve(FileConfig::default(), too_often).unwrap_err();
+        assert!(e.to_string().contains("shorter than 1s"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod capabilities;
 pub mod config;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod health;
 pub mod policy;
 pub mod probe;
 pub mod process;

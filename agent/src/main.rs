@@ -51,6 +51,14 @@ struct Args {
     /// The npu-smi binary.
     #[arg(long)]
     npu_smi: Option<PathBuf>,
+    /// How often to probe the host again and send its capabilities and health
+    /// (disk free, GPU and NPU health) to the scheduler (default 60s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    probe_interval: Option<Duration>,
+    /// Disk free on the work dir (MiB) below which the host is degraded and
+    /// the scheduler quarantines it (default 2048).
+    #[arg(long)]
+    min_disk_free_mb: Option<u64>,
     /// File with this agent's join token (`msctl agent token create NAME`).
     #[arg(long, env = "MSFLEET_AGENT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -104,6 +112,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             git_timeout: args.git_timeout,
             max_crash_restarts: args.max_crash_restarts,
             npu_smi: args.npu_smi,
+            probe_interval: args.probe_interval,
+            min_disk_free_mb: args.min_disk_free_mb,
             token_file: args.token_file,
             ca: args.ca,
             tls_cert: args.tls_cert,
@@ -116,26 +126,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = cfg;
     cfg.work_dir = std::fs::canonicalize(&cfg.work_dir)?;
     let cfg = Arc::new(cfg);
-    let probe_cfg = cfg.clone();
-    let facts = tokio::task::spawn_blocking(move || {
-        msagent::probe::probe_all(&probe_cfg.work_dir, &probe_cfg.python, &probe_cfg.npu_smi)
-    })
-    .await?;
+    let (facts, caps) = msagent::health::probe(&cfg).await;
     for note in &facts.notes {
         tracing::info!("probe: {note}");
     }
-    let caps = msagent::capabilities::report(&cfg, &facts);
     if args.probe {
         // JSON alone on stdout (`msagent --probe | jq .profile`): the probe
-        // facts with the hardware profile key they make.
+        // facts with the hardware profile key and the health they make.
         let mut report = serde_json::to_value(&facts)?;
         if let Some(obj) = report.as_object_mut() {
             obj.insert("profile".into(), caps.profile.clone().into());
+            if let Some(h) = &caps.health {
+                obj.insert(
+                    "health".into(),
+                    serde_json::json!({ "status": h.status, "reasons": h.reasons }),
+                );
+            }
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     msagent::process::reap_orphans(&cfg.work_dir);
+    if let Some(h) = caps.health.as_ref().filter(|h| h.status != "ok") {
+        tracing::warn!(reasons = ?h.reasons, "probe: host degraded (the scheduler quarantines it)");
+    }
     tracing::info!(
         name = %cfg.name,
         profile = %caps.profile,

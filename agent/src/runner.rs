@@ -1087,6 +1087,8 @@ def test_param(p):
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
             max_crash_restarts: 3,
             npu_smi: "npu-smi".into(),
+            probe_interval: crate::config::DEFAULT_PROBE_INTERVAL,
+            min_disk_free_mb: crate::config::DEFAULT_MIN_DISK_FREE_MB,
             target: Default::default(),
             bearer: msfleet_proto::client::Bearer::new(None).unwrap(),
             policy: msfleet_proto::policy::defaults(),
@@ -1837,6 +1839,8 @@ def test_quotes_it():
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
             max_crash_restarts: 3,
             npu_smi: "npu-smi".into(),
+            probe_interval: crate::config::DEFAULT_PROBE_INTERVAL,
+            min_disk_free_mb: crate::config::DEFAULT_MIN_DISK_FREE_MB,
             policy: pb::AgentPolicy {
                 allow_bench_commands: vec!["python3".into()],
                 ..msfleet_proto::policy::defaults()

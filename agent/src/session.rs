@@ -165,13 +165,21 @@ pub struct Session {
     /// The runner tasks, so that the agent does not exit while a test it
     /// stopped is still being killed.
     runners: JoinSet<()>,
+    /// Fresh capabilities from the periodic probe or a health check (the
+    /// newest only): sent as a `HealthReport`, and registered with after a
+    /// reconnect.
+    probes: watch::Sender<Option<Capabilities>>,
+    fresh: watch::Receiver<Option<Capabilities>>,
 }
 
 impl Session {
     pub fn new(cfg: Arc<AgentConfig>, caps: Capabilities) -> Session {
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let instance = format!("{}-{}-{}", cfg.name, std::process::id(), crate::now_ms());
+        let (probes, fresh) = watch::channel(None);
         Session {
+            probes,
+            fresh,
             cfg,
             caps,
             instance,
@@ -186,6 +194,10 @@ impl Session {
     /// Runs until `shutdown` turns true (then stops running tests and reports
     /// them) or the scheduler refuses the agent.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
+        tokio::spawn(crate::health::probe_every(
+            self.cfg.clone(),
+            self.probes.clone(),
+        ));
         let mut jitter = Jitter::new();
         let mut failures = 0u32;
         loop {
@@ -284,6 +296,9 @@ impl Session {
             .max_decoding_message_size(msfleet_proto::MAX_MESSAGE)
             .max_encoding_message_size(msfleet_proto::MAX_MESSAGE);
         let (out, out_rx) = mpsc::channel::<AgentMessage>(4096);
+        if let Some(caps) = self.fresh.borrow_and_update().clone() {
+            self.caps = caps;
+        }
         let register = msfleet_proto::Register {
             name: self.cfg.name.clone(),
             capabilities: Some(self.caps.clone()),
@@ -388,6 +403,18 @@ impl Session {
                         .collect();
                     let hb = AgentMessage { msg: Some(agent_message::Msg::Heartbeat(msfleet_proto::Heartbeat { running })) };
                     if out.send(hb).await.is_err() {
+                        return Disconnect::Retry("the session closed".into(), true);
+                    }
+                }
+                Ok(()) = self.fresh.changed() => {
+                    let Some(caps) = self.fresh.borrow_and_update().clone() else { continue };
+                    self.caps = caps.clone();
+                    let report = AgentMessage {
+                        msg: Some(agent_message::Msg::HealthReport(msfleet_proto::HealthReport {
+                            capabilities: Some(caps),
+                        })),
+                    };
+                    if out.send(report).await.is_err() {
                         return Disconnect::Retry("the session closed".into(), true);
                     }
                 }
@@ -517,6 +544,19 @@ impl Session {
             Updates::with_budget(key.clone(), self.updates_tx.clone(), attempt.logs.clone())
                 .with_secrets(&spec.spec);
         self.attempts.insert(key, attempt);
+        if spec.spec.kind == crate::health::CHECK_KIND {
+            // A health check runs no source: it probes this host.
+            let probes = self.probes.clone();
+            while self.runners.try_join_next().is_some() {}
+            self.runners.spawn(crate::health::run_check(
+                self.cfg.clone(),
+                spec,
+                updates,
+                probes,
+                stop_rx,
+            ));
+            return Vec::new();
+        }
         let slot = runner::slot_name(&spec);
         let runner = tokio::spawn(runner::run(
             self.cfg.clone(),
@@ -726,6 +766,8 @@ mod tests {
             slots,
             kill_grace: Duration::from_secs(1),
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
+            probe_interval: crate::config::DEFAULT_PROBE_INTERVAL,
+            min_disk_free_mb: crate::config::DEFAULT_MIN_DISK_FREE_MB,
             max_crash_restarts: 0,
             npu_smi: "npu-smi".into(),
             target: Default::default(),

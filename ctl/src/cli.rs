@@ -81,7 +81,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Drain, undrain, quarantine or forget an agent.
+    /// Drain, undrain, quarantine, health-check or forget an agent.
     Agent {
         #[command(subcommand)]
         action: AgentAction,
@@ -325,10 +325,28 @@ pub enum AgentAction {
         #[arg(long)]
         deadline: Option<String>,
     },
-    /// Take work again.
+    /// Take work again (also ends a quarantine; alias `release`).
+    #[command(visible_alias = "release")]
     Undrain { name: String },
-    /// Take nothing new and mark the agent suspect.
-    Quarantine { name: String },
+    /// Take nothing new but health checks, and stop what it runs now (its
+    /// attempts are requeued elsewhere without using a retry): its results
+    /// are suspect. Ended by `undrain`.
+    Quarantine {
+        name: String,
+        /// Why, shown in `msctl agents` with your token's name.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Run a health check on the agent (also a quarantined one) and wait for
+    /// it: the agent probes its host (disk free, GPU and NPU health, pytest).
+    /// Exit 0 healthy, 1 unhealthy, 3 it could not run. A pass releases an
+    /// automatic quarantine (infra errors, unhealthy probe), not an admin's.
+    Check {
+        name: String,
+        /// One JSON object per line: the job, then each event.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an agent that is gone for good (not connected, holding no
     /// attempts): `agents` and each-agent fan-outs no longer list it.
     Forget { name: String },

@@ -231,19 +231,47 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
             crate::outln!("agent {}: forgotten", a.name);
             Ok(exit::OK)
         }
+        Command::Agent {
+            action: AgentAction::Check { name, json },
+        } => {
+            let job = client
+                .check_agent(pb::CheckAgentRequest { name })
+                .await?
+                .into_inner();
+            if json {
+                crate::outln!("{}", render::job_json(&job));
+            } else {
+                eprintln!("submitted health check job {}", job.id);
+            }
+            let code = watch(&mut client, &job.id, json).await?;
+            if !json {
+                // The findings, one line per rule the agent checked.
+                logs(&mut client, &job.id, false).await?;
+            }
+            Ok(code)
+        }
         Command::Agent { action } => {
-            let (name, admin, deadline) = match action {
+            let (name, admin, deadline, reason) = match action {
                 AgentAction::Drain { name, deadline } => {
                     let deadline = deadline
                         .as_deref()
                         .map(parse_timeout)
                         .transpose()
                         .map_err(|e| CtlError::input(format!("--deadline: {e}")))?;
-                    (name, pb::AgentAdmin::Drained, deadline.unwrap_or(0))
+                    (
+                        name,
+                        pb::AgentAdmin::Drained,
+                        deadline.unwrap_or(0),
+                        String::new(),
+                    )
                 }
-                AgentAction::Undrain { name } => (name, pb::AgentAdmin::Active, 0),
-                AgentAction::Quarantine { name } => (name, pb::AgentAdmin::Quarantined, 0),
-                AgentAction::Token { .. } | AgentAction::Forget { .. } => {
+                AgentAction::Undrain { name } => (name, pb::AgentAdmin::Active, 0, String::new()),
+                AgentAction::Quarantine { name, reason } => {
+                    (name, pb::AgentAdmin::Quarantined, 0, reason)
+                }
+                AgentAction::Token { .. }
+                | AgentAction::Forget { .. }
+                | AgentAction::Check { .. } => {
                     unreachable!("matched above")
                 }
             };
@@ -252,12 +280,14 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
                     name,
                     admin: admin as i32,
                     drain_deadline_in_ms: deadline.unsigned_abs(),
+                    reason,
                 })
                 .await?
                 .into_inner();
-            match a.drain_deadline_ms {
-                0 => crate::outln!("agent {}: {}", a.name, a.admin().label()),
-                ms => crate::outln!(
+            match (a.drain_deadline_ms, a.state_reason.as_str()) {
+                (0, "") => crate::outln!("agent {}: {}", a.name, a.admin().label()),
+                (0, why) => crate::outln!("agent {}: {} ({why})", a.name, a.admin().label()),
+                (ms, _) => crate::outln!(
                     "agent {}: {} (deadline {})",
                     a.name,
                     a.admin().label(),
@@ -1402,6 +1432,37 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(["msctl"].iter().chain(args).copied())
+    }
+
+    fn agent_action(args: &[&str]) -> AgentAction {
+        match parse(args) {
+            Ok(Cli {
+                command: Command::Agent { action },
+                ..
+            }) => action,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn agent_quarantine_release_and_check() {
+        assert!(matches!(
+            agent_action(&["agent", "quarantine", "h1", "--reason", "fan noise"]),
+            AgentAction::Quarantine { name, reason } if name == "h1" && reason == "fan noise"
+        ));
+        assert!(matches!(
+            agent_action(&["agent", "quarantine", "h1"]),
+            AgentAction::Quarantine { reason, .. } if reason.is_empty()
+        ));
+        assert!(matches!(
+            agent_action(&["agent", "release", "h1"]),
+            AgentAction::Undrain { name } if name == "h1"
+        ));
+        assert!(matches!(
+            agent_action(&["agent", "check", "h1", "--json"]),
+            AgentAction::Check { name, json: true } if name == "h1"
+        ));
+        assert!(parse(&["agent", "check"]).is_err(), "check needs a name");
     }
 
     fn schedule_action(args: &[&str]) -> ScheduleAction {

@@ -110,6 +110,7 @@ pub fn job_json(j: &Job) -> Value {
         "attempts": j.attempts,
         "agent_lost": j.agent_lost,
         "lost_retried": j.lost_retried,
+        "quarantined_attempts": j.quarantined_attempts,
         "agent": if j.agent.is_empty() { Value::Null } else { json!(j.agent) },
         "tests": counts_json(&j.tests.unwrap_or_default()),
         "warnings": j.warnings,
@@ -427,6 +428,19 @@ pub fn agent_json(a: &Agent) -> Value {
             "power_w": n.power_w, "driver_version": n.driver_version,
             "firmware_version": n.firmware_version, "cann_version": n.cann_version,
         })).collect::<Vec<_>>(),
+        "health": caps.health.as_ref().map_or(Value::Null, |h| json!({
+            "status": h.status, "reasons": h.reasons, "probed_at_ms": h.probed_at_ms,
+        })),
+        "infra_errors": a.infra_errors,
+        "quarantine": if a.admin() == msfleet_proto::AgentAdmin::Quarantined {
+            json!({
+                "reason": a.quarantine_reason,
+                "auto": a.quarantine_auto,
+                "since_ms": a.quarantined_at_ms,
+            })
+        } else {
+            Value::Null
+        },
     })
 }
 

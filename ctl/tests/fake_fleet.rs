@@ -475,6 +475,12 @@ impl Fleet for Svc {
     ) -> Result<Response<pb::Agent>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn check_agent(
+        &self,
+        _: Request<pb::CheckAgentRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
     async fn list_queues(
         &self,
         _: Request<pb::ListQueuesRequest>,

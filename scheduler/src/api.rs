@@ -175,16 +175,19 @@ impl Fleet for FleetService {
         &self,
         req: Request<pb::SetAgentAdminRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
+        let by = caller(&req)?.name().to_string();
         let req = bounded(req)?;
         let admin = pb::AgentAdmin::try_from(req.admin)
             .map_err(|_| Status::invalid_argument(format!("unknown agent state {}", req.admin)))?;
-        let (name, drain_deadline_in_ms) = (req.name, req.drain_deadline_in_ms);
+        let (name, drain_deadline_in_ms, reason) = (req.name, req.drain_deadline_in_ms, req.reason);
         Ok(Response::new(
             self.core
                 .call(|reply| Command::SetAgentAdmin {
                     name,
                     admin,
                     drain_deadline_in_ms,
+                    by,
+                    reason,
                     reply,
                 })
                 .await?,
@@ -199,6 +202,19 @@ impl Fleet for FleetService {
         Ok(Response::new(
             self.core
                 .call(|reply| Command::ForgetAgent { name, reply })
+                .await?,
+        ))
+    }
+
+    async fn check_agent(
+        &self,
+        req: Request<pb::CheckAgentRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let by = caller(&req)?.name().to_string();
+        let name = bounded(req)?.name;
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::CheckAgent { name, by, reply })
                 .await?,
         ))
     }
@@ -469,6 +485,12 @@ impl AgentLink for AgentLinkService {
                         Some(agent_message::Msg::Update(update)) => {
                             core.send(Command::Update { session, update }).await
                         }
+                        Some(agent_message::Msg::HealthReport(report)) => match report.check() {
+                            Ok(()) => core.send(Command::HealthReport { session, report }).await,
+                            Err(status) => {
+                                tracing::warn!(session, %status, "ignoring a health report")
+                            }
+                        },
                         Some(agent_message::Msg::Register(_)) | None => {
                             tracing::warn!(session, "ignoring a repeated or empty agent message")
                         }

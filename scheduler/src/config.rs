@@ -28,6 +28,9 @@ pub struct Config {
     /// Retries of an attempt lost with its agent (silent, disconnected,
     /// restarted, replaced) for jobs that set none; apart from `retries`.
     pub default_agent_lost_retries: u32,
+    /// Attempts in a row ending `error` on one agent that quarantine it
+    /// (0: never).
+    pub quarantine_after: u32,
     /// Queue name -> wait that raises a job's priority by one.
     pub queues: BTreeMap<String, Duration>,
     /// How long a job may wait unstarted when its spec sets no expiry:
@@ -88,6 +91,7 @@ impl Config {
             default_timeout: Duration::from_secs(3600),
             default_retries: 2,
             default_agent_lost_retries: 5,
+            quarantine_after: 3,
             queues: BUILTIN_QUEUES
                 .iter()
                 .map(|q| (q.to_string(), Duration::from_secs(300)))

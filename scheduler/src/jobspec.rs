@@ -37,6 +37,11 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
             let bench = spec.benchmark.get_or_insert_with(Default::default);
             msfleet_proto::bench::validate(bench).map_err(Status::invalid_argument)?;
         }
+        "check" => {
+            return Err(Status::invalid_argument(
+                "a health check is made by the scheduler: run `msctl agent check NAME`",
+            ))
+        }
         other => {
             return Err(Status::invalid_argument(format!(
                 "unknown job kind '{}': use 'pytest' or 'benchmark'",

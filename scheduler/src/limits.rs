@@ -63,6 +63,8 @@ pub const MAX_REFS: usize = 4096;
 /// Text of a `Finished` reason kept (longer is cut, not refused: refusing
 /// the last update of an attempt would leave it running forever).
 pub const MAX_REASON: usize = 4096;
+/// Longest reason a person gives (an admin's quarantine).
+pub const MAX_TEXT_REASON: usize = 1024;
 
 fn too_long(what: &str, len: usize, max: usize) -> Status {
     Status::invalid_argument(format!(
@@ -246,9 +248,10 @@ bounded! {
                 r.drain_deadline_in_ms
             )));
         }
-        Ok(())
+        text("reason", &r.reason, MAX_TEXT_REASON)
     };
     pb::ForgetAgentRequest => |r| text("agent name", &r.name, MAX_NAME);
+    pb::CheckAgentRequest => |r| text("agent name", &r.name, MAX_NAME);
     pb::ScheduleName => |r| text("schedule name", &r.name, MAX_NAME);
     pb::SetSchedulePausedRequest => |r| text("schedule name", &r.name, MAX_NAME);
     pb::Schedule => |r| {
@@ -312,10 +315,28 @@ bounded! {
             list("roots", &c.roots, MAX_LABELS, MAX_PATH)?;
             map("agent labels", c.labels.iter(), MAX_LABELS, MAX_TEXT)?;
             text("profile", &c.profile, MAX_NAME)?;
+            health(c)?;
         }
         Ok(())
     };
     pb::Heartbeat => |r| refs(&r.running);
+    pb::HealthReport => |r| {
+        use prost::Message;
+        let caps = r.capabilities.as_ref().map_or(0, |c| c.encoded_len());
+        if caps > MAX_CAPABILITIES {
+            return Err(too_long("capabilities (encoded)", caps, MAX_CAPABILITIES));
+        }
+        r.capabilities.as_ref().map_or(Ok(()), health)
+    };
+}
+
+/// The health summary an agent reports with its capabilities.
+fn health(c: &pb::Capabilities) -> Result<(), Status> {
+    if let Some(h) = &c.health {
+        text("health status", &h.status, MAX_WORD)?;
+        list("health reasons", &h.reasons, MAX_LABELS, MAX_NAME)?;
+    }
+    Ok(())
 }
 
 fn refs(refs: &[pb::AttemptRef]) -> Result<(), Status> {
@@ -539,13 +560,16 @@ mod tests {
                 name: long.clone(),
                 admin: 0,
                 drain_deadline_in_ms: 0,
+                reason: String::new(),
             }),
             Box::new(pb::SetAgentAdminRequest {
                 name: "a".into(),
                 admin: 2,
                 drain_deadline_in_ms: MAX_DRAIN_DEADLINE_MS + 1,
+                reason: String::new(),
             }),
             Box::new(pb::ForgetAgentRequest { name: long.clone() }),
+            Box::new(pb::CheckAgentRequest { name: long.clone() }),
             Box::new(pb::AcceptBaselinesRequest {
                 job_id: long.clone(),
                 who: String::new(),

@@ -36,6 +36,10 @@ struct Args {
     /// Attempt timeout of jobs that set none.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     default_timeout: Duration,
+    /// Quarantine an agent after this many attempts in a row on it ended
+    /// `error` (an infrastructure failure); 0 never does.
+    #[arg(long, default_value_t = 3)]
+    quarantine_after: u32,
     /// Extra queue, besides default, nightly, benchmark and npu (repeatable).
     #[arg(long = "queue")]
     queues: Vec<String>,
@@ -121,6 +125,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.default_agent_lost_retries = args.agent_lost_retries;
     cfg.dedup_window = args.dedup_window;
     cfg.max_log_bytes = args.max_log_bytes;
+    cfg.quarantine_after = args.quarantine_after;
     if let Some(path) = &args.clock_file {
         cfg.clock = std::sync::Arc::new(msched::clock::FileClock::new(path));
     }

@@ -63,6 +63,7 @@ const MATRIX: &[(&str, [Got; 7])] = &[
     ("Fleet/WatchJob", [U, K, K, K, D, U, D]),
     ("Fleet/ListAgents", [U, K, K, K, D, U, D]),
     ("Fleet/SetAgentAdmin", [U, D, D, K, D, U, D]),
+    ("Fleet/CheckAgent", [U, D, D, K, D, U, D]),
     ("Fleet/ListQueues", [U, K, K, K, D, U, D]),
     ("Fleet/ListBaselines", [U, K, K, K, D, U, D]),
     ("Fleet/AcceptBaselines", [U, D, D, K, D, U, D]),
@@ -159,10 +160,16 @@ async fn call(m: &Matrix, method: &str, who: Caller) -> Got {
                 name: "nobody".into(),
                 admin: pb::AgentAdmin::Drained as i32,
                 drain_deadline_in_ms: 0,
+                reason: String::new(),
             })
             .await),
         "Fleet/ForgetAgent" => got(f
             .forget_agent(pb::ForgetAgentRequest {
+                name: "nobody".into(),
+            })
+            .await),
+        "Fleet/CheckAgent" => got(f
+            .check_agent(pb::CheckAgentRequest {
                 name: "nobody".into(),
             })
             .await),

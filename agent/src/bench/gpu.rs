@@ -130,25 +130,7 @@ fn belongs(pid: u32, pgid: libc::pid_t, marker: &str) -> Option<bool> {
     Some(env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
 }
 
-/// Names of the performance-relevant throttle reasons in `bits`.
-pub(super) fn throttle_names(bits: u64) -> Vec<&'static str> {
-    let t = ThrottleReasons::from_bits_truncate(bits);
-    [
-        (ThrottleReasons::SW_POWER_CAP, "sw_power_cap"),
-        (ThrottleReasons::HW_SLOWDOWN, "hw_slowdown"),
-        (ThrottleReasons::SYNC_BOOST, "sync_boost"),
-        (ThrottleReasons::SW_THERMAL_SLOWDOWN, "sw_thermal_slowdown"),
-        (ThrottleReasons::HW_THERMAL_SLOWDOWN, "hw_thermal_slowdown"),
-        (
-            ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN,
-            "hw_power_brake_slowdown",
-        ),
-    ]
-    .into_iter()
-    .filter(|(flag, _)| t.contains(*flag))
-    .map(|(_, name)| name)
-    .collect()
-}
+pub(super) use crate::probe::gpu::throttle_names;
 
 /// Loads NVML for GPU metrics; `Err(why)` without a driver or without GPUs.
 pub async fn load_nvml() -> Result<Arc<Nvml>, String> {

@@ -4,7 +4,8 @@
 //! A host without the driver is normal: the probe then returns no GPUs and a note. Each
 //! per-device query is independent; one that fails leaves its field empty or zero.
 
-use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError};
+use nvml_wrapper::bitmasks::device::ThrottleReasons;
+use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError, RetirementCause};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{cuda_driver_version_major, cuda_driver_version_minor, Device, Nvml};
 use serde::{Deserialize, Serialize};
@@ -37,7 +38,8 @@ pub struct GpuFacts {
     /// Enforced power limit in watts; 0 when unknown.
     pub power_limit_w: u32,
     /// `ok`, a comma-separated list of problems (`uncorrected ECC errors (3)`,
-    /// `page retirement pending`), or `unknown` when nothing could be checked.
+    /// `page retirement pending`, `60 retired pages (limit 60)`, `throttled:
+    /// hw_thermal_slowdown`), or `unknown` when nothing could be checked.
     pub health: String,
 }
 
@@ -194,18 +196,59 @@ fn device_facts(index: u32, device: &Device, driver: &str, cuda: &str) -> GpuFac
     }
 }
 
+/// Retired pages at which NVIDIA advises replacing the board (its RMA threshold).
+pub const RETIRED_PAGES_LIMIT: usize = 60;
+
+/// Throttle reasons that mean the board is unwell rather than busy: hardware
+/// slowdown (thermal, power brake) and software thermal slowdown. Power-cap,
+/// idle and application-clock throttling are normal under load.
+const UNHEALTHY_THROTTLE: ThrottleReasons = ThrottleReasons::HW_SLOWDOWN
+    .union(ThrottleReasons::HW_THERMAL_SLOWDOWN)
+    .union(ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN)
+    .union(ThrottleReasons::SW_THERMAL_SLOWDOWN);
+
+/// Names of the performance-relevant throttle reasons in `bits`.
+pub fn throttle_names(bits: u64) -> Vec<&'static str> {
+    let t = ThrottleReasons::from_bits_truncate(bits);
+    [
+        (ThrottleReasons::SW_POWER_CAP, "sw_power_cap"),
+        (ThrottleReasons::HW_SLOWDOWN, "hw_slowdown"),
+        (ThrottleReasons::SYNC_BOOST, "sync_boost"),
+        (ThrottleReasons::SW_THERMAL_SLOWDOWN, "sw_thermal_slowdown"),
+        (ThrottleReasons::HW_THERMAL_SLOWDOWN, "hw_thermal_slowdown"),
+        (
+            ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN,
+            "hw_power_brake_slowdown",
+        ),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| t.contains(*flag))
+    .map(|(_, name)| name)
+    .collect()
+}
+
 /// Summarises the health checks NVML can answer without an event loop: volatile uncorrected
-/// ECC errors and pending page retirements.
+/// ECC errors, pending and total retired pages, and throttling that means trouble.
 fn health(device: &Device) -> String {
     let ecc = device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile);
     let retirement = device.are_pages_pending_retired();
-    health_summary(ecc, retirement)
+    let retired = [
+        RetirementCause::MultipleSingleBitEccErrors,
+        RetirementCause::DoubleBitEccError,
+    ]
+    .into_iter()
+    .map(|cause| device.retired_pages(cause).map(|p| p.len()))
+    .try_fold(0usize, |sum, n| n.map(|n| sum + n));
+    let throttle = device.current_throttle_reasons().map(|t| t.bits());
+    health_summary(ecc, retirement, retired, throttle)
 }
 
 /// The pure part of [`health`], separated for testing.
 fn health_summary(
     ecc: Result<u64, NvmlError>,
     pending_retirement: Result<bool, NvmlError>,
+    retired_pages: Result<usize, NvmlError>,
+    throttle: Result<u64, NvmlError>,
 ) -> String {
     let mut problems = Vec::new();
     // Whether some check gave an answer (NotSupported counts: there is nothing to worry about).
@@ -219,6 +262,26 @@ fn health_summary(
     match pending_retirement {
         Ok(false) | Err(NvmlError::NotSupported) => checked = true,
         Ok(true) => problems.push("page retirement pending".to_string()),
+        Err(NvmlError::GpuLost) => return "GPU lost".to_string(),
+        Err(_) => {}
+    }
+    match retired_pages {
+        Ok(n) if n >= RETIRED_PAGES_LIMIT => {
+            problems.push(format!("{n} retired pages (limit {RETIRED_PAGES_LIMIT})"))
+        }
+        Ok(_) | Err(NvmlError::NotSupported) => checked = true,
+        Err(NvmlError::GpuLost) => return "GPU lost".to_string(),
+        Err(_) => {}
+    }
+    match throttle {
+        Ok(bits) => {
+            checked = true;
+            let bad = throttle_names(bits & UNHEALTHY_THROTTLE.bits());
+            if !bad.is_empty() {
+                problems.push(format!("throttled: {}", bad.join(", ")));
+            }
+        }
+        Err(NvmlError::NotSupported) => checked = true,
         Err(NvmlError::GpuLost) => return "GPU lost".to_string(),
         Err(_) => {}
     }
@@ -261,14 +324,35 @@ mod tests {
     #[test]
     fn health_summaries() {
         use NvmlError::{GpuLost, NotSupported, Unknown};
-        assert_eq!(health_summary(Ok(0), Ok(false)), "ok");
-        assert_eq!(health_summary(Err(NotSupported), Err(NotSupported)), "ok");
-        assert_eq!(health_summary(Err(Unknown), Ok(false)), "ok");
-        assert_eq!(health_summary(Err(Unknown), Err(Unknown)), "unknown");
-        assert_eq!(health_summary(Ok(0), Err(GpuLost)), "GPU lost");
+        let fine = || (Ok(0), Ok(0));
+        let summary =
+            |ecc, pending, (retired, throttle)| health_summary(ecc, pending, retired, throttle);
+        assert_eq!(summary(Ok(0), Ok(false), fine()), "ok");
         assert_eq!(
-            health_summary(Ok(3), Ok(true)),
+            summary(
+                Err(NotSupported),
+                Err(NotSupported),
+                (Err(NotSupported), Err(NotSupported))
+            ),
+            "ok"
+        );
+        assert_eq!(summary(Err(Unknown), Ok(false), fine()), "ok");
+        assert_eq!(
+            summary(Err(Unknown), Err(Unknown), (Err(Unknown), Err(Unknown))),
+            "unknown"
+        );
+        assert_eq!(summary(Ok(0), Err(GpuLost), fine()), "GPU lost");
+        assert_eq!(
+            summary(Ok(3), Ok(true), fine()),
             "uncorrected ECC errors (3), page retirement pending"
+        );
+        // Throttling under a power cap is load; a hardware slowdown is not.
+        let cap = ThrottleReasons::SW_POWER_CAP.bits();
+        assert_eq!(summary(Ok(0), Ok(false), (Ok(59), Ok(cap))), "ok");
+        let hot = (ThrottleReasons::HW_THERMAL_SLOWDOWN | ThrottleReasons::SW_POWER_CAP).bits();
+        assert_eq!(
+            summary(Ok(0), Ok(false), (Ok(60), Ok(hot))),
+            "60 retired pages (limit 60), throttled: hw_thermal_slowdown"
         );
     }
 

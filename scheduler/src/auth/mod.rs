@@ -124,6 +124,7 @@ pub const RULES: &[(&str, &str, Need)] = &[
     (FLEET, "WatchJob", Need::Person(Role::Viewer)),
     (FLEET, "ListAgents", Need::Person(Role::Viewer)),
     (FLEET, "SetAgentAdmin", Need::Person(Role::Admin)),
+    (FLEET, "CheckAgent", Need::Person(Role::Admin)),
     (FLEET, "ListQueues", Need::Person(Role::Viewer)),
     (FLEET, "ListBaselines", Need::Person(Role::Viewer)),
     (FLEET, "AcceptBaselines", Need::Person(Role::Admin)),

@@ -74,10 +74,10 @@ impl AgentEntry {
         self.caps().slots.max(1) as usize
     }
 
+    /// Connected and active: takes any job (fan-out counts it as a column
+    /// that runs).
     pub(super) fn takes_work(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| !s.leaving)
-            && self.lost.is_none()
-            && self.record.admin() == AgentAdmin::Active
+        self.connected_for_work() && self.record.admin() == AgentAdmin::Active
     }
 }
 
@@ -91,7 +91,8 @@ pub(super) fn utc(ms: i64) -> String {
 /// The one place an agent's shown state is decided (`msctl agents`, metrics,
 /// the dashboard all read `Agent.state`): the admin state wins, then whether
 /// its lease expired (lost), then whether a session is open, then whether it
-/// runs anything.
+/// runs anything. A quarantined agent's reason says who or what quarantined
+/// it and why (durable).
 pub(super) fn agent_state(a: &AgentEntry, running: usize) -> (&'static str, String) {
     match a.record.admin() {
         AgentAdmin::Drained if a.record.drain_deadline_ms > 0 => {
@@ -102,7 +103,7 @@ pub(super) fn agent_state(a: &AgentEntry, running: usize) -> (&'static str, Stri
             return ("drained", reason);
         }
         AgentAdmin::Drained => return ("drained", String::new()),
-        AgentAdmin::Quarantined => return ("quarantined", String::new()),
+        AgentAdmin::Quarantined => return ("quarantined", a.record.quarantine_reason.clone()),
         AgentAdmin::Active | AgentAdmin::Unspecified => {}
     }
     if let Some(lost) = &a.lost {
@@ -138,13 +139,17 @@ impl Core {
         v
     }
 
-    /// Sets an agent's admin state; a drain may come with a deadline
-    /// `deadline_in_ms` from now (0: none), any other state clears it.
+    /// An admin sets an agent's state: `by` (the caller's token name) and
+    /// `reason` become a quarantine's reason; active or drained ends a
+    /// quarantine. A drain may come with a deadline `deadline_in_ms` from now
+    /// (0: none), any other state clears it.
     pub(super) fn set_admin(
         &mut self,
         name: &str,
         admin: AgentAdmin,
         deadline_in_ms: u64,
+        by: &str,
+        reason: &str,
         step: &mut Step,
     ) -> Result<Agent, Status> {
         if admin == AgentAdmin::Unspecified {
@@ -157,9 +162,19 @@ impl Core {
                 "a deadline goes only with a drain: msctl agent drain NAME --deadline 30m",
             ));
         }
+        self.agent_mut(name)?;
+        match admin {
+            AgentAdmin::Quarantined => {
+                let why = match reason.trim() {
+                    "" => format!("admin {by}"),
+                    r => format!("admin {by}: {r}"),
+                };
+                self.quarantine(name, why, false, step);
+            }
+            _ => self.clear_quarantine(name, admin, step),
+        }
         let now = self.now;
         let a = self.agent_mut(name)?;
-        a.record.admin = admin as i32;
         a.record.drain_deadline_ms = if deadline_in_ms > 0 {
             now.saturating_add(i64::try_from(deadline_in_ms).unwrap_or(i64::MAX))
         } else {
@@ -389,6 +404,7 @@ impl Core {
                 }),
             );
         }
+        self.apply_health(&name, step);
         step.dispatch = true;
         Ok(())
     }
@@ -532,13 +548,7 @@ mod tests {
         name: &str,
         admin: AgentAdmin,
     ) -> Result<msfleet_proto::Agent, tonic::Status> {
-        let name = name.to_string();
-        h.call(|reply| Command::SetAgentAdmin {
-            name,
-            admin,
-            drain_deadline_in_ms: 0,
-            reply,
-        })
+        h.set_admin(name, admin)
     }
 
     fn set_drain(
@@ -552,6 +562,8 @@ mod tests {
             name,
             admin,
             drain_deadline_in_ms,
+            by: "ana".into(),
+            reason: String::new(),
             reply,
         })
     }

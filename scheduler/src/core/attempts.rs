@@ -16,6 +16,9 @@ pub(super) enum Loss {
     Retried,
     /// Stopped by the scheduler (a drain's deadline): requeued, uses nothing.
     Stopped,
+    /// Stopped because its agent was quarantined (its results are suspect):
+    /// requeued, counted in `Job.quarantined_attempts`, uses no retry.
+    Quarantined,
 }
 
 impl Core {
@@ -267,11 +270,15 @@ impl Core {
             Outcome::TimedOut => JobState::TimedOut,
             Outcome::Error | Outcome::Unspecified | Outcome::Requeue => JobState::Error,
         };
+        let agent = self.leases.get(task).map(|l| l.agent.clone());
         self.leases.release(task);
         if let Some(e) = self.jobs.get_mut(&task) {
             e.attempt = None;
         }
         self.set_state(task, state, &f.reason, step);
+        if let Some(agent) = agent {
+            self.judge_agent(&agent, task, state, &f.reason, step);
+        }
         step.dispatch = true;
     }
 
@@ -366,6 +373,10 @@ impl Core {
                 (n <= allowed, format!("retry {n} of {allowed}"))
             }
             Loss::Stopped => (true, "its retries are not used".to_string()),
+            Loss::Quarantined => {
+                e.job.quarantined_attempts += 1;
+                (true, "its retries are not used".to_string())
+            }
         };
         if retry {
             let submitted = e.job.submitted_at_ms;
@@ -438,12 +449,13 @@ impl Core {
         }
     }
 
-    /// Hands pending jobs to agents with free slots, highest rank first.
+    /// Hands pending jobs to agents with free slots, highest rank first (a
+    /// drained or quarantined agent takes only its health checks).
     pub(super) fn dispatch(&mut self, step: &mut Step) {
         let mut free: Vec<(String, usize)> = self
             .agents
             .iter()
-            .filter(|(_, a)| a.takes_work())
+            .filter(|(_, a)| a.connected_for_work())
             .filter(|(n, _)| !self.held_back.contains_key(*n))
             .filter_map(|(n, a)| {
                 let held = self.leases.count_held_by(n);
@@ -464,7 +476,7 @@ impl Core {
             let Some(spec) = &e.job.spec else { continue };
             let pick = free.iter().position(|(n, _)| {
                 let a = &self.agents[n];
-                fits(&e.req, spec, &a.attrs, a.caps())
+                a.accepts(spec) && fits(&e.req, spec, &a.attrs, a.caps())
             });
             if let Some(i) = pick {
                 chosen.push((id, free[i].0.clone()));

@@ -4,8 +4,9 @@
 //! Each case registers 1-3 agents, submits a few jobs, then applies a random
 //! sequence of Register / Heartbeat / Update (any kind, real or made-up
 //! attempt refs, right or wrong sequence numbers, oversized logs) /
-//! Disconnected / Cancel / Submit / clock advance + tick / reload, one loop
-//! turn each, and after every step checks:
+//! Disconnected / Cancel / Submit / health reports (ok or degraded) / health
+//! checks / admin states / clock advance + tick / reload, one loop turn each,
+//! and after every step checks:
 //!
 //! * each job's live attempt agrees with the lease table (so at most one live
 //!   attempt per task), and every lease belongs to a live attempt;
@@ -82,6 +83,20 @@ enum Op {
     Submit {
         retries: u32,
     },
+    /// A probe report from the agent, degraded or not.
+    Health {
+        agent: usize,
+        degraded: bool,
+    },
+    /// `msctl agent check` on the agent.
+    Check {
+        agent: usize,
+    },
+    /// An admin sets the agent's state (0 active, 1 drained, 2 quarantined).
+    Admin {
+        agent: usize,
+        state: u8,
+    },
     Advance {
         ms: i64,
         tick: bool,
@@ -157,9 +172,13 @@ fn op() -> impl Strategy<Value = Op> {
             kind_pick(),
         )
             .prop_map(|(agent, r, seq, kind)| Op::Update { agent, r, seq, kind }),
-        1 => agent.prop_map(|agent| Op::Disconnect { agent }),
+        1 => agent.clone().prop_map(|agent| Op::Disconnect { agent }),
         1 => any::<usize>().prop_map(|job| Op::Cancel { job }),
         1 => (0..3u32).prop_map(|retries| Op::Submit { retries }),
+        1 => (agent.clone(), any::<bool>())
+            .prop_map(|(agent, degraded)| Op::Health { agent, degraded }),
+        1 => agent.clone().prop_map(|agent| Op::Check { agent }),
+        1 => (agent, 0..3u8).prop_map(|(agent, state)| Op::Admin { agent, state }),
         2 => (prop_oneof![Just(0i64), 1..2_000i64, 2_000..5_000i64], any::<bool>())
             .prop_map(|(ms, tick)| Op::Advance { ms, tick }),
         1 => Just(Op::Reload),
@@ -341,6 +360,45 @@ impl World {
                 }
             }
             Op::Submit { retries } => self.submit(*retries),
+            Op::Health { agent, degraded } => {
+                if let Some(c) = &self.conns[*agent] {
+                    let session = c.session;
+                    let mut caps = agent_caps(*agent);
+                    caps.health = Some(pb::HealthSummary {
+                        status: if *degraded { "degraded" } else { "ok" }.into(),
+                        reasons: if *degraded {
+                            vec!["x".repeat(200); 64]
+                        } else {
+                            Vec::new()
+                        },
+                        probed_at_ms: 0,
+                    });
+                    self.h.send(Command::HealthReport {
+                        session,
+                        report: pb::HealthReport {
+                            capabilities: Some(caps),
+                        },
+                    });
+                }
+            }
+            Op::Check { agent } => {
+                let name = agent_name(*agent);
+                if let Ok(job) = self.h.call(|reply| Command::CheckAgent {
+                    name,
+                    by: "fuzz".into(),
+                    reply,
+                }) {
+                    self.jobs.push(job.id);
+                }
+            }
+            Op::Admin { agent, state } => {
+                let admin = match state {
+                    0 => AgentAdmin::Active,
+                    1 => AgentAdmin::Drained,
+                    _ => AgentAdmin::Quarantined,
+                };
+                let _ = self.h.set_admin(&agent_name(*agent), admin);
+            }
             Op::Advance { ms, tick } => {
                 self.h.advance(*ms);
                 if *tick {

@@ -348,6 +348,37 @@ impl Harness {
         self.update(conn, a, 2, finished(outcome));
     }
 
+    /// Sends update `seq` of an attempt: finished with `outcome` and `reason`.
+    pub fn finish_with(
+        &mut self,
+        conn: &mut Conn,
+        a: &AttemptRef,
+        seq: u64,
+        outcome: Outcome,
+        reason: &str,
+    ) {
+        let kind = task_update::Kind::Finished(pb::Finished {
+            outcome: outcome as i32,
+            reason: reason.into(),
+            exit_code: 0,
+            ..Default::default()
+        });
+        self.update(conn, a, seq, kind);
+    }
+
+    /// An admin ("ana") sets agent `name`'s state, without a reason.
+    pub fn set_admin(&mut self, name: &str, admin: AgentAdmin) -> Result<Agent, Status> {
+        let name = name.to_string();
+        self.call(|reply| Command::SetAgentAdmin {
+            name,
+            admin,
+            drain_deadline_in_ms: 0,
+            by: "ana".into(),
+            reason: String::new(),
+            reply,
+        })
+    }
+
     pub fn disconnect(&mut self, conn: &Conn) {
         self.send(Command::Disconnected {
             session: conn.session,

@@ -92,11 +92,28 @@ impl Core {
         } else {
             Some(self.fanout_targets(&spec, &req)?)
         };
+        let id = self.new_job(spec, req, origin, by, step);
+        match fanout {
+            // A fan-out parent runs nothing itself: its children do.
+            Some(targets) => self.spawn_children(id, targets, step),
+            None if sharded => self.spawn_collect(id, step),
+            None => self.enqueue(id, step),
+        }
+        Ok(self.view(id))
+    }
+
+    /// Stores a new job from a valid `spec`, `queued`; not yet pending.
+    pub(super) fn new_job(
+        &mut self,
+        spec: JobSpec,
+        req: Requirement,
+        origin: Option<(String, i64)>,
+        by: &str,
+        step: &mut Step,
+    ) -> u64 {
         let id = self.next_job;
         self.next_job += 1;
         let now = self.now;
-        let queue = spec.queue.clone();
-        let priority = spec.priority;
         if !spec.dedup_key.is_empty() {
             self.dedup.insert(spec.dedup_key.clone(), (id, now));
         }
@@ -123,17 +140,19 @@ impl Core {
             },
         );
         self.set_state(id, JobState::Queued, "submitted", step);
-        match fanout {
-            // A fan-out parent runs nothing itself: its children do.
-            Some(targets) => self.spawn_children(id, targets, step),
-            None if sharded => self.spawn_collect(id, step),
-            None => {
-                self.pending
-                    .push(id, &queue, priority, now, self.aging_ms(&queue));
-                step.dispatch = true;
-            }
-        }
-        Ok(self.view(id))
+        id
+    }
+
+    /// Puts new job `id` in its queue's pending order.
+    pub(super) fn enqueue(&mut self, id: u64, step: &mut Step) {
+        let Some(spec) = self.jobs.get(&id).and_then(|e| e.job.spec.as_ref()) else {
+            return;
+        };
+        let (queue, priority) = (spec.queue.clone(), spec.priority);
+        let submitted = self.jobs[&id].job.submitted_at_ms;
+        self.pending
+            .push(id, &queue, priority, submitted, self.aging_ms(&queue));
+        step.dispatch = true;
     }
 
     /// Why no registered agent can run `spec`: the closest agents (fewest
@@ -405,7 +424,7 @@ impl Core {
                 } else if !self
                     .agents
                     .values()
-                    .any(|a| a.takes_work() && fits(&e.req, spec, &a.attrs, a.caps()))
+                    .any(|a| a.accepts(spec) && fits(&e.req, spec, &a.attrs, a.caps()))
                 {
                     job.warnings.push(
                         "every matching agent is offline, drained or quarantined".to_string(),

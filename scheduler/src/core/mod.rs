@@ -45,6 +45,7 @@ mod events;
 mod fuzz;
 #[cfg(test)]
 mod harness;
+mod health;
 mod jobs;
 mod parents;
 mod schedules;
@@ -237,11 +238,20 @@ pub enum Command {
         admin: AgentAdmin,
         /// With a drain: its deadline, this long from now (0: none).
         drain_deadline_in_ms: u64,
+        /// The caller's token name and their reason (quarantine).
+        by: String,
+        reason: String,
         reply: Reply<Agent>,
     },
     ForgetAgent {
         name: String,
         reply: Reply<Agent>,
+    },
+    /// A health-check job pinned to agent `name`.
+    CheckAgent {
+        name: String,
+        by: String,
+        reply: Reply<Job>,
     },
     ListQueues {
         reply: Reply<Vec<pb::Queue>>,
@@ -305,6 +315,11 @@ pub enum Command {
     Update {
         session: u64,
         update: pb::TaskUpdate,
+    },
+    /// An agent's periodic probe: fresh capabilities.
+    HealthReport {
+        session: u64,
+        report: pb::HealthReport,
     },
     Disconnected {
         session: u64,
@@ -717,13 +732,19 @@ impl Core {
                 name,
                 admin,
                 drain_deadline_in_ms,
+                by,
+                reason,
                 reply,
             } => {
-                let r = self.set_admin(&name, admin, drain_deadline_in_ms, step);
+                let r = self.set_admin(&name, admin, drain_deadline_in_ms, &by, &reason, step);
                 step.reply(reply, r);
             }
             Command::ForgetAgent { name, reply } => {
                 let r = self.forget_agent(&name, step);
+                step.reply(reply, r);
+            }
+            Command::CheckAgent { name, by, reply } => {
+                let r = self.check_agent(&name, &by, step);
                 step.reply(reply, r);
             }
             Command::ListQueues { reply } => {
@@ -787,6 +808,7 @@ impl Core {
             }
             Command::Heartbeat { session, hb } => self.heartbeat(session, hb, step),
             Command::Update { session, update } => self.update(session, update, step),
+            Command::HealthReport { session, report } => self.health_report(session, report, step),
             Command::Disconnected { session } => self.disconnected(session),
             Command::CreateToken {
                 req,

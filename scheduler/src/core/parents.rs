@@ -648,14 +648,7 @@ mod tests {
         assert_eq!(done.children.len(), 1, "no shards made");
     }
     fn drain(h: &mut Harness, name: &str, admin: msfleet_proto::AgentAdmin) {
-        let name = name.to_string();
-        h.call(|reply| super::super::Command::SetAgentAdmin {
-            name,
-            admin,
-            drain_deadline_in_ms: 0,
-            reply,
-        })
-        .unwrap();
+        h.set_admin(name, admin).unwrap();
     }
 
     fn each_agent() -> msfleet_proto::JobSpec {

@@ -375,15 +375,7 @@ mod tests {
             .find(|j| j.schedule == "nightly")
             .unwrap();
         assert_eq!(first.spec.as_ref().unwrap().expire_after_ms, Some(5 * MIN));
-        let name = "a2".to_string();
-        let admin = AgentAdmin::Drained;
-        h.call(|reply| Command::SetAgentAdmin {
-            name,
-            admin,
-            drain_deadline_in_ms: 0,
-            reply,
-        })
-        .unwrap();
+        h.set_admin("a2", AgentAdmin::Drained).unwrap();
         let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
         h.finish(&mut a, &r, Outcome::Passed);
         assert_eq!(h.state(&first.id), JobState::Running);

@@ -312,14 +312,15 @@ pub fn ppid_of(pid: i32) -> Option<i32> {
 }
 
 /// A process identity that survives pid reuse: (pid, start time in ticks).
-type ProcId = (i32, u64);
+/// A process: its pid and start time (so a reused pid is not mistaken for it).
+pub type ProcId = (i32, u64);
 
 fn start_time(pid: i32) -> Option<u64> {
     proc_stat(pid)?.get(19)?.parse().ok()
 }
 
 /// Every live descendant of `root`.
-fn descendants(root: i32) -> Vec<ProcId> {
+pub fn descendants(root: i32) -> Vec<ProcId> {
     let mut parent_of = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
