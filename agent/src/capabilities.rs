@@ -63,5 +63,7 @@ pub fn report(cfg: &AgentConfig, facts: &HardwareFacts) -> Capabilities {
         profile: hardware_profile(facts, &cfg.labels),
         slots: cfg.slots,
         policy: Some(cfg.policy.clone()),
+        enforces_memory: crate::contain::active().mode().memory(),
+        containment: crate::contain::active().mode().label().into(),
     }
 }

@@ -58,6 +58,15 @@ struct Args {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The cgroup (a path as /proc/self/cgroup shows it, e.g. /msagent) under which each
+    /// run gets its own cgroup, in each hierarchy (v1) or the unified one (v2). Default: a
+    /// `msfleet` cgroup under the agent's own.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_cgroups")]
+    cgroup_root: Option<PathBuf>,
+    /// Never use cgroups: the agent is a child subreaper and kills every descendant of a run
+    /// (jobs with a memory limit are then refused).
+    #[arg(long)]
+    no_cgroups: bool,
     /// Print the capability report as JSON and exit.
     #[arg(long)]
     probe: bool,
@@ -110,6 +119,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = cfg;
     cfg.work_dir = std::fs::canonicalize(&cfg.work_dir)?;
     let cfg = Arc::new(cfg);
+    if let Some(root) = &args.cgroup_root {
+        if !root.is_absolute() {
+            anyhow::bail!(
+                "--cgroup-root '{}' must be a cgroup path starting with '/' (as /proc/self/cgroup shows it)",
+                root.display()
+            );
+        }
+    }
+    let containment = msagent::contain::install(msagent::contain::detect(
+        &msagent::contain::Settings {
+            cgroup_root: args.cgroup_root.clone(),
+            no_cgroups: args.no_cgroups,
+        },
+    ));
     let probe_cfg = cfg.clone();
     let facts = tokio::task::spawn_blocking(move || {
         msagent::probe::probe_all(&probe_cfg.work_dir, &probe_cfg.python, &probe_cfg.npu_smi)
@@ -125,11 +148,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut report = serde_json::to_value(&facts)?;
         if let Some(obj) = report.as_object_mut() {
             obj.insert("profile".into(), caps.profile.clone().into());
+            obj.insert("containment".into(), caps.containment.clone().into());
+            obj.insert("enforces_memory".into(), caps.enforces_memory.into());
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     msagent::process::reap_orphans(&cfg.work_dir);
+    containment.sweep_stale();
     tracing::info!(
         name = %cfg.name,
         profile = %caps.profile,

@@ -21,6 +21,7 @@ pub mod fuzz;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod policy;
+pub mod memory;
 pub mod roots;
 pub mod secrets;
 

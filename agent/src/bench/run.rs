@@ -160,6 +160,9 @@ pub struct Bench {
     tx: Updates,
     gpu: Option<Arc<Nvml>>,
     runs: AtomicU64,
+    /// Labels each run's containment cell; the job's memory limit applied to each run.
+    cell_label: String,
+    memory_limit: Option<u64>,
 }
 
 impl Bench {
@@ -182,7 +185,17 @@ impl Bench {
             tx,
             gpu: None,
             runs: AtomicU64::new(0),
+            cell_label: "bench".into(),
+            memory_limit: None,
         }
+    }
+
+    /// Names each run's containment cell after the attempt (`slot`) and gives it the job's
+    /// memory limit.
+    pub fn with_containment(mut self, slot: &str, memory_limit: Option<u64>) -> Bench {
+        self.cell_label = slot.to_string();
+        self.memory_limit = memory_limit;
+        self
     }
 
     /// Records each run's process group in `path` while it runs.
@@ -432,7 +445,7 @@ impl Bench {
             .env("MSFLEET_WARMUP", if phase.warmup { "1" } else { "0" })
             .env("MSFLEET_RERUN", if phase.rerun { "1" } else { "0" });
         let started = Instant::now();
-        let mut group = ProcessGroup::spawn(&mut cmd)
+        let mut group = ProcessGroup::spawn(&mut cmd, &self.cell_label, self.memory_limit)
             .map_err(|e| Interrupt::Setup(format!("cannot start '{program}': {e}")))?;
         let pid = group.pid();
         let marker = format!("MSFLEET_METRICS={}", metrics_path.display());
@@ -464,6 +477,10 @@ impl Bench {
         if let Some(h) = exited.halted {
             let _ = tokio::fs::remove_file(&metrics_path).await;
             return Err(Interrupt::Halted(h));
+        }
+        if let Some(oom) = exited.oom {
+            let _ = tokio::fs::remove_file(&metrics_path).await;
+            return Err(Interrupt::Setup(format!("{}: {oom}", phase.label())));
         }
         let reaped = exited
             .reaped
@@ -707,6 +724,7 @@ async fn run_with(
         tx.clone(),
     )
     .with_pgid_file(run_dir.join(format!("{slot}.pgid")))
+    .with_containment(slot, a.spec.memory_limit_bytes)
     .with_gpu(gpu);
     bench.run_all(&cases, &errors, &baselines, guard).await
 }
