@@ -156,6 +156,7 @@ fn job_file() -> impl Strategy<Value = JobFile> {
                 timeout,
                 retries,
                 expire_after: None,
+                memory: None,
                 allow_unmatched: false,
                 args,
                 dedup_key,

@@ -101,6 +101,7 @@ pub fn job_json(j: &Job) -> Value {
         "source": src,
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
+        "memory_limit_bytes": spec.memory_limit_bytes,
         "retries": spec.retries,
         "retry_failed": spec.retry_failed,
         "env": spec.env,
@@ -142,6 +143,7 @@ pub fn spec_json(spec: &JobSpec) -> Value {
         "source": source_json(spec),
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
+        "memory_limit_bytes": spec.memory_limit_bytes,
         "retries": spec.retries,
         "retry_failed": spec.retry_failed,
         "env": spec.env,
@@ -574,6 +576,9 @@ pub fn spec_lines(spec: &JobSpec) -> String {
     }
     if !spec.requirements.is_empty() {
         out += &format!("  requires:  {}\n", spec.requirements);
+    }
+    if let Some(m) = spec.memory_limit_bytes {
+        out += &format!("  memory:    {}\n", msfleet_proto::memory::format(m));
     }
     out
 }
