@@ -397,6 +397,8 @@ pub fn agent_json(a: &Agent) -> Value {
         "running": a.running,
         "profile": caps.profile,
         "slots": caps.slots,
+        "containment": caps.containment,
+        "enforces_memory": caps.enforces_memory,
         "labels": caps.labels,
         "roots": caps.roots,
         "policy": caps.policy.as_ref().map_or(Value::Null, |p| json!({

@@ -293,6 +293,7 @@ bounded! {
             list("roots", &c.roots, MAX_LABELS, MAX_PATH)?;
             map("agent labels", c.labels.iter(), MAX_LABELS, MAX_TEXT)?;
             text("profile", &c.profile, MAX_NAME)?;
+            text("containment", &c.containment, MAX_NAME)?;
         }
         Ok(())
     };
