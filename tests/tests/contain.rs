@@ -279,3 +279,32 @@ fn a_memory_limit_is_refused_where_no_agent_can_enforce_it() {
     assert_ne!(small.code, 0, "{small}");
     assert!(small.stderr.contains("must be between 16 MiB"), "{small}");
 }
+
+/// An agent killed mid-run leaves its run's cgroup behind with a detached server in it; the
+/// agent started after it empties and removes that cgroup.
+#[test]
+fn a_restarted_agent_kills_what_a_crashed_one_left_in_its_cgroups() {
+    let mut f = Fleet::new();
+    let mode = agent(&mut f, &[]);
+    if !mode.starts_with("cgroup") {
+        eprintln!("skipped: no writable cgroup here (the agent reports {mode})");
+        return;
+    }
+    let suite = detaching_suite(&f);
+    let id = suite.submit(&f, 300, &[]);
+    f.wait_state(&id, "running");
+    let pid = suite.pid(&f);
+    let old_agent = f.agent("a1").pid().unwrap();
+    f.agent("a1").kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pid_alive(pid), "a crashed agent cannot kill what its run detached");
+    if mode == "cgroup-v1" {
+        assert_eq!(leftover_cgroups(old_agent).len(), 1, "the crashed run's cgroup is there");
+    }
+    f.agents.retain(|a| a.name != "a1");
+    f.add_agent("a1", &[], &[]);
+    assert_gone(pid, Duration::from_secs(5), "after the agent restarted");
+    if mode == "cgroup-v1" {
+        assert_eq!(leftover_cgroups(old_agent), Vec::<String>::new());
+    }
+}
