@@ -138,7 +138,11 @@ pub fn detect(settings: &Settings) -> Containment {
     } else {
         match detect_mode(settings) {
             Ok(m) => {
-                tracing::info!(mode = m.label(), memory = m.memory(), "containment: each run gets its own cgroup");
+                tracing::info!(
+                    mode = m.label(),
+                    memory = m.memory(),
+                    "containment: each run gets its own cgroup"
+                );
                 m
             }
             Err(why) => {
@@ -236,7 +240,11 @@ fn detect_mode(settings: &Settings) -> Result<Mode, String> {
     for ctrl in [Controller::Freezer, Controller::Pids, Controller::Memory] {
         let hier = mount.join(ctrl.name());
         if !hier.join("cgroup.procs").exists() {
-            why.push(format!("no {} hierarchy at {}", ctrl.name(), hier.display()));
+            why.push(format!(
+                "no {} hierarchy at {}",
+                ctrl.name(),
+                hier.display()
+            ));
             continue;
         }
         let base = under(&hier, &base_for(ctrl.name()));
@@ -415,8 +423,7 @@ impl Containment {
                 else {
                     continue;
                 };
-                if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
-                {
+                if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
                     continue;
                 }
                 let dir = e.path();
@@ -444,10 +451,16 @@ impl Containment {
 /// Where one run's processes are.
 #[derive(Debug)]
 enum CellKind {
-    V2 { dir: PathBuf },
-    V1 { dirs: Vec<(Controller, PathBuf)> },
+    V2 {
+        dir: PathBuf,
+    },
+    V1 {
+        dirs: Vec<(Controller, PathBuf)>,
+    },
     /// Found by [`CELL_VAR`] in their environment and by ancestry.
-    Marker { subreaper: bool },
+    Marker {
+        subreaper: bool,
+    },
 }
 
 /// One run's containment, from before its command starts to after its end.
@@ -469,7 +482,11 @@ pub struct OomKill {
 impl std::fmt::Display for OomKill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use msfleet_proto::memory::format;
-        write!(f, "out of memory: the job's limit is {}", format(self.limit))?;
+        write!(
+            f,
+            "out of memory: the job's limit is {}",
+            format(self.limit)
+        )?;
         match self.peak {
             Some(p) => write!(f, ", peak {}", format(p)),
             None => write!(f, " (this kernel does not report the peak)"),
@@ -567,12 +584,10 @@ impl Cell {
                     self.freeze_kill_thaw(&dir.join("cgroup.freeze"), "1", "0");
                 }
             }
-            CellKind::V1 { dirs } => {
-                match dirs.iter().find(|(c, _)| *c == Controller::Freezer) {
-                    Some((_, d)) => self.freeze_kill_thaw(&d.join("freezer.state"), "FROZEN", "THAWED"),
-                    None => kill(&self.members()),
-                }
-            }
+            CellKind::V1 { dirs } => match dirs.iter().find(|(c, _)| *c == Controller::Freezer) {
+                Some((_, d)) => self.freeze_kill_thaw(&d.join("freezer.state"), "FROZEN", "THAWED"),
+                None => kill(&self.members()),
+            },
             CellKind::Marker { subreaper } => {
                 kill_marked(&self.name, *subreaper);
                 return;
@@ -630,13 +645,15 @@ impl Cell {
                 let killed = match keyed_value(&control, "oom_kill") {
                     Some(n) => n > 0,
                     // Kernels before 4.13 count only hitting the limit.
-                    None => read(dir.join("memory.failcnt"))
-                        .and_then(|t| t.trim().parse::<u64>().ok())
-                        .unwrap_or(0)
-                        > 0,
+                    None => {
+                        read(dir.join("memory.failcnt"))
+                            .and_then(|t| t.trim().parse::<u64>().ok())
+                            .unwrap_or(0)
+                            > 0
+                    }
                 };
-                let peak = read(dir.join("memory.max_usage_in_bytes"))
-                    .and_then(|t| t.trim().parse().ok());
+                let peak =
+                    read(dir.join("memory.max_usage_in_bytes")).and_then(|t| t.trim().parse().ok());
                 (killed, peak)
             }
             CellKind::Marker { .. } => return None,
@@ -817,7 +834,10 @@ mod tests {
         assert_eq!(get("cpuacct"), Some("/x"));
         assert_eq!(get(""), Some("/user.slice/a.service"));
         assert_eq!(
-            under(Path::new("/sys/fs/cgroup/memory"), Path::new("/process_api/ce3a/msfleet")),
+            under(
+                Path::new("/sys/fs/cgroup/memory"),
+                Path::new("/process_api/ce3a/msfleet")
+            ),
             Path::new("/sys/fs/cgroup/memory/process_api/ce3a/msfleet")
         );
     }
@@ -884,7 +904,10 @@ mod tests {
         let cell = Cell {
             name: "a1-t-1-0".into(),
             kind: CellKind::V1 {
-                dirs: vec![(Controller::Freezer, frz.clone()), (Controller::Memory, mem.clone())],
+                dirs: vec![
+                    (Controller::Freezer, frz.clone()),
+                    (Controller::Memory, mem.clone()),
+                ],
             },
             memory_limit: Some(64 << 20),
         };
@@ -892,9 +915,17 @@ mod tests {
             cell.procs_files(),
             vec![frz.join("cgroup.procs"), mem.join("cgroup.procs")]
         );
-        std::fs::write(mem.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n").unwrap();
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+        )
+        .unwrap();
         assert_eq!(cell.oom_kill(), None);
-        std::fs::write(mem.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n").unwrap();
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        )
+        .unwrap();
         std::fs::write(mem.join("memory.max_usage_in_bytes"), "67108864\n").unwrap();
         assert_eq!(
             cell.oom_kill(),
@@ -904,7 +935,11 @@ mod tests {
             })
         );
         // A kernel without the oom_kill line: failcnt says the limit was hit.
-        std::fs::write(mem.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\n").unwrap();
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\n",
+        )
+        .unwrap();
         std::fs::write(mem.join("memory.failcnt"), "3\n").unwrap();
         assert!(cell.oom_kill().is_some());
     }
@@ -920,8 +955,18 @@ mod tests {
             memory_limit: Some(1 << 30),
         };
         assert_eq!(cell.procs_files(), vec![dir.join("cgroup.procs")]);
-        std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n").unwrap();
-        assert_eq!(cell.oom_kill(), Some(OomKill { limit: 1 << 30, peak: None }));
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cell.oom_kill(),
+            Some(OomKill {
+                limit: 1 << 30,
+                peak: None
+            })
+        );
         std::fs::write(dir.join("memory.peak"), "1073741824\n").unwrap();
         assert_eq!(cell.oom_kill().unwrap().peak, Some(1 << 30));
         let unlimited = Cell {
@@ -958,8 +1003,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let pidfile = tmp.path().join("pid");
         let mut cmd = std::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!("setsid sleep 300 & echo $! > {}", pidfile.display()));
+        cmd.arg("-c").arg(format!(
+            "setsid sleep 300 & echo $! > {}",
+            pidfile.display()
+        ));
         cell.enter_on_spawn(&mut cmd).unwrap();
         let status = cmd.status().unwrap();
         assert!(status.success());
@@ -968,9 +1015,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        let alive = |p: libc::pid_t| {
-            stat_of(p).is_some_and(|s| s.state != 'Z')
-        };
+        let alive = |p: libc::pid_t| stat_of(p).is_some_and(|s| s.state != 'Z');
         assert!(alive(pid), "the detached sleep runs");
         cell.kill_all();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -1001,8 +1046,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let pidfile = tmp.path().join("pid");
         let mut cmd = std::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!("setsid sleep 300 & echo $! > {}", pidfile.display()));
+        cmd.arg("-c").arg(format!(
+            "setsid sleep 300 & echo $! > {}",
+            pidfile.display()
+        ));
         cell.enter_on_spawn(&mut cmd).unwrap();
         assert!(cmd.status().unwrap().success());
         let pid: libc::pid_t = std::fs::read_to_string(&pidfile)
@@ -1010,7 +1057,10 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        assert!(cell.members().contains(&pid), "the setsid child is in the cell");
+        assert!(
+            cell.members().contains(&pid),
+            "the setsid child is in the cell"
+        );
         cell.kill_all();
         assert!(cell.members().is_empty());
         cell.remove();

@@ -127,12 +127,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    let containment = msagent::contain::install(msagent::contain::detect(
-        &msagent::contain::Settings {
+    let containment =
+        msagent::contain::install(msagent::contain::detect(&msagent::contain::Settings {
             cgroup_root: args.cgroup_root.clone(),
             no_cgroups: args.no_cgroups,
-        },
-    ));
+        }));
     let probe_cfg = cfg.clone();
     let facts = tokio::task::spawn_blocking(move || {
         msagent::probe::probe_all(&probe_cfg.work_dir, &probe_cfg.python, &probe_cfg.npu_smi)

@@ -20,8 +20,8 @@ pub mod client;
 pub mod fuzz;
 #[cfg(test)]
 mod fuzz_tests;
-pub mod policy;
 pub mod memory;
+pub mod policy;
 pub mod roots;
 pub mod secrets;
 

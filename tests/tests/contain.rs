@@ -114,7 +114,10 @@ fn leftover_cgroups(agent_pid: i32) -> Vec<String> {
     let Some(path) = own.lines().find_map(|l| {
         let mut p = l.splitn(3, ':');
         let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
-        ctrls.split(',').any(|c| c == "pids").then(|| path.to_string())
+        ctrls
+            .split(',')
+            .any(|c| c == "pids")
+            .then(|| path.to_string())
     }) else {
         return Vec::new();
     };
@@ -143,7 +146,11 @@ fn ends_normally(extra: &[&str]) {
     assert_gone(pid, Duration::from_secs(5), "after the job passed");
     if mode == "cgroup-v1" {
         let agent_pid = f.agent("a1").pid().unwrap();
-        assert_eq!(leftover_cgroups(agent_pid), Vec::<String>::new(), "run cgroups are removed");
+        assert_eq!(
+            leftover_cgroups(agent_pid),
+            Vec::<String>::new(),
+            "run cgroups are removed"
+        );
     }
 }
 
@@ -154,7 +161,10 @@ fn cancelled(extra: &[&str]) {
     let id = suite.submit(&f, 300, &[]);
     f.wait_state(&id, "running");
     let pid = suite.pid(&f);
-    assert!(pid_alive(pid), "the detached process runs while the test does");
+    assert!(
+        pid_alive(pid),
+        "the detached process runs while the test does"
+    );
     let out = f.ctl(&["cancel", &id, "--wait"]);
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(f.show(&id)["state"], "cancelled");
@@ -168,7 +178,10 @@ fn timed_out(extra: &[&str]) {
     let suite = detaching_suite(&f);
     let id = suite.submit(&f, 300, &["--timeout", "4s"]);
     let pid = suite.pid(&f);
-    assert!(pid_alive(pid), "the detached process runs while the test does");
+    assert!(
+        pid_alive(pid),
+        "the detached process runs while the test does"
+    );
     let j = f.wait_terminal(&id);
     assert_eq!(j["state"], "timed_out", "{j:#}");
     assert_gone(pid, Duration::from_secs(5), "after the timeout");
@@ -297,9 +310,16 @@ fn a_restarted_agent_kills_what_a_crashed_one_left_in_its_cgroups() {
     let old_agent = f.agent("a1").pid().unwrap();
     f.agent("a1").kill9();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(pid_alive(pid), "a crashed agent cannot kill what its run detached");
+    assert!(
+        pid_alive(pid),
+        "a crashed agent cannot kill what its run detached"
+    );
     if mode == "cgroup-v1" {
-        assert_eq!(leftover_cgroups(old_agent).len(), 1, "the crashed run's cgroup is there");
+        assert_eq!(
+            leftover_cgroups(old_agent).len(),
+            1,
+            "the crashed run's cgroup is there"
+        );
     }
     f.agents.retain(|a| a.name != "a1");
     f.add_agent("a1", &[], &[]);

@@ -1108,6 +1108,38 @@ elif out:
         assert!(summary_line(r).ends_with(" (nothing to compare with yet)\n"));
     }
 
+    /// A run over the job's memory limit is an error case naming the limit (where this
+    /// machine lets the test make a memory cgroup).
+    #[tokio::test]
+    async fn a_run_over_the_memory_limit_is_an_error_naming_it() {
+        if !crate::contain::active().mode().memory() {
+            eprintln!("skipped: no writable cgroup memory controller here");
+            return;
+        }
+        let mut f = Fixture::new();
+        f.case("hog", r#"{"name": "hog", "user_input": {"alloc_mb": 256}}"#);
+        let bench = f.bench(spec(1)).with_containment("t-1", Some(64 << 20));
+        let (cases, errors) = load_cases(f.ws(), &bench.plan.cases);
+        let (_stop_tx, mut stop) = watch::channel(None);
+        let mut guard = Guard::new(
+            tokio::time::Instant::now() + Duration::from_secs(120),
+            &mut stop,
+        );
+        let tally = bench
+            .run_all(&cases, &errors, &Baselines::default(), &mut guard)
+            .await
+            .unwrap();
+        let (cases, _) = f.drain();
+        assert_eq!(cases[0].verdict, "error");
+        assert!(
+            message(&cases[0]).contains("out of memory: the job's limit is 64 MiB, peak "),
+            "{}",
+            message(&cases[0])
+        );
+        let (outcome, _) = tally.outcome();
+        assert_eq!(outcome, Outcome::Error);
+    }
+
     #[tokio::test]
     async fn non_zero_exit_is_an_error_with_the_exit_code() {
         let mut f = Fixture::new();
