@@ -232,6 +232,9 @@ fn detect_mode(settings: &Settings) -> Result<Mode, String> {
     if mount.join("cgroup.controllers").exists() {
         let base = under(mount, &base_for(""));
         usable(&base)?;
+        if settings.cgroup_root.is_none() {
+            delegate_from_own(&under(mount, &own_path("")));
+        }
         let memory = enable_memory(&base);
         return Ok(Mode::V2 { base, memory });
     }
@@ -271,6 +274,43 @@ fn usable(base: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create a cgroup in {}: {e}", base.display()))?;
     std::fs::remove_dir(&probe).map_err(|e| format!("cannot remove {}: {e}", probe.display()))?;
     Ok(())
+}
+
+/// cgroup v2, default base (`msfleet` under the agent's own cgroup `own`): the
+/// base gets a memory controller only if `own` passes it down, which the
+/// kernel allows only while `own` holds no process. When the agent is alone
+/// in `own` (a systemd unit with `Delegate=yes`), it moves itself into the leaf
+/// `own/agent` first. Otherwise `own` stays as it is and runs get no limit.
+fn delegate_from_own(own: &Path) {
+    let has_memory = |f: &str| {
+        std::fs::read_to_string(own.join(f))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|c| c == "memory")
+    };
+    if has_memory("cgroup.subtree_control") || !has_memory("cgroup.controllers") {
+        return;
+    }
+    if std::fs::write(own.join("cgroup.subtree_control"), "+memory +pids").is_ok() {
+        return;
+    }
+    let me = std::process::id() as libc::pid_t;
+    let procs = parse_pids(&std::fs::read_to_string(own.join("cgroup.procs")).unwrap_or_default());
+    if procs != [me] {
+        return;
+    }
+    let leaf = own.join("agent");
+    let moved = std::fs::create_dir_all(&leaf)
+        .and_then(|()| std::fs::write(leaf.join("cgroup.procs"), me.to_string()));
+    match moved {
+        Ok(()) => {
+            let _ = std::fs::write(own.join("cgroup.subtree_control"), "+memory +pids");
+            tracing::info!(cgroup = %leaf.display(), "containment: moved the agent into a leaf cgroup so that its runs can have a memory limit");
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "containment: cannot move the agent into a leaf cgroup")
+        }
+    }
 }
 
 /// cgroup v2: lets the runs under `base` have a memory controller (it must be

@@ -307,20 +307,14 @@ fn a_restarted_agent_kills_what_a_crashed_one_left_in_its_cgroups() {
     let id = suite.submit(&f, 300, &[]);
     f.wait_state(&id, "running");
     let pid = suite.pid(&f);
-    let old_agent = f.agent("a1").pid().unwrap();
-    f.agent("a1").kill9();
-    std::thread::sleep(Duration::from_millis(300));
     assert!(
         pid_alive(pid),
-        "a crashed agent cannot kill what its run detached"
+        "the detached process runs while the test does"
     );
-    if mode == "cgroup-v1" {
-        assert_eq!(
-            leftover_cgroups(old_agent).len(),
-            1,
-            "the crashed run's cgroup is there"
-        );
-    }
+    let old_agent = f.agent("a1").pid().unwrap();
+    // Killed, the agent cannot end its run: the cgroup and the server in it stay. (Any agent
+    // that starts on this host meanwhile, another test's too, may sweep them already.)
+    f.agent("a1").kill9();
     f.agents.retain(|a| a.name != "a1");
     f.add_agent("a1", &[], &[]);
     assert_gone(pid, Duration::from_secs(5), "after the agent restarted");
