@@ -322,3 +322,29 @@ fn a_restarted_agent_kills_what_a_crashed_one_left_in_its_cgroups() {
         assert_eq!(leftover_cgroups(old_agent), Vec::<String>::new());
     }
 }
+
+/// `msagent --probe` says how the agent contains runs and whether it can enforce a memory
+/// limit; a `--cgroup-root` that is not a cgroup path is refused with what to write.
+#[test]
+fn the_probe_reports_containment_and_bad_roots_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(bin("msagent"));
+    cmd.args(["--probe", "--no-cgroups", "--work-dir"])
+        .arg(dir.path());
+    let out = run_cmd(cmd, Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["containment"], "subreaper", "{report:#}");
+    assert_eq!(report["enforces_memory"], false, "{report:#}");
+
+    let mut cmd = std::process::Command::new(bin("msagent"));
+    cmd.args(["--probe", "--cgroup-root", "msfleet", "--work-dir"])
+        .arg(dir.path());
+    let out = run_cmd(cmd, Duration::from_secs(60));
+    assert_eq!(out.code, 2, "{out}");
+    assert!(
+        out.stderr
+            .contains("--cgroup-root 'msfleet' must be a cgroup path starting with '/'"),
+        "{out}"
+    );
+}
