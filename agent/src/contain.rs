@@ -18,7 +18,8 @@
 //!   detaches with `setsid` is re-parented to the agent instead of init. Every
 //!   run's processes carry `MSFLEET_CELL=<cell>` in their environment; at the end
 //!   the agent SIGKILLs every process whose environment carries it and every
-//!   descendant of one, until none is left, and reaps the adopted zombies.
+//!   descendant of one, until none is left, and reaps the adopted zombies
+//!   (then, and every few seconds for those that exit on their own).
 //!   Its limit: a process that clears its environment *and* whose parent
 //!   already exited (a daemon that double-forks with `env -i`) is not found.
 //!   This mode cannot enforce a memory limit: a job with one is refused.
@@ -41,6 +42,9 @@ use std::time::{Duration, Instant};
 
 /// The environment variable naming the run's cell in every process it starts.
 pub const CELL_VAR: &str = "MSFLEET_CELL";
+
+/// How often the subreaper path reaps the zombies it adopted (also at each run's end).
+const REAP_EVERY: Duration = Duration::from_secs(5);
 
 /// How long the end of a run waits for its cgroup to empty.
 const EMPTY_WAIT: Duration = Duration::from_secs(10);
@@ -152,6 +156,18 @@ pub fn detect(settings: &Settings) -> Containment {
         }
     };
     let subreaper = matches!(mode, Mode::Subreaper) && become_subreaper();
+    if subreaper {
+        // What a run detached and that exits on its own between runs' ends.
+        let reaper = std::thread::Builder::new()
+            .name("msfleet-reaper".into())
+            .spawn(|| loop {
+                std::thread::sleep(REAP_EVERY);
+                reap_adopted();
+            });
+        if let Err(e) = reaper {
+            tracing::warn!(error = %e, "containment: cannot start the zombie reaper: adopted processes are reaped at each run's end only");
+        }
+    }
     Containment {
         mode,
         seq: AtomicU64::new(0),

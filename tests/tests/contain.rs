@@ -348,3 +348,33 @@ fn the_probe_reports_containment_and_bad_roots_are_refused() {
         "{out}"
     );
 }
+
+/// On the subreaper path, a detached process that exits on its own while its run goes on is
+/// re-parented to the agent and reaped by it within seconds (no zombie piles up).
+#[test]
+fn without_cgroups_a_detached_process_that_exits_is_reaped_while_the_run_goes_on() {
+    let mut f = Fleet::new();
+    assert_eq!(agent(&mut f, &["--no-cgroups"]), "subreaper");
+    let test = r#"
+import os, subprocess, time
+
+def test_a_short_lived_detached_process_is_reaped():
+    out = subprocess.run(["sh", "-c", "setsid sleep 0.3 > /dev/null 2>&1 & echo $!"],
+                         check=True, capture_output=True, text=True)
+    pid = int(out.stdout)
+    deadline = time.time() + 15
+    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
+        time.sleep(0.1)
+    state = open(f"/proc/{pid}/stat").read() if os.path.exists(f"/proc/{pid}") else "gone"
+    assert state == "gone", state
+"#;
+    let dir = f.write_suite("reap", &[("test_reap.py", test)]);
+    let id = f.submit(&["pytest", "--dir", &s(&dir)]);
+    let j = f.wait_terminal(&id);
+    assert_eq!(
+        j["state"],
+        "passed",
+        "{j:#}\n{}",
+        f.ctl(&["logs", &id]).stdout
+    );
+}
