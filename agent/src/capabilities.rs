@@ -65,5 +65,7 @@ pub fn report(cfg: &AgentConfig, facts: &HardwareFacts) -> Capabilities {
         slots: cfg.slots,
         policy: Some(cfg.policy.clone()),
         health: Some(crate::health::assess(facts, cfg.min_disk_free_mb, false)),
+        enforces_memory: crate::contain::active().mode().memory(),
+        containment: crate::contain::active().mode().label().into(),
     }
 }

@@ -7,12 +7,15 @@
 //! pytest with live results through the plugin socket, or the benchmark core
 //! [`bench`](mod@bench)). Both run their commands through [`process`] (own process group,
 //! log chunks, deadline and cancel: SIGTERM, grace, SIGKILL); [`attempt`] holds
-//! the types they share (attempt identity, update sink, stop reasons, guard).
+//! the types they share (attempt identity, update sink, stop reasons, guard);
+//! [`contain`] puts each run in its own cgroup (or, without one, finds its
+//! processes as a subreaper) so that nothing a job starts outlives it.
 
 pub mod attempt;
 pub mod bench;
 pub mod capabilities;
 pub mod config;
+pub mod contain;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;

@@ -71,6 +71,15 @@ struct Args {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The cgroup (a path as /proc/self/cgroup shows it, e.g. /msagent) under which each
+    /// run gets its own cgroup, in each hierarchy (v1) or the unified one (v2). Default: a
+    /// `msfleet` cgroup under the agent's own.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_cgroups")]
+    cgroup_root: Option<PathBuf>,
+    /// Never use cgroups: the agent is a child subreaper and kills every descendant of a run
+    /// (jobs with a memory limit are then refused).
+    #[arg(long)]
+    no_cgroups: bool,
     /// Print the capability report as JSON and exit.
     #[arg(long)]
     probe: bool,
@@ -126,6 +135,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = cfg;
     cfg.work_dir = std::fs::canonicalize(&cfg.work_dir)?;
     let cfg = Arc::new(cfg);
+    if let Some(root) = &args.cgroup_root {
+        if !root.is_absolute() {
+            anyhow::bail!(
+                "--cgroup-root '{}' must be a cgroup path starting with '/' (as /proc/self/cgroup shows it)",
+                root.display()
+            );
+        }
+    }
+    let containment =
+        msagent::contain::install(msagent::contain::detect(&msagent::contain::Settings {
+            cgroup_root: args.cgroup_root.clone(),
+            no_cgroups: args.no_cgroups,
+        }));
     let (facts, caps) = msagent::health::probe(&cfg).await;
     for note in &facts.notes {
         tracing::info!("probe: {note}");
@@ -142,6 +164,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     serde_json::json!({ "status": h.status, "reasons": h.reasons }),
                 );
             }
+            obj.insert("containment".into(), caps.containment.clone().into());
+            obj.insert("enforces_memory".into(), caps.enforces_memory.into());
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -150,6 +174,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(h) = caps.health.as_ref().filter(|h| h.status != "ok") {
         tracing::warn!(reasons = ?h.reasons, "probe: host degraded (the scheduler quarantines it)");
     }
+    containment.sweep_stale();
     tracing::info!(
         name = %cfg.name,
         profile = %caps.profile,

@@ -10,11 +10,18 @@
 //! attempt's [`Guard`] (deadline or stop): then SIGTERM to the group, the grace period, SIGKILL
 //! of the group. Whatever the process left behind in its group is SIGKILLed in either case.
 //!
+//! Every run is also contained ([`crate::contain`]): it starts inside its own [`Cell`] (a
+//! cgroup, or the marker that the subreaper path finds), and at its end, normal or halted,
+//! everything in the cell is killed, `setsid` or not, before the cell is removed. A run with a
+//! memory limit that the kernel OOM-killed in reports it in [`Exited::oom`]. This is the one
+//! place where a run's processes end.
+//!
 //! The pytest runner ([`crate::runner`]) and the benchmark core ([`crate::bench`]) both run
 //! their processes through it: pytest ignores the resource usage, the benchmark core measures
 //! with it and captures the output through the hook for its extractors.
 
 use crate::attempt::{Guard, Halt, Updates};
+use crate::contain::{Cell, OomKill};
 use msfleet_proto::LogChunk;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -57,17 +64,33 @@ pub struct ProcessGroup {
     child: std::process::Child,
     pid: libc::pid_t,
     pgid_file: Option<PathBuf>,
+    cell: Cell,
 }
 
 impl ProcessGroup {
     /// Starts `cmd` as the leader of a new process group, stdin from `/dev/null`, stdout and
-    /// stderr piped.
-    pub fn spawn(cmd: &mut std::process::Command) -> std::io::Result<ProcessGroup> {
+    /// stderr piped, inside a new cell of the agent's containment labelled `label` (the
+    /// attempt's `<task>-<attempt>`) with `memory_limit` (refused where it cannot be enforced).
+    pub fn spawn(
+        cmd: &mut std::process::Command,
+        label: &str,
+        memory_limit: Option<u64>,
+    ) -> std::io::Result<ProcessGroup> {
+        let cell = crate::contain::active()
+            .cell(label, memory_limit)
+            .map_err(std::io::Error::other)?;
+        cell.enter_on_spawn(cmd).map_err(std::io::Error::other)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let child = cmd.spawn()?;
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                cell.remove();
+                return Err(e);
+            }
+        };
         // The child is reaped by `wait_rusage`, never through `child`.
         let pid = libc::pid_t::try_from(child.id())
             .map_err(|_| std::io::Error::other("the run got an invalid process id"))?;
@@ -75,6 +98,7 @@ impl ProcessGroup {
             child,
             pid,
             pgid_file: None,
+            cell,
         })
     }
 
@@ -115,6 +139,7 @@ impl ProcessGroup {
             pgid_file: self.pgid_file,
             readers,
             reaper: tokio::task::spawn_blocking(move || wait_rusage(pid)),
+            cell: self.cell,
         }
     }
 }
@@ -125,6 +150,7 @@ pub struct Running {
     pgid_file: Option<PathBuf>,
     readers: Vec<JoinHandle<()>>,
     reaper: JoinHandle<std::io::Result<Reaped>>,
+    cell: Cell,
 }
 
 /// How a process group's run ended.
@@ -133,13 +159,16 @@ pub struct Exited {
     pub reaped: std::io::Result<Reaped>,
     /// Set when the guard stopped the run.
     pub halted: Option<Halt>,
+    /// Set when the run breached its memory limit (the kernel OOM-killed in its cell).
+    pub oom: Option<OomKill>,
     readers: Vec<JoinHandle<()>>,
     pgid_file: Option<PathBuf>,
 }
 
 impl Running {
     /// Waits until the leader exits, or until `guard` halts the attempt: then SIGTERM to the
-    /// group and SIGKILL once `grace` is over. Either way the rest of the group is SIGKILLed.
+    /// group and SIGKILL once `grace` is over. Either way the rest of the group, and everything
+    /// else in the run's cell, is SIGKILLed and the cell removed.
     pub async fn wait(mut self, guard: &mut Guard<'_>, grace: Duration) -> Exited {
         let (waited, halted) = tokio::select! {
             r = &mut self.reaper => (r, None),
@@ -147,9 +176,22 @@ impl Running {
         };
         // Whatever the run left behind in its group goes too.
         let _ = killpg(self.pgid, Signal::SIGKILL);
+        let cell = self.cell;
+        let oom = tokio::task::spawn_blocking(move || {
+            cell.kill_all();
+            let oom = cell.oom_kill();
+            cell.remove();
+            oom
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ending a run's cell failed");
+            None
+        });
         Exited {
             reaped: waited.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             halted,
+            oom,
             readers: self.readers,
             pgid_file: self.pgid_file,
         }

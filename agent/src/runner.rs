@@ -110,6 +110,10 @@ async fn run_inner(
     if let Err(why) = policy::admit(&cfg.policy, &a.spec) {
         return finished(Outcome::Error, why, -1);
     }
+    // A memory limit this agent cannot enforce is refused, never ignored.
+    if let Some(why) = crate::contain::active().refuses(a.spec.memory_limit_bytes) {
+        return finished(Outcome::Error, why.to_string(), -1);
+    }
     let git = source::GitRun {
         timeout: cfg.git_timeout,
         guard: &mut guard,
@@ -563,7 +567,7 @@ impl PytestRun<'_> {
             .env("MSFLEET_TASK_ID", &a.task_id)
             .env("MSFLEET_ATTEMPT", a.attempt.to_string())
             .envs(extra_env.iter().map(|(k, v)| (*k, v)));
-        let mut group = match ProcessGroup::spawn(&mut cmd) {
+        let mut group = match ProcessGroup::spawn(&mut cmd, self.slot, a.spec.memory_limit_bytes) {
             Ok(g) => g,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&sock_path).await;
@@ -617,6 +621,14 @@ impl PytestRun<'_> {
         }
         let _ = tokio::fs::remove_file(&sock_path).await;
         let status = exited.reaped?.status;
+        if let (None, Some(oom)) = (&exited.halted, &exited.oom) {
+            return Ok(Err(Finished {
+                outcome: Outcome::Error as i32,
+                reason: oom.to_string(),
+                exit_code: status.code().unwrap_or(-1),
+                ..Default::default()
+            }));
+        }
         let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
         let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).text();
         // pytest ended on its own, unsuccessfully, and the plugin never

@@ -393,6 +393,11 @@ pub struct Submit {
     /// scheduler's, 5).
     #[arg(long)]
     pub agent_lost_retries: Option<u32>,
+    /// Most memory the attempt's processes may use together, e.g. 4G or 512M
+    /// (binary units); a breach ends the attempt `error`. Only agents that can
+    /// enforce a limit (a cgroup memory controller) take the job.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
     /// A job not started this long after submit ends `expired`, e.g. 2h
     /// (default: the queue's, 24 h).
     #[arg(

@@ -476,6 +476,10 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     if let Some(r) = s.agent_lost_retries {
         f.agent_lost_retries = Some(r);
     }
+    if let Some(m) = &s.memory {
+        msfleet_proto::memory::parse(m).map_err(|e| CtlError::input(format!("--memory: {e}")))?;
+        f.memory = Some(m.clone());
+    }
     if let Some(t) = &s.expire_after {
         parse_timeout(t).map_err(|e| CtlError::input(format!("--expire-after: {e}")))?;
         f.expire_after = Some(t.clone());

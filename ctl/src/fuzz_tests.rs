@@ -157,6 +157,7 @@ fn job_file() -> impl Strategy<Value = JobFile> {
                 agent_lost_retries: retries.map(|r| r.wrapping_mul(7)),
                 retries,
                 expire_after: None,
+                memory: None,
                 allow_unmatched: false,
                 args,
                 dedup_key,

@@ -7,6 +7,7 @@
 //! priority = 0
 //! requirements = 'gpu.count>=1 && label.pool=="nightly"'
 //! timeout = "30m"
+//! memory = "4G"                            # the attempt's processes together (cgroup limit)
 //! retries = 2
 //! args = ["-m", "not nightly", "tests/regression"]
 //! [source]
@@ -67,6 +68,10 @@ pub struct JobFile {
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_lost_retries: Option<u32>,
+    /// A size like "4G" or "512M": the most memory the attempt's processes
+    /// may use together; a breach ends the attempt `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
     /// A duration like "24h": not started by then, the job ends `expired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_after: Option<String>,
@@ -180,6 +185,8 @@ pub struct SourceFile {
 pub enum JobFileError {
     #[error("{0}")]
     Toml(String),
+    #[error("bad memory limit: {0}")]
+    Memory(String),
     #[error("bad timeout '{value}': {reason} (use e.g. 30m, 1h, 90s)")]
     Timeout { value: String, reason: String },
     #[error("[source] needs exactly one of dir = \"...\" or git = \"...\"")]
@@ -259,6 +266,10 @@ impl JobFile {
             None => None,
             Some(t) => Some(parse_timeout(t)?),
         };
+        let memory_limit_bytes = match &self.memory {
+            None => None,
+            Some(m) => Some(msfleet_proto::memory::parse(m).map_err(JobFileError::Memory)?),
+        };
         let kind = match (&self.source.dir, &self.source.git) {
             (Some(d), None) => {
                 if self.source.git_ref.is_some() {
@@ -306,6 +317,7 @@ impl JobFile {
             secret_env,
             expire_after_ms,
             allow_unmatched: self.allow_unmatched,
+            memory_limit_bytes,
             ..Default::default()
         })
     }
@@ -376,6 +388,7 @@ mod tests {
             timeout: Some("30m".into()),
             retries: Some(1),
             expire_after: Some("2h".into()),
+            memory: Some("4G".into()),
             allow_unmatched: true,
             args: vec!["-m".into(), "not nightly".into(), "tests".into()],
             source: SourceFile {
@@ -392,7 +405,14 @@ mod tests {
         assert_eq!(spec.timeout_ms, Some(1_800_000));
         assert_eq!(spec.expire_after_ms, Some(7_200_000));
         assert!(spec.allow_unmatched);
+        assert_eq!(spec.memory_limit_bytes, Some(4 << 30));
         assert_eq!(spec.args.len(), 3);
+        let bad = JobFile {
+            memory: Some("lots".into()),
+            ..back
+        };
+        let e = bad.to_spec().unwrap_err().to_string();
+        assert!(e.starts_with("bad memory limit: memory 'lots'"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! verdicts, diff; text, JSON, JUnit, markdown), [`export`] (`baseline export`:
 //! baselines -> case files) and [`render`] (text and `--json`).
 
+// `render::job_json` is one `json!` object with many fields.
+#![recursion_limit = "256"]
+
 pub mod argv;
 pub mod cli;
 pub mod commands;

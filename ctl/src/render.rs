@@ -101,6 +101,7 @@ pub fn job_json(j: &Job) -> Value {
         "source": src,
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
+        "memory_limit_bytes": spec.memory_limit_bytes,
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
@@ -146,6 +147,7 @@ pub fn spec_json(spec: &JobSpec) -> Value {
         "source": source_json(spec),
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
+        "memory_limit_bytes": spec.memory_limit_bytes,
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
@@ -401,6 +403,8 @@ pub fn agent_json(a: &Agent) -> Value {
         "running": a.running,
         "profile": caps.profile,
         "slots": caps.slots,
+        "containment": caps.containment,
+        "enforces_memory": caps.enforces_memory,
         "labels": caps.labels,
         "roots": caps.roots,
         "policy": caps.policy.as_ref().map_or(Value::Null, |p| json!({
@@ -602,6 +606,9 @@ pub fn spec_lines(spec: &JobSpec) -> String {
     }
     if !spec.requirements.is_empty() {
         out += &format!("  requires:  {}\n", spec.requirements);
+    }
+    if let Some(m) = spec.memory_limit_bytes {
+        out += &format!("  memory:    {}\n", msfleet_proto::memory::format(m));
     }
     out
 }

@@ -20,6 +20,7 @@ pub mod client;
 pub mod fuzz;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod memory;
 pub mod policy;
 pub mod roots;
 pub mod secrets;

@@ -85,6 +85,9 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
             }
         }
     }
+    if let Some(m) = spec.memory_limit_bytes {
+        msfleet_proto::memory::check(m).map_err(Status::invalid_argument)?;
+    }
     if spec.retry_failed > MAX_RETRY_FAILED {
         return Err(Status::invalid_argument(format!(
             "retry_failed {} is more than {MAX_RETRY_FAILED}",
@@ -238,6 +241,14 @@ mod tests {
                 "absolute path",
             ),
             (Box::new(|s| s.kind = "make".into()), "unknown job kind"),
+            (
+                Box::new(|s| s.memory_limit_bytes = Some(1 << 20)),
+                "memory limit 1 MiB must be between 16 MiB and 16 TiB",
+            ),
+            (
+                Box::new(|s| s.memory_limit_bytes = Some(u64::MAX)),
+                "must be between 16 MiB and 16 TiB",
+            ),
             (
                 Box::new(|s| {
                     s.secret_env.insert("A=B".into(), "v".into());

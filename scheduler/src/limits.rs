@@ -316,6 +316,7 @@ bounded! {
             map("agent labels", c.labels.iter(), MAX_LABELS, MAX_TEXT)?;
             text("profile", &c.profile, MAX_NAME)?;
             health(c)?;
+            text("containment", &c.containment, MAX_NAME)?;
         }
         Ok(())
     };

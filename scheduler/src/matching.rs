@@ -72,6 +72,7 @@ pub fn fits(req: &Requirement, spec: &JobSpec, attrs: &Attributes, caps: &Capabi
     if !req.matches(attrs)
         || policy_refusal(spec, caps).is_some()
         || pytest_missing(spec, caps).is_some()
+        || memory_unenforced(spec, caps).is_some()
     {
         return false;
     }
@@ -107,6 +108,24 @@ pub fn pytest_missing(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
         format!(
             "pytest is not installed for {python} (python {})",
             crate::clip(&h.python_version)
+        )
+    })
+}
+
+/// Why the job's memory limit cannot go to this agent: it does not report
+/// that it can enforce one (no cgroup memory controller), and a limit is
+/// never silently dropped. `None` for a job without a limit.
+pub fn memory_unenforced(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
+    let limit = spec.memory_limit_bytes?;
+    (!caps.enforces_memory).then(|| {
+        let how = if caps.containment.is_empty() {
+            "unknown".into()
+        } else {
+            crate::clip(&caps.containment)
+        };
+        format!(
+            "cannot enforce a memory limit of {} (containment: {how})",
+            msfleet_proto::memory::format(limit)
         )
     })
 }
@@ -195,6 +214,26 @@ mod tests {
         assert!(!fits(&req, &spec("/home/x"), &attrs, &c));
         let npu: Requirement = "npu.count>=1".parse().unwrap();
         assert!(!fits(&npu, &spec("/srv/work"), &attrs, &c));
+    }
+
+    #[test]
+    fn a_memory_limit_goes_only_to_agents_that_enforce_one() {
+        let mut c = caps();
+        c.containment = "subreaper".into();
+        let attrs = attributes("a1", &c);
+        let any = Requirement::parse("").unwrap();
+        let mut job = spec("/srv/work/proj");
+        assert!(fits(&any, &job, &attrs, &c), "no limit: any agent");
+        job.memory_limit_bytes = Some(512 << 20);
+        assert!(!fits(&any, &job, &attrs, &c));
+        assert_eq!(
+            memory_unenforced(&job, &c).as_deref(),
+            Some("cannot enforce a memory limit of 512 MiB (containment: subreaper)")
+        );
+        c.enforces_memory = true;
+        c.containment = "cgroup-v1".into();
+        assert!(fits(&any, &job, &attrs, &c));
+        assert_eq!(memory_unenforced(&job, &c), None);
     }
 
     #[test]

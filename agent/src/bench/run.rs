@@ -157,6 +157,9 @@ pub struct Bench {
     tx: Updates,
     gpu: Option<Arc<Nvml>>,
     runs: AtomicU64,
+    /// Labels each run's containment cell; the job's memory limit applied to each run.
+    cell_label: String,
+    memory_limit: Option<u64>,
 }
 
 impl Bench {
@@ -179,7 +182,17 @@ impl Bench {
             tx,
             gpu: None,
             runs: AtomicU64::new(0),
+            cell_label: "bench".into(),
+            memory_limit: None,
         }
+    }
+
+    /// Names each run's containment cell after the attempt (`slot`) and gives it the job's
+    /// memory limit.
+    pub fn with_containment(mut self, slot: &str, memory_limit: Option<u64>) -> Bench {
+        self.cell_label = slot.to_string();
+        self.memory_limit = memory_limit;
+        self
     }
 
     /// Records each run's process group in `path` while it runs.
@@ -429,7 +442,7 @@ impl Bench {
             .env("MSFLEET_WARMUP", if phase.warmup { "1" } else { "0" })
             .env("MSFLEET_RERUN", if phase.rerun { "1" } else { "0" });
         let started = Instant::now();
-        let mut group = ProcessGroup::spawn(&mut cmd)
+        let mut group = ProcessGroup::spawn(&mut cmd, &self.cell_label, self.memory_limit)
             .map_err(|e| Interrupt::Setup(format!("cannot start '{program}': {e}")))?;
         let pid = group.pid();
         let marker = format!("MSFLEET_METRICS={}", metrics_path.display());
@@ -461,6 +474,10 @@ impl Bench {
         if let Some(h) = exited.halted {
             let _ = tokio::fs::remove_file(&metrics_path).await;
             return Err(Interrupt::Halted(h));
+        }
+        if let Some(oom) = exited.oom {
+            let _ = tokio::fs::remove_file(&metrics_path).await;
+            return Err(Interrupt::Setup(format!("{}: {oom}", phase.label())));
         }
         let reaped = exited
             .reaped
@@ -703,6 +720,7 @@ async fn run_with(
         tx.clone(),
     )
     .with_pgid_file(run_dir.join(format!("{slot}.pgid")))
+    .with_containment(slot, a.spec.memory_limit_bytes)
     .with_gpu(gpu);
     bench.run_all(&cases, &errors, &baselines, guard).await
 }
@@ -1085,6 +1103,38 @@ elif out:
             summary_line(r)
         );
         assert!(summary_line(r).ends_with(" (nothing to compare with yet)\n"));
+    }
+
+    /// A run over the job's memory limit is an error case naming the limit (where this
+    /// machine lets the test make a memory cgroup).
+    #[tokio::test]
+    async fn a_run_over_the_memory_limit_is_an_error_naming_it() {
+        if !crate::contain::active().mode().memory() {
+            eprintln!("skipped: no writable cgroup memory controller here");
+            return;
+        }
+        let mut f = Fixture::new();
+        f.case("hog", r#"{"name": "hog", "user_input": {"alloc_mb": 256}}"#);
+        let bench = f.bench(spec(1)).with_containment("t-1", Some(64 << 20));
+        let (cases, errors) = load_cases(f.ws(), &bench.plan.cases);
+        let (_stop_tx, mut stop) = watch::channel(None);
+        let mut guard = Guard::new(
+            tokio::time::Instant::now() + Duration::from_secs(120),
+            &mut stop,
+        );
+        let tally = bench
+            .run_all(&cases, &errors, &Baselines::default(), &mut guard)
+            .await
+            .unwrap();
+        let (cases, _) = f.drain();
+        assert_eq!(cases[0].verdict, "error");
+        assert!(
+            message(&cases[0]).contains("out of memory: the job's limit is 64 MiB, peak "),
+            "{}",
+            message(&cases[0])
+        );
+        let (outcome, _) = tally.outcome();
+        assert_eq!(outcome, Outcome::Error);
     }
 
     #[tokio::test]

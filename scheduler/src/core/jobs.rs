@@ -178,6 +178,9 @@ impl Core {
                 if let Some(p) = matching::pytest_missing(spec, a.caps()) {
                     why.push(p);
                 }
+                if let Some(m) = matching::memory_unenforced(spec, a.caps()) {
+                    why.push(m);
+                }
                 (why.len(), name.as_str(), why)
             })
             .collect();
