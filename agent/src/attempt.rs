@@ -31,6 +31,22 @@ pub struct AttemptSpec {
     /// The lease's fencing epoch (calls about the attempt carry it).
     pub epoch: u64,
     pub spec: JobSpec,
+    /// The scheduler's span of this attempt (W3C traceparent; empty without traces):
+    /// the parent of the agent's spans for it ([`AttemptSpec::span`]).
+    pub traceparent: String,
+}
+
+impl AttemptSpec {
+    /// `span`, made a child of the scheduler's span of this attempt when traces are exported.
+    pub fn span(&self, span: tracing::Span) -> tracing::Span {
+        use msfleet_proto::telemetry::{self, OpenTelemetrySpanExt};
+        if telemetry::enabled() {
+            if let Some(sc) = telemetry::parse_traceparent(&self.traceparent) {
+                let _ = span.set_parent(telemetry::remote_context(sc));
+            }
+        }
+        span
+    }
 }
 
 /// Identifies an attempt on this agent: (task id, attempt number).

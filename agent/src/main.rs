@@ -6,6 +6,8 @@ use msagent::config::{AgentConfig, FileConfig, Overrides};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// The msfleet agent: reports this host's hardware and runs the tests the scheduler assigns.
@@ -80,6 +82,10 @@ struct Args {
     /// (jobs with a memory limit are then refused).
     #[arg(long)]
     no_cgroups: bool,
+    /// Export traces over OTLP/gRPC to this collector (e.g. http://localhost:4317); the
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT does the same. Neither: no export.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Print the capability report as JSON and exit.
     #[arg(long)]
     probe: bool,
@@ -89,11 +95,24 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+    let args = Args::parse();
+    let telemetry = match msfleet_proto::telemetry::init("msagent", args.otlp_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("msagent: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::registry()
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(telemetry.as_ref().map(|t| t.layer()))
         .init();
-    match run(Args::parse()).await {
+    let result = run(args).await;
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
+    match result {
         Ok(()) => {}
         Err(e) => {
             eprintln!("msagent: {e:#}");

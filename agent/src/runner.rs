@@ -43,6 +43,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 mod flaky;
 use flaky::Tally;
@@ -125,6 +126,7 @@ async fn run_inner(
         &slot,
         git,
     )
+    .instrument(a.span(tracing::info_span!("checkout", task = %a.task_id, attempt = a.attempt)))
     .await
     {
         Ok(ws) => ws,
@@ -146,11 +148,17 @@ async fn run_inner(
         tx.log("stderr", format!("msfleet: checked out {c}\n"));
     }
     if a.spec.kind == "benchmark" {
-        let f = crate::bench::run::run(cfg, a, &slot, &ws.dir, tx, &mut guard).await;
+        let f = crate::bench::run::run(cfg, a, &slot, &ws.dir, tx, &mut guard)
+            .instrument(
+                a.span(tracing::info_span!("benchmark", task = %a.task_id, attempt = a.attempt)),
+            )
+            .await;
         ws.cleanup().await;
         return f;
     }
-    let result = run_pytest(cfg, a, &slot, &ws.dir, tx, &mut guard).await;
+    let result = run_pytest(cfg, a, &slot, &ws.dir, tx, &mut guard)
+        .instrument(a.span(tracing::info_span!("pytest", task = %a.task_id, attempt = a.attempt)))
+        .await;
     ws.cleanup().await;
     match result {
         Ok(f) => f,
@@ -596,12 +604,16 @@ impl PytestRun<'_> {
         };
         let running = group.start(tx, Some(hook));
         let connected = Arc::new(AtomicBool::new(false));
-        let results = tokio::spawn(pump_results(
-            listener,
-            (!rerun).then(|| tx.clone()),
-            tally.clone(),
-            connected.clone(),
-        ));
+        // In the pytest span: a failing test is an event of it.
+        let results = tokio::spawn(
+            pump_results(
+                listener,
+                (!rerun).then(|| tx.clone()),
+                tally.clone(),
+                connected.clone(),
+            )
+            .in_current_span(),
+        );
 
         let mut exited = running.wait(guard, cfg.kill_grace).await;
         exited.drain().await;
@@ -837,6 +849,14 @@ async fn pump_results(
             vec![result]
         };
         for result in results {
+            if matches!(result.outcome.as_str(), "failed" | "error") {
+                tracing::info!(
+                    test.case.name = %result.nodeid,
+                    test.case.result.status = "fail",
+                    outcome = %result.outcome,
+                    "test failed"
+                );
+            }
             if running {
                 held.push((result, msg.subtest.is_some()));
                 if held.len() >= MAX_HELD {
@@ -1125,6 +1145,7 @@ def test_param(p):
             attempt: 1,
             epoch: 1,
             spec,
+            traceparent: String::new(),
         };
         let (utx, mut urx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -1863,6 +1884,7 @@ def test_quotes_it():
             task_id: "t".into(),
             attempt: 1,
             epoch: 7,
+            traceparent: String::new(),
             spec: pb::JobSpec {
                 kind: "benchmark".into(),
                 source: Some(pb::Source {

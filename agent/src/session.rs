@@ -538,6 +538,7 @@ impl Session {
             attempt: r.attempt,
             epoch: r.epoch,
             spec: asg.spec.unwrap_or_default(),
+            traceparent: asg.traceparent,
         };
         let attempt = Attempt::new(r, stop);
         let updates =
@@ -786,6 +787,7 @@ mod tests {
             job_id: task.into(),
             // No source: the runner ends it `error` at once.
             spec: Some(msfleet_proto::JobSpec::default()),
+            traceparent: String::new(),
         })
     }
 

@@ -52,6 +52,10 @@ impl Fleet for FleetService {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
         let who = caller(&req)?;
         let by = who.name().to_string();
+        // The submitter's span (W3C traceparent), only read when traces are exported.
+        let parent_span = msfleet_proto::telemetry::enabled()
+            .then(|| msfleet_proto::telemetry::extract(req.metadata()))
+            .flatten();
         let spec = bounded(req)?
             .spec
             .ok_or_else(|| Status::invalid_argument("SubmitRequest.spec is missing"))?;
@@ -62,6 +66,7 @@ impl Fleet for FleetService {
             .call(|reply| Command::Submit {
                 spec: Box::new(spec),
                 by,
+                caller: parent_span,
                 reply,
             })
             .await?;

@@ -4,6 +4,8 @@ use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// The msfleet scheduler: durable job queues, leases and the gRPC API.
@@ -71,6 +73,10 @@ struct Args {
     /// suffixes); past it a marker is logged and the rest is dropped.
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     max_log_bytes: u64,
+    /// Export traces over OTLP/gRPC to this collector (e.g. http://localhost:4317); the
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT does the same. Neither: no export.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Testing: read the time (Unix ms) from this file instead of the system clock.
     #[arg(long, hide = true)]
     clock_file: Option<PathBuf>,
@@ -102,11 +108,24 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+    let args = Args::parse();
+    let telemetry = match msfleet_proto::telemetry::init("msched", args.otlp_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("msched: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::registry()
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(telemetry.as_ref().map(|t| t.layer()))
         .init();
-    if let Err(e) = run(Args::parse()).await {
+    let result = run(args).await;
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
+    if let Err(e) = result {
         // One line that says what to fix (no backtrace, whatever RUST_BACKTRACE says).
         eprintln!("msched: {e:#}");
         std::process::exit(2);

@@ -52,6 +52,9 @@ pub struct AttemptRecord {
     /// so that a restart does not reset the attempt's log limit.
     #[serde(default)]
     pub log_bytes: u64,
+    /// When the attempt was assigned (core clock, ms): its span's start.
+    #[serde(default)]
+    pub assigned_at_ms: i64,
 }
 
 /// A callback run once the writes before it are on disk (`true`) or failed to get there.

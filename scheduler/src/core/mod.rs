@@ -22,7 +22,9 @@ use crate::queue::PendingQueue;
 use crate::requirement::{Attributes, Requirement};
 use crate::schedule::{self, CronSpec, Due, Misfire, Overlap, OverlapAction};
 use crate::store::{AttemptRecord, Durable, Store, StoreError, WriteSet};
+use crate::telemetry;
 use msfleet_proto as pb;
+pub use msfleet_proto::telemetry::opentelemetry::trace::SpanContext;
 use msfleet_proto::{
     job_event, scheduler_message, task_update, Agent, AgentAdmin, AttemptRef, Job, JobEvent,
     JobSpec, JobState, Outcome, SchedulerMessage, StateChange, TestCounts,
@@ -211,6 +213,9 @@ pub enum Command {
         spec: Box<JobSpec>,
         /// The caller's token name, recorded as the job's `submitted_by`.
         by: String,
+        /// The caller's span (W3C traceparent in the request's metadata), the
+        /// parent of the job's span when traces are exported.
+        caller: Option<SpanContext>,
         reply: Reply<Job>,
     },
     GetJob {
@@ -435,6 +440,17 @@ impl Step {
                 ))
             });
         }));
+    }
+
+    /// Exports `span` once this turn's writes are durable (on the flusher thread).
+    fn trace(&mut self, span: Option<crate::telemetry::FinishedSpan>) {
+        if let Some(span) = span {
+            self.after.push(Box::new(move |ok| {
+                if ok {
+                    span.emit();
+                }
+            }));
+        }
     }
 
     fn send(&mut self, tx: &AgentTx, msg: scheduler_message::Msg) {
@@ -704,8 +720,13 @@ impl Core {
 
     fn handle(&mut self, cmd: Command, step: &mut Step) {
         match cmd {
-            Command::Submit { spec, by, reply } => {
-                let r = self.submit(*spec, None, &by, step);
+            Command::Submit {
+                spec,
+                by,
+                caller,
+                reply,
+            } => {
+                let r = self.submit(*spec, None, &by, caller.as_ref(), step);
                 step.reply(reply, r);
             }
             Command::GetJob { id, reply } => {
