@@ -115,56 +115,34 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[test]
-fn one_job_is_one_trace_across_msctl_msched_and_msagent() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (url, seen) = start_receiver(&rt);
+/// A scheduler (the flag) and an agent (the standard variable) that export to `url`.
+fn traced_fleet(url: &str) -> Fleet {
     let mut f = Fleet::with_opts(SchedOpts {
-        extra: vec!["--otlp-endpoint".into(), url.clone()],
+        extra: vec!["--otlp-endpoint".into(), url.to_string()],
         ..SchedOpts::default()
     });
-    // The agent and msctl get the standard variable, msched the flag.
     f.add_agent_with_env(
         "otel-a1",
         &[],
         &[],
         &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ],
     );
-    let suite = f.write_suite("traced", &[("test_traced.py", SUITE)]);
-    let mut cmd = ctl_cmd(
-        &f.addr(),
-        &[
-            "submit",
-            "pytest",
-            "--dir",
-            suite.to_str().unwrap(),
-            "--name",
-            "traced-suite",
-            "--wait",
-        ],
-    );
-    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &url);
-    let out = run_cmd(cmd, CTL_TIMEOUT);
-    assert_eq!(out.code, 1, "one test fails: {out}");
-    let job_id = out
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("submitted job "))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| panic!("no job id in: {out}"));
+    f
+}
 
-    // msctl flushed before it exited; msched and msagent export in batches.
-    let wanted = [
-        ("msctl", "msctl submit"),
-        ("msched", "cicd.pipeline.run"),
-        ("msched", "cicd.pipeline.task.run"),
-        ("msagent", "checkout"),
-        ("msagent", "pytest"),
-    ];
-    let spans = wait_for(
+/// msctl with the standard variable set.
+fn traced_ctl(f: &Fleet, url: &str, args: &[&str]) -> Out {
+    let mut cmd = ctl_cmd(&f.addr(), args);
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", url);
+    run_cmd(cmd, CTL_TIMEOUT)
+}
+
+/// The spans received once each (service, name) of `wanted` is among them.
+fn wait_spans(seen: &Seen, f: &Fleet, wanted: &[(&str, &str)]) -> Vec<Got> {
+    wait_for(
         Duration::from_secs(30),
         "spans from all three services",
         || {
@@ -185,7 +163,46 @@ fn one_job_is_one_trace_across_msctl_msched_and_msagent() {
             let last = lines[lines.len().saturating_sub(30)..].join("\n");
             format!("received: {got:?}\nmsched log:\n{last}")
         },
+    )
+}
+
+const WANTED: [(&str, &str); 5] = [
+    ("msctl", "msctl submit"),
+    ("msched", "cicd.pipeline.run"),
+    ("msched", "cicd.pipeline.task.run"),
+    ("msagent", "checkout"),
+    ("msagent", "pytest"),
+];
+
+#[test]
+fn one_job_is_one_trace_across_msctl_msched_and_msagent() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, seen) = start_receiver(&rt);
+    let f = traced_fleet(&url);
+    let suite = f.write_suite("traced", &[("test_traced.py", SUITE)]);
+    let out = traced_ctl(
+        &f,
+        &url,
+        &[
+            "submit",
+            "pytest",
+            "--dir",
+            suite.to_str().unwrap(),
+            "--name",
+            "traced-suite",
+            "--wait",
+        ],
     );
+    assert_eq!(out.code, 1, "one test fails: {out}");
+    let job_id = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("submitted job "))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no job id in: {out}"));
+
+    // msctl flushed before it exited; msched and msagent export in batches.
+    let spans = wait_spans(&seen, &f, &WANTED);
     let by = |s: &str, n: &str| named(&spans, s, n).unwrap().span.clone();
     let submit = by("msctl", "msctl submit");
     let job = by("msched", "cicd.pipeline.run");
@@ -296,5 +313,47 @@ fn a_bad_endpoint_is_refused_with_one_line() {
         out.stderr
             .contains("--otlp-endpoint 'collector:4317': use a URL such as http://"),
         "{out}"
+    );
+}
+
+#[test]
+fn the_trace_survives_a_scheduler_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, seen) = start_receiver(&rt);
+    let mut f = traced_fleet(&url);
+    let suite = f.sleepy_suite("slow", 1, 4.0);
+    let out = traced_ctl(
+        &f,
+        &url,
+        &["submit", "pytest", "--dir", suite.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    let id = out.stdout.trim().to_string();
+    f.wait_state(&id, "running");
+    // Everything the first msched knew about the job's span is in its store.
+    f.sched.restart();
+    let done = f.wait_terminal(&id);
+    assert_eq!(done["state"], "passed", "{done}");
+    let spans = wait_spans(&seen, &f, &WANTED);
+    let by = |s: &str, n: &str| named(&spans, s, n).unwrap().span.clone();
+    let submit = by("msctl", "msctl submit");
+    let job = by("msched", "cicd.pipeline.run");
+    let attempt = by("msched", "cicd.pipeline.task.run");
+    let pytest = by("msagent", "pytest");
+    assert_eq!(
+        hex(&job.trace_id),
+        hex(&submit.trace_id),
+        "the job stays in msctl's trace"
+    );
+    assert_eq!(hex(&job.parent_span_id), hex(&submit.span_id));
+    assert_eq!(hex(&attempt.parent_span_id), hex(&job.span_id));
+    assert_eq!(
+        hex(&pytest.parent_span_id),
+        hex(&attempt.span_id),
+        "the agent's span (begun under the first msched) is the attempt's child"
+    );
+    assert_eq!(
+        attr(&job.attributes, "cicd.pipeline.result").as_deref(),
+        Some("success")
     );
 }
