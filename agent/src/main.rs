@@ -106,7 +106,7 @@ async fn main() {
     tracing_subscriber::registry()
         .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(telemetry.as_ref().map(|t| t.layer()))
+        .with(telemetry.as_ref().and_then(|t| t.layer()))
         .init();
     let result = run(args).await;
     if let Some(t) = telemetry {

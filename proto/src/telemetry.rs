@@ -1,9 +1,11 @@
-//! OpenTelemetry traces over OTLP/gRPC, the one setup msched, msagent and msctl share.
+//! OpenTelemetry traces and metrics over OTLP/gRPC, the one setup msched, msagent and msctl
+//! share.
 //!
-//! [`init`] sets everything up only when an endpoint is given (`--otlp-endpoint`) or the
-//! standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (and
-//! `OTEL_SDK_DISABLED` is not `true`); otherwise it returns `None`, no provider exists, the
-//! global tracer is the API's no-op one and [`enabled`] is false, so nothing costs. The other
+//! [`init`] sets a signal up only when an endpoint is given (`--otlp-endpoint`) or the
+//! standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT` is
+//! set (and `OTEL_SDK_DISABLED` is not `true`); otherwise it returns `None`, no provider
+//! exists, the global tracer and meter are the API's no-op ones and [`enabled`] /
+//! [`metrics_enabled`] are false, so nothing costs. The other
 //! standard `OTEL_*` variables (headers, timeout, sampler, resource attributes, batch sizes)
 //! are read by the SDK and the exporter themselves. Spans leave in batches from the SDK's
 //! own thread; [`Telemetry::shutdown`] exports what is left before a process exits.
@@ -18,6 +20,7 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceId};
 use opentelemetry::Context;
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracerProvider};
 use std::cell::Cell;
@@ -28,12 +31,18 @@ use std::time::Duration;
 pub use opentelemetry;
 pub use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// Whether [`init`] set up an exporter in this process.
-static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Whether [`init`] set up trace / metric export in this process.
+static TRACES: AtomicBool = AtomicBool::new(false);
+static METRICS: AtomicBool = AtomicBool::new(false);
 
-/// True once [`init`] set up OTLP export: callers skip building spans otherwise.
+/// True once [`init`] set up trace export: callers skip building spans otherwise.
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    TRACES.load(Ordering::Relaxed)
+}
+
+/// True once [`init`] set up metric export: callers skip recording otherwise.
+pub fn metrics_enabled() -> bool {
+    METRICS.load(Ordering::Relaxed)
 }
 
 /// Why telemetry could not be set up.
@@ -45,14 +54,17 @@ pub enum TelemetryError {
     Exporter(String),
 }
 
-/// The tracer provider of a process that exports; [`Telemetry::shutdown`] flushes it.
+/// The providers of a process that exports; [`Telemetry::shutdown`] flushes them.
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
     service: &'static str,
 }
 
-/// The endpoint to export to: `flag` (`--otlp-endpoint`), else the standard variables.
-fn endpoint_wanted(flag: Option<&str>) -> Option<Option<String>> {
+/// Where one signal goes: `Some(Some(url))` for `--otlp-endpoint`, `Some(None)` when the
+/// standard variables name an endpoint (the exporter reads them itself: the signal's own,
+/// `signal_var`, first), `None` for no export.
+fn endpoint_wanted(flag: Option<&str>, signal_var: &str) -> Option<Option<String>> {
     let set = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     if set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         return None;
@@ -60,72 +72,123 @@ fn endpoint_wanted(flag: Option<&str>) -> Option<Option<String>> {
     if let Some(url) = flag.filter(|u| !u.trim().is_empty()) {
         return Some(Some(url.trim().to_string()));
     }
-    // The exporter reads these itself (the signal's own variable first).
-    if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
-        || set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-    {
+    if set(signal_var).is_some() || set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         return Some(None);
     }
     None
 }
 
-/// Sets up OTLP/gRPC trace export for `service` (`service.name`, unless `OTEL_SERVICE_NAME`
-/// says otherwise) when an endpoint is wanted, else returns `None` and sets up nothing.
-/// Must run inside a Tokio runtime (the gRPC channel's worker lives there).
-pub fn init(
-    service: &'static str,
-    endpoint: Option<&str>,
-) -> Result<Option<Telemetry>, TelemetryError> {
-    let Some(endpoint) = endpoint_wanted(endpoint) else {
-        return Ok(None);
-    };
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-    if let Some(url) = endpoint {
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
-            let shown: String = url.chars().take(80).collect();
-            return Err(TelemetryError::BadEndpoint(shown));
-        }
-        exporter = exporter.with_endpoint(url);
+/// `--otlp-endpoint`, checked: an http(s) URL.
+fn checked(url: String) -> Result<String, TelemetryError> {
+    if (url.starts_with("http://") || url.starts_with("https://")) && url.len() <= 2048 {
+        Ok(url)
+    } else {
+        Err(TelemetryError::BadEndpoint(url.chars().take(80).collect()))
     }
-    let exporter = exporter
-        .build()
-        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+}
+
+fn resource(service: &'static str) -> opentelemetry_sdk::Resource {
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service);
     }
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_id_generator(ChosenIds::default())
-        .with_resource(resource.build())
-        .build();
-    opentelemetry::global::set_tracer_provider(provider.clone());
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    ENABLED.store(true, Ordering::Relaxed);
-    Ok(Some(Telemetry { provider, service }))
+    resource.build()
+}
+
+/// Sets up OTLP/gRPC export of traces and metrics for `service` (`service.name`, unless
+/// `OTEL_SERVICE_NAME` says otherwise) when an endpoint is wanted, else returns `None` and
+/// sets up nothing. Must run inside a Tokio runtime (the gRPC channel's worker lives there).
+pub fn init(
+    service: &'static str,
+    endpoint: Option<&str>,
+) -> Result<Option<Telemetry>, TelemetryError> {
+    let traces = endpoint_wanted(endpoint, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let metrics = endpoint_wanted(endpoint, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+    if traces.is_none() && metrics.is_none() {
+        return Ok(None);
+    }
+    let exporter_error =
+        |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter(e.to_string());
+    let tracer = match traces {
+        None => None,
+        Some(url) => {
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(url) = url {
+                exporter = exporter.with_endpoint(checked(url)?);
+            }
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter.build().map_err(exporter_error)?)
+                .with_id_generator(ChosenIds::default())
+                .with_resource(resource(service))
+                .build();
+            opentelemetry::global::set_tracer_provider(provider.clone());
+            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            TRACES.store(true, Ordering::Relaxed);
+            Some(provider)
+        }
+    };
+    let meter = match metrics {
+        None => None,
+        Some(url) => {
+            let mut exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+            if let Some(url) = url {
+                exporter = exporter.with_endpoint(checked(url)?);
+            }
+            // Every OTEL_METRIC_EXPORT_INTERVAL (default 60 s) and at shutdown.
+            let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(
+                exporter.build().map_err(exporter_error)?,
+            )
+            .build();
+            let provider = SdkMeterProvider::builder()
+                .with_reader(reader)
+                .with_resource(resource(service))
+                .build();
+            opentelemetry::global::set_meter_provider(provider.clone());
+            METRICS.store(true, Ordering::Relaxed);
+            Some(provider)
+        }
+    };
+    Ok(Some(Telemetry {
+        tracer,
+        meter,
+        service,
+    }))
 }
 
 impl Telemetry {
-    /// The `tracing` layer that turns this process's `tracing` spans into OpenTelemetry spans.
-    pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S>
+    /// The `tracing` layer that turns this process's `tracing` spans into OpenTelemetry
+    /// spans; `None` when only metrics are exported.
+    pub fn layer<S>(&self) -> Option<impl tracing_subscriber::Layer<S>>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
         use opentelemetry::trace::TracerProvider as _;
-        tracing_opentelemetry::layer().with_tracer(self.provider.tracer(self.service))
+        let tracer = self.tracer.as_ref()?.tracer(self.service);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
     }
 
-    /// Exports the spans still queued and stops the exporter (at most `OTEL_BSP_EXPORT_TIMEOUT`
-    /// or 5 s). Runs the blocking flush on a blocking thread, so the runtime keeps serving the
-    /// gRPC channel it needs.
+    /// Exports the spans and metrics still held and stops the exporters (at most 5 s each).
+    /// Runs the blocking flush on a blocking thread, so the runtime keeps serving the gRPC
+    /// channel it needs.
     pub async fn shutdown(self) {
-        let provider = self.provider;
+        let Telemetry { tracer, meter, .. } = self;
         let done = tokio::task::spawn_blocking(move || {
-            provider.shutdown_with_timeout(Duration::from_secs(5))
+            let mut errors = Vec::new();
+            if let Some(p) = tracer {
+                if let Err(e) = p.shutdown_with_timeout(Duration::from_secs(5)) {
+                    errors.push(format!("spans: {e}"));
+                }
+            }
+            if let Some(p) = meter {
+                if let Err(e) = p.shutdown_with_timeout(Duration::from_secs(5)) {
+                    errors.push(format!("metrics: {e}"));
+                }
+            }
+            errors
         })
         .await;
-        if let Ok(Err(e)) = done {
-            tracing::warn!(error = %e, "exporting the last spans failed");
+        for e in done.unwrap_or_default() {
+            tracing::warn!(error = %e, "exporting the last telemetry failed");
         }
     }
 }

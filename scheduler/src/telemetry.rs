@@ -1,19 +1,28 @@
-//! A job's and its attempts' OpenTelemetry spans (CI/CD semantic conventions).
+//! A job's and its attempts' OpenTelemetry spans, and the job metrics (CI/CD semantic
+//! conventions).
 //!
 //! The core never holds a span open: at submit it only chooses the job span's ids
 //! ([`link_job`], stored in the job), an attempt's span id is derived from the job span's
 //! ([`attempt_traceparent`], sent in the assignment), and when an attempt or the job ends
 //! the core builds a [`FinishedSpan`] with explicit start and end times, which
-//! `Step::trace` emits after the turn's writes are durable (on the flusher thread; the
-//! SDK's batch processor only queues it). With no exporter set up nothing here runs.
+//! `Step::telemetry` emits after the turn's writes are durable (on the flusher thread; the
+//! SDK's batch processor only queues it). A job's end is also recorded in the metrics
+//! ([`JobEnd`]). With no exporter set up nothing here runs.
 
+use msfleet_proto::telemetry::opentelemetry::metrics::{Counter, Histogram};
 use msfleet_proto::telemetry::opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
 };
 use msfleet_proto::telemetry::opentelemetry::{global, Context, KeyValue};
 use msfleet_proto::telemetry::{self as otel, derived_span_id, parse_traceparent, traceparent};
 use msfleet_proto::{Job, JobState};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Telemetry the core hands out once the turn's writes are durable.
+pub(crate) trait Export: Send + 'static {
+    fn export(self);
+}
 
 /// A span whose work is over, ready to be exported.
 pub(crate) struct FinishedSpan {
@@ -27,9 +36,9 @@ pub(crate) struct FinishedSpan {
     error: Option<String>,
 }
 
-impl FinishedSpan {
+impl Export for FinishedSpan {
     /// Hands the span to the SDK's batch processor.
-    pub(crate) fn emit(self) {
+    fn export(self) {
         let tracer = global::tracer("msched");
         let cx = match self.parent {
             Some(p) => Context::new().with_remote_span_context(SpanContext::new(
@@ -160,4 +169,85 @@ pub(crate) fn attempt_span(
         ],
         error: (!matches!(state, JobState::Passed | JobState::Failed)).then(|| why.to_string()),
     })
+}
+
+/// The job metrics: `cicd.pipeline.run.duration` (s, by `cicd.pipeline.result` and
+/// `msfleet.queue`; job names are not a label, they are unbounded), `cicd.pipeline.run.errors`
+/// (jobs that ended error, timeout, or expired unrun, by `error.type`), and `msfleet.job.wait`
+/// (s from submit to the first start, by queue).
+struct Instruments {
+    duration: Histogram<f64>,
+    errors: Counter<u64>,
+    wait: Histogram<f64>,
+}
+
+fn instruments() -> &'static Instruments {
+    static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
+    INSTRUMENTS.get_or_init(|| {
+        let meter = global::meter("msched");
+        Instruments {
+            duration: meter
+                .f64_histogram("cicd.pipeline.run.duration")
+                .with_unit("s")
+                .with_description("Duration of a job, from submit to its end")
+                .build(),
+            errors: meter
+                .u64_counter("cicd.pipeline.run.errors")
+                .with_description("Jobs that ended in an error (not a test failure)")
+                .build(),
+            wait: meter
+                .f64_histogram("msfleet.job.wait")
+                .with_unit("s")
+                .with_description("Wait of a job from submit to its first start")
+                .build(),
+        }
+    })
+}
+
+/// A job's end, for the metrics.
+pub(crate) struct JobEnd {
+    queue: String,
+    result: &'static str,
+    duration_s: f64,
+    wait_s: Option<f64>,
+}
+
+/// The metrics of a job that just ended (`job.state` terminal); `None` without metric export.
+pub(crate) fn job_end(job: &Job) -> Option<JobEnd> {
+    if !otel::metrics_enabled() {
+        return None;
+    }
+    let ms = |a: i64, b: i64| (b.saturating_sub(a)).max(0) as f64 / 1000.0;
+    Some(JobEnd {
+        queue: job
+            .spec
+            .as_ref()
+            .map_or_else(String::new, |s| s.queue.clone()),
+        result: result(job.state()),
+        duration_s: ms(job.submitted_at_ms, job.finished_at_ms),
+        wait_s: (job.started_at_ms > 0).then(|| ms(job.submitted_at_ms, job.started_at_ms)),
+    })
+}
+
+impl Export for JobEnd {
+    fn export(self) {
+        let m = instruments();
+        let queue = KeyValue::new("msfleet.queue", self.queue);
+        m.duration.record(
+            self.duration_s,
+            &[
+                KeyValue::new("cicd.pipeline.result", self.result),
+                queue.clone(),
+            ],
+        );
+        if matches!(self.result, "error" | "timeout" | "skip") {
+            m.errors.add(
+                1,
+                &[KeyValue::new("error.type", self.result), queue.clone()],
+            );
+        }
+        if let Some(w) = self.wait_s {
+            m.wait.record(w, &[queue]);
+        }
+    }
 }

@@ -8,6 +8,12 @@
 mod common;
 
 use common::*;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -16,6 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Metric};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +39,32 @@ struct Got {
 #[derive(Default)]
 struct Seen {
     spans: Mutex<Vec<Got>>,
+    /// (service.name, metric) for every metric received.
+    metrics: Mutex<Vec<(String, Metric)>>,
     connections: AtomicUsize,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut metrics = self.seen.metrics.lock().unwrap();
+        for rm in req.into_inner().resource_metrics {
+            let service = rm
+                .resource
+                .as_ref()
+                .and_then(|r| attr(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            for sm in rm.scope_metrics {
+                for m in sm.metrics {
+                    metrics.push((service.clone(), m));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
 }
 
 struct Receiver {
@@ -88,10 +120,10 @@ fn start_receiver(rt: &tokio::runtime::Runtime) -> (String, Arc<Seen>) {
         counter.connections.fetch_add(1, Ordering::SeqCst);
         c
     });
-    let svc = TraceServiceServer::new(Receiver { seen: seen.clone() });
     rt.spawn(
         tonic::transport::Server::builder()
-            .add_service(svc)
+            .add_service(TraceServiceServer::new(Receiver { seen: seen.clone() }))
+            .add_service(MetricsServiceServer::new(Receiver { seen: seen.clone() }))
             .serve_with_incoming(incoming),
     );
     (url, seen)
@@ -356,4 +388,81 @@ fn the_trace_survives_a_scheduler_restart() {
         attr(&job.attributes, "cicd.pipeline.result").as_deref(),
         Some("success")
     );
+}
+
+#[test]
+fn msched_exports_the_job_metrics_when_it_stops() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, seen) = start_receiver(&rt);
+    let mut f = traced_fleet(&url);
+    let suite = f.write_suite("measured", &[("test_measured.py", SUITE)]);
+    let out = traced_ctl(
+        &f,
+        &url,
+        &[
+            "submit",
+            "pytest",
+            "--dir",
+            suite.to_str().unwrap(),
+            "--wait",
+        ],
+    );
+    assert_eq!(out.code, 1, "one test fails: {out}");
+    // The periodic reader exports every 60 s; a stopping msched exports what it has. (Its
+    // graceful stop waits for open agent streams, so the agent goes first.)
+    f.agent("otel-a1").terminate();
+    let pid = f.sched.pid().expect("msched runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let find = |name: &str| {
+        seen.metrics
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(s, m)| s == "msched" && m.name == name)
+            .map(|(_, m)| m.clone())
+    };
+    let duration = wait_for(
+        Duration::from_secs(20),
+        "msched's job metrics",
+        || find("cicd.pipeline.run.duration"),
+        || {
+            let log = std::fs::read_to_string(&f.sched.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            format!(
+                "received {:?}\nmsched alive: {}\nmsched log:\n{}",
+                seen.metrics.lock().unwrap(),
+                pid_alive(pid),
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            )
+        },
+    );
+    let Some(Data::Histogram(h)) = duration.data else {
+        panic!("a histogram: {duration:?}");
+    };
+    assert_eq!(duration.unit, "s");
+    let points: Vec<(u64, Option<String>, Option<String>)> = h
+        .data_points
+        .iter()
+        .map(|p| {
+            (
+                p.count,
+                attr(&p.attributes, "cicd.pipeline.result"),
+                attr(&p.attributes, "msfleet.queue"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        points,
+        vec![(1, Some("failure".into()), Some("default".into()))],
+        "one failed job in the default queue"
+    );
+    let wait = find("msfleet.job.wait").expect("the wait histogram came in the same export");
+    let Some(Data::Histogram(w)) = wait.data else {
+        panic!("a histogram: {wait:?}");
+    };
+    assert_eq!(w.data_points.iter().map(|p| p.count).sum::<u64>(), 1);
 }

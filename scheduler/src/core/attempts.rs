@@ -274,7 +274,7 @@ impl Core {
         self.leases.release(task);
         if let Some(e) = self.jobs.get_mut(&task) {
             if let Some(att) = e.attempt.take() {
-                step.trace(telemetry::attempt_span(
+                step.telemetry(telemetry::attempt_span(
                     &e.job,
                     att.attempt,
                     &att.agent,
@@ -356,7 +356,7 @@ impl Core {
         };
         let Some(att) = e.attempt.take() else { return };
         tracing::warn!(task, attempt = att.attempt, agent = %att.agent, why, ?loss, "attempt lost");
-        step.trace(telemetry::attempt_span(
+        step.telemetry(telemetry::attempt_span(
             &e.job,
             att.attempt,
             &att.agent,

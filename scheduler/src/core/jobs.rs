@@ -476,7 +476,8 @@ impl Core {
         e.job.reason = reason.to_string();
         if state.is_terminal() {
             e.job.finished_at_ms = self.now;
-            step.trace(telemetry::job_span(&e.job));
+            step.telemetry(telemetry::job_span(&e.job));
+            step.telemetry(telemetry::job_end(&e.job));
         }
         let parent = e.job.parent.parse::<u64>().ok();
         let attempt = e.attempt.as_ref().map_or(e.job.attempts, |a| a.attempt);

@@ -442,12 +442,12 @@ impl Step {
         }));
     }
 
-    /// Exports `span` once this turn's writes are durable (on the flusher thread).
-    fn trace(&mut self, span: Option<crate::telemetry::FinishedSpan>) {
-        if let Some(span) = span {
+    /// Exports a span or a metric once this turn's writes are durable (on the flusher thread).
+    fn telemetry(&mut self, item: Option<impl telemetry::Export>) {
+        if let Some(item) = item {
             self.after.push(Box::new(move |ok| {
                 if ok {
-                    span.emit();
+                    item.export();
                 }
             }));
         }
