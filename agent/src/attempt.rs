@@ -39,14 +39,19 @@ pub struct AttemptSpec {
 impl AttemptSpec {
     /// `span`, made a child of the scheduler's span of this attempt when traces are exported.
     pub fn span(&self, span: tracing::Span) -> tracing::Span {
-        use msfleet_proto::telemetry::{self, OpenTelemetrySpanExt};
-        if telemetry::enabled() {
-            if let Some(sc) = telemetry::parse_traceparent(&self.traceparent) {
-                let _ = span.set_parent(telemetry::remote_context(sc));
-            }
-        }
-        span
+        child_of(&self.traceparent, span)
     }
+}
+
+/// `span`, made a child of the span `traceparent` (W3C) when traces are exported.
+pub fn child_of(traceparent: &str, span: tracing::Span) -> tracing::Span {
+    use msfleet_proto::telemetry::{self, OpenTelemetrySpanExt};
+    if telemetry::enabled() {
+        if let Some(sc) = telemetry::parse_traceparent(traceparent) {
+            let _ = span.set_parent(telemetry::remote_context(sc));
+        }
+    }
+    span
 }
 
 /// Identifies an attempt on this agent: (task id, attempt number).

@@ -198,12 +198,13 @@ fn wait_spans(seen: &Seen, f: &Fleet, wanted: &[(&str, &str)]) -> Vec<Got> {
     )
 }
 
-const WANTED: [(&str, &str); 5] = [
+const WANTED: [(&str, &str); 6] = [
     ("msctl", "msctl submit"),
     ("msched", "cicd.pipeline.run"),
     ("msched", "cicd.pipeline.task.run"),
     ("msagent", "checkout"),
     ("msagent", "pytest"),
+    ("msagent", "upload results"),
 ];
 
 #[test]
@@ -241,9 +242,10 @@ fn one_job_is_one_trace_across_msctl_msched_and_msagent() {
     let attempt = by("msched", "cicd.pipeline.task.run");
     let checkout = by("msagent", "checkout");
     let pytest = by("msagent", "pytest");
+    let upload = by("msagent", "upload results");
 
     // One trace.
-    for s in [&job, &attempt, &checkout, &pytest] {
+    for s in [&job, &attempt, &checkout, &pytest, &upload] {
         assert_eq!(
             hex(&s.trace_id),
             hex(&submit.trace_id),
@@ -258,6 +260,10 @@ fn one_job_is_one_trace_across_msctl_msched_and_msagent() {
     assert_eq!(hex(&attempt.parent_span_id), hex(&job.span_id));
     assert_eq!(hex(&checkout.parent_span_id), hex(&attempt.span_id));
     assert_eq!(hex(&pytest.parent_span_id), hex(&attempt.span_id));
+    assert_eq!(hex(&upload.parent_span_id), hex(&attempt.span_id));
+    // The agent's work in order: checkout, pytest, then the results go up.
+    assert!(checkout.end_time_unix_nano <= pytest.start_time_unix_nano);
+    assert!(pytest.end_time_unix_nano <= upload.start_time_unix_nano);
     // Times: the job spans its attempt.
     assert!(job.start_time_unix_nano <= attempt.start_time_unix_nano);
     assert!(attempt.end_time_unix_nano <= job.end_time_unix_nano);
