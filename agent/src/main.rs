@@ -96,13 +96,14 @@ struct Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let telemetry = match msfleet_proto::telemetry::init("msagent", args.otlp_endpoint.as_deref()) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("msagent: {e}");
-            std::process::exit(2);
-        }
-    };
+    let telemetry =
+        match msfleet_proto::telemetry::init("msagent", args.otlp_endpoint.as_deref(), false) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("msagent: {e}");
+                std::process::exit(2);
+            }
+        };
     tracing_subscriber::registry()
         .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))

@@ -95,15 +95,18 @@ fn resource(service: &'static str) -> opentelemetry_sdk::Resource {
     resource.build()
 }
 
-/// Sets up OTLP/gRPC export of traces and metrics for `service` (`service.name`, unless
-/// `OTEL_SERVICE_NAME` says otherwise) when an endpoint is wanted, else returns `None` and
-/// sets up nothing. Must run inside a Tokio runtime (the gRPC channel's worker lives there).
+/// Sets up OTLP/gRPC export of traces and, with `with_metrics` (a process that records
+/// some), metrics for `service` (`service.name`, unless `OTEL_SERVICE_NAME` says otherwise)
+/// when an endpoint is wanted, else returns `None` and sets up nothing. Must run inside a
+/// Tokio runtime (the gRPC channel's worker lives there).
 pub fn init(
     service: &'static str,
     endpoint: Option<&str>,
+    with_metrics: bool,
 ) -> Result<Option<Telemetry>, TelemetryError> {
     let traces = endpoint_wanted(endpoint, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-    let metrics = endpoint_wanted(endpoint, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+    let metrics =
+        endpoint_wanted(endpoint, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").filter(|_| with_metrics);
     if traces.is_none() && metrics.is_none() {
         return Ok(None);
     }

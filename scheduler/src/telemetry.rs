@@ -39,7 +39,8 @@ pub(crate) struct FinishedSpan {
 impl Export for FinishedSpan {
     /// Hands the span to the SDK's batch processor.
     fn export(self) {
-        let tracer = global::tracer("msched");
+        static TRACER: OnceLock<global::BoxedTracer> = OnceLock::new();
+        let tracer = TRACER.get_or_init(|| global::tracer("msched"));
         let cx = match self.parent {
             Some(p) => Context::new().with_remote_span_context(SpanContext::new(
                 self.trace,
@@ -56,7 +57,7 @@ impl Export for FinishedSpan {
                 .with_kind(SpanKind::Internal)
                 .with_start_time(at(self.start_ms))
                 .with_attributes(self.attributes)
-                .start_with_context(&tracer, &cx)
+                .start_with_context(tracer, &cx)
         });
         use msfleet_proto::telemetry::opentelemetry::trace::Span as _;
         span.set_status(match self.error {
@@ -83,8 +84,12 @@ pub(crate) fn link_job(job: &mut Job, caller: Option<&SpanContext>) {
     job.trace_caller_span_id = caller.map(|c| c.span_id().to_string()).unwrap_or_default();
 }
 
-/// The job span's context as stored in the job, if it has one.
+/// The job span's context as stored in the job, if it has one and traces are exported
+/// (a job stored while they were exported gets no spans from a scheduler that does not).
 pub(crate) fn job_context(job: &Job) -> Option<SpanContext> {
+    if !otel::enabled() {
+        return None;
+    }
     parse_traceparent(&job.trace_context)
 }
 

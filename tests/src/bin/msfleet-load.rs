@@ -565,7 +565,7 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// An in-process OTLP/gRPC trace receiver that counts the spans it gets.
+/// An in-process OTLP/gRPC receiver that counts the spans it gets.
 struct OtlpSink {
     url: String,
     spans: Arc<AtomicU64>,
@@ -600,6 +600,26 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
     }
 }
 
+/// Metric exports are taken and dropped (msched's come every 60 s and at its end).
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService
+    for CountSpans
+{
+    async fn export(
+        &self,
+        _req: tonic::Request<
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
 impl OtlpSink {
     async fn start() -> Result<OtlpSink> {
         use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
@@ -609,6 +629,11 @@ impl OtlpSink {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(TraceServiceServer::new(CountSpans(spans.clone())))
+                .add_service(
+                    opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer::new(
+                        CountSpans(spans.clone()),
+                    ),
+                )
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         Ok(OtlpSink { url, spans })
