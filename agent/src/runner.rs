@@ -849,7 +849,9 @@ async fn pump_results(
             vec![result]
         };
         for result in results {
-            if matches!(result.outcome.as_str(), "failed" | "error") {
+            if msfleet_proto::telemetry::enabled()
+                && matches!(result.outcome.as_str(), "failed" | "error")
+            {
                 tracing::info!(
                     test.case.name = %result.nodeid,
                     test.case.result.status = "fail",

@@ -113,6 +113,15 @@ fn result(state: JobState) -> &'static str {
     }
 }
 
+/// A span's status is an error for what went wrong apart from the tests: a failed test
+/// is the job's result, a cancel someone's choice.
+fn infra_failure(state: JobState) -> bool {
+    matches!(
+        state,
+        JobState::Error | JobState::TimedOut | JobState::Expired | JobState::NoResource
+    )
+}
+
 fn pipeline_name(job: &Job) -> String {
     let spec = job.spec.as_ref();
     match spec.map(|s| s.name.as_str()).filter(|n| !n.is_empty()) {
@@ -142,7 +151,7 @@ pub(crate) fn job_span(job: &Job) -> Option<FinishedSpan> {
             KeyValue::new("msfleet.queue", queue.to_string()),
             KeyValue::new("msfleet.attempts", i64::from(job.attempts)),
         ],
-        error: (!matches!(state, JobState::Passed | JobState::Failed)).then(|| job.reason.clone()),
+        error: infra_failure(state).then(|| job.reason.clone()),
     })
 }
 
@@ -172,7 +181,7 @@ pub(crate) fn attempt_span(
             KeyValue::new("cicd.pipeline.run.id", job.id.clone()),
             KeyValue::new("cicd.worker.name", agent.to_string()),
         ],
-        error: (!matches!(state, JobState::Passed | JobState::Failed)).then(|| why.to_string()),
+        error: infra_failure(state).then(|| why.to_string()),
     })
 }
 

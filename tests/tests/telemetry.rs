@@ -149,6 +149,11 @@ fn hex(b: &[u8]) -> String {
 
 /// A scheduler (the flag) and an agent (the standard variable) that export to `url`.
 fn traced_fleet(url: &str) -> Fleet {
+    traced_fleet_with(url, &[])
+}
+
+/// [`traced_fleet`] with more agent flags.
+fn traced_fleet_with(url: &str, agent_flags: &[&str]) -> Fleet {
     let mut f = Fleet::with_opts(SchedOpts {
         extra: vec!["--otlp-endpoint".into(), url.to_string()],
         ..SchedOpts::default()
@@ -156,7 +161,7 @@ fn traced_fleet(url: &str) -> Fleet {
     f.add_agent_with_env(
         "otel-a1",
         &[],
-        &[],
+        agent_flags,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", url),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
@@ -264,6 +269,13 @@ fn one_job_is_one_trace_across_msctl_msched_and_msagent() {
     // The agent's work in order: checkout, pytest, then the results go up.
     assert!(checkout.end_time_unix_nano <= pytest.start_time_unix_nano);
     assert!(pytest.end_time_unix_nano <= upload.start_time_unix_nano);
+    // A failed test is the job's result, not an error of the job.
+    assert_ne!(
+        job.status.as_ref().map(|st| st.code),
+        Some(2),
+        "{:?}",
+        job.status
+    );
     // Times: the job spans its attempt.
     assert!(job.start_time_unix_nano <= attempt.start_time_unix_nano);
     assert!(attempt.end_time_unix_nano <= job.end_time_unix_nano);
@@ -471,4 +483,57 @@ fn msched_exports_the_job_metrics_when_it_stops() {
         panic!("a histogram: {wait:?}");
     };
     assert_eq!(w.data_points.iter().map(|p| p.count).sum::<u64>(), 1);
+}
+
+#[test]
+fn benchmark_cases_are_spans_of_the_attempt() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, seen) = start_receiver(&rt);
+    let f = traced_fleet_with(&url, ALLOW_BENCH);
+    let case =
+        r#"{"name": "quick", "user_input": {}, "baseline_time_s": 0.01, "tolerance": 100.0}"#;
+    let bench = r#"
+import json, os
+with open(os.environ["MSFLEET_METRICS"], "w") as f:
+    json.dump({"total_time_s": 0.01}, f)
+"#;
+    let suite = f.write_suite("perf", &[("bench.py", bench), ("cases/quick.json", case)]);
+    let command = format!("{} bench.py {{case}}", python().display());
+    let out = traced_ctl(
+        &f,
+        &url,
+        &[
+            "submit",
+            "bench",
+            "--dir",
+            suite.to_str().unwrap(),
+            "--cases",
+            "cases",
+            "--command",
+            &command,
+            "--warmup",
+            "0",
+            "--repetitions",
+            "1",
+            "--wait",
+        ],
+    );
+    assert_eq!(out.code, 0, "the case passes: {out}");
+    let spans = wait_spans(
+        &seen,
+        &f,
+        &[
+            ("msched", "cicd.pipeline.task.run"),
+            ("msagent", "benchmark"),
+            ("msagent", "benchmark case"),
+        ],
+    );
+    let by = |s: &str, n: &str| named(&spans, s, n).unwrap().span.clone();
+    let attempt = by("msched", "cicd.pipeline.task.run");
+    let bench = by("msagent", "benchmark");
+    let case = by("msagent", "benchmark case");
+    assert_eq!(hex(&bench.parent_span_id), hex(&attempt.span_id));
+    assert_eq!(hex(&case.parent_span_id), hex(&bench.span_id));
+    assert_eq!(hex(&case.trace_id), hex(&attempt.trace_id));
+    assert_eq!(attr(&case.attributes, "case").as_deref(), Some("quick"));
 }
