@@ -9,6 +9,7 @@ use std::time::Duration;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
 /// The msfleet agent: reports this host's hardware and runs the tests the scheduler assigns.
 #[derive(Parser, Debug)]
@@ -104,9 +105,12 @@ async fn main() {
                 std::process::exit(2);
             }
         };
+    // The log filter is the log layer's own: RUST_LOG=warn keeps the spans.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
     tracing_subscriber::registry()
-        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(logs)
         .with(telemetry.as_ref().and_then(|t| t.layer()))
         .init();
     let result = run(args).await;

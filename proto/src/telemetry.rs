@@ -159,15 +159,24 @@ pub fn init(
 }
 
 impl Telemetry {
-    /// The `tracing` layer that turns this process's `tracing` spans into OpenTelemetry
-    /// spans; `None` when only metrics are exported.
+    /// The `tracing` layer that turns this process's own `tracing` spans (target = the
+    /// service's crate, info and up, whatever `RUST_LOG` says of the logs) into OpenTelemetry
+    /// spans; `None` when only metrics are exported. Add it beside the log layer, whose
+    /// filter should be its own (`Layer::with_filter`), so that quiet logs keep the spans.
     pub fn layer<S>(&self) -> Option<impl tracing_subscriber::Layer<S>>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
         use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::Layer as _;
         let tracer = self.tracer.as_ref()?.tracer(self.service);
-        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+        let own = tracing_subscriber::filter::Targets::new()
+            .with_target(self.service, tracing::Level::INFO);
+        Some(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(own),
+        )
     }
 
     /// Exports the spans and metrics still held and stops the exporters (at most 5 s each).

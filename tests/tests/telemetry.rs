@@ -165,6 +165,8 @@ fn traced_fleet_with(url: &str, agent_flags: &[&str]) -> Fleet {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", url),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            // Quiet logs keep the spans.
+            ("RUST_LOG", "warn"),
         ],
     );
     f
