@@ -270,7 +270,7 @@ pub fn derived_span_id(parent: SpanId, n: u32) -> SpanId {
     SpanId::from_bytes(z.max(1).to_be_bytes())
 }
 
-/// `ctx` as a W3C `traceparent` value (sampled).
+/// The span `span` of trace `trace` as a W3C `traceparent` value (sampled).
 pub fn traceparent(trace: TraceId, span: SpanId) -> String {
     format!("00-{trace}-{span}-01")
 }
