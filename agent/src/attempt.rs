@@ -222,6 +222,18 @@ pub fn finished(outcome: Outcome, reason: impl Into<String>, exit_code: i32) -> 
     })
 }
 
+/// An `error` that is the job's own doing (see `Finished.job_fault`): still
+/// `error`, but it does not count against the agent's health.
+pub fn job_fault(reason: impl Into<String>) -> Option<Finished> {
+    Some(Finished {
+        outcome: Outcome::Error as i32,
+        reason: reason.into(),
+        exit_code: -1,
+        job_fault: true,
+        ..Default::default()
+    })
+}
+
 /// How an attempt that was halted ends (`None`: abandoned, nothing is reported). `timeout` is
 /// the attempt's limit, said when it ran out.
 pub fn halted(halt: Halt, timeout: Duration, exit_code: i32) -> Option<Finished> {

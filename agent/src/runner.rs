@@ -27,7 +27,7 @@
 //! `max_crash_restarts` times.
 
 use crate::attempt::{
-    attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, StopReason, Updates,
+    attempt_timeout, finished, halted, job_fault, AttemptSpec, Guard, Halt, StopReason, Updates,
 };
 use crate::config::AgentConfig;
 use crate::process::ProcessGroup;
@@ -108,11 +108,11 @@ async fn run_inner(
     // The owner's policy, whatever the scheduler decided: before anything is
     // fetched, and for the paths once the checkout is there.
     if let Err(why) = policy::admit(&cfg.policy, &a.spec) {
-        return finished(Outcome::Error, why, -1);
+        return job_fault(why);
     }
     // A memory limit this agent cannot enforce is refused, never ignored.
     if let Some(why) = crate::contain::active().refuses(a.spec.memory_limit_bytes) {
-        return finished(Outcome::Error, why.to_string(), -1);
+        return job_fault(why.to_string());
     }
     let git = source::GitRun {
         timeout: cfg.git_timeout,
@@ -136,11 +136,12 @@ async fn run_inner(
             }
             return Some(f);
         }
+        Err(e) if e.is_job_fault() => return job_fault(e.to_string()),
         Err(e) => return finished(Outcome::Error, e.to_string(), -1),
     };
     if let Err(why) = policy::admit_paths(&ws.dir, &a.spec) {
         ws.cleanup().await;
-        return finished(Outcome::Error, why, -1);
+        return job_fault(why);
     }
     if let Some(c) = &ws.commit {
         tx.log("stderr", format!("msfleet: checked out {c}\n"));
@@ -463,7 +464,14 @@ async fn run_pytest(
     let retries = a.spec.retry_failed;
     if retries == 0 || code != 1 || main.tally.failed_calls.is_empty() {
         let (o, r) = flaky::with_reruns(base, main.tally.rerun_flaky);
-        return Ok(finished(o, r, code));
+        let mut f = finished(o, r, code);
+        // pytest's usage error (exit 4): the job's arguments, not the agent.
+        if crashes.is_empty() && main.status.code() == Some(4) {
+            if let Some(f) = f.as_mut() {
+                f.job_fault = true;
+            }
+        }
+        return Ok(f);
     }
 
     // Re-run what failed, by node id, up to `retries` times; a test whose

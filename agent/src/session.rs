@@ -592,6 +592,7 @@ impl Session {
             reason,
             exit_code: -1,
             refused,
+            ..Default::default()
         });
         self.record(key, finished).into_iter().collect()
     }

@@ -64,7 +64,38 @@ pub enum SourceError {
 /// What git (or the kernel, `strerror(ENOSPC)`) says when the disk is full.
 const NO_SPACE: &str = "No space left on device";
 
+/// What git says when the job named something that does not exist (a ref, a
+/// commit, a repository): the job's fault, not the agent's.
+const GIT_JOB_FAULTS: &[&str] = &[
+    "couldn't find remote ref",
+    "did not match any",
+    "unknown revision",
+    "not a valid object name",
+    "invalid reference",
+    "bad revision",
+    "repository not found",
+    "does not appear to be a git repository",
+    "not found",
+];
+
 impl SourceError {
+    /// Whether the job itself is to blame (see `Finished.job_fault`): its
+    /// source names a dir or git ref/repository that is not there, or a dir
+    /// outside the roots. A checkout cut by the network, a full disk or git's
+    /// timeout is the agent's.
+    pub fn is_job_fault(&self) -> bool {
+        match self {
+            SourceError::Missing | SourceError::NoSuchDir(_) | SourceError::OutsideRoots { .. } => {
+                true
+            }
+            SourceError::Git { message, .. } => {
+                let m = message.to_ascii_lowercase();
+                !m.contains("did not finish within") && GIT_JOB_FAULTS.iter().any(|p| m.contains(p))
+            }
+            SourceError::Io(_) | SourceError::DiskFull { .. } | SourceError::Halted { .. } => false,
+        }
+    }
+
     /// The same error, as [`SourceError::DiskFull`] naming `work_dir` when
     /// it came from a full disk (ENOSPC from a file operation, or git saying
     /// so on stderr).
@@ -522,6 +553,39 @@ mod tests {
     use super::*;
     use crate::attempt::StopReason;
     use tokio::sync::watch;
+
+    /// What the job named wrong is its fault; what the agent's network, disk
+    /// or git's timeout did is the agent's (auto-quarantine counts only those).
+    #[test]
+    fn job_faults_are_told_from_the_agents() {
+        let git = |message: &str| SourceError::Git {
+            what: "fetch",
+            url: "https://example.com/r.git".into(),
+            message: message.into(),
+        };
+        assert!(SourceError::NoSuchDir("/srv/typo".into()).is_job_fault());
+        assert!(SourceError::OutsideRoots {
+            dir: "/etc".into(),
+            roots: "/srv".into()
+        }
+        .is_job_fault());
+        assert!(git("fatal: couldn't find remote ref refs/heads/nope").is_job_fault());
+        assert!(git("error: pathspec 'v9' did not match any file(s) known to git").is_job_fault());
+        assert!(
+            git("remote: Repository not found.\nfatal: repository 'x' not found").is_job_fault()
+        );
+        assert!(!git("fatal: unable to access 'http://127.0.0.1:1/r.git/': Failed to connect to 127.0.0.1 port 1: Couldn't connect to server").is_job_fault());
+        assert!(!git("Could not resolve host: example.com").is_job_fault());
+        assert!(
+            !git("git did not finish within 1s (the agent's --git-timeout); killed").is_job_fault()
+        );
+        assert!(!SourceError::DiskFull {
+            dir: "/w".into(),
+            during: "clone".into(),
+            message: "No space left on device".into()
+        }
+        .is_job_fault());
+    }
 
     /// [`prepare`] with a minute's deadline and git timeout, never stopped.
     async fn prep(

@@ -102,23 +102,45 @@ fn three_infra_errors_quarantine_the_agent_and_a_passing_check_releases_it() {
     f.add_agent(
         "a1",
         &[],
-        &["--npu-smi", &s(&npu.script), "--min-disk-free-mb", "1"],
+        &[
+            "--npu-smi",
+            &s(&npu.script),
+            "--min-disk-free-mb",
+            "1",
+            "--allow-git",
+            "http://127.0.0.1:**",
+        ],
     );
     assert_eq!(agent_state(&f, "a1").0, "online");
-    // A source dir under the agent's root that does not exist: each attempt
-    // ends `error` (infrastructure), never `failed`.
+    // Errors that are the job's own doing (a source dir that does not exist)
+    // are `error` but say nothing about the agent: never quarantined for them.
     let missing = f.root.join("no-such-checkout");
-    for i in 1..=3 {
+    for i in 1..=4 {
         let id = f.submit(&["pytest", "--dir", &s(&missing), "--retries", "0"]);
+        let j = f.wait_terminal(&id);
+        assert_eq!(j["state"], "error", "job {i}: {j}");
+        assert_eq!(agent_state(&f, "a1").0, "online", "after {i} job faults");
+    }
+    // A fetch the agent cannot make (nothing listens on the port: the
+    // agent's network, not the job's): each attempt ends `error`, and the
+    // third in a row quarantines the agent.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/repo.git",
+        dead.local_addr().unwrap().port()
+    );
+    drop(dead);
+    for i in 1..=3 {
+        let id = f.submit(&["pytest", "--git", &url, "--retries", "0"]);
         let j = f.wait_terminal(&id);
         assert_eq!(j["state"], "error", "job {i}: {j}");
         let (state, _) = agent_state(&f, "a1");
         let expect = if i < 3 { "online" } else { "quarantined" };
-        assert_eq!(state, expect, "after {i} infra errors");
+        assert_eq!(state, expect, "after {i} infra errors: {j}");
     }
     let (_, reason) = agent_state(&f, "a1");
     assert!(
-        reason.starts_with("3 infra errors in a row (last: job 3:"),
+        reason.starts_with("3 infra errors in a row (last: job 7: git clone failed"),
         "{reason}"
     );
     let row = agents_row(&f, "a1");

@@ -30,7 +30,9 @@ use super::metrics::{
     GPU_THROTTLE, PEAK_RSS,
 };
 use super::verdict::{self, Verdict};
-use crate::attempt::{attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, Updates};
+use crate::attempt::{
+    attempt_timeout, finished, halted, job_fault, AttemptSpec, Guard, Halt, Updates,
+};
 use crate::config::AgentConfig;
 use crate::process::{OutputHook, ProcessGroup};
 use msfleet_proto::bench::WALL_TIME;
@@ -560,15 +562,11 @@ pub async fn run(
 ) -> Option<Finished> {
     let timeout = attempt_timeout(&a.spec);
     let Some(spec) = a.spec.benchmark.as_ref() else {
-        return finished(
-            Outcome::Error,
-            "a benchmark job needs benchmark settings (command, cases)",
-            -1,
-        );
+        return job_fault("a benchmark job needs benchmark settings (command, cases)");
     };
     let plan = match Plan::new(spec) {
         Ok(p) => p,
-        Err(e) => return finished(Outcome::Error, e.to_string(), -1),
+        Err(e) => return job_fault(e.to_string()),
     };
     let run_dir = cfg.work_dir.join("run");
     let scratch = run_dir.join(format!("{slot}-bench"));
@@ -592,6 +590,10 @@ pub async fn run(
     match result {
         Ok(tally) => {
             let (outcome, reason) = tally.outcome();
+            if tally.total() == 0 {
+                // The job's cases select nothing: its doing, not the agent's.
+                return job_fault(reason);
+            }
             let code = if outcome == Outcome::Passed { 0 } else { 1 };
             finished(outcome, reason, code)
         }

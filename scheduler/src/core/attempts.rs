@@ -277,7 +277,10 @@ impl Core {
         }
         self.set_state(task, state, &f.reason, step);
         if let Some(agent) = agent {
-            self.judge_agent(&agent, task, state, &f.reason, step);
+            // An error that is the job's own doing says nothing about the agent.
+            if !(state == JobState::Error && f.job_fault) {
+                self.judge_agent(&agent, task, state, &f.reason, step);
+            }
         }
         step.dispatch = true;
     }
@@ -1025,6 +1028,7 @@ mod tests {
             reason: "agent a1 has no free slot".into(),
             exit_code: -1,
             refused: true,
+            ..Default::default()
         })
     }
 

@@ -333,6 +333,7 @@ impl World {
                             reason: "fuzz".into(),
                             exit_code: 0,
                             refused: *refused,
+                            ..Default::default()
                         }))
                     }
                     KindPick::Case(name) => Some(task_update::Kind::Case(pb::CaseResult {
