@@ -609,13 +609,6 @@ mod tests {
         );
     }
 
-    fn heartbeat(h: &mut Harness, conn: &Conn, running: Vec<AttemptRef>) {
-        h.send(crate::core::Command::Heartbeat {
-            session: conn.session,
-            hb: msfleet_proto::Heartbeat { running },
-        });
-    }
-
     fn agent(h: &mut Harness, name: &str) -> msfleet_proto::Agent {
         h.call(|reply| crate::core::Command::ListAgents { reply })
             .unwrap()
@@ -680,7 +673,7 @@ mod tests {
             "an update is not a reconciliation"
         );
         // Its heartbeat names the old attempt: told to abandon it, and back.
-        heartbeat(&mut h, &a, vec![first.clone()]);
+        h.heartbeat(&a, vec![first.clone()]);
         let msgs = h.messages(&mut a);
         let (why, abandon) = reject(&msgs).expect("the stale attempt is refused");
         assert!(abandon, "{why}");
@@ -764,7 +757,7 @@ mod tests {
         );
         // The job's own `retries` are for the other losses: an agent giving
         // an attempt up uses them, not the agent-lost allowance.
-        heartbeat(&mut h, &a, Vec::new());
+        h.heartbeat(&a, Vec::new());
         let mut s = spec();
         s.retries = Some(0);
         let other = h.submit(s).unwrap();
