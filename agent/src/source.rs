@@ -327,6 +327,7 @@ fn is_timeout(e: &SourceError) -> bool {
 }
 
 /// What one git command printed (at most [`GIT_OUTPUT_CAP`] bytes of each stream).
+#[derive(Debug)]
 struct GitOutput {
     success: bool,
     stdout: String,
@@ -378,9 +379,10 @@ impl GitRun<'_, '_> {
         })
     }
 
-    /// Runs git as the leader of its own process group, to its end, the
-    /// attempt's halt, or `self.timeout`; on either of the last two the whole
-    /// group is killed. Whatever git left in its group is killed in any case.
+    /// Runs git as the leader of its own process group, in its own cell of
+    /// the agent's containment, to its end, the attempt's halt, or
+    /// `self.timeout`; on either of the last two the whole group is killed.
+    /// Whatever git left in its group or cell is killed in any case.
     async fn output(
         &mut self,
         args: &[&str],
@@ -414,6 +416,14 @@ impl GitRun<'_, '_> {
             url: url.to_string(),
             message: format!("cannot run git: {e}"),
         };
+        // In a cell of the agent's containment, as every process of an
+        // attempt: a git helper that left its group dies with the checkout,
+        // and a restarted agent sweeps what a crashed one left.
+        let cell = crate::contain::active()
+            .cell("git", None)
+            .map_err(|e| cannot(std::io::Error::other(e)))?;
+        cell.enter_on_spawn(cmd.as_std_mut())
+            .map_err(|e| cannot(std::io::Error::other(e)))?;
         let mut child = cmd.spawn().map_err(cannot)?;
         let pgid = child
             .id()
@@ -432,8 +442,14 @@ impl GitRun<'_, '_> {
             _ = tokio::time::sleep(self.timeout) => Err(None),
             h = self.guard.wait() => Err(Some(h)),
         };
-        // git's helpers (git-remote-http, index-pack) are in its group.
+        // git's helpers (git-remote-http, index-pack) are in its group, and
+        // whatever left the group is in its cell.
         let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = tokio::task::spawn_blocking(move || {
+            cell.kill_all();
+            cell.remove();
+        })
+        .await;
         match ended {
             Ok((stdout, stderr, status)) => Ok(GitOutput {
                 success: status.map_err(cannot)?.success(),
@@ -585,6 +601,61 @@ mod tests {
             message: "No space left on device".into()
         }
         .is_job_fault());
+    }
+
+    /// A process git starts that leaves git's process group (here through
+    /// the `ext::` transport, as a credential helper or ssh could) dies with
+    /// the git command: git runs in a cell of the agent's containment.
+    #[tokio::test]
+    async fn what_git_starts_outside_its_group_dies_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pid_file = tmp.path().join("pid");
+        let (_stop, mut rx) = watch::channel(None::<StopReason>);
+        let mut guard = Guard::new(
+            tokio::time::Instant::now() + Duration::from_secs(60),
+            &mut rx,
+        );
+        let mut git = GitRun {
+            timeout: Duration::from_secs(2),
+            guard: &mut guard,
+        };
+        let helper = tmp.path().join("helper.sh");
+        std::fs::write(
+            &helper,
+            format!(
+                "#!/bin/sh\nsetsid sleep 300 </dev/null >/dev/null 2>&1 &\necho $! > {}\nexec sleep 30\n",
+                pid_file.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let url = format!("ext::{}", helper.display());
+        let got = git
+            .output(
+                &["-c", "protocol.ext.allow=always", "ls-remote", &url],
+                None,
+                "ls-remote",
+                "ext",
+            )
+            .await;
+        assert!(got.is_err(), "cut by the git timeout: {got:?}");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .expect("the ext helper ran")
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = (0..50).any(|_| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting for its reaper.
+            let dead =
+                stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z'));
+            if !dead {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            dead
+        });
+        assert!(gone, "the setsid child of git's helper ({pid}) still runs");
     }
 
     /// [`prepare`] with a minute's deadline and git timeout, never stopped.
