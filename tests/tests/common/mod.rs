@@ -1082,3 +1082,44 @@ impl Drop for Bg {
         let _ = self.child.wait();
     }
 }
+
+/// Commits the files under `repo` (a directory the caller filled) as one
+/// commit on `main` of a new git repository; its `file://` URL.
+pub fn git_repo(repo: &Path, message: &str) -> String {
+    let git = |args: &[&str]| {
+        let mut c = Command::new("git");
+        c.args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(repo);
+        let out = run_cmd(c, Duration::from_secs(30));
+        assert_eq!(out.code, 0, "git {args:?}:\n{out}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", message]);
+    format!("file://{}", repo.display())
+}
+
+/// `(test, cell)` for each row of `msctl report --json`'s matrix, the
+/// first column's cell (a job of one column).
+pub fn report_rows(report: &Value) -> Vec<(String, String)> {
+    report["matrix"]
+        .as_array()
+        .expect("a matrix")
+        .iter()
+        .map(|r| {
+            let cell = r["cells"].as_object().and_then(|c| c.values().next());
+            (
+                r["test"].as_str().unwrap_or("").to_string(),
+                cell.and_then(|c| c.as_str()).unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
