@@ -181,6 +181,9 @@ impl Core {
                 if let Some(m) = matching::memory_unenforced(spec, a.caps()) {
                     why.push(m);
                 }
+                if let Some(d) = crate::devices::shortfall(spec, a.caps()) {
+                    why.push(d);
+                }
                 (why.len(), name.as_str(), why)
             })
             .collect();
