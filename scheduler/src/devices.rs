@@ -236,21 +236,11 @@ pub fn allocate(spec: &JobSpec, caps: &Capabilities, busy: &HashSet<Held>) -> Op
     Some(out)
 }
 
-/// "npu 0,1,2,3" (and "; gpu 0" for a second kind): how users see an
-/// attempt's devices.
+/// How users see an attempt's devices ("npu 0,1,2,3"): the one rule in
+/// `msfleet_proto::devices`.
 pub fn describe(held: &[Held]) -> String {
-    let mut parts = Vec::new();
-    for kind in [Kind::Gpu, Kind::Npu] {
-        let idx: Vec<String> = held
-            .iter()
-            .filter(|h| h.kind == kind)
-            .map(|h| h.index.to_string())
-            .collect();
-        if !idx.is_empty() {
-            parts.push(format!("{} {}", kind.label(), idx.join(",")));
-        }
-    }
-    parts.join("; ")
+    let refs: Vec<DeviceRef> = held.iter().map(Held::to_ref).collect();
+    msfleet_proto::devices::describe(&refs)
 }
 
 #[cfg(test)]
