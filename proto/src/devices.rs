@@ -4,6 +4,22 @@
 
 use crate::DeviceRef;
 
+/// GPU health words that are no problem: `ok` from the agent's NVML probe,
+/// or `unknown` when NVML could check nothing.
+pub fn gpu_healthy(health: &str) -> bool {
+    matches!(health, "ok" | "unknown" | "")
+}
+
+/// An NPU is fine when npu-smi says `OK`.
+pub fn npu_healthy(health: &str) -> bool {
+    health.eq_ignore_ascii_case("ok")
+}
+
+/// The identity of NPU `id` chip `chip` in a `DeviceRef` ("npu 3 chip 0").
+pub fn npu_id(id: u32, chip: u32) -> String {
+    format!("npu {id} chip {chip}")
+}
+
 /// "npu 0,1,2,3", "gpu 0; npu 2" for two kinds; empty for none.
 pub fn describe(devices: &[DeviceRef]) -> String {
     let mut kinds: Vec<&str> = Vec::new();

@@ -74,14 +74,7 @@ pub struct Device {
     pub healthy: bool,
 }
 
-/// GPU health words that are no problem (the agent's `probe::gpu` writes
-/// `ok`, or `unknown` when NVML could check nothing).
-const GPU_FINE: [&str; 3] = ["ok", "unknown", ""];
-
-/// The identity of NPU `id` chip `chip` (the agent uses the same words).
-pub fn npu_id(id: u32, chip: u32) -> String {
-    format!("npu {id} chip {chip}")
-}
+use msfleet_proto::devices::{gpu_healthy, npu_healthy, npu_id};
 
 /// Every device `caps` reports, GPUs then NPUs, in the probe's order.
 pub fn inventory(caps: &Capabilities) -> Vec<Device> {
@@ -93,7 +86,7 @@ pub fn inventory(caps: &Capabilities) -> Vec<Device> {
         },
         memory_mb: g.memory_mb,
         health: g.health.clone(),
-        healthy: GPU_FINE.contains(&g.health.as_str()),
+        healthy: gpu_healthy(&g.health),
     });
     let npus = caps.npus.iter().enumerate().map(|(i, n)| Device {
         held: Held {
@@ -103,7 +96,7 @@ pub fn inventory(caps: &Capabilities) -> Vec<Device> {
         },
         memory_mb: n.hbm_mb,
         health: n.health.clone(),
-        healthy: n.health.eq_ignore_ascii_case("ok"),
+        healthy: npu_healthy(&n.health),
     });
     gpus.chain(npus).collect()
 }

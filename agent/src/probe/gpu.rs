@@ -16,6 +16,7 @@ const NVML_DEVICE_MIG_ENABLE: u32 = 1;
 
 /// One NVIDIA GPU as NVML describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GpuFacts {
     /// NVML device index (the order `nvidia-smi` uses).
     pub index: u32,
@@ -53,9 +54,74 @@ pub struct GpuProbe {
     pub note: Option<String>,
 }
 
+/// Where the agent's GPU inventory comes from: NVML on a real host; in debug
+/// builds a test can put a recorded inventory in its place.
+pub trait GpuInventory {
+    /// The GPUs now (every periodic probe asks again, so health changes show).
+    fn probe(&self) -> GpuProbe;
+}
+
+/// The real inventory: NVML.
+pub struct NvmlInventory;
+
+impl GpuInventory for NvmlInventory {
+    fn probe(&self) -> GpuProbe {
+        probe_nvml()
+    }
+}
+
+/// The agent's environment variable naming a recorded GPU inventory. **Test
+/// only**: read in debug builds alone (release builds always ask NVML), so
+/// the scheduling of GPUs and the environment each attempt sees are tested
+/// end to end on machines without a GPU.
+pub const RECORDED_GPUS_VAR: &str = "MSAGENT_TEST_GPU_INVENTORY";
+
+/// A recorded inventory: a JSON array of [`GpuFacts`] (missing fields are
+/// empty), read again at every probe.
+pub struct RecordedInventory(pub std::path::PathBuf);
+
+impl GpuInventory for RecordedInventory {
+    fn probe(&self) -> GpuProbe {
+        let read = std::fs::read_to_string(&self.0)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<Vec<GpuFacts>>(&t).map_err(|e| e.to_string()));
+        match read {
+            Ok(gpus) => GpuProbe {
+                gpus,
+                note: Some(format!(
+                    "GPUs from the recorded inventory {} (test only)",
+                    self.0.display()
+                )),
+            },
+            Err(e) => GpuProbe {
+                gpus: Vec::new(),
+                note: Some(format!(
+                    "recorded GPU inventory {} unreadable ({e}): 0 GPUs",
+                    self.0.display()
+                )),
+            },
+        }
+    }
+}
+
+/// The inventory this agent probes: NVML, or in a debug build with
+/// [`RECORDED_GPUS_VAR`] set, the recorded one.
+pub fn inventory() -> Box<dyn GpuInventory> {
+    #[cfg(debug_assertions)]
+    if let Some(path) = std::env::var_os(RECORDED_GPUS_VAR) {
+        return Box::new(RecordedInventory(path.into()));
+    }
+    Box::new(NvmlInventory)
+}
+
+/// Lists the GPUs of [`inventory`]. Never fails and never panics.
+pub fn probe_gpus() -> GpuProbe {
+    inventory().probe()
+}
+
 /// Lists the NVIDIA GPUs. Never fails and never panics: without a driver it returns no GPUs and
 /// a note such as `NVML unavailable (libnvidia-ml.so.1 not found): 0 GPUs`.
-pub fn probe_gpus() -> GpuProbe {
+fn probe_nvml() -> GpuProbe {
     let nvml = match Nvml::init() {
         Ok(nvml) => nvml,
         Err(e) => {
