@@ -78,10 +78,10 @@ use msfleet_proto::devices::{gpu_healthy, npu_healthy, npu_id};
 
 /// Every device `caps` reports, GPUs then NPUs, in the probe's order.
 pub fn inventory(caps: &Capabilities) -> Vec<Device> {
-    let gpus = caps.gpus.iter().map(|g| Device {
+    let gpus = caps.gpus.iter().enumerate().map(|(i, g)| Device {
         held: Held {
             kind: Kind::Gpu,
-            index: g.index,
+            index: i as u32,
             id: g.uuid.clone(),
         },
         memory_mb: g.memory_mb,

@@ -34,7 +34,8 @@ pub struct GpuFacts {
     pub cuda_driver_version: String,
     /// Compute capability, `major.minor` (e.g. `9.0`).
     pub compute_capability: String,
-    /// MIG mode: `enabled`, `disabled` or `unsupported`; empty when the query failed.
+    /// MIG mode: `enabled`, `disabled` or `unsupported`; empty when the query failed;
+    /// `instance` for a MIG instance (listed in place of its GPU, which shares its `index`).
     pub mig_mode: String,
     /// Enforced power limit in watts; 0 when unknown.
     pub power_limit_w: u32,
@@ -164,12 +165,14 @@ fn probe_nvml() -> GpuProbe {
     let mut problems = Vec::new();
     for index in 0..count {
         match nvml.device_by_index(index) {
-            Ok(device) => gpus.push(device_facts(
-                index,
-                &device,
-                &driver_version,
-                &cuda_driver_version,
-            )),
+            Ok(device) => {
+                let facts = device_facts(index, &device, &driver_version, &cuda_driver_version);
+                if facts.mig_mode == "enabled" {
+                    gpus.extend(mig_instances(&device, facts));
+                } else {
+                    gpus.push(facts);
+                }
+            }
             Err(e) => {
                 warn!(index, error = %e, "NVML: cannot open GPU");
                 problems.push(format!("GPU {index} could not be opened ({e})"));
@@ -180,6 +183,40 @@ fn probe_nvml() -> GpuProbe {
         gpus,
         note: (!problems.is_empty()).then(|| problems.join("; ")),
     }
+}
+
+/// The MIG instances of a GPU in MIG mode, each a device of its own (its
+/// `MIG-...` UUID is what CUDA_VISIBLE_DEVICES names; its memory is its
+/// slice; health and the rest are the parent's, `mig_mode` is `instance`).
+/// A GPU in MIG mode without instances cannot run CUDA work: it is listed
+/// once, unhealthy, so that it is withheld and says why.
+fn mig_instances(parent: &Device, facts: GpuFacts) -> Vec<GpuFacts> {
+    let count = parent.mig_device_count().unwrap_or_else(|e| {
+        debug!(index = facts.index, error = %e, "NVML: MIG device count unavailable");
+        0
+    });
+    let mut out = Vec::new();
+    for i in 0..count {
+        // Slots without an instance answer NotFound.
+        let Ok(mig) = parent.mig_device_by_index(i) else {
+            continue;
+        };
+        let Ok(uuid) = mig.uuid() else { continue };
+        out.push(GpuFacts {
+            name: mig.name().unwrap_or_else(|_| facts.name.clone()),
+            uuid,
+            memory_mb: mig.memory_info().map_or(0, |m| m.total / (1024 * 1024)),
+            mig_mode: "instance".into(),
+            power_limit_w: 0,
+            ..facts.clone()
+        });
+    }
+    if out.is_empty() {
+        let mut whole = facts;
+        whole.health = "MIG mode enabled but no MIG instance configured".into();
+        out.push(whole);
+    }
+    out
 }
 
 /// Says in words why `Nvml::init` failed.
