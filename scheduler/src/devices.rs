@@ -168,7 +168,7 @@ impl Request {
     }
 
     /// "4 npus", "2 gpus with at least 40 GiB each".
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let what = format!(
             "{} {}{}",
             self.count,
@@ -202,6 +202,18 @@ pub fn shortfall(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
             )
         })
     })
+}
+
+/// "3 of 8 npus free" for request `r` on an agent with these capabilities,
+/// of which `busy` are held (free: healthy, not held, big enough).
+pub fn free_line(r: &Request, caps: &Capabilities, busy: &HashSet<Held>) -> String {
+    let inv = inventory(caps);
+    let of_kind = inv.iter().filter(|d| d.held.kind == r.kind).count();
+    let free = inv
+        .iter()
+        .filter(|d| r.admits(d) && d.healthy && !busy.contains(&d.held))
+        .count();
+    format!("{free} of {of_kind} {}s free", r.kind.label())
 }
 
 /// The devices to give an attempt of `spec` on an agent with these

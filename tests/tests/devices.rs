@@ -161,7 +161,12 @@ fn two_npu_jobs_run_at_once_on_disjoint_cards_and_a_third_waits_for_one() {
     assert_eq!((plain_npus.as_str(), plain_cuda.as_str()), ("", ""));
     release(&out, &plain);
     assert_eq!(f.wait_terminal(&plain)["state"], "passed");
-    assert_eq!(f.show(&c)["state"], "queued", "no free card for the third");
+    let third = f.show(&c);
+    assert_eq!(third["state"], "queued", "no free card for the third");
+    assert_eq!(
+        third["warnings"][0], "waiting for free devices: it asks for 4 npus; n1: 0 of 8 npus free",
+        "{third}"
+    );
 
     // What users see: the devices in show and the events, busy cards in agents.
     let text = f.ctl(&["show", &a]);

@@ -1311,6 +1311,10 @@ mod tests {
         assert_eq!(indices(&got[1]), [4, 5, 6, 7]);
         assert_eq!(got[0].devices[0].id, "npu 0 chip 0");
         assert_eq!(h.state(&j3.id), Queued, "a free slot is not enough");
+        assert_eq!(
+            h.job(&j3.id).warnings,
+            ["waiting for free devices: it asks for 4 npus; a1: 0 of 8 npus free"]
+        );
         let shown = h.job(&j1.id);
         assert_eq!(shown.devices.len(), 4);
         let events: Vec<String> = h
