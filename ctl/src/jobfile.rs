@@ -415,6 +415,8 @@ mod tests {
             retries: Some(1),
             expire_after: Some("2h".into()),
             memory: Some("4G".into()),
+            npus: 4,
+            npu_memory: Some("32G".into()),
             allow_unmatched: true,
             args: vec!["-m".into(), "not nightly".into(), "tests".into()],
             source: SourceFile {
@@ -432,6 +434,17 @@ mod tests {
         assert_eq!(spec.expire_after_ms, Some(7_200_000));
         assert!(spec.allow_unmatched);
         assert_eq!(spec.memory_limit_bytes, Some(4 << 30));
+        assert_eq!((spec.npus, spec.npu_memory_bytes), (4, Some(32 << 30)));
+        assert_eq!((spec.gpus, spec.gpu_memory_bytes), (0, None));
+        let sizeless = JobFile {
+            npu_memory: Some("big".into()),
+            ..back.clone()
+        };
+        let e = sizeless.to_spec().unwrap_err().to_string();
+        assert!(
+            e.starts_with("bad per-device memory minimum npu_memory: memory 'big'"),
+            "{e}"
+        );
         assert_eq!(spec.args.len(), 3);
         let bad = JobFile {
             memory: Some("lots".into()),
