@@ -31,6 +31,22 @@ pub struct AttemptSpec {
     /// The lease's fencing epoch (calls about the attempt carry it).
     pub epoch: u64,
     pub spec: JobSpec,
+    /// The accelerators the scheduler assigned with the lease.
+    pub devices: Vec<msfleet_proto::DeviceRef>,
+    /// What selects them for every process of the attempt
+    /// (`crate::devices::grant`), applied after the job's own env.
+    pub device_env: Vec<(String, String)>,
+}
+
+impl AttemptSpec {
+    /// The UUIDs of the attempt's GPUs (what the benchmark core samples).
+    pub fn gpu_uuids(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter(|d| d.kind == "gpu")
+            .map(|d| d.id.clone())
+            .collect()
+    }
 }
 
 /// Identifies an attempt on this agent: (task id, attempt number).

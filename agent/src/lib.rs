@@ -16,6 +16,7 @@ pub mod bench;
 pub mod capabilities;
 pub mod config;
 pub mod contain;
+pub mod devices;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;

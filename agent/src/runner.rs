@@ -568,6 +568,7 @@ impl PytestRun<'_> {
             .current_dir(self.dir)
             .envs(&a.spec.env)
             .envs(&a.spec.secret_env)
+            .envs(a.device_env.iter().map(|(k, v)| (k, v)))
             .env("PYTHONPATH", &self.pythonpath)
             .env("PYTHONUNBUFFERED", "1")
             .env("MSFLEET_RESULT_SOCKET", &sock_path)
@@ -670,6 +671,7 @@ impl PytestRun<'_> {
             .args(["-c", "import pytest"])
             .current_dir(self.dir)
             .envs(&self.a.spec.env)
+            .envs(self.a.device_env.iter().map(|(k, v)| (k, v)))
             .env("PYTHONPATH", &self.pythonpath)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -1133,6 +1135,8 @@ def test_param(p):
             attempt: 1,
             epoch: 1,
             spec,
+            devices: Vec::new(),
+            device_env: Vec::new(),
         };
         let (utx, mut urx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -1879,6 +1883,8 @@ def test_quotes_it():
                 benchmark: Some(spec(2)),
                 ..Default::default()
             },
+            devices: Vec::new(),
+            device_env: Vec::new(),
         };
         let (_stop_tx, stop) = watch::channel(None);
         run(cfg, a, f.tx.clone(), stop).await;

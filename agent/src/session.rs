@@ -530,7 +530,17 @@ impl Session {
             tracing::warn!(task = %r.task_id, attempt = r.attempt, %why, "refusing an assignment");
             return self.give_back(r, why, true);
         }
-        tracing::info!(job = %asg.job_id, task = %r.task_id, attempt = r.attempt, epoch = r.epoch, "assigned");
+        // The devices must be ours and healthy by the latest probe.
+        let device_env = match crate::devices::grant(&self.caps, &asg.devices) {
+            Ok(env) => env,
+            Err(e) => {
+                let why = format!("agent {} refuses its devices: {e}", self.cfg.name);
+                tracing::warn!(task = %r.task_id, attempt = r.attempt, %why, "refusing an assignment");
+                return self.give_back(r, why, true);
+            }
+        };
+        let devices = msfleet_proto::devices::describe(&asg.devices);
+        tracing::info!(job = %asg.job_id, task = %r.task_id, attempt = r.attempt, epoch = r.epoch, %devices, "assigned");
         let (stop, stop_rx) = watch::channel(None);
         let spec = AttemptSpec {
             job_id: asg.job_id,
@@ -538,6 +548,8 @@ impl Session {
             attempt: r.attempt,
             epoch: r.epoch,
             spec: asg.spec.unwrap_or_default(),
+            devices: asg.devices,
+            device_env,
         };
         let attempt = Attempt::new(r, stop);
         let updates =
@@ -787,6 +799,7 @@ mod tests {
             job_id: task.into(),
             // No source: the runner ends it `error` at once.
             spec: Some(msfleet_proto::JobSpec::default()),
+            devices: Vec::new(),
         })
     }
 
@@ -849,6 +862,46 @@ mod tests {
             .on_message(scheduler_message::Msg::Assign(stale))
             .is_empty());
         assert_eq!(s.running(), 1);
+    }
+
+    /// An assignment naming a device this agent does not have, or one its
+    /// latest probe found unhealthy, is refused like one beyond the slots.
+    #[tokio::test]
+    async fn an_assignment_of_devices_it_lacks_or_that_are_unhealthy_is_refused() {
+        let work = tempfile::tempdir().unwrap();
+        let caps = Capabilities {
+            npus: ["OK", "Alarm"]
+                .iter()
+                .enumerate()
+                .map(|(i, h)| msfleet_proto::Npu {
+                    id: i as u32,
+                    health: (*h).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut s = Session::new(Arc::new(config(4, work.path())), caps);
+        for (task, id, why) in [
+            ("1", "npu 1 chip 0", "npu 1 chip 0 is unhealthy: Alarm"),
+            ("2", "npu 7 chip 0", "npu 7 chip 0 is not on this agent"),
+        ] {
+            let scheduler_message::Msg::Assign(mut a) = assign(task) else {
+                unreachable!()
+            };
+            a.devices = vec![msfleet_proto::DeviceRef {
+                kind: "npu".into(),
+                index: 1,
+                id: id.into(),
+            }];
+            let out = s.on_message(scheduler_message::Msg::Assign(a));
+            let Some(task_update::Kind::Finished(f)) = &out[0].kind else {
+                panic!("{out:?}");
+            };
+            assert!(f.refused);
+            assert_eq!(f.reason, format!("agent h1 refuses its devices: {why}"));
+        }
+        assert_eq!(s.running(), 0);
     }
 
     /// A runner that panics sent no `Finished`: the supervisor ends the

@@ -398,6 +398,21 @@ pub struct Submit {
     /// enforce a limit (a cgroup memory controller) take the job.
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
+    /// GPUs the attempt gets for itself: the scheduler picks free, healthy
+    /// ones on one agent and the test sees only those (CUDA_VISIBLE_DEVICES
+    /// and NVIDIA_VISIBLE_DEVICES by UUID). A job without --gpus sees none.
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<u32>,
+    /// NPUs the attempt gets for itself (ASCEND_RT_VISIBLE_DEVICES); a job
+    /// without --npus sees none.
+    #[arg(long, value_name = "N")]
+    pub npus: Option<u32>,
+    /// Per-GPU minimum memory of the --gpus, e.g. 40G.
+    #[arg(long = "gpu-memory", value_name = "SIZE", requires = "gpus")]
+    pub gpu_memory: Option<String>,
+    /// Per-NPU minimum memory (HBM) of the --npus, e.g. 32G.
+    #[arg(long = "npu-memory", value_name = "SIZE", requires = "npus")]
+    pub npu_memory: Option<String>,
     /// A job not started this long after submit ends `expired`, e.g. 2h
     /// (default: the queue's, 24 h).
     #[arg(

@@ -199,8 +199,8 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
                             a.name.clone(),
                             state,
                             format!("{}/{}", a.running.len(), caps.slots.max(1)),
-                            caps.gpus.len().to_string(),
-                            caps.npus.len().to_string(),
+                            render::devices_busy(a, "gpu"),
+                            render::devices_busy(a, "npu"),
                             caps.profile.clone(),
                             labels.join(","),
                         ]
@@ -479,6 +479,21 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
     if let Some(m) = &s.memory {
         msfleet_proto::memory::parse(m).map_err(|e| CtlError::input(format!("--memory: {e}")))?;
         f.memory = Some(m.clone());
+    }
+    if let Some(n) = s.gpus {
+        f.gpus = n;
+    }
+    if let Some(n) = s.npus {
+        f.npus = n;
+    }
+    for (flag, given, field) in [
+        ("--gpu-memory", &s.gpu_memory, &mut f.gpu_memory),
+        ("--npu-memory", &s.npu_memory, &mut f.npu_memory),
+    ] {
+        if let Some(m) = given {
+            msfleet_proto::memory::parse(m).map_err(|e| CtlError::input(format!("{flag}: {e}")))?;
+            *field = Some(m.clone());
+        }
     }
     if let Some(t) = &s.expire_after {
         parse_timeout(t).map_err(|e| CtlError::input(format!("--expire-after: {e}")))?;

@@ -8,12 +8,14 @@
 //! requirements = 'gpu.count>=1 && label.pool=="nightly"'
 //! timeout = "30m"
 //! memory = "4G"                            # the attempt's processes together (cgroup limit)
+//! gpus = 2                                 # devices of its own (or npus = 4); the agent sets
+//! gpu_memory = "40G"                       # CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES
 //! retries = 2
 //! args = ["-m", "not nightly", "tests/regression"]
 //! [source]
 //! dir = "/srv/checkouts/msmodeling"      # or: git = "https://...", ref = "main"
 //! [env]
-//! CUDA_VISIBLE_DEVICES = "0"
+//! HF_HUB_OFFLINE = "1"
 //! [labels]
 //! team = "modeling"
 //! [secret_env]                             # never shown back: views print [redacted]
@@ -72,6 +74,16 @@ pub struct JobFile {
     /// may use together; a breach ends the attempt `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
+    /// GPUs / NPUs the attempt gets for itself (the agent shows it only those).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub npus: u32,
+    /// Per-device minimum memory of those GPUs / NPUs, like "40G".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npu_memory: Option<String>,
     /// A duration like "24h": not started by then, the job ends `expired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_after: Option<String>,
@@ -187,6 +199,8 @@ pub enum JobFileError {
     Toml(String),
     #[error("bad memory limit: {0}")]
     Memory(String),
+    #[error("bad per-device memory minimum {0}")]
+    DeviceMemory(String),
     #[error("bad timeout '{value}': {reason} (use e.g. 30m, 1h, 90s)")]
     Timeout { value: String, reason: String },
     #[error("[source] needs exactly one of dir = \"...\" or git = \"...\"")]
@@ -270,6 +284,14 @@ impl JobFile {
             None => None,
             Some(m) => Some(msfleet_proto::memory::parse(m).map_err(JobFileError::Memory)?),
         };
+        let device_memory = |m: &Option<String>, what: &str| match m {
+            None => Ok(None),
+            Some(m) => msfleet_proto::memory::parse(m)
+                .map(Some)
+                .map_err(|e| JobFileError::DeviceMemory(format!("{what}: {e}"))),
+        };
+        let gpu_memory_bytes = device_memory(&self.gpu_memory, "gpu_memory")?;
+        let npu_memory_bytes = device_memory(&self.npu_memory, "npu_memory")?;
         let kind = match (&self.source.dir, &self.source.git) {
             (Some(d), None) => {
                 if self.source.git_ref.is_some() {
@@ -318,6 +340,10 @@ impl JobFile {
             expire_after_ms,
             allow_unmatched: self.allow_unmatched,
             memory_limit_bytes,
+            gpus: self.gpus,
+            npus: self.npus,
+            gpu_memory_bytes,
+            npu_memory_bytes,
             ..Default::default()
         })
     }
@@ -389,6 +415,8 @@ mod tests {
             retries: Some(1),
             expire_after: Some("2h".into()),
             memory: Some("4G".into()),
+            npus: 4,
+            npu_memory: Some("32G".into()),
             allow_unmatched: true,
             args: vec!["-m".into(), "not nightly".into(), "tests".into()],
             source: SourceFile {
@@ -406,6 +434,17 @@ mod tests {
         assert_eq!(spec.expire_after_ms, Some(7_200_000));
         assert!(spec.allow_unmatched);
         assert_eq!(spec.memory_limit_bytes, Some(4 << 30));
+        assert_eq!((spec.npus, spec.npu_memory_bytes), (4, Some(32 << 30)));
+        assert_eq!((spec.gpus, spec.gpu_memory_bytes), (0, None));
+        let sizeless = JobFile {
+            npu_memory: Some("big".into()),
+            ..back.clone()
+        };
+        let e = sizeless.to_spec().unwrap_err().to_string();
+        assert!(
+            e.starts_with("bad per-device memory minimum npu_memory: memory 'big'"),
+            "{e}"
+        );
         assert_eq!(spec.args.len(), 3);
         let bad = JobFile {
             memory: Some("lots".into()),

@@ -102,6 +102,11 @@ pub fn job_json(j: &Job) -> Value {
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
         "memory_limit_bytes": spec.memory_limit_bytes,
+        "gpus": spec.gpus,
+        "npus": spec.npus,
+        "gpu_memory_bytes": spec.gpu_memory_bytes,
+        "npu_memory_bytes": spec.npu_memory_bytes,
+        "devices": j.devices.iter().map(device_json).collect::<Vec<_>>(),
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
@@ -148,6 +153,10 @@ pub fn spec_json(spec: &JobSpec) -> Value {
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
         "memory_limit_bytes": spec.memory_limit_bytes,
+        "gpus": spec.gpus,
+        "npus": spec.npus,
+        "gpu_memory_bytes": spec.gpu_memory_bytes,
+        "npu_memory_bytes": spec.npu_memory_bytes,
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
@@ -389,6 +398,29 @@ fn nonzero(v: i64) -> Value {
     }
 }
 
+fn device_json(d: &msfleet_proto::DeviceRef) -> Value {
+    json!({ "kind": d.kind, "index": d.index, "id": d.id })
+}
+
+/// "4/8 busy" for the agent's devices of `kind`; "-" when it has none.
+pub fn devices_busy(a: &Agent, kind: &str) -> String {
+    let of_kind: Vec<_> = a
+        .devices
+        .iter()
+        .filter(|u| u.device.as_ref().is_some_and(|d| d.kind == kind))
+        .collect();
+    if of_kind.is_empty() {
+        return "-".into();
+    }
+    let busy = of_kind.iter().filter(|u| !u.task.is_empty()).count();
+    let unhealthy = of_kind.iter().filter(|u| !u.healthy).count();
+    let mut s = format!("{busy}/{} busy", of_kind.len());
+    if unhealthy > 0 {
+        s += &format!(", {unhealthy} unhealthy");
+    }
+    s
+}
+
 pub fn agent_json(a: &Agent) -> Value {
     let caps = a.capabilities.clone().unwrap_or_default();
     let host = caps.host.clone().unwrap_or_default();
@@ -432,6 +464,13 @@ pub fn agent_json(a: &Agent) -> Value {
             "power_w": n.power_w, "driver_version": n.driver_version,
             "firmware_version": n.firmware_version, "cann_version": n.cann_version,
         })).collect::<Vec<_>>(),
+        "devices": a.devices.iter().map(|u| {
+            let d = u.device.clone().unwrap_or_default();
+            json!({
+                "kind": d.kind, "index": d.index, "id": d.id, "memory_mb": u.memory_mb,
+                "health": u.health, "healthy": u.healthy, "task": text_or_null(&u.task),
+            })
+        }).collect::<Vec<_>>(),
         "health": caps.health.as_ref().map_or(Value::Null, |h| json!({
             "status": h.status, "reasons": h.reasons, "probed_at_ms": h.probed_at_ms,
         })),
@@ -535,6 +574,12 @@ pub fn job_text(j: &Job) -> String {
     if !j.submitted_by.is_empty() {
         out += &format!("  submitted: by {}\n", j.submitted_by);
     }
+    if !j.devices.is_empty() {
+        out += &format!(
+            "  devices:   {}\n",
+            msfleet_proto::devices::describe(&j.devices)
+        );
+    }
     out += &format!(
         "  attempts:  {}{}\n",
         j.attempts,
@@ -609,6 +654,20 @@ pub fn spec_lines(spec: &JobSpec) -> String {
     }
     if let Some(m) = spec.memory_limit_bytes {
         out += &format!("  memory:    {}\n", msfleet_proto::memory::format(m));
+    }
+    for (kind, n, min) in [
+        ("gpu", spec.gpus, spec.gpu_memory_bytes),
+        ("npu", spec.npus, spec.npu_memory_bytes),
+    ] {
+        if n > 0 {
+            let each = min.map_or(String::new(), |m| {
+                format!(", at least {} each", msfleet_proto::memory::format(m))
+            });
+            out += &format!(
+                "  asks:      {n} {kind}{}{each}\n",
+                if n == 1 { "" } else { "s" }
+            );
+        }
     }
     out
 }

@@ -88,6 +88,7 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
     if let Some(m) = spec.memory_limit_bytes {
         msfleet_proto::memory::check(m).map_err(Status::invalid_argument)?;
     }
+    crate::devices::check_request(spec).map_err(Status::invalid_argument)?;
     if spec.retry_failed > MAX_RETRY_FAILED {
         return Err(Status::invalid_argument(format!(
             "retry_failed {} is more than {MAX_RETRY_FAILED}",

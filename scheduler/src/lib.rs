@@ -10,6 +10,7 @@ pub mod baseline;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod devices;
 pub mod jobspec;
 pub mod lease;
 pub mod limits;

@@ -73,6 +73,7 @@ pub fn fits(req: &Requirement, spec: &JobSpec, attrs: &Attributes, caps: &Capabi
         || policy_refusal(spec, caps).is_some()
         || pytest_missing(spec, caps).is_some()
         || memory_unenforced(spec, caps).is_some()
+        || crate::devices::shortfall(spec, caps).is_some()
     {
         return false;
     }

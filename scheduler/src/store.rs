@@ -52,6 +52,10 @@ pub struct AttemptRecord {
     /// so that a restart does not reset the attempt's log limit.
     #[serde(default)]
     pub log_bytes: u64,
+    /// The accelerators assigned with the lease (`crate::devices`): held
+    /// until the attempt ends, also across a restart.
+    #[serde(default)]
+    pub devices: Vec<crate::devices::Held>,
 }
 
 /// A callback run once the writes before it are on disk (`true`) or failed to get there.

@@ -158,6 +158,8 @@ pub struct Bench {
     kill_grace: Duration,
     tx: Updates,
     gpu: Option<Arc<Nvml>>,
+    /// The GPUs sampled: the attempt's own.
+    gpu_uuids: Arc<Vec<String>>,
     runs: AtomicU64,
     /// Labels each run's containment cell; the job's memory limit applied to each run.
     cell_label: String,
@@ -183,6 +185,7 @@ impl Bench {
             kill_grace,
             tx,
             gpu: None,
+            gpu_uuids: Arc::default(),
             runs: AtomicU64::new(0),
             cell_label: "bench".into(),
             memory_limit: None,
@@ -203,9 +206,11 @@ impl Bench {
         self
     }
 
-    /// Samples GPU memory and throttling through `nvml` during each run.
-    pub fn with_gpu(mut self, nvml: Option<Arc<Nvml>>) -> Bench {
+    /// Samples GPU memory and throttling through `nvml` during each run, on
+    /// the GPUs with these UUIDs only (the attempt's own).
+    pub fn with_gpu(mut self, nvml: Option<Arc<Nvml>>, uuids: Vec<String>) -> Bench {
         self.gpu = nvml;
+        self.gpu_uuids = Arc::new(uuids);
         self
     }
 
@@ -466,7 +471,7 @@ impl Bench {
         let gpu = self
             .gpu
             .clone()
-            .map(|nvml| GpuWatch::start(nvml, pid, marker));
+            .map(|nvml| GpuWatch::start(nvml, self.gpu_uuids.clone(), pid, marker));
         let mut exited = running.wait(guard, self.kill_grace).await;
         let gpu_peak = match gpu {
             Some(g) => Some(g.finish().await),
@@ -686,7 +691,9 @@ async fn run_with(
         }
     }
 
-    let gpu = if cases.is_empty() {
+    // Only the attempt's own GPUs are measured; without any it sees none.
+    let gpu_uuids = a.gpu_uuids();
+    let gpu = if cases.is_empty() || gpu_uuids.is_empty() {
         None
     } else {
         match load_nvml().await {
@@ -706,6 +713,7 @@ async fn run_with(
         .env
         .iter()
         .chain(a.spec.secret_env.iter())
+        .chain(a.device_env.iter().map(|(k, v)| (k, v)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     env.extend([
@@ -723,7 +731,7 @@ async fn run_with(
     )
     .with_pgid_file(run_dir.join(format!("{slot}.pgid")))
     .with_containment(slot, a.spec.memory_limit_bytes)
-    .with_gpu(gpu);
+    .with_gpu(gpu, gpu_uuids);
     bench.run_all(&cases, &errors, &baselines, guard).await
 }
 

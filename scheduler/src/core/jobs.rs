@@ -181,6 +181,9 @@ impl Core {
                 if let Some(m) = matching::memory_unenforced(spec, a.caps()) {
                     why.push(m);
                 }
+                if let Some(d) = crate::devices::shortfall(spec, a.caps()) {
+                    why.push(d);
+                }
                 (why.len(), name.as_str(), why)
             })
             .collect();
@@ -432,10 +435,43 @@ impl Core {
                     job.warnings.push(
                         "every matching agent is offline, drained or quarantined".to_string(),
                     );
+                } else if let Some(w) = self.waiting_for_devices(&e.req, spec) {
+                    job.warnings.push(w);
                 }
             }
         }
         job
+    }
+
+    /// Why a job that asks for devices waits although agents match it: none
+    /// of them has enough free, healthy devices now (what each has free).
+    fn waiting_for_devices(&self, req: &Requirement, spec: &JobSpec) -> Option<String> {
+        let asks = crate::devices::requests(spec);
+        if asks.is_empty() {
+            return None;
+        }
+        let mut free = Vec::new();
+        for (name, a) in &self.agents {
+            if !(a.accepts(spec) && fits(req, spec, &a.attrs, a.caps())) {
+                continue;
+            }
+            let busy = self.busy_devices(name);
+            if crate::devices::allocate(spec, a.caps(), &busy).is_some() {
+                return None;
+            }
+            let have: Vec<String> = asks
+                .iter()
+                .map(|r| crate::devices::free_line(r, a.caps(), &busy))
+                .collect();
+            free.push(format!("{}: {}", crate::clip(name), have.join(", ")));
+        }
+        free.truncate(3);
+        let asked: Vec<String> = asks.iter().map(|r| r.describe()).collect();
+        Some(format!(
+            "waiting for free devices: it asks for {}; {}",
+            asked.join(" and "),
+            free.join("; ")
+        ))
     }
 
     pub(super) fn queues(&self) -> Vec<pb::Queue> {

@@ -14,6 +14,7 @@
 use crate::auth::{Principal, TokenIndex};
 use crate::baseline::BaselineBook;
 use crate::config::Config;
+use crate::devices;
 use crate::jobspec;
 use crate::lease::{Lease, LeaseTable};
 use crate::limits;
@@ -27,7 +28,7 @@ use msfleet_proto::{
     job_event, scheduler_message, task_update, Agent, AgentAdmin, AttemptRef, Job, JobEvent,
     JobSpec, JobState, Outcome, SchedulerMessage, StateChange, TestCounts,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{mpsc, Arc, Mutex};

@@ -1123,3 +1123,64 @@ pub fn report_rows(report: &Value) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+// ------------------------------------------------------------------ accelerators
+
+/// The recorded `npu-smi info` of an 8-card 910B host (every card `OK`).
+pub fn healthy_table() -> String {
+    let p = repo_root().join("agent/tests/fixtures/npu-smi/info-910b-8card-24.1.0.txt");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// The same table with card 5's Health turned to `Alarm`.
+pub fn alarm_table() -> String {
+    table_with_health(5, "Alarm")
+}
+
+/// The recorded 8-card table with card `card`'s Health turned to `health`.
+pub fn table_with_health(card: u32, health: &str) -> String {
+    let ok = format!("| {card}     910B                | OK            |");
+    let table = healthy_table();
+    assert!(table.contains(&ok), "the fixture has card {card} OK");
+    table.replace(
+        &ok,
+        &format!("| {card}     910B                | {health:<13} |"),
+    )
+}
+
+/// A fake `npu-smi` that prints the table file next to it for `info` (and
+/// fails for anything else, as a tool without that subcommand would). The
+/// test rewrites the table to change what the next probe sees.
+pub struct FakeNpuSmi {
+    pub script: PathBuf,
+    table: PathBuf,
+}
+
+impl FakeNpuSmi {
+    pub fn new(dir: &Path, table: &str) -> FakeNpuSmi {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = dir.join("npu-smi");
+        std::fs::create_dir_all(&dir).unwrap();
+        let table_path = dir.join("table.txt");
+        std::fs::write(&table_path, table).unwrap();
+        let script = dir.join("npu-smi");
+        let body = format!(
+            "#!/bin/sh\nif [ \"$1\" = info ] && [ $# -eq 1 ]; then exec cat '{}'; fi\n\
+             echo \"npu-smi: unsupported: $*\" >&2\nexit 1\n",
+            table_path.display()
+        );
+        std::fs::write(&script, body).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FakeNpuSmi {
+            script,
+            table: table_path,
+        }
+    }
+
+    /// Replaces the table atomically (a probe never reads half of it).
+    pub fn show(&self, table: &str) {
+        let tmp = self.table.with_extension("new");
+        std::fs::write(&tmp, table).unwrap();
+        std::fs::rename(&tmp, &self.table).unwrap();
+    }
+}
