@@ -19,6 +19,7 @@ pub mod contain;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;
+pub mod metrics;
 pub mod policy;
 pub mod probe;
 pub mod process;
