@@ -9,16 +9,21 @@
 
 use crate::auth::{self, Need, Role, TokenIndex};
 use crate::core::{Command, CoreHandle};
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::{IncomingStream, Listener};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
-use tokio::net::TcpListener;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 /// What the handlers share: the core once it is loaded, the tokens, and the
 /// recorder's handle.
@@ -53,9 +58,123 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
         .clone()
 }
 
-/// Serves the HTTP endpoints on `listener` until `shutdown` resolves.
+/// The address a request came from, whichever listener took it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// Longest a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes done and not yet taken by the server.
+const HANDSHAKES_QUEUED: usize = 64;
+
+/// Why the TLS configuration of the HTTP listener could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("--tls-cert: {0}")]
+    Cert(String),
+    #[error("--tls-key: {0}")]
+    Key(String),
+    #[error("TLS: {0}")]
+    Config(#[from] tokio_rustls::rustls::Error),
+}
+
+/// A TLS acceptor for `cert` (PEM chain) and `key` (PEM), HTTP/1.1 and h2.
+pub fn tls_acceptor(cert: &[u8], key: &[u8]) -> Result<TlsAcceptor, TlsError> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{crypto, ServerConfig};
+    let certs = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Cert(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert("no certificate in the PEM file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Key(e.to_string()))?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// An HTTPS listener: a task accepts TCP connections and runs each TLS
+/// handshake in its own task (bounded in time), so a slow client never holds
+/// up the others; finished handshakes queue for the server.
+pub struct TlsListener {
+    done: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (tx, done) = tokio::sync::mpsc::channel(HANDSHAKES_QUEUED);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of descriptors and the like: wait, then go on.
+                        tracing::warn!(error = %e, "HTTP listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, queue) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = queue.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(TlsListener { done, local })
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.done.recv().await {
+            Some(conn) => conn,
+            // The accept task ended with the runtime: nothing comes any more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// Serves the HTTP endpoints on `listener` (HTTPS with `tls`) until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -64,12 +183,21 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    match tls {
+        None => {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(acceptor) => {
+            axum::serve(
+                TlsListener::new(listener, acceptor)?,
+                app.into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+        }
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -89,7 +217,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 
 async fn metrics(
     State(state): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Response {
     if let Err((code, why)) = metrics_access(peer.ip(), &headers, &state.tokens) {

@@ -73,7 +73,8 @@ struct Args {
     max_log_bytes: u64,
     /// Address of the HTTP listener with /metrics, /healthz and /readyz
     /// (port 0 picks a free port, written to --ready-file); `off` serves none
-    /// and records no metrics. Plain text: off loopback it needs --insecure.
+    /// and records no metrics. HTTPS with --tls-cert; plain text off loopback
+    /// needs --insecure.
     #[arg(long, env = "MSCHED_HTTP_LISTEN", default_value = "127.0.0.1:7071")]
     http_listen: String,
     /// Log lines as `text` or `json` (one object a line, with job, attempt
@@ -231,12 +232,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding --http-listen {listen} (or 'off')"))?;
             let http_addr = http.local_addr()?;
-            if !http_addr.ip().is_loopback() {
+            if cfg.tls.is_none() && !http_addr.ip().is_loopback() {
                 if !args.insecure {
                     anyhow::bail!(
                         "refusing plain-text HTTP on {http_addr} (not loopback): /metrics tokens \
-                         would cross the network in the clear; use --http-listen 127.0.0.1:PORT \
-                         behind a TLS proxy, or --insecure to accept the risk"
+                         would cross the network in the clear; add --tls-cert PEM --tls-key PEM \
+                         (HTTPS with the gRPC certificate), or --insecure to accept the risk"
                     );
                 }
                 tracing::warn!(%http_addr, "--insecure: HTTP listener off loopback in plain text");

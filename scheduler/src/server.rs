@@ -30,6 +30,8 @@ pub enum ServeError {
     Ready(String),
     #[error("installing the metrics recorder: {0}")]
     Metrics(String),
+    #[error("the HTTP listener's {0}")]
+    HttpTls(#[from] crate::http::TlsError),
 }
 
 /// Where the bootstrap admin token is written.
@@ -154,6 +156,11 @@ pub async fn serve(
     if let Some(http) = http {
         let prometheus = crate::http::prometheus().map_err(ServeError::Metrics)?;
         let state = crate::http::HttpState::new(tokens.clone(), prometheus);
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|t| crate::http::tls_acceptor(&t.cert, &t.key))
+            .transpose()?;
         http_addr = Some(
             http.local_addr()
                 .map_err(|e| ServeError::Ready(e.to_string()))?,
@@ -164,7 +171,7 @@ pub async fn serve(
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::http::serve(http, state, stopped).await {
+            if let Err(e) = crate::http::serve(http, tls, state, stopped).await {
                 tracing::error!(error = %e, "the HTTP listener stopped");
             }
         });

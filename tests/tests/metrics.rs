@@ -85,49 +85,66 @@ fn wait_query(addr: &str, q: &str, want: f64, log: &std::path::Path) {
     );
 }
 
-#[test]
-fn prometheus_scrapes_msched_and_sees_the_jobs_queued_and_finished() {
+/// Debian's Prometheus on a free port, scraping msched's `/metrics` at
+/// `target` every second with `token` (over HTTPS trusting `ca` when given),
+/// with deploy's alert rules loaded: the process, its web address, its log.
+fn start_prometheus(
+    base: &std::path::Path,
+    target: &str,
+    token: &str,
+    ca: Option<&std::path::Path>,
+) -> (KillOnDrop, String, std::path::PathBuf) {
     let prometheus = tool("prometheus");
-    let mut f = Fleet::new();
-    let out = f.ctl(&["token", "create", "prometheus", "--role", "viewer"]);
-    assert_eq!(out.code, 0, "{out}");
-    let secret = out.stdout.lines().last().unwrap_or_default().trim();
-    let dir = f.path().join("prometheus");
+    let dir = base.join("prometheus");
     std::fs::create_dir_all(&dir).unwrap();
-    let token = dir.join("token");
-    std::fs::write(&token, secret).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
     let rules = repo_root().join("deploy/prometheus/msfleet-alerts.yml");
+    let tls = match ca {
+        Some(ca) => format!(
+            "    scheme: https\n    tls_config:\n      ca_file: {}\n",
+            ca.display()
+        ),
+        None => String::new(),
+    };
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules}\n\
-             scrape_configs:\n  - job_name: msched\n    scrape_interval: 1s\n\
+             scrape_configs:\n  - job_name: msched\n    scrape_interval: 1s\n{tls}\
              \x20   authorization:\n      type: Bearer\n      credentials_file: {token}\n\
              \x20   static_configs:\n      - targets: ['{target}']\n",
             rules = rules.display(),
-            token = token.display(),
-            target = f.sched.http_addr,
+            token = token_file.display(),
         ),
     )
     .unwrap();
     let web = format!("127.0.0.1:{}", free_port());
     let log = dir.join("prometheus.log");
-    let _prom = KillOnDrop(
-        Command::new(prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting prometheus"),
-    );
+    let child = Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting prometheus");
+    (KillOnDrop(child), web, log)
+}
+
+#[test]
+fn prometheus_scrapes_msched_and_sees_the_jobs_queued_and_finished() {
+    let mut f = Fleet::new();
+    let out = f.ctl(&["token", "create", "prometheus", "--role", "viewer"]);
+    assert_eq!(out.code, 0, "{out}");
+    let secret = out.stdout.lines().last().unwrap_or_default().trim();
+    let (_prom, web, log) = start_prometheus(f.path(), &f.sched.http_addr, secret, None);
 
     // No agent yet: three jobs wait in the default queue.
     let suite = f.write_suite(
@@ -188,6 +205,55 @@ fn prometheus_scrapes_msched_and_sees_the_jobs_queued_and_finished() {
         body.contains("MsfleetAgentLost") && body.contains("\"health\":\"ok\""),
         "{body}"
     );
+}
+
+/// With `--tls-cert` the HTTP listener speaks HTTPS with the gRPC
+/// certificate: Prometheus scrapes it trusting that certificate.
+#[test]
+fn prometheus_scrapes_msched_over_https_with_its_grpc_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("c.pem"), certs.path().join("k.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl must be installed (scripts/test installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let f = Fleet::with_opts(SchedOpts {
+        tls: Some((cert.clone(), key, cert.clone())),
+        ..Default::default()
+    });
+    let out = f.ctl(&["token", "create", "prometheus", "--role", "viewer"]);
+    assert_eq!(out.code, 0, "{out}");
+    let secret = out.stdout.lines().last().unwrap_or_default().trim();
+    // Plain HTTP gets no answer from an HTTPS listener.
+    let plain = http_get(&f.sched.http_addr, "/healthz", None);
+    assert!(
+        plain.is_err(),
+        "plain HTTP to the HTTPS listener: {plain:?}"
+    );
+    let port = f.sched.http_addr.rsplit(':').next().unwrap().to_string();
+    let (_prom, web, log) =
+        start_prometheus(f.path(), &format!("localhost:{port}"), secret, Some(&cert));
+    wait_query(&web, "up{job=\"msched\"}", 1.0, &log);
+    wait_query(&web, "msfleet_agents{state=\"online\"}", 0.0, &log);
 }
 
 #[test]
