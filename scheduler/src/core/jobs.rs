@@ -532,26 +532,9 @@ fn state_observation(job: &Job, was: JobState, attempt: Option<u32>) -> Option<O
     }
     Some(Observation::Finished {
         queue: queue(),
-        result: state_label(state),
+        result: state.label(),
         ran_s: (job.started_at_ms > 0).then(|| seconds(job.started_at_ms, job.finished_at_ms)),
     })
-}
-
-/// A job state as metrics and logs name it: `passed`, `timed_out`, ...
-pub(super) fn state_label(state: JobState) -> &'static str {
-    match state {
-        JobState::Unspecified => "unspecified",
-        JobState::Queued => "queued",
-        JobState::Assigned => "assigned",
-        JobState::Running => "running",
-        JobState::Passed => "passed",
-        JobState::Failed => "failed",
-        JobState::Error => "error",
-        JobState::Cancelled => "cancelled",
-        JobState::TimedOut => "timed_out",
-        JobState::Expired => "expired",
-        JobState::NoResource => "no_resource",
-    }
 }
 
 #[cfg(test)]
