@@ -603,3 +603,35 @@ fn msagent_serves_its_metrics_when_asked() {
         "lines name the agent:\n{log}"
     );
 }
+
+/// Bad or unsafe `--http-listen` values stop msched at start with one line
+/// that says what to do.
+#[test]
+fn msched_refuses_an_http_listener_it_cannot_or_should_not_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    for (listen, want) in [
+        ("0.0.0.0:0", "refusing plain-text HTTP"),
+        ("not-an-address", "binding --http-listen not-an-address"),
+    ] {
+        let out = Command::new(bin("msched"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                listen,
+                "--data-dir",
+            ])
+            .arg(dir.path().join("d"))
+            .env_remove("MSCHED_LISTEN")
+            .env_remove("MSCHED_HTTP_LISTEN")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{listen}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("msched: ") && last.contains(want),
+            "{listen}: {stderr}"
+        );
+    }
+}

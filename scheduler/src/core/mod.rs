@@ -869,10 +869,10 @@ impl Core {
             snap.queue_jobs.insert(queue.clone(), [0; 3]);
             snap.oldest_pending_s.insert(queue.clone(), 0.0);
         }
-        for e in self
+        for (&id, e) in self
             .jobs
-            .values()
-            .filter(|e| !jobs::is_fanout_parent(&e.job))
+            .iter()
+            .filter(|(_, e)| !jobs::is_fanout_parent(&e.job))
         {
             let slot = match e.job.state() {
                 JobState::Queued => 0,
@@ -885,7 +885,7 @@ impl Core {
                 continue;
             };
             counts[slot] += 1;
-            if slot == 0 && self.pending.contains(e.job.id.parse().unwrap_or(0)) {
+            if slot == 0 && self.pending.contains(id) {
                 let age = (self.now - e.job.submitted_at_ms).max(0) as f64 / 1000.0;
                 if let Some(oldest) = snap.oldest_pending_s.get_mut(queue) {
                     *oldest = oldest.max(age);
