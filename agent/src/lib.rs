@@ -20,6 +20,7 @@ pub mod devices;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;
+pub mod metrics;
 pub mod policy;
 pub mod probe;
 pub mod process;

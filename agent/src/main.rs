@@ -80,6 +80,15 @@ struct Args {
     /// (jobs with a memory limit are then refused).
     #[arg(long)]
     no_cgroups: bool,
+    /// Serve /metrics and /healthz (Prometheus text, no token) on this
+    /// address, e.g. 127.0.0.1:9464 (port 0 picks a free one, logged). Off
+    /// by default.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
+    /// Log lines as `text` or `json` (one object a line; lines about an
+    /// attempt carry its job and attempt, every line the agent's name).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Print the capability report as JSON and exit.
     #[arg(long)]
     probe: bool,
@@ -87,13 +96,30 @@ struct Args {
     policy: msagent::config::PolicyFlags,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The one place msagent's tracing subscriber is built (stderr, `RUST_LOG`
+/// filter, default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    match run(args).await {
         Ok(()) => {}
         Err(e) => {
             eprintln!("msagent: {e:#}");
@@ -183,6 +209,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "msagent starting"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(listen) = &args.http_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding --http-listen {listen}"))?;
+        let prometheus = msagent::metrics::install()
+            .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+        tracing::info!(http_addr = %listener.local_addr()?, "msagent HTTP listening (/metrics, /healthz)");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = msagent::metrics::serve(listener, prometheus, stopped).await {
+                tracing::error!(error = %e, "the HTTP listener stopped");
+            }
+        });
+    }
+    match msfleet_proto::systemd::notify_ready() {
+        Ok(Some(every)) => tracing::info!(?every, "systemd watchdog on"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not tell systemd READY=1"),
+    }
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -198,8 +246,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let _ = stop_tx.send(true);
     });
-    msagent::session::Session::new(cfg, caps)
-        .run(stop_rx)
-        .await
-        .map_err(anyhow::Error::from)
+    // Every line of the session names this agent.
+    let span = tracing::info_span!("msagent", agent = %cfg.name);
+    let result = tracing::Instrument::instrument(
+        msagent::session::Session::new(cfg, caps).run(stop_rx),
+        span,
+    )
+    .await;
+    msfleet_proto::systemd::notify_stopping();
+    result.map_err(anyhow::Error::from)
 }

@@ -212,6 +212,7 @@ impl Session {
                 }
                 Disconnect::ShutDown => return Ok(()),
                 Disconnect::Retry(why, registered) => {
+                    crate::metrics::reconnected();
                     if registered {
                         failures = 0;
                     }
@@ -228,6 +229,7 @@ impl Session {
             let wait = tokio::time::sleep(backoff);
             tokio::pin!(wait);
             loop {
+                self.publish_metrics();
                 tokio::select! {
                     _ = &mut wait => break,
                     Some((key, kind)) = self.updates_rx.recv() => { self.record(key, kind); }
@@ -367,6 +369,7 @@ impl Session {
             if self.shutting_down && self.attempts.is_empty() {
                 return Disconnect::ShutDown;
             }
+            self.publish_metrics();
             tokio::select! {
                 // Read what the scheduler sent first: it ends a session that
                 // falls too far behind, and acks make room for more output.
@@ -570,11 +573,11 @@ impl Session {
             return Vec::new();
         }
         let slot = runner::slot_name(&spec);
-        let runner = tokio::spawn(runner::run(
-            self.cfg.clone(),
-            spec,
-            updates.clone(),
-            stop_rx,
+        // Every line the run logs names its job and attempt.
+        let span = tracing::info_span!("attempt", job = %spec.task_id, attempt = spec.attempt);
+        let runner = tokio::spawn(tracing::Instrument::instrument(
+            runner::run(self.cfg.clone(), spec, updates.clone(), stop_rx),
+            span,
         ));
         // The supervisor awaits the runner: waiting on `runners` (at exit)
         // waits for every test to be stopped, and a panic still ends the
@@ -583,6 +586,12 @@ impl Session {
         self.runners
             .spawn(supervise(runner, updates, self.cfg.clone(), slot));
         Vec::new()
+    }
+
+    /// The session's gauges: attempts running, updates not yet acknowledged.
+    fn publish_metrics(&self) {
+        let outbox = self.attempts.values().map(|a| a.unacked.len()).sum();
+        crate::metrics::publish_session(self.running(), outbox);
     }
 
     /// Attempts this agent runs: those without a `Finished` yet.

@@ -50,6 +50,7 @@ impl FleetService {
 #[tonic::async_trait]
 impl Fleet for FleetService {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
+        let started = std::time::Instant::now();
         let who = caller(&req)?;
         let by = who.name().to_string();
         let spec = bounded(req)?
@@ -65,6 +66,7 @@ impl Fleet for FleetService {
                 reply,
             })
             .await?;
+        metrics::histogram!(crate::metrics::SUBMIT).record(started.elapsed().as_secs_f64());
         Ok(Response::new(job))
     }
 

@@ -71,6 +71,16 @@ struct Args {
     /// suffixes); past it a marker is logged and the rest is dropped.
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     max_log_bytes: u64,
+    /// Address of the HTTP listener with /metrics, /healthz and /readyz
+    /// (port 0 picks a free port, written to --ready-file); `off` serves none
+    /// and records no metrics. HTTPS with --tls-cert; plain text off loopback
+    /// needs --insecure.
+    #[arg(long, env = "MSCHED_HTTP_LISTEN", default_value = "127.0.0.1:7071")]
+    http_listen: String,
+    /// Log lines as `text` or `json` (one object a line, with job, attempt
+    /// and agent fields where a line is about them).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Testing: read the time (Unix ms) from this file instead of the system clock.
     #[arg(long, hide = true)]
     clock_file: Option<PathBuf>,
@@ -100,13 +110,34 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a positive size that fits"))
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The one place msched's tracing subscriber is built (stderr, `RUST_LOG`
+/// filter, default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(Args::parse()).await {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    if let Err(e) = run(args).await {
         // One line that says what to fix (no backtrace, whatever RUST_BACKTRACE says).
         eprintln!("msched: {e:#}");
         std::process::exit(2);
@@ -194,6 +225,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tracing::warn!(%addr, "--insecure: serving plain text off loopback; tokens cross the network in the clear");
     }
+    let http = match args.http_listen.as_str() {
+        "off" => None,
+        listen => {
+            let http = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding --http-listen {listen} (or 'off')"))?;
+            let http_addr = http.local_addr()?;
+            if cfg.tls.is_none() && !http_addr.ip().is_loopback() {
+                if !args.insecure {
+                    anyhow::bail!(
+                        "refusing plain-text HTTP on {http_addr} (not loopback): /metrics tokens \
+                         would cross the network in the clear; add --tls-cert PEM --tls-key PEM \
+                         (HTTPS with the gRPC certificate), or --insecure to accept the risk"
+                    );
+                }
+                tracing::warn!(%http_addr, "--insecure: HTTP listener off loopback in plain text");
+            }
+            tracing::info!(%http_addr, "msched HTTP listening (/metrics, /healthz, /readyz)");
+            Some(http)
+        }
+    };
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "msched listening");
     cfg.ready_file = args.ready_file.clone();
     let shutdown = async {
@@ -205,6 +257,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    msched::serve(cfg, listener, shutdown).await?;
+    msched::serve(cfg, listener, http, shutdown).await?;
     Ok(())
 }

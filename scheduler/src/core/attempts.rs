@@ -222,6 +222,9 @@ impl Core {
         // A passed subtest never changes its test's verdict: counted, shown
         // live, but not a run of the test's history.
         let history = !collected && t.outcome != "subpassed";
+        if !collected {
+            step.observe(Observation::test_result(&t.outcome));
+        }
         let forward = match e.job.parent.parse::<u64>() {
             Ok(parent) if !collected => {
                 let mut ft = t.clone();
@@ -382,6 +385,7 @@ impl Core {
             }
         };
         if retry {
+            step.observe(Observation::Retried);
             let submitted = e.job.submitted_at_ms;
             self.pending.push(
                 task,
@@ -444,6 +448,7 @@ impl Core {
                 why: format!("{how} past its {lease_s} s lease"),
             });
             tracing::warn!(agent = %name, silent_s, attempts = held.len(), "agent lost");
+            step.observe(Observation::LeaseExpired);
             let why = format!("agent {name} lost: silent {silent_s:.1} s");
             for task in held {
                 self.lose(task, Loss::AgentGone, &why, step);

@@ -65,6 +65,11 @@ struct Args {
     /// Use this msched binary (default: next to msfleet-load).
     #[arg(long)]
     msched: Option<PathBuf>,
+    /// `on`: msched serves /metrics (its HTTP listener on a free loopback
+    /// port) and the generator scrapes it every second; `off`: no HTTP
+    /// listener, no recorder (every metric is a no-op).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    metrics: String,
 }
 
 /// Set once a scenario is over: agent streams breaking after that are expected.
@@ -97,7 +102,7 @@ fn fleet_client(ch: Channel, secret: &str) -> Result<Fc> {
 }
 
 impl Sched {
-    fn start(bin: &PathBuf, heartbeat: &str) -> Result<Sched> {
+    fn start(bin: &PathBuf, heartbeat: &str, metrics: &str) -> Result<Sched> {
         STOPPING.store(false, Ordering::Relaxed);
         let dir = tempfile::tempdir()?;
         let ready = dir.path().join("addr");
@@ -107,6 +112,14 @@ impl Sched {
             .arg("--ready-file")
             .arg(&ready)
             .args(["--heartbeat-interval", heartbeat, "--lease-timeout", "60s"])
+            .args([
+                "--http-listen",
+                if metrics == "on" {
+                    "127.0.0.1:0"
+                } else {
+                    "off"
+                },
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -114,11 +127,22 @@ impl Sched {
             .with_context(|| format!("starting {}", bin.display()))?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(a) = std::fs::read_to_string(&ready) {
+            if let Some(r) = std::fs::read_to_string(&ready)
+                .ok()
+                .filter(|r| !r.is_empty())
+            {
+                let a = r.lines().next().unwrap_or_default().to_string();
+                let http = r
+                    .lines()
+                    .find_map(|l| l.strip_prefix("http "))
+                    .map(str::to_string);
                 let admin = std::fs::read_to_string(dir.path().join("data/admin.token"))
                     .context("reading msched's admin token")?
                     .trim()
                     .to_string();
+                if let Some(http) = http {
+                    scrape_every_second(http);
+                }
                 return Ok(Sched {
                     child,
                     addr: format!("http://{a}"),
@@ -163,6 +187,21 @@ impl Sched {
             .unwrap_or(0.0);
         (rss, cpu)
     }
+}
+
+/// Scrapes msched's `/metrics` once a second (as a busy Prometheus would)
+/// until the scenario is over, so `--metrics on` counts rendering too.
+fn scrape_every_second(http: String) {
+    std::thread::spawn(move || {
+        while !STOPPING.load(Ordering::Relaxed) {
+            match msfleet_tests::http_get(&http, "/metrics", None) {
+                Ok((200, _)) => {}
+                Ok((code, body)) => eprintln!("msfleet-load: /metrics answered {code}: {body}"),
+                Err(e) => eprintln!("msfleet-load: scraping /metrics: {e}"),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
 }
 
 impl Drop for Sched {
@@ -339,7 +378,7 @@ fn spec(t0: Option<u64>) -> pb::JobSpec {
 }
 
 async fn throughput(args: &Args, bin: &PathBuf) -> Result<()> {
-    let sched = Sched::start(bin, &args.heartbeat)?;
+    let sched = Sched::start(bin, &args.heartbeat, &args.metrics)?;
     let obs = Arc::new(Observed::default());
     let stop = Arc::new(tokio::sync::Notify::new());
     fleet(&sched, args.agents, "tp", obs.clone(), stop.clone()).await?;
@@ -413,11 +452,16 @@ async fn throughput(args: &Args, bin: &PathBuf) -> Result<()> {
         elapsed_s,
         100.0 * (cpu1 - cpu0) / elapsed_s
     );
+    println!(
+        "  msched CPU per job: {:.3} ms (metrics {})",
+        1000.0 * (cpu1 - cpu0) / args.jobs as f64,
+        args.metrics
+    );
     Ok(())
 }
 
 async fn latency(args: &Args, bin: &PathBuf) -> Result<()> {
-    let sched = Sched::start(bin, &args.heartbeat)?;
+    let sched = Sched::start(bin, &args.heartbeat, &args.metrics)?;
     let obs = Arc::new(Observed::default());
     *obs.latency.lock().await = Some(Histogram::new(3)?);
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -479,7 +523,7 @@ async fn latency(args: &Args, bin: &PathBuf) -> Result<()> {
 }
 
 async fn idle(args: &Args, bin: &PathBuf) -> Result<()> {
-    let sched = Sched::start(bin, &args.heartbeat)?;
+    let sched = Sched::start(bin, &args.heartbeat, &args.metrics)?;
     let (rss0, _) = sched.usage();
     let obs = Arc::new(Observed::default());
     let stop = Arc::new(tokio::sync::Notify::new());

@@ -422,6 +422,9 @@ pub struct Scheduler {
     child: Option<Child>,
     /// `127.0.0.1:PORT`; the same across restarts.
     pub addr: String,
+    /// The HTTP listener (`/metrics`, `/healthz`, `/readyz`), `127.0.0.1:PORT`
+    /// (a new port at each start).
+    pub http_addr: String,
     pub data_dir: PathBuf,
     ready_file: PathBuf,
     pub log: PathBuf,
@@ -434,6 +437,7 @@ impl Scheduler {
         let mut s = Scheduler {
             child: None,
             addr: String::new(),
+            http_addr: String::new(),
             data_dir: dir.join("sched-data"),
             ready_file: dir.join("sched.ready"),
             log: dir.join("logs/msched.log"),
@@ -458,6 +462,7 @@ impl Scheduler {
             .arg(&self.opts.lease_timeout)
             .arg("--heartbeat-interval")
             .arg(&self.opts.heartbeat_interval)
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(&self.opts.extra)
             .args(self.opts.tls.iter().flat_map(|(cert, key, _)| {
                 [
@@ -476,9 +481,15 @@ impl Scheduler {
         let mut child = cmd.spawn().map_err(|e| format!("spawning msched: {e}"))?;
         let start = Instant::now();
         loop {
-            if let Ok(addr) = std::fs::read_to_string(&self.ready_file) {
+            if let Ok(ready) = std::fs::read_to_string(&self.ready_file) {
+                let mut lines = ready.lines();
+                let addr = lines.next().unwrap_or_default();
                 if !addr.trim().is_empty() {
                     self.addr = addr.trim().to_string();
+                    self.http_addr = lines
+                        .find_map(|l| l.strip_prefix("http "))
+                        .unwrap_or_default()
+                        .to_string();
                     schedulers().lock().unwrap().insert(
                         port_of(&self.addr),
                         SchedCreds {
