@@ -16,6 +16,7 @@ pub use v1::*;
 pub mod bench;
 pub mod case;
 pub mod client;
+pub mod environment;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 #[cfg(test)]
