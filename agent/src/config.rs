@@ -39,6 +39,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub roots: Vec<PathBuf>,
     pub python: Option<PathBuf>,
+    /// `uv` for job environments (default: `uv` on PATH if it runs, else pip).
+    pub uv: Option<PathBuf>,
     pub slots: Option<u32>,
     /// e.g. "10s"
     pub kill_grace: Option<String>,
@@ -144,6 +146,9 @@ pub struct AgentConfig {
     /// Absolute, canonical directories under which `dir` sources may live.
     pub roots: Vec<PathBuf>,
     pub python: PathBuf,
+    /// `uv` named by `--uv`; unset: `uv` on PATH when `uv --version` runs, else pip
+    /// builds job environments ([`crate::environment`]).
+    pub uv: Option<PathBuf>,
     pub slots: u32,
     /// Time between SIGTERM and SIGKILL of a test's process group.
     pub kill_grace: Duration,
@@ -175,6 +180,7 @@ pub struct Overrides {
     pub labels: Vec<String>,
     pub roots: Vec<PathBuf>,
     pub python: Option<PathBuf>,
+    pub uv: Option<PathBuf>,
     pub slots: Option<u32>,
     pub kill_grace: Option<Duration>,
     pub git_timeout: Option<Duration>,
@@ -313,6 +319,7 @@ impl AgentConfig {
                 .python
                 .or(file.python)
                 .unwrap_or_else(|| PathBuf::from("python3")),
+            uv: flags.uv.or(file.uv),
             slots,
             kill_grace,
             git_timeout,

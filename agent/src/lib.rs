@@ -16,6 +16,7 @@ pub mod bench;
 pub mod capabilities;
 pub mod config;
 pub mod contain;
+pub mod environment;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;

@@ -33,6 +33,10 @@ struct Args {
     /// Python interpreter that runs pytest.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// `uv` that builds job environments (default: `uv` on PATH when it
+    /// runs, else the venv's pip).
+    #[arg(long)]
+    uv: Option<PathBuf>,
     /// How many attempts may run at once.
     #[arg(long)]
     slots: Option<u32>,
@@ -116,6 +120,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             labels: args.labels,
             roots: args.roots,
             python: args.python,
+            uv: args.uv,
             slots: args.slots,
             kill_grace: args.kill_grace,
             git_timeout: args.git_timeout,

@@ -30,6 +30,7 @@ use crate::attempt::{
     attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, StopReason, Updates,
 };
 use crate::config::AgentConfig;
+use crate::environment::{self, EnvError, Prepared};
 use crate::process::ProcessGroup;
 use crate::{policy, source};
 use msfleet_proto::{task_update, Finished, Outcome, Started, TestResult};
@@ -150,8 +151,26 @@ async fn run_inner(
         ws.cleanup().await;
         return f;
     }
-    let result = run_pytest(cfg, a, &slot, &ws.dir, tx, &mut guard).await;
+    let env = match environment::prepare(cfg, a, &slot, &ws.dir, tx, &mut guard).await {
+        Ok(env) => env,
+        Err(e) => {
+            ws.cleanup().await;
+            return match e {
+                EnvError::Halted(halt) => {
+                    let timed_out = halt == Halt::TimedOut;
+                    let mut f = halted(halt, timeout, -1)?;
+                    if timed_out {
+                        f.reason = format!("{} (in the environment's setup)", f.reason);
+                    }
+                    Some(f)
+                }
+                e => finished(Outcome::Error, e.to_string(), -1),
+            };
+        }
+    };
+    let result = run_pytest(cfg, a, &slot, &ws.dir, &env, tx, &mut guard).await;
     ws.cleanup().await;
+    drop(env);
     match result {
         Ok(f) => f,
         Err(e) => finished(Outcome::Error, format!("could not run pytest: {e}"), -1),
@@ -259,7 +278,7 @@ fn crash_signal(status: ExitStatus) -> Option<i32> {
 }
 
 /// `signal 11 (SIGSEGV)`.
-fn describe_signal(sig: i32) -> String {
+pub(crate) fn describe_signal(sig: i32) -> String {
     match nix::sys::signal::Signal::try_from(sig) {
         Ok(s) => format!("signal {sig} ({s})"),
         Err(_) => format!("signal {sig}"),
@@ -272,6 +291,8 @@ struct PytestRun<'a> {
     a: &'a AttemptSpec,
     slot: &'a str,
     dir: &'a Path,
+    /// The interpreter and variables of the job's environment.
+    env: &'a Prepared,
     run_dir: PathBuf,
     pythonpath: std::ffi::OsString,
     tx: &'a Updates,
@@ -283,6 +304,7 @@ async fn run_pytest(
     a: &AttemptSpec,
     slot: &str,
     dir: &Path,
+    env: &Prepared,
     tx: &Updates,
     guard: &mut Guard<'_>,
 ) -> std::io::Result<Option<Finished>> {
@@ -320,6 +342,7 @@ async fn run_pytest(
         a,
         slot,
         dir,
+        env,
         run_dir,
         pythonpath,
         tx,
@@ -549,7 +572,7 @@ impl PytestRun<'_> {
         let sock_path = self.run_dir.join(sock_name);
         let _ = tokio::fs::remove_file(&sock_path).await;
         let listener = UnixListener::bind(&sock_path)?;
-        let mut cmd = Command::new(&cfg.python);
+        let mut cmd = Command::new(&self.env.python);
         cmd.arg("-m")
             .arg("pytest")
             .arg("-p")
@@ -560,6 +583,7 @@ impl PytestRun<'_> {
             .current_dir(self.dir)
             .envs(&a.spec.env)
             .envs(&a.spec.secret_env)
+            .envs(self.env.vars.iter().map(|(k, v)| (k, v)))
             .env("PYTHONPATH", &self.pythonpath)
             .env("PYTHONUNBUFFERED", "1")
             .env("MSFLEET_RESULT_SOCKET", &sock_path)
@@ -575,7 +599,7 @@ impl PytestRun<'_> {
                     outcome: Outcome::Error as i32,
                     reason: format!(
                         "cannot start the python interpreter {}: {e}",
-                        cfg.python.display()
+                        self.env.python.display()
                     ),
                     exit_code: -1,
                     ..Default::default()
@@ -656,12 +680,13 @@ impl PytestRun<'_> {
     /// environment), or else what pytest last printed.
     async fn not_started(&self, status: ExitStatus, tail: &str) -> String {
         use std::os::unix::process::ExitStatusExt;
-        let python = self.cfg.python.display();
-        let mut probe = tokio::process::Command::new(&self.cfg.python);
+        let python = self.env.python.display();
+        let mut probe = tokio::process::Command::new(&self.env.python);
         probe
             .args(["-c", "import pytest"])
             .current_dir(self.dir)
             .envs(&self.a.spec.env)
+            .envs(self.env.vars.iter().map(|(k, v)| (k, v)))
             .env("PYTHONPATH", &self.pythonpath)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -1094,6 +1119,7 @@ def test_param(p):
             labels: Default::default(),
             roots: vec![root.clone()],
             python,
+            uv: None,
             slots: 1,
             kill_grace: Duration::from_secs(2),
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
@@ -1846,6 +1872,7 @@ def test_quotes_it():
             labels: BTreeMap::new(),
             roots: vec![std::fs::canonicalize(f.ws()).unwrap()],
             python: "python3".into(),
+            uv: None,
             slots: 1,
             kill_grace: Duration::from_secs(1),
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
