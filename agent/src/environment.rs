@@ -506,3 +506,120 @@ impl Steps<'_> {
         Err(EnvError::Failed(format!("setup failed: {what} {how}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> EnvironmentSpec {
+        EnvironmentSpec {
+            setup: vec!["echo hi".into()],
+            requirements: vec!["req.txt".into()],
+            install_project: Some("test".into()),
+            system_site_packages: false,
+        }
+    }
+
+    async fn key_of(dir: &Path, spec: &EnvironmentSpec) -> String {
+        key(
+            &Tool::Pip,
+            Path::new("/usr/bin/python3"),
+            "3.11.7",
+            spec,
+            dir,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The key follows what decides a venv's content, and only that: the dependency files'
+    /// content, the spec's fields, the interpreter and the tool; not the code.
+    #[tokio::test]
+    async fn the_key_changes_with_what_defines_the_dependencies_and_only_with_that() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        std::fs::write(dir.join("req.txt"), "pytest\n").unwrap();
+        std::fs::write(dir.join("pyproject.toml"), "[project]\nname='x'\n").unwrap();
+        let base = key_of(dir, &spec()).await;
+        assert_eq!(base.len(), 32);
+        assert_eq!(key_of(dir, &spec()).await, base, "stable");
+
+        std::fs::write(dir.join("code.py"), "x = 1\n").unwrap();
+        assert_eq!(
+            key_of(dir, &spec()).await,
+            base,
+            "code is not part of the key"
+        );
+
+        std::fs::write(dir.join("req.txt"), "pytest==9.0\n").unwrap();
+        let pinned = key_of(dir, &spec()).await;
+        assert_ne!(pinned, base, "requirements content");
+        std::fs::write(dir.join("uv.lock"), "lock\n").unwrap();
+        let locked = key_of(dir, &spec()).await;
+        assert_ne!(locked, pinned, "a lock file");
+        std::fs::write(dir.join("pyproject.toml"), "[project]\nname='y'\n").unwrap();
+        let project = key_of(dir, &spec()).await;
+        assert_ne!(project, locked, "pyproject.toml");
+
+        let mut variants = vec![project.clone()];
+        let mut s = spec();
+        s.setup.push("echo more".into());
+        variants.push(key_of(dir, &s).await);
+        let mut s = spec();
+        s.install_project = Some(String::new());
+        variants.push(key_of(dir, &s).await);
+        let mut s = spec();
+        s.install_project = None;
+        variants.push(key_of(dir, &s).await);
+        let mut s = spec();
+        s.system_site_packages = true;
+        variants.push(key_of(dir, &s).await);
+        variants.push(
+            key(
+                &Tool::Uv("uv".into()),
+                Path::new("/usr/bin/python3"),
+                "3.11.7",
+                &spec(),
+                dir,
+            )
+            .await
+            .unwrap(),
+        );
+        variants.push(
+            key(
+                &Tool::Pip,
+                Path::new("/usr/bin/python3"),
+                "3.12.1",
+                &spec(),
+                dir,
+            )
+            .await
+            .unwrap(),
+        );
+        let distinct: std::collections::BTreeSet<_> = variants.iter().collect();
+        assert_eq!(distinct.len(), variants.len(), "{variants:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_escaping_requirements_file_is_a_setup_failure() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("checkout");
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = key(&Tool::Pip, Path::new("/p"), "3", &spec(), &dir)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "setup failed: requirements file req.txt is not in the checkout"
+        );
+        std::fs::write(t.path().join("outside.txt"), "x\n").unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside.txt"), dir.join("req.txt")).unwrap();
+        let err = key(&Tool::Pip, Path::new("/p"), "3", &spec(), &dir)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "setup failed: req.txt leads out of the checkout"
+        );
+    }
+}
