@@ -36,8 +36,8 @@
 use crate::attempt::{AttemptSpec, Guard, Halt, Updates};
 use crate::config::AgentConfig;
 use crate::process::ProcessGroup;
-use crate::source::{lock_exclusive, LockWait};
-use msfleet_proto::EnvironmentSpec;
+use crate::source::{lock_exclusive, lock_shared, LockWait};
+use msfleet_proto::{EnvironmentEntry, EnvironmentSpec, EnvironmentUsage};
 use nix::fcntl::Flock;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -68,8 +68,8 @@ const SHOWN_COMMAND: usize = 200;
 pub struct Prepared {
     pub python: PathBuf,
     pub vars: Vec<(String, OsString)>,
-    /// The key's lock, held until the attempt ends.
-    _lock: Option<Flock<std::fs::File>>,
+    /// The key's lock (exclusive) and the caches' (shared), held until the attempt ends.
+    _locks: Vec<Flock<std::fs::File>>,
 }
 
 /// Why an environment could not be made ready.
@@ -113,11 +113,19 @@ pub async fn prepare(
 ) -> Result<Prepared, EnvError> {
     let work_dir = std::path::absolute(&cfg.work_dir)?;
     let mut vars = Vec::new();
+    let mut locks = Vec::new();
+    let caches = work_dir.join(CACHES);
+    if !a.spec.caches.is_empty() {
+        tokio::fs::create_dir_all(&caches).await?;
+    }
     for c in &a.spec.caches {
         let (name, var) = msfleet_proto::environment::cache_var(c).map_err(EnvError::Failed)?;
-        let dir = work_dir.join("caches").join(&name);
+        // Shared: jobs use one cache at once; eviction waits until none does.
+        let lock = take(lock_shared(&caches.join(format!("{name}.lock")), guard, || {}).await)?;
+        let dir = caches.join(&name);
         tokio::fs::create_dir_all(&dir).await?;
         vars.push((var, dir.into_os_string()));
+        locks.push(lock);
     }
     let Some(spec) = a
         .spec
@@ -125,17 +133,18 @@ pub async fn prepare(
         .as_ref()
         .filter(|e| msfleet_proto::environment::needs_venv(e))
     else {
+        evict_over_budget(cfg, &work_dir, tx).await;
         return Ok(Prepared {
             python: cfg.python.clone(),
             vars,
-            _lock: None,
+            _locks: locks,
         });
     };
     let started = Instant::now();
     let (base, version) = base_interpreter(&cfg.python).await?;
     let tool = tool(cfg).await;
     let key = key(&tool, &base, &version, spec, checkout).await?;
-    let envs = work_dir.join("envs");
+    let envs = work_dir.join(ENVS);
     tokio::fs::create_dir_all(&envs).await?;
     let venv = envs.join(&key);
     let lock_path = envs.join(format!("{key}.lock"));
@@ -145,16 +154,7 @@ pub async fn prepare(
             format!("msfleet: waiting for another attempt using environment {key}\n"),
         )
     };
-    let lock = match lock_exclusive(&lock_path, guard, waiting).await {
-        Ok(l) => l,
-        Err(LockWait::Io(e)) => {
-            return Err(EnvError::Io(std::io::Error::other(format!(
-                "locking {}: {e}",
-                lock_path.display()
-            ))))
-        }
-        Err(LockWait::Halted(h)) => return Err(EnvError::Halted(h)),
-    };
+    locks.push(take(lock_exclusive(&lock_path, guard, waiting).await)?);
     vars.push(("VIRTUAL_ENV".into(), venv.clone().into_os_string()));
     vars.push(("PATH".into(), path_with(&venv.join("bin"), a)));
     vars.push(("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into()));
@@ -203,11 +203,205 @@ pub async fn prepare(
         ),
     );
     tracing::info!(task = %a.task_id, key = %key, cached, secs, "environment ready");
+    evict_over_budget(cfg, &work_dir, tx).await;
     Ok(Prepared {
         python: venv.join("bin").join("python"),
         vars,
-        _lock: Some(lock),
+        _locks: locks,
     })
+}
+
+/// A lock taken, its file's time set to now: the entry's last use, which eviction orders by.
+fn take(locked: Result<Flock<std::fs::File>, LockWait>) -> Result<Flock<std::fs::File>, EnvError> {
+    match locked {
+        Ok(l) => {
+            if let Err(e) = l.set_modified(std::time::SystemTime::now()) {
+                tracing::warn!(error = %e, "cannot note an environment's last use");
+            }
+            Ok(l)
+        }
+        Err(LockWait::Io(e)) => Err(EnvError::Io(std::io::Error::other(format!(
+            "locking an environment or cache: {e}"
+        )))),
+        Err(LockWait::Halted(h)) => Err(EnvError::Halted(h)),
+    }
+}
+
+/// With `--cache-budget`: evicts what is over it, saying so in the job's log.
+async fn evict_over_budget(cfg: &AgentConfig, work_dir: &Path, tx: &Updates) {
+    let Some(budget) = cfg.cache_budget else {
+        return;
+    };
+    let dir = work_dir.to_path_buf();
+    let evicted = tokio::task::spawn_blocking(move || evict(&dir, budget))
+        .await
+        .unwrap_or_default();
+    for e in evicted {
+        tracing::info!(kind = e.kind, name = %e.name, bytes = e.bytes, "evicted under the cache budget");
+        tx.log(
+            "stderr",
+            format!(
+                "msfleet: evicted {} {} ({} MiB, least recently used) under the cache budget\n",
+                e.kind,
+                e.name,
+                e.bytes >> 20
+            ),
+        );
+    }
+}
+
+/// Where environments and named caches live under the work dir.
+const ENVS: &str = "envs";
+const CACHES: &str = "caches";
+/// Most environments and caches (each) one capability report lists.
+const MAX_REPORTED: usize = 256;
+
+/// One environment or cache on disk.
+#[derive(Debug)]
+struct Held {
+    kind: &'static str,
+    name: String,
+    dir: PathBuf,
+    lock: PathBuf,
+    bytes: u64,
+    last_used: std::time::SystemTime,
+}
+
+/// The environments (`envs/<key>`) and caches (`caches/<name>`) under `work_dir`. Blocking.
+fn holdings(work_dir: &Path) -> Vec<Held> {
+    let mut all = Vec::new();
+    for (kind, sub) in [("environment", ENVS), ("cache", CACHES)] {
+        let root = work_dir.join(sub);
+        let Ok(list) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for e in list.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if !t.is_dir() {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let lock = root.join(format!("{name}.lock"));
+            let last_used = std::fs::metadata(&lock)
+                .or_else(|_| e.metadata())
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            all.push(Held {
+                kind,
+                bytes: disk_use(&e.path()),
+                dir: e.path(),
+                name,
+                lock,
+                last_used,
+            });
+        }
+    }
+    all
+}
+
+/// Bytes a directory takes on disk (allocated blocks), links not followed. Blocking.
+fn disk_use(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(list) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in list.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            total = total.saturating_add(m.blocks().saturating_mul(512));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// The lock of an entry, when no attempt holds it (`None`: in use). Blocking, never waits.
+fn try_lock(path: &Path) -> Option<Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
+}
+
+/// What [`evict`] removed.
+#[derive(Debug)]
+pub struct Evicted {
+    pub kind: &'static str,
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// Removes the least recently used environments and caches that no attempt holds until
+/// all of them together take at most `budget` bytes (or nothing else can go). An environment
+/// loses its ready marker first, so one whose removal is cut short is built again. Blocking.
+pub fn evict(work_dir: &Path, budget: u64) -> Vec<Evicted> {
+    let mut all = holdings(work_dir);
+    let mut total: u64 = all.iter().map(|h| h.bytes).sum();
+    all.sort_by_key(|h| h.last_used);
+    let mut evicted = Vec::new();
+    for h in all {
+        if total <= budget {
+            break;
+        }
+        let Some(_lock) = try_lock(&h.lock) else {
+            continue;
+        };
+        if h.kind == "environment" {
+            let _ = std::fs::remove_file(h.dir.join(READY));
+        }
+        if let Err(e) = std::fs::remove_dir_all(&h.dir) {
+            tracing::warn!(dir = %h.dir.display(), error = %e, "cannot evict");
+            continue;
+        }
+        total = total.saturating_sub(h.bytes);
+        evicted.push(Evicted {
+            kind: h.kind,
+            name: h.name,
+            bytes: h.bytes,
+        });
+    }
+    evicted
+}
+
+/// What the agent holds, for its capability report. Blocking (it measures the directories).
+pub fn usage(work_dir: &Path, budget: Option<u64>) -> EnvironmentUsage {
+    let mut all = holdings(work_dir);
+    all.sort_by_key(|h| std::cmp::Reverse(h.last_used));
+    let mut u = EnvironmentUsage {
+        used_bytes: all.iter().map(|h| h.bytes).sum(),
+        budget_bytes: budget.unwrap_or(0),
+        ..Default::default()
+    };
+    for h in all {
+        let list = if h.kind == "environment" {
+            &mut u.environments
+        } else {
+            &mut u.caches
+        };
+        if list.len() >= MAX_REPORTED {
+            continue;
+        }
+        let last_used_ms = h
+            .last_used
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        list.push(EnvironmentEntry {
+            in_use: try_lock(&h.lock).is_none(),
+            name: h.name,
+            bytes: h.bytes,
+            last_used_ms,
+        });
+    }
+    u
 }
 
 /// `<venv>/bin` before the job's `PATH` (or else the agent's).

@@ -37,6 +37,11 @@ struct Args {
     /// runs, else the venv's pip).
     #[arg(long)]
     uv: Option<PathBuf>,
+    /// Most disk job environments and named caches may use together, e.g.
+    /// 200GiB: past it the least recently used that no attempt holds are
+    /// removed. Default: no limit.
+    #[arg(long = "cache-budget", value_name = "SIZE", value_parser = msagent::config::parse_cache_budget)]
+    cache_budget: Option<u64>,
     /// How many attempts may run at once.
     #[arg(long)]
     slots: Option<u32>,
@@ -121,6 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             roots: args.roots,
             python: args.python,
             uv: args.uv,
+            cache_budget: args.cache_budget,
             slots: args.slots,
             kill_grace: args.kill_grace,
             git_timeout: args.git_timeout,

@@ -494,6 +494,24 @@ pub async fn lock_exclusive(
     guard: &mut Guard<'_>,
     waiting: impl FnOnce(),
 ) -> Result<Flock<std::fs::File>, LockWait> {
+    lock(path, FlockArg::LockExclusiveNonblock, guard, waiting).await
+}
+
+/// [`lock_exclusive`], shared: many holders at once, none while one holds it exclusively.
+pub async fn lock_shared(
+    path: &Path,
+    guard: &mut Guard<'_>,
+    waiting: impl FnOnce(),
+) -> Result<Flock<std::fs::File>, LockWait> {
+    lock(path, FlockArg::LockSharedNonblock, guard, waiting).await
+}
+
+async fn lock(
+    path: &Path,
+    how: FlockArg,
+    guard: &mut Guard<'_>,
+    waiting: impl FnOnce(),
+) -> Result<Flock<std::fs::File>, LockWait> {
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -505,7 +523,7 @@ pub async fn lock_exclusive(
         .await;
     let mut waiting = Some(waiting);
     loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        match Flock::lock(file, how) {
             Ok(locked) => return Ok(locked),
             Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => file = f,
             Err((_, e)) => return Err(LockWait::Io(std::io::Error::from(e))),

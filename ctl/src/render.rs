@@ -435,6 +435,22 @@ pub fn agent_json(a: &Agent) -> Value {
         "health": caps.health.as_ref().map_or(Value::Null, |h| json!({
             "status": h.status, "reasons": h.reasons, "probed_at_ms": h.probed_at_ms,
         })),
+        "environment_usage": caps.environment_usage.as_ref().map_or(Value::Null, |u| {
+            let entries = |list: &[msfleet_proto::EnvironmentEntry]| {
+                list.iter()
+                    .map(|e| json!({
+                        "name": e.name, "bytes": e.bytes,
+                        "last_used_ms": e.last_used_ms, "in_use": e.in_use,
+                    }))
+                    .collect::<Vec<_>>()
+            };
+            json!({
+                "used_bytes": u.used_bytes,
+                "budget_bytes": nonzero(u.budget_bytes as i64),
+                "environments": entries(&u.environments),
+                "caches": entries(&u.caches),
+            })
+        }),
         "infra_errors": a.infra_errors,
         "quarantine": if a.admin() == msfleet_proto::AgentAdmin::Quarantined {
             json!({

@@ -68,9 +68,12 @@ impl Repo {
         std::fs::write(dir.join("requirements-test.txt"), "pytest\n").unwrap();
         std::fs::write(
             dir.join("tests/test_calc.py"),
-            "import os, calc, tinydep\n\n\
+            "import os, time, calc, tinydep\n\n\
              def test_answer_is_one():\n    assert calc.answer() == 1\n\n\
-             def test_tinydep_is_the_pinned_one():\n    assert tinydep.VERSION == calc.PINNED\n",
+             def test_tinydep_is_the_pinned_one():\n    \
+             until = os.environ.get('HOLD_UNTIL')\n    \
+             while until and not os.path.exists(until):\n        time.sleep(0.1)\n    \
+             assert tinydep.VERSION == calc.PINNED\n",
         )
         .unwrap();
         let r = Repo { dir };
@@ -124,9 +127,14 @@ impl Repo {
 /// A fleet with one agent that may fetch local git URLs, a `calc` repo, and `tinydep` 1.0
 /// and 2.0 wheels; `PIP_FIND_LINKS` for the jobs.
 fn setup(slots: &str) -> (Fleet, Repo, String) {
+    setup_with(&["--slots", slots])
+}
+
+/// [`setup`] with these agent flags.
+fn setup_with(flags: &[&str]) -> (Fleet, Repo, String) {
     let mut f = Fleet::new();
     let mut extra = ALLOW_FILE_GIT.to_vec();
-    extra.extend(["--slots", slots]);
+    extra.extend_from_slice(flags);
     f.add_agent("a1", &[], &extra);
     let wheels = f.path().join("wheels");
     write_wheel(&wheels, "tinydep", "1.0");
@@ -380,6 +388,101 @@ fn named_caches_persist_across_jobs() {
         .work_dir
         .join("caches/models/model.bin")
         .exists());
+}
+
+/// The key in a job's "environment ready" line.
+fn key_of(f: &Fleet, id: &str) -> String {
+    let text = logs(f, id);
+    let line = text
+        .lines()
+        .find(|l| l.contains("msfleet: environment ready in "))
+        .unwrap_or_else(|| panic!("no ready line:\n{text}"));
+    let key = line
+        .split("key ")
+        .nth(1)
+        .expect("key")
+        .trim_end_matches(')');
+    key.to_string()
+}
+
+/// Under a budget smaller than one venv, an environment in use is never evicted, and the
+/// least recently used one that is not goes when another is made ready; `msctl agents
+/// --json` shows what the agent holds and its budget.
+#[test]
+fn eviction_under_a_small_budget_keeps_environments_in_use() {
+    let (mut f, repo, links) = setup_with(&[
+        "--slots",
+        "2",
+        "--cache-budget",
+        "1MiB",
+        "--probe-interval",
+        "1s",
+    ]);
+    repo.commit("v1", 1, "1.0");
+    repo.commit("v2", 1, "2.0");
+    let flag = f.path().join("release-the-holder");
+    let hold = format!("HOLD_UNTIL={}", s(&flag));
+    let holder = submit_ref(&f, &repo, &links, "v2", &["--env", &hold]);
+    f.wait_job(&holder, "its environment is ready", |_| {
+        logs(&f, &holder).contains("environment ready in")
+    });
+    let k2 = key_of(&f, &holder);
+
+    // Built while v2's environment is in use: over budget, but nothing may go.
+    let first = submit_ref(&f, &repo, &links, "v1", &[]);
+    let j = wait(&f, &first);
+    assert_eq!(j["state"], "passed", "{j:#}");
+    let k1 = key_of(&f, &first);
+    assert_ne!(k1, k2);
+    assert!(
+        !logs(&f, &first).contains("evicted"),
+        "{}",
+        logs(&f, &first)
+    );
+    let envs = f.agent("a1").work_dir.join("envs");
+    assert!(
+        envs.join(&k2).join(".msfleet-ready").exists(),
+        "in use: kept"
+    );
+
+    std::fs::write(&flag, "").unwrap();
+    let j = wait(&f, &holder);
+    assert_eq!(j["state"], "passed", "{j:#}");
+
+    // v1 again: its environment is reused, and v2's, no longer in use and least recently
+    // used, is evicted.
+    let again = submit_ref(&f, &repo, &links, "v1", &[]);
+    let j = wait(&f, &again);
+    assert_eq!(j["state"], "passed", "{j:#}");
+    assert!(ready(&f, &again).1, "v1's environment was kept");
+    let text = logs(&f, &again);
+    assert!(
+        text.contains(&format!("msfleet: evicted environment {k2} (")),
+        "{text}"
+    );
+    assert!(!envs.join(&k2).exists());
+    assert!(envs.join(&k1).join(".msfleet-ready").exists());
+
+    let usage = wait_for(
+        Duration::from_secs(30),
+        "agents --json shows the environment held",
+        || {
+            let a = f.agent_json("a1")?;
+            let u = a["environment_usage"].clone();
+            let names: Vec<String> = u["environments"]
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["name"].as_str().map(String::from))
+                .collect();
+            (names == [k1.clone()]).then_some(u)
+        },
+        || format!("{:#}", f.agent_json("a1").unwrap_or_default()),
+    );
+    assert_eq!(usage["budget_bytes"], 1 << 20, "{usage:#}");
+    assert!(
+        usage["used_bytes"].as_u64().unwrap_or(0) > 1 << 20,
+        "{usage:#}"
+    );
 }
 
 /// Bad environment input is refused at submit, one line saying what to fix.
