@@ -203,12 +203,27 @@ pub async fn prepare(
         ),
     );
     tracing::info!(task = %a.task_id, key = %key, cached, secs, "environment ready");
+    if let Some(aff) = msfleet_proto::environment::affinity(&a.spec) {
+        note_affinity(&envs.join(format!("{key}.affinity")), &aff).await;
+    }
     evict_over_budget(cfg, &work_dir, tx).await;
     Ok(Prepared {
         python: venv.join("bin").join("python"),
         vars,
         _locks: locks,
     })
+}
+
+/// Files `aff` first in an environment's affinity file (at most
+/// [`msfleet_proto::environment::MAX_AFFINITY`] keys, newest first). Called under the key's lock.
+async fn note_affinity(path: &Path, aff: &str) {
+    let old = tokio::fs::read_to_string(path).await.unwrap_or_default();
+    let mut keys = vec![aff];
+    keys.extend(old.lines().filter(|l| *l != aff && !l.is_empty()));
+    keys.truncate(msfleet_proto::environment::MAX_AFFINITY);
+    if let Err(e) = tokio::fs::write(path, keys.join("\n") + "\n").await {
+        tracing::warn!(error = %e, "cannot note an environment's affinity");
+    }
 }
 
 /// A lock taken, its file's time set to now: the entry's last use, which eviction orders by.
@@ -394,7 +409,20 @@ pub fn usage(work_dir: &Path, budget: Option<u64>) -> EnvironmentUsage {
             .last_used
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        let affinity = if h.kind == "environment" {
+            let path = h.lock.with_extension("affinity");
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.is_empty())
+                .take(msfleet_proto::environment::MAX_AFFINITY)
+                .map(String::from)
+                .collect()
+        } else {
+            Vec::new()
+        };
         list.push(EnvironmentEntry {
+            affinity,
             in_use: try_lock(&h.lock).is_none(),
             name: h.name,
             bytes: h.bytes,

@@ -441,6 +441,7 @@ pub fn agent_json(a: &Agent) -> Value {
                     .map(|e| json!({
                         "name": e.name, "bytes": e.bytes,
                         "last_used_ms": e.last_used_ms, "in_use": e.in_use,
+                        "affinity": e.affinity,
                     }))
                     .collect::<Vec<_>>()
             };

@@ -126,6 +126,41 @@ pub fn validate<'a>(
     Ok(())
 }
 
+/// Most affinity keys one environment reports.
+pub const MAX_AFFINITY: usize = 16;
+
+/// A job's affinity key: what the scheduler can know of its environment before any checkout
+/// (the source's repository or directory, and the environment spec; not the ref, since refs of
+/// one project mostly share their dependencies). The agent files it with the environment the
+/// job used; an agent holding it is warm for the next such job. `None` without an environment.
+/// FNV-1a, 64 bits, hex: stable across builds and versions.
+pub fn affinity(spec: &crate::JobSpec) -> Option<String> {
+    let env = spec.environment.as_ref().filter(|e| needs_venv(e))?;
+    let source = match spec.source.as_ref().and_then(|s| s.kind.as_ref()) {
+        Some(crate::source::Kind::Git(g)) => format!("git {}", g.url),
+        Some(crate::source::Kind::Dir(d)) => format!("dir {d}"),
+        None => String::new(),
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut field = |b: &[u8]| {
+        for &x in (b.len() as u64).to_le_bytes().iter().chain(b) {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    field(source.as_bytes());
+    for s in &env.setup {
+        field(s.as_bytes());
+    }
+    field(b"--");
+    for r in &env.requirements {
+        field(r.as_bytes());
+    }
+    field(env.install_project.as_deref().unwrap_or("\0").as_bytes());
+    field(&[u8::from(env.system_site_packages)]);
+    Some(format!("{h:016x}"))
+}
+
 /// True when the environment asks for anything to be installed or run.
 pub fn needs_venv(e: &EnvironmentSpec) -> bool {
     !e.setup.is_empty() || !e.requirements.is_empty() || e.install_project.is_some()

@@ -347,6 +347,12 @@ fn health(c: &pb::Capabilities) -> Result<(), Status> {
             }
             for e in entries {
                 text("an environment's or cache's name", &e.name, MAX_NAME)?;
+                list(
+                    "an environment's affinity",
+                    &e.affinity,
+                    MAX_LABELS,
+                    MAX_WORD,
+                )?;
             }
         }
     }

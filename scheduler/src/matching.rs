@@ -88,6 +88,25 @@ pub fn fits(req: &Requirement, spec: &JobSpec, attrs: &Attributes, caps: &Capabi
 /// when the agent reported no host facts at all (a simulated agent: nothing
 /// was probed, so nothing is known to be missing). A host that was probed and
 /// found no pytest is excluded: its pytest job could only end `error`.
+/// The agent holds what the job's environment and caches need (`Capabilities.
+/// environment_usage`): an environment filed under the job's affinity key, and every cache
+/// the job names. False for a job with neither (no agent is preferred).
+pub fn warm_for(spec: &JobSpec, caps: &Capabilities) -> bool {
+    let Some(u) = &caps.environment_usage else {
+        return false;
+    };
+    let affinity = msfleet_proto::environment::affinity(spec);
+    if affinity.is_none() && spec.caches.is_empty() {
+        return false;
+    }
+    let env_warm = affinity.is_none_or(|k| u.environments.iter().any(|e| e.affinity.contains(&k)));
+    let caches_warm = spec.caches.iter().all(|c| {
+        msfleet_proto::environment::cache_var(c)
+            .is_ok_and(|(name, _)| u.caches.iter().any(|h| h.name == name))
+    });
+    env_warm && caches_warm
+}
+
 pub fn pytest_missing(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
     if spec.kind != "pytest" {
         return None;

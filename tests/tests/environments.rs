@@ -115,7 +115,7 @@ impl Repo {
         )
         .unwrap();
         self.git(&["add", "."]);
-        self.git(&["commit", "-qm", tag]);
+        self.git(&["commit", "--allow-empty", "-qm", tag]);
         self.git(&["tag", tag]);
     }
 
@@ -483,6 +483,69 @@ fn eviction_under_a_small_budget_keeps_environments_in_use() {
         usage["used_bytes"].as_u64().unwrap_or(0) > 1 << 20,
         "{usage:#}"
     );
+}
+
+/// With two free agents the scheduler gives a job to the one warm for its environment (it
+/// reported an environment filed under the job's affinity key), though the other comes first;
+/// when the warm one is busy, the cold one still takes the job rather than let it wait.
+#[test]
+fn affinity_prefers_the_warm_agent_and_a_cold_one_runs_when_it_is_busy() {
+    let (mut f, repo, links) = setup_with(&["--probe-interval", "1s"]);
+    let mut extra = ALLOW_FILE_GIT.to_vec();
+    extra.extend(["--probe-interval", "1s"]);
+    f.add_agent("a2", &[], &extra);
+    repo.commit("v1", 1, "1.0");
+    repo.commit("v2", 1, "1.0");
+
+    let warmup = submit_ref(
+        &f,
+        &repo,
+        &links,
+        "v1",
+        &["--require", "agent.name == \"a2\""],
+    );
+    let j = wait(&f, &warmup);
+    assert_eq!(j["state"], "passed", "{j:#}");
+    assert_eq!(j["agent"], "a2");
+    wait_for(
+        Duration::from_secs(30),
+        "a2 reports its warm environment",
+        || {
+            let a = f.agent_json("a2")?;
+            let envs = a["environment_usage"]["environments"].as_array()?.clone();
+            envs.iter()
+                .any(|e| e["affinity"].as_array().is_some_and(|k| !k.is_empty()))
+                .then_some(())
+        },
+        || format!("{:#}", f.agent_json("a2").unwrap_or_default()),
+    );
+
+    // Both free; a1 is first in every order but affinity's.
+    let next = submit_ref(&f, &repo, &links, "v2", &[]);
+    let j = wait(&f, &next);
+    assert_eq!(j["state"], "passed", "{j:#}");
+    assert_eq!(j["agent"], "a2", "the warm agent takes it: {j:#}");
+    assert!(ready(&f, &next).1, "and reuses its environment");
+
+    // a2 busy: the cold a1 runs the next one at once.
+    let flag = f.path().join("release");
+    let hold = format!("HOLD_UNTIL={}", s(&flag));
+    let holder = submit_ref(
+        &f,
+        &repo,
+        &links,
+        "v1",
+        &["--require", "agent.name == \"a2\"", "--env", &hold],
+    );
+    f.wait_state(&holder, "running");
+    let cold = submit_ref(&f, &repo, &links, "v2", &[]);
+    let j = wait(&f, &cold);
+    assert_eq!(j["state"], "passed", "{j:#}");
+    assert_eq!(j["agent"], "a1", "never pinned to the warm agent: {j:#}");
+    assert!(!ready(&f, &cold).1, "a1 builds its own");
+    std::fs::write(&flag, "").unwrap();
+    let j = wait(&f, &holder);
+    assert_eq!(j["state"], "passed", "{j:#}");
 }
 
 /// Bad environment input is refused at submit, one line saying what to fix.

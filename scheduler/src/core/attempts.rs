@@ -474,10 +474,16 @@ impl Core {
             }
             let e = &self.jobs[&id];
             let Some(spec) = &e.job.spec else { continue };
-            let pick = free.iter().position(|(n, _)| {
+            let fit = |n: &String| {
                 let a = &self.agents[n];
                 a.accepts(spec) && fits(&e.req, spec, &a.attrs, a.caps())
-            });
+            };
+            // Affinity, never pinning: a free agent warm for the job's environment and
+            // caches first, else the first that fits.
+            let pick = free
+                .iter()
+                .position(|(n, _)| fit(n) && warm_for(spec, self.agents[n].caps()))
+                .or_else(|| free.iter().position(|(n, _)| fit(n)));
             if let Some(i) = pick {
                 chosen.push((id, free[i].0.clone()));
                 free[i].1 -= 1;

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::jobspec;
 use crate::lease::{Lease, LeaseTable};
 use crate::limits;
-use crate::matching::{self, fits, source_dir, under_root};
+use crate::matching::{self, fits, source_dir, under_root, warm_for};
 use crate::queue::PendingQueue;
 use crate::requirement::{Attributes, Requirement};
 use crate::schedule::{self, CronSpec, Due, Misfire, Overlap, OverlapAction};
