@@ -350,3 +350,69 @@ mod tests {
         assert!(!under_root("/srv/work", "relative"));
     }
 }
+
+#[cfg(test)]
+mod warm_tests {
+    use super::*;
+    use msfleet_proto::{EnvironmentEntry, EnvironmentSpec, EnvironmentUsage};
+
+    fn job(url: &str, caches: &[&str]) -> JobSpec {
+        JobSpec {
+            source: Some(msfleet_proto::Source {
+                kind: Some(msfleet_proto::source::Kind::Git(msfleet_proto::GitSource {
+                    url: url.into(),
+                    r#ref: "main".into(),
+                })),
+            }),
+            environment: Some(EnvironmentSpec {
+                install_project: Some(String::new()),
+                ..Default::default()
+            }),
+            caches: caches.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn holding(affinity: Option<String>, caches: &[&str]) -> Capabilities {
+        Capabilities {
+            environment_usage: Some(EnvironmentUsage {
+                environments: vec![EnvironmentEntry {
+                    name: "k".into(),
+                    affinity: affinity.into_iter().collect(),
+                    ..Default::default()
+                }],
+                caches: caches
+                    .iter()
+                    .map(|c| EnvironmentEntry {
+                        name: c.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn warm_means_the_jobs_environment_and_every_cache_it_names() {
+        let a = job("https://x/a.git", &["huggingface"]);
+        let key = msfleet_proto::environment::affinity(&a);
+        assert!(key.is_some());
+        assert!(warm_for(&a, &holding(key.clone(), &["huggingface"])));
+        assert!(!warm_for(&a, &holding(key.clone(), &[])), "a cache missing");
+        let b = job("https://x/b.git", &["huggingface"]);
+        assert!(
+            !warm_for(&b, &holding(key.clone(), &["huggingface"])),
+            "another project"
+        );
+        assert!(!warm_for(&a, &Capabilities::default()), "nothing reported");
+        let mut plain = a.clone();
+        plain.environment = None;
+        plain.caches.clear();
+        assert!(
+            !warm_for(&plain, &holding(key, &["huggingface"])),
+            "no preference at all"
+        );
+    }
+}
