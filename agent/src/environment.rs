@@ -616,8 +616,9 @@ impl Steps<'_> {
         let (mut cmd, what) = match self.tool {
             Tool::Uv(uv) => {
                 let mut c = Command::new(uv);
-                c.arg("venv").arg("--python").arg(base);
-                (c, "uv venv".to_string())
+                // --seed: pip in the venv, so a setup command's `pip` is the venv's.
+                c.arg("venv").arg("--seed").arg("--python").arg(base);
+                (c, "uv venv --seed".to_string())
             }
             Tool::Pip => {
                 let mut c = Command::new(base);

@@ -102,6 +102,8 @@ pub fn job_json(j: &Job) -> Value {
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
         "memory_limit_bytes": spec.memory_limit_bytes,
+        "environment": environment_json(&spec),
+        "caches": spec.caches,
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
@@ -135,6 +137,18 @@ pub fn job_json(j: &Job) -> Value {
     })
 }
 
+/// The job's environment (`null` without one).
+fn environment_json(spec: &JobSpec) -> Value {
+    spec.environment.as_ref().map_or(Value::Null, |e| {
+        json!({
+            "setup": e.setup,
+            "requirements": e.requirements,
+            "install_project": e.install_project,
+            "system_site_packages": e.system_site_packages,
+        })
+    })
+}
+
 /// The job spec on its own (a schedule's job): what runs, where, from what.
 pub fn spec_json(spec: &JobSpec) -> Value {
     let spec = &msfleet_proto::secrets::redacted(spec);
@@ -148,6 +162,8 @@ pub fn spec_json(spec: &JobSpec) -> Value {
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
         "memory_limit_bytes": spec.memory_limit_bytes,
+        "environment": environment_json(&spec),
+        "caches": spec.caches,
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
@@ -626,6 +642,26 @@ pub fn spec_lines(spec: &JobSpec) -> String {
     }
     if let Some(m) = spec.memory_limit_bytes {
         out += &format!("  memory:    {}\n", msfleet_proto::memory::format(m));
+    }
+    if let Some(e) = &spec.environment {
+        let mut parts: Vec<String> = e.requirements.iter().map(|r| format!("-r {r}")).collect();
+        if let Some(x) = &e.install_project {
+            parts.push(if x.is_empty() {
+                "-e .".into()
+            } else {
+                format!("-e .[{x}]")
+            });
+        }
+        if e.system_site_packages {
+            parts.push("system site-packages".into());
+        }
+        out += &format!("  venv:      {}\n", parts.join(", "));
+        for c in &e.setup {
+            out += &format!("  setup:     {c}\n");
+        }
+    }
+    if !spec.caches.is_empty() {
+        out += &format!("  caches:    {}\n", spec.caches.join(", "));
     }
     out
 }

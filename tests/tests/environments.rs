@@ -214,6 +214,18 @@ fn a_src_layout_project_at_two_refs_tests_each_refs_own_code() {
     assert_eq!(count(&j, "passed"), 2, "{j:#}");
     let (cold, cached) = ready(&f, &one);
     assert!(!cached, "the first job builds the environment");
+    assert_eq!(
+        j["environment"]["requirements"][0], "requirements-test.txt",
+        "{j:#}"
+    );
+    assert_eq!(j["environment"]["install_project"], "", "{j:#}");
+    let shown = f.ctl(&["show", &one]);
+    assert!(
+        shown
+            .stdout
+            .contains("venv:      -r requirements-test.txt, -e ."),
+        "{shown}"
+    );
 
     let two = submit_ref(&f, &repo, &links, "v2", &[]);
     let j = wait(&f, &two);
