@@ -162,7 +162,7 @@ pub fn spec_json(spec: &JobSpec) -> Value {
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
         "memory_limit_bytes": spec.memory_limit_bytes,
-        "environment": environment_json(&spec),
+        "environment": environment_json(spec),
         "caches": spec.caches,
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
