@@ -98,7 +98,12 @@ pub async fn probe(cfg: &Arc<AgentConfig>) -> (HardwareFacts, Capabilities) {
             ..Default::default()
         }
     });
-    let caps = crate::capabilities::report(cfg, &facts);
+    let mut caps = crate::capabilities::report(cfg, &facts);
+    let (work_dir, budget) = (cfg.work_dir.clone(), cfg.cache_budget);
+    caps.environment_usage =
+        tokio::task::spawn_blocking(move || crate::environment::usage(&work_dir, budget))
+            .await
+            .ok();
     (facts, caps)
 }
 

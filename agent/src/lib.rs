@@ -17,6 +17,7 @@ pub mod capabilities;
 pub mod config;
 pub mod contain;
 pub mod devices;
+pub mod environment;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;

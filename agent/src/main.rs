@@ -33,6 +33,15 @@ struct Args {
     /// Python interpreter that runs pytest.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// `uv` that builds job environments (default: `uv` on PATH when it
+    /// runs, else the venv's pip).
+    #[arg(long)]
+    uv: Option<PathBuf>,
+    /// Most disk job environments and named caches may use together, e.g.
+    /// 200GiB: past it the least recently used that no attempt holds are
+    /// removed. Default: no limit.
+    #[arg(long = "cache-budget", value_name = "SIZE", value_parser = msagent::config::parse_cache_budget)]
+    cache_budget: Option<u64>,
     /// How many attempts may run at once.
     #[arg(long)]
     slots: Option<u32>,
@@ -142,6 +151,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             labels: args.labels,
             roots: args.roots,
             python: args.python,
+            uv: args.uv,
+            cache_budget: args.cache_budget,
             slots: args.slots,
             kill_grace: args.kill_grace,
             git_timeout: args.git_timeout,

@@ -30,6 +30,7 @@ use crate::attempt::{
     attempt_timeout, finished, halted, job_fault, AttemptSpec, Guard, Halt, StopReason, Updates,
 };
 use crate::config::AgentConfig;
+use crate::environment::{self, EnvError, Prepared};
 use crate::process::ProcessGroup;
 use crate::{policy, source};
 use msfleet_proto::{task_update, Finished, Outcome, Started, TestResult};
@@ -151,8 +152,26 @@ async fn run_inner(
         ws.cleanup().await;
         return f;
     }
-    let result = run_pytest(cfg, a, &slot, &ws.dir, tx, &mut guard).await;
+    let env = match environment::prepare(cfg, a, &slot, &ws.dir, tx, &mut guard).await {
+        Ok(env) => env,
+        Err(e) => {
+            ws.cleanup().await;
+            return match e {
+                EnvError::Halted(halt) => {
+                    let timed_out = halt == Halt::TimedOut;
+                    let mut f = halted(halt, timeout, -1)?;
+                    if timed_out {
+                        f.reason = format!("{} (in the environment's setup)", f.reason);
+                    }
+                    Some(f)
+                }
+                e => finished(Outcome::Error, e.to_string(), -1),
+            };
+        }
+    };
+    let result = run_pytest(cfg, a, &slot, &ws.dir, &env, tx, &mut guard).await;
     ws.cleanup().await;
+    drop(env);
     match result {
         Ok(f) => f,
         Err(e) => finished(Outcome::Error, format!("could not run pytest: {e}"), -1),
@@ -260,7 +279,7 @@ fn crash_signal(status: ExitStatus) -> Option<i32> {
 }
 
 /// `signal 11 (SIGSEGV)`.
-fn describe_signal(sig: i32) -> String {
+pub(crate) fn describe_signal(sig: i32) -> String {
     match nix::sys::signal::Signal::try_from(sig) {
         Ok(s) => format!("signal {sig} ({s})"),
         Err(_) => format!("signal {sig}"),
@@ -273,6 +292,8 @@ struct PytestRun<'a> {
     a: &'a AttemptSpec,
     slot: &'a str,
     dir: &'a Path,
+    /// The interpreter and variables of the job's environment.
+    env: &'a Prepared,
     run_dir: PathBuf,
     pythonpath: std::ffi::OsString,
     tx: &'a Updates,
@@ -284,6 +305,7 @@ async fn run_pytest(
     a: &AttemptSpec,
     slot: &str,
     dir: &Path,
+    env: &Prepared,
     tx: &Updates,
     guard: &mut Guard<'_>,
 ) -> std::io::Result<Option<Finished>> {
@@ -321,6 +343,7 @@ async fn run_pytest(
         a,
         slot,
         dir,
+        env,
         run_dir,
         pythonpath,
         tx,
@@ -557,7 +580,7 @@ impl PytestRun<'_> {
         let sock_path = self.run_dir.join(sock_name);
         let _ = tokio::fs::remove_file(&sock_path).await;
         let listener = UnixListener::bind(&sock_path)?;
-        let mut cmd = Command::new(&cfg.python);
+        let mut cmd = Command::new(&self.env.python);
         cmd.arg("-m")
             .arg("pytest")
             .arg("-p")
@@ -568,6 +591,7 @@ impl PytestRun<'_> {
             .current_dir(self.dir)
             .envs(&a.spec.env)
             .envs(&a.spec.secret_env)
+            .envs(self.env.vars.iter().map(|(k, v)| (k, v)))
             .envs(a.device_env.iter().map(|(k, v)| (k, v)))
             .env("PYTHONPATH", &self.pythonpath)
             .env("PYTHONUNBUFFERED", "1")
@@ -584,7 +608,7 @@ impl PytestRun<'_> {
                     outcome: Outcome::Error as i32,
                     reason: format!(
                         "cannot start the python interpreter {}: {e}",
-                        cfg.python.display()
+                        self.env.python.display()
                     ),
                     exit_code: -1,
                     ..Default::default()
@@ -665,12 +689,13 @@ impl PytestRun<'_> {
     /// environment), or else what pytest last printed.
     async fn not_started(&self, status: ExitStatus, tail: &str) -> String {
         use std::os::unix::process::ExitStatusExt;
-        let python = self.cfg.python.display();
-        let mut probe = tokio::process::Command::new(&self.cfg.python);
+        let python = self.env.python.display();
+        let mut probe = tokio::process::Command::new(&self.env.python);
         probe
             .args(["-c", "import pytest"])
             .current_dir(self.dir)
             .envs(&self.a.spec.env)
+            .envs(self.env.vars.iter().map(|(k, v)| (k, v)))
             .envs(self.a.device_env.iter().map(|(k, v)| (k, v)))
             .env("PYTHONPATH", &self.pythonpath)
             .stdin(std::process::Stdio::null())
@@ -1104,6 +1129,8 @@ def test_param(p):
             labels: Default::default(),
             roots: vec![root.clone()],
             python,
+            uv: None,
+            cache_budget: None,
             slots: 1,
             kill_grace: Duration::from_secs(2),
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
@@ -1858,6 +1885,8 @@ def test_quotes_it():
             labels: BTreeMap::new(),
             roots: vec![std::fs::canonicalize(f.ws()).unwrap()],
             python: "python3".into(),
+            uv: None,
+            cache_budget: None,
             slots: 1,
             kill_grace: Duration::from_secs(1),
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,

@@ -785,6 +785,8 @@ mod tests {
             labels: Default::default(),
             roots: Vec::new(),
             python: "python3".into(),
+            uv: None,
+            cache_budget: None,
             slots,
             kill_grace: Duration::from_secs(1),
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,

@@ -505,42 +505,82 @@ impl RepoLock {
         url: &str,
         guard: &mut Guard<'_>,
     ) -> Result<RepoLock, SourceError> {
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .await?
-            .into_std()
-            .await;
-        let mut said = false;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(locked) => return Ok(RepoLock { _file: locked }),
-                Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => file = f,
-                Err((_, e)) => {
-                    return Err(SourceError::Io(std::io::Error::other(format!(
-                        "locking the git cache {}: {e}",
-                        path.display()
-                    ))))
-                }
-            }
-            if !said {
-                tracing::info!(
-                    url,
-                    "waiting for another attempt's checkout of the same repository"
-                );
-                said = true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(LOCK_POLL) => {}
-                halt = guard.wait() => {
-                    return Err(SourceError::Halted {
-                        halt,
-                        during: format!("the wait for the git cache of {url}"),
-                    })
-                }
-            }
+        let waiting = || {
+            tracing::info!(
+                url,
+                "waiting for another attempt's checkout of the same repository"
+            )
+        };
+        match lock_exclusive(path, guard, waiting).await {
+            Ok(file) => Ok(RepoLock { _file: file }),
+            Err(LockWait::Io(e)) => Err(SourceError::Io(std::io::Error::other(format!(
+                "locking the git cache {}: {e}",
+                path.display()
+            )))),
+            Err(LockWait::Halted(halt)) => Err(SourceError::Halted {
+                halt,
+                during: format!("the wait for the git cache of {url}"),
+            }),
+        }
+    }
+}
+
+/// Why [`lock_exclusive`] gave up.
+#[derive(Debug)]
+pub enum LockWait {
+    Io(std::io::Error),
+    Halted(Halt),
+}
+
+/// Waits for an exclusive `flock` of `path` (created if missing), giving up when the attempt
+/// halts; `waiting` is called once, when the lock is held by someone else. The wait polls
+/// without blocking a thread. The lock goes with the returned file (or the agent's death).
+/// The one lock of the agent's shared caches (git caches, job environments).
+pub async fn lock_exclusive(
+    path: &Path,
+    guard: &mut Guard<'_>,
+    waiting: impl FnOnce(),
+) -> Result<Flock<std::fs::File>, LockWait> {
+    lock(path, FlockArg::LockExclusiveNonblock, guard, waiting).await
+}
+
+/// [`lock_exclusive`], shared: many holders at once, none while one holds it exclusively.
+pub async fn lock_shared(
+    path: &Path,
+    guard: &mut Guard<'_>,
+    waiting: impl FnOnce(),
+) -> Result<Flock<std::fs::File>, LockWait> {
+    lock(path, FlockArg::LockSharedNonblock, guard, waiting).await
+}
+
+async fn lock(
+    path: &Path,
+    how: FlockArg,
+    guard: &mut Guard<'_>,
+    waiting: impl FnOnce(),
+) -> Result<Flock<std::fs::File>, LockWait> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .await
+        .map_err(LockWait::Io)?
+        .into_std()
+        .await;
+    let mut waiting = Some(waiting);
+    loop {
+        match Flock::lock(file, how) {
+            Ok(locked) => return Ok(locked),
+            Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => file = f,
+            Err((_, e)) => return Err(LockWait::Io(std::io::Error::from(e))),
+        }
+        if let Some(w) = waiting.take() {
+            w();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOCK_POLL) => {}
+            halt = guard.wait() => return Err(LockWait::Halted(halt)),
         }
     }
 }

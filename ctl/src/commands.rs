@@ -495,6 +495,20 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
             *field = Some(m.clone());
         }
     }
+    let env_flags = !s.setup.is_empty()
+        || !s.requirements_files.is_empty()
+        || s.install_project.is_some()
+        || s.system_site_packages;
+    if env_flags {
+        let e = f.environment.get_or_insert_with(Default::default);
+        e.setup.extend(s.setup.iter().cloned());
+        e.requirements.extend(s.requirements_files.iter().cloned());
+        if let Some(x) = &s.install_project {
+            e.install_project = Some(x.clone());
+        }
+        e.system_site_packages |= s.system_site_packages;
+    }
+    f.caches.extend(s.caches.iter().cloned());
     if let Some(t) = &s.expire_after {
         parse_timeout(t).map_err(|e| CtlError::input(format!("--expire-after: {e}")))?;
         f.expire_after = Some(t.clone());

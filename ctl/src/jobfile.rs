@@ -20,7 +20,15 @@
 //! team = "modeling"
 //! [secret_env]                             # never shown back: views print [redacted]
 //! HF_TOKEN = "@/home/me/.config/hf-token"  # @path: read from the file (trailing newline dropped)
+//! [environment]                            # pytest runs in a venv built from the checkout (cached)
+//! requirements = ["requirements-test.txt"] # relative to the checkout
+//! install_project = "test"                 # pip install -e .[test]; "" for no extras
+//! setup = ["pip install -r extra.txt"]     # shell commands in the checkout, venv active
+//! system_site_packages = true
 //! ```
+//!
+//! `caches = ["huggingface", "models=MODEL_DIR"]` (top level) names caches the
+//! agent keeps across jobs and points the variables at.
 //!
 //! `--dry-run` prints every `secret_env` value as `[redacted]`; such a file
 //! is refused until the values (or `@path`s) are filled in again.
@@ -46,7 +54,9 @@
 //! pattern = 'Total time for analytic:\s*([\d.]+)\s*(ns|us|ms|s)'
 //! ```
 
-use msfleet_proto::{bench, source, BenchmarkSpec, Extractor, GitSource, JobSpec, Source};
+use msfleet_proto::{
+    bench, source, BenchmarkSpec, EnvironmentSpec, Extractor, GitSource, JobSpec, Source,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -117,6 +127,29 @@ pub struct JobFile {
     /// For `kind = "benchmark"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub benchmark: Option<BenchmarkFile>,
+    /// pytest: the venv the agent builds from the checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<EnvironmentFile>,
+    /// Named caches kept by the agent across jobs ("huggingface", "pip", "NAME=ENVVAR").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<String>,
+}
+
+/// The `[environment]` table: [`EnvironmentSpec`] in TOML.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentFile {
+    /// Shell commands run in the checkout with the venv active, before pytest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<String>,
+    /// Requirements files, relative to the checkout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<String>,
+    /// The checkout installed editable with these extras ("" = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_project: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system_site_packages: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -197,6 +230,8 @@ pub struct SourceFile {
 pub enum JobFileError {
     #[error("{0}")]
     Toml(String),
+    #[error("{0}")]
+    Environment(String),
     #[error("bad memory limit: {0}")]
     Memory(String),
     #[error("bad per-device memory minimum {0}")]
@@ -305,6 +340,20 @@ impl JobFile {
             }),
             _ => return Err(JobFileError::Source),
         };
+        msfleet_proto::environment::validate(
+            self.environment
+                .as_ref()
+                .map(|e| EnvironmentSpec {
+                    setup: e.setup.clone(),
+                    requirements: e.requirements.clone(),
+                    install_project: e.install_project.clone(),
+                    system_site_packages: e.system_site_packages,
+                })
+                .as_ref(),
+            &self.caches,
+            self.env.keys().chain(self.secret_env.keys()),
+        )
+        .map_err(JobFileError::Environment)?;
         let mut secret_env = std::collections::HashMap::new();
         for (name, written) in &self.secret_env {
             secret_env.insert(name.clone(), secret_value(name, written)?);
@@ -344,6 +393,13 @@ impl JobFile {
             npus: self.npus,
             gpu_memory_bytes,
             npu_memory_bytes,
+            environment: self.environment.as_ref().map(|e| EnvironmentSpec {
+                setup: e.setup.clone(),
+                requirements: e.requirements.clone(),
+                install_project: e.install_project.clone(),
+                system_site_packages: e.system_site_packages,
+            }),
+            caches: self.caches.clone(),
             ..Default::default()
         })
     }

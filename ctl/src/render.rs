@@ -107,6 +107,8 @@ pub fn job_json(j: &Job) -> Value {
         "gpu_memory_bytes": spec.gpu_memory_bytes,
         "npu_memory_bytes": spec.npu_memory_bytes,
         "devices": j.devices.iter().map(device_json).collect::<Vec<_>>(),
+        "environment": environment_json(&spec),
+        "caches": spec.caches,
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
@@ -140,6 +142,18 @@ pub fn job_json(j: &Job) -> Value {
     })
 }
 
+/// The job's environment (`null` without one).
+fn environment_json(spec: &JobSpec) -> Value {
+    spec.environment.as_ref().map_or(Value::Null, |e| {
+        json!({
+            "setup": e.setup,
+            "requirements": e.requirements,
+            "install_project": e.install_project,
+            "system_site_packages": e.system_site_packages,
+        })
+    })
+}
+
 /// The job spec on its own (a schedule's job): what runs, where, from what.
 pub fn spec_json(spec: &JobSpec) -> Value {
     let spec = &msfleet_proto::secrets::redacted(spec);
@@ -157,6 +171,8 @@ pub fn spec_json(spec: &JobSpec) -> Value {
         "npus": spec.npus,
         "gpu_memory_bytes": spec.gpu_memory_bytes,
         "npu_memory_bytes": spec.npu_memory_bytes,
+        "environment": environment_json(spec),
+        "caches": spec.caches,
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
@@ -474,6 +490,23 @@ pub fn agent_json(a: &Agent) -> Value {
         "health": caps.health.as_ref().map_or(Value::Null, |h| json!({
             "status": h.status, "reasons": h.reasons, "probed_at_ms": h.probed_at_ms,
         })),
+        "environment_usage": caps.environment_usage.as_ref().map_or(Value::Null, |u| {
+            let entries = |list: &[msfleet_proto::EnvironmentEntry]| {
+                list.iter()
+                    .map(|e| json!({
+                        "name": e.name, "bytes": e.bytes,
+                        "last_used_ms": e.last_used_ms, "in_use": e.in_use,
+                        "affinity": e.affinity,
+                    }))
+                    .collect::<Vec<_>>()
+            };
+            json!({
+                "used_bytes": u.used_bytes,
+                "budget_bytes": nonzero(u.budget_bytes as i64),
+                "environments": entries(&u.environments),
+                "caches": entries(&u.caches),
+            })
+        }),
         "infra_errors": a.infra_errors,
         "quarantine": if a.admin() == msfleet_proto::AgentAdmin::Quarantined {
             json!({
@@ -668,6 +701,26 @@ pub fn spec_lines(spec: &JobSpec) -> String {
                 if n == 1 { "" } else { "s" }
             );
         }
+    }
+    if let Some(e) = &spec.environment {
+        let mut parts: Vec<String> = e.requirements.iter().map(|r| format!("-r {r}")).collect();
+        if let Some(x) = &e.install_project {
+            parts.push(if x.is_empty() {
+                "-e .".into()
+            } else {
+                format!("-e .[{x}]")
+            });
+        }
+        if e.system_site_packages {
+            parts.push("system site-packages".into());
+        }
+        out += &format!("  venv:      {}\n", parts.join(", "));
+        for c in &e.setup {
+            out += &format!("  setup:     {c}\n");
+        }
+    }
+    if !spec.caches.is_empty() {
+        out += &format!("  caches:    {}\n", spec.caches.join(", "));
     }
     out
 }

@@ -17,6 +17,7 @@ pub mod bench;
 pub mod case;
 pub mod client;
 pub mod devices;
+pub mod environment;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 #[cfg(test)]

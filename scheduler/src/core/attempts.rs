@@ -498,14 +498,21 @@ impl Core {
             }
             let e = &self.jobs[&id];
             let Some(spec) = &e.job.spec else { continue };
-            let pick = free.iter().find_map(|(n, _)| {
+            let take = |n: &String| {
                 let a = &self.agents[n];
                 if !(a.accepts(spec) && fits(&e.req, spec, &a.attrs, a.caps())) {
                     return None;
                 }
                 let held = devices::allocate(spec, a.caps(), busy.get(n)?)?;
                 Some((n.clone(), held))
-            });
+            };
+            // Affinity, never pinning: a free agent warm for the job's
+            // environment and caches first, else the first that fits.
+            let pick = free
+                .iter()
+                .filter(|(n, _)| warm_for(spec, self.agents[n].caps()))
+                .find_map(|(n, _)| take(n))
+                .or_else(|| free.iter().find_map(|(n, _)| take(n)));
             if let Some((name, held)) = pick {
                 if let Some(b) = busy.get_mut(&name) {
                     b.extend(held.iter().cloned());

@@ -174,8 +174,8 @@ impl Core {
         }
     }
 
-    /// An agent's periodic probe: its probed facts (host, devices, health)
-    /// replace the stored ones; what it registered with (labels and profile
+    /// An agent's periodic probe: its probed facts (host, devices, health,
+    /// environment usage) replace the stored ones; what it registered with (labels and profile
     /// from its token, roots, policy, slots) stays.
     pub(super) fn health_report(
         &mut self,
@@ -197,6 +197,7 @@ impl Core {
         caps.gpus = fresh.gpus;
         caps.npus = fresh.npus;
         caps.health = fresh.health;
+        caps.environment_usage = fresh.environment_usage;
         a.attrs = matching::attributes(&name, caps);
         step.writes.put_agent(&a.record);
         // Facts such as disk free may let a waiting job fit now.

@@ -18,7 +18,7 @@ use crate::devices;
 use crate::jobspec;
 use crate::lease::{Lease, LeaseTable};
 use crate::limits;
-use crate::matching::{self, fits, source_dir, under_root};
+use crate::matching::{self, fits, source_dir, under_root, warm_for};
 use crate::metrics::{Observation, Snapshot};
 use crate::queue::PendingQueue;
 use crate::requirement::{Attributes, Requirement};
