@@ -33,7 +33,21 @@ has_pytest() {
     "$PY" -c "import sys, pytest, pytest_rerunfailures; sys.exit(int(pytest.__version__.split('.')[0]) != $MAJOR)" >/dev/null 2>&1
 }
 
+# Wheels of pytest (and its dependencies) and setuptools, for the job
+# environment tests (tests/tests/environments.rs): they build venvs offline
+# with `--no-index --find-links $DIR/wheelhouse`.
+WHEELHOUSE="$DIR/wheelhouse"
+fill_wheelhouse() {
+    if [ ! -f "$WHEELHOUSE/.complete" ]; then
+        echo "venv.sh: downloading wheels for job environment tests into $WHEELHOUSE" >&2
+        "$PY" -m pip download --disable-pip-version-check --quiet --only-binary :all: \
+            --dest "$WHEELHOUSE" "$PYTEST_SPEC" setuptools wheel >&2
+        touch "$WHEELHOUSE/.complete"
+    fi
+}
+
 if [ -x "$PY" ] && has_pytest; then
+    fill_wheelhouse
     echo "$PY"
     exit 0
 fi
@@ -48,4 +62,5 @@ echo "venv.sh: installing $PYTEST_SPEC pytest-rerunfailures in $DIR" >&2
 "$PY" -m pip install --disable-pip-version-check --quiet "$PYTEST_SPEC" pytest-rerunfailures >&2
 
 has_pytest || { echo "venv.sh: pytest $MAJOR or pytest-rerunfailures is not importable by $PY" >&2; exit 1; }
+fill_wheelhouse
 echo "$PY"

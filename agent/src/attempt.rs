@@ -31,12 +31,26 @@ pub struct AttemptSpec {
     /// The lease's fencing epoch (calls about the attempt carry it).
     pub epoch: u64,
     pub spec: JobSpec,
+    /// The accelerators the scheduler assigned with the lease.
+    pub devices: Vec<msfleet_proto::DeviceRef>,
+    /// What selects them for every process of the attempt
+    /// (`crate::devices::grant`), applied after the job's own env.
+    pub device_env: Vec<(String, String)>,
     /// The scheduler's span of this attempt (W3C traceparent; empty without traces):
     /// the parent of the agent's spans for it ([`AttemptSpec::span`]).
     pub traceparent: String,
 }
 
 impl AttemptSpec {
+    /// The UUIDs of the attempt's GPUs (what the benchmark core samples).
+    pub fn gpu_uuids(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter(|d| d.kind == "gpu")
+            .map(|d| d.id.clone())
+            .collect()
+    }
+
     /// `span`, made a child of the scheduler's span of this attempt when traces are exported.
     pub fn span(&self, span: tracing::Span) -> tracing::Span {
         child_of(&self.traceparent, span)
@@ -239,6 +253,18 @@ pub fn finished(outcome: Outcome, reason: impl Into<String>, exit_code: i32) -> 
         outcome: outcome as i32,
         reason: reason.into(),
         exit_code,
+        ..Default::default()
+    })
+}
+
+/// An `error` that is the job's own doing (see `Finished.job_fault`): still
+/// `error`, but it does not count against the agent's health.
+pub fn job_fault(reason: impl Into<String>) -> Option<Finished> {
+    Some(Finished {
+        outcome: Outcome::Error as i32,
+        reason: reason.into(),
+        exit_code: -1,
+        job_fault: true,
         ..Default::default()
     })
 }

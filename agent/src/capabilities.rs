@@ -66,6 +66,8 @@ pub fn report(cfg: &AgentConfig, facts: &HardwareFacts) -> Capabilities {
         policy: Some(cfg.policy.clone()),
         health: Some(crate::health::assess(facts, cfg.min_disk_free_mb, false)),
         enforces_memory: crate::contain::active().mode().memory(),
+        // Measured apart, off the async threads ([`crate::health::probe`]).
+        environment_usage: None,
         containment: crate::contain::active().mode().label().into(),
     }
 }

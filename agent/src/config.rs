@@ -39,6 +39,11 @@ pub struct FileConfig {
     #[serde(default)]
     pub roots: Vec<PathBuf>,
     pub python: Option<PathBuf>,
+    /// `uv` for job environments (default: `uv` on PATH if it runs, else pip).
+    pub uv: Option<PathBuf>,
+    /// Most disk job environments and named caches may use together, e.g. "200GiB";
+    /// the least recently used not in use are evicted past it. Unset: no limit.
+    pub cache_budget: Option<String>,
     pub slots: Option<u32>,
     /// e.g. "10s"
     pub kill_grace: Option<String>,
@@ -134,6 +139,18 @@ pub const DEFAULT_MIN_DISK_FREE_MB: u64 = 2048;
 /// How long one git command of a checkout may run, unless configured.
 pub const DEFAULT_GIT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Bytes from a size like `200GiB` or `512M` (binary units), at least 1 MiB.
+pub fn parse_cache_budget(text: &str) -> Result<u64, String> {
+    let bytes =
+        msfleet_proto::memory::parse(text).map_err(|e| e.replacen("memory ", "size ", 1))?;
+    if bytes < 1 << 20 {
+        return Err(format!(
+            "size '{text}' is less than 1 MiB (use e.g. 200GiB)"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The settings the agent runs with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -144,6 +161,11 @@ pub struct AgentConfig {
     /// Absolute, canonical directories under which `dir` sources may live.
     pub roots: Vec<PathBuf>,
     pub python: PathBuf,
+    /// `uv` named by `--uv`; unset: `uv` on PATH when `uv --version` runs, else pip
+    /// builds job environments ([`crate::environment`]).
+    pub uv: Option<PathBuf>,
+    /// Bytes job environments and named caches may use together (`--cache-budget`).
+    pub cache_budget: Option<u64>,
     pub slots: u32,
     /// Time between SIGTERM and SIGKILL of a test's process group.
     pub kill_grace: Duration,
@@ -175,6 +197,8 @@ pub struct Overrides {
     pub labels: Vec<String>,
     pub roots: Vec<PathBuf>,
     pub python: Option<PathBuf>,
+    pub uv: Option<PathBuf>,
+    pub cache_budget: Option<u64>,
     pub slots: Option<u32>,
     pub kill_grace: Option<Duration>,
     pub git_timeout: Option<Duration>,
@@ -303,6 +327,14 @@ impl AgentConfig {
         if slots == 0 {
             return Err(ConfigError::Invalid("slots must be at least 1".into()));
         }
+        let cache_budget = match (flags.cache_budget, &file.cache_budget) {
+            (Some(b), _) => Some(b),
+            (None, Some(t)) => Some(
+                parse_cache_budget(t)
+                    .map_err(|e| ConfigError::Invalid(format!("cache_budget: {e}")))?,
+            ),
+            (None, None) => None,
+        };
         Ok(AgentConfig {
             scheduler,
             name,
@@ -313,6 +345,8 @@ impl AgentConfig {
                 .python
                 .or(file.python)
                 .unwrap_or_else(|| PathBuf::from("python3")),
+            uv: flags.uv.or(file.uv),
+            cache_budget,
             slots,
             kill_grace,
             git_timeout,

@@ -7,6 +7,7 @@
 use crate::attempt::{halted, AttemptSpec, Halt, StopReason, Updates};
 use crate::config::AgentConfig;
 use crate::probe::HardwareFacts;
+use msfleet_proto::devices::{gpu_healthy, npu_healthy};
 use msfleet_proto::{task_update, Capabilities, Finished, HealthSummary, Outcome, Started};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +16,12 @@ use tokio::sync::watch;
 /// The job kind of a health check (the scheduler makes them: `CheckAgent`).
 pub const CHECK_KIND: &str = "check";
 
-/// GPU health words that are no problem (`probe::gpu` writes `ok`, or
-/// `unknown` when NVML could check nothing).
-const GPU_FINE: [&str; 3] = ["ok", "unknown", ""];
-
 /// The host's health from `facts`: disk free on the work dir at least
-/// `min_disk_free_mb`, every GPU's NVML health fine, every NPU's npu-smi
-/// Health `OK`; with `need_pytest` (a health check), also pytest importable by
-/// the agent's python.
+/// `min_disk_free_mb`; with `need_pytest` (a health check), also pytest
+/// importable by the agent's python. **A device is judged on its own**, not
+/// here: an unhealthy GPU or NPU ([`withheld`]) is withheld from assignment
+/// by the scheduler while the rest of the host keeps working, so it never
+/// degrades (and quarantines) the host.
 pub fn assess(facts: &HardwareFacts, min_disk_free_mb: u64, need_pytest: bool) -> HealthSummary {
     let mut reasons = Vec::new();
     let h = &facts.host;
@@ -32,26 +31,6 @@ pub fn assess(facts: &HardwareFacts, min_disk_free_mb: u64, need_pytest: bool) -
             gigabytes(h.disk_free_mb),
             gigabytes(min_disk_free_mb)
         ));
-    }
-    for g in &facts.gpus {
-        if !GPU_FINE.contains(&g.health.as_str()) {
-            reasons.push(format!("gpu {}: {}", g.index, g.health));
-        }
-    }
-    for c in &facts.npus.cards {
-        if !c.health.eq_ignore_ascii_case("ok") {
-            let health = if c.health.is_empty() {
-                "no health reported"
-            } else {
-                c.health.as_str()
-            };
-            let chip = if c.chip == 0 {
-                String::new()
-            } else {
-                format!(" chip {}", c.chip)
-            };
-            reasons.push(format!("npu {}{chip}: {health}", c.id));
-        }
     }
     if need_pytest {
         if h.python_version.is_empty() {
@@ -65,6 +44,34 @@ pub fn assess(facts: &HardwareFacts, min_disk_free_mb: u64, need_pytest: bool) -
         reasons,
         probed_at_ms: crate::now_ms(),
     }
+}
+
+/// The devices the probe found unhealthy, one line each ("gpu 3: uncorrected
+/// ECC errors (12)", "npu 5: Alarm"): the scheduler assigns none of them (the
+/// same rule, `msfleet_proto::devices`).
+pub fn withheld(facts: &HardwareFacts) -> Vec<String> {
+    let mut out = Vec::new();
+    for g in &facts.gpus {
+        if !gpu_healthy(&g.health) {
+            out.push(format!("gpu {}: {}", g.index, g.health));
+        }
+    }
+    for c in &facts.npus.cards {
+        if !npu_healthy(&c.health) {
+            let health = if c.health.is_empty() {
+                "no health reported"
+            } else {
+                c.health.as_str()
+            };
+            let chip = if c.chip == 0 {
+                String::new()
+            } else {
+                format!(" chip {}", c.chip)
+            };
+            out.push(format!("npu {}{chip}: {health}", c.id));
+        }
+    }
+    out
 }
 
 /// `2.0 GB` from MiB, one decimal (`64 MB` under 100 MiB).
@@ -91,7 +98,12 @@ pub async fn probe(cfg: &Arc<AgentConfig>) -> (HardwareFacts, Capabilities) {
             ..Default::default()
         }
     });
-    let caps = crate::capabilities::report(cfg, &facts);
+    let mut caps = crate::capabilities::report(cfg, &facts);
+    let (work_dir, budget) = (cfg.work_dir.clone(), cfg.cache_budget);
+    caps.environment_usage =
+        tokio::task::spawn_blocking(move || crate::environment::usage(&work_dir, budget))
+            .await
+            .ok();
     (facts, caps)
 }
 
@@ -180,6 +192,10 @@ fn findings(cfg: &AgentConfig, facts: &HardwareFacts, verdict: &HealthSummary) -
     for n in &facts.notes {
         out += &format!("note: {n}\n");
     }
+    let withheld = withheld(facts);
+    if !withheld.is_empty() {
+        out += &format!("withheld from jobs: {}\n", withheld.join("; "));
+    }
     out += &match verdict.reasons.as_slice() {
         [] => "healthy\n".to_string(),
         r => format!("unhealthy: {}\n", r.join("; ")),
@@ -197,14 +213,30 @@ fn or_missing(v: &str) -> &str {
 
 /// The reason of a passing check: what was found fine.
 fn summary_line(facts: &HardwareFacts, min_disk_free_mb: u64) -> String {
-    format!(
+    let sick_gpus = facts
+        .gpus
+        .iter()
+        .filter(|g| !gpu_healthy(&g.health))
+        .count();
+    let sick_npus = facts
+        .npus
+        .cards
+        .iter()
+        .filter(|c| !npu_healthy(&c.health))
+        .count();
+    let mut line = format!(
         "disk free {} >= {}, pytest {}, {} gpus and {} npus healthy",
         gigabytes(facts.host.disk_free_mb),
         gigabytes(min_disk_free_mb),
         facts.host.pytest_version,
-        facts.gpus.len(),
-        facts.npus.cards.len()
-    )
+        facts.gpus.len() - sick_gpus,
+        facts.npus.cards.len() - sick_npus
+    );
+    let withheld = withheld(facts);
+    if !withheld.is_empty() {
+        line += &format!(" (withheld: {})", withheld.join("; "));
+    }
+    line
 }
 
 #[cfg(test)]
@@ -262,14 +294,20 @@ mod tests {
         f.npus = npu::parse_info(&sick).expect("parses");
         let h = assess(&f, 2048, false);
         assert_eq!(h.status, "degraded");
+        assert_eq!(h.reasons, vec!["disk free 0.4 GB < 2.0 GB"]);
         assert_eq!(
-            h.reasons,
-            vec![
-                "disk free 0.4 GB < 2.0 GB",
-                "gpu 3: uncorrected ECC errors (12)",
-                "npu 5: Alarm"
-            ]
+            withheld(&f),
+            vec!["gpu 3: uncorrected ECC errors (12)", "npu 5: Alarm"]
         );
+        // A sick device alone leaves the host ok: it is withheld, the rest works.
+        f.host.disk_free_mb = 30 * 1024;
+        f.host.pytest_version = "8.3.2".into();
+        assert_eq!(assess(&f, 2048, true).status, "ok");
+        assert!(summary_line(&f, 2048).ends_with(
+            "1 gpus and 7 npus healthy (withheld: gpu 3: uncorrected ECC errors (12); npu 5: Alarm)"
+        ));
+        f.host.disk_free_mb = 410;
+        f.host.pytest_version.clear();
         assert_eq!(
             assess(&facts(20), 64, false).reasons,
             ["disk free 20 MB < 64 MB"]

@@ -16,9 +16,12 @@ pub mod bench;
 pub mod capabilities;
 pub mod config;
 pub mod contain;
+pub mod devices;
+pub mod environment;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;
+pub mod metrics;
 pub mod policy;
 pub mod probe;
 pub mod process;

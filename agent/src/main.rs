@@ -36,6 +36,15 @@ struct Args {
     /// Python interpreter that runs pytest.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// `uv` that builds job environments (default: `uv` on PATH when it
+    /// runs, else the venv's pip).
+    #[arg(long)]
+    uv: Option<PathBuf>,
+    /// Most disk job environments and named caches may use together, e.g.
+    /// 200GiB: past it the least recently used that no attempt holds are
+    /// removed. Default: no limit.
+    #[arg(long = "cache-budget", value_name = "SIZE", value_parser = msagent::config::parse_cache_budget)]
+    cache_budget: Option<u64>,
     /// How many attempts may run at once.
     #[arg(long)]
     slots: Option<u32>,
@@ -87,11 +96,43 @@ struct Args {
     /// standard OTEL_EXPORTER_OTLP_ENDPOINT does the same. Neither: no export.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Serve /metrics and /healthz (Prometheus text, no token) on this
+    /// address, e.g. 127.0.0.1:9464 (port 0 picks a free one, logged). Off
+    /// by default.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
+    /// Log lines as `text` or `json` (one object a line; lines about an
+    /// attempt carry its job and attempt, every line the agent's name).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Print the capability report as JSON and exit.
     #[arg(long)]
     probe: bool,
     #[command(flatten)]
     policy: msagent::config::PolicyFlags,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The one place msagent's tracing subscriber is built: the log layer (stderr, `text` or
+/// `json`, its own `RUST_LOG` filter, default `info`) and, when `telemetry` exports
+/// traces, the OpenTelemetry span layer beside it. The log filter is the log layer's own,
+/// so RUST_LOG=warn keeps the spans.
+fn init_logging(format: LogFormat, telemetry: Option<&msfleet_proto::telemetry::Telemetry>) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(telemetry.and_then(|t| t.layer()))
+        .init();
 }
 
 #[tokio::main]
@@ -105,14 +146,7 @@ async fn main() {
                 std::process::exit(2);
             }
         };
-    // The log filter is the log layer's own: RUST_LOG=warn keeps the spans.
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(telemetry.as_ref().and_then(|t| t.layer()))
-        .init();
+    init_logging(args.log_format, telemetry.as_ref());
     let result = run(args).await;
     if let Some(t) = telemetry {
         t.shutdown().await;
@@ -140,6 +174,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             labels: args.labels,
             roots: args.roots,
             python: args.python,
+            uv: args.uv,
+            cache_budget: args.cache_budget,
             slots: args.slots,
             kill_grace: args.kill_grace,
             git_timeout: args.git_timeout,
@@ -207,6 +243,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "msagent starting"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(listen) = &args.http_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding --http-listen {listen}"))?;
+        let prometheus = msagent::metrics::install()
+            .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+        tracing::info!(http_addr = %listener.local_addr()?, "msagent HTTP listening (/metrics, /healthz)");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = msagent::metrics::serve(listener, prometheus, stopped).await {
+                tracing::error!(error = %e, "the HTTP listener stopped");
+            }
+        });
+    }
+    match msfleet_proto::systemd::notify_ready() {
+        Ok(Some(every)) => tracing::info!(?every, "systemd watchdog on"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not tell systemd READY=1"),
+    }
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -222,8 +280,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let _ = stop_tx.send(true);
     });
-    msagent::session::Session::new(cfg, caps)
-        .run(stop_rx)
-        .await
-        .map_err(anyhow::Error::from)
+    // Every line of the session names this agent. A log-only span (target
+    // `msagent::log`): it is no trace span, however long the session runs.
+    let span = tracing::info_span!(target: "msagent::log", "msagent", agent = %cfg.name);
+    let result = tracing::Instrument::instrument(
+        msagent::session::Session::new(cfg, caps).run(stop_rx),
+        span,
+    )
+    .await;
+    msfleet_proto::systemd::notify_stopping();
+    result.map_err(anyhow::Error::from)
 }

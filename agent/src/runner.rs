@@ -27,9 +27,10 @@
 //! `max_crash_restarts` times.
 
 use crate::attempt::{
-    attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, StopReason, Updates,
+    attempt_timeout, finished, halted, job_fault, AttemptSpec, Guard, Halt, StopReason, Updates,
 };
 use crate::config::AgentConfig;
+use crate::environment::{self, EnvError, Prepared};
 use crate::process::ProcessGroup;
 use crate::{policy, source};
 use msfleet_proto::{task_update, Finished, Outcome, Started, TestResult};
@@ -109,11 +110,11 @@ async fn run_inner(
     // The owner's policy, whatever the scheduler decided: before anything is
     // fetched, and for the paths once the checkout is there.
     if let Err(why) = policy::admit(&cfg.policy, &a.spec) {
-        return finished(Outcome::Error, why, -1);
+        return job_fault(why);
     }
     // A memory limit this agent cannot enforce is refused, never ignored.
     if let Some(why) = crate::contain::active().refuses(a.spec.memory_limit_bytes) {
-        return finished(Outcome::Error, why.to_string(), -1);
+        return job_fault(why.to_string());
     }
     let git = source::GitRun {
         timeout: cfg.git_timeout,
@@ -138,11 +139,12 @@ async fn run_inner(
             }
             return Some(f);
         }
+        Err(e) if e.is_job_fault() => return job_fault(e.to_string()),
         Err(e) => return finished(Outcome::Error, e.to_string(), -1),
     };
     if let Err(why) = policy::admit_paths(&ws.dir, &a.spec) {
         ws.cleanup().await;
-        return finished(Outcome::Error, why, -1);
+        return job_fault(why);
     }
     if let Some(c) = &ws.commit {
         tx.log("stderr", format!("msfleet: checked out {c}\n"));
@@ -156,10 +158,28 @@ async fn run_inner(
         ws.cleanup().await;
         return f;
     }
-    let result = run_pytest(cfg, a, &slot, &ws.dir, tx, &mut guard)
+    let env = match environment::prepare(cfg, a, &slot, &ws.dir, tx, &mut guard).await {
+        Ok(env) => env,
+        Err(e) => {
+            ws.cleanup().await;
+            return match e {
+                EnvError::Halted(halt) => {
+                    let timed_out = halt == Halt::TimedOut;
+                    let mut f = halted(halt, timeout, -1)?;
+                    if timed_out {
+                        f.reason = format!("{} (in the environment's setup)", f.reason);
+                    }
+                    Some(f)
+                }
+                e => finished(Outcome::Error, e.to_string(), -1),
+            };
+        }
+    };
+    let result = run_pytest(cfg, a, &slot, &ws.dir, &env, tx, &mut guard)
         .instrument(a.span(tracing::info_span!("pytest", task = %a.task_id, attempt = a.attempt)))
         .await;
     ws.cleanup().await;
+    drop(env);
     match result {
         Ok(f) => f,
         Err(e) => finished(Outcome::Error, format!("could not run pytest: {e}"), -1),
@@ -267,7 +287,7 @@ fn crash_signal(status: ExitStatus) -> Option<i32> {
 }
 
 /// `signal 11 (SIGSEGV)`.
-fn describe_signal(sig: i32) -> String {
+pub(crate) fn describe_signal(sig: i32) -> String {
     match nix::sys::signal::Signal::try_from(sig) {
         Ok(s) => format!("signal {sig} ({s})"),
         Err(_) => format!("signal {sig}"),
@@ -280,6 +300,8 @@ struct PytestRun<'a> {
     a: &'a AttemptSpec,
     slot: &'a str,
     dir: &'a Path,
+    /// The interpreter and variables of the job's environment.
+    env: &'a Prepared,
     run_dir: PathBuf,
     pythonpath: std::ffi::OsString,
     tx: &'a Updates,
@@ -291,6 +313,7 @@ async fn run_pytest(
     a: &AttemptSpec,
     slot: &str,
     dir: &Path,
+    env: &Prepared,
     tx: &Updates,
     guard: &mut Guard<'_>,
 ) -> std::io::Result<Option<Finished>> {
@@ -328,6 +351,7 @@ async fn run_pytest(
         a,
         slot,
         dir,
+        env,
         run_dir,
         pythonpath,
         tx,
@@ -471,7 +495,14 @@ async fn run_pytest(
     let retries = a.spec.retry_failed;
     if retries == 0 || code != 1 || main.tally.failed_calls.is_empty() {
         let (o, r) = flaky::with_reruns(base, main.tally.rerun_flaky);
-        return Ok(finished(o, r, code));
+        let mut f = finished(o, r, code);
+        // pytest's usage error (exit 4): the job's arguments, not the agent.
+        if crashes.is_empty() && main.status.code() == Some(4) {
+            if let Some(f) = f.as_mut() {
+                f.job_fault = true;
+            }
+        }
+        return Ok(f);
     }
 
     // Re-run what failed, by node id, up to `retries` times; a test whose
@@ -557,7 +588,7 @@ impl PytestRun<'_> {
         let sock_path = self.run_dir.join(sock_name);
         let _ = tokio::fs::remove_file(&sock_path).await;
         let listener = UnixListener::bind(&sock_path)?;
-        let mut cmd = Command::new(&cfg.python);
+        let mut cmd = Command::new(&self.env.python);
         cmd.arg("-m")
             .arg("pytest")
             .arg("-p")
@@ -568,6 +599,8 @@ impl PytestRun<'_> {
             .current_dir(self.dir)
             .envs(&a.spec.env)
             .envs(&a.spec.secret_env)
+            .envs(self.env.vars.iter().map(|(k, v)| (k, v)))
+            .envs(a.device_env.iter().map(|(k, v)| (k, v)))
             .env("PYTHONPATH", &self.pythonpath)
             .env("PYTHONUNBUFFERED", "1")
             .env("MSFLEET_RESULT_SOCKET", &sock_path)
@@ -583,7 +616,7 @@ impl PytestRun<'_> {
                     outcome: Outcome::Error as i32,
                     reason: format!(
                         "cannot start the python interpreter {}: {e}",
-                        cfg.python.display()
+                        self.env.python.display()
                     ),
                     exit_code: -1,
                     ..Default::default()
@@ -668,12 +701,14 @@ impl PytestRun<'_> {
     /// environment), or else what pytest last printed.
     async fn not_started(&self, status: ExitStatus, tail: &str) -> String {
         use std::os::unix::process::ExitStatusExt;
-        let python = self.cfg.python.display();
-        let mut probe = tokio::process::Command::new(&self.cfg.python);
+        let python = self.env.python.display();
+        let mut probe = tokio::process::Command::new(&self.env.python);
         probe
             .args(["-c", "import pytest"])
             .current_dir(self.dir)
             .envs(&self.a.spec.env)
+            .envs(self.env.vars.iter().map(|(k, v)| (k, v)))
+            .envs(self.a.device_env.iter().map(|(k, v)| (k, v)))
             .env("PYTHONPATH", &self.pythonpath)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -1116,6 +1151,8 @@ def test_param(p):
             labels: Default::default(),
             roots: vec![root.clone()],
             python,
+            uv: None,
+            cache_budget: None,
             slots: 1,
             kill_grace: Duration::from_secs(2),
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
@@ -1147,6 +1184,8 @@ def test_param(p):
             attempt: 1,
             epoch: 1,
             spec,
+            devices: Vec::new(),
+            device_env: Vec::new(),
             traceparent: String::new(),
         };
         let (utx, mut urx) = mpsc::unbounded_channel();
@@ -1869,6 +1908,8 @@ def test_quotes_it():
             labels: BTreeMap::new(),
             roots: vec![std::fs::canonicalize(f.ws()).unwrap()],
             python: "python3".into(),
+            uv: None,
+            cache_budget: None,
             slots: 1,
             kill_grace: Duration::from_secs(1),
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
@@ -1895,6 +1936,8 @@ def test_quotes_it():
                 benchmark: Some(spec(2)),
                 ..Default::default()
             },
+            devices: Vec::new(),
+            device_env: Vec::new(),
         };
         let (_stop_tx, stop) = watch::channel(None);
         run(cfg, a, f.tx.clone(), stop).await;

@@ -219,6 +219,7 @@ impl Session {
                 }
                 Disconnect::ShutDown => return Ok(()),
                 Disconnect::Retry(why, registered) => {
+                    crate::metrics::reconnected();
                     if registered {
                         failures = 0;
                     }
@@ -235,6 +236,7 @@ impl Session {
             let wait = tokio::time::sleep(backoff);
             tokio::pin!(wait);
             loop {
+                self.publish_metrics();
                 tokio::select! {
                     _ = &mut wait => break,
                     Some((key, kind)) = self.updates_rx.recv() => { self.record(key, kind); }
@@ -374,6 +376,7 @@ impl Session {
             if self.shutting_down && self.attempts.is_empty() {
                 return Disconnect::ShutDown;
             }
+            self.publish_metrics();
             tokio::select! {
                 // Read what the scheduler sent first: it ends a session that
                 // falls too far behind, and acks make room for more output.
@@ -544,7 +547,17 @@ impl Session {
             tracing::warn!(task = %r.task_id, attempt = r.attempt, %why, "refusing an assignment");
             return self.give_back(r, why, true);
         }
-        tracing::info!(job = %asg.job_id, task = %r.task_id, attempt = r.attempt, epoch = r.epoch, "assigned");
+        // The devices must be ours and healthy by the latest probe.
+        let device_env = match crate::devices::grant(&self.caps, &asg.devices) {
+            Ok(env) => env,
+            Err(e) => {
+                let why = format!("agent {} refuses its devices: {e}", self.cfg.name);
+                tracing::warn!(task = %r.task_id, attempt = r.attempt, %why, "refusing an assignment");
+                return self.give_back(r, why, true);
+            }
+        };
+        let devices = msfleet_proto::devices::describe(&asg.devices);
+        tracing::info!(job = %asg.job_id, task = %r.task_id, attempt = r.attempt, epoch = r.epoch, %devices, "assigned");
         let (stop, stop_rx) = watch::channel(None);
         let spec = AttemptSpec {
             job_id: asg.job_id,
@@ -552,6 +565,8 @@ impl Session {
             attempt: r.attempt,
             epoch: r.epoch,
             spec: asg.spec.unwrap_or_default(),
+            devices: asg.devices,
+            device_env,
             traceparent: asg.traceparent,
         };
         let mut attempt = Attempt::new(r, stop);
@@ -574,11 +589,17 @@ impl Session {
             return Vec::new();
         }
         let slot = runner::slot_name(&spec);
-        let runner = tokio::spawn(runner::run(
-            self.cfg.clone(),
-            spec,
-            updates.clone(),
-            stop_rx,
+        // Every line the run logs names its job and attempt. A log-only span (target
+        // `msagent::log`, never exported: the attempt's trace span is the scheduler's).
+        let span = tracing::info_span!(
+            target: "msagent::log",
+            "attempt",
+            job = %spec.task_id,
+            attempt = spec.attempt
+        );
+        let runner = tokio::spawn(tracing::Instrument::instrument(
+            runner::run(self.cfg.clone(), spec, updates.clone(), stop_rx),
+            span,
         ));
         // The supervisor awaits the runner: waiting on `runners` (at exit)
         // waits for every test to be stopped, and a panic still ends the
@@ -587,6 +608,12 @@ impl Session {
         self.runners
             .spawn(supervise(runner, updates, self.cfg.clone(), slot));
         Vec::new()
+    }
+
+    /// The session's gauges: attempts running, updates not yet acknowledged.
+    fn publish_metrics(&self) {
+        let outbox = self.attempts.values().map(|a| a.unacked.len()).sum();
+        crate::metrics::publish_session(self.running(), outbox);
     }
 
     /// Attempts this agent runs: those without a `Finished` yet.
@@ -608,6 +635,7 @@ impl Session {
             reason,
             exit_code: -1,
             refused,
+            ..Default::default()
         });
         self.record(key, finished).into_iter().collect()
     }
@@ -781,6 +809,8 @@ mod tests {
             labels: Default::default(),
             roots: Vec::new(),
             python: "python3".into(),
+            uv: None,
+            cache_budget: None,
             slots,
             kill_grace: Duration::from_secs(1),
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
@@ -804,6 +834,7 @@ mod tests {
             job_id: task.into(),
             // No source: the runner ends it `error` at once.
             spec: Some(msfleet_proto::JobSpec::default()),
+            devices: Vec::new(),
             traceparent: String::new(),
         })
     }
@@ -867,6 +898,46 @@ mod tests {
             .on_message(scheduler_message::Msg::Assign(stale))
             .is_empty());
         assert_eq!(s.running(), 1);
+    }
+
+    /// An assignment naming a device this agent does not have, or one its
+    /// latest probe found unhealthy, is refused like one beyond the slots.
+    #[tokio::test]
+    async fn an_assignment_of_devices_it_lacks_or_that_are_unhealthy_is_refused() {
+        let work = tempfile::tempdir().unwrap();
+        let caps = Capabilities {
+            npus: ["OK", "Alarm"]
+                .iter()
+                .enumerate()
+                .map(|(i, h)| msfleet_proto::Npu {
+                    id: i as u32,
+                    health: (*h).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut s = Session::new(Arc::new(config(4, work.path())), caps);
+        for (task, id, why) in [
+            ("1", "npu 1 chip 0", "npu 1 chip 0 is unhealthy: Alarm"),
+            ("2", "npu 7 chip 0", "npu 7 chip 0 is not on this agent"),
+        ] {
+            let scheduler_message::Msg::Assign(mut a) = assign(task) else {
+                unreachable!()
+            };
+            a.devices = vec![msfleet_proto::DeviceRef {
+                kind: "npu".into(),
+                index: 1,
+                id: id.into(),
+            }];
+            let out = s.on_message(scheduler_message::Msg::Assign(a));
+            let Some(task_update::Kind::Finished(f)) = &out[0].kind else {
+                panic!("{out:?}");
+            };
+            assert!(f.refused);
+            assert_eq!(f.reason, format!("agent h1 refuses its devices: {why}"));
+        }
+        assert_eq!(s.running(), 0);
     }
 
     /// A runner that panics sent no `Finished`: the supervisor ends the

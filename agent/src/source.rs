@@ -64,7 +64,38 @@ pub enum SourceError {
 /// What git (or the kernel, `strerror(ENOSPC)`) says when the disk is full.
 const NO_SPACE: &str = "No space left on device";
 
+/// What git says when the job named something that does not exist (a ref, a
+/// commit, a repository): the job's fault, not the agent's.
+const GIT_JOB_FAULTS: &[&str] = &[
+    "couldn't find remote ref",
+    "did not match any",
+    "unknown revision",
+    "not a valid object name",
+    "invalid reference",
+    "bad revision",
+    "repository not found",
+    "does not appear to be a git repository",
+    "not found",
+];
+
 impl SourceError {
+    /// Whether the job itself is to blame (see `Finished.job_fault`): its
+    /// source names a dir or git ref/repository that is not there, or a dir
+    /// outside the roots. A checkout cut by the network, a full disk or git's
+    /// timeout is the agent's.
+    pub fn is_job_fault(&self) -> bool {
+        match self {
+            SourceError::Missing | SourceError::NoSuchDir(_) | SourceError::OutsideRoots { .. } => {
+                true
+            }
+            SourceError::Git { message, .. } => {
+                let m = message.to_ascii_lowercase();
+                !m.contains("did not finish within") && GIT_JOB_FAULTS.iter().any(|p| m.contains(p))
+            }
+            SourceError::Io(_) | SourceError::DiskFull { .. } | SourceError::Halted { .. } => false,
+        }
+    }
+
     /// The same error, as [`SourceError::DiskFull`] naming `work_dir` when
     /// it came from a full disk (ENOSPC from a file operation, or git saying
     /// so on stderr).
@@ -296,6 +327,7 @@ fn is_timeout(e: &SourceError) -> bool {
 }
 
 /// What one git command printed (at most [`GIT_OUTPUT_CAP`] bytes of each stream).
+#[derive(Debug)]
 struct GitOutput {
     success: bool,
     stdout: String,
@@ -347,9 +379,10 @@ impl GitRun<'_, '_> {
         })
     }
 
-    /// Runs git as the leader of its own process group, to its end, the
-    /// attempt's halt, or `self.timeout`; on either of the last two the whole
-    /// group is killed. Whatever git left in its group is killed in any case.
+    /// Runs git as the leader of its own process group, in its own cell of
+    /// the agent's containment, to its end, the attempt's halt, or
+    /// `self.timeout`; on either of the last two the whole group is killed.
+    /// Whatever git left in its group or cell is killed in any case.
     async fn output(
         &mut self,
         args: &[&str],
@@ -383,6 +416,14 @@ impl GitRun<'_, '_> {
             url: url.to_string(),
             message: format!("cannot run git: {e}"),
         };
+        // In a cell of the agent's containment, as every process of an
+        // attempt: a git helper that left its group dies with the checkout,
+        // and a restarted agent sweeps what a crashed one left.
+        let cell = crate::contain::active()
+            .cell("git", None)
+            .map_err(|e| cannot(std::io::Error::other(e)))?;
+        cell.enter_on_spawn(cmd.as_std_mut())
+            .map_err(|e| cannot(std::io::Error::other(e)))?;
         let mut child = cmd.spawn().map_err(cannot)?;
         let pgid = child
             .id()
@@ -401,8 +442,14 @@ impl GitRun<'_, '_> {
             _ = tokio::time::sleep(self.timeout) => Err(None),
             h = self.guard.wait() => Err(Some(h)),
         };
-        // git's helpers (git-remote-http, index-pack) are in its group.
+        // git's helpers (git-remote-http, index-pack) are in its group, and
+        // whatever left the group is in its cell.
         let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = tokio::task::spawn_blocking(move || {
+            cell.kill_all();
+            cell.remove();
+        })
+        .await;
         match ended {
             Ok((stdout, stderr, status)) => Ok(GitOutput {
                 success: status.map_err(cannot)?.success(),
@@ -458,42 +505,82 @@ impl RepoLock {
         url: &str,
         guard: &mut Guard<'_>,
     ) -> Result<RepoLock, SourceError> {
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .await?
-            .into_std()
-            .await;
-        let mut said = false;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(locked) => return Ok(RepoLock { _file: locked }),
-                Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => file = f,
-                Err((_, e)) => {
-                    return Err(SourceError::Io(std::io::Error::other(format!(
-                        "locking the git cache {}: {e}",
-                        path.display()
-                    ))))
-                }
-            }
-            if !said {
-                tracing::info!(
-                    url,
-                    "waiting for another attempt's checkout of the same repository"
-                );
-                said = true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(LOCK_POLL) => {}
-                halt = guard.wait() => {
-                    return Err(SourceError::Halted {
-                        halt,
-                        during: format!("the wait for the git cache of {url}"),
-                    })
-                }
-            }
+        let waiting = || {
+            tracing::info!(
+                url,
+                "waiting for another attempt's checkout of the same repository"
+            )
+        };
+        match lock_exclusive(path, guard, waiting).await {
+            Ok(file) => Ok(RepoLock { _file: file }),
+            Err(LockWait::Io(e)) => Err(SourceError::Io(std::io::Error::other(format!(
+                "locking the git cache {}: {e}",
+                path.display()
+            )))),
+            Err(LockWait::Halted(halt)) => Err(SourceError::Halted {
+                halt,
+                during: format!("the wait for the git cache of {url}"),
+            }),
+        }
+    }
+}
+
+/// Why [`lock_exclusive`] gave up.
+#[derive(Debug)]
+pub enum LockWait {
+    Io(std::io::Error),
+    Halted(Halt),
+}
+
+/// Waits for an exclusive `flock` of `path` (created if missing), giving up when the attempt
+/// halts; `waiting` is called once, when the lock is held by someone else. The wait polls
+/// without blocking a thread. The lock goes with the returned file (or the agent's death).
+/// The one lock of the agent's shared caches (git caches, job environments).
+pub async fn lock_exclusive(
+    path: &Path,
+    guard: &mut Guard<'_>,
+    waiting: impl FnOnce(),
+) -> Result<Flock<std::fs::File>, LockWait> {
+    lock(path, FlockArg::LockExclusiveNonblock, guard, waiting).await
+}
+
+/// [`lock_exclusive`], shared: many holders at once, none while one holds it exclusively.
+pub async fn lock_shared(
+    path: &Path,
+    guard: &mut Guard<'_>,
+    waiting: impl FnOnce(),
+) -> Result<Flock<std::fs::File>, LockWait> {
+    lock(path, FlockArg::LockSharedNonblock, guard, waiting).await
+}
+
+async fn lock(
+    path: &Path,
+    how: FlockArg,
+    guard: &mut Guard<'_>,
+    waiting: impl FnOnce(),
+) -> Result<Flock<std::fs::File>, LockWait> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .await
+        .map_err(LockWait::Io)?
+        .into_std()
+        .await;
+    let mut waiting = Some(waiting);
+    loop {
+        match Flock::lock(file, how) {
+            Ok(locked) => return Ok(locked),
+            Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => file = f,
+            Err((_, e)) => return Err(LockWait::Io(std::io::Error::from(e))),
+        }
+        if let Some(w) = waiting.take() {
+            w();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOCK_POLL) => {}
+            halt = guard.wait() => return Err(LockWait::Halted(halt)),
         }
     }
 }
@@ -522,6 +609,94 @@ mod tests {
     use super::*;
     use crate::attempt::StopReason;
     use tokio::sync::watch;
+
+    /// What the job named wrong is its fault; what the agent's network, disk
+    /// or git's timeout did is the agent's (auto-quarantine counts only those).
+    #[test]
+    fn job_faults_are_told_from_the_agents() {
+        let git = |message: &str| SourceError::Git {
+            what: "fetch",
+            url: "https://example.com/r.git".into(),
+            message: message.into(),
+        };
+        assert!(SourceError::NoSuchDir("/srv/typo".into()).is_job_fault());
+        assert!(SourceError::OutsideRoots {
+            dir: "/etc".into(),
+            roots: "/srv".into()
+        }
+        .is_job_fault());
+        assert!(git("fatal: couldn't find remote ref refs/heads/nope").is_job_fault());
+        assert!(git("error: pathspec 'v9' did not match any file(s) known to git").is_job_fault());
+        assert!(
+            git("remote: Repository not found.\nfatal: repository 'x' not found").is_job_fault()
+        );
+        assert!(!git("fatal: unable to access 'http://127.0.0.1:1/r.git/': Failed to connect to 127.0.0.1 port 1: Couldn't connect to server").is_job_fault());
+        assert!(!git("Could not resolve host: example.com").is_job_fault());
+        assert!(
+            !git("git did not finish within 1s (the agent's --git-timeout); killed").is_job_fault()
+        );
+        assert!(!SourceError::DiskFull {
+            dir: "/w".into(),
+            during: "clone".into(),
+            message: "No space left on device".into()
+        }
+        .is_job_fault());
+    }
+
+    /// A process git starts that leaves git's process group (here through
+    /// the `ext::` transport, as a credential helper or ssh could) dies with
+    /// the git command: git runs in a cell of the agent's containment.
+    #[tokio::test]
+    async fn what_git_starts_outside_its_group_dies_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pid_file = tmp.path().join("pid");
+        let (_stop, mut rx) = watch::channel(None::<StopReason>);
+        let mut guard = Guard::new(
+            tokio::time::Instant::now() + Duration::from_secs(60),
+            &mut rx,
+        );
+        let mut git = GitRun {
+            timeout: Duration::from_secs(2),
+            guard: &mut guard,
+        };
+        let helper = tmp.path().join("helper.sh");
+        std::fs::write(
+            &helper,
+            format!(
+                "#!/bin/sh\nsetsid sleep 300 </dev/null >/dev/null 2>&1 &\necho $! > {}\nexec sleep 30\n",
+                pid_file.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let url = format!("ext::{}", helper.display());
+        let got = git
+            .output(
+                &["-c", "protocol.ext.allow=always", "ls-remote", &url],
+                None,
+                "ls-remote",
+                "ext",
+            )
+            .await;
+        assert!(got.is_err(), "cut by the git timeout: {got:?}");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .expect("the ext helper ran")
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = (0..50).any(|_| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting for its reaper.
+            let dead =
+                stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z'));
+            if !dead {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            dead
+        });
+        assert!(gone, "the setsid child of git's helper ({pid}) still runs");
+    }
 
     /// [`prepare`] with a minute's deadline and git timeout, never stopped.
     async fn prep(

@@ -403,6 +403,51 @@ pub struct Submit {
     /// enforce a limit (a cgroup memory controller) take the job.
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
+    /// GPUs the attempt gets for itself: the scheduler picks free, healthy
+    /// ones on one agent and the test sees only those (CUDA_VISIBLE_DEVICES
+    /// and NVIDIA_VISIBLE_DEVICES by UUID). A job without --gpus sees none.
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<u32>,
+    /// NPUs the attempt gets for itself (ASCEND_RT_VISIBLE_DEVICES); a job
+    /// without --npus sees none.
+    #[arg(long, value_name = "N")]
+    pub npus: Option<u32>,
+    /// Per-GPU minimum memory of the --gpus, e.g. 40G.
+    #[arg(long = "gpu-memory", value_name = "SIZE", requires = "gpus")]
+    pub gpu_memory: Option<String>,
+    /// Per-NPU minimum memory (HBM) of the --npus, e.g. 32G.
+    #[arg(long = "npu-memory", value_name = "SIZE", requires = "npus")]
+    pub npu_memory: Option<String>,
+    /// pytest: a shell command run in the checkout, in a venv the agent makes
+    /// for the job, before pytest (repeatable, in order; e.g. 'pip install
+    /// -e .[test]'). Part of the environment's key: the next job with the same
+    /// key reuses the venv without running it again. A failure ends the job
+    /// `error`.
+    #[arg(long = "setup", value_name = "CMD")]
+    pub setup: Vec<String>,
+    /// pytest: a requirements file, relative to the checkout, installed in the
+    /// job's venv (repeatable). Its content is part of the environment's key.
+    #[arg(long = "requirements", value_name = "FILE")]
+    pub requirements_files: Vec<String>,
+    /// pytest: install the checkout editable in the job's venv, with these
+    /// extras (e.g. test,docs; none when left out), so the checkout is what
+    /// is tested. A reused venv re-links the new checkout without dependencies.
+    #[arg(
+        long = "install-project",
+        value_name = "EXTRAS",
+        num_args = 0..=1,
+        default_missing_value = ""
+    )]
+    pub install_project: Option<String>,
+    /// pytest: the job's venv also sees the agent interpreter's
+    /// site-packages (heavy preinstalled frameworks stay shared).
+    #[arg(long = "system-site-packages")]
+    pub system_site_packages: bool,
+    /// A cache the agent keeps across jobs under its work dir (repeatable):
+    /// huggingface (HF_HOME), pip (PIP_CACHE_DIR), uv (UV_CACHE_DIR), torch
+    /// (TORCH_HOME), or NAME=ENVVAR.
+    #[arg(long = "cache", value_name = "NAME")]
+    pub caches: Vec<String>,
     /// A job not started this long after submit ends `expired`, e.g. 2h
     /// (default: the queue's, 24 h).
     #[arg(

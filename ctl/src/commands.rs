@@ -199,8 +199,8 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
                             a.name.clone(),
                             state,
                             format!("{}/{}", a.running.len(), caps.slots.max(1)),
-                            caps.gpus.len().to_string(),
-                            caps.npus.len().to_string(),
+                            render::devices_busy(a, "gpu"),
+                            render::devices_busy(a, "npu"),
                             caps.profile.clone(),
                             labels.join(","),
                         ]
@@ -480,6 +480,35 @@ fn job_file(s: &Submit) -> Result<JobFile, CtlError> {
         msfleet_proto::memory::parse(m).map_err(|e| CtlError::input(format!("--memory: {e}")))?;
         f.memory = Some(m.clone());
     }
+    if let Some(n) = s.gpus {
+        f.gpus = n;
+    }
+    if let Some(n) = s.npus {
+        f.npus = n;
+    }
+    for (flag, given, field) in [
+        ("--gpu-memory", &s.gpu_memory, &mut f.gpu_memory),
+        ("--npu-memory", &s.npu_memory, &mut f.npu_memory),
+    ] {
+        if let Some(m) = given {
+            msfleet_proto::memory::parse(m).map_err(|e| CtlError::input(format!("{flag}: {e}")))?;
+            *field = Some(m.clone());
+        }
+    }
+    let env_flags = !s.setup.is_empty()
+        || !s.requirements_files.is_empty()
+        || s.install_project.is_some()
+        || s.system_site_packages;
+    if env_flags {
+        let e = f.environment.get_or_insert_with(Default::default);
+        e.setup.extend(s.setup.iter().cloned());
+        e.requirements.extend(s.requirements_files.iter().cloned());
+        if let Some(x) = &s.install_project {
+            e.install_project = Some(x.clone());
+        }
+        e.system_site_packages |= s.system_site_packages;
+    }
+    f.caches.extend(s.caches.iter().cloned());
     if let Some(t) = &s.expire_after {
         parse_timeout(t).map_err(|e| CtlError::input(format!("--expire-after: {e}")))?;
         f.expire_after = Some(t.clone());

@@ -141,12 +141,22 @@ fn job_file() -> impl Strategy<Value = JobFile> {
             0..5u32,
         ),
         (source, map(), map(), bench),
+        (
+            prop::option::of((
+                prop::collection::vec(text(), 0..3),
+                prop::collection::vec(text(), 0..3),
+                prop::option::of(text()),
+                any::<bool>(),
+            )),
+            prop::collection::vec(text(), 0..3),
+        ),
     )
         .prop_map(
             |(
                 (kind, name, queue, priority, requirements, timeout),
                 (retries, args, dedup_key, retry_failed, fanout, shards),
                 (source, env, labels, benchmark),
+                (environment, caches),
             )| JobFile {
                 kind,
                 name,
@@ -158,6 +168,10 @@ fn job_file() -> impl Strategy<Value = JobFile> {
                 retries,
                 expire_after: None,
                 memory: None,
+                gpus: shards,
+                npus: shards.saturating_sub(1),
+                gpu_memory: (shards > 0).then(|| "40G".to_string()),
+                npu_memory: None,
                 allow_unmatched: false,
                 args,
                 dedup_key,
@@ -171,6 +185,17 @@ fn job_file() -> impl Strategy<Value = JobFile> {
                 // them as [redacted] (tested in commands.rs).
                 secret_env: Default::default(),
                 benchmark,
+                environment: environment.map(
+                    |(setup, requirements, install_project, system_site_packages)| {
+                        crate::jobfile::EnvironmentFile {
+                            setup,
+                            requirements,
+                            install_project,
+                            system_site_packages,
+                        }
+                    },
+                ),
+                caches,
             },
         )
 }
@@ -192,6 +217,14 @@ fn tomlish() -> impl Strategy<Value = String> {
             "retry_failed",
             "fanout",
             "shards",
+            "gpus",
+            "npus",
+            "gpu_memory",
+            "environment",
+            "setup",
+            "install_project",
+            "system_site_packages",
+            "caches",
             "dir",
             "git",
             "ref",

@@ -8,17 +8,27 @@
 //! requirements = 'gpu.count>=1 && label.pool=="nightly"'
 //! timeout = "30m"
 //! memory = "4G"                            # the attempt's processes together (cgroup limit)
+//! gpus = 2                                 # devices of its own (or npus = 4); the agent sets
+//! gpu_memory = "40G"                       # CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES
 //! retries = 2
 //! args = ["-m", "not nightly", "tests/regression"]
 //! [source]
 //! dir = "/srv/checkouts/msmodeling"      # or: git = "https://...", ref = "main"
 //! [env]
-//! CUDA_VISIBLE_DEVICES = "0"
+//! HF_HUB_OFFLINE = "1"
 //! [labels]
 //! team = "modeling"
 //! [secret_env]                             # never shown back: views print [redacted]
 //! HF_TOKEN = "@/home/me/.config/hf-token"  # @path: read from the file (trailing newline dropped)
+//! [environment]                            # pytest runs in a venv built from the checkout (cached)
+//! requirements = ["requirements-test.txt"] # relative to the checkout
+//! install_project = "test"                 # pip install -e .[test]; "" for no extras
+//! setup = ["pip install -r extra.txt"]     # shell commands in the checkout, venv active
+//! system_site_packages = true
 //! ```
+//!
+//! `caches = ["huggingface", "models=MODEL_DIR"]` (top level) names caches the
+//! agent keeps across jobs and points the variables at.
 //!
 //! `--dry-run` prints every `secret_env` value as `[redacted]`; such a file
 //! is refused until the values (or `@path`s) are filled in again.
@@ -44,7 +54,9 @@
 //! pattern = 'Total time for analytic:\s*([\d.]+)\s*(ns|us|ms|s)'
 //! ```
 
-use msfleet_proto::{bench, source, BenchmarkSpec, Extractor, GitSource, JobSpec, Source};
+use msfleet_proto::{
+    bench, source, BenchmarkSpec, EnvironmentSpec, Extractor, GitSource, JobSpec, Source,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -72,6 +84,16 @@ pub struct JobFile {
     /// may use together; a breach ends the attempt `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
+    /// GPUs / NPUs the attempt gets for itself (the agent shows it only those).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub npus: u32,
+    /// Per-device minimum memory of those GPUs / NPUs, like "40G".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npu_memory: Option<String>,
     /// A duration like "24h": not started by then, the job ends `expired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_after: Option<String>,
@@ -105,6 +127,29 @@ pub struct JobFile {
     /// For `kind = "benchmark"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub benchmark: Option<BenchmarkFile>,
+    /// pytest: the venv the agent builds from the checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<EnvironmentFile>,
+    /// Named caches kept by the agent across jobs ("huggingface", "pip", "NAME=ENVVAR").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<String>,
+}
+
+/// The `[environment]` table: [`EnvironmentSpec`] in TOML.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentFile {
+    /// Shell commands run in the checkout with the venv active, before pytest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub setup: Vec<String>,
+    /// Requirements files, relative to the checkout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<String>,
+    /// The checkout installed editable with these extras ("" = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_project: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system_site_packages: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -185,8 +230,12 @@ pub struct SourceFile {
 pub enum JobFileError {
     #[error("{0}")]
     Toml(String),
+    #[error("{0}")]
+    Environment(String),
     #[error("bad memory limit: {0}")]
     Memory(String),
+    #[error("bad per-device memory minimum {0}")]
+    DeviceMemory(String),
     #[error("bad timeout '{value}': {reason} (use e.g. 30m, 1h, 90s)")]
     Timeout { value: String, reason: String },
     #[error("[source] needs exactly one of dir = \"...\" or git = \"...\"")]
@@ -270,6 +319,14 @@ impl JobFile {
             None => None,
             Some(m) => Some(msfleet_proto::memory::parse(m).map_err(JobFileError::Memory)?),
         };
+        let device_memory = |m: &Option<String>, what: &str| match m {
+            None => Ok(None),
+            Some(m) => msfleet_proto::memory::parse(m)
+                .map(Some)
+                .map_err(|e| JobFileError::DeviceMemory(format!("{what}: {e}"))),
+        };
+        let gpu_memory_bytes = device_memory(&self.gpu_memory, "gpu_memory")?;
+        let npu_memory_bytes = device_memory(&self.npu_memory, "npu_memory")?;
         let kind = match (&self.source.dir, &self.source.git) {
             (Some(d), None) => {
                 if self.source.git_ref.is_some() {
@@ -283,6 +340,20 @@ impl JobFile {
             }),
             _ => return Err(JobFileError::Source),
         };
+        msfleet_proto::environment::validate(
+            self.environment
+                .as_ref()
+                .map(|e| EnvironmentSpec {
+                    setup: e.setup.clone(),
+                    requirements: e.requirements.clone(),
+                    install_project: e.install_project.clone(),
+                    system_site_packages: e.system_site_packages,
+                })
+                .as_ref(),
+            &self.caches,
+            self.env.keys().chain(self.secret_env.keys()),
+        )
+        .map_err(JobFileError::Environment)?;
         let mut secret_env = std::collections::HashMap::new();
         for (name, written) in &self.secret_env {
             secret_env.insert(name.clone(), secret_value(name, written)?);
@@ -318,6 +389,17 @@ impl JobFile {
             expire_after_ms,
             allow_unmatched: self.allow_unmatched,
             memory_limit_bytes,
+            gpus: self.gpus,
+            npus: self.npus,
+            gpu_memory_bytes,
+            npu_memory_bytes,
+            environment: self.environment.as_ref().map(|e| EnvironmentSpec {
+                setup: e.setup.clone(),
+                requirements: e.requirements.clone(),
+                install_project: e.install_project.clone(),
+                system_site_packages: e.system_site_packages,
+            }),
+            caches: self.caches.clone(),
             ..Default::default()
         })
     }
@@ -389,6 +471,8 @@ mod tests {
             retries: Some(1),
             expire_after: Some("2h".into()),
             memory: Some("4G".into()),
+            npus: 4,
+            npu_memory: Some("32G".into()),
             allow_unmatched: true,
             args: vec!["-m".into(), "not nightly".into(), "tests".into()],
             source: SourceFile {
@@ -406,6 +490,17 @@ mod tests {
         assert_eq!(spec.expire_after_ms, Some(7_200_000));
         assert!(spec.allow_unmatched);
         assert_eq!(spec.memory_limit_bytes, Some(4 << 30));
+        assert_eq!((spec.npus, spec.npu_memory_bytes), (4, Some(32 << 30)));
+        assert_eq!((spec.gpus, spec.gpu_memory_bytes), (0, None));
+        let sizeless = JobFile {
+            npu_memory: Some("big".into()),
+            ..back.clone()
+        };
+        let e = sizeless.to_spec().unwrap_err().to_string();
+        assert!(
+            e.starts_with("bad per-device memory minimum npu_memory: memory 'big'"),
+            "{e}"
+        );
         assert_eq!(spec.args.len(), 3);
         let bad = JobFile {
             memory: Some("lots".into()),

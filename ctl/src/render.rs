@@ -102,6 +102,13 @@ pub fn job_json(j: &Job) -> Value {
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
         "memory_limit_bytes": spec.memory_limit_bytes,
+        "gpus": spec.gpus,
+        "npus": spec.npus,
+        "gpu_memory_bytes": spec.gpu_memory_bytes,
+        "npu_memory_bytes": spec.npu_memory_bytes,
+        "devices": j.devices.iter().map(device_json).collect::<Vec<_>>(),
+        "environment": environment_json(&spec),
+        "caches": spec.caches,
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
@@ -135,6 +142,18 @@ pub fn job_json(j: &Job) -> Value {
     })
 }
 
+/// The job's environment (`null` without one).
+fn environment_json(spec: &JobSpec) -> Value {
+    spec.environment.as_ref().map_or(Value::Null, |e| {
+        json!({
+            "setup": e.setup,
+            "requirements": e.requirements,
+            "install_project": e.install_project,
+            "system_site_packages": e.system_site_packages,
+        })
+    })
+}
+
 /// The job spec on its own (a schedule's job): what runs, where, from what.
 pub fn spec_json(spec: &JobSpec) -> Value {
     let spec = &msfleet_proto::secrets::redacted(spec);
@@ -148,6 +167,12 @@ pub fn spec_json(spec: &JobSpec) -> Value {
         "args": spec.args,
         "timeout_ms": spec.timeout_ms,
         "memory_limit_bytes": spec.memory_limit_bytes,
+        "gpus": spec.gpus,
+        "npus": spec.npus,
+        "gpu_memory_bytes": spec.gpu_memory_bytes,
+        "npu_memory_bytes": spec.npu_memory_bytes,
+        "environment": environment_json(spec),
+        "caches": spec.caches,
         "retries": spec.retries,
         "agent_lost_retries": spec.agent_lost_retries,
         "retry_failed": spec.retry_failed,
@@ -389,6 +414,29 @@ fn nonzero(v: i64) -> Value {
     }
 }
 
+fn device_json(d: &msfleet_proto::DeviceRef) -> Value {
+    json!({ "kind": d.kind, "index": d.index, "id": d.id })
+}
+
+/// "4/8 busy" for the agent's devices of `kind`; "-" when it has none.
+pub fn devices_busy(a: &Agent, kind: &str) -> String {
+    let of_kind: Vec<_> = a
+        .devices
+        .iter()
+        .filter(|u| u.device.as_ref().is_some_and(|d| d.kind == kind))
+        .collect();
+    if of_kind.is_empty() {
+        return "-".into();
+    }
+    let busy = of_kind.iter().filter(|u| !u.task.is_empty()).count();
+    let unhealthy = of_kind.iter().filter(|u| !u.healthy).count();
+    let mut s = format!("{busy}/{} busy", of_kind.len());
+    if unhealthy > 0 {
+        s += &format!(", {unhealthy} unhealthy");
+    }
+    s
+}
+
 pub fn agent_json(a: &Agent) -> Value {
     let caps = a.capabilities.clone().unwrap_or_default();
     let host = caps.host.clone().unwrap_or_default();
@@ -432,9 +480,33 @@ pub fn agent_json(a: &Agent) -> Value {
             "power_w": n.power_w, "driver_version": n.driver_version,
             "firmware_version": n.firmware_version, "cann_version": n.cann_version,
         })).collect::<Vec<_>>(),
+        "devices": a.devices.iter().map(|u| {
+            let d = u.device.clone().unwrap_or_default();
+            json!({
+                "kind": d.kind, "index": d.index, "id": d.id, "memory_mb": u.memory_mb,
+                "health": u.health, "healthy": u.healthy, "task": text_or_null(&u.task),
+            })
+        }).collect::<Vec<_>>(),
         "health": caps.health.as_ref().map_or(Value::Null, |h| json!({
             "status": h.status, "reasons": h.reasons, "probed_at_ms": h.probed_at_ms,
         })),
+        "environment_usage": caps.environment_usage.as_ref().map_or(Value::Null, |u| {
+            let entries = |list: &[msfleet_proto::EnvironmentEntry]| {
+                list.iter()
+                    .map(|e| json!({
+                        "name": e.name, "bytes": e.bytes,
+                        "last_used_ms": e.last_used_ms, "in_use": e.in_use,
+                        "affinity": e.affinity,
+                    }))
+                    .collect::<Vec<_>>()
+            };
+            json!({
+                "used_bytes": u.used_bytes,
+                "budget_bytes": nonzero(u.budget_bytes as i64),
+                "environments": entries(&u.environments),
+                "caches": entries(&u.caches),
+            })
+        }),
         "infra_errors": a.infra_errors,
         "quarantine": if a.admin() == msfleet_proto::AgentAdmin::Quarantined {
             json!({
@@ -535,6 +607,12 @@ pub fn job_text(j: &Job) -> String {
     if !j.submitted_by.is_empty() {
         out += &format!("  submitted: by {}\n", j.submitted_by);
     }
+    if !j.devices.is_empty() {
+        out += &format!(
+            "  devices:   {}\n",
+            msfleet_proto::devices::describe(&j.devices)
+        );
+    }
     out += &format!(
         "  attempts:  {}{}\n",
         j.attempts,
@@ -609,6 +687,40 @@ pub fn spec_lines(spec: &JobSpec) -> String {
     }
     if let Some(m) = spec.memory_limit_bytes {
         out += &format!("  memory:    {}\n", msfleet_proto::memory::format(m));
+    }
+    for (kind, n, min) in [
+        ("gpu", spec.gpus, spec.gpu_memory_bytes),
+        ("npu", spec.npus, spec.npu_memory_bytes),
+    ] {
+        if n > 0 {
+            let each = min.map_or(String::new(), |m| {
+                format!(", at least {} each", msfleet_proto::memory::format(m))
+            });
+            out += &format!(
+                "  asks:      {n} {kind}{}{each}\n",
+                if n == 1 { "" } else { "s" }
+            );
+        }
+    }
+    if let Some(e) = &spec.environment {
+        let mut parts: Vec<String> = e.requirements.iter().map(|r| format!("-r {r}")).collect();
+        if let Some(x) = &e.install_project {
+            parts.push(if x.is_empty() {
+                "-e .".into()
+            } else {
+                format!("-e .[{x}]")
+            });
+        }
+        if e.system_site_packages {
+            parts.push("system site-packages".into());
+        }
+        out += &format!("  venv:      {}\n", parts.join(", "));
+        for c in &e.setup {
+            out += &format!("  setup:     {c}\n");
+        }
+    }
+    if !spec.caches.is_empty() {
+        out += &format!("  caches:    {}\n", spec.caches.join(", "));
     }
     out
 }

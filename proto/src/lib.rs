@@ -16,6 +16,8 @@ pub use v1::*;
 pub mod bench;
 pub mod case;
 pub mod client;
+pub mod devices;
+pub mod environment;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 #[cfg(test)]
@@ -24,6 +26,7 @@ pub mod memory;
 pub mod policy;
 pub mod roots;
 pub mod secrets;
+pub mod systemd;
 pub mod telemetry;
 
 /// Largest log chunk (bytes of `LogChunk.data`) the scheduler accepts; agents split to this.

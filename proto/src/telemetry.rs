@@ -163,6 +163,8 @@ impl Telemetry {
     /// service's crate, info and up, whatever `RUST_LOG` says of the logs) into OpenTelemetry
     /// spans; `None` when only metrics are exported. Add it beside the log layer, whose
     /// filter should be its own (`Layer::with_filter`), so that quiet logs keep the spans.
+    /// Spans with the target `<service>::log` only give log lines their fields (the agent's
+    /// name, an attempt's job) and are not exported.
     pub fn layer<S>(&self) -> Option<impl tracing_subscriber::Layer<S>>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -171,7 +173,11 @@ impl Telemetry {
         use tracing_subscriber::Layer as _;
         let tracer = self.tracer.as_ref()?.tracer(self.service);
         let own = tracing_subscriber::filter::Targets::new()
-            .with_target(self.service, tracing::Level::INFO);
+            .with_target(self.service, tracing::Level::INFO)
+            .with_target(
+                format!("{}::log", self.service),
+                tracing_subscriber::filter::LevelFilter::OFF,
+            );
         Some(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)

@@ -50,6 +50,7 @@ impl FleetService {
 #[tonic::async_trait]
 impl Fleet for FleetService {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Job>, Status> {
+        let started = std::time::Instant::now();
         let who = caller(&req)?;
         let by = who.name().to_string();
         // The submitter's span (W3C traceparent), only read when traces are exported.
@@ -70,6 +71,7 @@ impl Fleet for FleetService {
                 reply,
             })
             .await?;
+        metrics::histogram!(crate::metrics::SUBMIT).record(started.elapsed().as_secs_f64());
         Ok(Response::new(job))
     }
 

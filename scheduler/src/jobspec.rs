@@ -85,9 +85,21 @@ pub fn validate(spec: &mut JobSpec, cfg: &Config) -> Result<Requirement, Status>
             }
         }
     }
+    msfleet_proto::environment::validate(
+        spec.environment.as_ref(),
+        &spec.caches,
+        spec.env.keys().chain(spec.secret_env.keys()),
+    )
+    .map_err(Status::invalid_argument)?;
+    if (spec.environment.is_some() || !spec.caches.is_empty()) && spec.kind != "pytest" {
+        return Err(Status::invalid_argument(
+            "an environment (--setup, --requirements, --install-project) and caches apply to pytest jobs only",
+        ));
+    }
     if let Some(m) = spec.memory_limit_bytes {
         msfleet_proto::memory::check(m).map_err(Status::invalid_argument)?;
     }
+    crate::devices::check_request(spec).map_err(Status::invalid_argument)?;
     if spec.retry_failed > MAX_RETRY_FAILED {
         return Err(Status::invalid_argument(format!(
             "retry_failed {} is more than {MAX_RETRY_FAILED}",

@@ -331,11 +331,30 @@ bounded! {
     };
 }
 
-/// The health summary an agent reports with its capabilities.
+/// The health summary and the environment usage an agent reports with its capabilities.
 fn health(c: &pb::Capabilities) -> Result<(), Status> {
     if let Some(h) = &c.health {
         text("health status", &h.status, MAX_WORD)?;
         list("health reasons", &h.reasons, MAX_LABELS, MAX_NAME)?;
+    }
+    if let Some(u) = &c.environment_usage {
+        for (what, entries) in [("environments", &u.environments), ("caches", &u.caches)] {
+            if entries.len() > MAX_ITEMS {
+                return Err(Status::invalid_argument(format!(
+                    "environment usage lists too many {what}: {}, the limit is {MAX_ITEMS}",
+                    entries.len()
+                )));
+            }
+            for e in entries {
+                text("an environment's or cache's name", &e.name, MAX_NAME)?;
+                list(
+                    "an environment's affinity",
+                    &e.affinity,
+                    MAX_LABELS,
+                    MAX_WORD,
+                )?;
+            }
+        }
     }
     Ok(())
 }

@@ -78,6 +78,16 @@ struct Args {
     /// standard OTEL_EXPORTER_OTLP_ENDPOINT does the same. Neither: no export.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Address of the HTTP listener with /metrics, /healthz and /readyz
+    /// (port 0 picks a free port, written to --ready-file); `off` serves none
+    /// and records no metrics. HTTPS with --tls-cert; plain text off loopback
+    /// needs --insecure.
+    #[arg(long, env = "MSCHED_HTTP_LISTEN", default_value = "127.0.0.1:7071")]
+    http_listen: String,
+    /// Log lines as `text` or `json` (one object a line, with job, attempt
+    /// and agent fields where a line is about them).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Testing: read the time (Unix ms) from this file instead of the system clock.
     #[arg(long, hide = true)]
     clock_file: Option<PathBuf>,
@@ -107,6 +117,33 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a positive size that fits"))
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The one place msched's tracing subscriber is built: the log layer (stderr, `text` or
+/// `json`, its own `RUST_LOG` filter, default `info`) and, when `telemetry` exports
+/// traces, the OpenTelemetry span layer beside it. The log filter is the log layer's own,
+/// so RUST_LOG=warn keeps the spans.
+fn init_logging(format: LogFormat, telemetry: Option<&msfleet_proto::telemetry::Telemetry>) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(telemetry.and_then(|t| t.layer()))
+        .init();
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -118,14 +155,7 @@ async fn main() {
                 std::process::exit(2);
             }
         };
-    // The log filter is the log layer's own: RUST_LOG=warn keeps the spans.
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(telemetry.as_ref().and_then(|t| t.layer()))
-        .init();
+    init_logging(args.log_format, telemetry.as_ref());
     let result = run(args).await;
     if let Some(t) = telemetry {
         t.shutdown().await;
@@ -218,6 +248,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tracing::warn!(%addr, "--insecure: serving plain text off loopback; tokens cross the network in the clear");
     }
+    let http = match args.http_listen.as_str() {
+        "off" => None,
+        listen => {
+            let http = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding --http-listen {listen} (or 'off')"))?;
+            let http_addr = http.local_addr()?;
+            if cfg.tls.is_none() && !http_addr.ip().is_loopback() {
+                if !args.insecure {
+                    anyhow::bail!(
+                        "refusing plain-text HTTP on {http_addr} (not loopback): /metrics tokens \
+                         would cross the network in the clear; add --tls-cert PEM --tls-key PEM \
+                         (HTTPS with the gRPC certificate), or --insecure to accept the risk"
+                    );
+                }
+                tracing::warn!(%http_addr, "--insecure: HTTP listener off loopback in plain text");
+            }
+            tracing::info!(%http_addr, "msched HTTP listening (/metrics, /healthz, /readyz)");
+            Some(http)
+        }
+    };
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "msched listening");
     cfg.ready_file = args.ready_file.clone();
     let shutdown = async {
@@ -229,6 +280,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    msched::serve(cfg, listener, shutdown).await?;
+    msched::serve(cfg, listener, http, shutdown).await?;
     Ok(())
 }

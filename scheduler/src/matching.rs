@@ -73,6 +73,7 @@ pub fn fits(req: &Requirement, spec: &JobSpec, attrs: &Attributes, caps: &Capabi
         || policy_refusal(spec, caps).is_some()
         || pytest_missing(spec, caps).is_some()
         || memory_unenforced(spec, caps).is_some()
+        || crate::devices::shortfall(spec, caps).is_some()
     {
         return false;
     }
@@ -88,6 +89,25 @@ pub fn fits(req: &Requirement, spec: &JobSpec, attrs: &Attributes, caps: &Capabi
 /// when the agent reported no host facts at all (a simulated agent: nothing
 /// was probed, so nothing is known to be missing). A host that was probed and
 /// found no pytest is excluded: its pytest job could only end `error`.
+/// The agent holds what the job's environment and caches need (`Capabilities.
+/// environment_usage`): an environment filed under the job's affinity key, and every cache
+/// the job names. False for a job with neither (no agent is preferred).
+pub fn warm_for(spec: &JobSpec, caps: &Capabilities) -> bool {
+    let Some(u) = &caps.environment_usage else {
+        return false;
+    };
+    let affinity = msfleet_proto::environment::affinity(spec);
+    if affinity.is_none() && spec.caches.is_empty() {
+        return false;
+    }
+    let env_warm = affinity.is_none_or(|k| u.environments.iter().any(|e| e.affinity.contains(&k)));
+    let caches_warm = spec.caches.iter().all(|c| {
+        msfleet_proto::environment::cache_var(c)
+            .is_ok_and(|(name, _)| u.caches.iter().any(|h| h.name == name))
+    });
+    env_warm && caches_warm
+}
+
 pub fn pytest_missing(spec: &JobSpec, caps: &Capabilities) -> Option<String> {
     if spec.kind != "pytest" {
         return None;
@@ -329,5 +349,71 @@ mod tests {
         assert!(under_root("/srv/work/a/b", "/srv/work/"));
         assert!(!under_root("/srv/workshop", "/srv/work"));
         assert!(!under_root("/srv/work", "relative"));
+    }
+}
+
+#[cfg(test)]
+mod warm_tests {
+    use super::*;
+    use msfleet_proto::{EnvironmentEntry, EnvironmentSpec, EnvironmentUsage};
+
+    fn job(url: &str, caches: &[&str]) -> JobSpec {
+        JobSpec {
+            source: Some(msfleet_proto::Source {
+                kind: Some(msfleet_proto::source::Kind::Git(msfleet_proto::GitSource {
+                    url: url.into(),
+                    r#ref: "main".into(),
+                })),
+            }),
+            environment: Some(EnvironmentSpec {
+                install_project: Some(String::new()),
+                ..Default::default()
+            }),
+            caches: caches.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn holding(affinity: Option<String>, caches: &[&str]) -> Capabilities {
+        Capabilities {
+            environment_usage: Some(EnvironmentUsage {
+                environments: vec![EnvironmentEntry {
+                    name: "k".into(),
+                    affinity: affinity.into_iter().collect(),
+                    ..Default::default()
+                }],
+                caches: caches
+                    .iter()
+                    .map(|c| EnvironmentEntry {
+                        name: c.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn warm_means_the_jobs_environment_and_every_cache_it_names() {
+        let a = job("https://x/a.git", &["huggingface"]);
+        let key = msfleet_proto::environment::affinity(&a);
+        assert!(key.is_some());
+        assert!(warm_for(&a, &holding(key.clone(), &["huggingface"])));
+        assert!(!warm_for(&a, &holding(key.clone(), &[])), "a cache missing");
+        let b = job("https://x/b.git", &["huggingface"]);
+        assert!(
+            !warm_for(&b, &holding(key.clone(), &["huggingface"])),
+            "another project"
+        );
+        assert!(!warm_for(&a, &Capabilities::default()), "nothing reported");
+        let mut plain = a.clone();
+        plain.environment = None;
+        plain.caches.clear();
+        assert!(
+            !warm_for(&plain, &holding(key, &["huggingface"])),
+            "no preference at all"
+        );
     }
 }

@@ -28,6 +28,10 @@ pub enum ServeError {
     Bootstrap(String),
     #[error("announcing readiness: {0}")]
     Ready(String),
+    #[error("installing the metrics recorder: {0}")]
+    Metrics(String),
+    #[error("the HTTP listener's {0}")]
+    HttpTls(#[from] crate::http::TlsError),
 }
 
 /// Where the bootstrap admin token is written.
@@ -131,17 +135,50 @@ async fn blocking_store_step<T: Send + 'static>(
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Serves until `shutdown` resolves.
+/// Serves gRPC on `listener` (and, with `http`, the HTTP endpoints of
+/// [`crate::http`]) until `shutdown` resolves.
+///
+/// The HTTP listener answers from the start (`/readyz` 503 while the store
+/// loads); once the store is loaded and the admin token exists, the ready
+/// file is written (the gRPC address, then `http ADDR`) and systemd is told
+/// `READY=1`.
 pub async fn serve(
     cfg: Config,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let cfg = Arc::new(cfg);
+    let tokens = Arc::new(TokenIndex::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_state = None;
+    let mut http_addr = None;
+    if let Some(http) = http {
+        let prometheus = crate::http::prometheus().map_err(ServeError::Metrics)?;
+        let state = crate::http::HttpState::new(tokens.clone(), prometheus);
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|t| crate::http::tls_acceptor(&t.cert, &t.key))
+            .transpose()?;
+        http_addr = Some(
+            http.local_addr()
+                .map_err(|e| ServeError::Ready(e.to_string()))?,
+        );
+        http_state = Some(state.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::http::serve(http, tls, state, stopped).await {
+                tracing::error!(error = %e, "the HTTP listener stopped");
+            }
+        });
+    }
     let (dir, cache) = (cfg.data_dir.clone(), cfg.cache_bytes);
     let store = blocking_store_step(&cfg, move || Store::open(&dir, cache)).await?;
     let (core_store, core_cfg) = (store.clone(), cfg.clone());
-    let tokens = Arc::new(TokenIndex::default());
     let core_tokens = tokens.clone();
     let core =
         blocking_store_step(&cfg, move || core::start(core_cfg, core_store, core_tokens)).await?;
@@ -149,12 +186,29 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| ServeError::Ready(e.to_string()))?;
+    if let Some(state) = &http_state {
+        state.set_ready(core.clone());
+    }
     if let Some(path) = &cfg.ready_file {
+        let mut text = addr.to_string();
+        if let Some(http) = http_addr {
+            text.push_str(&format!("\nhttp {http}"));
+        }
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, addr.to_string())
+        std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| ServeError::Ready(format!("writing {}: {e}", path.display())))?;
     }
+    match msfleet_proto::systemd::notify_ready() {
+        Ok(Some(every)) => tracing::info!(?every, "systemd watchdog on"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not tell systemd READY=1"),
+    }
+    let shutdown = async move {
+        shutdown.await;
+        msfleet_proto::systemd::notify_stopping();
+        let _ = stop_tx.send(true);
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FleetServer<FleetService>>().await;
@@ -165,6 +219,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(msfleet_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // The same services for clients that speak only v1alpha (grpcio-reflection,
+    // older grpcurl and grpcui, Postman).
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(msfleet_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
 
     let max = msfleet_proto::MAX_MESSAGE;
     let mut builder = tonic::transport::Server::builder();
@@ -189,6 +249,11 @@ pub async fn serve(
         )
         .add_service(
             reflection
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            reflection_v1alpha
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )

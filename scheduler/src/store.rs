@@ -27,6 +27,7 @@ use msfleet_proto::{Agent, Baseline, Job, JobEvent, Schedule, StoredToken, TestR
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
@@ -55,6 +56,10 @@ pub struct AttemptRecord {
     /// When the attempt was assigned (core clock, ms): its span's start.
     #[serde(default)]
     pub assigned_at_ms: i64,
+    /// The accelerators assigned with the lease (`crate::devices`): held
+    /// until the attempt ends, also across a restart.
+    #[serde(default)]
+    pub devices: Vec<crate::devices::Held>,
 }
 
 /// A callback run once the writes before it are on disk (`true`) or failed to get there.
@@ -213,6 +218,8 @@ fn id_of(k: &[u8]) -> Result<u64, StoreError> {
 pub struct Store {
     db: sled::Db,
     flusher: mpsc::Sender<Durable>,
+    /// Records applied since the flusher last started a flush.
+    unflushed: Arc<AtomicU64>,
     _thread: Arc<FlushThread>,
 }
 
@@ -240,13 +247,16 @@ impl Store {
             .open()?;
         let (tx, rx) = mpsc::channel::<Durable>();
         let flush_db = db.clone();
+        let unflushed = Arc::new(AtomicU64::new(0));
+        let flush_count = unflushed.clone();
         let handle = thread::Builder::new()
             .name("msched-flush".into())
-            .spawn(move || flush_loop(flush_db, rx))
+            .spawn(move || flush_loop(flush_db, rx, &flush_count))
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         Ok(Store {
             db,
             flusher: tx,
+            unflushed,
             _thread: Arc::new(FlushThread(Some(handle))),
         })
     }
@@ -257,6 +267,8 @@ impl Store {
             return Ok(());
         }
         self.db.apply_batch(writes.batch)?;
+        self.unflushed
+            .fetch_add(writes.writes as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -366,12 +378,17 @@ fn corrupt(k: &[u8], e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Group commit: one `flush` for every callback that queued up while the last one ran.
-fn flush_loop(db: sled::Db, rx: mpsc::Receiver<Durable>) {
+/// Each flush's duration and record count go to [`crate::metrics::store_commit`].
+fn flush_loop(db: sled::Db, rx: mpsc::Receiver<Durable>, unflushed: &AtomicU64) {
     let mut waiting: Vec<Durable> = Vec::new();
     while let Ok(first) = rx.recv() {
         waiting.push(first);
         waiting.extend(rx.try_iter());
-        let ok = match db.flush() {
+        let records = unflushed.swap(0, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let flushed = db.flush();
+        crate::metrics::store_commit(started.elapsed().as_secs_f64(), records);
+        let ok = match flushed {
             Ok(_) => true,
             Err(e) => {
                 tracing::error!(error = %e, "flushing the store failed; acknowledging nothing");

@@ -141,25 +141,7 @@ fn two_jobs_on_the_same_git_repo_at_once_both_pass() {
         "import time\n\ndef test_a():\n    time.sleep(0.5)\n\ndef test_b():\n    pass\n",
     )
     .unwrap();
-    let git = |args: &[&str]| {
-        let mut c = Command::new("git");
-        c.args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(&repo);
-        let out = run_cmd(c, Duration::from_secs(30));
-        assert_eq!(out.code, 0, "git {args:?}:\n{out}");
-    };
-    git(&["init", "-q", "-b", "main"]);
-    git(&["add", "."]);
-    git(&["commit", "-qm", "two tests"]);
-    let url = format!("file://{}", s(&repo));
+    let url = git_repo(&repo, "two tests");
     let ids: Vec<String> = (0..2)
         .map(|_| f.submit(&["pytest", "--git", &url, "--ref", "main"]))
         .collect();

@@ -980,25 +980,7 @@ fn git_sources_run_and_a_missing_ref_is_an_error_not_a_failure() {
     let repo = f.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     std::fs::write(repo.join("test_from_git.py"), QUICK_TEST).unwrap();
-    let git = |args: &[&str]| {
-        let mut c = Command::new("git");
-        c.args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(&repo);
-        let out = run_cmd(c, Duration::from_secs(30));
-        assert_eq!(out.code, 0, "git {args:?}:\n{out}");
-    };
-    git(&["init", "-q", "-b", "main"]);
-    git(&["add", "."]);
-    git(&["commit", "-qm", "a test"]);
-    let url = format!("file://{}", s(&repo));
+    let url = git_repo(&repo, "a test");
 
     let bad = f.ctl(&["submit", "pytest", "--git", &url, "--ref", "nope", "--wait"]);
     assert_eq!(

@@ -202,18 +202,7 @@ fn a_pass_on_a_pytest_rerunfailures_rerun_through_the_fleet_is_flaky() {
     let out = f.ctl(&["report", &id, "--json"]);
     assert_eq!(out.code, 0, "{out}");
     let v = out.json();
-    let rows: Vec<(String, String)> = v["matrix"]
-        .as_array()
-        .expect("matrix")
-        .iter()
-        .map(|r| {
-            let cell = r["cells"].as_object().and_then(|c| c.values().next());
-            (
-                r["test"].as_str().unwrap_or("").to_string(),
-                cell.and_then(|c| c.as_str()).unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let rows: Vec<(String, String)> = report_rows(&v);
     assert_eq!(
         rows,
         [("test_flaky.py::test_flaky".to_string(), "flaky".to_string())],

@@ -301,18 +301,7 @@ fn a_test_with_a_failed_subtest_is_failed_in_the_report_and_junit() {
     assert_eq!(count(&j, "passed"), passed, "{j:#}");
 
     let v = f.ctl(&["report", &id, "--json"]).json();
-    let rows: Vec<(String, String)> = v["matrix"]
-        .as_array()
-        .expect("matrix")
-        .iter()
-        .map(|r| {
-            let cell = r["cells"].as_object().and_then(|c| c.values().next());
-            (
-                r["test"].as_str().unwrap_or("").to_string(),
-                cell.and_then(|c| c.as_str()).unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let rows: Vec<(String, String)> = report_rows(&v);
     let mut want = vec![("test_ut.py::T::test_ut".to_string(), "fail".to_string())];
     if nine {
         want.insert(0, ("test_sub.py::test_sub".to_string(), "fail".to_string()));

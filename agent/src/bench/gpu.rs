@@ -46,9 +46,17 @@ pub(super) struct GpuWatch {
 }
 
 impl GpuWatch {
-    pub(super) fn start(nvml: Arc<Nvml>, pgid: libc::pid_t, marker: String) -> GpuWatch {
+    /// Samples the GPUs whose UUID is in `uuids` (the attempt's own).
+    pub(super) fn start(
+        nvml: Arc<Nvml>,
+        uuids: Arc<Vec<String>>,
+        pgid: libc::pid_t,
+        marker: String,
+    ) -> GpuWatch {
         let (stop, stop_rx) = std::sync::mpsc::channel();
-        let task = tokio::task::spawn_blocking(move || sample_gpus(&nvml, pgid, &marker, &stop_rx));
+        let task = tokio::task::spawn_blocking(move || {
+            sample_gpus(&nvml, &uuids, pgid, &marker, &stop_rx)
+        });
         GpuWatch { stop, task }
     }
 
@@ -60,13 +68,14 @@ impl GpuWatch {
 
 fn sample_gpus(
     nvml: &Nvml,
+    uuids: &[String],
     pgid: libc::pid_t,
     marker: &str,
     stop: &std::sync::mpsc::Receiver<()>,
 ) -> GpuPeak {
-    let count = nvml.device_count().unwrap_or(0);
-    let devices: Vec<_> = (0..count)
-        .filter_map(|i| nvml.device_by_index(i).ok())
+    let devices: Vec<_> = uuids
+        .iter()
+        .filter_map(|u| nvml.device_by_uuid(u.as_str()).ok())
         .collect();
     let used = |d: &nvml_wrapper::Device<'_>| d.memory_info().map_or(0, |m| m.used);
     let start_used: u64 = devices.iter().map(used).sum();

@@ -30,7 +30,9 @@ use super::metrics::{
     GPU_THROTTLE, PEAK_RSS,
 };
 use super::verdict::{self, Verdict};
-use crate::attempt::{attempt_timeout, finished, halted, AttemptSpec, Guard, Halt, Updates};
+use crate::attempt::{
+    attempt_timeout, finished, halted, job_fault, AttemptSpec, Guard, Halt, Updates,
+};
 use crate::config::AgentConfig;
 use crate::process::{OutputHook, ProcessGroup};
 use msfleet_proto::bench::WALL_TIME;
@@ -157,6 +159,8 @@ pub struct Bench {
     kill_grace: Duration,
     tx: Updates,
     gpu: Option<Arc<Nvml>>,
+    /// The GPUs sampled: the attempt's own.
+    gpu_uuids: Arc<Vec<String>>,
     runs: AtomicU64,
     /// Labels each run's containment cell; the job's memory limit applied to each run.
     cell_label: String,
@@ -182,6 +186,7 @@ impl Bench {
             kill_grace,
             tx,
             gpu: None,
+            gpu_uuids: Arc::default(),
             runs: AtomicU64::new(0),
             cell_label: "bench".into(),
             memory_limit: None,
@@ -202,9 +207,11 @@ impl Bench {
         self
     }
 
-    /// Samples GPU memory and throttling through `nvml` during each run.
-    pub fn with_gpu(mut self, nvml: Option<Arc<Nvml>>) -> Bench {
+    /// Samples GPU memory and throttling through `nvml` during each run, on
+    /// the GPUs with these UUIDs only (the attempt's own).
+    pub fn with_gpu(mut self, nvml: Option<Arc<Nvml>>, uuids: Vec<String>) -> Bench {
         self.gpu = nvml;
+        self.gpu_uuids = Arc::new(uuids);
         self
     }
 
@@ -468,7 +475,7 @@ impl Bench {
         let gpu = self
             .gpu
             .clone()
-            .map(|nvml| GpuWatch::start(nvml, pid, marker));
+            .map(|nvml| GpuWatch::start(nvml, self.gpu_uuids.clone(), pid, marker));
         let mut exited = running.wait(guard, self.kill_grace).await;
         let gpu_peak = match gpu {
             Some(g) => Some(g.finish().await),
@@ -564,15 +571,11 @@ pub async fn run(
 ) -> Option<Finished> {
     let timeout = attempt_timeout(&a.spec);
     let Some(spec) = a.spec.benchmark.as_ref() else {
-        return finished(
-            Outcome::Error,
-            "a benchmark job needs benchmark settings (command, cases)",
-            -1,
-        );
+        return job_fault("a benchmark job needs benchmark settings (command, cases)");
     };
     let plan = match Plan::new(spec) {
         Ok(p) => p,
-        Err(e) => return finished(Outcome::Error, e.to_string(), -1),
+        Err(e) => return job_fault(e.to_string()),
     };
     let run_dir = cfg.work_dir.join("run");
     let scratch = run_dir.join(format!("{slot}-bench"));
@@ -596,6 +599,10 @@ pub async fn run(
     match result {
         Ok(tally) => {
             let (outcome, reason) = tally.outcome();
+            if tally.total() == 0 {
+                // The job's cases select nothing: its doing, not the agent's.
+                return job_fault(reason);
+            }
             let code = if outcome == Outcome::Passed { 0 } else { 1 };
             finished(outcome, reason, code)
         }
@@ -688,7 +695,9 @@ async fn run_with(
         }
     }
 
-    let gpu = if cases.is_empty() {
+    // Only the attempt's own GPUs are measured; without any it sees none.
+    let gpu_uuids = a.gpu_uuids();
+    let gpu = if cases.is_empty() || gpu_uuids.is_empty() {
         None
     } else {
         match load_nvml().await {
@@ -708,6 +717,7 @@ async fn run_with(
         .env
         .iter()
         .chain(a.spec.secret_env.iter())
+        .chain(a.device_env.iter().map(|(k, v)| (k, v)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     env.extend([
@@ -725,7 +735,7 @@ async fn run_with(
     )
     .with_pgid_file(run_dir.join(format!("{slot}.pgid")))
     .with_containment(slot, a.spec.memory_limit_bytes)
-    .with_gpu(gpu);
+    .with_gpu(gpu, gpu_uuids);
     bench.run_all(&cases, &errors, &baselines, guard).await
 }
 

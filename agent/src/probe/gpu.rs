@@ -16,6 +16,7 @@ const NVML_DEVICE_MIG_ENABLE: u32 = 1;
 
 /// One NVIDIA GPU as NVML describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GpuFacts {
     /// NVML device index (the order `nvidia-smi` uses).
     pub index: u32,
@@ -33,7 +34,8 @@ pub struct GpuFacts {
     pub cuda_driver_version: String,
     /// Compute capability, `major.minor` (e.g. `9.0`).
     pub compute_capability: String,
-    /// MIG mode: `enabled`, `disabled` or `unsupported`; empty when the query failed.
+    /// MIG mode: `enabled`, `disabled` or `unsupported`; empty when the query failed;
+    /// `instance` for a MIG instance (listed in place of its GPU, which shares its `index`).
     pub mig_mode: String,
     /// Enforced power limit in watts; 0 when unknown.
     pub power_limit_w: u32,
@@ -53,9 +55,74 @@ pub struct GpuProbe {
     pub note: Option<String>,
 }
 
+/// Where the agent's GPU inventory comes from: NVML on a real host; in debug
+/// builds a test can put a recorded inventory in its place.
+pub trait GpuInventory {
+    /// The GPUs now (every periodic probe asks again, so health changes show).
+    fn probe(&self) -> GpuProbe;
+}
+
+/// The real inventory: NVML.
+pub struct NvmlInventory;
+
+impl GpuInventory for NvmlInventory {
+    fn probe(&self) -> GpuProbe {
+        probe_nvml()
+    }
+}
+
+/// The agent's environment variable naming a recorded GPU inventory. **Test
+/// only**: read in debug builds alone (release builds always ask NVML), so
+/// the scheduling of GPUs and the environment each attempt sees are tested
+/// end to end on machines without a GPU.
+pub const RECORDED_GPUS_VAR: &str = "MSAGENT_TEST_GPU_INVENTORY";
+
+/// A recorded inventory: a JSON array of [`GpuFacts`] (missing fields are
+/// empty), read again at every probe.
+pub struct RecordedInventory(pub std::path::PathBuf);
+
+impl GpuInventory for RecordedInventory {
+    fn probe(&self) -> GpuProbe {
+        let read = std::fs::read_to_string(&self.0)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<Vec<GpuFacts>>(&t).map_err(|e| e.to_string()));
+        match read {
+            Ok(gpus) => GpuProbe {
+                gpus,
+                note: Some(format!(
+                    "GPUs from the recorded inventory {} (test only)",
+                    self.0.display()
+                )),
+            },
+            Err(e) => GpuProbe {
+                gpus: Vec::new(),
+                note: Some(format!(
+                    "recorded GPU inventory {} unreadable ({e}): 0 GPUs",
+                    self.0.display()
+                )),
+            },
+        }
+    }
+}
+
+/// The inventory this agent probes: NVML, or in a debug build with
+/// [`RECORDED_GPUS_VAR`] set, the recorded one.
+pub fn inventory() -> Box<dyn GpuInventory> {
+    #[cfg(debug_assertions)]
+    if let Some(path) = std::env::var_os(RECORDED_GPUS_VAR) {
+        return Box::new(RecordedInventory(path.into()));
+    }
+    Box::new(NvmlInventory)
+}
+
+/// Lists the GPUs of [`inventory`]. Never fails and never panics.
+pub fn probe_gpus() -> GpuProbe {
+    inventory().probe()
+}
+
 /// Lists the NVIDIA GPUs. Never fails and never panics: without a driver it returns no GPUs and
 /// a note such as `NVML unavailable (libnvidia-ml.so.1 not found): 0 GPUs`.
-pub fn probe_gpus() -> GpuProbe {
+fn probe_nvml() -> GpuProbe {
     let nvml = match Nvml::init() {
         Ok(nvml) => nvml,
         Err(e) => {
@@ -98,12 +165,14 @@ pub fn probe_gpus() -> GpuProbe {
     let mut problems = Vec::new();
     for index in 0..count {
         match nvml.device_by_index(index) {
-            Ok(device) => gpus.push(device_facts(
-                index,
-                &device,
-                &driver_version,
-                &cuda_driver_version,
-            )),
+            Ok(device) => {
+                let facts = device_facts(index, &device, &driver_version, &cuda_driver_version);
+                if facts.mig_mode == "enabled" {
+                    gpus.extend(mig_instances(&device, facts));
+                } else {
+                    gpus.push(facts);
+                }
+            }
             Err(e) => {
                 warn!(index, error = %e, "NVML: cannot open GPU");
                 problems.push(format!("GPU {index} could not be opened ({e})"));
@@ -114,6 +183,40 @@ pub fn probe_gpus() -> GpuProbe {
         gpus,
         note: (!problems.is_empty()).then(|| problems.join("; ")),
     }
+}
+
+/// The MIG instances of a GPU in MIG mode, each a device of its own (its
+/// `MIG-...` UUID is what CUDA_VISIBLE_DEVICES names; its memory is its
+/// slice; health and the rest are the parent's, `mig_mode` is `instance`).
+/// A GPU in MIG mode without instances cannot run CUDA work: it is listed
+/// once, unhealthy, so that it is withheld and says why.
+fn mig_instances(parent: &Device, facts: GpuFacts) -> Vec<GpuFacts> {
+    let count = parent.mig_device_count().unwrap_or_else(|e| {
+        debug!(index = facts.index, error = %e, "NVML: MIG device count unavailable");
+        0
+    });
+    let mut out = Vec::new();
+    for i in 0..count {
+        // Slots without an instance answer NotFound.
+        let Ok(mig) = parent.mig_device_by_index(i) else {
+            continue;
+        };
+        let Ok(uuid) = mig.uuid() else { continue };
+        out.push(GpuFacts {
+            name: mig.name().unwrap_or_else(|_| facts.name.clone()),
+            uuid,
+            memory_mb: mig.memory_info().map_or(0, |m| m.total / (1024 * 1024)),
+            mig_mode: "instance".into(),
+            power_limit_w: 0,
+            ..facts.clone()
+        });
+    }
+    if out.is_empty() {
+        let mut whole = facts;
+        whole.health = "MIG mode enabled but no MIG instance configured".into();
+        out.push(whole);
+    }
+    out
 }
 
 /// Says in words why `Nvml::init` failed.

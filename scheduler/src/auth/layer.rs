@@ -113,21 +113,8 @@ fn check<B>(tokens: &TokenIndex, req: &http::Request<B>) -> Result<Option<Princi
 
 /// The secret of an `authorization: Bearer SECRET` header.
 fn bearer<B>(req: &http::Request<B>) -> Result<Option<&str>, Status> {
-    let Some(value) = req.headers().get(http::header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
-    let (scheme, secret) = value.split_once(' ').ok_or_else(|| {
-        Status::unauthenticated("the authorization header must be 'Bearer TOKEN'")
-    })?;
-    if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
-        return Err(Status::unauthenticated(
-            "the authorization header must be 'Bearer TOKEN'",
-        ));
-    }
-    Ok(Some(secret.trim()))
+    super::bearer_secret(req.headers().get(http::header::AUTHORIZATION))
+        .map_err(Status::unauthenticated)
 }
 
 /// The agent name of a verified client certificate: its first DNS name, else

@@ -163,6 +163,23 @@ pub fn need(path: &str) -> Option<Need> {
         .map(|&(_, _, need)| need)
 }
 
+/// The secret of an `authorization: Bearer SECRET` header value (gRPC and
+/// HTTP alike); `None` when there is no header, the refusal says what to fix.
+pub fn bearer_secret(value: Option<&http::HeaderValue>) -> Result<Option<&str>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| "the authorization header is not text".to_string())?;
+    let malformed = || "the authorization header must be 'Bearer TOKEN'".to_string();
+    let (scheme, secret) = value.split_once(' ').ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
+        return Err(malformed());
+    }
+    Ok(Some(secret.trim()))
+}
+
 /// Whether `who` may call a method that needs `need`; the refusal says why.
 pub fn admit(who: &Principal, need: Need) -> Result<(), String> {
     match (need, who) {

@@ -133,6 +133,23 @@ impl Core {
             .into_iter()
             .map(|t| t.to_string())
             .collect();
+        let holders: HashMap<devices::Held, String> = self
+            .leases
+            .held_by(name)
+            .into_iter()
+            .filter_map(|t| Some((t, self.jobs.get(&t)?.attempt.as_ref()?)))
+            .flat_map(|(t, att)| att.devices.iter().map(move |d| (d.clone(), t.to_string())))
+            .collect();
+        v.devices = devices::inventory(a.caps())
+            .into_iter()
+            .map(|d| pb::DeviceUse {
+                device: Some(d.held.to_ref()),
+                memory_mb: d.memory_mb,
+                health: d.health,
+                healthy: d.healthy,
+                task: holders.get(&d.held).cloned().unwrap_or_default(),
+            })
+            .collect();
         let (state, reason) = agent_state(a, v.running.len());
         v.state = state.to_string();
         v.state_reason = reason;

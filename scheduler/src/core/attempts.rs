@@ -222,6 +222,9 @@ impl Core {
         // A passed subtest never changes its test's verdict: counted, shown
         // live, but not a run of the test's history.
         let history = !collected && t.outcome != "subpassed";
+        if !collected {
+            step.observe(Observation::test_result(&t.outcome));
+        }
         let forward = match e.job.parent.parse::<u64>() {
             Ok(parent) if !collected => {
                 let mut ft = t.clone();
@@ -287,7 +290,10 @@ impl Core {
         }
         self.set_state(task, state, &f.reason, step);
         if let Some(agent) = agent {
-            self.judge_agent(&agent, task, state, &f.reason, step);
+            // An error that is the job's own doing says nothing about the agent.
+            if !(state == JobState::Error && f.job_fault) {
+                self.judge_agent(&agent, task, state, &f.reason, step);
+            }
         }
         step.dispatch = true;
     }
@@ -398,6 +404,7 @@ impl Core {
             }
         };
         if retry {
+            step.observe(Observation::Retried);
             let submitted = e.job.submitted_at_ms;
             self.pending.push(
                 task,
@@ -460,6 +467,7 @@ impl Core {
                 why: format!("{how} past its {lease_s} s lease"),
             });
             tracing::warn!(agent = %name, silent_s, attempts = held.len(), "agent lost");
+            step.observe(Observation::LeaseExpired);
             let why = format!("agent {name} lost: silent {silent_s:.1} s");
             for task in held {
                 self.lose(task, Loss::AgentGone, &why, step);
@@ -468,8 +476,20 @@ impl Core {
         }
     }
 
-    /// Hands pending jobs to agents with free slots, highest rank first (a
-    /// drained or quarantined agent takes only its health checks).
+    /// The devices `agent`'s live attempts hold.
+    pub(super) fn busy_devices(&self, agent: &str) -> HashSet<devices::Held> {
+        self.leases
+            .held_by(agent)
+            .into_iter()
+            .filter_map(|t| self.jobs.get(&t)?.attempt.as_ref())
+            .flat_map(|att| att.devices.iter().cloned())
+            .collect()
+    }
+
+    /// Hands pending jobs to agents with a free slot and enough free, healthy
+    /// devices for them, highest rank first (a drained or quarantined agent
+    /// takes only its health checks). **Where devices are allocated**: the
+    /// attempt's devices are chosen here and recorded with its lease.
     pub(super) fn dispatch(&mut self, step: &mut Step) {
         let mut free: Vec<(String, usize)> = self
             .agents
@@ -486,6 +506,10 @@ impl Core {
         }
         // Least-loaded first, so work spreads over the fleet.
         free.sort_by_key(|(n, _)| self.leases.count_held_by(n));
+        let mut busy: HashMap<String, HashSet<devices::Held>> = free
+            .iter()
+            .map(|(n, _)| (n.clone(), self.busy_devices(n)))
+            .collect();
         let mut chosen = Vec::new();
         for id in self.pending.iter() {
             if free.is_empty() {
@@ -493,24 +517,46 @@ impl Core {
             }
             let e = &self.jobs[&id];
             let Some(spec) = &e.job.spec else { continue };
-            let pick = free.iter().position(|(n, _)| {
+            let take = |n: &String| {
                 let a = &self.agents[n];
-                a.accepts(spec) && fits(&e.req, spec, &a.attrs, a.caps())
-            });
-            if let Some(i) = pick {
-                chosen.push((id, free[i].0.clone()));
-                free[i].1 -= 1;
-                if free[i].1 == 0 {
-                    free.remove(i);
+                if !(a.accepts(spec) && fits(&e.req, spec, &a.attrs, a.caps())) {
+                    return None;
+                }
+                let held = devices::allocate(spec, a.caps(), busy.get(n)?)?;
+                Some((n.clone(), held))
+            };
+            // Affinity, never pinning: a free agent warm for the job's
+            // environment and caches first, else the first that fits.
+            let pick = free
+                .iter()
+                .filter(|(n, _)| warm_for(spec, self.agents[n].caps()))
+                .find_map(|(n, _)| take(n))
+                .or_else(|| free.iter().find_map(|(n, _)| take(n)));
+            if let Some((name, held)) = pick {
+                if let Some(b) = busy.get_mut(&name) {
+                    b.extend(held.iter().cloned());
+                }
+                chosen.push((id, name.clone(), held));
+                if let Some(i) = free.iter().position(|(n, _)| *n == name) {
+                    free[i].1 -= 1;
+                    if free[i].1 == 0 {
+                        free.remove(i);
+                    }
                 }
             }
         }
-        for (id, agent) in chosen {
-            self.assign(id, &agent, step);
+        for (id, agent, held) in chosen {
+            self.assign(id, &agent, held, step);
         }
     }
 
-    pub(super) fn assign(&mut self, id: u64, agent: &str, step: &mut Step) {
+    pub(super) fn assign(
+        &mut self,
+        id: u64,
+        agent: &str,
+        held: Vec<devices::Held>,
+        step: &mut Step,
+    ) {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         step.writes.put_meta(NEXT_EPOCH, self.next_epoch);
@@ -530,6 +576,7 @@ impl Core {
             cancel_requested: false,
             log_bytes: 0,
             assigned_at_ms: self.now,
+            devices: held,
         };
         let r = attempt_ref(id, &att);
         let traceparent = telemetry::attempt_traceparent(&e.job, att.attempt);
@@ -542,7 +589,17 @@ impl Core {
                 epoch,
             },
         );
-        let reason = format!("attempt {} on {agent}", att.attempt);
+        let reason = if att.devices.is_empty() {
+            format!("attempt {} on {agent}", att.attempt)
+        } else {
+            format!(
+                "attempt {} on {agent} (devices: {})",
+                att.attempt,
+                devices::describe(&att.devices)
+            )
+        };
+        e.job.devices = att.devices.iter().map(devices::Held::to_ref).collect();
+        let device_refs = e.job.devices.clone();
         e.attempt = Some(att);
         self.set_state(id, JobState::Assigned, &reason, step);
         if let Some(s) = self.agents.get(agent).and_then(|a| a.session.as_ref()) {
@@ -553,6 +610,7 @@ impl Core {
                     job_id: id.to_string(),
                     spec,
                     traceparent,
+                    devices: device_refs,
                 }),
             );
         }
@@ -628,13 +686,6 @@ mod tests {
         );
     }
 
-    fn heartbeat(h: &mut Harness, conn: &Conn, running: Vec<AttemptRef>) {
-        h.send(crate::core::Command::Heartbeat {
-            session: conn.session,
-            hb: msfleet_proto::Heartbeat { running },
-        });
-    }
-
     fn agent(h: &mut Harness, name: &str) -> msfleet_proto::Agent {
         h.call(|reply| crate::core::Command::ListAgents { reply })
             .unwrap()
@@ -699,7 +750,7 @@ mod tests {
             "an update is not a reconciliation"
         );
         // Its heartbeat names the old attempt: told to abandon it, and back.
-        heartbeat(&mut h, &a, vec![first.clone()]);
+        h.heartbeat(&a, vec![first.clone()]);
         let msgs = h.messages(&mut a);
         let (why, abandon) = reject(&msgs).expect("the stale attempt is refused");
         assert!(abandon, "{why}");
@@ -783,7 +834,7 @@ mod tests {
         );
         // The job's own `retries` are for the other losses: an agent giving
         // an attempt up uses them, not the agent-lost allowance.
-        heartbeat(&mut h, &a, Vec::new());
+        h.heartbeat(&a, Vec::new());
         let mut s = spec();
         s.retries = Some(0);
         let other = h.submit(s).unwrap();
@@ -1047,6 +1098,7 @@ mod tests {
             reason: "agent a1 has no free slot".into(),
             exit_code: -1,
             refused: true,
+            ..Default::default()
         })
     }
 
@@ -1247,5 +1299,168 @@ mod tests {
             .map(|r| (r.when.as_str(), r.outcome.as_str()))
             .collect();
         assert_eq!(outcomes, [("subtest", "failed"), ("call", "passed")]);
+    }
+
+    fn npu_caps(slots: u32, health: &[&str]) -> msfleet_proto::Capabilities {
+        let mut c = caps("npu", slots);
+        c.npus = health
+            .iter()
+            .enumerate()
+            .map(|(i, h)| msfleet_proto::Npu {
+                id: i as u32,
+                name: "910B".into(),
+                hbm_mb: 32768,
+                health: (*h).into(),
+                ..Default::default()
+            })
+            .collect();
+        c
+    }
+
+    fn npu_job(n: u32) -> msfleet_proto::JobSpec {
+        let mut s = spec();
+        s.npus = n;
+        s
+    }
+
+    fn indices(a: &msfleet_proto::Assignment) -> Vec<u32> {
+        a.devices.iter().map(|d| d.index).collect()
+    }
+
+    #[test]
+    fn jobs_share_an_agent_without_sharing_devices_and_a_finish_frees_them() {
+        let mut h = Harness::new();
+        let mut a = h
+            .register_as("a1", "a1-1", npu_caps(8, &["OK"; 8]), vec![])
+            .unwrap();
+        let j1 = h.submit(npu_job(4)).unwrap();
+        let j2 = h.submit(npu_job(4)).unwrap();
+        let j3 = h.submit(npu_job(4)).unwrap();
+        let got = h.assignments(&mut a);
+        assert_eq!(got.len(), 2, "eight devices, two jobs of four");
+        assert_eq!(indices(&got[0]), [0, 1, 2, 3]);
+        assert_eq!(indices(&got[1]), [4, 5, 6, 7]);
+        assert_eq!(got[0].devices[0].id, "npu 0 chip 0");
+        assert_eq!(h.state(&j3.id), Queued, "a free slot is not enough");
+        assert_eq!(
+            h.job(&j3.id).warnings,
+            ["waiting for free devices: it asks for 4 npus; a1: 0 of 8 npus free"]
+        );
+        let shown = h.job(&j1.id);
+        assert_eq!(shown.devices.len(), 4);
+        let events: Vec<String> = h
+            .events(&j2.id)
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                Some(msfleet_proto::job_event::Kind::State(s)) => Some(s.reason),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            events
+                .iter()
+                .any(|r| r == "attempt 1 on a1 (devices: npu 4,5,6,7)"),
+            "{events:?}"
+        );
+        let agent = agent(&mut h, "a1");
+        let held: Vec<&str> = agent.devices.iter().map(|d| d.task.as_str()).collect();
+        assert_eq!(
+            held,
+            [&j1.id[..]; 4]
+                .iter()
+                .chain([&j2.id[..]; 4].iter())
+                .copied()
+                .collect::<Vec<_>>()
+        );
+        // The first finishes: the third gets its devices.
+        let r1 = got[0].attempt.clone().unwrap();
+        h.update(&mut a, &r1, 1, started());
+        let next: Vec<_> = h
+            .update(&mut a, &r1, 2, finished(Outcome::Passed))
+            .into_iter()
+            .filter_map(|m| match m {
+                Msg::Assign(x) => Some(x),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].job_id, j3.id);
+        assert_eq!(indices(&next[0]), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn an_unhealthy_device_is_not_assigned_and_a_lost_attempt_frees_its_devices() {
+        let mut h = Harness::with(lease_3s);
+        let mut health = ["OK"; 8];
+        health[1] = "Alarm";
+        let mut a = h
+            .register_as("a1", "a1-1", npu_caps(8, &health), vec![])
+            .unwrap();
+        let j1 = h.submit(npu_job(4)).unwrap();
+        let j2 = h.submit(npu_job(4)).unwrap();
+        let got = h.assignments(&mut a);
+        assert_eq!(got.len(), 1, "seven healthy devices hold one job of four");
+        assert_eq!(indices(&got[0]), [0, 2, 3, 4]);
+        assert_eq!(h.state(&j2.id), Queued);
+        // The agent goes silent: its attempt is lost and its devices with it.
+        let r = got[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        h.disconnect(&a);
+        h.advance(3_001);
+        h.tick();
+        assert_eq!(h.state(&j1.id), Queued, "lost and requeued");
+        let mut b = h
+            .register_as("a1", "a1-2", npu_caps(8, &["OK"; 8]), vec![])
+            .unwrap();
+        let again = h.assignments(&mut b);
+        assert_eq!(again.len(), 2, "healthy again, nothing held: both run");
+        assert_eq!(indices(&again[0]), [0, 1, 2, 3]);
+        assert_eq!(indices(&again[1]), [4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn a_reloaded_live_attempt_still_holds_its_devices() {
+        let mut h = Harness::new();
+        let mut a = h
+            .register_as("a1", "a1-1", npu_caps(8, &["OK"; 8]), vec![])
+            .unwrap();
+        let j1 = h.submit(npu_job(4)).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        h.reload();
+        let mut a = h
+            .register_as("a1", "a1-1", npu_caps(8, &["OK"; 8]), vec![r.clone()])
+            .unwrap();
+        assert_eq!(h.job(&j1.id).devices.len(), 4, "shown after the reload");
+        let j2 = h.submit(npu_job(4)).unwrap();
+        let got = h.assignments(&mut a);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].job_id, j2.id);
+        assert_eq!(indices(&got[0]), [4, 5, 6, 7], "0-3 are still held");
+        let j3 = h.submit(npu_job(1)).unwrap();
+        assert!(h.assignments(&mut a).is_empty());
+        assert_eq!(h.state(&j3.id), Queued);
+    }
+
+    #[test]
+    fn more_devices_than_any_agent_has_is_refused_at_submit() {
+        let mut h = Harness::new();
+        let _a = h
+            .register_as("a1", "a1-1", npu_caps(8, &["OK"; 8]), vec![])
+            .unwrap();
+        let err = h.submit(npu_job(9)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message()
+                .contains("a1: has 8 npus that fit, the job asks for 9 npus"),
+            "{}",
+            err.message()
+        );
+        let err = h.submit(npu_job(65)).unwrap_err();
+        assert!(
+            err.message().contains("npus 65 is more than 64"),
+            "{}",
+            err.message()
+        );
     }
 }

@@ -107,6 +107,7 @@ impl Core {
         let trusted = e.job.spec.as_ref().is_some_and(|s| {
             s.queue == "nightly" || s.benchmark.as_ref().is_some_and(|b| b.trusted)
         });
+        step.observe(Observation::bench_verdict(&c.verdict));
         e.job.cases.push(c.clone());
         if trusted {
             if let Some((key, b)) = self.baselines.record_trusted(&c, &e.job.id, self.now) {

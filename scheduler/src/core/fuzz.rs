@@ -10,6 +10,9 @@
 //!
 //! * each job's live attempt agrees with the lease table (so at most one live
 //!   attempt per task), and every lease belongs to a live attempt;
+//! * a live attempt holds as many devices as its job asks for, and no device
+//!   of an agent is held by two live attempts (agent a2 has four NPUs and
+//!   three slots; some jobs ask for two);
 //! * a terminal job has no attempt and never changes state again;
 //! * test counts never decrease within an attempt;
 //! * every job's durable event seqs are exactly 1..=last_event_seq;
@@ -205,7 +208,19 @@ fn agent_caps(i: usize) -> pb::Capabilities {
     match i {
         0 => caps("cpu", 2),
         1 => caps("cpu", 1),
-        _ => caps("gpu", 1),
+        // Three slots and four NPUs: jobs asking for two contend for them.
+        _ => {
+            let mut c = caps("npu", 3);
+            c.npus = (0..4)
+                .map(|id| pb::Npu {
+                    id,
+                    hbm_mb: 32768,
+                    health: "OK".into(),
+                    ..Default::default()
+                })
+                .collect();
+            c
+        }
     }
 }
 
@@ -234,6 +249,11 @@ impl World {
     fn submit(&mut self, retries: u32) {
         let mut s = spec();
         s.retries = Some(retries);
+        if retries == 2 {
+            // Two NPUs: only agent a2 has them (it may not be registered yet).
+            s.npus = 2;
+            s.allow_unmatched = true;
+        }
         let job = self.h.submit(s).expect("a plain job is accepted");
         self.jobs.push(job.id);
     }
@@ -333,6 +353,7 @@ impl World {
                             reason: "fuzz".into(),
                             exit_code: 0,
                             refused: *refused,
+                            ..Default::default()
                         }))
                     }
                     KindPick::Case(name) => Some(task_update::Kind::Case(pb::CaseResult {
@@ -519,12 +540,21 @@ impl World {
             prop_assert_eq!(seqs, want, "job {} event seqs", id);
         }
         for i in 0..AGENTS {
+            let mut held = std::collections::HashSet::new();
             for task in core.leases.held_by(&agent_name(i)) {
                 let live = core.jobs.get(&task).and_then(|e| e.attempt.as_ref());
                 prop_assert!(
                     live.is_some(),
                     "lease on task {task} without a live attempt"
                 );
+                let (Some(att), Some(e)) = (live, core.jobs.get(&task)) else {
+                    continue;
+                };
+                let asked = e.job.spec.as_ref().map_or(0, |s| s.npus) as usize;
+                prop_assert_eq!(att.devices.len(), asked, "task {} devices", task);
+                for d in &att.devices {
+                    prop_assert!(held.insert(d.clone()), "device {:?} held twice", d);
+                }
             }
         }
         Ok(())

@@ -380,6 +380,14 @@ impl Harness {
         })
     }
 
+    /// A heartbeat from `conn` saying it runs `running`.
+    pub fn heartbeat(&mut self, conn: &Conn, running: Vec<AttemptRef>) {
+        self.send(Command::Heartbeat {
+            session: conn.session,
+            hb: pb::Heartbeat { running },
+        });
+    }
+
     pub fn disconnect(&mut self, conn: &Conn) {
         self.send(Command::Disconnected {
             session: conn.session,

@@ -174,8 +174,8 @@ impl Core {
         }
     }
 
-    /// An agent's periodic probe: its probed facts (host, devices, health)
-    /// replace the stored ones; what it registered with (labels and profile
+    /// An agent's periodic probe: its probed facts (host, devices, health,
+    /// environment usage) replace the stored ones; what it registered with (labels and profile
     /// from its token, roots, policy, slots) stays.
     pub(super) fn health_report(
         &mut self,
@@ -197,6 +197,7 @@ impl Core {
         caps.gpus = fresh.gpus;
         caps.npus = fresh.npus;
         caps.health = fresh.health;
+        caps.environment_usage = fresh.environment_usage;
         a.attrs = matching::attributes(&name, caps);
         step.writes.put_agent(&a.record);
         // Facts such as disk free may let a waiting job fit now.
@@ -265,7 +266,9 @@ impl Core {
 mod tests {
     use super::super::harness::*;
     use super::super::Command;
-    use msfleet_proto::{AgentAdmin, HealthReport, HealthSummary, JobState::*, Outcome};
+    use msfleet_proto::{
+        self as pb, task_update, AgentAdmin, HealthReport, HealthSummary, JobState::*, Outcome,
+    };
 
     fn agent(h: &mut Harness, name: &str) -> msfleet_proto::Agent {
         h.call(|reply| Command::ListAgents { reply })
@@ -298,6 +301,34 @@ mod tests {
         h.update(conn, &r, 1, started());
         h.finish_with(conn, &r, 2, outcome, "source dir /srv/x does not exist");
         job.id
+    }
+
+    /// Errors that are the job's own doing (a missing source dir, an unknown
+    /// git ref, the policy refusing it: `Finished.job_fault`) are `error`
+    /// but never quarantine the agent, however many come in a row.
+    #[test]
+    fn errors_that_are_the_jobs_own_doing_do_not_count_against_the_agent() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        run_one(&mut h, &mut a, "a1", Outcome::Error);
+        assert_eq!(agent(&mut h, "a1").infra_errors, 1);
+        for _ in 0..5 {
+            let job = h.submit(pinned("a1")).unwrap();
+            let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+            h.update(&mut a, &r, 1, started());
+            let kind = task_update::Kind::Finished(pb::Finished {
+                outcome: Outcome::Error as i32,
+                reason: "source dir /srv/typo does not exist on this agent".into(),
+                exit_code: -1,
+                job_fault: true,
+                ..Default::default()
+            });
+            h.update(&mut a, &r, 2, kind);
+            assert_eq!(h.state(&job.id), Error, "still an error for the job");
+        }
+        let q = agent(&mut h, "a1");
+        assert_eq!(q.state, "online", "{}", q.state_reason);
+        assert_eq!(q.infra_errors, 1, "neither counted nor reset");
     }
 
     #[test]

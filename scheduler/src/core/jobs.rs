@@ -185,6 +185,9 @@ impl Core {
                 if let Some(m) = matching::memory_unenforced(spec, a.caps()) {
                     why.push(m);
                 }
+                if let Some(d) = crate::devices::shortfall(spec, a.caps()) {
+                    why.push(d);
+                }
                 (why.len(), name.as_str(), why)
             })
             .collect();
@@ -436,10 +439,43 @@ impl Core {
                     job.warnings.push(
                         "every matching agent is offline, drained or quarantined".to_string(),
                     );
+                } else if let Some(w) = self.waiting_for_devices(&e.req, spec) {
+                    job.warnings.push(w);
                 }
             }
         }
         job
+    }
+
+    /// Why a job that asks for devices waits although agents match it: none
+    /// of them has enough free, healthy devices now (what each has free).
+    fn waiting_for_devices(&self, req: &Requirement, spec: &JobSpec) -> Option<String> {
+        let asks = crate::devices::requests(spec);
+        if asks.is_empty() {
+            return None;
+        }
+        let mut free = Vec::new();
+        for (name, a) in &self.agents {
+            if !(a.accepts(spec) && fits(req, spec, &a.attrs, a.caps())) {
+                continue;
+            }
+            let busy = self.busy_devices(name);
+            if crate::devices::allocate(spec, a.caps(), &busy).is_some() {
+                return None;
+            }
+            let have: Vec<String> = asks
+                .iter()
+                .map(|r| crate::devices::free_line(r, a.caps(), &busy))
+                .collect();
+            free.push(format!("{}: {}", crate::clip(name), have.join(", ")));
+        }
+        free.truncate(3);
+        let asked: Vec<String> = asks.iter().map(|r| r.describe()).collect();
+        Some(format!(
+            "waiting for free devices: it asks for {}; {}",
+            asked.join(" and "),
+            free.join("; ")
+        ))
     }
 
     pub(super) fn queues(&self) -> Vec<pb::Queue> {
@@ -472,12 +508,16 @@ impl Core {
         let Some(e) = self.jobs.get_mut(&id) else {
             return;
         };
+        let was = e.job.state();
         e.job.state = state as i32;
         e.job.reason = reason.to_string();
         if state.is_terminal() {
             e.job.finished_at_ms = self.now;
             step.telemetry(telemetry::job_span(&e.job));
             step.telemetry(telemetry::job_end(&e.job));
+        }
+        if let Some(what) = state_observation(&e.job, was, e.attempt.as_ref().map(|a| a.attempt)) {
+            step.observe(what);
         }
         let parent = e.job.parent.parse::<u64>().ok();
         let attempt = e.attempt.as_ref().map_or(e.job.attempts, |a| a.attempt);
@@ -502,11 +542,156 @@ impl Core {
     }
 }
 
+/// A fan-out or sharded job's parent: it runs nothing itself, its children do.
+pub(super) fn is_fanout_parent(job: &Job) -> bool {
+    job.spec
+        .as_ref()
+        .is_some_and(|s| !s.fanout.is_empty() || s.shards > 1)
+}
+
+/// What a job's change from `was` to its state now means for the metrics:
+/// its first start (wait since submit) or its end (result, run time).
+fn state_observation(job: &Job, was: JobState, attempt: Option<u32>) -> Option<Observation> {
+    let state = job.state();
+    if is_fanout_parent(job) {
+        return None;
+    }
+    let queue = || {
+        job.spec
+            .as_ref()
+            .map_or("default", |s| s.queue.as_str())
+            .to_string()
+    };
+    let seconds = |from: i64, to: i64| (to - from).max(0) as f64 / 1000.0;
+    if state == JobState::Running && was != JobState::Running && attempt == Some(1) {
+        return Some(Observation::Started {
+            queue: queue(),
+            wait_s: seconds(job.submitted_at_ms, job.started_at_ms),
+        });
+    }
+    if !state.is_terminal() || was.is_terminal() {
+        return None;
+    }
+    Some(Observation::Finished {
+        queue: queue(),
+        result: state.label(),
+        ran_s: (job.started_at_ms > 0).then(|| seconds(job.started_at_ms, job.finished_at_ms)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::harness::*;
     use msfleet_proto::{JobState, Outcome};
     use JobState::*;
+
+    /// The gauges a scrape reads: jobs per configured queue and state (a
+    /// queue without jobs reads 0), the oldest queued job, agents per state.
+    #[test]
+    fn the_metrics_snapshot_counts_what_is_queued_running_and_connected() {
+        use crate::metrics::AGENT_STATES;
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let first = h.submit(spec()).unwrap();
+        h.advance(5_000);
+        h.submit(spec()).unwrap();
+        h.submit(spec()).unwrap();
+        let got = h.assignments(&mut a);
+        assert_eq!(got.len(), 1);
+        let r = got[0].attempt.clone().unwrap();
+        assert_eq!(r.task_id, first.id);
+        h.update(&mut a, &r, 1, started());
+        h.advance(2_000);
+        let snap = h
+            .call(|reply| super::super::Command::MetricsSnapshot { reply })
+            .unwrap();
+        assert_eq!(
+            snap.queue_jobs["default"],
+            [2, 0, 1],
+            "queued, assigned, running"
+        );
+        assert_eq!(snap.queue_jobs["nightly"], [0, 0, 0]);
+        assert_eq!(snap.oldest_pending_s["default"], 2.0);
+        assert_eq!(snap.oldest_pending_s["nightly"], 0.0);
+        let state = |s: &str| snap.agents[AGENT_STATES.iter().position(|x| *x == s).unwrap()];
+        assert_eq!(
+            (state("busy"), state("online"), state("offline")),
+            (1, 0, 0)
+        );
+
+        h.finish(&mut a, &r, Outcome::Passed);
+        h.disconnect(&a);
+        let snap = h
+            .call(|reply| super::super::Command::MetricsSnapshot { reply })
+            .unwrap();
+        assert_eq!(
+            snap.queue_jobs["default"],
+            [1, 1, 0],
+            "the next took the slot"
+        );
+        assert_eq!(
+            (state_of(&snap, "busy"), state_of(&snap, "offline")),
+            (0, 1)
+        );
+    }
+
+    fn state_of(snap: &crate::metrics::Snapshot, s: &str) -> u64 {
+        let i = crate::metrics::AGENT_STATES.iter().position(|x| *x == s);
+        snap.agents[i.unwrap()]
+    }
+
+    /// A job's first start records its wait; its end, its result and run time.
+    #[test]
+    fn state_changes_make_the_observations_the_metrics_record() {
+        use crate::metrics::Observation;
+        let mut job = msfleet_proto::Job {
+            submitted_at_ms: 1_000,
+            started_at_ms: 4_000,
+            spec: Some(msfleet_proto::JobSpec {
+                queue: "default".into(),
+                ..spec()
+            }),
+            state: Running as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            super::state_observation(&job, Assigned, Some(1)),
+            Some(Observation::Started {
+                queue: "default".into(),
+                wait_s: 3.0
+            })
+        );
+        assert_eq!(
+            super::state_observation(&job, Assigned, Some(2)),
+            None,
+            "a retry"
+        );
+        job.state = TimedOut as i32;
+        job.finished_at_ms = 10_000;
+        assert_eq!(
+            super::state_observation(&job, Running, Some(1)),
+            Some(Observation::Finished {
+                queue: "default".into(),
+                result: "timed_out",
+                ran_s: Some(6.0)
+            })
+        );
+        assert_eq!(
+            super::state_observation(&job, TimedOut, Some(1)),
+            None,
+            "ended once"
+        );
+        job.state = Expired as i32;
+        job.started_at_ms = 0;
+        assert_eq!(
+            super::state_observation(&job, Queued, None),
+            Some(Observation::Finished {
+                queue: "default".into(),
+                result: "expired",
+                ran_s: None
+            })
+        );
+    }
 
     #[test]
     fn a_job_ends_in_the_state_its_attempt_reports() {

@@ -14,10 +14,12 @@
 use crate::auth::{Principal, TokenIndex};
 use crate::baseline::BaselineBook;
 use crate::config::Config;
+use crate::devices;
 use crate::jobspec;
 use crate::lease::{Lease, LeaseTable};
 use crate::limits;
-use crate::matching::{self, fits, source_dir, under_root};
+use crate::matching::{self, fits, source_dir, under_root, warm_for};
+use crate::metrics::{Observation, Snapshot};
 use crate::queue::PendingQueue;
 use crate::requirement::{Attributes, Requirement};
 use crate::schedule::{self, CronSpec, Due, Misfire, Overlap, OverlapAction};
@@ -29,7 +31,7 @@ use msfleet_proto::{
     job_event, scheduler_message, task_update, Agent, AgentAdmin, AttemptRef, Job, JobEvent,
     JobSpec, JobState, Outcome, SchedulerMessage, StateChange, TestCounts,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -350,6 +352,10 @@ pub enum Command {
     HasAdminToken {
         reply: Reply<bool>,
     },
+    /// A scrape of `/metrics`: the gauges' values now.
+    MetricsSnapshot {
+        reply: Reply<Snapshot>,
+    },
 }
 
 /// A command on its way to the core, with the permit it holds until the
@@ -427,6 +433,8 @@ struct Step {
     /// in `writes`, not yet in the store, and a split in the same turn must
     /// see them ([`Core::split_shards`]).
     collected: Vec<(u64, u32, String)>,
+    /// What this turn saw for the metrics, recorded once its writes are durable.
+    observed: Vec<Observation>,
 }
 
 impl Step {
@@ -451,6 +459,11 @@ impl Step {
                 }
             }));
         }
+    }
+
+    /// Records a Prometheus observation once this turn's writes are durable ([`Core::commit`]).
+    fn observe(&mut self, what: Observation) {
+        self.observed.push(what);
     }
 
     fn send(&mut self, tx: &AgentTx, msg: scheduler_message::Msg) {
@@ -572,12 +585,7 @@ impl Core {
         }
         let indexed: BTreeSet<u64> = snap.pending.into_iter().collect();
         for (&id, e) in &core.jobs {
-            let fanout_parent = e
-                .job
-                .spec
-                .as_ref()
-                .is_some_and(|s| !s.fanout.is_empty() || s.shards > 1);
-            if e.job.state() != JobState::Queued || fanout_parent {
+            if e.job.state() != JobState::Queued || jobs::is_fanout_parent(&e.job) {
                 continue;
             }
             if !indexed.contains(&id) {
@@ -707,6 +715,16 @@ impl Core {
             // let a restart reload what is durable. Nothing was acknowledged.
             tracing::error!(error = %e, "writing to the store failed; stopping");
             std::process::exit(70);
+        }
+        if !step.observed.is_empty() {
+            let observed = std::mem::take(&mut step.observed);
+            step.after.push(Box::new(move |ok| {
+                if ok {
+                    for what in &observed {
+                        what.record();
+                    }
+                }
+            }));
         }
         if !step.after.is_empty() {
             let after = step.after;
@@ -857,7 +875,56 @@ impl Core {
                 let r = Ok(self.has_admin_token());
                 step.reply(reply, r);
             }
+            Command::MetricsSnapshot { reply } => {
+                let r = Ok(self.metrics_snapshot());
+                step.reply(reply, r);
+            }
         }
+    }
+}
+
+impl Core {
+    /// The gauges of [`crate::metrics`]: jobs per configured queue and state,
+    /// the oldest queued job per queue, agents per state (`agent_state`).
+    fn metrics_snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::default();
+        for queue in self.cfg.queues.keys() {
+            snap.queue_jobs.insert(queue.clone(), [0; 3]);
+            snap.oldest_pending_s.insert(queue.clone(), 0.0);
+        }
+        for (&id, e) in self
+            .jobs
+            .iter()
+            .filter(|(_, e)| !jobs::is_fanout_parent(&e.job))
+        {
+            let slot = match e.job.state() {
+                JobState::Queued => 0,
+                JobState::Assigned => 1,
+                JobState::Running => 2,
+                _ => continue,
+            };
+            let queue = e.job.spec.as_ref().map_or("default", |s| s.queue.as_str());
+            let Some(counts) = snap.queue_jobs.get_mut(queue) else {
+                continue;
+            };
+            counts[slot] += 1;
+            if slot == 0 && self.pending.contains(id) {
+                let age = (self.now - e.job.submitted_at_ms).max(0) as f64 / 1000.0;
+                if let Some(oldest) = snap.oldest_pending_s.get_mut(queue) {
+                    *oldest = oldest.max(age);
+                }
+            }
+        }
+        for (name, a) in &self.agents {
+            let (state, _) = agents::agent_state(a, self.leases.count_held_by(name));
+            if let Some(i) = crate::metrics::AGENT_STATES
+                .iter()
+                .position(|s| *s == state)
+            {
+                snap.agents[i] += 1;
+            }
+        }
+        snap
     }
 }
 

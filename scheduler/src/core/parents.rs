@@ -267,15 +267,15 @@ impl Core {
         if !by_profile {
             return match self.agents.get(column) {
                 None => format!("agent {column} is not registered"),
-                Some(a) if a.record.admin() != AgentAdmin::Active => format!(
-                    "agent {column} is {}",
-                    a.record
-                        .admin()
-                        .as_str_name()
-                        .to_lowercase()
-                        .replace("agent_admin_", "")
-                ),
-                Some(a) if !a.takes_work() => format!("agent {column} is offline"),
+                // What `msctl agents` shows (drained, quarantined, lost,
+                // offline), from the one function that decides it.
+                Some(a) if !a.takes_work() => {
+                    let running = self.leases.count_held_by(column);
+                    format!(
+                        "agent {column} is {}",
+                        super::agents::agent_state(a, running).0
+                    )
+                }
                 Some(_) => format!("agent {column} did not get to it"),
             };
         }
@@ -287,7 +287,9 @@ impl Core {
         if of.is_empty() {
             format!("no agent of profile {column} is registered")
         } else if !of.iter().any(|a| a.takes_work()) {
-            format!("no agent of profile {column} takes work (drained, quarantined or offline)")
+            format!(
+                "no agent of profile {column} takes work (drained, quarantined, lost or offline)"
+            )
         } else {
             format!("no agent of profile {column} got to it")
         }
@@ -683,6 +685,32 @@ mod tests {
         assert_eq!(done.reason, "children: 1 passed; not run on: a2, a3");
     }
 
+    /// A child whose agent went silent (lost) before it started ends not run
+    /// at the parent's deadline, its column saying `lost` as `msctl agents` does.
+    #[test]
+    fn a_child_whose_agent_is_lost_ends_not_run_and_the_column_says_lost() {
+        let mut h = Harness::with(|c| c.lease_timeout = std::time::Duration::from_secs(3));
+        let mut a = h.register("a1", "p", 1);
+        let mut b = h.register("a2", "p", 1);
+        h.fill_slot(&mut b, "agent.name == \"a2\"");
+        let parent = h.submit(each_agent()).unwrap();
+        assert_eq!(parent.children.len(), 2);
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.finish(&mut a, &r, Outcome::Passed);
+        h.advance(3_100);
+        h.heartbeat(&a, Vec::new());
+        h.tick();
+        h.advance(DAY_MS);
+        h.heartbeat(&a, Vec::new());
+        h.tick();
+        let done = h.job(&parent.id);
+        assert_eq!(done.state(), Passed, "{}", done.reason);
+        assert_eq!(
+            done.reason,
+            "children: 1 passed; not run on: a2 (agent a2 is lost)"
+        );
+    }
+
     #[test]
     fn a_child_whose_agent_is_drained_before_it_starts_ends_not_run_by_the_deadline() {
         let mut h = Harness::new();
@@ -739,7 +767,7 @@ mod tests {
         let done = h.job(&parent.id);
         assert_eq!(done.state(), Failed);
         assert!(
-            done.reason.ends_with("not run on: p-b (no agent of profile p-b takes work (drained, quarantined or offline))"),
+            done.reason.ends_with("not run on: p-b (no agent of profile p-b takes work (drained, quarantined, lost or offline))"),
             "{}",
             done.reason
         );

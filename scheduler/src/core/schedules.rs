@@ -195,17 +195,23 @@ impl Core {
             }
             let mut outcome = String::new();
             let mut job_id = None;
+            let mut fired = "missed";
             if fire {
                 match overlap.decide(previous_running) {
                     OverlapAction::Skip => {
+                        fired = "skipped";
                         outcome = "skipped: the previous run is still going".into();
                         tracing::info!(schedule = %name, slot, "{outcome}");
                     }
                     OverlapAction::Start | OverlapAction::Queue => {
                         let by = format!("schedule:{name}");
                         match self.submit(spec, Some((name.clone(), slot)), &by, None, step) {
-                            Ok(job) => job_id = Some(job.id),
+                            Ok(job) => {
+                                fired = "fired";
+                                job_id = Some(job.id)
+                            }
                             Err(status) => {
+                                fired = "refused";
                                 outcome = format!("refused: {}", status.message());
                                 tracing::error!(schedule = %name, slot, "{outcome}");
                             }
@@ -213,6 +219,10 @@ impl Core {
                     }
                 }
             }
+            step.observe(Observation::ScheduleFire {
+                schedule: name.clone(),
+                outcome: fired,
+            });
             if let Some((rec, _)) = self.schedules.get_mut(&name) {
                 rec.last_slot_ms = Some(slot);
                 if let Some(id) = job_id {

@@ -69,6 +69,11 @@ struct Args {
     /// (`--otlp-endpoint`), to measure what tracing costs the scheduler.
     #[arg(long)]
     otlp: bool,
+    /// `on`: msched serves /metrics (its HTTP listener on a free loopback
+    /// port) and the generator scrapes it every second; `off`: no HTTP
+    /// listener, no recorder (every metric is a no-op).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    metrics: String,
 }
 
 /// Set once a scenario is over: agent streams breaking after that are expected.
@@ -101,7 +106,7 @@ fn fleet_client(ch: Channel, secret: &str) -> Result<Fc> {
 }
 
 impl Sched {
-    fn start(bin: &PathBuf, heartbeat: &str, otlp: Option<&str>) -> Result<Sched> {
+    fn start(bin: &PathBuf, heartbeat: &str, otlp: Option<&str>, metrics: &str) -> Result<Sched> {
         STOPPING.store(false, Ordering::Relaxed);
         let dir = tempfile::tempdir()?;
         let ready = dir.path().join("addr");
@@ -114,6 +119,14 @@ impl Sched {
             .arg("--ready-file")
             .arg(&ready)
             .args(["--heartbeat-interval", heartbeat, "--lease-timeout", "60s"])
+            .args([
+                "--http-listen",
+                if metrics == "on" {
+                    "127.0.0.1:0"
+                } else {
+                    "off"
+                },
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -121,11 +134,22 @@ impl Sched {
             .with_context(|| format!("starting {}", bin.display()))?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(a) = std::fs::read_to_string(&ready) {
+            if let Some(r) = std::fs::read_to_string(&ready)
+                .ok()
+                .filter(|r| !r.is_empty())
+            {
+                let a = r.lines().next().unwrap_or_default().to_string();
+                let http = r
+                    .lines()
+                    .find_map(|l| l.strip_prefix("http "))
+                    .map(str::to_string);
                 let admin = std::fs::read_to_string(dir.path().join("data/admin.token"))
                     .context("reading msched's admin token")?
                     .trim()
                     .to_string();
+                if let Some(http) = http {
+                    scrape_every_second(http);
+                }
                 return Ok(Sched {
                     child,
                     addr: format!("http://{a}"),
@@ -170,6 +194,21 @@ impl Sched {
             .unwrap_or(0.0);
         (rss, cpu)
     }
+}
+
+/// Scrapes msched's `/metrics` once a second (as a busy Prometheus would)
+/// until the scenario is over, so `--metrics on` counts rendering too.
+fn scrape_every_second(http: String) {
+    std::thread::spawn(move || {
+        while !STOPPING.load(Ordering::Relaxed) {
+            match msfleet_tests::http_get(&http, "/metrics", None) {
+                Ok((200, _)) => {}
+                Ok((code, body)) => eprintln!("msfleet-load: /metrics answered {code}: {body}"),
+                Err(e) => eprintln!("msfleet-load: scraping /metrics: {e}"),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
 }
 
 impl Drop for Sched {
@@ -346,7 +385,12 @@ fn spec(t0: Option<u64>) -> pb::JobSpec {
 }
 
 async fn throughput(args: &Args, bin: &PathBuf, otlp: &Option<OtlpSink>) -> Result<()> {
-    let sched = Sched::start(bin, &args.heartbeat, otlp.as_ref().map(|o| o.url.as_str()))?;
+    let sched = Sched::start(
+        bin,
+        &args.heartbeat,
+        otlp.as_ref().map(|o| o.url.as_str()),
+        &args.metrics,
+    )?;
     let obs = Arc::new(Observed::default());
     let stop = Arc::new(tokio::sync::Notify::new());
     fleet(&sched, args.agents, "tp", obs.clone(), stop.clone()).await?;
@@ -420,11 +464,21 @@ async fn throughput(args: &Args, bin: &PathBuf, otlp: &Option<OtlpSink>) -> Resu
         elapsed_s,
         100.0 * (cpu1 - cpu0) / elapsed_s
     );
+    println!(
+        "  msched CPU per job: {:.3} ms (metrics {})",
+        1000.0 * (cpu1 - cpu0) / args.jobs as f64,
+        args.metrics
+    );
     Ok(())
 }
 
 async fn latency(args: &Args, bin: &PathBuf, otlp: &Option<OtlpSink>) -> Result<()> {
-    let sched = Sched::start(bin, &args.heartbeat, otlp.as_ref().map(|o| o.url.as_str()))?;
+    let sched = Sched::start(
+        bin,
+        &args.heartbeat,
+        otlp.as_ref().map(|o| o.url.as_str()),
+        &args.metrics,
+    )?;
     let obs = Arc::new(Observed::default());
     *obs.latency.lock().await = Some(Histogram::new(3)?);
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -486,7 +540,12 @@ async fn latency(args: &Args, bin: &PathBuf, otlp: &Option<OtlpSink>) -> Result<
 }
 
 async fn idle(args: &Args, bin: &PathBuf, otlp: &Option<OtlpSink>) -> Result<()> {
-    let sched = Sched::start(bin, &args.heartbeat, otlp.as_ref().map(|o| o.url.as_str()))?;
+    let sched = Sched::start(
+        bin,
+        &args.heartbeat,
+        otlp.as_ref().map(|o| o.url.as_str()),
+        &args.metrics,
+    )?;
     let (rss0, _) = sched.usage();
     let obs = Arc::new(Observed::default());
     let stop = Arc::new(tokio::sync::Notify::new());

@@ -422,6 +422,9 @@ pub struct Scheduler {
     child: Option<Child>,
     /// `127.0.0.1:PORT`; the same across restarts.
     pub addr: String,
+    /// The HTTP listener (`/metrics`, `/healthz`, `/readyz`), `127.0.0.1:PORT`
+    /// (a new port at each start).
+    pub http_addr: String,
     pub data_dir: PathBuf,
     ready_file: PathBuf,
     pub log: PathBuf,
@@ -434,6 +437,7 @@ impl Scheduler {
         let mut s = Scheduler {
             child: None,
             addr: String::new(),
+            http_addr: String::new(),
             data_dir: dir.join("sched-data"),
             ready_file: dir.join("sched.ready"),
             log: dir.join("logs/msched.log"),
@@ -458,6 +462,7 @@ impl Scheduler {
             .arg(&self.opts.lease_timeout)
             .arg("--heartbeat-interval")
             .arg(&self.opts.heartbeat_interval)
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(&self.opts.extra)
             .args(self.opts.tls.iter().flat_map(|(cert, key, _)| {
                 [
@@ -476,9 +481,15 @@ impl Scheduler {
         let mut child = cmd.spawn().map_err(|e| format!("spawning msched: {e}"))?;
         let start = Instant::now();
         loop {
-            if let Ok(addr) = std::fs::read_to_string(&self.ready_file) {
+            if let Ok(ready) = std::fs::read_to_string(&self.ready_file) {
+                let mut lines = ready.lines();
+                let addr = lines.next().unwrap_or_default();
                 if !addr.trim().is_empty() {
                     self.addr = addr.trim().to_string();
+                    self.http_addr = lines
+                        .find_map(|l| l.strip_prefix("http "))
+                        .unwrap_or_default()
+                        .to_string();
                     schedulers().lock().unwrap().insert(
                         port_of(&self.addr),
                         SchedCreds {
@@ -1080,5 +1091,107 @@ impl Drop for Bg {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Commits the files under `repo` (a directory the caller filled) as one
+/// commit on `main` of a new git repository; its `file://` URL.
+pub fn git_repo(repo: &Path, message: &str) -> String {
+    let git = |args: &[&str]| {
+        let mut c = Command::new("git");
+        c.args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(repo);
+        let out = run_cmd(c, Duration::from_secs(30));
+        assert_eq!(out.code, 0, "git {args:?}:\n{out}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", message]);
+    format!("file://{}", repo.display())
+}
+
+/// `(test, cell)` for each row of `msctl report --json`'s matrix, the
+/// first column's cell (a job of one column).
+pub fn report_rows(report: &Value) -> Vec<(String, String)> {
+    report["matrix"]
+        .as_array()
+        .expect("a matrix")
+        .iter()
+        .map(|r| {
+            let cell = r["cells"].as_object().and_then(|c| c.values().next());
+            (
+                r["test"].as_str().unwrap_or("").to_string(),
+                cell.and_then(|c| c.as_str()).unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------ accelerators
+
+/// The recorded `npu-smi info` of an 8-card 910B host (every card `OK`).
+pub fn healthy_table() -> String {
+    let p = repo_root().join("agent/tests/fixtures/npu-smi/info-910b-8card-24.1.0.txt");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// The same table with card 5's Health turned to `Alarm`.
+pub fn alarm_table() -> String {
+    table_with_health(5, "Alarm")
+}
+
+/// The recorded 8-card table with card `card`'s Health turned to `health`.
+pub fn table_with_health(card: u32, health: &str) -> String {
+    let ok = format!("| {card}     910B                | OK            |");
+    let table = healthy_table();
+    assert!(table.contains(&ok), "the fixture has card {card} OK");
+    table.replace(
+        &ok,
+        &format!("| {card}     910B                | {health:<13} |"),
+    )
+}
+
+/// A fake `npu-smi` that prints the table file next to it for `info` (and
+/// fails for anything else, as a tool without that subcommand would). The
+/// test rewrites the table to change what the next probe sees.
+pub struct FakeNpuSmi {
+    pub script: PathBuf,
+    table: PathBuf,
+}
+
+impl FakeNpuSmi {
+    pub fn new(dir: &Path, table: &str) -> FakeNpuSmi {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = dir.join("npu-smi");
+        std::fs::create_dir_all(&dir).unwrap();
+        let table_path = dir.join("table.txt");
+        std::fs::write(&table_path, table).unwrap();
+        let script = dir.join("npu-smi");
+        let body = format!(
+            "#!/bin/sh\nif [ \"$1\" = info ] && [ $# -eq 1 ]; then exec cat '{}'; fi\n\
+             echo \"npu-smi: unsupported: $*\" >&2\nexit 1\n",
+            table_path.display()
+        );
+        std::fs::write(&script, body).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FakeNpuSmi {
+            script,
+            table: table_path,
+        }
+    }
+
+    /// Replaces the table atomically (a probe never reads half of it).
+    pub fn show(&self, table: &str) {
+        let tmp = self.table.with_extension("new");
+        std::fs::write(&tmp, table).unwrap();
+        std::fs::rename(&tmp, &self.table).unwrap();
     }
 }
