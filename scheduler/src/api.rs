@@ -39,11 +39,22 @@ fn bounded<T: Bounded>(req: Request<T>) -> Result<T, Status> {
 pub struct FleetService {
     core: CoreHandle,
     store: Store,
+    /// True once msched is stopping: open watches end (Unavailable) so the
+    /// graceful stop does not wait on them; msctl resumes from its cursor.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl FleetService {
-    pub fn new(core: CoreHandle, store: Store) -> Self {
-        FleetService { core, store }
+    pub fn new(
+        core: CoreHandle,
+        store: Store,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            core,
+            store,
+            stopping,
+        }
     }
 }
 
@@ -119,6 +130,7 @@ impl Fleet for FleetService {
         let id = req.id;
         let handle = self.core.call(|reply| Command::Watch { id, reply }).await?;
         let store = self.store.clone();
+        let mut stopping = self.stopping.clone();
         let (tx, rx) = mpsc::channel::<Result<pb::JobEvent, Status>>(64);
         tokio::spawn(async move {
             let job = handle.job;
@@ -153,7 +165,20 @@ impl Fleet for FleetService {
                 if done {
                     return;
                 }
-                if progress.changed().await.is_err() {
+                let changed = tokio::select! {
+                    changed = progress.changed() => changed,
+                    () = async {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    } => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!(
+                                "msched is shutting down; watch again to go on after event {cursor}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                if changed.is_err() {
                     // The core let go of the job: the last value is final.
                     let last = *progress.borrow();
                     if last.durable_seq <= cursor {

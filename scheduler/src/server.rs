@@ -142,6 +142,9 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3)
 /// loads); once the store is loaded and the admin token exists, the ready
 /// file is written (the gRPC address, then `http ADDR`) and systemd is told
 /// `READY=1`.
+/// How long a stopping msched waits for open streams (watchers) to end.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub async fn serve(
     cfg: Config,
     listener: TcpListener,
@@ -204,10 +207,24 @@ pub async fn serve(
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "could not tell systemd READY=1"),
     }
+    let ending = core.clone();
     let shutdown = async move {
         shutdown.await;
         msfleet_proto::systemd::notify_stopping();
         let _ = stop_tx.send(true);
+        // The graceful stop waits for every open stream: agents hold theirs
+        // open for good, so the core ends them.
+        match ending.call(|reply| Command::EndSessions { reply }).await {
+            Ok(n) => tracing::info!(agents = n, "shutting down: agent sessions ended"),
+            Err(e) => tracing::warn!(error = %e, "shutting down: could not end agent sessions"),
+        }
+    };
+    // Whatever else stays open (a `watch` of a job still queued) gets
+    // SHUTDOWN_GRACE, then its connection is dropped.
+    let mut stopping = stop_rx.clone();
+    let grace_over = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -238,7 +255,7 @@ pub async fn serve(
         }
         builder = builder.tls_config(config)?;
     }
-    builder
+    let serve = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(AuthLayer::new(tokens))
@@ -258,17 +275,27 @@ pub async fn serve(
                 .max_encoding_message_size(max),
         )
         .add_service(
-            FleetServer::new(FleetService::new(core.clone(), store.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            FleetServer::new(FleetService::new(
+                core.clone(),
+                store.clone(),
+                stop_rx.clone(),
+            ))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
         .add_service(
             AgentLinkServer::new(AgentLinkService::new(core))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    tokio::select! {
+        served = serve => served?,
+        () = grace_over => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "shutting down: streams still open after the grace are dropped"
+        ),
+    }
     store.flush().map_err(|source| ServeError::Store {
         dir: cfg.data_dir.display().to_string(),
         source,

@@ -2127,3 +2127,66 @@ async fn a_collection_burst_with_its_finish_splits_every_test_exactly_once() {
     assert_eq!(count(&j, "passed"), 12, "each test counted once: {j:#}");
     assert_eq!(count(&j, "total"), 12, "{j:#}");
 }
+
+/// SIGTERM (systemd's stop) ends msched promptly even while agents hold
+/// their sessions open and a client watches a job: the streams are closed
+/// for it, the agents reconnect to the restarted scheduler, nothing is lost.
+#[test]
+fn sigterm_stops_msched_with_agents_connected_and_they_come_back() {
+    let mut f = Fleet::new();
+    f.add_agent("t1", &[], &[]);
+    f.add_agent("t2", &[], &[]);
+    let suite = f.copy_example("suite");
+    let quick = s(&suite);
+    let done = f.submit(&["pytest", "--dir", &quick, "--", "tests/smoke"]);
+    assert_eq!(f.wait_terminal(&done)["state"], "passed");
+    let waiting = f.submit(&[
+        "pytest",
+        "--dir",
+        &quick,
+        "--require",
+        "agent.name == \"nobody\"",
+        "--allow-unmatched",
+    ]);
+    let mut watcher = ctl_cmd(&f.sched.addr, &["watch", &waiting])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("msctl watch");
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = f.sched.terminate(Duration::from_secs(15));
+    let took = started.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "msched still ran 15 s after SIGTERM:\n{}",
+            tail(&f.sched.log, 30)
+        )
+    });
+    assert!(status.success(), "msched exited {status:?}");
+    println!("msched stopped {took:?} after SIGTERM with 2 agents and a watcher");
+    f.sched.restart();
+    for a in ["t1", "t2"] {
+        f.wait_agent_connected(a);
+    }
+    let j = f.show(&done);
+    assert_eq!(j["state"], "passed", "{j:#}");
+    assert_eq!(f.show(&waiting)["state"], "queued");
+    // The watch went on with the restarted scheduler: it sees the cancel.
+    let out = f.ctl(&["cancel", &waiting]);
+    assert_eq!(out.code, 0, "{out}");
+    let until = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = watcher.try_wait().expect("msctl watch") {
+            break status.code();
+        }
+        if Instant::now() > until {
+            let _ = watcher.kill();
+            panic!("msctl watch did not follow the job across the restart");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(3), "watch of a cancelled job exits 3");
+    let again = f.submit(&["pytest", "--dir", &quick, "--", "tests/smoke"]);
+    assert_eq!(f.wait_terminal(&again)["state"], "passed");
+}

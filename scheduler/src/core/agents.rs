@@ -455,6 +455,25 @@ impl Core {
         tracing::warn!(agent = %name, "session ended: {why}");
     }
 
+    /// msched is stopping: ends every agent session's stream with
+    /// Unavailable (the agent reconnects with its backoff, to the restarted
+    /// scheduler). Nothing is lost: the attempts stay leased to their agents.
+    pub(super) fn end_all_sessions(&mut self, step: &mut Step) -> usize {
+        let now = self.now;
+        let mut ended = 0;
+        for a in self.agents.values_mut() {
+            let Some(session) = a.session.take() else {
+                continue;
+            };
+            a.last_seen_ms = now;
+            self.sessions.remove(&session.id);
+            let status = Status::unavailable("msched is shutting down; reconnect to its restart");
+            step.after.push(Box::new(move |_| session.tx.end(status)));
+            ended += 1;
+        }
+        ended
+    }
+
     pub(super) fn session_agent(&mut self, session: u64) -> Option<(String, AgentTx)> {
         let name = self.sessions.get(&session)?.clone();
         let a = self.agents.get_mut(&name)?;

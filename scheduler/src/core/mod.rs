@@ -240,6 +240,12 @@ pub enum Command {
     ListAgents {
         reply: Reply<Vec<Agent>>,
     },
+    /// msched is stopping: every agent session's stream ends (Unavailable),
+    /// so the graceful stop need not wait for agents; their attempts stay
+    /// leased (the restart grace covers the gap). Replies how many ended.
+    EndSessions {
+        reply: Reply<usize>,
+    },
     SetAgentAdmin {
         name: String,
         admin: AgentAdmin,
@@ -765,6 +771,10 @@ impl Core {
             }
             Command::ListAgents { reply } => {
                 let r = Ok(self.list_agents());
+                step.reply(reply, r);
+            }
+            Command::EndSessions { reply } => {
+                let r = Ok(self.end_all_sessions(step));
                 step.reply(reply, r);
             }
             Command::SetAgentAdmin {
