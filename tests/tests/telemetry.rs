@@ -218,7 +218,8 @@ const WANTED: [(&str, &str); 6] = [
 fn one_job_is_one_trace_across_msctl_msched_and_msagent() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (url, seen) = start_receiver(&rt);
-    let f = traced_fleet(&url);
+    // JSON logs and the span export share the agent's one subscriber.
+    let f = traced_fleet_with(&url, &["--log-format", "json"]);
     let suite = f.write_suite("traced", &[("test_traced.py", SUITE)]);
     let out = traced_ctl(
         &f,
@@ -250,6 +251,14 @@ fn one_job_is_one_trace_across_msctl_msched_and_msagent() {
     let checkout = by("msagent", "checkout");
     let pytest = by("msagent", "pytest");
     let upload = by("msagent", "upload results");
+    // The agent's log-only spans (its name, an attempt's job for the log lines) are no
+    // trace spans.
+    for name in ["msagent", "attempt"] {
+        assert!(
+            named(&spans, "msagent", name).is_none(),
+            "msagent exported its log span '{name}'"
+        );
+    }
 
     // One trace.
     for s in [&job, &attempt, &checkout, &pytest, &upload] {
