@@ -215,7 +215,10 @@ impl Updates {
                         e.message = r.text(&e.message);
                     }
                 }
-                task_update::Kind::Started(_) | task_update::Kind::Log(_) => {}
+                // A hash and numbers: nothing a secret could be in.
+                task_update::Kind::Started(_)
+                | task_update::Kind::Log(_)
+                | task_update::Kind::Environment(_) => {}
             }
         }
         let _ = self.tx.send((self.key.clone(), kind));

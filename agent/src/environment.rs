@@ -203,6 +203,13 @@ pub async fn prepare(
         ),
     );
     tracing::info!(task = %a.task_id, key = %key, cached, secs, "environment ready");
+    tx.send(msfleet_proto::task_update::Kind::Environment(
+        msfleet_proto::EnvironmentReady {
+            seconds: secs,
+            cached,
+            key: key.to_string(),
+        },
+    ));
     if let Some(aff) = msfleet_proto::environment::affinity(&a.spec) {
         note_affinity(&envs.join(format!("{key}.affinity")), &aff).await;
     }

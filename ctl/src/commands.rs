@@ -1033,6 +1033,13 @@ async fn watch(client: &mut Client, job: &str, json: bool) -> Result<i32, CtlErr
                 }
                 progress.case_done(cases.len(), &c.name, &c.verdict.to_uppercase());
             }
+            Some(job_event::Kind::Environment(env)) => {
+                if !json {
+                    progress.print(|| {
+                        let _ = writeln!(out, "{}", render::environment_line(env));
+                    });
+                }
+            }
             Some(job_event::Kind::Log(_)) | None => {}
         }
         let _ = out.flush();

@@ -107,6 +107,7 @@ pub fn job_json(j: &Job) -> Value {
         "gpu_memory_bytes": spec.gpu_memory_bytes,
         "npu_memory_bytes": spec.npu_memory_bytes,
         "devices": j.devices.iter().map(device_json).collect::<Vec<_>>(),
+        "setup": j.environment.as_ref().map_or(Value::Null, environment_ready_json),
         "environment": environment_json(&spec),
         "caches": spec.caches,
         "retries": spec.retries,
@@ -524,6 +525,20 @@ pub fn queue_json(q: &Queue) -> Value {
     json!({ "name": q.name, "pending": q.pending, "running": q.running, "aging_s": q.aging_s })
 }
 
+/// "environment ready in 12.3 s (cached)": the setup of a job's venv, apart
+/// from its tests.
+pub fn environment_line(env: &msfleet_proto::EnvironmentReady) -> String {
+    format!(
+        "environment ready in {:.1} s ({})",
+        env.seconds,
+        if env.cached { "cached" } else { "built" }
+    )
+}
+
+fn environment_ready_json(env: &msfleet_proto::EnvironmentReady) -> Value {
+    json!({ "seconds": env.seconds, "cached": env.cached, "key": env.key })
+}
+
 pub fn event_json(job: &str, e: &JobEvent) -> Value {
     let mut v = json!({ "job": job, "seq": e.seq, "time_ms": e.time_ms, "attempt": e.attempt });
     match &e.kind {
@@ -550,6 +565,10 @@ pub fn event_json(job: &str, e: &JobEvent) -> Value {
         Some(job_event::Kind::Case(c)) => {
             v["type"] = json!("case");
             v["case"] = case_json(c);
+        }
+        Some(job_event::Kind::Environment(env)) => {
+            v["type"] = json!("environment");
+            v["environment"] = environment_ready_json(env);
         }
         None => v["type"] = json!("unknown"),
     }
@@ -611,6 +630,18 @@ pub fn job_text(j: &Job) -> String {
         out += &format!(
             "  devices:   {}\n",
             msfleet_proto::devices::describe(&j.devices)
+        );
+    }
+    if let Some(env) = &j.environment {
+        out += &format!(
+            "  setup:     {:.1} s ({}, key {})\n",
+            env.seconds,
+            if env.cached {
+                "cached environment"
+            } else {
+                "environment built"
+            },
+            env.key
         );
     }
     out += &format!(

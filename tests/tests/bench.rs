@@ -260,7 +260,9 @@ fn baselines_of_two_hardware_profiles_stay_apart() {
     let mut f = Fleet::new();
     f.add_agent("alpha", &["profile=alpha"], ALLOW_BENCH);
     f.add_agent("beta", &["profile=beta"], ALLOW_BENCH);
-    let suite = bench_suite(&f, "prof", &[("p.json", short_case("p", 0.05, 0.0))]);
+    // Long enough that a loaded 2-core machine's jitter does not make the
+    // run noisy: what this test is about is which baseline judges it.
+    let suite = bench_suite(&f, "prof", &[("p.json", short_case("p", 0.3, 0.0))]);
     let (on_alpha, job) = run_bench(&f, &suite, &["--require", "profile==\"alpha\""]);
     assert_eq!(case(&job, "p")["verdict"], "no_baseline");
     assert_eq!(job["agent"], "alpha");
@@ -268,7 +270,11 @@ fn baselines_of_two_hardware_profiles_stay_apart() {
     assert_eq!(out.code, 0, "{out}");
     // alpha is now judged, beta still has nothing to be judged against
     let (_, job) = run_bench(&f, &suite, &["--require", "profile==\"alpha\""]);
-    assert_eq!(case(&job, "p")["verdict"], "pass", "{job:#}");
+    let judged = case(&job, "p")["verdict"].clone();
+    assert!(
+        ["pass", "improvement", "noisy"].contains(&judged.as_str().unwrap_or("")),
+        "judged against alpha's baseline (not no_baseline, not a regression): {job:#}"
+    );
     let (_, job) = run_bench(&f, &suite, &["--require", "profile==\"beta\""]);
     assert_eq!(job["agent"], "beta");
     assert_eq!(case(&job, "p")["verdict"], "no_baseline", "{job:#}");

@@ -176,16 +176,34 @@ fn logs(f: &Fleet, id: &str) -> String {
     out.stdout + &out.stderr
 }
 
-/// The "environment ready in X s (built|cached ...)" line of a job's log: (seconds, cached).
+/// A job's setup time apart from its tests, as `msctl show --json` has it
+/// (`setup`), checked against the log's "environment ready in X s" line and
+/// `msctl watch`'s: (seconds, cached).
 fn ready(f: &Fleet, id: &str) -> (f64, bool) {
+    let j = f.show(id);
+    let setup = &j["setup"];
+    let secs = setup["seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("job {id} shows no setup time: {j:#}"));
+    let cached = setup["cached"].as_bool().expect("cached");
     let text = logs(f, id);
     let line = text
         .lines()
         .find_map(|l| l.split("msfleet: environment ready in ").nth(1))
         .unwrap_or_else(|| panic!("job {id} has no 'environment ready' line:\n{text}"));
-    let (secs, rest) = line.split_once(" s (").expect("ready line shape");
-    let secs: f64 = secs.parse().expect("seconds");
-    (secs, rest.starts_with("cached"))
+    let (logged, rest) = line.split_once(" s (").expect("ready line shape");
+    assert_eq!(logged, format!("{secs:.1}"), "log and show agree");
+    assert_eq!(rest.starts_with("cached"), cached);
+    let watch = f.ctl(&["watch", id]);
+    let want = format!(
+        "environment ready in {secs:.1} s ({})",
+        if cached { "cached" } else { "built" }
+    );
+    assert!(
+        watch.stdout.contains(&want),
+        "watch shows the setup: {watch}"
+    );
+    (secs, cached)
 }
 
 fn wait(f: &Fleet, id: &str) -> Value {

@@ -117,6 +117,12 @@ impl Core {
                 return reject(step, message, false);
             }
             Some(task_update::Kind::Finished(f)) => limits::cut(&mut f.reason, limits::MAX_REASON),
+            Some(task_update::Kind::Environment(env)) => {
+                limits::cut(&mut env.key, limits::MAX_NAME);
+                if !env.seconds.is_finite() || env.seconds < 0.0 {
+                    env.seconds = 0.0;
+                }
+            }
             Some(_) => {}
         }
         att.applied_seq = u.seq;
@@ -137,6 +143,10 @@ impl Core {
             }
             Some(task_update::Kind::Case(c)) => self.record_case(task, attempt, &name, c, step),
             Some(task_update::Kind::Test(t)) => self.record_test(task, attempt, &name, t, step),
+            Some(task_update::Kind::Environment(env)) => {
+                e.job.environment = Some(env.clone());
+                self.push_event(task, attempt, job_event::Kind::Environment(env), step);
+            }
             Some(task_update::Kind::Finished(f)) => self.finish(task, f, step),
             None => {}
         }
@@ -568,6 +578,7 @@ impl Core {
         e.job.agent = agent.to_string();
         e.job.tests = Some(TestCounts::default());
         e.job.cases.clear();
+        e.job.environment = None;
         let att = AttemptRecord {
             attempt: e.job.attempts,
             epoch,
