@@ -466,6 +466,28 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_inventory_lists_the_processes_on_each_gpu() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gpus.json");
+        std::fs::write(
+            &path,
+            r#"[{"index": 0, "uuid": "GPU-aaa", "health": "ok",
+                 "processes": [{"pid": 4242, "name": "python3"}]},
+                {"index": 1, "uuid": "GPU-bbb", "health": "ok"}]"#,
+        )
+        .expect("write");
+        let probe = RecordedInventory(path).probe();
+        assert_eq!(
+            probe.gpus[0].processes,
+            [GpuProcess {
+                pid: 4242,
+                name: "python3".into()
+            }]
+        );
+        assert!(probe.gpus[1].processes.is_empty());
+    }
+
+    #[test]
     fn health_summaries() {
         use NvmlError::{GpuLost, NotSupported, Unknown};
         let fine = || (Ok(0), Ok(0));

@@ -240,7 +240,7 @@ pub fn parse_info(text: &str) -> Result<NpuSmiInfo, NpuSmiParseError> {
             text: shown_line(trimmed),
         };
         if section == Section::Processes {
-            if let Some(p) = process_row(&first, &cells).map_err(|r| bad(r))? {
+            if let Some(p) = process_row(&first, &cells).map_err(bad)? {
                 info.processes.push(p);
             }
             continue;
