@@ -21,9 +21,11 @@ pub const CHECK_KIND: &str = "check";
 /// importable by the agent's python. **A device is judged on its own**, not
 /// here: an unhealthy GPU or NPU ([`withheld`]) is withheld from assignment
 /// by the scheduler while the rest of the host keeps working, so it never
-/// degrades (and quarantines) the host.
+/// degrades (and quarantines) the host — except a device a leftover process
+/// holds and the agent could not kill ([`crate::leftover`], `facts.held`):
+/// that degrades the host, one reason per device.
 pub fn assess(facts: &HardwareFacts, min_disk_free_mb: u64, need_pytest: bool) -> HealthSummary {
-    let mut reasons = Vec::new();
+    let mut reasons = facts.held.clone();
     let h = &facts.host;
     if h.disk_free_mb < min_disk_free_mb {
         reasons.push(format!(
@@ -88,7 +90,9 @@ fn gigabytes(mb: u64) -> String {
 pub async fn probe(cfg: &Arc<AgentConfig>) -> (HardwareFacts, Capabilities) {
     let c = cfg.clone();
     let facts = tokio::task::spawn_blocking(move || {
-        crate::probe::probe_all(&c.work_dir, &c.python, &c.npu_smi)
+        let mut facts = crate::probe::probe_all(&c.work_dir, &c.python, &c.npu_smi);
+        crate::leftover::apply(&mut facts);
+        facts
     })
     .await
     .unwrap_or_else(|e| {
@@ -107,7 +111,15 @@ pub async fn probe(cfg: &Arc<AgentConfig>) -> (HardwareFacts, Capabilities) {
     (facts, caps)
 }
 
-/// Probes again every `--probe-interval` and publishes the fresh
+/// Asks [`probe_every`] for a probe now (a device was just withheld: the
+/// scheduler must hear it before `--probe-interval` is up).
+pub fn probe_now() {
+    PROBE_NOW.notify_one();
+}
+
+static PROBE_NOW: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Probes again every `--probe-interval` (and at once on [`probe_now`]) and publishes the fresh
 /// capabilities on `to` (the session sends them); ends when nobody listens.
 pub async fn probe_every(cfg: Arc<AgentConfig>, to: watch::Sender<Option<Capabilities>>) {
     let mut every = tokio::time::interval(cfg.probe_interval);
@@ -116,6 +128,7 @@ pub async fn probe_every(cfg: Arc<AgentConfig>, to: watch::Sender<Option<Capabil
     loop {
         tokio::select! {
             _ = every.tick() => {}
+            _ = PROBE_NOW.notified() => {}
             _ = to.closed() => return,
         }
         let (_, caps) = probe(&cfg).await;

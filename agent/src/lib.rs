@@ -21,6 +21,7 @@ pub mod environment;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;
+pub mod leftover;
 pub mod metrics;
 pub mod policy;
 pub mod probe;

@@ -231,6 +231,7 @@ mod tests {
             mig_mode: "disabled".to_string(),
             power_limit_w: 700,
             health: "ok".to_string(),
+            processes: Vec::new(),
         }
     }
 
@@ -327,6 +328,7 @@ mod tests {
                 driver_version: Some("24.1.0".to_string()),
                 firmware_version: None,
                 cards: (0..8).map(card).collect(),
+                processes: Vec::new(),
             },
             cann_version: Some("8.0.RC3".to_string()),
             ..HardwareFacts::default()

@@ -66,6 +66,17 @@ pub async fn run(
     #[cfg(debug_assertions)]
     injected_fault();
     let finished = run_inner(&cfg, &a, &tx, stop).await;
+    // The cell is gone: nothing may still hold the attempt's devices.
+    let withheld = crate::leftover::sweep(&cfg, &a).await;
+    if !withheld.is_empty() {
+        tx.log(
+            "stderr",
+            format!(
+                "msfleet: withheld after this attempt: {}\n",
+                withheld.join("; ")
+            ),
+        );
+    }
     if let Some(mut f) = finished {
         // Also the agent's own log never carries a secret value.
         f.reason = tx.redact(&f.reason);

@@ -548,7 +548,15 @@ impl Session {
             return self.give_back(r, why, true);
         }
         // The devices must be ours and healthy by the latest probe.
-        let device_env = match crate::devices::grant(&self.caps, &asg.devices) {
+        let leftover = asg
+            .devices
+            .iter()
+            .find_map(|d| crate::leftover::withheld(&d.id).map(|why| format!("{} is {why}", d.id)));
+        let granted = match leftover {
+            Some(why) => Err(why),
+            None => crate::devices::grant(&self.caps, &asg.devices),
+        };
+        let device_env = match granted {
             Ok(env) => env,
             Err(e) => {
                 let why = format!("agent {} refuses its devices: {e}", self.cfg.name);

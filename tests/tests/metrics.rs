@@ -582,8 +582,17 @@ fn msagent_serves_its_metrics_when_asked() {
     f.wait_terminal(&id);
     let (code, body) = http_get(&listen, "/healthz", None).unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
-    let (code, text) = http_get(&listen, "/metrics", None).unwrap();
-    assert_eq!(code, 200);
+    // The job is terminal once the scheduler applied the agent's last
+    // update; the agent's outbox empties when that update's ack arrives.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (code, text) = http_get(&listen, "/metrics", None).unwrap();
+        assert_eq!(code, 200);
+        if text.contains("msfleet_agent_outbox_updates 0") || std::time::Instant::now() > until {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(text.contains("msfleet_agent_attempts_running 0"), "{text}");
     assert!(text.contains("msfleet_agent_outbox_updates 0"), "{text}");
     // JSON logs: one object a line, lines about the attempt name it.

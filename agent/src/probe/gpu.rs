@@ -43,6 +43,19 @@ pub struct GpuFacts {
     /// `page retirement pending`, `60 retired pages (limit 60)`, `throttled:
     /// hw_thermal_slowdown`), or `unknown` when nothing could be checked.
     pub health: String,
+    /// The processes on it: NVML's running compute and graphics processes (a
+    /// recorded inventory lists them as `{"pid": 4242, "name": "python3"}`).
+    pub processes: Vec<GpuProcess>,
+}
+
+/// A process holding a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuProcess {
+    /// Its process id.
+    pub pid: u32,
+    /// Its name (NVML's `sys_process_name`), empty when unknown.
+    pub name: String,
 }
 
 /// Result of [`probe_gpus`]: the GPUs found, and a remark when NVML was unavailable or some
@@ -78,7 +91,8 @@ impl GpuInventory for NvmlInventory {
 pub const RECORDED_GPUS_VAR: &str = "MSAGENT_TEST_GPU_INVENTORY";
 
 /// A recorded inventory: a JSON array of [`GpuFacts`] (missing fields are
-/// empty), read again at every probe.
+/// empty; `processes` lists the pids holding each GPU), read again at every
+/// probe. **Test only** (debug builds).
 pub struct RecordedInventory(pub std::path::PathBuf);
 
 impl GpuInventory for RecordedInventory {
@@ -166,9 +180,10 @@ fn probe_nvml() -> GpuProbe {
     for index in 0..count {
         match nvml.device_by_index(index) {
             Ok(device) => {
-                let facts = device_facts(index, &device, &driver_version, &cuda_driver_version);
+                let mut facts = device_facts(index, &device, &driver_version, &cuda_driver_version);
+                facts.processes = processes(&nvml, &device);
                 if facts.mig_mode == "enabled" {
-                    gpus.extend(mig_instances(&device, facts));
+                    gpus.extend(mig_instances(&nvml, &device, facts));
                 } else {
                     gpus.push(facts);
                 }
@@ -190,7 +205,7 @@ fn probe_nvml() -> GpuProbe {
 /// slice; health and the rest are the parent's, `mig_mode` is `instance`).
 /// A GPU in MIG mode without instances cannot run CUDA work: it is listed
 /// once, unhealthy, so that it is withheld and says why.
-fn mig_instances(parent: &Device, facts: GpuFacts) -> Vec<GpuFacts> {
+fn mig_instances(nvml: &Nvml, parent: &Device, facts: GpuFacts) -> Vec<GpuFacts> {
     let count = parent.mig_device_count().unwrap_or_else(|e| {
         debug!(index = facts.index, error = %e, "NVML: MIG device count unavailable");
         0
@@ -208,6 +223,7 @@ fn mig_instances(parent: &Device, facts: GpuFacts) -> Vec<GpuFacts> {
             memory_mb: mig.memory_info().map_or(0, |m| m.total / (1024 * 1024)),
             mig_mode: "instance".into(),
             power_limit_w: 0,
+            processes: processes(nvml, &mig),
             ..facts.clone()
         });
     }
@@ -217,6 +233,30 @@ fn mig_instances(parent: &Device, facts: GpuFacts) -> Vec<GpuFacts> {
         out.push(whole);
     }
     out
+}
+
+/// The processes on `device`: its running compute and graphics processes
+/// (a process doing both is listed once). A query that fails lists none.
+fn processes(nvml: &Nvml, device: &Device) -> Vec<GpuProcess> {
+    let mut pids: Vec<u32> = Vec::new();
+    for listed in [
+        device.running_compute_processes(),
+        device.running_graphics_processes(),
+    ] {
+        match listed {
+            Ok(list) => pids.extend(list.iter().map(|p| p.pid)),
+            Err(NvmlError::NotSupported) => {}
+            Err(e) => debug!(error = %e, "NVML: running processes unavailable"),
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter()
+        .map(|pid| GpuProcess {
+            pid,
+            name: nvml.sys_process_name(pid, 64).unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Says in words why `Nvml::init` failed.
@@ -296,6 +336,7 @@ fn device_facts(index: u32, device: &Device, driver: &str, cuda: &str) -> GpuFac
         mig_mode,
         power_limit_w,
         health: health(device),
+        processes: Vec::new(),
     }
 }
 
@@ -422,6 +463,28 @@ mod tests {
         let note = probe.note.expect("a note");
         assert!(note.starts_with("NVML unavailable ("), "{note}");
         assert!(note.ends_with("): 0 GPUs"), "{note}");
+    }
+
+    #[test]
+    fn a_recorded_inventory_lists_the_processes_on_each_gpu() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gpus.json");
+        std::fs::write(
+            &path,
+            r#"[{"index": 0, "uuid": "GPU-aaa", "health": "ok",
+                 "processes": [{"pid": 4242, "name": "python3"}]},
+                {"index": 1, "uuid": "GPU-bbb", "health": "ok"}]"#,
+        )
+        .expect("write");
+        let probe = RecordedInventory(path).probe();
+        assert_eq!(
+            probe.gpus[0].processes,
+            [GpuProcess {
+                pid: 4242,
+                name: "python3".into()
+            }]
+        );
+        assert!(probe.gpus[1].processes.is_empty());
     }
 
     #[test]

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-pub use gpu::{GpuFacts, GpuProbe};
+pub use gpu::{GpuFacts, GpuProbe, GpuProcess};
 pub use host::HostFacts;
-pub use npu::{NpuCard, NpuSmiInfo};
+pub use npu::{NpuCard, NpuProcess, NpuSmiInfo};
 
 /// Everything the agent learned about its machine at start-up.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -36,6 +36,12 @@ pub struct HardwareFacts {
     pub cann_version: Option<String>,
     /// Human-readable remarks about probes that found nothing or failed.
     pub notes: Vec<String>,
+    /// Devices withheld because a process outlived the attempt that held
+    /// them and could not be killed, one line each (`npu 2: held by pid 4242
+    /// (python3) after job 17`); filled by [`crate::leftover::apply`]. Each
+    /// degrades the host.
+    #[serde(default)]
+    pub held: Vec<String>,
 }
 
 /// Runs every probe: host facts (disk space of `work_dir`, versions of `python` and its pytest),
@@ -77,6 +83,7 @@ pub fn probe_all(work_dir: &Path, python: &Path, npu_smi: &Path) -> HardwareFact
         npus,
         cann_version,
         notes,
+        held: Vec::new(),
     }
 }
 

@@ -58,6 +58,25 @@ pub struct NpuSmiInfo {
     pub firmware_version: Option<String>,
     /// The chips, in the order printed.
     pub cards: Vec<NpuCard>,
+    /// The processes on the chips, from the process table after the chip table
+    /// (`| NPU Chip | Process id | Process name | Process memory(MB) |`).
+    #[serde(default)]
+    pub processes: Vec<NpuProcess>,
+}
+
+/// One row of `npu-smi info`'s process table: a process holding a chip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NpuProcess {
+    /// NPU (card) id.
+    pub id: u32,
+    /// Chip id within the card.
+    pub chip: u32,
+    /// Process id as printed.
+    pub pid: u32,
+    /// Process name as printed.
+    pub name: String,
+    /// Device memory it holds in MB; `None` when not printed as a number.
+    pub memory_mb: Option<u64>,
 }
 
 /// Why a piece of text could not be read as `npu-smi info` output.
@@ -135,7 +154,7 @@ enum Section {
     None,
     /// Inside the NPU/chip table.
     Info,
-    /// Inside the process table (ignored).
+    /// Inside the process table.
     Processes,
 }
 
@@ -215,15 +234,20 @@ pub fn parse_info(text: &str) -> Result<NpuSmiInfo, NpuSmiParseError> {
             }
             _ => {}
         }
-        if section != Section::Info {
-            continue;
-        }
-
         let bad = |reason: &str| NpuSmiParseError::BadLine {
             line,
             reason: reason.to_string(),
             text: shown_line(trimmed),
         };
+        if section == Section::Processes {
+            if let Some(p) = process_row(&first, &cells).map_err(bad)? {
+                info.processes.push(p);
+            }
+            continue;
+        }
+        if section != Section::Info {
+            continue;
+        }
         if !trimmed.ends_with('|') {
             return Err(bad("row does not end with '|' (output cut off?)"));
         }
@@ -296,6 +320,33 @@ pub fn parse_info(text: &str) -> Result<NpuSmiInfo, NpuSmiParseError> {
         });
     }
     Ok(info)
+}
+
+/// One row of the process table: `Some` for a process, `None` for
+/// `No running processes found in NPU N`, or what is wrong with it.
+fn process_row(first: &[&str], cells: &[&str]) -> Result<Option<NpuProcess>, &'static str> {
+    if first.first() == Some(&"No") {
+        return Ok(None);
+    }
+    let number = |t: Option<&&str>| t.and_then(|t| t.parse::<u32>().ok());
+    let id = number(first.first()).ok_or("process row: NPU id is not a number")?;
+    let chip = number(first.get(1)).ok_or("process row: chip id is not a number")?;
+    let pid = cells
+        .get(1)
+        .and_then(|c| c.trim().parse::<u32>().ok())
+        .ok_or("process row: process id is not a number")?;
+    let name = cells.get(2).map(|c| c.trim()).unwrap_or_default();
+    if name.is_empty() {
+        return Err("process row has no process name");
+    }
+    let memory_mb = cells.get(3).and_then(|c| c.trim().parse::<u64>().ok());
+    Ok(Some(NpuProcess {
+        id,
+        chip,
+        pid,
+        name: name.chars().take(128).collect(),
+        memory_mb,
+    }))
 }
 
 /// Reads the HBM capacity in MB from `npu-smi info -t usages -i N` output
@@ -649,7 +700,10 @@ mod tests {
     const F310P3_2: &str = fixture!("info-310p3-2card-no-header.txt");
     const F910B4: &str = fixture!("info-910b4-1card-id2.txt");
     const USAGES: &str = fixture!("usages-ascend910.txt");
-    const ALL: [&str; 6] = [F910B_8, F310, F310P3, F310P3_2, F910B4, USAGES];
+    /// Constructed, not recorded: the recorded 8-card table followed by a
+    /// process table in the documented `npu-smi info` layout.
+    const F910B_PROCS: &str = fixture!("info-910b-8card-with-processes.txt");
+    const ALL: [&str; 7] = [F910B_8, F310, F310P3, F310P3_2, F910B4, USAGES, F910B_PROCS];
 
     fn card(
         id: u32,
@@ -699,6 +753,40 @@ mod tests {
         assert_eq!(info.driver_version.as_deref(), Some("23.0.0"));
         // 577 / 7759 is DDR memory, not HBM.
         assert_eq!(info.cards, vec![card(0, 0, "310", Some(12.8), None)]);
+    }
+
+    #[test]
+    fn the_process_table_lists_each_process_on_its_chip() {
+        let info = parse_info(F910B_PROCS).expect("parses");
+        assert_eq!(info.cards, parse_info(F910B_8).expect("parses").cards);
+        let p = |id, pid, name: &str, mb| NpuProcess {
+            id,
+            chip: 0,
+            pid,
+            name: name.into(),
+            memory_mb: Some(mb),
+        };
+        assert_eq!(
+            info.processes,
+            vec![
+                p(2, 12345, "python3", 1024),
+                p(2, 12377, "python3", 3072),
+                p(5, 23456, "ray::IDLE", 61440),
+            ]
+        );
+        // "No running processes found" everywhere: none.
+        assert!(parse_info(F310).expect("parses").processes.is_empty());
+        assert!(parse_info(F910B_8).expect("parses").processes.is_empty());
+        // A process row with a pid that is not a number is an error naming its line.
+        let bad = F910B_PROCS.replacen("| 12345 ", "| 12x45 ", 1);
+        assert_ne!(bad, F910B_PROCS);
+        match parse_info(&bad) {
+            Err(NpuSmiParseError::BadLine { line, reason, .. }) => {
+                assert_eq!(line, 38);
+                assert!(reason.contains("process id"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -655,6 +655,13 @@ impl Agent {
             args.push("--python".into());
             args.push(python().display().to_string());
         }
+        // The machine running the tests may have little disk free: an agent
+        // that called its host degraded would quarantine itself and every
+        // test would wait. Tests of the disk rule pass their own threshold.
+        if !extra.contains(&"--min-disk-free-mb") {
+            args.push("--min-disk-free-mb".into());
+            args.push("1".into());
+        }
         for r in roots {
             args.push("--root".into());
             args.push(r.display().to_string());
@@ -1185,27 +1192,75 @@ pub fn table_with_health(card: u32, health: &str) -> String {
 pub struct FakeNpuSmi {
     pub script: PathBuf,
     table: PathBuf,
+    processes: PathBuf,
+}
+
+/// A row of the fake npu-smi's process table.
+pub struct FakeNpuProcess<'a> {
+    pub npu: u32,
+    pub pid: u32,
+    pub name: &'a str,
+    /// Listed only while `/proc/<pid>` exists (a real process), or always
+    /// (a process the agent cannot make go away).
+    pub while_alive: bool,
 }
 
 impl FakeNpuSmi {
+    /// A fake `npu-smi` whose `info` prints `table`, then the process table
+    /// of [`FakeNpuSmi::list_processes`] when one was set.
     pub fn new(dir: &Path, table: &str) -> FakeNpuSmi {
         use std::os::unix::fs::PermissionsExt;
         let dir = dir.join("npu-smi");
         std::fs::create_dir_all(&dir).unwrap();
         let table_path = dir.join("table.txt");
         std::fs::write(&table_path, table).unwrap();
+        let processes = dir.join("processes.txt");
         let script = dir.join("npu-smi");
+        let border = format!("+{}+", "-".repeat(94));
         let body = format!(
-            "#!/bin/sh\nif [ \"$1\" = info ] && [ $# -eq 1 ]; then exec cat '{}'; fi\n\
+            "#!/bin/sh\nif [ \"$1\" = info ] && [ $# -eq 1 ]; then\n\
+             cat '{table}' || exit 1\n\
+             [ -f '{procs}' ] || exit 0\n\
+             echo '{border}'\n\
+             echo '| NPU     Chip              | Process id    | Process name             | Process memory(MB)      |'\n\
+             echo '{border}'\n\
+             while read -r npu pid name mode; do\n\
+             if [ \"$mode\" = always ] || [ -d \"/proc/$pid\" ]; then\n\
+             printf '| %-7s %-17s | %-13s | %-24s | %-23s |\\n' \"$npu\" 0 \"$pid\" \"$name\" 1024\n\
+             fi\n\
+             done < '{procs}'\n\
+             echo '{border}'\n\
+             exit 0\nfi\n\
              echo \"npu-smi: unsupported: $*\" >&2\nexit 1\n",
-            table_path.display()
+            table = table_path.display(),
+            procs = processes.display(),
         );
         std::fs::write(&script, body).unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         FakeNpuSmi {
             script,
             table: table_path,
+            processes,
         }
+    }
+
+    /// Sets the process table `info` prints after the chip table (each
+    /// process on chip 0 of its card); an empty list prints none.
+    pub fn list_processes(&self, rows: &[FakeNpuProcess]) {
+        if rows.is_empty() {
+            let _ = std::fs::remove_file(&self.processes);
+            return;
+        }
+        let text: String = rows
+            .iter()
+            .map(|r| {
+                let mode = if r.while_alive { "alive" } else { "always" };
+                format!("{} {} {} {mode}\n", r.npu, r.pid, r.name)
+            })
+            .collect();
+        let tmp = self.processes.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.processes).unwrap();
     }
 
     /// Replaces the table atomically (a probe never reads half of it).
