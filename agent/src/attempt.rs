@@ -36,6 +36,9 @@ pub struct AttemptSpec {
     /// What selects them for every process of the attempt
     /// (`crate::devices::grant`), applied after the job's own env.
     pub device_env: Vec<(String, String)>,
+    /// The scheduler's span of this attempt (W3C traceparent; empty without traces):
+    /// the parent of the agent's spans for it ([`AttemptSpec::span`]).
+    pub traceparent: String,
 }
 
 impl AttemptSpec {
@@ -47,6 +50,22 @@ impl AttemptSpec {
             .map(|d| d.id.clone())
             .collect()
     }
+
+    /// `span`, made a child of the scheduler's span of this attempt when traces are exported.
+    pub fn span(&self, span: tracing::Span) -> tracing::Span {
+        child_of(&self.traceparent, span)
+    }
+}
+
+/// `span`, made a child of the span `traceparent` (W3C) when traces are exported.
+pub fn child_of(traceparent: &str, span: tracing::Span) -> tracing::Span {
+    use msfleet_proto::telemetry::{self, OpenTelemetrySpanExt};
+    if telemetry::enabled() {
+        if let Some(sc) = telemetry::parse_traceparent(traceparent) {
+            let _ = span.set_parent(telemetry::remote_context(sc));
+        }
+    }
+    span
 }
 
 /// Identifies an attempt on this agent: (task id, attempt number).

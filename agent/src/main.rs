@@ -6,7 +6,10 @@ use msagent::config::{AgentConfig, FileConfig, Overrides};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
 /// The msfleet agent: reports this host's hardware and runs the tests the scheduler assigns.
 #[derive(Parser, Debug)]
@@ -89,6 +92,10 @@ struct Args {
     /// (jobs with a memory limit are then refused).
     #[arg(long)]
     no_cgroups: bool,
+    /// Export traces over OTLP/gRPC to this collector (e.g. http://localhost:4317); the
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT does the same. Neither: no export.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Serve /metrics and /healthz (Prometheus text, no token) on this
     /// address, e.g. 127.0.0.1:9464 (port 0 picks a free one, logged). Off
     /// by default.
@@ -111,24 +118,40 @@ enum LogFormat {
     Json,
 }
 
-/// The one place msagent's tracing subscriber is built (stderr, `RUST_LOG`
-/// filter, default `info`).
-fn init_logging(format: LogFormat) {
+/// The one place msagent's tracing subscriber is built: the log layer (stderr, `text` or
+/// `json`, its own `RUST_LOG` filter, default `info`) and, when `telemetry` exports
+/// traces, the OpenTelemetry span layer beside it. The log filter is the log layer's own,
+/// so RUST_LOG=warn keeps the spans.
+fn init_logging(format: LogFormat, telemetry: Option<&msfleet_proto::telemetry::Telemetry>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(telemetry.and_then(|t| t.layer()))
+        .init();
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    init_logging(args.log_format);
-    match run(args).await {
+    let telemetry =
+        match msfleet_proto::telemetry::init("msagent", args.otlp_endpoint.as_deref(), false) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("msagent: {e}");
+                std::process::exit(2);
+            }
+        };
+    init_logging(args.log_format, telemetry.as_ref());
+    let result = run(args).await;
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
+    match result {
         Ok(()) => {}
         Err(e) => {
             eprintln!("msagent: {e:#}");
@@ -257,8 +280,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let _ = stop_tx.send(true);
     });
-    // Every line of the session names this agent.
-    let span = tracing::info_span!("msagent", agent = %cfg.name);
+    // Every line of the session names this agent. A log-only span (target
+    // `msagent::log`): it is no trace span, however long the session runs.
+    let span = tracing::info_span!(target: "msagent::log", "msagent", agent = %cfg.name);
     let result = tracing::Instrument::instrument(
         msagent::session::Session::new(cfg, caps).run(stop_rx),
         span,

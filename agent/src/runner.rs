@@ -44,6 +44,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 mod flaky;
 use flaky::Tally;
@@ -137,6 +138,7 @@ async fn run_inner(
         &slot,
         git,
     )
+    .instrument(a.span(tracing::info_span!("checkout", task = %a.task_id, attempt = a.attempt)))
     .await
     {
         Ok(ws) => ws,
@@ -159,7 +161,11 @@ async fn run_inner(
         tx.log("stderr", format!("msfleet: checked out {c}\n"));
     }
     if a.spec.kind == "benchmark" {
-        let f = crate::bench::run::run(cfg, a, &slot, &ws.dir, tx, &mut guard).await;
+        let f = crate::bench::run::run(cfg, a, &slot, &ws.dir, tx, &mut guard)
+            .instrument(
+                a.span(tracing::info_span!("benchmark", task = %a.task_id, attempt = a.attempt)),
+            )
+            .await;
         ws.cleanup().await;
         return f;
     }
@@ -180,7 +186,9 @@ async fn run_inner(
             };
         }
     };
-    let result = run_pytest(cfg, a, &slot, &ws.dir, &env, tx, &mut guard).await;
+    let result = run_pytest(cfg, a, &slot, &ws.dir, &env, tx, &mut guard)
+        .instrument(a.span(tracing::info_span!("pytest", task = %a.task_id, attempt = a.attempt)))
+        .await;
     ws.cleanup().await;
     drop(env);
     match result {
@@ -640,12 +648,16 @@ impl PytestRun<'_> {
         };
         let running = group.start(tx, Some(hook));
         let connected = Arc::new(AtomicBool::new(false));
-        let results = tokio::spawn(pump_results(
-            listener,
-            (!rerun).then(|| tx.clone()),
-            tally.clone(),
-            connected.clone(),
-        ));
+        // In the pytest span: a failing test is an event of it.
+        let results = tokio::spawn(
+            pump_results(
+                listener,
+                (!rerun).then(|| tx.clone()),
+                tally.clone(),
+                connected.clone(),
+            )
+            .in_current_span(),
+        );
 
         let mut exited = running.wait(guard, cfg.kill_grace).await;
         exited.drain().await;
@@ -883,6 +895,16 @@ async fn pump_results(
             vec![result]
         };
         for result in results {
+            if msfleet_proto::telemetry::enabled()
+                && matches!(result.outcome.as_str(), "failed" | "error")
+            {
+                tracing::info!(
+                    test.case.name = %result.nodeid,
+                    test.case.result.status = "fail",
+                    outcome = %result.outcome,
+                    "test failed"
+                );
+            }
             if running {
                 held.push((result, msg.subtest.is_some()));
                 if held.len() >= MAX_HELD {
@@ -1175,6 +1197,7 @@ def test_param(p):
             spec,
             devices: Vec::new(),
             device_env: Vec::new(),
+            traceparent: String::new(),
         };
         let (utx, mut urx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -1915,6 +1938,7 @@ def test_quotes_it():
             task_id: "t".into(),
             attempt: 1,
             epoch: 7,
+            traceparent: String::new(),
             spec: pb::JobSpec {
                 kind: "benchmark".into(),
                 source: Some(pb::Source {

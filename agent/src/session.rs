@@ -96,6 +96,11 @@ struct Attempt {
     finished_seq: Option<u64>,
     /// Room for the attempt's unacknowledged log chunks.
     logs: Arc<LogBudget>,
+    /// The scheduler's span of the attempt (W3C traceparent; empty without traces).
+    traceparent: String,
+    /// From the `Finished` update until the scheduler acknowledged it (durable): the
+    /// attempt's "upload results" span, ended when the attempt is dropped.
+    upload: Option<tracing::Span>,
 }
 
 impl Drop for Attempt {
@@ -113,6 +118,8 @@ impl Attempt {
             stop,
             finished_seq: None,
             logs: LogBudget::new(LOG_BUDGET),
+            traceparent: String::new(),
+            upload: None,
         }
     }
 
@@ -437,6 +444,13 @@ impl Session {
         a.next_seq += 1;
         if matches!(kind, task_update::Kind::Finished(_)) {
             a.finished_seq = Some(seq);
+            let span = tracing::info_span!(
+                "upload results",
+                task = %a.r.task_id,
+                attempt = a.r.attempt,
+                unacknowledged = a.unacked.len() + 1
+            );
+            a.upload = Some(crate::attempt::child_of(&a.traceparent, span));
         }
         let u = TaskUpdate {
             attempt: Some(a.r.clone()),
@@ -561,8 +575,10 @@ impl Session {
             spec: asg.spec.unwrap_or_default(),
             devices: asg.devices,
             device_env,
+            traceparent: asg.traceparent,
         };
-        let attempt = Attempt::new(r, stop);
+        let mut attempt = Attempt::new(r, stop);
+        attempt.traceparent = spec.traceparent.clone();
         let updates =
             Updates::with_budget(key.clone(), self.updates_tx.clone(), attempt.logs.clone())
                 .with_secrets(&spec.spec);
@@ -581,8 +597,14 @@ impl Session {
             return Vec::new();
         }
         let slot = runner::slot_name(&spec);
-        // Every line the run logs names its job and attempt.
-        let span = tracing::info_span!("attempt", job = %spec.task_id, attempt = spec.attempt);
+        // Every line the run logs names its job and attempt. A log-only span (target
+        // `msagent::log`, never exported: the attempt's trace span is the scheduler's).
+        let span = tracing::info_span!(
+            target: "msagent::log",
+            "attempt",
+            job = %spec.task_id,
+            attempt = spec.attempt
+        );
         let runner = tokio::spawn(tracing::Instrument::instrument(
             runner::run(self.cfg.clone(), spec, updates.clone(), stop_rx),
             span,
@@ -713,6 +735,8 @@ mod tests {
             stop,
             finished_seq: None,
             logs: LogBudget::new(LOG_BUDGET),
+            traceparent: String::new(),
+            upload: None,
         };
         for i in 1..=n {
             let kind = if i == n {
@@ -819,6 +843,7 @@ mod tests {
             // No source: the runner ends it `error` at once.
             spec: Some(msfleet_proto::JobSpec::default()),
             devices: Vec::new(),
+            traceparent: String::new(),
         })
     }
 

@@ -25,6 +25,11 @@ pub struct Cli {
     /// CA certificate (PEM) that signed the scheduler's, for https:// addresses.
     #[arg(long, env = "MSFLEET_CA", global = true)]
     pub ca: Option<PathBuf>,
+    /// Export a trace of `submit` over OTLP/gRPC to this collector (e.g.
+    /// http://localhost:4317; the standard OTEL_EXPORTER_OTLP_ENDPOINT does the same): the
+    /// job's spans in msched and msagent join it.
+    #[arg(long, value_name = "URL", global = true)]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

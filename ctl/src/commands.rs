@@ -678,13 +678,49 @@ fn split_kv(kv: &str, flag: &str) -> Result<(String, String), CtlError> {
 }
 
 async fn submit(client: &mut Client, s: Submit) -> Result<i32, CtlError> {
+    use msfleet_proto::telemetry::opentelemetry::trace::{
+        FutureExt as _, SpanKind, Status as SpanStatus, TraceContextExt as _, Tracer as _,
+    };
+    use msfleet_proto::telemetry::opentelemetry::{global, Context, KeyValue};
     let file = job_file(&s)?;
     let spec = file.to_spec().map_err(|e| CtlError::input(e.to_string()))?;
     let spec_key = spec.dedup_key.clone();
-    let job = client
-        .submit(pb::SubmitRequest { spec: Some(spec) })
-        .await?
-        .into_inner();
+    // The trace's root when traces are exported (the global tracer is a no-op otherwise):
+    // the scheduler makes the job's span its child.
+    let tracer = global::tracer("msctl");
+    let span = tracer
+        .span_builder("msctl submit")
+        .with_kind(SpanKind::Client)
+        .with_attributes([KeyValue::new("cicd.pipeline.name", spec.name.clone())])
+        .start(&tracer);
+    let cx = Context::current_with_span(span);
+    let mut request = tonic::Request::new(pb::SubmitRequest { spec: Some(spec) });
+    if msfleet_proto::telemetry::enabled() {
+        msfleet_proto::telemetry::inject(&cx, request.metadata_mut());
+    }
+    let result = submit_and_follow(client, &s, &spec_key, request)
+        .with_context(cx.clone())
+        .await;
+    let span = cx.span();
+    match &result {
+        Ok((id, code)) => {
+            span.set_attribute(KeyValue::new("cicd.pipeline.run.id", id.clone()));
+            span.set_attribute(KeyValue::new("msctl.exit_code", i64::from(*code)));
+        }
+        Err(e) => span.set_status(SpanStatus::error(e.to_string())),
+    }
+    span.end();
+    result.map(|(_, code)| code)
+}
+
+/// `submit`'s call and, with `--wait`, its following of the job: the job id and the exit code.
+async fn submit_and_follow(
+    client: &mut Client,
+    s: &Submit,
+    spec_key: &str,
+    request: tonic::Request<pb::SubmitRequest>,
+) -> Result<(String, i32), CtlError> {
+    let job = client.submit(request).await?.into_inner();
     if s.json && s.wait {
         // NDJSON: the job, then one object per event (as `watch --json`).
         crate::outln!("{}", render::job_json(&job));
@@ -696,15 +732,16 @@ async fn submit(client: &mut Client, s: Submit) -> Result<i32, CtlError> {
         crate::outln!("{}", job.id);
     }
     if job.deduplicated {
-        eprintln!("msctl: {}", dedup_note(&job, &spec_key));
+        eprintln!("msctl: {}", dedup_note(&job, spec_key));
     }
     for w in &job.warnings {
         eprintln!("warning: {w}");
     }
     if s.wait {
-        return watch(client, &job.id, s.json).await;
+        let code = watch(client, &job.id, s.json).await?;
+        return Ok((job.id, code));
     }
-    Ok(exit::OK)
+    Ok((job.id, exit::OK))
 }
 
 /// `job 12 already exists for dedup key K (submitted 2026-11-23T02:00:03Z)`.

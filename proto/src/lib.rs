@@ -27,6 +27,7 @@ pub mod policy;
 pub mod roots;
 pub mod secrets;
 pub mod systemd;
+pub mod telemetry;
 
 /// Largest log chunk (bytes of `LogChunk.data`) the scheduler accepts; agents split to this.
 pub const MAX_LOG_CHUNK: usize = 64 * 1024;

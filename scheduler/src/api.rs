@@ -64,6 +64,10 @@ impl Fleet for FleetService {
         let started = std::time::Instant::now();
         let who = caller(&req)?;
         let by = who.name().to_string();
+        // The submitter's span (W3C traceparent), only read when traces are exported.
+        let parent_span = msfleet_proto::telemetry::enabled()
+            .then(|| msfleet_proto::telemetry::extract(req.metadata()))
+            .flatten();
         let spec = bounded(req)?
             .spec
             .ok_or_else(|| Status::invalid_argument("SubmitRequest.spec is missing"))?;
@@ -74,6 +78,7 @@ impl Fleet for FleetService {
             .call(|reply| Command::Submit {
                 spec: Box::new(spec),
                 by,
+                caller: parent_span,
                 reply,
             })
             .await?;

@@ -23,6 +23,7 @@ pub mod schedule;
 pub mod server;
 pub mod shard;
 pub mod store;
+mod telemetry;
 
 pub use config::Config;
 pub use server::serve;

@@ -4,7 +4,10 @@ use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
 /// The msfleet scheduler: durable job queues, leases and the gRPC API.
 #[derive(Parser, Debug)]
@@ -71,6 +74,10 @@ struct Args {
     /// suffixes); past it a marker is logged and the rest is dropped.
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     max_log_bytes: u64,
+    /// Export traces over OTLP/gRPC to this collector (e.g. http://localhost:4317); the
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT does the same. Neither: no export.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Address of the HTTP listener with /metrics, /healthz and /readyz
     /// (port 0 picks a free port, written to --ready-file); `off` serves none
     /// and records no metrics. HTTPS with --tls-cert; plain text off loopback
@@ -116,28 +123,44 @@ enum LogFormat {
     Json,
 }
 
-/// The one place msched's tracing subscriber is built (stderr, `RUST_LOG`
-/// filter, default `info`).
-fn init_logging(format: LogFormat) {
+/// The one place msched's tracing subscriber is built: the log layer (stderr, `text` or
+/// `json`, its own `RUST_LOG` filter, default `info`) and, when `telemetry` exports
+/// traces, the OpenTelemetry span layer beside it. The log filter is the log layer's own,
+/// so RUST_LOG=warn keeps the spans.
+fn init_logging(format: LogFormat, telemetry: Option<&msfleet_proto::telemetry::Telemetry>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .init(),
-    }
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(telemetry.and_then(|t| t.layer()))
+        .init();
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    init_logging(args.log_format);
-    if let Err(e) = run(args).await {
+    let telemetry =
+        match msfleet_proto::telemetry::init("msched", args.otlp_endpoint.as_deref(), true) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("msched: {e}");
+                std::process::exit(2);
+            }
+        };
+    init_logging(args.log_format, telemetry.as_ref());
+    let result = run(args).await;
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
+    if let Err(e) = result {
         // One line that says what to fix (no backtrace, whatever RUST_BACKTRACE says).
         eprintln!("msched: {e:#}");
         std::process::exit(2);

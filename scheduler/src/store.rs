@@ -53,6 +53,9 @@ pub struct AttemptRecord {
     /// so that a restart does not reset the attempt's log limit.
     #[serde(default)]
     pub log_bytes: u64,
+    /// When the attempt was assigned (core clock, ms): its span's start.
+    #[serde(default)]
+    pub assigned_at_ms: i64,
     /// The accelerators assigned with the lease (`crate::devices`): held
     /// until the attempt ends, also across a restart.
     #[serde(default)]

@@ -296,7 +296,7 @@ async fn an_agent_refuses_an_assignment_beyond_its_slots_and_says_so() {
             timeout_ms: Some(60_000),
             ..Default::default()
         }),
-        devices: Vec::new(),
+        ..Default::default()
     };
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let fake = FakeScheduler {

@@ -46,6 +46,7 @@ use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Output of one run kept in memory for the extractors (the newest part).
 pub const OUTPUT_CAP: usize = 4 * 1024 * 1024;
@@ -233,7 +234,10 @@ impl Bench {
             self.report(r, &mut tally);
         }
         for lc in cases {
-            let (r, setup) = self.run_case(lc, baselines, guard).await?;
+            let (r, setup) = self
+                .run_case(lc, baselines, guard)
+                .instrument(tracing::info_span!("benchmark case", case = %lc.case.name))
+                .await?;
             if setup {
                 let why = r.explanation.as_ref().map_or("", |e| e.message.as_str());
                 tally.record_setup_error(why);

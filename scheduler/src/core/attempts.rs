@@ -286,7 +286,17 @@ impl Core {
         let agent = self.leases.get(task).map(|l| l.agent.clone());
         self.leases.release(task);
         if let Some(e) = self.jobs.get_mut(&task) {
-            e.attempt = None;
+            if let Some(att) = e.attempt.take() {
+                step.telemetry(telemetry::attempt_span(
+                    &e.job,
+                    att.attempt,
+                    &att.agent,
+                    att.assigned_at_ms,
+                    self.now,
+                    state,
+                    &f.reason,
+                ));
+            }
         }
         self.set_state(task, state, &f.reason, step);
         if let Some(agent) = agent {
@@ -362,6 +372,15 @@ impl Core {
         };
         let Some(att) = e.attempt.take() else { return };
         tracing::warn!(task, attempt = att.attempt, agent = %att.agent, why, ?loss, "attempt lost");
+        step.telemetry(telemetry::attempt_span(
+            &e.job,
+            att.attempt,
+            &att.agent,
+            att.assigned_at_ms,
+            self.now,
+            JobState::Error,
+            &format!("attempt lost: {why}"),
+        ));
         step.dispatch = true;
         if att.cancel_requested {
             self.set_state(
@@ -567,9 +586,11 @@ impl Core {
             applied_seq: 0,
             cancel_requested: false,
             log_bytes: 0,
+            assigned_at_ms: self.now,
             devices: held,
         };
         let r = attempt_ref(id, &att);
+        let traceparent = telemetry::attempt_traceparent(&e.job, att.attempt);
         let spec = e.job.spec.clone();
         self.leases.grant(
             id,
@@ -599,6 +620,7 @@ impl Core {
                     attempt: Some(r),
                     job_id: id.to_string(),
                     spec,
+                    traceparent,
                     devices: device_refs,
                 }),
             );

@@ -167,6 +167,7 @@ impl Harness {
         self.call(|reply| Command::Submit {
             spec: Box::new(spec),
             by: SUBMITTER.into(),
+            caller: None,
             reply,
         })
     }

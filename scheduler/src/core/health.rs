@@ -256,7 +256,7 @@ impl Core {
         };
         let req = Requirement::parse(&spec.requirements)
             .map_err(|e| Status::internal(format!("health check requirement: {e}")))?;
-        let id = self.new_job(spec, req, None, by, step);
+        let id = self.new_job(spec, req, None, by, None, step);
         self.enqueue(id, step);
         Ok(self.view(id))
     }

@@ -19,6 +19,7 @@ impl Core {
         mut spec: JobSpec,
         origin: Option<(String, i64)>,
         by: &str,
+        caller: Option<&SpanContext>,
         step: &mut Step,
     ) -> Result<Job, Status> {
         let req = jobspec::validate(&mut spec, &self.cfg)?;
@@ -92,7 +93,7 @@ impl Core {
         } else {
             Some(self.fanout_targets(&spec, &req)?)
         };
-        let id = self.new_job(spec, req, origin, by, step);
+        let id = self.new_job(spec, req, origin, by, caller, step);
         match fanout {
             // A fan-out parent runs nothing itself: its children do.
             Some(targets) => self.spawn_children(id, targets, step),
@@ -102,13 +103,15 @@ impl Core {
         Ok(self.view(id))
     }
 
-    /// Stores a new job from a valid `spec`, `queued`; not yet pending.
+    /// Stores a new job from a valid `spec`, `queued`; not yet pending. With traces
+    /// exported its span's ids are chosen here, under the span `caller` if given.
     pub(super) fn new_job(
         &mut self,
         spec: JobSpec,
         req: Requirement,
         origin: Option<(String, i64)>,
         by: &str,
+        caller: Option<&SpanContext>,
         step: &mut Step,
     ) -> u64 {
         let id = self.next_job;
@@ -118,7 +121,7 @@ impl Core {
             self.dedup.insert(spec.dedup_key.clone(), (id, now));
         }
         let (schedule, slot_ms) = origin.unwrap_or_default();
-        let job = Job {
+        let mut job = Job {
             id: id.to_string(),
             spec: Some(spec),
             state: JobState::Queued as i32,
@@ -129,6 +132,7 @@ impl Core {
             submitted_by: by.to_string(),
             ..Default::default()
         };
+        telemetry::link_job(&mut job, caller);
         let progress = Arc::new(watch::channel(Progress::default()).0);
         self.jobs.insert(
             id,
@@ -509,6 +513,8 @@ impl Core {
         e.job.reason = reason.to_string();
         if state.is_terminal() {
             e.job.finished_at_ms = self.now;
+            step.telemetry(telemetry::job_span(&e.job));
+            step.telemetry(telemetry::job_end(&e.job));
         }
         if let Some(what) = state_observation(&e.job, was, e.attempt.as_ref().map(|a| a.attempt)) {
             step.observe(what);

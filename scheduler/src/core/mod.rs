@@ -24,7 +24,9 @@ use crate::queue::PendingQueue;
 use crate::requirement::{Attributes, Requirement};
 use crate::schedule::{self, CronSpec, Due, Misfire, Overlap, OverlapAction};
 use crate::store::{AttemptRecord, Durable, Store, StoreError, WriteSet};
+use crate::telemetry;
 use msfleet_proto as pb;
+pub use msfleet_proto::telemetry::opentelemetry::trace::SpanContext;
 use msfleet_proto::{
     job_event, scheduler_message, task_update, Agent, AgentAdmin, AttemptRef, Job, JobEvent,
     JobSpec, JobState, Outcome, SchedulerMessage, StateChange, TestCounts,
@@ -213,6 +215,9 @@ pub enum Command {
         spec: Box<JobSpec>,
         /// The caller's token name, recorded as the job's `submitted_by`.
         by: String,
+        /// The caller's span (W3C traceparent in the request's metadata), the
+        /// parent of the job's span when traces are exported.
+        caller: Option<SpanContext>,
         reply: Reply<Job>,
     },
     GetJob {
@@ -451,6 +456,18 @@ impl Step {
         }));
     }
 
+    /// Exports a span or a metric once this turn's writes are durable (on the flusher thread).
+    fn telemetry(&mut self, item: Option<impl telemetry::Export>) {
+        if let Some(item) = item {
+            self.after.push(Box::new(move |ok| {
+                if ok {
+                    item.export();
+                }
+            }));
+        }
+    }
+
+    /// Records a Prometheus observation once this turn's writes are durable ([`Core::commit`]).
     fn observe(&mut self, what: Observation) {
         self.observed.push(what);
     }
@@ -727,8 +744,13 @@ impl Core {
 
     fn handle(&mut self, cmd: Command, step: &mut Step) {
         match cmd {
-            Command::Submit { spec, by, reply } => {
-                let r = self.submit(*spec, None, &by, step);
+            Command::Submit {
+                spec,
+                by,
+                caller,
+                reply,
+            } => {
+                let r = self.submit(*spec, None, &by, caller.as_ref(), step);
                 step.reply(reply, r);
             }
             Command::GetJob { id, reply } => {

@@ -23,7 +23,12 @@ impl Core {
         step: &mut Step,
     ) -> Result<String, Status> {
         let by = self.submitter(parent);
-        let job = self.submit(spec, None, &by, step)?;
+        // The child's span is a child of its parent's.
+        let caller = self
+            .jobs
+            .get(&parent)
+            .and_then(|e| telemetry::job_context(&e.job));
+        let job = self.submit(spec, None, &by, caller.as_ref(), step)?;
         if let Some(e) = job
             .id
             .parse::<u64>()

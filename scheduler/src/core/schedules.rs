@@ -143,7 +143,7 @@ impl Core {
         if spec.expire_after_ms.is_none() {
             spec.expire_after_ms = period_ms(cron, self.now);
         }
-        let job = self.submit(spec, Some((name.clone(), 0)), by, step)?;
+        let job = self.submit(spec, Some((name.clone(), 0)), by, None, step)?;
         if let Some((rec, _)) = self.schedules.get_mut(&name) {
             rec.last_job_id = job.id.clone();
             rec.last_state.clear();
@@ -205,7 +205,7 @@ impl Core {
                     }
                     OverlapAction::Start | OverlapAction::Queue => {
                         let by = format!("schedule:{name}");
-                        match self.submit(spec, Some((name.clone(), slot)), &by, step) {
+                        match self.submit(spec, Some((name.clone(), slot)), &by, None, step) {
                             Ok(job) => {
                                 fired = "fired";
                                 job_id = Some(job.id)

@@ -65,6 +65,10 @@ struct Args {
     /// Use this msched binary (default: next to msfleet-load).
     #[arg(long)]
     msched: Option<PathBuf>,
+    /// Start an in-process OTLP/gRPC receiver and have msched export its traces to it
+    /// (`--otlp-endpoint`), to measure what tracing costs the scheduler.
+    #[arg(long)]
+    otlp: bool,
     /// `on`: msched serves /metrics (its HTTP listener on a free loopback
     /// port) and the generator scrapes it every second; `off`: no HTTP
     /// listener, no recorder (every metric is a no-op).
@@ -102,11 +106,14 @@ fn fleet_client(ch: Channel, secret: &str) -> Result<Fc> {
 }
 
 impl Sched {
-    fn start(bin: &PathBuf, heartbeat: &str, metrics: &str) -> Result<Sched> {
+    fn start(bin: &PathBuf, heartbeat: &str, otlp: Option<&str>, metrics: &str) -> Result<Sched> {
         STOPPING.store(false, Ordering::Relaxed);
         let dir = tempfile::tempdir()?;
         let ready = dir.path().join("addr");
         let child = Command::new(bin)
+            .args(otlp.iter().flat_map(|url| ["--otlp-endpoint", url]))
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
             .arg("--ready-file")
@@ -377,8 +384,13 @@ fn spec(t0: Option<u64>) -> pb::JobSpec {
     }
 }
 
-async fn throughput(args: &Args, bin: &PathBuf) -> Result<()> {
-    let sched = Sched::start(bin, &args.heartbeat, &args.metrics)?;
+async fn throughput(args: &Args, bin: &PathBuf, otlp: &Option<OtlpSink>) -> Result<()> {
+    let sched = Sched::start(
+        bin,
+        &args.heartbeat,
+        otlp.as_ref().map(|o| o.url.as_str()),
+        &args.metrics,
+    )?;
     let obs = Arc::new(Observed::default());
     let stop = Arc::new(tokio::sync::Notify::new());
     fleet(&sched, args.agents, "tp", obs.clone(), stop.clone()).await?;
@@ -460,8 +472,13 @@ async fn throughput(args: &Args, bin: &PathBuf) -> Result<()> {
     Ok(())
 }
 
-async fn latency(args: &Args, bin: &PathBuf) -> Result<()> {
-    let sched = Sched::start(bin, &args.heartbeat, &args.metrics)?;
+async fn latency(args: &Args, bin: &PathBuf, otlp: &Option<OtlpSink>) -> Result<()> {
+    let sched = Sched::start(
+        bin,
+        &args.heartbeat,
+        otlp.as_ref().map(|o| o.url.as_str()),
+        &args.metrics,
+    )?;
     let obs = Arc::new(Observed::default());
     *obs.latency.lock().await = Some(Histogram::new(3)?);
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -522,8 +539,13 @@ async fn latency(args: &Args, bin: &PathBuf) -> Result<()> {
     Ok(())
 }
 
-async fn idle(args: &Args, bin: &PathBuf) -> Result<()> {
-    let sched = Sched::start(bin, &args.heartbeat, &args.metrics)?;
+async fn idle(args: &Args, bin: &PathBuf, otlp: &Option<OtlpSink>) -> Result<()> {
+    let sched = Sched::start(
+        bin,
+        &args.heartbeat,
+        otlp.as_ref().map(|o| o.url.as_str()),
+        &args.metrics,
+    )?;
     let (rss0, _) = sched.usage();
     let obs = Arc::new(Observed::default());
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -566,19 +588,32 @@ async fn main() -> Result<()> {
             bin.display()
         );
     }
+    let otlp = if args.otlp {
+        Some(OtlpSink::start().await?)
+    } else {
+        None
+    };
     let all = args.scenario == "all";
     let mut ran = false;
     if all || args.scenario == "throughput" {
-        throughput(&args, &bin).await?;
+        throughput(&args, &bin, &otlp).await?;
         ran = true;
     }
     if all || args.scenario == "latency" {
-        latency(&args, &bin).await?;
+        latency(&args, &bin, &otlp).await?;
         ran = true;
     }
     if all || args.scenario == "idle" {
-        idle(&args, &bin).await?;
+        idle(&args, &bin, &otlp).await?;
         ran = true;
+    }
+    if let Some(o) = &otlp {
+        // msched's batches leave every 5 s and at its shutdown.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        println!(
+            "== otlp: {} spans received by the in-process receiver",
+            o.spans.load(Ordering::Relaxed)
+        );
     }
     if !ran {
         bail!(
@@ -587,4 +622,79 @@ async fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An in-process OTLP/gRPC receiver that counts the spans it gets.
+struct OtlpSink {
+    url: String,
+    spans: Arc<AtomicU64>,
+}
+
+struct CountSpans(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for CountSpans
+{
+    async fn export(
+        &self,
+        req: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let n: usize = req
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// Metric exports are taken and dropped (msched's come every 60 s and at its end).
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService
+    for CountSpans
+{
+    async fn export(
+        &self,
+        _req: tonic::Request<
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+impl OtlpSink {
+    async fn start() -> Result<OtlpSink> {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let spans = Arc::new(AtomicU64::new(0));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(CountSpans(spans.clone())))
+                .add_service(
+                    opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer::new(
+                        CountSpans(spans.clone()),
+                    ),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Ok(OtlpSink { url, spans })
+    }
 }
