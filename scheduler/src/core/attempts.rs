@@ -1172,14 +1172,7 @@ mod tests {
         assert!(h.assignments(&mut a).is_empty(), "held back");
         assert_eq!(h.state(&two.id), Queued);
         // Finishing its attempt frees a slot: it gets work again at once.
-        let again: Vec<_> = h
-            .update(&mut a, &r1, 2, finished(Outcome::Passed))
-            .into_iter()
-            .filter_map(|m| match m {
-                Msg::Assign(x) => Some(x),
-                _ => None,
-            })
-            .collect();
+        let again = assignments_in(h.update(&mut a, &r1, 2, finished(Outcome::Passed)));
         assert_eq!(h.state(&one.id), Passed);
         assert_eq!(again.len(), 1, "{again:?}");
         assert_eq!(again[0].job_id, two.id);
@@ -1386,14 +1379,7 @@ mod tests {
         // The first finishes: the third gets its devices.
         let r1 = got[0].attempt.clone().unwrap();
         h.update(&mut a, &r1, 1, started());
-        let next: Vec<_> = h
-            .update(&mut a, &r1, 2, finished(Outcome::Passed))
-            .into_iter()
-            .filter_map(|m| match m {
-                Msg::Assign(x) => Some(x),
-                _ => None,
-            })
-            .collect();
+        let next = assignments_in(h.update(&mut a, &r1, 2, finished(Outcome::Passed)));
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].job_id, j3.id);
         assert_eq!(indices(&next[0]), [0, 1, 2, 3]);

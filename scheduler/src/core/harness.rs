@@ -281,13 +281,7 @@ impl Harness {
 
     /// The attempts assigned to `conn` since the last look.
     pub fn assignments(&mut self, conn: &mut Conn) -> Vec<pb::Assignment> {
-        self.messages(conn)
-            .into_iter()
-            .filter_map(|m| match m {
-                scheduler_message::Msg::Assign(a) => Some(a),
-                _ => None,
-            })
-            .collect()
+        assignments_in(self.messages(conn))
     }
 
     /// Keeps `conn`'s one slot busy with a job pinned to it by `requirements`,
@@ -427,6 +421,16 @@ pub fn finished(outcome: Outcome) -> task_update::Kind {
         exit_code: 0,
         ..Default::default()
     })
+}
+
+/// The assignments among messages sent to an agent.
+pub fn assignments_in(msgs: Vec<scheduler_message::Msg>) -> Vec<pb::Assignment> {
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            scheduler_message::Msg::Assign(a) => Some(a),
+            _ => None,
+        })
+        .collect()
 }
 
 pub fn test_result(nodeid: &str, outcome: &str) -> task_update::Kind {

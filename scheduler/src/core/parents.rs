@@ -568,13 +568,7 @@ mod tests {
 
     /// The shard children assigned among `msgs`, and every node id they select.
     fn shard_selects(msgs: Vec<msfleet_proto::scheduler_message::Msg>) -> (usize, Vec<String>) {
-        let shards: Vec<_> = msgs
-            .into_iter()
-            .filter_map(|m| match m {
-                msfleet_proto::scheduler_message::Msg::Assign(x) => Some(x),
-                _ => None,
-            })
-            .collect();
+        let shards = assignments_in(msgs);
         let mut all: Vec<String> = shards
             .iter()
             .flat_map(|x| x.spec.clone().unwrap().select)
