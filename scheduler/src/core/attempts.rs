@@ -337,15 +337,7 @@ impl Core {
             self.set_state(task, JobState::Cancelled, &reason, step);
             return;
         }
-        let spec = e.job.spec.clone().unwrap_or_default();
-        let submitted = e.job.submitted_at_ms;
-        self.pending.push(
-            task,
-            &spec.queue,
-            spec.priority,
-            submitted,
-            self.aging_ms(&spec.queue),
-        );
+        self.enqueue(task, step);
         let reason = format!(
             "agent {agent} refused attempt {} ({why}); requeued",
             att.attempt
@@ -415,14 +407,7 @@ impl Core {
         };
         if retry {
             step.observe(Observation::Retried);
-            let submitted = e.job.submitted_at_ms;
-            self.pending.push(
-                task,
-                &spec.queue,
-                spec.priority,
-                submitted,
-                self.aging_ms(&spec.queue),
-            );
+            self.enqueue(task, step);
             self.set_state(
                 task,
                 JobState::Queued,

@@ -147,7 +147,8 @@ impl Core {
         id
     }
 
-    /// Puts new job `id` in its queue's pending order.
+    /// Puts job `id` (new, or requeued after an attempt) in its queue's
+    /// pending order, by the rank fixed at submit.
     pub(super) fn enqueue(&mut self, id: u64, step: &mut Step) {
         let Some(spec) = self.jobs.get(&id).and_then(|e| e.job.spec.as_ref()) else {
             return;
