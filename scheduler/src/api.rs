@@ -35,6 +35,75 @@ fn bounded<T: Bounded>(req: Request<T>) -> Result<T, Status> {
     Ok(r)
 }
 
+/// A job's durable event log from `after_seq` on, as the core's watch
+/// ([`Command::Watch`]) makes it durable: the one way to follow a job, for
+/// `WatchJob` and the dashboard's live page alike. Ends after the job's final
+/// event, when the receiver is dropped, or (Unavailable) when msched stops.
+pub fn follow(
+    handle: crate::core::WatchHandle,
+    store: Store,
+    after_seq: u64,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> mpsc::Receiver<Result<pb::JobEvent, Status>> {
+    let (tx, rx) = mpsc::channel::<Result<pb::JobEvent, Status>>(64);
+    tokio::spawn(async move {
+        let job = handle.job;
+        let mut progress = handle.progress;
+        let mut cursor = after_seq;
+        loop {
+            let Progress { durable_seq, done } = *progress.borrow_and_update();
+            while cursor < durable_seq {
+                let upto = durable_seq.min(cursor + WATCH_PAGE);
+                let s = store.clone();
+                let from = cursor;
+                let page = tokio::task::spawn_blocking(move || s.events(job, from, upto))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))
+                    .and_then(|r| r.map_err(|e| Status::internal(e.to_string())));
+                match page {
+                    Ok(events) => {
+                        for ev in events {
+                            cursor = ev.seq;
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return; // the watcher went away
+                            }
+                        }
+                        cursor = cursor.max(upto);
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+            if done {
+                return;
+            }
+            let changed = tokio::select! {
+                changed = progress.changed() => changed,
+                () = async {
+                    let _ = stopping.wait_for(|s| *s).await;
+                } => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "msched is shutting down; watch again to go on after event {cursor}"
+                        ))))
+                        .await;
+                    return;
+                }
+            };
+            if changed.is_err() {
+                // The core let go of the job: the last value is final.
+                let last = *progress.borrow();
+                if last.durable_seq <= cursor {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// The user-facing `msfleet.v1.Fleet` service.
 pub struct FleetService {
     core: CoreHandle,
@@ -129,64 +198,12 @@ impl Fleet for FleetService {
         let req = bounded(req)?;
         let id = req.id;
         let handle = self.core.call(|reply| Command::Watch { id, reply }).await?;
-        let store = self.store.clone();
-        let mut stopping = self.stopping.clone();
-        let (tx, rx) = mpsc::channel::<Result<pb::JobEvent, Status>>(64);
-        tokio::spawn(async move {
-            let job = handle.job;
-            let mut progress = handle.progress;
-            let mut cursor = req.after_seq;
-            loop {
-                let Progress { durable_seq, done } = *progress.borrow_and_update();
-                while cursor < durable_seq {
-                    let upto = durable_seq.min(cursor + WATCH_PAGE);
-                    let s = store.clone();
-                    let from = cursor;
-                    let page = tokio::task::spawn_blocking(move || s.events(job, from, upto))
-                        .await
-                        .map_err(|e| Status::internal(e.to_string()))
-                        .and_then(|r| r.map_err(|e| Status::internal(e.to_string())));
-                    match page {
-                        Ok(events) => {
-                            for ev in events {
-                                cursor = ev.seq;
-                                if tx.send(Ok(ev)).await.is_err() {
-                                    return; // the watcher went away
-                                }
-                            }
-                            cursor = cursor.max(upto);
-                        }
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
-                            return;
-                        }
-                    }
-                }
-                if done {
-                    return;
-                }
-                let changed = tokio::select! {
-                    changed = progress.changed() => changed,
-                    () = async {
-                        let _ = stopping.wait_for(|s| *s).await;
-                    } => {
-                        let _ = tx
-                            .send(Err(Status::unavailable(format!(
-                                "msched is shutting down; watch again to go on after event {cursor}"
-                            ))))
-                            .await;
-                        return;
-                    }
-                };
-                if changed.is_err() {
-                    // The core let go of the job: the last value is final.
-                    let last = *progress.borrow();
-                    if last.durable_seq <= cursor {
-                        return;
-                    }
-                }
-            }
-        });
+        let rx = follow(
+            handle,
+            self.store.clone(),
+            req.after_seq,
+            self.stopping.clone(),
+        );
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -162,6 +162,11 @@ impl BaselineBook {
             .cloned()
             .collect()
     }
+
+    /// The baseline stored under `key` ([`key_string`]).
+    pub fn get(&self, key: &str) -> Option<&Baseline> {
+        self.by_key.get(key)
+    }
 }
 
 #[cfg(test)]

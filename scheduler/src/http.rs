@@ -1,6 +1,7 @@
 //! msched's HTTP listener (`--http-listen`): `/metrics` (Prometheus text),
-//! `/healthz` (the process answers) and `/readyz` (the store is loaded and
-//! the gRPC API serves).
+//! `/healthz` (the process answers), `/readyz` (the store is loaded and
+//! the gRPC API serves), and the web dashboard ([`crate::dashboard`]) on
+//! every other path.
 //!
 //! It starts before the store is loaded so an orchestrator sees `/readyz`
 //! say 503 while a large store loads. `/metrics` needs a viewer token
@@ -9,6 +10,7 @@
 
 use crate::auth::{self, Need, Role, TokenIndex};
 use crate::core::{Command, CoreHandle};
+use crate::store::Store;
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -25,27 +27,50 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// What the handlers share: the core once it is loaded, the tokens, and the
-/// recorder's handle.
+/// What the handlers share: the core and the store once loaded, the tokens,
+/// the recorder's handle and the dashboard's settings.
 #[derive(Clone)]
 pub struct HttpState {
     core: Arc<OnceLock<CoreHandle>>,
+    store: Arc<OnceLock<Store>>,
     tokens: Arc<TokenIndex>,
     prometheus: PrometheusHandle,
+    dashboard: Arc<crate::dashboard::Settings>,
 }
 
 impl HttpState {
-    pub fn new(tokens: Arc<TokenIndex>, prometheus: PrometheusHandle) -> HttpState {
+    pub fn new(
+        tokens: Arc<TokenIndex>,
+        prometheus: PrometheusHandle,
+        dashboard: crate::dashboard::Settings,
+    ) -> HttpState {
         HttpState {
             core: Arc::new(OnceLock::new()),
+            store: Arc::new(OnceLock::new()),
             tokens,
             prometheus,
+            dashboard: Arc::new(dashboard),
         }
     }
 
-    /// The store is loaded: `/readyz` says ready and `/metrics` answers.
-    pub fn set_ready(&self, core: CoreHandle) {
+    /// The store is loaded: `/readyz` says ready, `/metrics` and the
+    /// dashboard answer.
+    pub fn set_ready(&self, core: CoreHandle, store: Store) {
+        let _ = self.store.set(store);
         let _ = self.core.set(core);
+    }
+
+    /// The core and the store, once loaded.
+    pub fn loaded(&self) -> Option<(CoreHandle, Store)> {
+        Some((self.core.get()?.clone(), self.store.get()?.clone()))
+    }
+
+    pub fn tokens(&self) -> &TokenIndex {
+        &self.tokens
+    }
+
+    pub fn dashboard(&self) -> &crate::dashboard::Settings {
+        &self.dashboard
     }
 }
 
@@ -182,6 +207,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::dashboard::router(state.clone()))
         .with_state(state);
     match tls {
         None => {

@@ -10,6 +10,7 @@ pub mod baseline;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod dashboard;
 pub mod devices;
 pub mod http;
 pub mod jobspec;

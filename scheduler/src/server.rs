@@ -158,7 +158,14 @@ pub async fn serve(
     let mut http_addr = None;
     if let Some(http) = http {
         let prometheus = crate::http::prometheus().map_err(ServeError::Metrics)?;
-        let state = crate::http::HttpState::new(tokens.clone(), prometheus);
+        let dashboard = crate::dashboard::Settings {
+            csrf: crate::dashboard::login::CsrfKey::random().map_err(|_| {
+                ServeError::Ready("no randomness for the dashboard's CSRF key".into())
+            })?,
+            secure: cfg.tls.is_some(),
+            stopping: stop_rx.clone(),
+        };
+        let state = crate::http::HttpState::new(tokens.clone(), prometheus, dashboard);
         let tls = cfg
             .tls
             .as_ref()
@@ -190,7 +197,7 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| ServeError::Ready(e.to_string()))?;
     if let Some(state) = &http_state {
-        state.set_ready(core.clone());
+        state.set_ready(core.clone(), store.clone());
     }
     if let Some(path) = &cfg.ready_file {
         let mut text = addr.to_string();

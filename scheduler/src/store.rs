@@ -17,6 +17,8 @@
 //!   outcome, for `msctl test history` (the profile is in the value)
 //! - `t` kind (`a` agent / `p` people), name -> `msfleet.v1.StoredToken`
 //!   (protobuf): a credential's role and the SHA-256 of its secret, never the secret
+//! - `r` baseline key      -> `msfleet.v1.CaseRuns` (protobuf): every recent run of
+//!   a benchmark case, whatever its verdict (the dashboard's trends; bounded per key)
 //!
 //! Durability: [`Store::after_durable`] hands a callback to the flusher thread,
 //! which calls `Db::flush` once for every callback queued while it was busy and
@@ -398,6 +400,29 @@ fn flush_loop(db: sled::Db, rx: mpsc::Receiver<Durable>, unflushed: &AtomicU64) 
         for then in waiting.drain(..) {
             then(ok);
         }
+    }
+}
+
+impl WriteSet {
+    /// The kept runs of one benchmark case key ([`crate::baseline::key_string`]).
+    pub fn put_case_runs(&mut self, key: &str, runs: &msfleet_proto::CaseRuns) {
+        let mut k = vec![b'r'];
+        k.extend_from_slice(key.as_bytes());
+        self.put(k, runs.encode_to_vec());
+    }
+}
+
+impl Store {
+    /// Every key's kept case runs (start-up; blocking).
+    pub fn load_case_runs(&self) -> Result<Vec<(String, msfleet_proto::CaseRuns)>, StoreError> {
+        let mut all = Vec::new();
+        for item in self.db.scan_prefix([b'r']) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k[1..]).into_owned();
+            let runs = msfleet_proto::CaseRuns::decode(&*v).map_err(|e| corrupt(&k, e))?;
+            all.push((key, runs));
+        }
+        Ok(all)
     }
 }
 

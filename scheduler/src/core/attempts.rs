@@ -559,6 +559,11 @@ impl Core {
         let Some(e) = self.jobs.get_mut(&id) else {
             return;
         };
+        if e.job.attempts == 0 {
+            let queue = e.job.spec.as_ref().map_or("default", |s| s.queue.as_str());
+            let waited = (self.now - e.job.submitted_at_ms).max(0) as u64;
+            self.waits.record(queue, self.now, waited);
+        }
         e.job.attempts += 1;
         e.job.agent = agent.to_string();
         e.job.tests = Some(TestCounts::default());

@@ -109,6 +109,9 @@ impl Core {
         });
         step.observe(Observation::bench_verdict(&c.verdict));
         e.job.cases.push(c.clone());
+        if let Some((key, runs)) = self.case_runs.record(&c, &e.job.id, self.now) {
+            step.writes.put_case_runs(&key, &runs);
+        }
         if trusted {
             if let Some((key, b)) = self.baselines.record_trusted(&c, &e.job.id, self.now) {
                 step.writes.put_baseline(&key, &b);

@@ -486,14 +486,32 @@ impl Core {
                 *running.entry(s.queue.as_str()).or_default() += 1;
             }
         }
+        // The oldest pending job of each queue, from the pending index alone.
+        let mut oldest: BTreeMap<&str, i64> = BTreeMap::new();
+        for id in self.pending.iter() {
+            if let Some(e) = self.jobs.get(&id) {
+                let queue = e.job.spec.as_ref().map_or("default", |s| s.queue.as_str());
+                let at = oldest.entry(queue).or_insert(i64::MAX);
+                *at = (*at).min(e.job.submitted_at_ms);
+            }
+        }
         self.cfg
             .queues
             .iter()
-            .map(|(name, aging)| pb::Queue {
-                name: name.clone(),
-                pending: self.pending.pending_in(name),
-                running: running.get(name.as_str()).copied().unwrap_or(0),
-                aging_s: aging.as_secs(),
+            .map(|(name, aging)| {
+                let waits = self.waits.stats(name, self.now);
+                pb::Queue {
+                    name: name.clone(),
+                    pending: self.pending.pending_in(name),
+                    running: running.get(name.as_str()).copied().unwrap_or(0),
+                    aging_s: aging.as_secs(),
+                    oldest_pending_s: oldest
+                        .get(name.as_str())
+                        .map_or(0.0, |&at| (self.now - at).max(0) as f64 / 1000.0),
+                    waits_last_hour: waits.count,
+                    wait_p50_s: waits.p50_s,
+                    wait_p95_s: waits.p95_s,
+                }
             })
             .collect()
     }

@@ -44,6 +44,7 @@ use tonic::Status;
 mod agents;
 mod attempts;
 mod baselines;
+mod case_runs;
 mod events;
 #[cfg(test)]
 mod fuzz;
@@ -54,10 +55,12 @@ mod jobs;
 mod parents;
 mod schedules;
 mod tokens;
+mod waits;
 
 use agents::{agent_profile, AgentEntry};
 pub use attempts::log_limit_marker;
 use attempts::{attempt_ref, Loss};
+pub use case_runs::Trend;
 pub use events::{Progress, WatchHandle};
 use jobs::JobEntry;
 
@@ -362,6 +365,15 @@ pub enum Command {
     MetricsSnapshot {
         reply: Reply<Snapshot>,
     },
+    /// The dashboard's benchmark trends: every kept run of the keys matching
+    /// `case` / `profile` (empty: all), each with at most its `newest` runs,
+    /// and their baselines.
+    Trends {
+        case: String,
+        profile: String,
+        newest: usize,
+        reply: Reply<Vec<Trend>>,
+    },
 }
 
 /// A command on its way to the core, with the permit it holds until the
@@ -505,6 +517,10 @@ struct Core {
     /// Agents that refused an assignment for lack of a slot, and until when
     /// dispatch passes them over (see `Core::requeue_refused`).
     held_back: BTreeMap<String, i64>,
+    /// Every recent run of each benchmark case key (the dashboard's trends).
+    case_runs: case_runs::CaseRunBook,
+    /// Queue waits of the last hour (the queue view's p50 / p95).
+    waits: waits::WaitWindow,
 }
 
 const NEXT_EPOCH: &str = "next_epoch";
@@ -516,6 +532,7 @@ impl Core {
         token_index: Arc<TokenIndex>,
     ) -> Result<Core, StoreError> {
         let mut snap = store.load()?;
+        let case_runs = case_runs::CaseRunBook::load(store.load_case_runs()?);
         let started_ms = cfg.clock.now_ms();
         let mut core = Core {
             cfg,
@@ -535,6 +552,8 @@ impl Core {
             started_ms,
             now: started_ms,
             held_back: BTreeMap::new(),
+            case_runs,
+            waits: waits::WaitWindow::default(),
         };
         for (name, value) in snap.meta {
             if name == NEXT_EPOCH {
@@ -887,6 +906,15 @@ impl Core {
             }
             Command::MetricsSnapshot { reply } => {
                 let r = Ok(self.metrics_snapshot());
+                step.reply(reply, r);
+            }
+            Command::Trends {
+                case,
+                profile,
+                newest,
+                reply,
+            } => {
+                let r = Ok(self.trends(&case, &profile, newest));
                 step.reply(reply, r);
             }
         }
