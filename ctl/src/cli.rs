@@ -140,6 +140,19 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Print a login link to the web dashboard (msched --http-listen) with
+    /// your token; opening it logs the browser in.
+    Dashboard {
+        /// The dashboard's address (HOST:PORT or a URL); else read from --ready-file.
+        #[arg(long, value_name = "ADDR", required_unless_present = "ready_file")]
+        http: Option<String>,
+        /// msched's ready file (--ready-file there): its `http ADDR` line.
+        #[arg(long, value_name = "FILE", env = "MSFLEET_READY_FILE")]
+        ready_file: Option<PathBuf>,
+        /// Also open the link in the desktop's browser.
+        #[arg(long)]
+        open: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -83,6 +83,29 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
         let mut client = connect(&cli).await?;
         return schedule_add(&mut client, schedule, a.json).await;
     }
+    if let Command::Dashboard {
+        http,
+        ready_file,
+        open,
+    } = &cli.command
+    {
+        let http = match (http, ready_file) {
+            (Some(h), _) => h.clone(),
+            (None, Some(path)) => crate::dashboard::http_from_ready_file(path)?,
+            (None, None) => {
+                return Err(CtlError::input(
+                    "say where the dashboard is: --http HOST:PORT or --ready-file FILE",
+                ))
+            }
+        };
+        let tls = cli.addr.trim().starts_with("https://");
+        let link = crate::dashboard::login_link(&http, tls, &token(&cli)?.unwrap_or_default())?;
+        crate::out!("{link}");
+        if *open {
+            crate::dashboard::open(&link)?;
+        }
+        return Ok(exit::OK);
+    }
     let mut client = connect(&cli).await?;
     match cli.command {
         Command::Submit(s) => submit(&mut client, *s).await,
@@ -216,7 +239,7 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
             }
             Ok(exit::OK)
         }
-        Command::Completions { .. } | Command::Man => Ok(exit::OK), // answered above, offline
+        Command::Completions { .. } | Command::Man | Command::Dashboard { .. } => Ok(exit::OK), // answered above, offline
         Command::Token { action } => crate::tokens::people(&mut client, action).await,
         Command::Agent {
             action: AgentAction::Token { action },

@@ -13,6 +13,7 @@
 pub mod argv;
 pub mod cli;
 pub mod commands;
+pub mod dashboard;
 pub mod export;
 pub mod follow;
 #[cfg(test)]

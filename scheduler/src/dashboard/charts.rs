@@ -153,8 +153,8 @@ pub fn trend(
                 line.grid x1=(LEFT) x2=(LEFT + plot_w) y1=(format!("{:.1}", y(*t))) y2=(format!("{:.1}", y(*t))) {}
                 text.axis x=(LEFT - 6.0) y=(format!("{:.1}", y(*t) + 4.0)) text-anchor="end" { (short(*t)) }
             }
-            text.axis x=(LEFT) y=(HEIGHT - 10.0) { time data-ms=(t0) { (super::pages::utc(t0)) } }
-            text.axis x=(LEFT + plot_w) y=(HEIGHT - 10.0) text-anchor="end" { time data-ms=(t1) { (super::pages::utc(t1)) } }
+            text.axis.time x=(LEFT) y=(HEIGHT - 10.0) data-ms=(t0) { (super::pages::utc(t0)) }
+            text.axis.time x=(LEFT + plot_w) y=(HEIGHT - 10.0) text-anchor="end" data-ms=(t1) { (super::pages::utc(t1)) }
             polyline.medians points=(line.join(" ")) {}
             @for (i, r) in points.iter().enumerate() {
                 @let (cx, cy) = (format!("{:.1}", x(i, r.time_ms)), format!("{:.1}", y(r.median)));

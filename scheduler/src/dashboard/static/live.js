@@ -3,9 +3,9 @@
 "use strict";
 (function () {
   function localTimes(root) {
-    root.querySelectorAll("time[data-ms]").forEach(function (t) {
+    root.querySelectorAll("time[data-ms], text[data-ms]").forEach(function (t) {
       var ms = Number(t.getAttribute("data-ms"));
-      if (ms > 0) { t.textContent = new Date(ms).toLocaleString(); t.title = t.getAttribute("datetime") || ""; }
+      if (ms > 0) t.textContent = new Date(ms).toLocaleString();
     });
   }
   function cell(tr, text, cls) {
