@@ -412,6 +412,15 @@ fn fleet_lists_two_running_agents_and_a_job_page_shows_results_arriving_live() {
     assert_eq!(count(&cli, "passed"), 6);
     assert!(calls >= 6, "{calls} passed rows, after {first} first");
     b.screenshot(&dir, "job-done");
+    // The jobs list, filtered by state, links to it.
+    b.goto(&format!("{base}/jobs?state=passed"));
+    let listed = b.js(
+        "return [...document.querySelectorAll('tr.job')].map(t => t.dataset.id);",
+        json!([]),
+    );
+    assert_eq!(listed, json!([id]), "{listed}");
+    b.goto(&format!("{base}/jobs?state=running"));
+    assert_eq!(b.count("tr.job"), 0);
     // The same page after the fact, on a phone, in the dark.
     b.resize(390, 844);
     b.dark();

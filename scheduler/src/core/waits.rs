@@ -68,7 +68,54 @@ impl WaitWindow {
 
 #[cfg(test)]
 mod tests {
+    use super::super::harness::*;
+    use super::super::Command;
     use super::*;
+    use msfleet_proto::Outcome;
+
+    fn default_queue(h: &mut Harness) -> msfleet_proto::Queue {
+        h.call(|reply| Command::ListQueues { reply })
+            .unwrap()
+            .into_iter()
+            .find(|q| q.name == "default")
+            .expect("the default queue")
+    }
+
+    /// The queue view: the oldest pending job's age from the pending index,
+    /// and the waits of the jobs assigned, recorded at assignment.
+    #[test]
+    fn the_queue_view_shows_the_oldest_pending_age_and_assigned_waits() {
+        let mut h = Harness::new();
+        h.submit(spec()).unwrap();
+        h.advance(4_000);
+        h.submit(spec()).unwrap();
+        h.advance(6_000);
+        let q = default_queue(&mut h);
+        assert_eq!(
+            (q.pending, q.oldest_pending_s, q.waits_last_hour),
+            (2, 10.0, 0)
+        );
+        // One slot: the first job (waited 10 s) is assigned, the second waits on.
+        let mut a = h.register("a1", "cpu", 1);
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        let q = default_queue(&mut h);
+        assert_eq!((q.pending, q.oldest_pending_s), (1, 6.0));
+        assert_eq!(
+            (q.waits_last_hour, q.wait_p50_s, q.wait_p95_s),
+            (1, 10.0, 10.0)
+        );
+        h.advance(2_000);
+        h.finish(&mut a, &r, Outcome::Passed);
+        h.assignments(&mut a);
+        let q = default_queue(&mut h);
+        assert_eq!(
+            (q.pending, q.oldest_pending_s, q.waits_last_hour),
+            (0, 0.0, 2)
+        );
+        assert_eq!((q.wait_p50_s, q.wait_p95_s), (8.0, 10.0));
+        h.advance(WINDOW_MS);
+        assert_eq!(default_queue(&mut h).waits_last_hour, 0, "an hour later");
+    }
 
     #[test]
     fn percentiles_cover_the_last_hour_only() {

@@ -455,7 +455,7 @@ async fn job_events(
                 Ok(ev) => ev,
                 Err(s) => {
                     let _ = tx
-                        .send(Event::default().event("end").data(s.message().to_string()))
+                        .send(Event::default().event("end").data(s.message()))
                         .await;
                     return;
                 }

@@ -370,7 +370,7 @@ pub fn job(frame: &Frame, job: &pb::Job, events: &[pb::JobEvent], children: &[pb
         }
     }
     let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(LOG_TAIL)..]).into_owned();
-    let counts = job.tests.clone().unwrap_or_default();
+    let counts = job.tests.unwrap_or_default();
     let live = !state.is_terminal();
     layout(
         Some(frame),
@@ -441,7 +441,7 @@ fn matrix(children: &[pb::Job]) -> Markup {
             thead { tr { th { "Column" } th { "Job" } th { "State" } th { "Passed" } th { "Failed" }
                 th { "Skipped" } th { "Agent" } } }
             tbody { @for c in children {
-                @let t = c.tests.clone().unwrap_or_default();
+                @let t = c.tests.unwrap_or_default();
                 tr class={ "state-" (c.state().label()) } {
                     td { (c.column) } td { a href={ "/jobs/" (c.id) } { (c.id) } }
                     td { (state_badge(c.state().label())) }
