@@ -129,16 +129,18 @@ pub fn take_token_param(path_and_query: &str) -> Option<(String, String)> {
     let mut token = None;
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
+        // Every `token` goes (the first one counts), so none stays in the URL.
         match pair.split_once('=') {
-            Some(("token", value)) if token.is_none() => {
-                token = Some(
-                    form_urlencoded::parse(format!("t={value}").as_bytes())
-                        .next()
-                        .map(|(_, v)| v.into_owned())
-                        .unwrap_or_default(),
-                );
+            Some(("token", value)) => {
+                let value = form_urlencoded::parse(format!("t={value}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                token.get_or_insert(value);
             }
-            _ if pair == "token" => token = Some(String::new()),
+            _ if pair == "token" => {
+                token.get_or_insert_with(String::new);
+            }
             _ => rest.push(pair),
         }
     }
@@ -349,6 +351,11 @@ mod tests {
         assert_eq!(take_token_param("/jobs?state=running"), None);
         assert_eq!(take_token_param("/jobs"), None);
         assert_eq!(take_token_param("/x?tokens=1"), None);
+        assert_eq!(
+            take_token_param("/x?token=a&token=b&q=1"),
+            Some(("a".into(), "/x?q=1".into())),
+            "no second token stays behind"
+        );
     }
 
     #[test]

@@ -185,7 +185,10 @@ pub fn fleet(
                         @let caps = a.capabilities.as_ref();
                         @let health = caps.and_then(|c| c.health.as_ref());
                         tr.agent data-name=(a.name) data-state=(a.state) {
-                            td { (a.name) }
+                            td { (a.name)
+                                @if let Some(c) = caps { @if !c.labels.is_empty() {
+                                    div.reason { @for (k, v) in &c.labels { (k) "=" (v) " " } }
+                                } } }
                             td { (state_badge(&a.state))
                                 @if !a.state_reason.is_empty() { div.reason { (a.state_reason) } } }
                             td { (caps.map_or("", |c| c.profile.as_str())) }
