@@ -22,6 +22,7 @@ pub mod environment;
 pub mod fuzz;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod matrix;
 pub mod memory;
 pub mod policy;
 pub mod roots;

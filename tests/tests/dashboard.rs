@@ -617,3 +617,52 @@ fn a_trend_chart_draws_every_run_and_only_admins_may_accept() {
     assert_eq!(code, 401);
     assert!(body.contains("Log in"), "{body}");
 }
+
+#[test]
+fn a_fanout_parents_page_shows_the_tests_that_did_not_pass_everywhere() {
+    let mut f = Fleet::new();
+    f.add_agent_with_env("fan-a", &["profile=alpha"], &[], &[("DASH_SIDE", "alpha")]);
+    f.add_agent_with_env("fan-b", &["profile=beta"], &[], &[("DASH_SIDE", "beta")]);
+    let suite = f.write_suite(
+        "fan",
+        &[(
+            "test_fan.py",
+            "import os\n\ndef test_everywhere():\n    pass\n\n\
+             def test_only_alpha():\n    assert os.environ.get('DASH_SIDE') == 'alpha'\n",
+        )],
+    );
+    let id = f.submit(&[
+        "pytest",
+        "--dir",
+        suite.to_str().unwrap(),
+        "--fanout",
+        "each-profile",
+    ]);
+    let parent = f.wait_terminal(&id);
+    assert_eq!(
+        parent["children"].as_array().map(Vec::len),
+        Some(2),
+        "{parent:#}"
+    );
+    let admin = std::fs::read_to_string(admin_token_file(&f.addr()).unwrap()).unwrap();
+    let b = Browser::start(1280, 900);
+    b.goto(&login_link(&f, admin.trim()));
+    b.goto(&format!("http://{}/jobs/{id}", f.sched.http_addr));
+    let columns = b.js("return [...document.querySelectorAll('#compat thead tr:first-child th')].map(t => t.textContent);", json!([]));
+    assert_eq!(columns, json!(["Test", "alpha", "beta"]), "{columns}");
+    let rows = b.js(
+        "return [...document.querySelectorAll('#compat tr.row')].map(r => [...r.children].map(c => c.textContent));",
+        json!([]),
+    );
+    assert_eq!(
+        rows,
+        json!([["test_fan.py::test_only_alpha", "pass", "fail"]]),
+        "only the test that did not pass everywhere"
+    );
+    assert_eq!(
+        b.count("#job table tbody tr.state-passed, #job table tbody tr.state-failed"),
+        2,
+        "both children listed"
+    );
+    b.screenshot(&shots(), "fanout-matrix");
+}

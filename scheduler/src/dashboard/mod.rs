@@ -46,6 +46,8 @@ pub struct Settings {
 
 /// Events read for a job page at most (the newest); a live page follows on.
 const PAGE_EVENTS: u64 = 20_000;
+/// Events read per child for a parent's compatibility matrix (the newest).
+const CHILD_EVENTS: u64 = 5_000;
 /// Longest query string or form taken.
 const MAX_QUERY: usize = 2048;
 /// Jobs a list page may ask for at once.
@@ -390,9 +392,14 @@ async fn jobs(
     )))
 }
 
-/// The newest [`PAGE_EVENTS`] durable events of job `id` up to `upto`.
-async fn read_events(store: Store, id: u64, upto: u64) -> Result<Vec<pb::JobEvent>, Failure> {
-    let from = upto.saturating_sub(PAGE_EVENTS);
+/// The newest `newest` durable events of job `id` up to `upto`.
+async fn read_events(
+    store: Store,
+    id: u64,
+    upto: u64,
+    newest: u64,
+) -> Result<Vec<pb::JobEvent>, Failure> {
+    let from = upto.saturating_sub(newest);
     tokio::task::spawn_blocking(move || store.events(id, from, upto))
         .await
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -407,19 +414,38 @@ async fn job(
     let (core, store) = ready(&state)?;
     let job = core.call(|reply| Command::GetJob { id, reply }).await?;
     let num = job.id.parse::<u64>().unwrap_or(0);
-    let events = read_events(store, num, job.last_event_seq).await?;
+    let events = read_events(store.clone(), num, job.last_event_seq, PAGE_EVENTS).await?;
     let mut children = Vec::new();
+    let mut columns = Vec::new();
     for child in job.children.iter().take(pages::MAX_CHILDREN) {
         let id = child.clone();
-        if let Ok(c) = core.call(|reply| Command::GetJob { id, reply }).await {
-            children.push(c);
-        }
+        let Ok(c) = core.call(|reply| Command::GetJob { id, reply }).await else {
+            continue;
+        };
+        let num = c.id.parse::<u64>().unwrap_or(0);
+        let evs = read_events(store.clone(), num, c.last_event_seq, CHILD_EVENTS).await?;
+        let tests = evs
+            .iter()
+            .filter(|e| e.attempt == c.attempts)
+            .filter_map(|e| match &e.kind {
+                Some(pb::job_event::Kind::Test(t)) => Some(t),
+                _ => None,
+            });
+        let column = if c.column.is_empty() {
+            c.id.clone()
+        } else {
+            c.column.clone()
+        };
+        columns.push((column, pb::matrix::combine(tests)));
+        children.push(c);
     }
+    let matrix = pb::matrix::Matrix::new(&columns);
     Ok(html(pages::job(
         &frame(&state, &viewer),
         &job,
         &events,
         &children,
+        &matrix,
     )))
 }
 

@@ -358,7 +358,13 @@ fn case_rows(job: &pb::Job) -> Markup {
     }
 }
 
-pub fn job(frame: &Frame, job: &pb::Job, events: &[pb::JobEvent], children: &[pb::Job]) -> Markup {
+pub fn job(
+    frame: &Frame,
+    job: &pb::Job,
+    events: &[pb::JobEvent],
+    children: &[pb::Job],
+    matrix: &pb::matrix::Matrix,
+) -> Markup {
     let state = job.state();
     let spec = job.spec.clone().unwrap_or_default();
     let mut results = Vec::new();
@@ -426,8 +432,10 @@ pub fn job(frame: &Frame, job: &pb::Job, events: &[pb::JobEvent], children: &[pb
                     }
                 }
                 @if !children.is_empty() {
+                    h2 { "Children" }
+                    (children_table(children))
                     h2 { "Compatibility matrix" }
-                    (matrix(children))
+                    (compat(matrix))
                 }
                 h2 { "Log" }
                 pre #log.log { (tail) }
@@ -436,9 +444,36 @@ pub fn job(frame: &Frame, job: &pb::Job, events: &[pb::JobEvent], children: &[pb
     )
 }
 
+/// Rows of a compatibility matrix shown at most.
+const MATRIX_ROWS: usize = 500;
+
+/// The tests that did not pass in every column (profile, agent or shard),
+/// with each column's cell; the summary of every column on top.
+fn compat(m: &pb::matrix::Matrix) -> Markup {
+    let rows = m.selected(false);
+    let summary = m.summary();
+    html! {
+        div.scroll { table #compat {
+            thead {
+                tr { th { "Test" } @for p in &m.profiles { th { (p) } } }
+                tr.summary { td { (m.rows.len()) " tests" }
+                    @for s in &summary { td.reason {
+                        @for c in pb::matrix::CELLS { @if let Some(n) = s.get(&c) { (n) " " (c.label()) " " } }
+                    } } }
+            }
+            tbody { @for (test, cells) in rows.iter().take(MATRIX_ROWS) {
+                tr.row data-test=(test) { td.nodeid { (test) }
+                    @for c in cells { td class={ "cell cell-" (c.outcome()) } { (c.label()) } } }
+            } }
+        } }
+        @if rows.is_empty() && !m.rows.is_empty() { p.note { "Every test passed in every column." } }
+        @if rows.len() > MATRIX_ROWS { p.note { "The first " (MATRIX_ROWS) " of " (rows.len()) " rows." } }
+    }
+}
+
 /// A parent's children, one column each (profile, agent or shard), with
 /// their state and counts.
-fn matrix(children: &[pb::Job]) -> Markup {
+fn children_table(children: &[pb::Job]) -> Markup {
     html! {
         div.scroll { table #matrix {
             thead { tr { th { "Column" } th { "Job" } th { "State" } th { "Passed" } th { "Failed" }
