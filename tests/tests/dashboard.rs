@@ -665,4 +665,47 @@ fn a_fanout_parents_page_shows_the_tests_that_did_not_pass_everywhere() {
         "both children listed"
     );
     b.screenshot(&shots(), "fanout-matrix");
+
+    // A schedule that ran once (run-now) and passed: its next fire, its run, 1/1.
+    let ok = f.write_suite(
+        "nightly-ok",
+        &[("test_ok.py", "def test_ok():\n    pass\n")],
+    );
+    let file = f.path().join("nightly.toml");
+    std::fs::write(
+        &file,
+        format!("kind = \"pytest\"\nrequirements = 'label.profile==\"alpha\"'\n[source]\ndir = \"{}\"\n", ok.display()),
+    )
+    .unwrap();
+    let out = f.ctl(&[
+        "schedule",
+        "add",
+        "nightly-ok",
+        "--cron",
+        "0 2 * * *",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    let out = f.ctl(&["schedule", "run-now", "nightly-ok"]);
+    assert_eq!(out.code, 0, "{out}");
+    let run = out
+        .stdout
+        .split_whitespace()
+        .find(|w| w.chars().all(|c| c.is_ascii_digit()))
+        .unwrap_or_default()
+        .to_string();
+    f.wait_state(&run, "passed");
+    b.goto(&format!("http://{}/schedules", f.sched.http_addr));
+    let row = b.js(
+        "var r = document.querySelector('#schedules tr[data-name=\"nightly-ok\"]'); return r && [...r.children].map(c => c.textContent);",
+        json!([]),
+    );
+    assert_eq!(row[3].as_str().map(str::trim), Some(run.as_str()), "{row}");
+    assert_eq!(row[4], json!("1/1 (100%)"), "{row}");
+    assert!(
+        row[2].as_str().is_some_and(|t| !t.is_empty() && t != "-"),
+        "a next fire: {row}"
+    );
+    b.screenshot(&shots(), "schedules");
 }
