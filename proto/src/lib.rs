@@ -23,6 +23,7 @@ pub mod fuzz;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod memory;
+pub mod noise;
 pub mod policy;
 pub mod roots;
 pub mod secrets;
