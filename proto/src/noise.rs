@@ -564,7 +564,8 @@ pub fn digamma(x: f64) -> f64 {
         x += 1.0;
     }
     let f = 1.0 / (x * x);
-    acc + x.ln() - 0.5 / x
+    acc + x.ln()
+        - 0.5 / x
         - f * (1.0 / 12.0 - f * (1.0 / 120.0 - f * (1.0 / 252.0 - f * (1.0 / 240.0 - f / 132.0))))
 }
 
@@ -635,7 +636,12 @@ mod tests {
             let y = trigamma(x);
             assert!(close(trigamma_inverse(y), x, 1e-6 * x), "x={x}");
         }
-        for (p, z) in [(0.5, 0.0), (0.8, 0.841_621_2), (0.99, 2.326_347_9), (0.995, 2.575_829_3)] {
+        for (p, z) in [
+            (0.5, 0.0),
+            (0.8, 0.841_621_2),
+            (0.99, 2.326_347_9),
+            (0.995, 2.575_829_3),
+        ] {
             assert!(close(normal_quantile(p), z, 1e-6), "p={p}");
         }
         assert!(close(normal_quantile(1e-6), -4.753_424_3, 1e-5));
@@ -669,7 +675,11 @@ mod tests {
         // Spreads a hundredfold apart: sampling does not explain it, the prior is weak.
         let mixed: Vec<LogSpread> = [1e-4, 1e-2, 1e-4, 1e-2, 2e-4, 2e-2]
             .iter()
-            .map(|&var| LogSpread { k: 8, mean: 0.0, var })
+            .map(|&var| LogSpread {
+                k: 8,
+                mean: 0.0,
+                var,
+            })
             .collect();
         let p = pool(&mixed).unwrap();
         assert!(p.df < 5.0, "{p:?}");
@@ -695,7 +705,11 @@ mod tests {
             within_cv: 0.04,
             repetitions: 5,
         };
-        assert!(close(p.run_sd(), (9e-4 - MEDIAN_EFFICIENCY * 0.0016 / 5.0).sqrt(), 1e-12));
+        assert!(close(
+            p.run_sd(),
+            (9e-4 - MEDIAN_EFFICIENCY * 0.0016 / 5.0).sqrt(),
+            1e-12
+        ));
         let one = p.mde(1, CONFIDENCE);
         let three = p.mde(3, CONFIDENCE);
         // (2.65 + 0.84) * 0.03 * sqrt(1 + 1/8) = 11.1%.
@@ -712,7 +726,10 @@ mod tests {
         assert!(p.mde(j, CONFIDENCE) <= 0.08 && p.mde(j - 1, CONFIDENCE) > 0.08);
         assert_eq!(p.runs_for(0.02, CONFIDENCE), None);
         // Unknown repetitions: no plan.
-        let unknown = Power { repetitions: 0, ..p };
+        let unknown = Power {
+            repetitions: 0,
+            ..p
+        };
         assert_eq!(unknown.repetitions_for(0.2, 1, CONFIDENCE), None);
         assert_eq!(unknown.run_sd(), 0.03);
     }
