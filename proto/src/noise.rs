@@ -34,7 +34,7 @@
 //! [`CHANGE_POINT_ALPHA`]. Segments shorter than [`MIN_SEGMENT`] runs are not split.
 
 /// Default one-sided confidence of the final (confirmed) regression decision.
-pub const CONFIDENCE: f64 = 0.995;
+pub const CONFIDENCE: f64 = 0.999;
 /// One-sided confidence of the first run's looser threshold that triggers the confirming runs.
 pub const CANDIDATE_CONFIDENCE: f64 = 0.90;
 /// Re-runs (fresh processes, a fresh run-level shift) of a regression candidate.
@@ -188,11 +188,11 @@ impl Power {
 
     /// Smallest change (fraction) that `runs` pooled runs of `repetitions` each detect with
     /// probability [`POWER`] at one-sided `confidence`: `exp((t + z_power) * se) - 1` with
-    /// `se = sqrt(var_run(repetitions) / runs + sd^2 / k)`.
+    /// `se = sqrt(var_run(repetitions) * pooled_var_factor(runs) + sd^2 / k)`.
     pub fn mde_with(&self, repetitions: u32, runs: u32, confidence: f64) -> f64 {
         let run_var = self.run_sd().powi(2) + self.within_var(repetitions);
         let hist_var = self.sd.powi(2) / self.k.max(1) as f64;
-        let se = (run_var / f64::from(runs.max(1)) + hist_var).sqrt();
+        let se = (run_var * pooled_var_factor(runs as usize) + hist_var).sqrt();
         let t = t_quantile(confidence, self.df.max(1.0));
         ((t + normal_quantile(POWER)) * se).exp() - 1.0
     }
@@ -216,6 +216,35 @@ impl Power {
     /// history's own uncertainty keeps it above.
     pub fn runs_for(&self, target: f64, confidence: f64) -> Option<u32> {
         (1..=100).find(|&j| self.mde(j, confidence) <= target)
+    }
+}
+
+/// The value several runs of one job are judged by: the geometric mean of two runs' medians,
+/// the median of three or more (in log space), so that one run with a shifted median (three
+/// spikes among five repetitions, a slow-mode run) cannot decide alone. `None` when empty or a
+/// value is not finite and positive.
+pub fn pooled_runs(medians: &[f64]) -> Option<f64> {
+    if medians.is_empty() || medians.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+        return None;
+    }
+    let logs: Vec<f64> = medians.iter().map(|v| v.ln()).collect();
+    Some(if logs.len() <= 2 {
+        (logs.iter().sum::<f64>() / logs.len() as f64).exp()
+    } else {
+        median(&logs).exp()
+    })
+}
+
+/// Variance of [`pooled_runs`] of `runs` runs relative to one run's, for normal noise: 1/J for
+/// the mean of one or two, the exact median variances for 3 to 5, `pi / (2J)` beyond.
+pub fn pooled_var_factor(runs: usize) -> f64 {
+    match runs {
+        0 | 1 => 1.0,
+        2 => 0.5,
+        3 => 0.448_7,
+        4 => 0.298_3,
+        5 => 0.286_8,
+        j => MEDIAN_EFFICIENCY / j as f64,
     }
 }
 
@@ -712,6 +741,10 @@ mod tests {
         ));
         let one = p.mde(1, CONFIDENCE);
         let three = p.mde(3, CONFIDENCE);
+        assert_eq!(pooled_runs(&[1.0, 4.0]), Some(2.0));
+        assert_eq!(pooled_runs(&[1.0, 2.0, 1.1]), Some(1.1));
+        assert_eq!(pooled_runs(&[]), None);
+        assert!(pooled_var_factor(3) < 0.5 && pooled_var_factor(9) < pooled_var_factor(5));
         // (2.65 + 0.84) * 0.03 * sqrt(1 + 1/8) = 11.1%.
         assert!((0.10..0.125).contains(&one), "{one}");
         assert!(three < one);
