@@ -119,6 +119,11 @@ pub fn settings() -> Vec<NoiseModel> {
             ..b
         },
         NoiseModel {
+            name: "one case alone: nothing to pool",
+            cases: 1,
+            ..b
+        },
+        NoiseModel {
             name: "3 cases, 10 reps, 20 runs",
             cases: 3,
             history: 20,
@@ -405,10 +410,12 @@ pub fn table(reports: &[SimReport]) -> String {
 mod tests {
     use super::*;
 
-    /// The goals of issue 15, loosely enough for 1200 case trials per setting to pass
-    /// deterministically (fixed seed), tightly enough to fail for the old rules (one run at
-    /// t(0.99, k-1) per run: 36% where the oracle had 65%; the half-split drift rule on five
-    /// samples: 9% noisy).
+    /// The goals of issue 15 (false alarms <= 0.5%, noisy <= 2%, detection within 10 points of
+    /// the oracle at 10% and 15%), loosely enough for 1200 case trials per setting to pass
+    /// deterministically (fixed seed), tightly enough that the issue's figures for the old rules
+    /// (36% caught where the oracle caught 65%, 9% noisy) would fail. The gap is not asserted for
+    /// a case alone: with nothing to pool, 8 runs leave 7 degrees of freedom (`t(0.999, 7) =
+    /// 5.4`) and the verdict stays well short of the oracle there (the README says how far).
     #[test]
     fn verdicts_meet_the_goals_in_every_setting() {
         let reports: Vec<SimReport> = settings()
@@ -426,8 +433,10 @@ mod tests {
             );
             assert!(r.noisy <= 0.03, "{name}: noisy {}", r.noisy);
             let gap = r.gap();
-            assert!(gap[1] <= 15.0, "{name}: 10% gap {}", gap[1]);
-            assert!(gap[2] <= 15.0, "{name}: 15% gap {}", gap[2]);
+            if r.model.cases > 1 {
+                assert!(gap[1] <= 15.0, "{name}: 10% gap {}", gap[1]);
+                assert!(gap[2] <= 15.0, "{name}: 15% gap {}", gap[2]);
+            }
             assert!(
                 r.detection[3] >= r.detection[1],
                 "{name}: detection not monotone"
