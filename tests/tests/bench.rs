@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 /// The case command: sleeps `user_input.sleep_s` seconds (times the factor in
 /// `speed.txt` next to it, if any; or a random 0.05-0.30 s when `noisy`) and
-/// reports the measured time as `total_time_s` with two operators.
+/// reports the measured time as `total_time_s` with two operators (with `fixed`,
+/// the time it meant to sleep with a deterministic run-to-run noise instead).
 const BENCH_PY: &str = r#"
 import json, os, random, sys, time
 case = json.load(open(sys.argv[1]))
@@ -24,6 +25,11 @@ if p.get("noisy"):
 t = time.perf_counter()
 time.sleep(want)
 took = time.perf_counter() - t
+if p.get("fixed"):
+    # Deterministic noise: a run-level shift from the job id (+-1.2%), a small one per repetition.
+    job = int(os.environ["MSFLEET_JOB_ID"])
+    rep = int(os.environ["MSFLEET_REPETITION"])
+    took = want * (1 + 0.004 * ((job * 37) % 7 - 3)) * (1 + 0.001 * (rep % 3 - 1))
 with open(os.environ["MSFLEET_METRICS"], "w") as f:
     json.dump({"total_time_s": took, "operators": [
         {"name": "aten.mm", "total_time_s": took * 0.7, "num_calls": 4},
@@ -310,6 +316,12 @@ fn trusted_runs_build_history_automatically_but_regressions_never_join() {
     );
 }
 
+/// A case without anchors whose reported time has deterministic noise (see `BENCH_PY`), so
+/// that a loaded machine does not move its history.
+fn fixed_case(name: &str, sleep_s: f64) -> String {
+    serde_json::json!({"name": name, "user_input": {"sleep_s": sleep_s, "fixed": true}}).to_string()
+}
+
 #[test]
 fn trusted_history_gives_pooled_power_change_points_and_a_confirmed_regression() {
     let mut f = Fleet::new();
@@ -318,8 +330,8 @@ fn trusted_history_gives_pooled_power_change_points_and_a_confirmed_regression()
         &f,
         "power",
         &[
-            ("a.json", short_case("a", 0.03, 0.0)),
-            ("b.json", short_case("b", 0.04, 0.0)),
+            ("a.json", fixed_case("a", 0.03)),
+            ("b.json", fixed_case("b", 0.04)),
         ],
     );
     // Eight trusted nights, then eight 4% slower: below the 5% minimum effect, so every one
