@@ -284,15 +284,18 @@ mod tests {
                     time_ms: 1_700_000_000_000,
                     median: 0.0170,
                     operators: vec![],
+                    ..Default::default()
                 },
                 BaselineRun {
                     job_id: "9".into(),
                     time_ms: 1_700_000_100_000,
                     median: 0.0180,
                     operators: vec![op("aten.mm.default", 0.0065, 73)],
+                    ..Default::default()
                 },
             ],
             audit: vec![],
+            ..Default::default()
         }
     }
 

@@ -1,8 +1,9 @@
 //! How msctl shows things: JSON objects for `--json`, and plain text for people.
 
 use msfleet_proto::{
-    job_event, source, Agent, Baseline, BenchmarkSpec, CaseResult, Explanation, Job, JobEvent,
-    JobSpec, JobState, MetricSummary, OperatorTime, Queue, Schedule, TestCounts,
+    job_event, source, Agent, Baseline, BenchmarkSpec, CaseResult, ChangePoint, Explanation, Job,
+    JobEvent, JobSpec, JobState, MetricSummary, NoiseEstimate, OperatorTime, Queue, Schedule,
+    TestCounts,
 };
 use serde_json::{json, Map, Value};
 
@@ -379,6 +380,11 @@ pub fn explanation_json(e: &Explanation) -> Value {
         "baseline_run_ids": e.baseline_run_ids,
         "rule": e.rule,
         "message": e.message,
+        "mde_pct": e.mde_pct,
+        "runs": e.runs,
+        "samples": e.samples,
+        "pooled_value": e.pooled_value,
+        "df": e.df,
     })
 }
 
@@ -989,16 +995,108 @@ pub fn baseline_json(b: &Baseline) -> Value {
         "anchor_operators": operators_json(&b.anchor_operators),
         "history": b.history.iter().map(|r| json!({
             "job_id": r.job_id, "time_ms": r.time_ms, "median": r.median,
+            "samples": r.samples, "spread_cv": r.spread_cv,
             "operators": operators_json(&r.operators),
         })).collect::<Vec<_>>(),
         "audit": b.audit.iter().map(|a| json!({
             "action": a.action, "who": a.who, "time_ms": a.time_ms,
             "job_id": a.job_id, "value": a.value,
         })).collect::<Vec<_>>(),
+        "noise": b.noise.as_ref().map_or(Value::Null, noise_json),
+        "change_points": b.change_points.iter().map(change_point_json).collect::<Vec<_>>(),
     })
 }
 
-/// `baseline list`: CASE METRIC PROFILE ANCHOR RUNS LAST INPUT.
+fn noise_json(n: &NoiseEstimate) -> Value {
+    json!({
+        "runs": n.runs,
+        "own_sd_log": n.own_sd_log,
+        "pooled_sd_log": n.pooled_sd_log,
+        "prior_df": n.prior_df,
+        "cases_pooled": n.cases_pooled,
+        "sd_log": n.sd_log,
+        "df": n.df,
+        "within_cv": n.within_cv,
+        "repetitions": n.repetitions,
+        "run_sd_log": n.run_sd_log,
+        "mde_pct": n.mde_pct,
+        "mde_confirmed_pct": n.mde_confirmed_pct,
+        "target_pct": n.target_pct,
+        "repetitions_for_target": n.repetitions_for_target,
+        "runs_for_target": n.runs_for_target,
+    })
+}
+
+pub fn change_point_json(c: &ChangePoint) -> Value {
+    json!({
+        "job_id": c.job_id, "time_ms": c.time_ms, "index": c.index,
+        "before": c.before, "after": c.after, "shift_pct": c.shift_pct,
+    })
+}
+
+/// "+6.0% from job 12 (2026-11-30T02:00:00Z, run 13 of the history): 0.100 -> 0.106".
+pub fn change_point_line(c: &ChangePoint) -> String {
+    format!(
+        "{} from job {} ({}, run {} of the history): {} -> {}",
+        pct(c.shift_pct),
+        c.job_id,
+        time_ms(c.time_ms),
+        c.index + 1,
+        num(c.before),
+        num(c.after)
+    )
+}
+
+/// What a baseline's noise allows, in words: the lines of `baseline show`'s "noise:" part.
+pub fn noise_lines(n: &NoiseEstimate) -> Vec<String> {
+    let sd = |x: f64| format!("{:.2}%", x * 100.0);
+    let mut lines = Vec::new();
+    let pooled = if n.cases_pooled >= 2 {
+        format!(
+            ", pooled with {} cases of the profile (prior sd {}, {:.0} df)",
+            n.cases_pooled,
+            sd(n.pooled_sd_log),
+            n.prior_df
+        )
+    } else {
+        String::new()
+    };
+    lines.push(format!(
+        "run-to-run sd {} over {} runs{pooled}: judged with sd {} on {:.0} df",
+        sd(n.own_sd_log),
+        n.runs,
+        sd(n.sd_log),
+        n.df
+    ));
+    if n.repetitions > 0 {
+        lines.push(format!(
+            "within-run CV {} at {} repetitions; the run-level shift alone is sd {}",
+            sd(n.within_cv),
+            n.repetitions,
+            sd(n.run_sd_log)
+        ));
+    }
+    lines.push(format!(
+        "detects changes of {:.1}% or more in one run, {:.1}% with its confirming re-runs \
+         (80% power)",
+        n.mde_pct, n.mde_confirmed_pct
+    ));
+    let target = format!("{:.0}%", n.target_pct);
+    let reps = match (n.repetitions, n.repetitions_for_target) {
+        (0, _) => "repetitions unknown".to_string(),
+        (_, Some(r)) => format!("{r} repetitions per run"),
+        (_, None) => "no number of repetitions (the run-level shift dominates)".to_string(),
+    };
+    let runs = match n.runs_for_target {
+        Some(j) => format!("{j} runs pooled"),
+        None => "no number of pooled runs (the history is too short or too noisy)".to_string(),
+    };
+    lines.push(format!("to detect {target}: {reps}, or {runs}"));
+    lines
+}
+
+/// `baseline list`: CASE METRIC PROFILE ANCHOR RUNS LAST MDE SHIFT INPUT (MDE: the smallest
+/// change one run detects; SHIFT: the newest change point in the history and its job).
 pub fn baselines_table(baselines: &[Baseline]) -> String {
     let rows: Vec<Vec<String>> = baselines
         .iter()
@@ -1011,13 +1109,19 @@ pub fn baselines_table(baselines: &[Baseline]) -> String {
                 b.anchor.map_or("-".into(), num),
                 b.history.len().to_string(),
                 b.history.last().map_or("-".into(), |r| num(r.median)),
+                b.noise
+                    .as_ref()
+                    .map_or("-".into(), |n| format!("{:.1}%", n.mde_pct)),
+                b.change_points.last().map_or("-".into(), |c| {
+                    format!("{} @{}", pct(c.shift_pct), c.job_id)
+                }),
                 key.input_hash,
             ]
         })
         .collect();
     table(
         &[
-            "CASE", "METRIC", "PROFILE", "ANCHOR", "RUNS", "LAST", "INPUT",
+            "CASE", "METRIC", "PROFILE", "ANCHOR", "RUNS", "LAST", "MDE", "SHIFT", "INPUT",
         ],
         &rows,
     )
@@ -1042,6 +1146,23 @@ pub fn baseline_text(b: &Baseline) -> String {
             .map(|o| vec![o.name.clone(), num(o.total_time_s), o.num_calls.to_string()])
             .collect();
         out += &indent(&table(&["OPERATOR", "TOTAL_S", "CALLS"], &rows), 4);
+    }
+    match &b.noise {
+        Some(n) => {
+            out += "  noise:\n";
+            for line in noise_lines(n) {
+                out += &format!("    {line}\n");
+            }
+        }
+        None => out += "  noise:     unknown (fewer than 2 accepted runs)\n",
+    }
+    if b.change_points.is_empty() {
+        out += "  change points: none\n";
+    } else {
+        out += "  change points:\n";
+        for c in &b.change_points {
+            out += &format!("    {}\n", change_point_line(c));
+        }
     }
     out += &format!("  history:   {} run(s)\n", b.history.len());
     if !b.history.is_empty() {
@@ -1607,5 +1728,62 @@ mod tests {
         let narrow = table_within(&["ID", "REASON"], &r, Some(30));
         assert!(narrow.lines().count() > 2, "{narrow}");
         assert!(narrow.lines().all(|l| l.chars().count() <= 30), "{narrow}");
+    }
+
+    #[test]
+    fn baseline_show_says_the_noise_the_power_and_the_change_points() {
+        let b = Baseline {
+            key: Some(msfleet_proto::BaselineKey {
+                case: "decode".into(),
+                input_hash: "abc".into(),
+                metric: "total_time_s".into(),
+                profile: "h100".into(),
+            }),
+            noise: Some(NoiseEstimate {
+                runs: 8,
+                own_sd_log: 0.031,
+                pooled_sd_log: 0.029,
+                prior_df: 77.0,
+                cases_pooled: 12,
+                sd_log: 0.0293,
+                df: 84.0,
+                within_cv: 0.02,
+                repetitions: 5,
+                run_sd_log: 0.0262,
+                mde_pct: 11.2,
+                mde_confirmed_pct: 7.4,
+                target_pct: 5.0,
+                repetitions_for_target: None,
+                runs_for_target: Some(9),
+            }),
+            change_points: vec![ChangePoint {
+                job_id: "31".into(),
+                time_ms: 1_795_284_000_000,
+                index: 12,
+                before: 0.1,
+                after: 0.106,
+                shift_pct: 6.0,
+            }],
+            ..Default::default()
+        };
+        let t = baseline_text(&b);
+        for want in [
+            "run-to-run sd 3.10% over 8 runs, pooled with 12 cases of the profile (prior sd 2.90%, 77 df): judged with sd 2.93% on 84 df",
+            "within-run CV 2.00% at 5 repetitions; the run-level shift alone is sd 2.62%",
+            "detects changes of 11.2% or more in one run, 7.4% with its confirming re-runs (80% power)",
+            "to detect 5%: no number of repetitions (the run-level shift dominates), or 9 runs pooled",
+            "+6.0% from job 31 (2026-11-21T18:00:00Z, run 13 of the history): 0.100 -> 0.106",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        let v = baseline_json(&b);
+        assert_eq!(v["noise"]["mde_pct"], 11.2);
+        assert_eq!(v["noise"]["runs_for_target"], 9);
+        assert_eq!(v["change_points"][0]["index"], 12);
+        let list = baselines_table(&[b]);
+        assert!(
+            list.contains("MDE") && list.contains("11.2%") && list.contains("+6.0% @31"),
+            "{list}"
+        );
     }
 }

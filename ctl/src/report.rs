@@ -130,6 +130,36 @@ pub struct Report {
     /// A fan-out parent's benchmark verdicts: per child column, its cases.
     pub bench: Vec<(String, Vec<pb::CaseResult>)>,
     pub diff: DiffState,
+    /// Level shifts in the trusted history of the job's cases: (case, profile, shift).
+    pub shifts: Vec<Shift>,
+}
+
+/// A change point in the trusted history of one of the report's cases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shift {
+    pub case: String,
+    pub metric: String,
+    pub profile: String,
+    pub at: pb::ChangePoint,
+}
+
+impl Shift {
+    fn line(&self) -> String {
+        format!(
+            "{} {} ({}): {}",
+            self.case,
+            self.metric,
+            self.profile,
+            render::change_point_line(&self.at)
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "case": self.case, "metric": self.metric, "profile": self.profile,
+            "change_point": render::change_point_json(&self.at),
+        })
+    }
 }
 
 /// The case x profile matrix: profiles, and per case one cell per profile
@@ -295,6 +325,12 @@ pub fn text(r: &Report, all: bool) -> String {
             .collect();
         out += &render::table(&header, &rows);
     }
+    if !r.shifts.is_empty() {
+        out += "\nchange points in the trusted history (a level shift no single night crossed):\n";
+        for shift in &r.shifts {
+            out += &format!("  {}\n", shift.line());
+        }
+    }
     out += &format!("\n{}\n", r.diff.note());
     if let DiffState::Compared(_, d) = &r.diff {
         for (label, list) in diff_lists(d) {
@@ -363,6 +399,7 @@ pub fn json(r: &Report, all: bool) -> Value {
         "summary": summary,
         "cases": r.job.cases.iter().map(render::case_json).collect::<Vec<_>>(),
         "bench": bench_json(r),
+        "change_points": r.shifts.iter().map(Shift::json).collect::<Vec<_>>(),
         "summary_line": r.headline(),
         "diff": diff,
     })
@@ -690,6 +727,12 @@ pub fn markdown(r: &Report, all: bool) -> String {
             out += "\n";
         }
     }
+    if !r.shifts.is_empty() {
+        out += "\n### Change points in the trusted history\n\n";
+        for shift in &r.shifts {
+            out += &format!("- {}\n", md_cell(&shift.line()));
+        }
+    }
     out += "\n### Changes since the previous run\n\n";
     out += &format!("{}\n", r.diff.note());
     if let DiffState::Compared(_, d) = &r.diff {
@@ -837,12 +880,60 @@ pub async fn build(client: &mut Client, id: &str) -> Result<Report, CtlError> {
             }
         }
     };
+    let shifts = shifts_of(client, &job, &bench).await?;
     Ok(Report {
         job,
         columns,
         bench,
         diff,
+        shifts,
     })
+}
+
+/// The change points of the stored baselines of the job's cases (its own and a parent's
+/// children's), per profile the cases ran on.
+async fn shifts_of(
+    client: &mut Client,
+    job: &Job,
+    bench: &[(String, Vec<pb::CaseResult>)],
+) -> Result<Vec<Shift>, CtlError> {
+    let cases: Vec<&pb::CaseResult> = job
+        .cases
+        .iter()
+        .chain(bench.iter().flat_map(|(_, c)| c.iter()))
+        .filter(|c| !c.profile.is_empty() && !c.metric.is_empty())
+        .collect();
+    let profiles: BTreeSet<&str> = cases.iter().map(|c| c.profile.as_str()).collect();
+    let mut shifts = Vec::new();
+    for profile in profiles {
+        let stored = client
+            .list_baselines(pb::ListBaselinesRequest {
+                profile: profile.to_string(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .baselines;
+        for b in &stored {
+            let Some(k) = &b.key else { continue };
+            let ours = cases.iter().any(|c| {
+                c.profile == k.profile
+                    && c.name == k.case
+                    && c.input_hash == k.input_hash
+                    && c.metric == k.metric
+            });
+            if !ours {
+                continue;
+            }
+            shifts.extend(b.change_points.iter().map(|at| Shift {
+                case: k.case.clone(),
+                metric: k.metric.clone(),
+                profile: k.profile.clone(),
+                at: at.clone(),
+            }));
+        }
+    }
+    Ok(shifts)
 }
 
 /// `msctl report JOB`.
@@ -1149,6 +1240,7 @@ mod tests {
 
     fn report(columns: Vec<Column>, diff: DiffState) -> Report {
         Report {
+            shifts: Vec::new(),
             job: Job {
                 id: "12".into(),
                 state: pb::JobState::Failed as i32,
@@ -1277,5 +1369,37 @@ mod tests {
         assert_eq!(v["matrix"].as_array().unwrap().len(), 2);
         assert_eq!(v["summary"]["h100"]["pass"], 2);
         assert_eq!(v["diff"]["new_failures"][0], "a|b");
+    }
+
+    #[test]
+    fn change_points_of_the_cases_are_reported_with_their_run() {
+        let mut r = report(Vec::new(), DiffState::NotScheduled);
+        r.shifts.push(Shift {
+            case: "decode".into(),
+            metric: "total_time_s".into(),
+            profile: "h100".into(),
+            at: pb::ChangePoint {
+                job_id: "31".into(),
+                time_ms: 1_795_284_000_000,
+                index: 12,
+                before: 0.1,
+                after: 0.106,
+                shift_pct: 6.0,
+            },
+        });
+        let t = text(&r, false);
+        assert!(
+            t.contains(
+                "decode total_time_s (h100): +6.0% from job 31 (2026-11-21T18:00:00Z, run 13 of the history): 0.100 -> 0.106"
+            ),
+            "{t}"
+        );
+        let v = json(&r, false);
+        assert_eq!(v["change_points"][0]["change_point"]["job_id"], "31");
+        assert_eq!(v["change_points"][0]["profile"], "h100");
+        assert!(markdown(&r, false).contains("### Change points in the trusted history"));
+        // None: no section.
+        let r = report(Vec::new(), DiffState::NotScheduled);
+        assert!(!text(&r, false).contains("change points"));
     }
 }

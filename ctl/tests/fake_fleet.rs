@@ -87,6 +87,7 @@ fn baseline(case: &str, profile: &str, anchor: f64) -> pb::Baseline {
             time_ms: 1_763_800_000_000,
             median: anchor,
             operators: vec![],
+            ..Default::default()
         }],
         audit: vec![pb::BaselineAudit {
             action: "accept".into(),
@@ -95,6 +96,7 @@ fn baseline(case: &str, profile: &str, anchor: f64) -> pb::Baseline {
             job_id: "5".into(),
             value: anchor,
         }],
+        ..Default::default()
     }
 }
 
@@ -813,7 +815,7 @@ fn baseline_list_show_and_accept() {
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
-        ["CASE", "METRIC", "PROFILE", "ANCHOR", "RUNS", "LAST", "INPUT"]
+        ["CASE", "METRIC", "PROFILE", "ANCHOR", "RUNS", "LAST", "MDE", "SHIFT", "INPUT"]
     );
     assert_eq!(lines.len(), 4, "{out}");
     let out = msctl(

@@ -24,6 +24,7 @@ pub mod fuzz;
 mod fuzz_tests;
 pub mod matrix;
 pub mod memory;
+pub mod noise;
 pub mod policy;
 pub mod roots;
 pub mod secrets;

@@ -8,8 +8,15 @@
 //! - history grows only from trusted runs that passed, improved or had no
 //!   baseline yet, or from an explicit, audited `accept`; a regression (or a
 //!   noisy or failed case) never becomes the baseline by itself.
+//!
+//! Every baseline served (to an agent's GetBaselines or a user's
+//! ListBaselines) carries views computed on read by [`with_views`]: its noise
+//! and power ([`pb::NoiseEstimate`], the spread pooled over all cases of the
+//! same profile and metric) and the change points of its history. The pooling
+//! happens here and nowhere else: the agent judges with the served prior.
 
-use msfleet_proto::{Baseline, BaselineAudit, BaselineKey, BaselineRun, CaseResult};
+use msfleet_proto::noise::{self, LogSpread, NoisePrior, Power};
+use msfleet_proto::{self as pb, Baseline, BaselineAudit, BaselineKey, BaselineRun, CaseResult};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Accepted runs kept per key (verdicts use the newest 30).
@@ -63,12 +70,18 @@ impl BaselineBook {
             key: Some(key),
             ..Default::default()
         });
-        let median = result.explanation.as_ref().map_or(0.0, |e| e.value);
+        let ex = result.explanation.clone().unwrap_or_default();
         b.history.push(BaselineRun {
             job_id: job_id.to_string(),
             time_ms: now_ms,
-            median,
+            median: ex.value,
             operators: result.operators.clone(),
+            samples: ex.samples,
+            spread_cv: if ex.spread_cv.is_finite() && ex.spread_cv >= 0.0 {
+                ex.spread_cv
+            } else {
+                0.0
+            },
         });
         if b.history.len() > HISTORY_KEPT {
             let excess = b.history.len() - HISTORY_KEPT;
@@ -136,8 +149,10 @@ impl BaselineBook {
         changed
     }
 
-    /// Baselines of `profile` for the given (case, input hash) pairs, every metric.
+    /// Baselines of `profile` for the given (case, input hash) pairs, every metric, with their
+    /// views.
     pub fn for_profile(&self, profile: &str, wanted: &BTreeSet<(String, String)>) -> Vec<Baseline> {
+        let mut priors = Priors::default();
         self.by_key
             .values()
             .filter(|b| {
@@ -145,12 +160,13 @@ impl BaselineBook {
                     k.profile == profile && wanted.contains(&(k.case.clone(), k.input_hash.clone()))
                 })
             })
-            .cloned()
+            .map(|b| self.with_views(b, &mut priors))
             .collect()
     }
 
-    /// Every baseline, optionally only of one case and/or profile.
+    /// Every baseline, optionally only of one case and/or profile, with their views.
     pub fn list(&self, case: &str, profile: &str) -> Vec<Baseline> {
+        let mut priors = Priors::default();
         self.by_key
             .values()
             .filter(|b| {
@@ -159,7 +175,7 @@ impl BaselineBook {
                         && (profile.is_empty() || k.profile == profile)
                 })
             })
-            .cloned()
+            .map(|b| self.with_views(b, &mut priors))
             .collect()
     }
 
@@ -167,6 +183,110 @@ impl BaselineBook {
     pub fn get(&self, key: &str) -> Option<&Baseline> {
         self.by_key.get(key)
     }
+
+    /// The pooled noise prior of (profile, metric): over every stored key of that profile
+    /// and metric, each key's window of the newest [`noise::K_WINDOW`] accepted runs.
+    fn prior(&self, profile: &str, metric: &str) -> Option<NoisePrior> {
+        let spreads: Vec<LogSpread> = self
+            .by_key
+            .values()
+            .filter(|b| {
+                b.key
+                    .as_ref()
+                    .is_some_and(|k| k.profile == profile && k.metric == metric)
+            })
+            .filter_map(|b| noise::log_spread(&window_medians(b)))
+            .collect();
+        noise::pool(&spreads)
+    }
+
+    /// `b` with its noise estimate and change points filled in.
+    fn with_views(&self, b: &Baseline, priors: &mut Priors) -> Baseline {
+        let mut out = b.clone();
+        let Some(key) = &b.key else { return out };
+        let prior = *priors
+            .entry((key.profile.clone(), key.metric.clone()))
+            .or_insert_with(|| self.prior(&key.profile, &key.metric));
+        out.noise = noise_estimate(b, prior.as_ref());
+        let medians: Vec<f64> = b.history.iter().map(|r| r.median).collect();
+        out.change_points = noise::change_points(&medians)
+            .into_iter()
+            .filter_map(|c| {
+                let run = b.history.get(c.index)?;
+                Some(pb::ChangePoint {
+                    job_id: run.job_id.clone(),
+                    time_ms: run.time_ms,
+                    index: u32::try_from(c.index).unwrap_or(u32::MAX),
+                    before: c.before,
+                    after: c.after,
+                    shift_pct: c.shift() * 100.0,
+                })
+            })
+            .collect();
+        out
+    }
+}
+
+/// Priors computed so far while serving one request, by (profile, metric).
+type Priors = BTreeMap<(String, String), Option<NoisePrior>>;
+
+/// The medians of the newest [`noise::K_WINDOW`] accepted runs, the verdict's window.
+fn window_medians(b: &Baseline) -> Vec<f64> {
+    b.history[b.history.len().saturating_sub(noise::K_WINDOW)..]
+        .iter()
+        .map(|r| r.median)
+        .collect()
+}
+
+/// The noise and power of one key: `None` with fewer than two accepted runs of its own.
+fn noise_estimate(b: &Baseline, prior: Option<&NoisePrior>) -> Option<pb::NoiseEstimate> {
+    let window = &b.history[b.history.len().saturating_sub(noise::K_WINDOW)..];
+    let own = noise::log_spread(&window_medians(b))?;
+    let (var, df) = noise::posterior(Some(&own), prior)?;
+    let sd = var.sqrt().max(noise::SD_FLOOR);
+    let cvs: Vec<f64> = window
+        .iter()
+        .filter(|r| r.samples >= 2)
+        .map(|r| r.spread_cv)
+        .collect();
+    let within_cv = if cvs.is_empty() {
+        0.0
+    } else {
+        (cvs.iter().map(|c| c * c).sum::<f64>() / cvs.len() as f64).sqrt()
+    };
+    let mut reps: Vec<u32> = window
+        .iter()
+        .map(|r| r.samples)
+        .filter(|&n| n > 0)
+        .collect();
+    reps.sort_unstable();
+    let repetitions = reps.get(reps.len() / 2).copied().unwrap_or(0);
+    let power = Power {
+        sd,
+        df,
+        k: window.len().max(1),
+        within_cv,
+        repetitions,
+    };
+    let confirmed_runs = 1 + noise::CONFIRM_RUNS as u32;
+    let floor = |x: f64| x.max(noise::MIN_EFFECT) * 100.0;
+    Some(pb::NoiseEstimate {
+        runs: u32::try_from(window.len()).unwrap_or(u32::MAX),
+        own_sd_log: own.var.sqrt(),
+        pooled_sd_log: prior.map_or(0.0, |p| p.var.sqrt()),
+        prior_df: prior.map_or(0.0, |p| p.df),
+        cases_pooled: prior.map_or(0, |p| u32::try_from(p.cases).unwrap_or(u32::MAX)),
+        sd_log: sd,
+        df,
+        within_cv,
+        repetitions,
+        run_sd_log: power.run_sd(),
+        mde_pct: floor(power.mde(1, noise::CONFIDENCE)),
+        mde_confirmed_pct: floor(power.mde(confirmed_runs, noise::CONFIDENCE)),
+        target_pct: noise::TARGET_MDE * 100.0,
+        repetitions_for_target: power.repetitions_for(noise::TARGET_MDE, 1, noise::CONFIDENCE),
+        runs_for_target: power.runs_for(noise::TARGET_MDE, noise::CONFIDENCE),
+    })
 }
 
 #[cfg(test)]
@@ -243,5 +363,79 @@ mod tests {
         let b = &book.list("", "")[0];
         assert_eq!(b.history.len(), HISTORY_KEPT);
         assert_eq!(b.history[0].job_id, "20");
+    }
+
+    fn named(case: &str, verdict: &str, value: f64, cv: f64) -> CaseResult {
+        let mut r = result(verdict, "gpu-a", value);
+        r.name = case.into();
+        if let Some(e) = r.explanation.as_mut() {
+            e.samples = 5;
+            e.spread_cv = cv;
+        }
+        r
+    }
+
+    #[test]
+    fn served_baselines_carry_the_pooled_noise_and_the_change_points() {
+        let mut book = BaselineBook::default();
+        // Six cases of 8 runs with about 3% run-to-run spread; case "step" moves up 6% at
+        // its 12th run and stays there.
+        let wiggle = [1.0, 1.03, 0.97, 1.02, 0.98, 1.0, 1.04, 0.96];
+        for c in 0..6 {
+            for i in 0..8 {
+                let v = wiggle[(i + c) % 8];
+                book.record_trusted(
+                    &named(&format!("c{c}"), "pass", v, 0.02),
+                    &format!("{c}-{i}"),
+                    i as i64,
+                );
+            }
+        }
+        let flat = [1.0, 1.004, 0.996, 1.002, 0.998, 1.0];
+        for i in 0..24 {
+            let v = flat[i % 6] * if i >= 12 { 1.06 } else { 1.0 };
+            book.record_trusted(
+                &named("step", "pass", v, 0.01),
+                &format!("s{i}"),
+                100 + i as i64,
+            );
+        }
+        let all = book.list("", "gpu-a");
+        assert_eq!(all.len(), 7);
+        let c0 = all
+            .iter()
+            .find(|b| b.key.as_ref().unwrap().case == "c0")
+            .unwrap();
+        let n = c0.noise.as_ref().expect("a noise estimate");
+        assert_eq!(n.runs, 8);
+        assert_eq!(n.cases_pooled, 7);
+        assert!(n.prior_df > 7.0, "{n:?}");
+        assert!(n.df > 7.0 && n.sd_log > 0.0, "{n:?}");
+        assert_eq!(n.repetitions, 5);
+        assert!((n.within_cv - 0.02).abs() < 1e-12);
+        assert!(
+            n.mde_pct >= 5.0 && n.mde_confirmed_pct <= n.mde_pct,
+            "{n:?}"
+        );
+        assert_eq!(n.target_pct, 5.0);
+        assert!(c0.change_points.is_empty());
+        // The served prior is the same whether one case or the whole profile is asked for.
+        let wanted: BTreeSet<_> = [("c0".to_string(), "abc".to_string())].into();
+        let one = book.for_profile("gpu-a", &wanted);
+        assert_eq!(one[0].noise, c0.noise);
+        let step = all
+            .iter()
+            .find(|b| b.key.as_ref().unwrap().case == "step")
+            .unwrap();
+        assert_eq!(step.change_points.len(), 1, "{:?}", step.change_points);
+        let cp = &step.change_points[0];
+        assert_eq!((cp.index, cp.job_id.as_str(), cp.time_ms), (12, "s12", 112));
+        assert!((cp.shift_pct - 6.0).abs() < 0.5, "{cp:?}");
+        // The views are not stored: the book's own copy has none.
+        assert!(book.by_key.values().all(|b| b.noise.is_none()));
+        // One run: no estimate.
+        let mut lone = BaselineBook::default();
+        lone.record_trusted(&named("x", "pass", 1.0, 0.0), "1", 1);
+        assert_eq!(lone.list("", "")[0].noise, None);
     }
 }

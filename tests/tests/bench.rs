@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 /// The case command: sleeps `user_input.sleep_s` seconds (times the factor in
 /// `speed.txt` next to it, if any; or a random 0.05-0.30 s when `noisy`) and
-/// reports the measured time as `total_time_s` with two operators.
+/// reports the measured time as `total_time_s` with two operators (with `fixed`,
+/// the time it meant to sleep with a deterministic run-to-run noise instead).
 const BENCH_PY: &str = r#"
 import json, os, random, sys, time
 case = json.load(open(sys.argv[1]))
@@ -24,6 +25,11 @@ if p.get("noisy"):
 t = time.perf_counter()
 time.sleep(want)
 took = time.perf_counter() - t
+if p.get("fixed"):
+    # Deterministic noise: a run-level shift from the job id (+-1.2%), a small one per repetition.
+    job = int(os.environ["MSFLEET_JOB_ID"])
+    rep = int(os.environ["MSFLEET_REPETITION"])
+    took = want * (1 + 0.004 * ((job * 37) % 7 - 3)) * (1 + 0.001 * (rep % 3 - 1))
 with open(os.environ["MSFLEET_METRICS"], "w") as f:
     json.dump({"total_time_s": took, "operators": [
         {"name": "aten.mm", "total_time_s": took * 0.7, "num_calls": 4},
@@ -308,6 +314,113 @@ fn trusted_runs_build_history_automatically_but_regressions_never_join() {
         Some(2),
         "{list:#}"
     );
+}
+
+/// A case without anchors whose reported time has deterministic noise (see `BENCH_PY`), so
+/// that a loaded machine does not move its history.
+fn fixed_case(name: &str, sleep_s: f64) -> String {
+    serde_json::json!({"name": name, "user_input": {"sleep_s": sleep_s, "fixed": true}}).to_string()
+}
+
+#[test]
+fn trusted_history_gives_pooled_power_change_points_and_a_confirmed_regression() {
+    let mut f = Fleet::new();
+    f.add_agent("b1", &[], ALLOW_BENCH);
+    let suite = bench_suite(
+        &f,
+        "power",
+        &[
+            ("a.json", fixed_case("a", 0.03)),
+            ("b.json", fixed_case("b", 0.04)),
+        ],
+    );
+    // Eight trusted nights, then eight 4% slower: below the 5% minimum effect, so every one
+    // passes and joins the history, and no single night is a regression.
+    let mut first_slow = String::new();
+    for night in 0..16 {
+        let speed = if night < 8 { "1.0" } else { "1.04" };
+        std::fs::write(suite.join("speed.txt"), speed).unwrap();
+        let (id, job) = run_bench(&f, &suite, &["--trusted"]);
+        for name in ["a", "b"] {
+            let v = &case(&job, name)["verdict"];
+            assert!(v == "pass" || v == "no_baseline", "night {night}: {job:#}");
+        }
+        if night == 8 {
+            first_slow = id;
+        }
+    }
+    let show = f.ctl(&["baseline", "show", "a", "--json"]);
+    assert_eq!(show.code, 0, "{show}");
+    let b = &show.json()[0];
+    let noise = &b["noise"];
+    assert_eq!(noise["runs"], 16, "{b:#}");
+    assert_eq!(noise["cases_pooled"], 2, "pooled with case b: {noise:#}");
+    assert_eq!(noise["repetitions"], 3, "{noise:#}");
+    assert!(
+        noise["mde_pct"].as_f64().is_some_and(|m| m >= 5.0),
+        "{noise:#}"
+    );
+    let cps = b["change_points"].as_array().cloned().unwrap_or_default();
+    assert_eq!(cps.len(), 1, "one level shift: {b:#}");
+    let at = cps[0]["index"].as_u64().unwrap();
+    assert!(
+        (7..=9).contains(&at),
+        "the shift started near night 9: {b:#}"
+    );
+    let shift = cps[0]["shift_pct"].as_f64().unwrap();
+    assert!((2.0..6.5).contains(&shift), "about +4%: {b:#}");
+    if at == 8 {
+        assert_eq!(cps[0]["job_id"], first_slow.as_str());
+    }
+    let text = f.ctl(&["baseline", "show", "a"]);
+    for want in [
+        "noise:",
+        "detects changes of",
+        "to detect 5%:",
+        "change points:",
+        "from job",
+    ] {
+        assert!(text.stdout.contains(want), "{want:?} missing: {text}");
+    }
+    let list = f.ctl(&["baseline", "list"]);
+    assert!(
+        list.stdout.contains("MDE") && list.stdout.contains("SHIFT"),
+        "{list}"
+    );
+
+    // 50% slower: a candidate, confirmed by the runs together; the verdict says its power.
+    std::fs::write(suite.join("speed.txt"), "1.5").unwrap();
+    let (id, job) = run_bench(&f, &suite, &[]);
+    let a = case(&job, "a");
+    assert_eq!(a["verdict"], "regression", "{a:#}");
+    assert_eq!(a["rerun"], true);
+    assert_eq!(a["confirmed"], true);
+    let ex = &a["explanation"];
+    assert_eq!(ex["runs"], 3, "first run and two re-runs: {ex:#}");
+    assert_eq!(ex["rule"], "history");
+    assert!(ex["mde_pct"].as_f64().is_some_and(|m| m >= 5.0), "{ex:#}");
+    let msg = ex["message"].as_str().unwrap();
+    assert!(msg.contains("this case can detect changes of"), "{msg}");
+    assert!(msg.contains("pooled with the profile's cases"), "{msg}");
+    // The report names the change point and the run it started at.
+    let report = f.ctl(&["report", &id]);
+    assert!(
+        report
+            .stdout
+            .contains("change points in the trusted history")
+            && report.stdout.contains("a total_time_s"),
+        "{report}"
+    );
+    let rj = f.ctl(&["report", &id, "--json"]).json();
+    assert!(
+        rj["change_points"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["case"] == "a")),
+        "{rj:#}"
+    );
+    // The regression did not join the history.
+    let b = &f.ctl(&["baseline", "show", "a", "--json"]).json()[0];
+    assert_eq!(b["history"].as_array().map(Vec::len), Some(16));
 }
 
 #[test]

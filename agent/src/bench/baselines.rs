@@ -46,8 +46,9 @@ impl Baselines {
 }
 
 /// The verdict inputs of a case's primary metric: the case file's anchors, with the stored
-/// anchor (accepted with `msctl baseline accept`) in place of `baseline_time_s`, and the stored
-/// history of accepted runs.
+/// anchor (accepted with `msctl baseline accept`) in place of `baseline_time_s`, the stored
+/// history of accepted runs and the noise prior the scheduler pooled (absent: the history's
+/// own spread alone).
 pub fn baseline_for(c: &Case, stored: Option<&pb::Baseline>) -> verdict::Baseline {
     let anchor = |a: &case::Anchor| verdict::Anchor {
         value: a.time_s,
@@ -63,11 +64,22 @@ pub fn baseline_for(c: &Case, stored: Option<&pb::Baseline>) -> verdict::Baselin
     let history = stored.map_or(&[][..], |b| {
         &b.history[b.history.len().saturating_sub(verdict::DEFAULT_K_WINDOW)..]
     });
+    // The prior the scheduler pooled over the profile's cases of this metric.
+    let prior = stored
+        .and_then(|b| b.noise.as_ref())
+        .filter(|n| n.prior_df > 0.0 && n.pooled_sd_log.is_finite() && n.pooled_sd_log > 0.0)
+        .filter(|n| n.prior_df.is_finite())
+        .map(|n| verdict::NoisePrior {
+            var: n.pooled_sd_log.powi(2),
+            df: n.prior_df,
+            cases: n.cases_pooled as usize,
+        });
     verdict::Baseline {
         initial: c.initial.as_ref().map(anchor),
         baseline: stored_anchor.or_else(|| c.baseline.as_ref().map(anchor)),
         history: history.iter().map(|r| r.median).collect(),
         history_ids: history.iter().map(|r| r.job_id.clone()).collect(),
+        prior,
     }
 }
 

@@ -18,16 +18,22 @@ pub(super) struct Judged {
     pub(super) report: Option<OperatorReport>,
 }
 
-/// Judges the runs' primary metric against `stored` (or the case file) and folds in the
-/// operator comparison.
+/// Judges the primary metric of this job's runs of a case (the first run, then the
+/// confirming re-runs; each a list of measured repetitions) against `stored` (or the case
+/// file) and folds in the operator comparison: with several runs, operators count as moved
+/// only when they moved in every run.
 pub(super) fn judge_runs(
     plan: &Plan,
     lc: &LoadedCase,
-    runs: &[RunSample],
+    runs: &[Vec<RunSample>],
     baselines: &Baselines,
 ) -> Result<Judged, String> {
-    let metric = primary_metric(plan.metric.as_deref(), runs);
-    let samples = primary_samples(&metric, runs)?;
+    let first = runs.first().ok_or("no runs to judge")?;
+    let metric = primary_metric(plan.metric.as_deref(), first);
+    let samples = runs
+        .iter()
+        .map(|r| primary_samples(&metric, r))
+        .collect::<Result<Vec<_>, _>>()?;
     let stored = baselines.find(lc, &metric);
     let base = baseline_for(&lc.case, stored);
     let dir = if pbench::higher_is_better(&metric) {
@@ -35,8 +41,9 @@ pub(super) fn judge_runs(
     } else {
         Direction::LowerIsBetter
     };
-    let mut judgement = verdict::judge(&samples, dir, &base, &Rules::default());
-    let operators = median_operators(runs);
+    let slices: Vec<&[f64]> = samples.iter().map(Vec::as_slice).collect();
+    let mut judgement = verdict::judge_runs(&slices, dir, &base, &Rules::default());
+    let operators = median_operators(first);
     let base_ops: Vec<verdict::OperatorTime> = match stored {
         Some(b) if !b.anchor_operators.is_empty() => b
             .anchor_operators
@@ -58,13 +65,24 @@ pub(super) fn judge_runs(
             })
             .collect(),
     };
-    let report = (!operators.is_empty() && !base_ops.is_empty()).then(|| {
+    let compare = |ops: &[verdict::OperatorTime]| {
         verdict::compare_operators(
-            &operators,
+            ops,
             &base_ops,
             lc.case.operator_top_n,
             lc.case.operator_tolerance,
         )
+    };
+    let report = (!operators.is_empty() && !base_ops.is_empty()).then(|| {
+        let mut report = compare(&operators);
+        let every_run_moved = runs[1..]
+            .iter()
+            .all(|r| compare(&median_operators(r)).regressed);
+        if !every_run_moved {
+            report.regressed = false;
+            report.moved.clear();
+        }
+        report
     });
     if let Some(r) = &report {
         judgement = verdict::with_operators(judgement, r);
@@ -90,6 +108,11 @@ pub(super) fn explanation(ex: &verdict::Explanation) -> pb::Explanation {
         baseline_run_ids: ex.baseline_run_ids.clone(),
         rule: ex.rule.clone(),
         message: ex.message.clone(),
+        mde_pct: ex.mde_pct,
+        runs: u32::try_from(ex.runs).unwrap_or(u32::MAX),
+        samples: u32::try_from(ex.samples).unwrap_or(u32::MAX),
+        pooled_value: ex.pooled_value,
+        df: ex.df,
     }
 }
 
@@ -169,10 +192,11 @@ pub fn summary_line(r: &pb::CaseResult) -> String {
             line.push_str(&format!(" ({})", paren.join(", ")));
         }
         if r.rerun {
-            line.push_str(if r.confirmed {
-                ", confirmed by a re-run"
+            let runs = ex.runs.max(2);
+            line.push_str(&if r.confirmed {
+                format!(", confirmed by {runs} runs together")
             } else {
-                ", not confirmed by a re-run"
+                format!(", not confirmed by {runs} runs together")
             });
         }
         if !r.operators_moved.is_empty() {

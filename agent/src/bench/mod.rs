@@ -14,4 +14,5 @@ pub mod gpu;
 pub mod judge;
 pub mod metrics;
 pub mod run;
+pub mod sim;
 pub mod verdict;

@@ -12,9 +12,13 @@
 //!   applied to the run's output.
 //!
 //! The primary metric (the job's `metric`, else `total_time_s` when every run reported it, else
-//! `wall_time_s`) is judged against the case's baselines with [`verdict::judge`]; the operators
-//! with [`verdict::compare_operators`]. A regression candidate is re-run once and confirmed (or
-//! not) with [`verdict::confirm`]. One `CaseResult` per case is sent as soon as the case is done.
+//! `wall_time_s`) is judged against the case's baselines with [`judge_runs`]; the operators with
+//! [`compare_operators`]. A regression candidate (a first run past the looser candidate
+//! threshold) is re-run `confirm_runs` times, each a fresh set of processes, and all runs
+//! together decide. One `CaseResult` per case is sent as soon as the case is done.
+//!
+//! [`judge_runs`]: super::verdict::judge_runs
+//! [`compare_operators`]: super::verdict::compare_operators
 //!
 //! [`run`] is the attempt (spec, case loading, baselines from the scheduler, outcome); [`Bench`]
 //! runs loaded cases against given baselines and needs no scheduler. The metrics are parsed and
@@ -29,7 +33,7 @@ use super::metrics::{
     metric_summary, parse_reported, series_of, Reported, RunSample, CPU_TIME, GPU_MEMORY_PEAK,
     GPU_THROTTLE, PEAK_RSS,
 };
-use super::verdict::{self, Verdict};
+use super::verdict::{Rules, Verdict};
 use crate::attempt::{
     attempt_timeout, finished, halted, job_fault, AttemptSpec, Guard, Halt, Updates,
 };
@@ -254,7 +258,7 @@ impl Bench {
         self.tx.send(task_update::Kind::Case(r));
     }
 
-    /// Measures one case (re-running a regression candidate once) and judges it. `Err` only
+    /// Measures one case (re-running a regression candidate) and judges it. `Err` only
     /// when the attempt was stopped; a case that fails is an `error` result, with `true` when
     /// it could not be run at all (its command cannot start).
     pub async fn run_case(
@@ -284,7 +288,8 @@ impl Bench {
             Err(Interrupt::Failed(why)) => return Ok((error(why), false)),
             Err(Interrupt::Setup(why)) => return Ok((error(why), true)),
         };
-        let first = match judge_runs(&self.plan, lc, &runs, baselines) {
+        let mut all_runs = vec![runs];
+        let first = match judge_runs(&self.plan, lc, &all_runs, baselines) {
             Ok(j) => j,
             Err(why) => return Ok((error(why), false)),
         };
@@ -292,34 +297,40 @@ impl Bench {
         let mut rerun = false;
         if first.judgement.needs_confirmation {
             rerun = true;
+            let reruns = Rules::default().confirm_runs;
             self.log(format!(
-                "msfleet: case {}: regression candidate, re-running to confirm\n",
+                "msfleet: case {}: regression candidate, {reruns} confirming re-run(s)\n",
                 lc.case.name
             ));
-            let again = match self.measure(lc, guard, true).await {
-                Ok(r) => r,
-                Err(Interrupt::Halted(h)) => return Err(h),
-                Err(Interrupt::Failed(why) | Interrupt::Setup(why)) => {
-                    return Ok((
-                        error(format!("the re-run confirming a regression failed: {why}")),
-                        false,
-                    ))
+            for _ in 0..reruns {
+                match self.measure(lc, guard, true).await {
+                    Ok(r) => all_runs.push(r),
+                    Err(Interrupt::Halted(h)) => return Err(h),
+                    Err(Interrupt::Failed(why) | Interrupt::Setup(why)) => {
+                        return Ok((
+                            error(format!("a re-run confirming a regression failed: {why}")),
+                            false,
+                        ))
+                    }
                 }
-            };
-            let second = match judge_runs(&self.plan, lc, &again, baselines) {
-                Ok(j) => j,
+            }
+            judgement = match judge_runs(&self.plan, lc, &all_runs, baselines) {
+                Ok(j) => j.judgement,
                 Err(why) => {
                     return Ok((
-                        error(format!("the re-run confirming a regression failed: {why}")),
+                        error(format!("a re-run confirming a regression failed: {why}")),
                         false,
                     ))
                 }
             };
-            judgement = verdict::confirm(&first.judgement, &second.judgement);
         }
+        let runs = &all_runs[0];
 
         let mut message = judgement.explanation.message.clone();
-        let throttle = runs.iter().fold(0u64, |acc, r| acc | r.throttle);
+        let throttle = all_runs
+            .iter()
+            .flatten()
+            .fold(0u64, |acc, r| acc | r.throttle);
         let names = throttle_names(throttle);
         if !names.is_empty() {
             message.push_str(&format!(
@@ -356,7 +367,7 @@ impl Bench {
                 metric: first.metric,
                 verdict,
                 explanation: Some(ex),
-                metrics: series_of(&runs).iter().map(metric_summary).collect(),
+                metrics: series_of(runs).iter().map(metric_summary).collect(),
                 operators: first
                     .operators
                     .iter()
@@ -944,18 +955,26 @@ elif out:
         assert_eq!(r.verdict, "regression", "{}", message(r));
         assert!(r.rerun && r.confirmed);
         assert!(
-            message(r).contains("confirmed by a re-run"),
+            message(r).contains("confirmed by 3 runs together"),
             "{}",
             message(r)
         );
         let ex = r.explanation.clone().unwrap();
         assert!((ex.delta_pct.unwrap() - 42.857).abs() < 0.01, "{ex:?}");
         assert_eq!(ex.limit, "baseline_tolerance 20%");
-        assert!(log.contains("re-running to confirm"), "{log}");
-        assert!(log.contains("re-run 3 of 3"), "{log}");
+        assert_eq!(ex.runs, 3);
+        assert_eq!(ex.samples, 3);
+        assert!(ex.pooled_value.is_some());
+        assert_eq!(ex.mde_pct, Some(20.0));
+        assert!(
+            log.contains("msfleet: case slow: regression candidate, 2 confirming re-run(s)"),
+            "{log}"
+        );
+        // Two confirming runs of warmup + 3 repetitions each, fresh processes.
+        assert_eq!(log.matches("re-run 3 of 3").count(), 2, "{log}");
         assert!(
             log.contains(
-                "msfleet: case slow: regression total_time_s 0.1 vs 0.07 (+42.9%, baseline_tolerance 20%), confirmed by a re-run"
+                "msfleet: case slow: regression total_time_s 0.1 vs 0.07 (+42.9%, baseline_tolerance 20%), confirmed by 3 runs together"
             ),
             "{log}"
         );

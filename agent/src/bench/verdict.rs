@@ -1,10 +1,20 @@
 //! Judging one benchmark case's measurements against its baseline: the pure math, no I/O.
 //!
-//! One call to [`judge`] takes the post-warmup samples of one metric of one case, the metric's
+//! One call to [`judge_runs`] takes the post-warmup samples of one metric of one case, one slice
+//! per *run* of this job (the first run, then the confirming re-runs), the metric's
 //! [`Direction`], what is known about its past ([`Baseline`]: the pinned `initial` anchor, the
-//! movable `baseline` anchor, and the medians of earlier accepted runs) and the [`Rules`], and
-//! returns a [`Judgement`]: a [`Verdict`] and an [`Explanation`] that says which numbers and
-//! which limit decided it.
+//! movable `baseline` anchor, the medians of earlier accepted runs and the noise prior pooled
+//! over the profile's cases) and the [`Rules`], and returns a [`Judgement`]: a [`Verdict`] and an
+//! [`Explanation`] that says which numbers and which limit decided it. [`judge`] is the same for
+//! one run. The shared statistics (t quantiles, pooling, power) are [`msfleet_proto::noise`].
+//!
+//! # The noise this is built for
+//!
+//! A run's median moves from run to run mostly by a *run-level shift* shared by all its
+//! repetitions (the machine's state that night), plus the within-run noise the median averages
+//! down, plus rare single-repetition spikes the median ignores. The accepted runs' medians
+//! measure exactly that mix, so the history rule compares medians with medians; the run's own
+//! spread only decides whether its median can be trusted at all.
 //!
 //! # The steps, in order
 //!
@@ -13,49 +23,57 @@
 //!    finite non-negative tolerance, and the history medians in the window must be finite and
 //!    positive. Anything else is [`Verdict::Error`] with the reason; nothing here panics or
 //!    divides by zero.
-//! 2. **Summary** ([`summarize`]): median `m`, MAD (median absolute deviation from `m`), robust
-//!    CV `= 1.4826 * MAD / m`, and *drift*: with at least [`MIN_DRIFT_SAMPLES`] samples, the
-//!    samples in measurement order are split into a first and a second half of `floor(n/2)`
-//!    samples each (for odd `n` the middle sample is in neither) and
-//!    `drift = median(second half) / median(first half) - 1` (signed; 0 with fewer samples).
-//! 3. **Noise.** A run with robust CV > `max_cv` (10%) or `|drift|` > `max_drift` (10%) is
-//!    [`Verdict::Noisy`]: its median cannot be trusted either way. A *deterministic* metric (at
-//!    least two samples, all equal, so MAD = 0) skips this step.
-//! 4. **History rule**, once the window holds `k >= min_history` (5) accepted runs, the window
-//!    being the last `k_window` (30) history medians. In log space, `y = ln m`, `ybar` and `s` are
-//!    the mean and sample standard deviation of the logs of the window (`s` floored at
-//!    `sd_floor = ln 1.01`), `z = (y - ybar) / (s * sqrt(1 + 1/k))` (a prediction interval for one
-//!    new observation) and `change = m / exp(ybar) - 1`. For lower-is-better metrics the run is a
-//!    regression when `z > t(confidence, k-1)` **and** `change > min_effect` (5%), an improvement
-//!    when `z < -t` and `change < -min_effect`; higher-is-better metrics mirror both signs. With
-//!    `k >= min_history` the history rule decides, with two additions when it says pass:
-//!    * **Slow drift against the pinned anchor** (rule `anchor-drift`): if the `initial` anchor is
-//!      present and `m` is outside `initial_tolerance` of it, the verdict is regression (or
-//!      improvement). A history that creeps up by 2% a week never looks unusual to itself; the
-//!      pinned anchor catches it.
-//!    * **Above tolerance but within noise** (rule `noise`): if the `baseline` anchor alone would
-//!      say regression or improvement but `|z| <= t` (the change is inside the history's
-//!      prediction interval), the verdict is [`Verdict::Noisy`], not pass.
+//! 2. **Summary** ([`summarize`]) of each run: median `m`, MAD, robust CV `= 1.4826 * MAD / m`,
+//!    and with at least [`MIN_DRIFT_SAMPLES`] (10) samples the *drift*: the first and second
+//!    `floor(n/2)` samples in measurement order, `drift = median(second) / median(first) - 1`,
+//!    and a Mann-Whitney rank statistic `drift_z` between the halves (with fewer samples a drift
+//!    cannot be told from one outlier: both are 0).
+//! 3. **Noise** (first run only). The run is [`Verdict::Noisy`] only when its median cannot be
+//!    trusted either way: robust CV > `max_cv` (10%) with at least [`MIN_CV_SAMPLES`] (3)
+//!    samples, or a drift both large (`|drift| > max_drift`, 10%) and clear
+//!    (`|drift_z| > DRIFT_Z`, two-sided 0.1%). One outlier repetition moves neither the MAD nor
+//!    a rank test. A *deterministic* metric (at least two samples, all equal) skips this step.
+//! 4. **History rule**, once the window holds `k >= min_history` (5) accepted runs (the last
+//!    `k_window`, 30). In log space with `ybar` the mean of the window's logs, the noise `s^2` is
+//!    the window's sample variance shrunk toward the pooled prior of the profile's cases
+//!    (`(d0 s0^2 + (k-1) s^2) / (d0 + k - 1)`, `df = d0 + k - 1`; without a prior the window's
+//!    own, `df = k - 1`), floored at `sd_floor` (`ln 1.01`). With `J` runs of this job and `y`
+//!    the log of their pooled median (`noise::pooled_runs`: the first run's median, the mean
+//!    of two logs, the median of three or more, so one shifted run cannot decide alone),
+//!    `z = (y - ybar) / (s * sqrt(f(J) + 1/k))` with `f(J)` the variance factor of that pooling
+//!    (`noise::pooled_var_factor`: 1, 1/2, 0.449 for three) and `change = exp(y - ybar) - 1`.
+//!    * **One run** (`J = 1`): `z > t(candidate_confidence, df)` (0.90) and `change >
+//!      min_effect` (5%) makes a *regression candidate* (`needs_confirmation`): the caller
+//!      re-runs the case `confirm_runs` (2) times in fresh processes and calls [`judge_runs`]
+//!      with all runs. `z < -t(confidence, df)` and `change < -min_effect` is an improvement
+//!      (higher-is-better metrics mirror both signs).
+//!    * **All runs** (`J > 1`): regression when `z > t(confidence, df)` (0.995) and `change >
+//!      min_effect`, else the candidate was not confirmed and the verdict is pass. The false
+//!      alarm rate is that of the pooled test (at most `1 - confidence`), and its power that of
+//!      `J` runs, not the product of two single-run powers.
 //!
-//!    A change that is statistically clear (`|z| > t`) but smaller than `min_effect` passes, even
-//!    if it is outside `baseline_tolerance`: with enough history, `min_effect` is the effect size
-//!    that matters.
+//!    When the history passes: **slow drift against the pinned anchor** (rule `anchor-drift`):
+//!    if the `initial` anchor is present and the decision value is outside
+//!    `initial_tolerance` of it, the verdict is regression (or improvement). A history that
+//!    creeps up by 2% a week never looks unusual to itself; the pinned anchor catches it. A
+//!    value outside the movable `baseline` anchor's tolerance but inside the history's noise
+//!    passes, and the message says so: with enough history, the history is the measure of noise.
 //! 5. **Tolerance rule**, the fallback with fewer than `min_history` runs (and the only rule for a
 //!    deterministic metric that has an anchor): `|m/initial - 1| <= initial_tolerance` and
 //!    `|m/baseline - 1| <= baseline_tolerance` pass; outside either, the side (slower or faster,
-//!    mirrored for higher-is-better) gives regression or improvement. If one anchor says
-//!    regression and the other improvement, regression wins. With neither anchor the verdict is
-//!    [`Verdict::NoBaseline`] (a deterministic metric with no anchor but enough history still
-//!    uses the history rule; its `s` is then the floor, so nothing divides by zero).
+//!    mirrored for higher-is-better) gives regression (a candidate, with one run) or
+//!    improvement. If one anchor says regression and the other improvement, regression wins.
+//!    With all runs, their pooled median (`noise::pooled_runs`) decides: still outside, regression;
+//!    inside, noisy (no history to tell noise from change). With neither anchor the verdict is
+//!    [`Verdict::NoBaseline`].
 //!
-//! A value exactly at a limit passes (comparisons allow a relative slack of `1e-12` so that
-//! `1.2 / 1.0 - 1 = 0.19999999999999996` against a 20% tolerance does not depend on rounding).
+//! Every verdict with a history carries its **minimum detectable effect** (`mde_pct`): the
+//! change a decision over `1 + confirm_runs` runs detects with 80% power at its noise
+//! ([`msfleet_proto::noise::Power`]), never below `min_effect`; under the tolerance rule it is the
+//! tightest tolerance. A value exactly at a limit passes (comparisons allow a relative slack of
+//! `1e-12`).
 //!
-//! # Confirmation and operators
-//!
-//! Every regression from [`judge`] comes with `needs_confirmation = true`: the caller re-runs the
-//! case once and calls [`confirm`], which reports regression only if the re-run is a regression
-//! too, else noisy. Improvements need no confirmation.
+//! # Operators
 //!
 //! [`compare_operators`] compares the run's top-N operators (by total time) with the baseline's
 //! top-N: operators missing from or new in the run's top-N are listed, and an operator in both
@@ -65,26 +83,39 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use msfleet_proto::noise::{self, Power};
+pub use msfleet_proto::noise::{t_cdf, t_quantile, NoisePrior};
 use serde::{Deserialize, Serialize};
 
 /// Scale that makes the MAD a consistent estimator of the standard deviation for normal data.
 pub const ROBUST_CV_SCALE: f64 = 1.4826;
 /// Default number of most recent accepted runs the history rule looks at.
-pub const DEFAULT_K_WINDOW: usize = 30;
+pub const DEFAULT_K_WINDOW: usize = noise::K_WINDOW;
 /// Default number of accepted runs from which on the history rule decides.
 pub const DEFAULT_MIN_HISTORY: usize = 5;
 /// Default smallest change (fraction) the history rule reports.
-pub const DEFAULT_MIN_EFFECT: f64 = 0.05;
+pub const DEFAULT_MIN_EFFECT: f64 = noise::MIN_EFFECT;
 /// Default largest robust CV (fraction) of a run that is not noisy.
 pub const DEFAULT_MAX_CV: f64 = 0.10;
 /// Default largest `|drift|` (fraction) between the halves of a run that is not noisy.
 pub const DEFAULT_MAX_DRIFT: f64 = 0.10;
 /// Fewest samples for which drift is computed; below this drift is 0.
-pub const MIN_DRIFT_SAMPLES: usize = 4;
-/// Default one-sided confidence of the history rule's t quantile.
-pub const DEFAULT_CONFIDENCE: f64 = 0.99;
+pub const MIN_DRIFT_SAMPLES: usize = 10;
+/// Fewest samples for which the robust CV can make a run noisy.
+pub const MIN_CV_SAMPLES: usize = 3;
+/// With history, a run whose robust CV exceeds `max_cv` is noisy only when the standard error
+/// of its median (`sqrt(pi/2) * cv / sqrt(n)`) exceeds this many times the history's sd.
+pub const NOISY_SE_RATIO: f64 = 3.0;
+/// `|drift_z|` above which a drift is clear (two-sided 0.1%).
+pub const DRIFT_Z: f64 = 3.290_526_731_491_926;
+/// Default one-sided confidence of the final regression decision and of improvements.
+pub const DEFAULT_CONFIDENCE: f64 = noise::CONFIDENCE;
+/// Default one-sided confidence of a first run's candidate threshold.
+pub const DEFAULT_CANDIDATE_CONFIDENCE: f64 = noise::CANDIDATE_CONFIDENCE;
+/// Default confirming re-runs of a regression candidate.
+pub const DEFAULT_CONFIRM_RUNS: usize = noise::CONFIRM_RUNS;
 /// Default floor for the history's standard deviation in log space: `ln 1.01`.
-pub const DEFAULT_SD_FLOOR: f64 = 0.009_950_330_853_168_092;
+pub const DEFAULT_SD_FLOOR: f64 = noise::SD_FLOOR;
 /// Relative slack in limit comparisons, so that a value exactly at a limit passes.
 const LIMIT_SLACK: f64 = 1e-12;
 
@@ -94,7 +125,7 @@ pub const RULE_TOLERANCE: &str = "tolerance";
 pub const RULE_HISTORY: &str = "history";
 /// Name of the rule that decided: the pinned initial anchor overruling a passing history.
 pub const RULE_ANCHOR_DRIFT: &str = "anchor-drift";
-/// Name of the rule that decided: spread or drift of the run, or a change within the noise.
+/// Name of the rule that decided: spread or drift of the run, or an unconfirmed change.
 pub const RULE_NOISE: &str = "noise";
 /// Name of the rule that decided: the operator comparison.
 pub const RULE_OPERATORS: &str = "operators";
@@ -102,6 +133,8 @@ pub const RULE_OPERATORS: &str = "operators";
 pub const RULE_NONE: &str = "none";
 /// Name of the rule that decided: invalid input (samples, baseline or rules).
 pub const RULE_INPUT: &str = "input";
+/// What a judgement that needs confirming re-runs says at the end of its message.
+const NEEDS_CONFIRMATION: &str = "; needs confirming re-runs";
 
 /// Why a set of samples, a baseline or a set of rules cannot be judged.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -112,6 +145,12 @@ pub enum VerdictError {
     NonFinite { index: usize, value: f64 },
     #[error("sample {index} is not positive ({value})")]
     NonPositive { index: usize, value: f64 },
+    #[error("run {run}: {source}")]
+    Rerun {
+        run: usize,
+        #[source]
+        source: Box<VerdictError>,
+    },
     #[error("invalid baseline: {0}")]
     InvalidBaseline(String),
     #[error("invalid rules: {0}")]
@@ -129,6 +168,9 @@ pub struct Summary {
     pub robust_cv: f64,
     /// `median(second half) / median(first half) - 1`, 0 with fewer than [`MIN_DRIFT_SAMPLES`].
     pub drift: f64,
+    /// Mann-Whitney z of the second half against the first (positive: the second is larger),
+    /// 0 with fewer than [`MIN_DRIFT_SAMPLES`].
+    pub drift_z: f64,
     pub min: f64,
     pub max: f64,
 }
@@ -158,11 +200,15 @@ pub fn summarize(samples: &[f64]) -> Result<Summary, VerdictError> {
     let deviations: Vec<f64> = samples.iter().map(|v| (v - median).abs()).collect();
     let mad = median_of(&deviations);
     let n = samples.len();
-    let drift = if n >= MIN_DRIFT_SAMPLES {
+    let (drift, drift_z) = if n >= MIN_DRIFT_SAMPLES {
         let half = n / 2;
-        median_of(&samples[n - half..]) / median_of(&samples[..half]) - 1.0
+        let (first, second) = (&samples[..half], &samples[n - half..]);
+        (
+            median_of(second) / median_of(first) - 1.0,
+            rank_z(first, second),
+        )
     } else {
-        0.0
+        (0.0, 0.0)
     };
     Ok(Summary {
         n,
@@ -170,9 +216,35 @@ pub fn summarize(samples: &[f64]) -> Result<Summary, VerdictError> {
         mad,
         robust_cv: ROBUST_CV_SCALE * mad / median,
         drift,
+        drift_z,
         min: samples.iter().copied().fold(f64::INFINITY, f64::min),
         max: samples.iter().copied().fold(f64::NEG_INFINITY, f64::max),
     })
+}
+
+/// Mann-Whitney z of `b` against `a` (normal approximation, ties count one half): positive
+/// when `b` tends to be larger.
+fn rank_z(a: &[f64], b: &[f64]) -> f64 {
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let u: f64 = b
+        .iter()
+        .map(|y| {
+            a.iter()
+                .map(|x| match y.total_cmp(x) {
+                    std::cmp::Ordering::Greater => 1.0,
+                    std::cmp::Ordering::Equal => 0.5,
+                    std::cmp::Ordering::Less => 0.0,
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    let mean = na * nb / 2.0;
+    let sd = (na * nb * (na + nb + 1.0) / 12.0).sqrt();
+    if sd > 0.0 {
+        (u - mean) / sd
+    } else {
+        0.0
+    }
 }
 
 /// Median of a slice of finite numbers (mean of the middle two for even length; 0 when empty).
@@ -219,18 +291,19 @@ pub struct Anchor {
 }
 
 /// What is known about a case's metric before this run.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Baseline {
     /// The pinned anchor (`initial` and `initial_tolerance` of the case file).
     pub initial: Option<Anchor>,
     /// The movable anchor (`baseline` and `baseline_tolerance` of the case file).
     pub baseline: Option<Anchor>,
     /// Medians of earlier accepted runs, oldest first.
-    #[serde(default)]
     pub history: Vec<f64>,
     /// Run ids of `history`, same order; the ids of the window end up in the explanation.
-    #[serde(default)]
     pub history_ids: Vec<String>,
+    /// The noise of the profile's cases, pooled by the scheduler: the history's spread is
+    /// shrunk toward it.
+    pub prior: Option<NoisePrior>,
 }
 
 /// Thresholds of the judge.
@@ -246,8 +319,12 @@ pub struct Rules {
     pub max_cv: f64,
     /// Largest `|drift|` of a run that is not noisy.
     pub max_drift: f64,
-    /// One-sided confidence of the t quantile.
+    /// One-sided confidence of the final regression decision and of improvements.
     pub confidence: f64,
+    /// One-sided confidence of the first run's threshold for a regression candidate.
+    pub candidate_confidence: f64,
+    /// Re-runs of a regression candidate.
+    pub confirm_runs: usize,
     /// Floor of the history's standard deviation in log space.
     pub sd_floor: f64,
 }
@@ -261,6 +338,8 @@ impl Default for Rules {
             max_cv: DEFAULT_MAX_CV,
             max_drift: DEFAULT_MAX_DRIFT,
             confidence: DEFAULT_CONFIDENCE,
+            candidate_confidence: DEFAULT_CANDIDATE_CONFIDENCE,
+            confirm_runs: DEFAULT_CONFIRM_RUNS,
             sd_floor: DEFAULT_SD_FLOOR,
         }
     }
@@ -277,6 +356,12 @@ impl Rules {
         }
         if !(self.confidence > 0.5 && self.confidence < 1.0) {
             return bad("confidence must be in (0.5, 1)");
+        }
+        if !(self.candidate_confidence > 0.5 && self.candidate_confidence <= self.confidence) {
+            return bad("candidate_confidence must be in (0.5, confidence]");
+        }
+        if self.confirm_runs > 10 {
+            return bad("confirm_runs must be at most 10");
         }
         for (name, v) in [
             ("min_effect", self.min_effect),
@@ -328,15 +413,17 @@ impl fmt::Display for Verdict {
 /// Why a verdict was reached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Explanation {
-    /// The run's median (0 when the samples could not be summarized).
+    /// The first run's median (0 when the samples could not be summarized): what joins the
+    /// history.
     pub value: f64,
     /// The reference the value was compared with: the deciding anchor's value, or the geometric
     /// mean `exp(ybar)` of the history window for the history rule.
     pub baseline: Option<f64>,
-    /// `(value / baseline - 1) * 100`.
+    /// `(decision value / baseline - 1) * 100`, the decision value being `pooled_value` when
+    /// several runs decided, else `value`.
     pub delta_pct: Option<f64>,
     /// The limit that applied, e.g. `baseline_tolerance 20%` or
-    /// `z > t(0.99,4)=3.747 and delta > +5%`.
+    /// `z > t(0.995,4)=4.604 and delta > +5%`.
     pub limit: String,
     /// The history rule's z, when it was computed.
     pub z: Option<f64>,
@@ -344,9 +431,9 @@ pub struct Explanation {
     pub t_limit: Option<f64>,
     /// Runs of history in the window (`min(history.len(), k_window)`).
     pub k: usize,
-    /// The run's robust CV.
+    /// The first run's robust CV.
     pub spread_cv: f64,
-    /// The run's drift between its halves.
+    /// The first run's drift between its halves.
     pub drift: f64,
     /// Ids of the history runs the history rule used.
     pub baseline_run_ids: Vec<String>,
@@ -354,13 +441,25 @@ pub struct Explanation {
     pub rule: String,
     /// One readable sentence.
     pub message: String,
+    /// Smallest change (percent) the decision detects with 80% power at this noise; the
+    /// tightest tolerance under the tolerance rule.
+    pub mde_pct: Option<f64>,
+    /// Runs of this job the decision used.
+    pub runs: usize,
+    /// Samples of the first run.
+    pub samples: usize,
+    /// The runs' pooled median (`noise::pooled_runs`), when more than one run decided.
+    pub pooled_value: Option<f64>,
+    /// Degrees of freedom of the noise estimate.
+    pub df: Option<f64>,
 }
 
 /// A verdict with its explanation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Judgement {
     pub verdict: Verdict,
-    /// Set on regressions: re-run the case once and pass both judgements to [`confirm`].
+    /// Set on a first run's regression candidates: re-run the case `confirm_runs` times and
+    /// pass all runs to [`judge_runs`].
     pub needs_confirmation: bool,
     pub explanation: Explanation,
 }
@@ -373,7 +472,7 @@ enum Side {
     Within,
 }
 
-/// One anchor compared with the run's median.
+/// One anchor compared with the decision value.
 #[derive(Debug, Clone)]
 struct AnchorEval {
     name: &'static str,
@@ -429,61 +528,106 @@ impl AnchorEval {
 #[derive(Debug, Clone)]
 struct HistoryEval {
     k: usize,
+    /// Runs of this job in the decision.
+    runs: usize,
     z: f64,
+    /// The deciding quantile: the candidate one for a first run's regression side, else the
+    /// strict one.
     t: f64,
+    t_confidence: f64,
+    df: f64,
     /// `exp(ybar)`.
     reference: f64,
-    /// `m / exp(ybar) - 1`.
+    /// `exp(y - ybar) - 1`.
     change: f64,
     side: Side,
-    /// `|z| <= t`: the run lies inside the history's prediction interval.
-    within_interval: bool,
     ids: Vec<String>,
-    confidence: f64,
     min_effect: f64,
     dir: Direction,
+    /// Minimum detectable effect of a confirmed decision (fraction).
+    mde: f64,
+    /// Shrunk toward a pooled prior.
+    pooled: bool,
+    /// The sd of one run's log median (posterior, floored).
+    sd: f64,
 }
 
 impl HistoryEval {
-    fn new(m: f64, window: &[f64], ids: Vec<String>, dir: Direction, rules: &Rules) -> Self {
+    /// `value` is the decision value ([`noise::pooled_runs`] of the `runs` runs' medians).
+    fn new(
+        value: f64,
+        runs: usize,
+        window: &[f64],
+        ids: Vec<String>,
+        prior: Option<&NoisePrior>,
+        dir: Direction,
+        rules: &Rules,
+    ) -> Self {
         let k = window.len();
         let kf = k as f64;
-        let logs: Vec<f64> = window.iter().map(|v| v.ln()).collect();
-        let ybar = logs.iter().sum::<f64>() / kf;
-        let var = logs.iter().map(|y| (y - ybar).powi(2)).sum::<f64>() / (kf - 1.0);
+        let own = noise::log_spread(window);
+        let (var, df) = noise::posterior(own.as_ref(), prior).unwrap_or((0.0, kf - 1.0));
+        let pooled = prior.is_some_and(|p| p.df > 0.0);
+        let ybar = own.map_or(0.0, |s| s.mean);
         let s = var.sqrt().max(rules.sd_floor);
         // A zero floor with a constant history would divide by zero; keep a positive scale.
         let s = if s > 0.0 { s } else { f64::MIN_POSITIVE };
-        let z = (m.ln() - ybar) / (s * (1.0 + 1.0 / kf).sqrt());
-        let t = t_quantile(rules.confidence, kf - 1.0);
+        let z = (value.ln() - ybar) / (s * (noise::pooled_var_factor(runs) + 1.0 / kf).sqrt());
+        let strict = t_quantile(rules.confidence, df);
+        let candidate = t_quantile(rules.candidate_confidence, df);
         let reference = ybar.exp();
-        let change = m / reference - 1.0;
+        let change = value / reference - 1.0;
         let sign = dir.worse_sign();
         let effect = rules.min_effect + LIMIT_SLACK;
-        let side = if sign * z > t && sign * change > effect {
-            Side::Worse
-        } else if sign * z < -t && sign * change < -effect {
-            Side::Better
+        // A first run's regression side uses the looser candidate threshold.
+        let worse_t = if runs == 1 { candidate } else { strict };
+        let (side, t, t_confidence) = if sign * z > worse_t && sign * change > effect {
+            let conf = if runs == 1 {
+                rules.candidate_confidence
+            } else {
+                rules.confidence
+            };
+            (Side::Worse, worse_t, conf)
+        } else if sign * z < -strict && sign * change < -effect {
+            (Side::Better, strict, rules.confidence)
         } else {
-            Side::Within
+            (Side::Within, strict, rules.confidence)
         };
+        let power = Power {
+            sd: s,
+            df,
+            k,
+            within_cv: 0.0,
+            repetitions: 0,
+        };
+        let planned = u32::try_from(1 + rules.confirm_runs).unwrap_or(1);
+        let mde = power.mde(planned, rules.confidence).max(rules.min_effect);
         HistoryEval {
             k,
+            runs,
             z,
             t,
+            t_confidence,
+            df,
             reference,
             change,
             side,
-            within_interval: z.abs() <= t,
             ids,
-            confidence: rules.confidence,
             min_effect: rules.min_effect,
             dir,
+            mde,
+            pooled,
+            sd: s,
         }
     }
 
     fn t_label(&self) -> String {
-        format!("t({},{})={:.3}", num(self.confidence), self.k - 1, self.t)
+        format!(
+            "t({},{})={:.3}",
+            num(self.t_confidence),
+            num(self.df),
+            self.t
+        )
     }
 
     /// The limit on the worse side (`worse`) or the better side.
@@ -501,8 +645,18 @@ impl HistoryEval {
     }
 
     fn describe(&self) -> String {
+        let what = if self.runs > 1 {
+            format!("the pooled median of {} runs is ", self.runs)
+        } else {
+            String::new()
+        };
+        let noise = if self.pooled {
+            format!("noise pooled with the profile's cases, df {}", num(self.df))
+        } else {
+            format!("df {}", num(self.df))
+        };
         format!(
-            "{} against the geometric mean {} of {} accepted runs (z={:.2}, {})",
+            "{what}{} against the geometric mean {} of {} accepted runs (z={:.2}, {}, {noise})",
             pct(self.change),
             num(self.reference),
             self.k,
@@ -510,34 +664,71 @@ impl HistoryEval {
             self.t_label()
         )
     }
+
+    fn power_note(&self) -> String {
+        format!(
+            "this case can detect changes of {} or more",
+            pct(self.mde).trim_start_matches('+')
+        )
+    }
 }
 
-/// Judges one metric's post-warmup samples against its baseline. See the module documentation
-/// for the exact rules; this never panics.
+/// Judges one run's post-warmup samples against its baseline: [`judge_runs`] with one run.
 pub fn judge(samples: &[f64], dir: Direction, base: &Baseline, rules: &Rules) -> Judgement {
+    judge_runs(&[samples], dir, base, rules)
+}
+
+/// Judges the runs of this job (the first run, then the confirming re-runs) against the
+/// baseline. See the module documentation for the exact rules; this never panics.
+pub fn judge_runs(runs: &[&[f64]], dir: Direction, base: &Baseline, rules: &Rules) -> Judgement {
     if let Err(e) = rules.validate() {
         return error_judgement(None, &e);
     }
-    let summary = match summarize(samples) {
+    let Some(first_samples) = runs.first() else {
+        return error_judgement(None, &VerdictError::Empty);
+    };
+    let summary = match summarize(first_samples) {
         Ok(s) => s,
         Err(e) => return error_judgement(None, &e),
     };
+    let mut medians = vec![summary.median];
+    for (i, samples) in runs.iter().enumerate().skip(1) {
+        match summarize(samples) {
+            Ok(s) => medians.push(s.median),
+            Err(e) => {
+                let e = VerdictError::Rerun {
+                    run: i + 1,
+                    source: Box::new(e),
+                };
+                return error_judgement(Some(&summary), &e);
+            }
+        }
+    }
     let k = base.history.len().min(rules.k_window);
     let window = &base.history[base.history.len() - k..];
     if let Err(e) = validate_baseline(base, window) {
         return error_judgement(Some(&summary), &e);
     }
+    let j = medians.len();
     let m = summary.median;
+    // With several runs: was the first run alone a regression candidate of this metric (not
+    // only of its operators)? Only then is "not confirmed" the story.
+    let first_was_candidate = j > 1 && {
+        let first = judge_runs(&runs[..1], dir, base, rules);
+        first.needs_confirmation && first.explanation.rule != RULE_OPERATORS
+    };
+    // The decision value: the first run's median, or the pooled median of all runs.
+    let value = noise::pooled_runs(&medians).unwrap_or(m);
     let anchors: Vec<AnchorEval> = [("initial", &base.initial), ("baseline", &base.baseline)]
         .into_iter()
-        .filter_map(|(name, a)| a.as_ref().map(|a| AnchorEval::new(name, a, m, dir)))
+        .filter_map(|(name, a)| a.as_ref().map(|a| AnchorEval::new(name, a, value, dir)))
         .collect();
     let deterministic = summary.is_deterministic();
     // A deterministic metric with an anchor is judged by tolerance alone.
     let tolerance_only = deterministic && !anchors.is_empty();
     let history = (k >= rules.min_history && !tolerance_only).then(|| {
         let ids = base.history_ids[base.history_ids.len().saturating_sub(k)..].to_vec();
-        HistoryEval::new(m, window, ids, dir, rules)
+        HistoryEval::new(value, j, window, ids, base.prior.as_ref(), dir, rules)
     });
 
     let mut ex = Explanation {
@@ -553,13 +744,32 @@ pub fn judge(samples: &[f64], dir: Direction, base: &Baseline, rules: &Rules) ->
         baseline_run_ids: Vec::new(),
         rule: String::new(),
         message: String::new(),
+        mde_pct: None,
+        runs: j,
+        samples: summary.n,
+        pooled_value: (j > 1).then_some(value),
+        df: None,
     };
-    let m_txt = num(m);
+    let m_txt = if j == 1 {
+        format!("median {}", num(m))
+    } else {
+        let all: Vec<String> = medians.iter().map(|v| num(*v)).collect();
+        format!("medians {} of {j} runs", all.join(", "))
+    };
 
-    // Noise: a run whose own spread or drift is too large says nothing either way.
+    // Noise: a first run whose median cannot be trusted says nothing either way.
     if !deterministic {
-        let cv_bad = summary.robust_cv > rules.max_cv + LIMIT_SLACK;
-        let drift_bad = summary.drift.abs() > rules.max_drift + LIMIT_SLACK;
+        // With history, a spread the history's own noise already covers is no reason: only a
+        // median whose own uncertainty dwarfs the run-to-run noise cannot be judged.
+        let median_se =
+            noise::MEDIAN_EFFICIENCY.sqrt() * summary.robust_cv / (summary.n as f64).sqrt();
+        let cv_bad = summary.n >= MIN_CV_SAMPLES
+            && summary.robust_cv > rules.max_cv + LIMIT_SLACK
+            && history
+                .as_ref()
+                .is_none_or(|h| median_se > NOISY_SE_RATIO * h.sd);
+        let drift_bad =
+            summary.drift.abs() > rules.max_drift + LIMIT_SLACK && summary.drift_z.abs() > DRIFT_Z;
         if cv_bad || drift_bad {
             if let Some(h) = &history {
                 fill_history(&mut ex, h);
@@ -567,27 +777,38 @@ pub fn judge(samples: &[f64], dir: Direction, base: &Baseline, rules: &Rules) ->
                 fill_anchor(&mut ex, a);
             }
             ex.limit = format!(
-                "robust CV <= {}% and |drift| <= {}%",
+                "robust CV <= {}% (or its median's error within {NOISY_SE_RATIO}x the \
+                 history's sd) and not (|drift| > {}% with rank |z| > {DRIFT_Z:.2})",
                 num(rules.max_cv * 100.0),
                 num(rules.max_drift * 100.0)
             );
             let mut why = Vec::new();
             if cv_bad {
+                let vs_history = history.as_ref().map_or(String::new(), |h| {
+                    format!(
+                        " and its median's error {} is over {NOISY_SE_RATIO}x the history's \
+                         run-to-run sd {}",
+                        pct(median_se).trim_start_matches('+'),
+                        pct(h.sd).trim_start_matches('+')
+                    )
+                });
                 why.push(format!(
-                    "robust CV {}% exceeds {}%",
+                    "robust CV {}% exceeds {}%{vs_history}",
                     num(summary.robust_cv * 100.0),
                     num(rules.max_cv * 100.0)
                 ));
             }
             if drift_bad {
                 why.push(format!(
-                    "drift {} between the first and second half exceeds {}%",
+                    "drift {} between the first and second half exceeds {}% (rank z {:.2})",
                     pct(summary.drift),
-                    num(rules.max_drift * 100.0)
+                    num(rules.max_drift * 100.0),
+                    summary.drift_z
                 ));
             }
             ex.message = format!(
-                "noisy: median {m_txt} of {} samples cannot be judged, {}",
+                "noisy: median {} of {} samples cannot be judged, {}",
+                num(m),
                 summary.n,
                 why.join(" and ")
             );
@@ -597,6 +818,13 @@ pub fn judge(samples: &[f64], dir: Direction, base: &Baseline, rules: &Rules) ->
 
     if let Some(h) = &history {
         fill_history(&mut ex, h);
+        let power = h.power_note();
+        let confirmed = |ex: &mut Explanation| {
+            if j > 1 {
+                ex.message
+                    .push_str(&format!("; confirmed by {j} runs together"));
+            }
+        };
         match h.side {
             Side::Worse | Side::Better => {
                 let verdict = if h.side == Side::Worse {
@@ -605,7 +833,13 @@ pub fn judge(samples: &[f64], dir: Direction, base: &Baseline, rules: &Rules) ->
                     Verdict::Improvement
                 };
                 ex.limit = h.limit(h.side);
-                ex.message = format!("{verdict}: median {m_txt} is {}", h.describe());
+                let label = if verdict == Verdict::Regression && j == 1 {
+                    "regression candidate".to_string()
+                } else {
+                    verdict.to_string()
+                };
+                ex.message = format!("{label}: {m_txt} is {}; {power}", h.describe());
+                confirmed(&mut ex);
                 return finish(verdict, RULE_HISTORY, ex);
             }
             Side::Within => {}
@@ -619,38 +853,36 @@ pub fn judge(samples: &[f64], dir: Direction, base: &Baseline, rules: &Rules) ->
             fill_anchor(&mut ex, a);
             ex.limit = a.limit();
             ex.message = format!(
-                "{verdict}: median {m_txt} is {}, although it is {} (the history has drifted)",
+                "{verdict}: {m_txt} is {}, although it is {} (the history has drifted)",
                 a.describe(),
                 h.describe()
             );
+            confirmed(&mut ex);
             return finish(verdict, RULE_ANCHOR_DRIFT, ex);
         }
+        let unconfirmed = if first_was_candidate {
+            "the regression candidate was not confirmed: "
+        } else {
+            ""
+        };
+        ex.limit = h.limit(Side::Within);
         // Outside the movable anchor's tolerance but inside the history's noise.
         if let Some(a) = anchors
             .iter()
             .find(|a| a.name == "baseline" && a.side != Side::Within)
         {
-            if h.within_interval {
-                fill_anchor(&mut ex, a);
-                ex.limit = format!("{} exceeded but |z| <= {}", a.limit(), h.t_label());
-                ex.message = format!(
-                    "noisy: median {m_txt} is {}, but {}, within the history's noise",
-                    a.describe(),
-                    h.describe()
-                );
-                return finish(Verdict::Noisy, RULE_NOISE, ex);
-            }
-            ex.limit = h.limit(Side::Within);
             ex.message = format!(
-                "pass: median {m_txt} is {}, outside {} but below the minimum effect {}%",
+                "pass: {unconfirmed}{m_txt} is {}, inside the history's noise although {} \
+                 against {} {} is outside {}; {power}",
                 h.describe(),
-                a.limit(),
-                num(rules.min_effect * 100.0)
+                pct(a.delta),
+                a.name,
+                num(a.value),
+                a.limit()
             );
             return finish(Verdict::Pass, RULE_HISTORY, ex);
         }
-        ex.limit = h.limit(Side::Within);
-        ex.message = format!("pass: median {m_txt} is {}", h.describe());
+        ex.message = format!("pass: {unconfirmed}{m_txt} is {}; {power}", h.describe());
         return finish(Verdict::Pass, RULE_HISTORY, ex);
     }
 
@@ -658,23 +890,27 @@ pub fn judge(samples: &[f64], dir: Direction, base: &Baseline, rules: &Rules) ->
     let Some(primary) = primary_anchor(&anchors) else {
         ex.limit = format!("{} accepted runs", rules.min_history);
         ex.message = if k == 0 {
-            format!("no_baseline: median {m_txt}, no anchor and no history to compare with")
+            format!("no_baseline: {m_txt}, no anchor and no history to compare with")
         } else {
             format!(
-                "no_baseline: median {m_txt}, no anchor and only {k} accepted runs of history \
+                "no_baseline: {m_txt}, no anchor and only {k} accepted runs of history \
                  (the history rule needs {})",
                 rules.min_history
             )
         };
         return finish(Verdict::NoBaseline, RULE_NONE, ex);
     };
+    ex.mde_pct = anchors
+        .iter()
+        .map(|a| a.tolerance * 100.0)
+        .min_by(f64::total_cmp);
     let deciding = |side: Side| {
         anchors
             .iter()
             .filter(|a| a.side == side)
             .max_by(|a, b| a.excess().total_cmp(&b.excess()))
     };
-    let (verdict, decider) = if let Some(a) = deciding(Side::Worse) {
+    let (mut verdict, decider) = if let Some(a) = deciding(Side::Worse) {
         (Verdict::Regression, a)
     } else if let Some(a) = deciding(Side::Better) {
         (Verdict::Improvement, a)
@@ -703,8 +939,26 @@ pub fn judge(samples: &[f64], dir: Direction, base: &Baseline, rules: &Rules) ->
     } else {
         ""
     };
-    ex.message = format!("{verdict}: median {m_txt} is {all}{why}");
-    finish(verdict, RULE_TOLERANCE, ex)
+    let mut rule = RULE_TOLERANCE;
+    ex.message = if j > 1 && verdict == Verdict::Regression {
+        format!("regression: {m_txt}, together {all}{why}; confirmed by {j} runs together")
+    } else if first_was_candidate {
+        // The first run was outside, the runs together are not: without history there is
+        // no telling noise from change.
+        verdict = Verdict::Noisy;
+        rule = RULE_NOISE;
+        format!(
+            "noisy: regression not confirmed, {m_txt}, together {all}{why}; the first run \
+             alone was outside"
+        )
+    } else if j > 1 {
+        format!("{verdict}: {m_txt}, together {all}{why}")
+    } else if verdict == Verdict::Regression {
+        format!("regression candidate: {m_txt} is {all}{why}")
+    } else {
+        format!("{verdict}: {m_txt} is {all}{why}")
+    };
+    finish(verdict, rule, ex)
 }
 
 fn validate_baseline(base: &Baseline, window: &[f64]) -> Result<(), VerdictError> {
@@ -728,6 +982,14 @@ fn validate_baseline(base: &Baseline, window: &[f64]) -> Result<(), VerdictError
         return Err(VerdictError::InvalidBaseline(format!(
             "history median must be finite and positive ({v})"
         )));
+    }
+    if let Some(p) = &base.prior {
+        if !(p.var.is_finite() && p.var >= 0.0 && p.df.is_finite() && p.df >= 0.0) {
+            return Err(VerdictError::InvalidBaseline(format!(
+                "the pooled noise prior must be finite and not negative (var {}, df {})",
+                p.var, p.df
+            )));
+        }
     }
     Ok(())
 }
@@ -759,13 +1021,15 @@ fn fill_history(ex: &mut Explanation, h: &HistoryEval) {
     ex.z = Some(h.z);
     ex.t_limit = Some(h.t);
     ex.baseline_run_ids = h.ids.clone();
+    ex.mde_pct = Some(h.mde * 100.0);
+    ex.df = Some(h.df);
 }
 
 fn finish(verdict: Verdict, rule: &str, mut ex: Explanation) -> Judgement {
     ex.rule = rule.to_string();
-    let needs_confirmation = verdict == Verdict::Regression;
+    let needs_confirmation = verdict == Verdict::Regression && ex.runs <= 1;
     if needs_confirmation {
-        ex.message.push_str("; needs a confirming re-run");
+        ex.message.push_str(NEEDS_CONFIRMATION);
     }
     Judgement {
         verdict,
@@ -791,48 +1055,13 @@ fn error_judgement(summary: Option<&Summary>, e: &VerdictError) -> Judgement {
             baseline_run_ids: Vec::new(),
             rule: RULE_INPUT.to_string(),
             message: format!("error: {e}"),
+            mde_pct: None,
+            runs: 0,
+            samples: summary.map_or(0, |s| s.n),
+            pooled_value: None,
+            df: None,
         },
     }
-}
-
-/// Combines a regression candidate with the judgement of its re-run: regression only if the
-/// re-run is a regression too, else noisy (the explanation says it was not confirmed). The
-/// numbers of the first judgement are kept. A `first` that needs no confirmation is returned
-/// unchanged.
-pub fn confirm(first: &Judgement, rerun: &Judgement) -> Judgement {
-    if !(first.verdict == Verdict::Regression && first.needs_confirmation) {
-        return first.clone();
-    }
-    let mut out = first.clone();
-    out.needs_confirmation = false;
-    let base_msg = first
-        .explanation
-        .message
-        .trim_end_matches("; needs a confirming re-run")
-        .to_string();
-    let rerun_txt = match rerun.explanation.delta_pct {
-        Some(d) => format!(
-            "{} (median {}, {})",
-            rerun.verdict,
-            num(rerun.explanation.value),
-            pct(d / 100.0)
-        ),
-        None => format!(
-            "{} (median {})",
-            rerun.verdict,
-            num(rerun.explanation.value)
-        ),
-    };
-    if rerun.verdict == Verdict::Regression {
-        out.explanation.message = format!("{base_msg}; confirmed by a re-run: {rerun_txt}");
-    } else {
-        out.verdict = Verdict::Noisy;
-        out.explanation.rule = RULE_NOISE.to_string();
-        out.explanation.message = format!(
-            "noisy: regression not confirmed, the re-run was {rerun_txt}; first run: {base_msg}"
-        );
-    }
-    out
 }
 
 /// Time spent in one operator during a run.
@@ -917,7 +1146,8 @@ fn top_operators(ops: &[OperatorTime], n: usize) -> Vec<(String, f64)> {
 }
 
 /// Folds an operator comparison into a metric's judgement. Moved operators turn a pass,
-/// improvement or no_baseline into a regression (rule `operators`, needing confirmation) and are
+/// improvement or no_baseline into a regression (rule `operators`; a candidate needing
+/// confirmation when one run was judged, confirmed when the report holds for all runs) and are
 /// added to an existing regression's message; noisy and error judgements stay as they are (their
 /// operator times are no more trustworthy than their medians). Missing and new operators are
 /// only mentioned.
@@ -953,153 +1183,26 @@ pub fn with_operators(judgement: Judgement, ops: &OperatorReport) -> Judgement {
         );
     if promote {
         let was = out.verdict;
+        let runs = out.explanation.runs;
         out.verdict = Verdict::Regression;
-        out.needs_confirmation = true;
+        out.needs_confirmation = runs <= 1;
         out.explanation.rule = RULE_OPERATORS.to_string();
         out.explanation.limit = format!("operator_tolerance {}%", num(ops.tolerance * 100.0));
-        out.explanation.message =
-            format!("regression: {notes} (the metric alone was {was}); needs a confirming re-run");
+        out.explanation.message = if runs <= 1 {
+            format!(
+                "regression candidate: {notes} (the metric alone was {was}){NEEDS_CONFIRMATION}"
+            )
+        } else {
+            format!("regression: {notes} in each of {runs} runs (the metric alone was {was})")
+        };
     } else {
-        out.explanation.message = format!("{}; {notes}", out.explanation.message);
+        let msg = &out.explanation.message;
+        out.explanation.message = match msg.strip_suffix(NEEDS_CONFIRMATION) {
+            Some(head) => format!("{head}; {notes}{NEEDS_CONFIRMATION}"),
+            None => format!("{msg}; {notes}"),
+        };
     }
     out
-}
-
-/// Cumulative distribution function of Student's t with `df > 0` degrees of freedom.
-pub fn t_cdf(t: f64, df: f64) -> f64 {
-    if t.is_nan() || df.is_nan() || df <= 0.0 {
-        return f64::NAN;
-    }
-    if t >= 0.0 {
-        1.0 - t_upper_tail(t, df)
-    } else {
-        t_upper_tail(-t, df)
-    }
-}
-
-/// Quantile of Student's t: the `t` with `t_cdf(t, df) = p`, for `df > 0` (not necessarily an
-/// integer). NaN for `p` outside `[0, 1]` or invalid `df`; -inf and +inf at 0 and 1.
-///
-/// Bisection on the upper tail `P(T > t) = I_x(df/2, 1/2) / 2` with `x = df / (df + t^2)`, the
-/// regularized incomplete beta computed by its continued fraction (modified Lentz). Accurate to
-/// about 1e-12 relative.
-pub fn t_quantile(p: f64, df: f64) -> f64 {
-    if p.is_nan() || df.is_nan() || df <= 0.0 || !(0.0..=1.0).contains(&p) {
-        return f64::NAN;
-    }
-    if p == 0.0 {
-        return f64::NEG_INFINITY;
-    }
-    if p == 1.0 {
-        return f64::INFINITY;
-    }
-    if p == 0.5 {
-        return 0.0;
-    }
-    if p < 0.5 {
-        return -t_quantile(1.0 - p, df);
-    }
-    let q = 1.0 - p;
-    let (mut lo, mut hi) = (0.0_f64, 1.0_f64);
-    while t_upper_tail(hi, df) > q {
-        lo = hi;
-        hi *= 2.0;
-        if !hi.is_finite() {
-            return f64::INFINITY;
-        }
-    }
-    for _ in 0..200 {
-        let mid = 0.5 * (lo + hi);
-        if mid <= lo || mid >= hi || hi - lo <= 1e-13 * hi {
-            break;
-        }
-        if t_upper_tail(mid, df) > q {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    0.5 * (lo + hi)
-}
-
-/// `P(T > t)` for `t >= 0`.
-fn t_upper_tail(t: f64, df: f64) -> f64 {
-    let x = df / (df + t * t);
-    0.5 * reg_inc_beta(df / 2.0, 0.5, x)
-}
-
-/// Regularized incomplete beta `I_x(a, b)` for `a, b > 0`.
-fn reg_inc_beta(a: f64, b: f64, x: f64) -> f64 {
-    if x <= 0.0 {
-        return 0.0;
-    }
-    if x >= 1.0 {
-        return 1.0;
-    }
-    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (-x).ln_1p();
-    let front = ln_front.exp();
-    if x < (a + 1.0) / (a + b + 2.0) {
-        front * beta_cf(a, b, x) / a
-    } else {
-        1.0 - front * beta_cf(b, a, 1.0 - x) / b
-    }
-}
-
-/// Continued fraction of the incomplete beta, modified Lentz.
-fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
-    const MAX_ITER: usize = 100_000;
-    const EPS: f64 = 1e-15;
-    const TINY: f64 = 1e-300;
-    let guard = |v: f64| if v.abs() < TINY { TINY } else { v };
-    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
-    let mut c = 1.0;
-    let mut d = 1.0 / guard(1.0 - qab * x / qap);
-    let mut h = d;
-    for m in 1..=MAX_ITER {
-        let m = m as f64;
-        let m2 = 2.0 * m;
-        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
-        d = 1.0 / guard(1.0 + aa * d);
-        c = guard(1.0 + aa / c);
-        h *= d * c;
-        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
-        d = 1.0 / guard(1.0 + aa * d);
-        c = guard(1.0 + aa / c);
-        let step = d * c;
-        h *= step;
-        if (step - 1.0).abs() < EPS {
-            break;
-        }
-    }
-    h
-}
-
-/// `ln Γ(x)` for `x > 0` (Lanczos, g = 7, n = 9; about 1e-15 relative).
-fn ln_gamma(x: f64) -> f64 {
-    const G: f64 = 7.0;
-    const COEF: [f64; 9] = [
-        0.999_999_999_999_809_9,
-        676.520_368_121_885_1,
-        -1_259.139_216_722_402_8,
-        771.323_428_777_653_1,
-        -176.615_029_162_140_6,
-        12.507_343_278_686_905,
-        -0.138_571_095_265_720_12,
-        9.984_369_578_019_572e-6,
-        1.505_632_735_149_311_6e-7,
-    ];
-    if x < 0.5 {
-        // Reflection: Γ(x) Γ(1 - x) = π / sin(πx).
-        let pi = std::f64::consts::PI;
-        return (pi / (pi * x).sin().abs()).ln() - ln_gamma(1.0 - x);
-    }
-    let x = x - 1.0;
-    let mut sum = COEF[0];
-    for (i, c) in COEF.iter().enumerate().skip(1) {
-        sum += c / (x + i as f64);
-    }
-    let t = x + G + 0.5;
-    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
 }
 
 /// A number with 4 significant digits, without trailing zeros.
@@ -1170,7 +1273,7 @@ mod tests {
     #[test]
     fn summary_odd_n() {
         // [1, 2, 4]: median 2; |x - 2| = [1, 0, 2] -> sorted [0, 1, 2], MAD 1;
-        // robust CV = 1.4826 * 1 / 2 = 0.7413; n = 3 < 4 -> drift 0.
+        // robust CV = 1.4826 * 1 / 2 = 0.7413; n = 3 < 10 -> drift 0.
         let s = summarize(&[1.0, 2.0, 4.0]).unwrap();
         assert_eq!(s.n, 3);
         assert_eq!(s.median, 2.0);
@@ -1184,20 +1287,25 @@ mod tests {
     fn summary_even_n() {
         // [1, 2, 3, 10]: median (2 + 3) / 2 = 2.5; |x - 2.5| = [1.5, 0.5, 0.5, 7.5]
         // -> sorted [0.5, 0.5, 1.5, 7.5], MAD (0.5 + 1.5) / 2 = 1.0;
-        // robust CV = 1.4826 / 2.5 = 0.59304.
-        // Drift: halves [1, 2] (median 1.5) and [3, 10] (median 6.5): 6.5 / 1.5 - 1 = 3.3333.
+        // robust CV = 1.4826 / 2.5 = 0.59304; four samples: no drift.
         let s = summarize(&[1.0, 2.0, 3.0, 10.0]).unwrap();
         assert_eq!(s.median, 2.5);
         assert_eq!(s.mad, 1.0);
         assert!(close(s.robust_cv, 0.59304, 1e-12));
-        assert!(close(s.drift, 10.0 / 3.0, 1e-12));
+        assert_eq!(s.drift, 0.0);
     }
 
     #[test]
     fn summary_odd_n_drift_skips_middle() {
-        // [1, 1, 5, 2, 2]: halves [1, 1] and [2, 2] (the middle 5 is in neither): drift 2/1 - 1.
-        let s = summarize(&[1.0, 1.0, 5.0, 2.0, 2.0]).unwrap();
+        // [1 x5, 5, 2 x5]: halves [1 x5] and [2 x5] (the middle 5 is in neither): drift 2/1 - 1;
+        // rank z: U = 25, mean 12.5, sd sqrt(25 * 11 / 12) = 4.787 -> 2.611.
+        let s = summarize(&[1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 2.0, 2.0, 2.0, 2.0, 2.0]).unwrap();
         assert_eq!(s.drift, 1.0);
+        assert!(close(
+            s.drift_z,
+            12.5 / (25.0f64 * 11.0 / 12.0).sqrt(),
+            1e-12
+        ));
         assert_eq!(s.median, 2.0);
     }
 
@@ -1341,10 +1449,11 @@ mod tests {
         assert_eq!(j.explanation.rule, RULE_HISTORY);
         assert_eq!(j.explanation.k, 5);
         assert!(close(j.explanation.z.unwrap(), 15.1514, 1e-3));
-        assert!(close(j.explanation.t_limit.unwrap(), 3.7469, 1e-3));
+        // A first run is held to the candidate quantile t(0.9, 4) = 1.533.
+        assert!(close(j.explanation.t_limit.unwrap(), 1.5332, 1e-3));
         assert!(close(j.explanation.delta_pct.unwrap(), 30.013, 1e-2));
         assert!(close(j.explanation.baseline.unwrap(), 0.99990, 1e-5));
-        assert_eq!(j.explanation.limit, "z > t(0.99,4)=3.747 and delta > +5%");
+        assert_eq!(j.explanation.limit, "z > t(0.9,4)=1.533 and delta > +5%");
         assert_eq!(j.explanation.baseline_run_ids.len(), 5);
     }
 
@@ -1368,7 +1477,7 @@ mod tests {
         let j = judge(&[70.0], HIGH, &with_history(&h), &Rules::default());
         assert_eq!(j.verdict, Verdict::Regression);
         assert!(close(j.explanation.z.unwrap(), -20.584, 1e-2));
-        assert_eq!(j.explanation.limit, "z < -t(0.99,4)=3.747 and delta < -5%");
+        assert_eq!(j.explanation.limit, "z < -t(0.9,4)=1.533 and delta < -5%");
         // m = 130: z = +15.15, change +30.01% -> improvement.
         let j = judge(&[130.0], HIGH, &with_history(&h), &Rules::default());
         assert_eq!(j.verdict, Verdict::Improvement);
@@ -1437,20 +1546,27 @@ mod tests {
     }
 
     #[test]
-    fn above_tolerance_within_noise_is_noisy() {
+    fn above_tolerance_within_noise_passes() {
         // History with large spread [0.8, 1.2, 0.9, 1.1, 1.0]:
         // ln = [-0.223144, 0.182322, -0.105361, 0.095310, 0], ybar = -0.010174,
         // s = 0.160235, se = 0.160235 * 1.095445 = 0.175529.
         // m = 1.25 (samples 1.24, 1.25, 1.26): vs baseline 1.0 (tol 20%) +25% -> tolerance
-        // alone says regression; z = (0.223144 + 0.010174) / 0.175529 = 1.329 <= 3.747 -> the
-        // change is within the history's noise -> noisy.
+        // alone says regression; z = (0.223144 + 0.010174) / 0.175529 = 1.329 <= 1.533 -> the
+        // change is within the history's noise: the history is the measure, it passes (and says
+        // the anchor's tolerance was exceeded).
         let mut base = with_history(&[0.8, 1.2, 0.9, 1.1, 1.0]);
         base.baseline = anchor(1.0, 0.2);
         let j = judge(&[1.24, 1.25, 1.26], LOW, &base, &Rules::default());
-        assert_eq!(j.verdict, Verdict::Noisy);
-        assert_eq!(j.explanation.rule, RULE_NOISE);
+        assert_eq!(j.verdict, Verdict::Pass);
+        assert_eq!(j.explanation.rule, RULE_HISTORY);
         assert!(close(j.explanation.z.unwrap(), 1.3292, 1e-3));
-        assert!(close(j.explanation.delta_pct.unwrap(), 25.0, 1e-9));
+        assert!(
+            j.explanation
+                .message
+                .contains("+25.0% against baseline 1 is outside baseline_tolerance 20%"),
+            "{}",
+            j.explanation.message
+        );
         assert!(!j.needs_confirmation);
     }
 
@@ -1476,10 +1592,10 @@ mod tests {
     fn noisy_by_cv() {
         // [1.0, 1.2, 0.8, 1.1, 0.9]: median 1.0; |x - 1| = [0, 0.2, 0.2, 0.1, 0.1]
         // -> sorted [0, 0.1, 0.1, 0.2, 0.2], MAD 0.1; robust CV = 0.14826 > 10% -> noisy.
-        // Drift: [1.0, 1.2] (1.1) vs [1.1, 0.9] (1.0): 1.0 / 1.1 - 1 = -9.1%, within 10%.
+        // Five samples are too few for drift (one outlier would decide it): 0.
         let s = summarize(&[1.0, 1.2, 0.8, 1.1, 0.9]).unwrap();
         assert!(close(s.robust_cv, 0.14826, 1e-9));
-        assert!(close(s.drift, -1.0 / 11.0, 1e-9));
+        assert_eq!(s.drift, 0.0);
         let j = judge(
             &[1.0, 1.2, 0.8, 1.1, 0.9],
             LOW,
@@ -1494,17 +1610,24 @@ mod tests {
 
     #[test]
     fn noisy_by_drift() {
-        // [1.0 x4, 1.12 x4]: median 1.06, every |x - 1.06| = 0.06, MAD 0.06;
+        // [1.0 x10, 1.12 x10]: median 1.06, every |x - 1.06| = 0.06, MAD 0.06;
         // robust CV = 1.4826 * 0.06 / 1.06 = 8.39% <= 10%, but drift = 1.12 / 1.0 - 1 = +12%
-        // > 10% -> noisy.
-        let samples = [1.0, 1.0, 1.0, 1.0, 1.12, 1.12, 1.12, 1.12];
+        // > 10% and clear: rank z = (100 - 50) / sqrt(100 * 21 / 12) = 3.780 > 3.29 -> noisy.
+        let mut samples = vec![1.0; 10];
+        samples.extend([1.12; 10]);
         let s = summarize(&samples).unwrap();
         assert!(close(s.robust_cv, 1.4826 * 0.06 / 1.06, 1e-9));
         assert!(close(s.drift, 0.12, 1e-9));
+        assert!(close(s.drift_z, 50.0 / 175.0f64.sqrt(), 1e-9));
         let j = judge(&samples, LOW, &with_baseline(1.0, 0.2), &Rules::default());
         assert_eq!(j.verdict, Verdict::Noisy);
         assert!(j.explanation.message.contains("drift"));
         assert!(close(j.explanation.drift, 0.12, 1e-9));
+        // Eight samples of the same shape: too few for a clear rank test -> judged (pass).
+        let eight = [1.0, 1.0, 1.0, 1.0, 1.12, 1.12, 1.12, 1.12];
+        assert_eq!(summarize(&eight).unwrap().drift, 0.0);
+        let j = judge(&eight, LOW, &with_baseline(1.0, 0.2), &Rules::default());
+        assert_eq!(j.verdict, Verdict::Pass);
     }
 
     #[test]
@@ -1522,10 +1645,12 @@ mod tests {
         base.baseline = anchor(40.0, 0.10);
         let j = judge(&[42.0, 42.0, 42.0], LOW, &base, &Rules::default());
         assert_eq!(j.verdict, Verdict::Pass);
-        // A non-deterministic run at the same median goes through the history rule -> noisy.
+        // A non-deterministic run at the same median goes through the history rule, whose
+        // noise covers +5%: pass.
         base.baseline = anchor(40.0, 0.02);
         let j = judge(&[41.9, 42.0, 42.1], LOW, &base, &Rules::default());
-        assert_eq!(j.verdict, Verdict::Noisy);
+        assert_eq!(j.verdict, Verdict::Pass);
+        assert_eq!(j.explanation.rule, RULE_HISTORY);
     }
 
     #[test]
@@ -1602,28 +1727,40 @@ mod tests {
     }
 
     #[test]
-    fn confirm_regression() {
+    fn tolerance_candidate_confirmed_by_all_runs() {
         let base = with_baseline(1.0, 0.2);
         let rules = Rules::default();
         let first = judge(&[1.30], LOW, &base, &rules);
         assert!(first.needs_confirmation);
-        let rerun = judge(&[1.28], LOW, &base, &rules);
-        let c = confirm(&first, &rerun);
-        assert_eq!(c.verdict, Verdict::Regression);
-        assert!(!c.needs_confirmation);
-        assert_eq!(c.explanation.value, 1.30);
-        assert!(c.explanation.message.contains("confirmed by a re-run"));
-        assert!(!c.explanation.message.contains("needs a confirming"));
+        assert!(first
+            .explanation
+            .message
+            .starts_with("regression candidate: "));
+        // Runs 1.30, 1.28, 1.29: pooled median 1.29, +29% -> confirmed.
+        let all = judge_runs(&[&[1.30], &[1.28], &[1.29]], LOW, &base, &rules);
+        assert_eq!(all.verdict, Verdict::Regression);
+        assert!(!all.needs_confirmation);
+        assert_eq!(all.explanation.value, 1.30);
+        assert_eq!(all.explanation.pooled_value, Some(1.29));
+        assert_eq!(all.explanation.runs, 3);
+        assert!(close(all.explanation.delta_pct.unwrap(), 29.0, 1e-9));
+        assert!(
+            all.explanation
+                .message
+                .contains("confirmed by 3 runs together"),
+            "{}",
+            all.explanation.message
+        );
+        assert!(!all.explanation.message.contains("needs confirming"));
     }
 
     #[test]
-    fn confirm_not_confirmed_is_noisy() {
+    fn tolerance_candidate_not_confirmed_is_noisy() {
+        // Runs 1.30, 1.02, 1.01: pooled median 1.02 is within 20%; with no history there is no
+        // telling noise from change.
         let base = with_baseline(1.0, 0.2);
         let rules = Rules::default();
-        let first = judge(&[1.30], LOW, &base, &rules);
-        let rerun = judge(&[1.02], LOW, &base, &rules);
-        assert_eq!(rerun.verdict, Verdict::Pass);
-        let c = confirm(&first, &rerun);
+        let c = judge_runs(&[&[1.30], &[1.02], &[1.01]], LOW, &base, &rules);
         assert_eq!(c.verdict, Verdict::Noisy);
         assert!(!c.needs_confirmation);
         assert_eq!(c.explanation.rule, RULE_NOISE);
@@ -1632,11 +1769,128 @@ mod tests {
             "{}",
             c.explanation.message
         );
-        // A re-run that errors does not confirm either.
-        let c = confirm(&first, &judge(&[], LOW, &base, &rules));
-        assert_eq!(c.verdict, Verdict::Noisy);
-        // A first judgement that is no regression comes back unchanged.
-        assert_eq!(confirm(&rerun, &first), rerun);
+        // A re-run without samples is an error naming the run.
+        let e = judge_runs(&[&[1.30], &[]], LOW, &base, &rules);
+        assert_eq!(e.verdict, Verdict::Error);
+        assert!(
+            e.explanation.message.contains("run 2: no samples"),
+            "{}",
+            e.explanation.message
+        );
+    }
+
+    #[test]
+    fn history_candidate_is_decided_by_the_runs_together() {
+        // HIST5 (s = 0.0158135, k = 5). m = 1.06: z = (0.0582689 + 0.0001) / 0.0173228 = 3.370
+        // > t(0.9,4) = 1.533 and change +6.0% > 5%: a candidate, not yet a regression.
+        let rules = Rules::default();
+        let base = with_history(&HIST5);
+        let first = judge(&[1.06], LOW, &base, &rules);
+        assert_eq!(first.verdict, Verdict::Regression);
+        assert!(first.needs_confirmation);
+        assert!(close(first.explanation.z.unwrap(), 3.3700, 1e-3));
+        assert!(close(first.explanation.t_limit.unwrap(), 1.5332, 1e-3));
+        // Runs 1.06, 1.07, 1.065: pooled median 1.065; se = 0.0158135 * sqrt(0.4487 + 1/5)
+        // = 0.0127362; z = (0.0629748 + 0.0001) / 0.0127362 = 4.953 < t(0.999,4) = 7.173:
+        // the candidate is not confirmed, and the runs together pass.
+        let all = judge_runs(&[&[1.06], &[1.07], &[1.065]], LOW, &base, &rules);
+        assert_eq!(all.verdict, Verdict::Pass);
+        assert!(!all.needs_confirmation);
+        assert!(close(all.explanation.z.unwrap(), 4.9525, 1e-3));
+        assert!(close(all.explanation.t_limit.unwrap(), 7.1732, 1e-3));
+        assert!(
+            all.explanation.message.contains("not confirmed"),
+            "{}",
+            all.explanation.message
+        );
+        // Runs 1.30, 1.28, 1.31: clear -> regression confirmed.
+        let all = judge_runs(&[&[1.30], &[1.28], &[1.31]], LOW, &base, &rules);
+        assert_eq!(all.verdict, Verdict::Regression);
+        assert!(!all.needs_confirmation);
+        assert_eq!(
+            all.explanation.limit,
+            "z > t(0.999,4)=7.173 and delta > +5%"
+        );
+        // One slow run among three cannot decide alone: 1.30, 1.0, 1.01 -> pooled 1.01.
+        let all = judge_runs(&[&[1.30], &[1.0], &[1.01]], LOW, &base, &rules);
+        assert_eq!(all.verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn the_pooled_prior_sharpens_a_short_history() {
+        // Five runs with sd 1.58% alone: t(0.999, 4) = 7.17. With a prior of sd 1.5% on 60
+        // degrees of freedom, df = 64 and t is near the normal 3.1: the same runs confirm.
+        let rules = Rules::default();
+        let mut base = with_history(&HIST5);
+        let runs: [&[f64]; 3] = [&[1.09], &[1.08], &[1.085]];
+        assert_eq!(judge_runs(&runs, LOW, &base, &rules).verdict, Verdict::Pass);
+        base.prior = Some(NoisePrior {
+            var: 0.015f64.powi(2),
+            df: 60.0,
+            cases: 12,
+        });
+        let j = judge_runs(&runs, LOW, &base, &rules);
+        assert_eq!(j.verdict, Verdict::Regression, "{}", j.explanation.message);
+        assert!(close(j.explanation.df.unwrap(), 64.0, 1e-12));
+        assert!(j.explanation.t_limit.unwrap() < 3.3);
+        assert!(j
+            .explanation
+            .message
+            .contains("pooled with the profile's cases"));
+        // Every history verdict says what it can detect.
+        let mde = j.explanation.mde_pct.unwrap();
+        assert!((5.0..10.0).contains(&mde), "{mde}");
+        assert!(
+            j.explanation
+                .message
+                .contains("this case can detect changes of"),
+            "{}",
+            j.explanation.message
+        );
+        // A bad prior is an input error.
+        base.prior = Some(NoisePrior {
+            var: f64::NAN,
+            df: 3.0,
+            cases: 2,
+        });
+        assert_eq!(judge(&[1.0], LOW, &base, &rules).verdict, Verdict::Error);
+    }
+
+    #[test]
+    fn one_outlier_repetition_does_not_make_a_run_noisy() {
+        // Five samples with one spike: MAD 0.01, CV 1.5%; five samples are too few for drift.
+        let spiky = [1.0, 1.01, 0.99, 1.0, 1.8];
+        let s = summarize(&spiky).unwrap();
+        assert!(close(s.robust_cv, 0.014826, 1e-9));
+        assert_eq!((s.drift, s.drift_z), (0.0, 0.0));
+        let j = judge(&spiky, LOW, &with_baseline(1.0, 0.2), &Rules::default());
+        assert_eq!(j.verdict, Verdict::Pass);
+        // Twenty samples, one spike in the second half: the rank test sees no drift.
+        let mut twenty = vec![1.0; 20];
+        for (i, v) in twenty.iter_mut().enumerate() {
+            *v += 0.001 * (i % 5) as f64;
+        }
+        twenty[15] = 1.8;
+        let j = judge(&twenty, LOW, &with_baseline(1.0, 0.2), &Rules::default());
+        assert_eq!(j.verdict, Verdict::Pass, "{}", j.explanation.message);
+    }
+
+    #[test]
+    fn a_spread_the_history_covers_is_judged_not_noisy() {
+        // CV 14.8% with 5 samples: its median's error sqrt(pi/2) * 0.14826 / sqrt(5) = 8.31%.
+        let run = [1.0, 1.2, 0.8, 1.1, 0.9];
+        // Against HIST5 (sd 1.58%: 8.31% > 3 x 1.58%): noisy.
+        let j = judge(&run, LOW, &with_history(&HIST5), &Rules::default());
+        assert_eq!(j.verdict, Verdict::Noisy);
+        assert!(
+            j.explanation.message.contains("median's error 8.3%"),
+            "{}",
+            j.explanation.message
+        );
+        // Against a history as spread as the run (sd 16%): judged, and it passes.
+        let wide = with_history(&[0.8, 1.2, 0.9, 1.1, 1.0]);
+        let j = judge(&run, LOW, &wide, &Rules::default());
+        assert_eq!(j.verdict, Verdict::Pass, "{}", j.explanation.message);
     }
 
     fn op(name: &str, t: f64) -> OperatorTime {
@@ -1766,107 +2020,5 @@ mod tests {
         assert_eq!(num(0.000123456), "0.0001235");
         assert_eq!(pct(0.3), "+30.0%");
         assert_eq!(pct(-0.0909), "-9.1%");
-    }
-
-    /// Tiny deterministic PRNG: 64-bit LCG (Knuth's MMIX constants), Box-Muller normals.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            self.0
-        }
-
-        /// Uniform in (0, 1) from the top 53 bits.
-        fn uniform(&mut self) -> f64 {
-            ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-        }
-
-        fn normal(&mut self) -> f64 {
-            let (u1, u2) = (self.uniform(), self.uniform());
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        }
-
-        /// `n` lognormal samples around `center` with log-sd `sigma`.
-        fn run(&mut self, center: f64, sigma: f64, n: usize) -> Vec<f64> {
-            (0..n)
-                .map(|_| center * (sigma * self.normal()).exp())
-                .collect()
-        }
-    }
-
-    struct SimResult {
-        candidates: usize,
-        confirmed: usize,
-        noisy: usize,
-    }
-
-    /// `trials` judgements: a history of 30 accepted run medians (10 samples each, 3% lognormal
-    /// noise around 1.0) and a new run of 10 samples around `1.0 * factor`; every regression
-    /// candidate gets a re-run from the same distribution and goes through `confirm`.
-    fn simulate(seed: u64, trials: usize, factor: f64) -> SimResult {
-        const SIGMA: f64 = 0.03;
-        const SAMPLES: usize = 10;
-        let mut rng = Lcg(seed);
-        let rules = Rules::default();
-        let mut out = SimResult {
-            candidates: 0,
-            confirmed: 0,
-            noisy: 0,
-        };
-        for _ in 0..trials {
-            let history: Vec<f64> = (0..30)
-                .map(|_| median_of(&rng.run(1.0, SIGMA, SAMPLES)))
-                .collect();
-            let base = with_history(&history);
-            let j = judge(&rng.run(factor, SIGMA, SAMPLES), LOW, &base, &rules);
-            match j.verdict {
-                Verdict::Regression => {
-                    out.candidates += 1;
-                    let rerun = judge(&rng.run(factor, SIGMA, SAMPLES), LOW, &base, &rules);
-                    if confirm(&j, &rerun).verdict == Verdict::Regression {
-                        out.confirmed += 1;
-                    }
-                }
-                Verdict::Noisy => out.noisy += 1,
-                _ => {}
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn false_alarm_rate_stable_series() {
-        let trials = 1000;
-        let r = simulate(0x5eed_0001, trials, 1.0);
-        let rate = r.candidates as f64 / trials as f64;
-        println!(
-            "false-alarm rate (stable, 3% lognormal noise, k=30, 10 samples/run): \
-             {}/{trials} = {:.2}% regression candidates, {:.2}% confirmed, {:.2}% noisy",
-            r.candidates,
-            rate * 100.0,
-            r.confirmed as f64 / trials as f64 * 100.0,
-            r.noisy as f64 / trials as f64 * 100.0
-        );
-        assert!(rate < 0.02, "false-alarm rate {rate}");
-    }
-
-    #[test]
-    fn detection_rate_ten_percent_slowdown() {
-        let trials = 1000;
-        let r = simulate(0x5eed_0002, trials, 1.10);
-        let rate = r.candidates as f64 / trials as f64;
-        println!(
-            "detection rate (10% slowdown, 3% lognormal noise, k=30, 10 samples/run): \
-             {}/{trials} = {:.2}% regression candidates, {:.2}% confirmed, {:.2}% noisy",
-            r.candidates,
-            rate * 100.0,
-            r.confirmed as f64 / trials as f64 * 100.0,
-            r.noisy as f64 / trials as f64 * 100.0
-        );
-        assert!(rate > 0.90, "detection rate {rate}");
     }
 }
