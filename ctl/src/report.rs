@@ -12,7 +12,7 @@ use crate::Client;
 use crate::{exit, CtlError};
 use msfleet_proto::{self as pb, job_event, Job, TestResult};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 pub use msfleet_proto::matrix::{combine, Cell, Column, Matrix, TestOutcome, CELLS};
