@@ -486,6 +486,19 @@ impl Core {
     /// takes only its health checks). **Where devices are allocated**: the
     /// attempt's devices are chosen here and recorded with its lease.
     pub(super) fn dispatch(&mut self, step: &mut Step) {
+        for (id, agent, held) in self.plan_dispatch() {
+            self.assign(id, &agent, held, step);
+        }
+    }
+
+    /// Free agents with their free slots, least-loaded first (so work spreads
+    /// over the fleet), and the devices each holds now.
+    fn free_agents(
+        &self,
+    ) -> (
+        Vec<(String, usize)>,
+        HashMap<String, HashSet<devices::Held>>,
+    ) {
         let mut free: Vec<(String, usize)> = self
             .agents
             .iter()
@@ -496,15 +509,92 @@ impl Core {
                 (a.slots() > held).then(|| (n.clone(), a.slots() - held))
             })
             .collect();
-        if free.is_empty() || self.pending.is_empty() {
-            return;
-        }
-        // Least-loaded first, so work spreads over the fleet.
         free.sort_by_key(|(n, _)| self.leases.count_held_by(n));
-        let mut busy: HashMap<String, HashSet<devices::Held>> = free
+        let busy = free
             .iter()
             .map(|(n, _)| (n.clone(), self.busy_devices(n)))
             .collect();
+        (free, busy)
+    }
+
+    /// Which pending job goes to which free agent, with which devices: the
+    /// pending order's jobs one by one, each to a free agent warm for it
+    /// (environment, caches) that fits, else the first that fits. It does not
+    /// walk the queue: jobs of one requirement class share one verdict per
+    /// agent (`matching::class_key`), so it merges the classes' heads in the
+    /// pending order, and a class whose head found no agent is passed over
+    /// whole for the rest of the pass (free slots and devices only shrink
+    /// within it, so none of its later jobs could be placed either). The cost
+    /// is per assignment and class, not per pending job.
+    fn plan_dispatch(&self) -> Vec<(u64, String, Vec<devices::Held>)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let (mut free, mut busy) = self.free_agents();
+        let mut chosen = Vec::new();
+        if free.is_empty() || self.pending.is_empty() {
+            return chosen;
+        }
+        let mut heads: BinaryHeap<Reverse<(crate::queue::Place, crate::queue::Class)>> = self
+            .pending
+            .class_heads()
+            .into_iter()
+            .map(|(class, place)| Reverse((place, class)))
+            .collect();
+        // (class, agent) -> accepts && fits: the class's one verdict per agent.
+        let mut verdicts: HashMap<(crate::queue::Class, String), bool> = HashMap::new();
+        while let Some(Reverse((place, class))) = heads.pop() {
+            if free.is_empty() {
+                break;
+            }
+            let id = place.job();
+            let Some(e) = self.jobs.get(&id) else {
+                continue;
+            };
+            let Some(spec) = &e.job.spec else { continue };
+            let mut take = |n: &String| {
+                let a = &self.agents[n];
+                let fit = *verdicts
+                    .entry((class, n.clone()))
+                    .or_insert_with(|| a.accepts(spec) && fits(&e.req, spec, &a.attrs, a.caps()));
+                if !fit {
+                    return None;
+                }
+                let held = devices::allocate(spec, a.caps(), busy.get(n)?)?;
+                Some((n.clone(), held))
+            };
+            // Affinity, never pinning: a free agent warm for the job's
+            // environment and caches first, else the first that fits.
+            let pick = free
+                .iter()
+                .filter(|(n, _)| warm_for(spec, self.agents[n].caps()))
+                .find_map(|(n, _)| take(n))
+                .or_else(|| free.iter().find_map(|(n, _)| take(n)));
+            let Some((name, held)) = pick else {
+                // The class is blocked for the rest of this pass.
+                continue;
+            };
+            if let Some(b) = busy.get_mut(&name) {
+                b.extend(held.iter().cloned());
+            }
+            chosen.push((id, name.clone(), held));
+            if let Some(i) = free.iter().position(|(n, _)| *n == name) {
+                free[i].1 -= 1;
+                if free[i].1 == 0 {
+                    free.remove(i);
+                }
+            }
+            if let Some(next) = self.pending.next_in_class(class, place) {
+                heads.push(Reverse((next, class)));
+            }
+        }
+        chosen
+    }
+
+    /// The dispatch plan as a walk over every pending job: what
+    /// [`Core::plan_dispatch`] must equal (the tests compare them).
+    #[cfg(test)]
+    fn plan_dispatch_by_scan(&self) -> Vec<(u64, String, Vec<devices::Held>)> {
+        let (mut free, mut busy) = self.free_agents();
         let mut chosen = Vec::new();
         for id in self.pending.iter() {
             if free.is_empty() {
@@ -520,8 +610,6 @@ impl Core {
                 let held = devices::allocate(spec, a.caps(), busy.get(n)?)?;
                 Some((n.clone(), held))
             };
-            // Affinity, never pinning: a free agent warm for the job's
-            // environment and caches first, else the first that fits.
             let pick = free
                 .iter()
                 .filter(|(n, _)| warm_for(spec, self.agents[n].caps()))
@@ -540,9 +628,7 @@ impl Core {
                 }
             }
         }
-        for (id, agent, held) in chosen {
-            self.assign(id, &agent, held, step);
-        }
+        chosen
     }
 
     pub(super) fn assign(

@@ -134,6 +134,7 @@ impl Core {
         };
         telemetry::link_job(&mut job, caller);
         let progress = Arc::new(watch::channel(Progress::default()).0);
+        self.index.add(id, &job);
         self.jobs.insert(
             id,
             JobEntry {
@@ -150,14 +151,28 @@ impl Core {
     /// Puts job `id` (new, or requeued after an attempt) in its queue's
     /// pending order, by the rank fixed at submit.
     pub(super) fn enqueue(&mut self, id: u64, step: &mut Step) {
-        let Some(spec) = self.jobs.get(&id).and_then(|e| e.job.spec.as_ref()) else {
+        self.push_pending(id);
+        step.dispatch = true;
+    }
+
+    /// Puts job `id` in the pending order and its indexes (its class, its
+    /// queue, its deadline while it never started). Also used by the load.
+    pub(super) fn push_pending(&mut self, id: u64) {
+        let Some(job) = self.jobs.get(&id).map(|e| &e.job) else {
             return;
         };
-        let (queue, priority) = (spec.queue.clone(), spec.priority);
-        let submitted = self.jobs[&id].job.submitted_at_ms;
-        self.pending
-            .push(id, &queue, priority, submitted, self.aging_ms(&queue));
-        step.dispatch = true;
+        let Some(spec) = job.spec.as_ref() else {
+            return;
+        };
+        let entry = crate::queue::Entry {
+            queue: &spec.queue,
+            priority: spec.priority,
+            submitted_ms: job.submitted_at_ms,
+            aging_ms: self.aging_ms(&spec.queue),
+            class: matching::class_key(spec),
+            deadline_ms: (job.attempts == 0).then(|| self.deadline(job)),
+        };
+        self.pending.push(id, entry);
     }
 
     /// Why no registered agent can run `spec`: the closest agents (fewest
@@ -230,17 +245,11 @@ impl Core {
     /// `no_resource` when no registered agent could run it at all.
     pub(super) fn expire_queued(&mut self, step: &mut Step) {
         let now = self.now;
-        let due: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|id| {
-                self.jobs
-                    .get(id)
-                    .is_some_and(|e| e.job.attempts == 0 && now >= self.deadline(&e.job))
-            })
-            .collect();
-        for id in due {
-            let e = &self.jobs[&id];
+        for id in self.pending.due(now) {
+            let Some(e) = self.jobs.get(&id) else {
+                self.pending.remove(id);
+                continue;
+            };
             let spec = e.job.spec.clone().unwrap_or_default();
             let waited = humantime::format_duration(Duration::from_millis(
                 (now - e.job.submitted_at_ms).max(0) as u64 / 1000 * 1000,
@@ -271,56 +280,6 @@ impl Core {
             .ok()
             .filter(|n| self.jobs.contains_key(n))
             .ok_or_else(|| Status::not_found(format!("no job with id '{}'", crate::clip(id))))
-    }
-
-    pub(super) fn list_jobs(&self, req: &pb::ListJobsRequest) -> Result<Vec<Job>, Status> {
-        let state = match req.state.as_str() {
-            "" => None,
-            s => Some(JobState::from_label(s).ok_or_else(|| {
-                let names: Vec<&str> = pb::ALL_STATES.iter().map(|s| s.label()).collect();
-                Status::invalid_argument(format!(
-                    "unknown state '{}' (states: {})",
-                    crate::clip(s),
-                    names.join(", ")
-                ))
-            })?),
-        };
-        if !req.queue.is_empty() && !self.cfg.queues.contains_key(&req.queue) {
-            return Err(Status::invalid_argument(format!(
-                "unknown queue '{}'",
-                crate::clip(&req.queue)
-            )));
-        }
-        let mut labels = Vec::new();
-        for l in &req.labels {
-            let (k, v) = l.split_once('=').ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "label filter '{}' must look like key=value",
-                    crate::clip(l)
-                ))
-            })?;
-            labels.push((k, v));
-        }
-        let limit = match req.limit {
-            0 => 100,
-            n => n.min(10_000) as usize,
-        };
-        Ok(self
-            .jobs
-            .iter()
-            .rev()
-            .filter(|(_, e)| {
-                let spec = e.job.spec.as_ref();
-                state.is_none_or(|s| e.job.state() == s)
-                    && (req.queue.is_empty() || spec.is_some_and(|s| s.queue == req.queue))
-                    && labels.iter().all(|(k, v)| {
-                        spec.and_then(|s| s.labels.get(*k))
-                            .is_some_and(|have| have == v)
-                    })
-            })
-            .take(limit)
-            .map(|(&id, _)| self.view(id))
-            .collect())
     }
 
     /// Cancels a job (and a parent's children). Submitters may cancel only
@@ -480,19 +439,14 @@ impl Core {
     }
 
     pub(super) fn queues(&self) -> Vec<pb::Queue> {
-        let mut running: BTreeMap<&str, u64> = BTreeMap::new();
-        for e in self.jobs.values().filter(|e| e.attempt.is_some()) {
-            if let Some(s) = &e.job.spec {
-                *running.entry(s.queue.as_str()).or_default() += 1;
-            }
-        }
         self.cfg
             .queues
             .iter()
             .map(|(name, aging)| pb::Queue {
                 name: name.clone(),
                 pending: self.pending.pending_in(name),
-                running: running.get(name.as_str()).copied().unwrap_or(0),
+                running: self.index.count(name, JobState::Assigned)
+                    + self.index.count(name, JobState::Running),
                 aging_s: aging.as_secs(),
             })
             .collect()
@@ -511,6 +465,7 @@ impl Core {
         };
         let was = e.job.state();
         e.job.state = state as i32;
+        self.index.moved(id, &e.job, was as i32);
         e.job.reason = reason.to_string();
         if state.is_terminal() {
             e.job.finished_at_ms = self.now;

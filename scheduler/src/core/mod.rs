@@ -50,6 +50,7 @@ mod fuzz;
 #[cfg(test)]
 mod harness;
 mod health;
+mod index;
 mod jobs;
 mod parents;
 mod schedules;
@@ -226,7 +227,7 @@ pub enum Command {
     },
     ListJobs {
         req: pb::ListJobsRequest,
-        reply: Reply<Vec<Job>>,
+        reply: Reply<pb::ListJobsResponse>,
     },
     Cancel {
         id: String,
@@ -486,6 +487,8 @@ struct Core {
     cfg: Arc<Config>,
     store: Store,
     jobs: BTreeMap<u64, JobEntry>,
+    /// Jobs by state, queue and submitter, and counts per queue and state.
+    index: index::JobIndex,
     pending: PendingQueue,
     leases: LeaseTable,
     agents: BTreeMap<String, AgentEntry>,
@@ -521,6 +524,7 @@ impl Core {
             cfg,
             store,
             jobs: BTreeMap::new(),
+            index: index::JobIndex::default(),
             pending: PendingQueue::default(),
             leases: LeaseTable::default(),
             agents: BTreeMap::new(),
@@ -561,6 +565,7 @@ impl Core {
                 )
             });
             core.next_job = core.next_job.max(id + 1);
+            core.index.add(id, &job);
             core.jobs.insert(
                 id,
                 JobEntry {
@@ -590,24 +595,20 @@ impl Core {
             e.attempt = Some(att);
         }
         let indexed: BTreeSet<u64> = snap.pending.into_iter().collect();
-        for (&id, e) in &core.jobs {
-            if e.job.state() != JobState::Queued || jobs::is_fanout_parent(&e.job) {
-                continue;
-            }
+        let queued: Vec<u64> = core
+            .jobs
+            .iter()
+            .filter(|(_, e)| e.job.state() == JobState::Queued && !jobs::is_fanout_parent(&e.job))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in queued {
             if !indexed.contains(&id) {
                 tracing::warn!(
                     job = id,
                     "queued job missing from the pending index; re-adding"
                 );
             }
-            let spec = e.job.spec.clone().unwrap_or_default();
-            core.pending.push(
-                id,
-                &spec.queue,
-                spec.priority,
-                e.job.submitted_at_ms,
-                core.aging_ms(&spec.queue),
-            );
+            core.push_pending(id);
         }
         for record in snap.agents {
             let attrs = matching::attributes(
@@ -902,27 +903,16 @@ impl Core {
             snap.queue_jobs.insert(queue.clone(), [0; 3]);
             snap.oldest_pending_s.insert(queue.clone(), 0.0);
         }
-        for (&id, e) in self
-            .jobs
-            .iter()
-            .filter(|(_, e)| !jobs::is_fanout_parent(&e.job))
-        {
-            let slot = match e.job.state() {
-                JobState::Queued => 0,
-                JobState::Assigned => 1,
-                JobState::Running => 2,
-                _ => continue,
-            };
-            let queue = e.job.spec.as_ref().map_or("default", |s| s.queue.as_str());
-            let Some(counts) = snap.queue_jobs.get_mut(queue) else {
-                continue;
-            };
-            counts[slot] += 1;
-            if slot == 0 && self.pending.contains(id) {
-                let age = (self.now - e.job.submitted_at_ms).max(0) as f64 / 1000.0;
-                if let Some(oldest) = snap.oldest_pending_s.get_mut(queue) {
-                    *oldest = oldest.max(age);
-                }
+        for (queue, counts) in snap.queue_jobs.iter_mut() {
+            for (slot, state) in [JobState::Queued, JobState::Assigned, JobState::Running]
+                .into_iter()
+                .enumerate()
+            {
+                counts[slot] = self.index.count(queue, state);
+            }
+            if let Some(at) = self.pending.oldest_in(queue) {
+                let age = (self.now - at).max(0) as f64 / 1000.0;
+                snap.oldest_pending_s.insert(queue.clone(), age);
             }
         }
         for (name, a) in &self.agents {
