@@ -486,7 +486,15 @@ impl Core {
     /// takes only its health checks). **Where devices are allocated**: the
     /// attempt's devices are chosen here and recorded with its lease.
     pub(super) fn dispatch(&mut self, step: &mut Step) {
-        for (id, agent, held) in self.plan_dispatch() {
+        #[cfg(test)]
+        let plan = if tests::BY_SCAN.get() {
+            self.plan_dispatch_by_scan()
+        } else {
+            self.plan_dispatch()
+        };
+        #[cfg(not(test))]
+        let plan = self.plan_dispatch();
+        for (id, agent, held) in plan {
             self.assign(id, &agent, held, step);
         }
     }
@@ -725,6 +733,142 @@ mod tests {
 
     fn lease_3s(c: &mut crate::Config) {
         c.lease_timeout = Duration::from_secs(3);
+    }
+
+    thread_local! {
+        /// Dispatch walks every pending job (the reference the index must equal).
+        pub(super) static BY_SCAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A small deterministic generator, so both runs see the same scenario.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    fn gpu(i: u32, memory_mb: u64) -> msfleet_proto::Gpu {
+        msfleet_proto::Gpu {
+            index: i,
+            uuid: format!("GPU-{i}"),
+            memory_mb,
+            health: "ok".into(),
+            ..Default::default()
+        }
+    }
+
+    /// Every assignment of one seeded scenario (submits over priorities,
+    /// queues, requirement classes and devices; clock moves that age jobs;
+    /// attempts finishing and freeing slots), as (job, agent, devices) in
+    /// the order the agents got them.
+    fn assignment_log(seed: u64, by_scan: bool) -> Vec<(String, String, String)> {
+        BY_SCAN.set(by_scan);
+        let mut rng = Lcg(seed);
+        let mut h = Harness::new();
+        let mut conns = vec![
+            h.register("a1", "cpu", 2),
+            h.register("a2", "cpu", 1),
+            {
+                let mut c = caps("gpu", 3);
+                c.gpus = vec![gpu(0, 24576), gpu(1, 81920)];
+                h.register_as("g1", "g1-1", c, Vec::new()).unwrap()
+            },
+            {
+                let mut c = caps("cpu", 2);
+                c.labels.insert("pool".into(), "nightly".into());
+                h.register_as("n1", "n1-1", c, Vec::new()).unwrap()
+            },
+        ];
+        let names = ["a1", "a2", "g1", "n1"];
+        let mut log = Vec::new();
+        let mut running: Vec<(usize, AttemptRef)> = Vec::new();
+        let mut seen = |i: usize, got: Vec<msfleet_proto::Assignment>, running: &mut Vec<_>| {
+            for a in got {
+                log.push((
+                    a.job_id.clone(),
+                    names[i].to_string(),
+                    format!("{:?}", a.devices),
+                ));
+                running.push((i, a.attempt.unwrap()));
+            }
+        };
+        for _ in 0..120 {
+            match rng.below(10) {
+                0..=4 => {
+                    let mut s = spec();
+                    s.allow_unmatched = true;
+                    s.priority = [-2, 0, 0, 3, 10][rng.below(5) as usize];
+                    s.queue = ["default", "nightly", "benchmark"][rng.below(3) as usize].into();
+                    s.requirements = [
+                        "",
+                        "",
+                        "profile == \"cpu\"",
+                        "label.pool == \"nightly\"",
+                        "profile == \"gpu\"",
+                        "slots >= 3",
+                        "profile == \"tpu\"",
+                    ][rng.below(7) as usize]
+                        .into();
+                    s.gpus = [0, 0, 0, 1, 2][rng.below(5) as usize];
+                    if s.gpus == 1 && rng.below(2) == 0 {
+                        s.gpu_memory_bytes = Some(40 << 30);
+                    }
+                    s.labels.insert("n".into(), rng.below(1000).to_string());
+                    h.submit(s).expect("submit");
+                }
+                5..=6 => {
+                    h.advance(rng.below(200_000) as i64);
+                    // Heartbeats keep the agents and their attempts alive.
+                    for (i, c) in conns.iter().enumerate() {
+                        let mine = running
+                            .iter()
+                            .filter(|(j, _)| *j == i)
+                            .map(|(_, r)| r.clone())
+                            .collect();
+                        h.heartbeat(c, mine);
+                    }
+                }
+                7 => h.tick(),
+                _ => {
+                    if !running.is_empty() {
+                        let (i, r) = running.remove(rng.below(running.len() as u64) as usize);
+                        let outcome = [Outcome::Passed, Outcome::Failed][rng.below(2) as usize];
+                        h.update(&mut conns[i], &r, 1, started());
+                        let got = assignments_in(h.update(&mut conns[i], &r, 2, finished(outcome)));
+                        seen(i, got, &mut running);
+                    }
+                }
+            }
+            for (i, c) in conns.iter_mut().enumerate() {
+                let got = h.assignments(c);
+                seen(i, got, &mut running);
+            }
+        }
+        BY_SCAN.set(false);
+        log
+    }
+
+    /// The indexed dispatch hands out exactly what walking every pending job
+    /// did: the same jobs, to the same agents, with the same devices, in the
+    /// same order, across priorities, aging, queues, requirement classes and
+    /// device requests.
+    #[test]
+    fn indexed_dispatch_assigns_exactly_what_a_walk_of_the_queue_does() {
+        for seed in 1..=12u64 {
+            let indexed = assignment_log(seed, false);
+            let scanned = assignment_log(seed, true);
+            assert!(
+                indexed.len() > 10,
+                "seed {seed}: the scenario assigns work: {indexed:?}"
+            );
+            assert_eq!(indexed, scanned, "seed {seed}");
+        }
     }
 
     #[test]

@@ -224,3 +224,139 @@ impl Core {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::harness::*;
+    use msfleet_proto::{self as pb, JobState::*, Outcome};
+
+    fn page(h: &mut Harness, cursor: &str, limit: u32) -> pb::ListJobsResponse {
+        h.list(pb::ListJobsRequest {
+            cursor: cursor.into(),
+            limit,
+            ..Default::default()
+        })
+        .expect("list")
+    }
+
+    /// Walking the pages from the newest sees every job that existed when
+    /// the walk began exactly once, newest first, although jobs are
+    /// submitted between the pages; the last page has no next cursor.
+    #[test]
+    fn a_cursor_walk_sees_every_job_once_while_others_are_submitted() {
+        let mut h = Harness::new();
+        h.register("a1", "cpu", 1);
+        let mut made: Vec<u64> = (0..25)
+            .map(|_| h.submit(spec()).unwrap().id.parse().unwrap())
+            .collect();
+        made.reverse();
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        let mut pages = 0;
+        loop {
+            let p = page(&mut h, &cursor, 7);
+            pages += 1;
+            assert!(p.jobs.len() <= 7);
+            seen.extend(p.jobs.iter().map(|j| j.id.parse::<u64>().unwrap()));
+            // Concurrent submits: newer than the walk, never in it.
+            h.submit(spec()).unwrap();
+            if p.next_cursor.is_empty() {
+                break;
+            }
+            cursor = p.next_cursor;
+        }
+        assert_eq!(seen, made, "every job once, newest first");
+        assert_eq!(pages, 4, "25 jobs in pages of 7");
+        // A page that ends exactly at the oldest job says so.
+        let all = page(&mut h, "", 29);
+        assert_eq!(all.jobs.len(), 29);
+        assert_eq!(all.next_cursor, "", "nothing older: no cursor");
+    }
+
+    #[test]
+    fn a_bad_cursor_is_refused_with_what_to_pass() {
+        let mut h = Harness::new();
+        let err = h
+            .list(pb::ListJobsRequest {
+                cursor: "yesterday".into(),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("bad cursor 'yesterday'"),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("next_cursor"), "{}", err.message());
+    }
+
+    /// Filters by submitter, state and queue come from the index and page
+    /// like the plain listing.
+    #[test]
+    fn listing_filters_by_submitter_state_and_queue() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let first = h.submit(spec()).unwrap();
+        let mut nightly = spec();
+        nightly.queue = "nightly".into();
+        let second = h.submit(nightly).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.finish(&mut a, &r, Outcome::Passed);
+        let list = |h: &mut Harness, req: pb::ListJobsRequest| -> Vec<String> {
+            h.list(req)
+                .unwrap()
+                .jobs
+                .into_iter()
+                .map(|j| j.id)
+                .collect()
+        };
+        assert_eq!(h.state(&first.id), Passed);
+        assert_eq!(
+            list(
+                &mut h,
+                pb::ListJobsRequest {
+                    submitter: SUBMITTER.into(),
+                    ..Default::default()
+                }
+            ),
+            vec![second.id.clone(), first.id.clone()]
+        );
+        assert!(list(
+            &mut h,
+            pb::ListJobsRequest {
+                submitter: "someone-else".into(),
+                ..Default::default()
+            }
+        )
+        .is_empty());
+        assert_eq!(
+            list(
+                &mut h,
+                pb::ListJobsRequest {
+                    state: "passed".into(),
+                    ..Default::default()
+                }
+            ),
+            vec![first.id.clone()]
+        );
+        let p = h
+            .list(pb::ListJobsRequest {
+                queue: "nightly".into(),
+                state: "running".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(
+            p.jobs.is_empty(),
+            "the nightly job runs once the slot is free"
+        );
+        let queues = h
+            .call(|reply| super::Command::ListQueues { reply })
+            .unwrap();
+        let nightly = queues.iter().find(|q| q.name == "nightly").unwrap();
+        assert_eq!((nightly.pending, nightly.running), (0, 1), "{queues:?}");
+        let default = queues.iter().find(|q| q.name == "default").unwrap();
+        assert_eq!((default.pending, default.running), (0, 0));
+    }
+}
