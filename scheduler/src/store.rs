@@ -368,6 +368,56 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+
+    /// Deletes a finished job's records (retention; blocking, call off the
+    /// core thread): the test-history entries its test events made, its
+    /// events, and its job record last, in batches of at most `chunk` keys,
+    /// so a crash midway leaves the job listed and a later pass finishes it.
+    /// Returns how many keys it deleted.
+    pub fn delete_job(&self, job: u64, chunk: usize) -> Result<usize, StoreError> {
+        let chunk = chunk.max(1);
+        let mut deleted = 0;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        let mut tests: std::collections::BTreeSet<String> = Default::default();
+        for item in self.db.scan_prefix(key(b'e', job)) {
+            let (k, v) = item?;
+            let event = JobEvent::decode(&*v).map_err(|e| corrupt(&k, e))?;
+            if let Some(msfleet_proto::job_event::Kind::Test(t)) = event.kind {
+                tests.insert(t.nodeid);
+            }
+        }
+        for test in &tests {
+            let mut prefix = test_key(test);
+            prefix.extend_from_slice(&job.to_be_bytes());
+            for item in self.db.scan_prefix(prefix) {
+                let (k, _) = item?;
+                batch.remove(k);
+                in_batch += 1;
+                if in_batch >= chunk {
+                    self.db.apply_batch(std::mem::take(&mut batch))?;
+                    deleted += in_batch;
+                    in_batch = 0;
+                }
+            }
+        }
+        for item in self.db.scan_prefix(key(b'e', job)) {
+            let (k, _) = item?;
+            batch.remove(k);
+            in_batch += 1;
+            if in_batch >= chunk {
+                self.db.apply_batch(std::mem::take(&mut batch))?;
+                deleted += in_batch;
+                in_batch = 0;
+            }
+        }
+        for prefix in [b'a', b'p', b'j'] {
+            batch.remove(key(prefix, job));
+            in_batch += 1;
+        }
+        self.db.apply_batch(batch)?;
+        Ok(deleted + in_batch)
+    }
 }
 
 fn corrupt(k: &[u8], e: impl std::fmt::Display) -> StoreError {

@@ -15,6 +15,8 @@ pub(super) struct JobIndex {
     by_submitter: HashMap<String, BTreeSet<u64>>,
     /// (queue, state) -> jobs, fan-out parents not counted.
     counts: HashMap<(String, i32), u64>,
+    /// (end, id) of the finished jobs, oldest first: retention's candidates.
+    finished: BTreeSet<(i64, u64)>,
 }
 
 /// What the index files a job under.
@@ -23,6 +25,8 @@ struct Keys<'a> {
     queue: &'a str,
     submitter: &'a str,
     parent: bool,
+    /// When it ended, if it did.
+    ended: Option<i64>,
 }
 
 fn keys(job: &Job, state: i32) -> Keys<'_> {
@@ -31,6 +35,9 @@ fn keys(job: &Job, state: i32) -> Keys<'_> {
         queue: job.spec.as_ref().map_or("default", |s| s.queue.as_str()),
         submitter: &job.submitted_by,
         parent: jobs::is_fanout_parent(job),
+        ended: JobState::try_from(state)
+            .is_ok_and(|s| s.is_terminal())
+            .then_some(job.finished_at_ms),
     }
 }
 
@@ -43,12 +50,13 @@ impl JobIndex {
         self.unfile(id, keys(job, job.state));
     }
 
-    /// A job's state changed from `was` (everything else the index reads is fixed at submit).
-    pub(super) fn moved(&mut self, id: u64, job: &Job, was: i32) {
-        if was != job.state {
-            self.unfile(id, keys(job, was));
-            self.file(id, keys(job, job.state));
-        }
+    /// Finished jobs that ended before `cutoff`, oldest first, at most `n`.
+    pub(super) fn finished_before(&self, cutoff: i64, n: usize) -> Vec<u64> {
+        self.finished
+            .range(..(cutoff, 0))
+            .take(n)
+            .map(|&(_, id)| id)
+            .collect()
     }
 
     fn file(&mut self, id: u64, k: Keys<'_>) {
@@ -67,6 +75,9 @@ impl JobIndex {
                 .entry((k.queue.to_string(), k.state))
                 .or_default() += 1;
         }
+        if let Some(at) = k.ended {
+            self.finished.insert((at, id));
+        }
     }
 
     fn unfile(&mut self, id: u64, k: Keys<'_>) {
@@ -81,6 +92,9 @@ impl JobIndex {
                     map.remove(key);
                 }
             }
+        }
+        if let Some(at) = k.ended {
+            self.finished.remove(&(at, id));
         }
         drop_from(&mut self.by_state, &k.state, id);
         drop_from(&mut self.by_queue, &k.queue.to_string(), id);

@@ -275,11 +275,20 @@ impl Core {
     }
 
     pub(super) fn job_id(&self, id: &str) -> Result<u64, Status> {
-        id.trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| self.jobs.contains_key(n))
-            .ok_or_else(|| Status::not_found(format!("no job with id '{}'", crate::clip(id))))
+        let n = id.trim().parse::<u64>().ok();
+        if let Some(n) = n.filter(|n| self.jobs.contains_key(n)) {
+            return Ok(n);
+        }
+        Err(Status::not_found(match (n, self.cfg.retain) {
+            // Ids are handed out in order: a lower one existed, and only
+            // retention takes a job away.
+            (Some(n), Some(retain)) if n < self.retired_below => format!(
+                "no job with id '{n}': it finished more than {} ago and was deleted \
+                 (msched --retain)",
+                humantime::format_duration(retain)
+            ),
+            _ => format!("no job with id '{}'", crate::clip(id)),
+        }))
     }
 
     /// Cancels a job (and a parent's children). Submitters may cancel only
@@ -464,14 +473,15 @@ impl Core {
             return;
         };
         let was = e.job.state();
+        self.index.remove(id, &e.job);
         e.job.state = state as i32;
-        self.index.moved(id, &e.job, was as i32);
         e.job.reason = reason.to_string();
         if state.is_terminal() {
             e.job.finished_at_ms = self.now;
             step.telemetry(telemetry::job_span(&e.job));
             step.telemetry(telemetry::job_end(&e.job));
         }
+        self.index.add(id, &e.job);
         if let Some(what) = state_observation(&e.job, was, e.attempt.as_ref().map(|a| a.attempt)) {
             step.observe(what);
         }

@@ -53,6 +53,7 @@ mod health;
 mod index;
 mod jobs;
 mod parents;
+mod retain;
 mod schedules;
 mod tokens;
 
@@ -486,6 +487,11 @@ impl Step {
 struct Core {
     cfg: Arc<Config>,
     store: Store,
+    /// Deletes retired jobs' records in the background (after `store`: it
+    /// finishes its work when the core is dropped).
+    retirer: crate::retention::Retirer,
+    /// Every job retention deleted has an id below this.
+    retired_below: u64,
     jobs: BTreeMap<u64, JobEntry>,
     /// Jobs by state, queue and submitter, and counts per queue and state.
     index: index::JobIndex,
@@ -520,9 +526,13 @@ impl Core {
     ) -> Result<Core, StoreError> {
         let mut snap = store.load()?;
         let started_ms = cfg.clock.now_ms();
+        let retirer = crate::retention::Retirer::start(store.clone())
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let mut core = Core {
             cfg,
             store,
+            retirer,
+            retired_below: 0,
             jobs: BTreeMap::new(),
             index: index::JobIndex::default(),
             pending: PendingQueue::default(),
@@ -543,6 +553,11 @@ impl Core {
         for (name, value) in snap.meta {
             if name == NEXT_EPOCH {
                 core.next_epoch = core.next_epoch.max(value);
+            }
+            if name == retain::RETIRED_BELOW {
+                // Ids are never reused, also when the newest jobs were retired.
+                core.retired_below = value;
+                core.next_job = core.next_job.max(value);
             }
         }
         for job in snap.jobs {
@@ -696,6 +711,7 @@ impl Core {
             self.end_unrun_children(&mut step);
             self.expire_queued(&mut step);
             self.fire_schedules(&mut step);
+            self.retire_finished(&mut step);
         }
         if step.dispatch {
             self.dispatch(&mut step);
