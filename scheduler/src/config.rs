@@ -47,6 +47,9 @@ pub struct Config {
     /// Finished jobs older than this (by their end) are deleted with their
     /// events and test history, in the background; `None` keeps them forever.
     pub retain: Option<Duration>,
+    /// Finished jobs the core keeps in memory beside the live ones; the rest
+    /// are read from the store when asked for.
+    pub finished_cache: usize,
     pub clock: Arc<dyn Clock>,
     /// Total log bytes one attempt may store; past it one marker event is
     /// appended and the rest of the attempt's output is dropped.
@@ -107,6 +110,7 @@ impl Config {
             cache_bytes: 64 << 20,
             dedup_window: Duration::from_secs(24 * 3600),
             retain: Some(DEFAULT_RETAIN),
+            finished_cache: 10_000,
             clock: Arc::new(SystemClock),
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             tls: None,

@@ -7,26 +7,32 @@
 //! leaves the job in the store: the next start loads it, and it is picked again.
 
 use crate::store::Store;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::collections::HashSet;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
 /// Keys deleted per sled batch.
 const CHUNK: usize = 4096;
 
+type InFlight = Arc<Mutex<HashSet<u64>>>;
+
+fn lock(set: &InFlight) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+    set.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The background deleter: ids in, store records out.
 pub struct Retirer {
     tx: Option<mpsc::Sender<Vec<u64>>>,
-    /// Jobs handed over and not yet deleted.
-    queued: Arc<AtomicUsize>,
+    /// Jobs handed over (or about to be) and not yet deleted.
+    in_flight: InFlight,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Retirer {
     pub fn start(store: Store) -> std::io::Result<Retirer> {
         let (tx, rx) = mpsc::channel::<Vec<u64>>();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let left = queued.clone();
+        let in_flight: InFlight = Arc::default();
+        let left = in_flight.clone();
         let thread = thread::Builder::new()
             .name("msched-retain".into())
             .spawn(move || {
@@ -38,29 +44,34 @@ impl Retirer {
                                 tracing::error!(job = id, error = %e, "deleting a retired job failed; the next start retries it")
                             }
                         }
-                        left.fetch_sub(1, Ordering::AcqRel);
+                        lock(&left).remove(&id);
                     }
                 }
             })?;
         Ok(Retirer {
             tx: Some(tx),
-            queued,
+            in_flight,
             thread: Some(thread),
         })
     }
 
     /// Jobs handed over (or about to be) and not yet deleted.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        lock(&self.in_flight).len()
     }
 
-    /// Counts `n` jobs as handed over now; they are sent with the returned
+    /// Whether job `id` is on its way out.
+    pub fn retiring(&self, id: u64) -> bool {
+        lock(&self.in_flight).contains(&id)
+    }
+
+    /// Counts `ids` as handed over now; they are sent with the returned
     /// handle once the turn that dropped them from memory is durable.
-    pub fn reserve(&self, n: usize) -> RetireTx {
-        self.queued.fetch_add(n, Ordering::AcqRel);
+    pub fn reserve(&self, ids: &[u64]) -> RetireTx {
+        lock(&self.in_flight).extend(ids.iter().copied());
         RetireTx {
             tx: self.tx.clone(),
-            queued: self.queued.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -68,21 +79,24 @@ impl Retirer {
 /// Sends one reserved batch to the retirer's thread (from the flusher's).
 pub struct RetireTx {
     tx: Option<mpsc::Sender<Vec<u64>>>,
-    queued: Arc<AtomicUsize>,
+    in_flight: InFlight,
 }
 
 impl RetireTx {
     pub fn send(self, ids: Vec<u64>) {
-        let n = ids.len();
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(ids).is_ok());
-        if !sent {
-            self.cancel(n);
+        if let Some(tx) = &self.tx {
+            if let Err(mpsc::SendError(ids)) = tx.send(ids) {
+                self.cancel(&ids);
+            }
         }
     }
 
     /// The batch is not sent after all (the turn did not become durable).
-    pub fn cancel(self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::AcqRel);
+    pub fn cancel(&self, ids: &[u64]) {
+        let mut set = lock(&self.in_flight);
+        for id in ids {
+            set.remove(id);
+        }
     }
 }
 

@@ -15,8 +15,8 @@ pub(super) struct JobIndex {
     by_submitter: HashMap<String, BTreeSet<u64>>,
     /// (queue, state) -> jobs, fan-out parents not counted.
     counts: HashMap<(String, i32), u64>,
-    /// (end, id) of the finished jobs, oldest first: retention's candidates.
-    finished: BTreeSet<(i64, u64)>,
+    /// Fan-out and sharded parents that have not finished.
+    live_parents: BTreeSet<u64>,
 }
 
 /// What the index files a job under.
@@ -25,8 +25,7 @@ struct Keys<'a> {
     queue: &'a str,
     submitter: &'a str,
     parent: bool,
-    /// When it ended, if it did.
-    ended: Option<i64>,
+    live: bool,
 }
 
 fn keys(job: &Job, state: i32) -> Keys<'_> {
@@ -35,9 +34,7 @@ fn keys(job: &Job, state: i32) -> Keys<'_> {
         queue: job.spec.as_ref().map_or("default", |s| s.queue.as_str()),
         submitter: &job.submitted_by,
         parent: jobs::is_fanout_parent(job),
-        ended: JobState::try_from(state)
-            .is_ok_and(|s| s.is_terminal())
-            .then_some(job.finished_at_ms),
+        live: !JobState::try_from(state).is_ok_and(|s| s.is_terminal()),
     }
 }
 
@@ -50,13 +47,9 @@ impl JobIndex {
         self.unfile(id, keys(job, job.state));
     }
 
-    /// Finished jobs that ended before `cutoff`, oldest first, at most `n`.
-    pub(super) fn finished_before(&self, cutoff: i64, n: usize) -> Vec<u64> {
-        self.finished
-            .range(..(cutoff, 0))
-            .take(n)
-            .map(|&(_, id)| id)
-            .collect()
+    /// Parents (fan-out or sharded) that have not finished.
+    pub(super) fn live_parents(&self) -> Vec<u64> {
+        self.live_parents.iter().copied().collect()
     }
 
     fn file(&mut self, id: u64, k: Keys<'_>) {
@@ -75,8 +68,8 @@ impl JobIndex {
                 .entry((k.queue.to_string(), k.state))
                 .or_default() += 1;
         }
-        if let Some(at) = k.ended {
-            self.finished.insert((at, id));
+        if k.parent && k.live {
+            self.live_parents.insert(id);
         }
     }
 
@@ -93,8 +86,8 @@ impl JobIndex {
                 }
             }
         }
-        if let Some(at) = k.ended {
-            self.finished.remove(&(at, id));
+        if k.parent && k.live {
+            self.live_parents.remove(&id);
         }
         drop_from(&mut self.by_state, &k.state, id);
         drop_from(&mut self.by_queue, &k.queue.to_string(), id);
@@ -143,12 +136,110 @@ impl JobIndex {
 /// The largest page `ListJobs` returns, and the one it returns unasked.
 const MAX_PAGE: usize = 10_000;
 const DEFAULT_PAGE: usize = 100;
+/// Stored jobs one `ListJobs` call looks at at most when it reads finished
+/// jobs from the store: past it the page ends early, with a cursor to go on.
+const LIST_BUDGET: usize = 20_000;
 
 impl Core {
-    /// `ListJobs`: newest first, from the narrowest index the filters allow,
-    /// one page at a time. The cursor is the id of the last job of the page
-    /// before: ids only grow, so a walk sees every job that existed when it
-    /// started exactly once, whatever is submitted meanwhile.
+    /// A job as stored or in memory (memory first).
+    pub(super) fn job_record(&self, id: u64) -> Option<std::borrow::Cow<'_, Job>> {
+        if let Some(e) = self.jobs.get(&id) {
+            return Some(std::borrow::Cow::Borrowed(&e.job));
+        }
+        match self.store.job(id) {
+            Ok(job) => job.map(std::borrow::Cow::Owned),
+            Err(e) => {
+                tracing::error!(job = id, error = %e, "reading a stored job failed");
+                None
+            }
+        }
+    }
+
+    /// Brings finished job `id` into memory from the store if it is not
+    /// there (every live job is); false when there is no such job.
+    pub(super) fn ensure_loaded(&mut self, id: u64) -> bool {
+        if self.jobs.contains_key(&id) {
+            return true;
+        }
+        if self.retirer.retiring(id) {
+            return false;
+        }
+        let Some(job) = self.job_record(id).map(|j| j.into_owned()) else {
+            return false;
+        };
+        self.insert_loaded(id, job);
+        self.finished_cache.push_back(id);
+        true
+    }
+
+    /// A job read from the store into memory and the indexes.
+    pub(super) fn insert_loaded(&mut self, id: u64, job: Job) {
+        let req = job
+            .spec
+            .as_ref()
+            .and_then(|s| Requirement::parse(&s.requirements).ok())
+            .unwrap_or_default();
+        let progress = (!job.state().is_terminal()).then(|| {
+            Arc::new(
+                watch::channel(Progress {
+                    durable_seq: job.last_event_seq,
+                    done: false,
+                })
+                .0,
+            )
+        });
+        self.index.add(id, &job);
+        self.jobs.insert(
+            id,
+            JobEntry {
+                job,
+                req,
+                attempt: None,
+                progress,
+            },
+        );
+    }
+
+    /// After a turn's writes: finished jobs past `Config::finished_cache` leave
+    /// memory, oldest first; a finished child of a live parent stays (its
+    /// parent's counts read it) and comes up again later.
+    pub(super) fn evict_finished(&mut self) {
+        let mut looked = 0;
+        let budget = self.finished_cache.len();
+        while self.finished_cache.len() > self.cfg.finished_cache && looked < budget {
+            looked += 1;
+            let Some(id) = self.finished_cache.pop_front() else {
+                break;
+            };
+            let Some(e) = self.jobs.get(&id) else {
+                continue;
+            };
+            if !e.job.state().is_terminal() || e.attempt.is_some() {
+                continue;
+            }
+            let parent_live = e
+                .job
+                .parent
+                .parse::<u64>()
+                .ok()
+                .and_then(|p| self.jobs.get(&p))
+                .is_some_and(|p| !p.job.state().is_terminal());
+            if parent_live {
+                self.finished_cache.push_back(id);
+                continue;
+            }
+            if let Some(e) = self.jobs.remove(&id) {
+                self.index.remove(id, &e.job);
+            }
+        }
+    }
+
+    /// `ListJobs`: newest first, one page at a time. The cursor is the id of
+    /// the last job of the page before: ids only grow, so a walk sees every
+    /// job that existed when it started exactly once, whatever is submitted
+    /// meanwhile. Live states come from the memory's index (every live job is
+    /// in memory); the rest is read from the store newest first, at most
+    /// [`LIST_BUDGET`] jobs per call (a short page then carries the cursor).
     pub(super) fn list_jobs(
         &self,
         req: &pb::ListJobsRequest,
@@ -193,49 +284,71 @@ impl Core {
             0 => DEFAULT_PAGE,
             n => (n as usize).min(MAX_PAGE),
         };
-        let matches = |id: &u64| {
-            let Some(e) = self.jobs.get(id) else {
-                return false;
-            };
-            let spec = e.job.spec.as_ref();
-            state.is_none_or(|s| e.job.state() == s)
+        let matches = |job: &Job| {
+            let spec = job.spec.as_ref();
+            state.is_none_or(|s| job.state() == s)
                 && (req.queue.is_empty() || spec.is_some_and(|s| s.queue == req.queue))
-                && (req.submitter.is_empty() || e.job.submitted_by == req.submitter)
+                && (req.submitter.is_empty() || job.submitted_by == req.submitter)
                 && labels.iter().all(|(k, v)| {
                     spec.and_then(|s| s.labels.get(*k))
                         .is_some_and(|have| have == v)
                 })
         };
-        let ids: Vec<u64> = match self.index.candidates(state, &req.queue, &req.submitter) {
-            Some(set) => set
-                .range(..before)
-                .rev()
-                .copied()
-                .filter(|id| matches(id))
-                .take(limit + 1)
-                .collect(),
-            None => self
-                .jobs
-                .range(..before)
-                .rev()
-                .map(|(&id, _)| id)
-                .filter(|id| matches(id))
-                .take(limit + 1)
-                .collect(),
-        };
-        let next_cursor = if ids.len() > limit {
-            ids[limit - 1].to_string()
-        } else {
-            String::new()
-        };
-        Ok(pb::ListJobsResponse {
-            jobs: ids
+        let mut jobs = Vec::new();
+        let mut next_cursor = String::new();
+        if state.is_some_and(|s| !s.is_terminal()) {
+            let ids = self
+                .index
+                .candidates(state, &req.queue, &req.submitter)
                 .into_iter()
-                .take(limit)
-                .map(|id| self.view(id))
-                .collect(),
-            next_cursor,
-        })
+                .flat_map(|set| set.range(..before).rev().copied())
+                .filter(|id| self.jobs.get(id).is_some_and(|e| matches(&e.job)));
+            for id in ids {
+                if jobs.len() == limit {
+                    next_cursor = jobs.last().map(|j: &Job| j.id.clone()).unwrap_or_default();
+                    break;
+                }
+                jobs.push(self.view(id));
+            }
+        } else {
+            let ids = self
+                .store
+                .job_ids_before(before, LIST_BUDGET)
+                .map_err(|e| Status::internal(format!("reading stored jobs: {e}")))?;
+            let looked_at_all = ids.len() < LIST_BUDGET;
+            let mut last = None;
+            for id in ids {
+                if self.retirer.retiring(id) {
+                    last = Some(id);
+                    continue;
+                }
+                let hit = match self.jobs.get(&id) {
+                    Some(e) => matches(&e.job).then(|| self.view(id)),
+                    None => self
+                        .store
+                        .job(id)
+                        .ok()
+                        .flatten()
+                        .filter(|j| matches(j))
+                        .map(|mut j| {
+                            j.spec = j.spec.as_ref().map(msfleet_proto::secrets::redacted);
+                            j
+                        }),
+                };
+                if let Some(j) = hit {
+                    if jobs.len() == limit {
+                        next_cursor = jobs.last().map(|j: &Job| j.id.clone()).unwrap_or_default();
+                        break;
+                    }
+                    jobs.push(j);
+                }
+                last = Some(id);
+            }
+            if next_cursor.is_empty() && !looked_at_all {
+                next_cursor = last.map(|id| id.to_string()).unwrap_or_default();
+            }
+        }
+        Ok(pb::ListJobsResponse { jobs, next_cursor })
     }
 }
 
@@ -372,5 +485,129 @@ mod tests {
         assert_eq!((nightly.pending, nightly.running), (0, 1), "{queues:?}");
         let default = queues.iter().find(|q| q.name == "default").unwrap();
         assert_eq!((default.pending, default.running), (0, 0));
+    }
+
+    fn cache_2(c: &mut crate::Config) {
+        c.finished_cache = 2;
+    }
+
+    /// With room for 2 finished jobs in memory, the other finished ones are
+    /// read from the store when asked for: show (with their counts), watch,
+    /// list, cancel's refusal and dedup see them as before; a restart loads
+    /// only what is live.
+    #[test]
+    fn finished_jobs_beyond_the_cache_are_read_from_the_store() {
+        let mut h = Harness::with(cache_2);
+        let mut a = h.register("a1", "cpu", 1);
+        let mut done = Vec::new();
+        for i in 0..5 {
+            let mut s = spec();
+            s.dedup_key = format!("k{i}");
+            let job = h.submit(s).unwrap();
+            let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+            h.update(&mut a, &r, 1, started());
+            h.update(&mut a, &r, 2, test_result("t.py::test_x", "failed"));
+            h.update(&mut a, &r, 3, finished(Outcome::Failed));
+            done.push(job.id);
+        }
+        let live = h.submit(spec()).unwrap().id;
+        let in_memory = h.core().jobs.len();
+        assert_eq!(in_memory, 3, "the live job and 2 finished ones");
+        let first = h.job(&done[0]);
+        assert_eq!(first.state(), Failed);
+        assert_eq!(
+            first.tests.unwrap().failed,
+            1,
+            "its counts come back with it"
+        );
+        let w = h
+            .call(|reply| super::Command::Watch {
+                id: done[1].clone(),
+                reply,
+            })
+            .unwrap();
+        assert!(
+            w.progress.borrow().done,
+            "a finished job's watch ends at once"
+        );
+        let err = h.cancel(&done[2]).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.message().contains("already finished (failed)"),
+            "{}",
+            err.message()
+        );
+        let mut again = spec();
+        again.dedup_key = "k3".into();
+        let dup = h.submit(again).unwrap();
+        assert!(dup.deduplicated);
+        assert_eq!(dup.id, done[3]);
+        let mut all: Vec<String> = h.jobs().into_iter().map(|j| j.id).collect();
+        all.reverse();
+        let mut want = done.clone();
+        want.push(live.clone());
+        assert_eq!(all, want, "list reads the stored ones");
+        let listed_failed = h
+            .list(pb::ListJobsRequest {
+                state: "failed".into(),
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(listed_failed.jobs.len(), 2);
+        assert_eq!(listed_failed.next_cursor, done[3]);
+        h.tick();
+        assert!(h.core().jobs.len() <= 3, "the cache stays bounded");
+        h.reload();
+        let ids: Vec<u64> = h.core().jobs.keys().copied().collect();
+        assert_eq!(
+            ids,
+            vec![live.parse::<u64>().unwrap()],
+            "a start loads what is live"
+        );
+        assert_eq!(h.job(&done[4]).state(), Failed);
+        let mut again = spec();
+        again.dedup_key = "k4".into();
+        assert!(
+            h.submit(again).unwrap().deduplicated,
+            "dedup keys survive a restart"
+        );
+        let next = h.submit(spec()).unwrap().id.parse::<u64>().unwrap();
+        assert!(
+            next > live.parse::<u64>().unwrap(),
+            "ids continue after the newest stored"
+        );
+    }
+
+    /// A store written before the live index is read whole once, and the
+    /// index is written: the next start loads only what is live.
+    #[test]
+    fn a_store_without_the_live_index_is_indexed_once() {
+        let mut h = Harness::with(cache_2);
+        let mut a = h.register("a1", "cpu", 1);
+        for _ in 0..4 {
+            h.submit(spec()).unwrap();
+            let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+            h.finish(&mut a, &r, Outcome::Passed);
+        }
+        let live = h.submit(spec()).unwrap().id;
+        // Take the index away, as an older msched left the store.
+        let store = h.core().store.clone();
+        let mut w = crate::store::WriteSet::default();
+        for id in 1..=5u64 {
+            w.set_live(id, false);
+        }
+        store.apply(w).unwrap();
+        store.remove_meta_for_test(crate::store::LIVE_INDEX);
+        drop(store);
+        h.reload();
+        assert!(
+            h.core().jobs.len() <= 3,
+            "read whole, then trimmed to the cache"
+        );
+        h.reload();
+        let ids: Vec<u64> = h.core().jobs.keys().copied().collect();
+        assert_eq!(ids, vec![live.parse::<u64>().unwrap()]);
+        assert_eq!(h.jobs().len(), 5);
     }
 }

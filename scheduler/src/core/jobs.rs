@@ -28,7 +28,7 @@ impl Core {
         }
         if let Some(&(id, at)) = self.dedup.get(&spec.dedup_key) {
             let window = self.cfg.dedup_window.as_millis() as i64;
-            if !spec.dedup_key.is_empty() && self.now - at < window && self.jobs.contains_key(&id) {
+            if !spec.dedup_key.is_empty() && self.now - at < window && self.ensure_loaded(id) {
                 let mut existing = self.view(id);
                 existing.deduplicated = true;
                 return Ok(existing);
@@ -119,6 +119,7 @@ impl Core {
         let now = self.now;
         if !spec.dedup_key.is_empty() {
             self.dedup.insert(spec.dedup_key.clone(), (id, now));
+            step.writes.put_dedup(&spec.dedup_key, id, now);
         }
         let (schedule, slot_ms) = origin.unwrap_or_default();
         let mut job = Job {
@@ -274,9 +275,11 @@ impl Core {
         }
     }
 
-    pub(super) fn job_id(&self, id: &str) -> Result<u64, Status> {
+    /// The job named `id`, brought into memory if it is a finished one that
+    /// is only in the store.
+    pub(super) fn job_id(&mut self, id: &str) -> Result<u64, Status> {
         let n = id.trim().parse::<u64>().ok();
-        if let Some(n) = n.filter(|n| self.jobs.contains_key(n)) {
+        if let Some(n) = n.filter(|&n| self.ensure_loaded(n)) {
             return Ok(n);
         }
         Err(Status::not_found(match (n, self.cfg.retain) {
@@ -480,6 +483,7 @@ impl Core {
             e.job.finished_at_ms = self.now;
             step.telemetry(telemetry::job_span(&e.job));
             step.telemetry(telemetry::job_end(&e.job));
+            self.finished_cache.push_back(id);
         }
         self.index.add(id, &e.job);
         if let Some(what) = state_observation(&e.job, was, e.attempt.as_ref().map(|a| a.attempt)) {

@@ -492,7 +492,12 @@ struct Core {
     retirer: crate::retention::Retirer,
     /// Every job retention deleted has an id below this.
     retired_below: u64,
+    /// The live jobs, the finished children of live parents, and a cache of
+    /// other finished ones (`Config::finished_cache`); any other job is read
+    /// from the store when asked for (`ensure_loaded`, `job_record`).
     jobs: BTreeMap<u64, JobEntry>,
+    /// Finished jobs in memory, oldest first: what leaves it first.
+    finished_cache: std::collections::VecDeque<u64>,
     /// Jobs by state, queue and submitter, and counts per queue and state.
     index: index::JobIndex,
     pending: PendingQueue,
@@ -534,6 +539,7 @@ impl Core {
             retirer,
             retired_below: 0,
             jobs: BTreeMap::new(),
+            finished_cache: std::collections::VecDeque::new(),
             index: index::JobIndex::default(),
             pending: PendingQueue::default(),
             leases: LeaseTable::default(),
@@ -560,36 +566,63 @@ impl Core {
                 core.next_job = core.next_job.max(value);
             }
         }
+        // Only what is live is loaded (a store from before the live index
+        // is read whole once, and the index written).
+        core.next_job = core.next_job.max(snap.last_job + 1);
+        let mut migration = WriteSet::default();
         for job in snap.jobs {
             let Ok(id) = job.id.parse::<u64>() else {
                 tracing::warn!(id = %job.id, "skipping a stored job with a malformed id");
                 continue;
             };
-            let req = job
-                .spec
-                .as_ref()
-                .and_then(|s| Requirement::parse(&s.requirements).ok())
-                .unwrap_or_default();
-            let progress = (!job.state().is_terminal()).then(|| {
-                Arc::new(
-                    watch::channel(Progress {
-                        durable_seq: job.last_event_seq,
-                        done: false,
-                    })
-                    .0,
-                )
-            });
+            let finished = job.state().is_terminal();
+            if !snap.indexed {
+                migration.set_live(id, !finished);
+                if finished {
+                    migration.put_finished(id, job.finished_at_ms);
+                }
+                if let Some(key) = job
+                    .spec
+                    .as_ref()
+                    .map(|s| &s.dedup_key)
+                    .filter(|k| !k.is_empty())
+                {
+                    migration.put_dedup(key, id, job.submitted_at_ms);
+                }
+            }
             core.next_job = core.next_job.max(id + 1);
-            core.index.add(id, &job);
-            core.jobs.insert(
-                id,
-                JobEntry {
-                    job,
-                    req,
-                    attempt: None,
-                    progress,
-                },
+            core.insert_loaded(id, job);
+            if finished {
+                core.finished_cache.push_back(id);
+            }
+        }
+        if !snap.indexed {
+            migration.put_meta(crate::store::LIVE_INDEX, 1);
+            core.store.apply(migration)?;
+            tracing::info!(
+                jobs = core.jobs.len(),
+                "wrote the live and finished job indexes"
             );
+        }
+        // A live parent's finished children: its counts read them.
+        for parent in core.index.live_parents() {
+            let children: Vec<u64> = core.jobs[&parent]
+                .job
+                .children
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect();
+            for child in children {
+                if !core.jobs.contains_key(&child) {
+                    if let Some(job) = core.store.job(child)? {
+                        core.insert_loaded(child, job);
+                        core.finished_cache.push_back(child);
+                    }
+                }
+            }
+        }
+        for (key, id, at) in std::mem::take(&mut snap.dedup) {
+            core.dedup.insert(key, (id, at));
         }
         for (id, att) in snap.attempts {
             let Some(e) = core.jobs.get_mut(&id) else {
@@ -656,6 +689,7 @@ impl Core {
                 }
             }
         }
+        core.evict_finished();
         tracing::info!(
             schedules = core.schedules.len(),
             jobs = core.jobs.len(),
@@ -732,6 +766,11 @@ impl Core {
             let queue = e.job.spec.as_ref().map_or("default", |s| s.queue.as_str());
             step.writes
                 .set_pending(id, self.pending.contains(id).then_some(queue));
+            let finished = e.job.state().is_terminal();
+            step.writes.set_live(id, !finished);
+            if finished {
+                step.writes.put_finished(id, e.job.finished_at_ms);
+            }
         }
         if let Err(e) = self.store.apply(step.writes) {
             // Memory is now ahead of disk; the only safe move is to stop and
@@ -739,6 +778,8 @@ impl Core {
             tracing::error!(error = %e, "writing to the store failed; stopping");
             std::process::exit(70);
         }
+        // What is written can leave memory.
+        self.evict_finished();
         if !step.observed.is_empty() {
             let observed = std::mem::take(&mut step.observed);
             step.after.push(Box::new(move |ok| {

@@ -26,12 +26,23 @@ impl Core {
             return;
         }
         let cutoff = self.now.saturating_sub(retain.as_millis() as i64);
+        let candidates = match self.store.finished_before(cutoff, RETIRE_SCAN) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the finished-jobs index failed");
+                return;
+            }
+        };
         let mut gone = Vec::new();
-        for id in self.index.finished_before(cutoff, RETIRE_SCAN) {
+        let mut keys = Vec::new();
+        for id in candidates {
             if gone.len() >= RETIRE_BATCH {
                 break;
             }
-            let Some(e) = self.jobs.get(&id) else {
+            if self.retirer.retiring(id) {
+                continue;
+            }
+            let Some(job) = self.job_record(id) else {
                 continue;
             };
             let live = |id: &str| {
@@ -40,28 +51,33 @@ impl Core {
                     .and_then(|p| self.jobs.get(&p))
                     .is_some_and(|p| !p.job.state().is_terminal())
             };
-            if !e.job.state().is_terminal()
-                || live(&e.job.parent)
-                || e.job.children.iter().any(|c| live(c))
+            // Live jobs are all in memory: a parent not there has finished.
+            if !job.state().is_terminal()
+                || live(&job.parent)
+                || job.children.iter().any(|c| live(c))
             {
                 continue;
             }
             gone.push(id);
+            keys.extend(job.spec.as_ref().map(|s| s.dedup_key.clone()));
         }
         if gone.is_empty() {
             return;
         }
         for &id in &gone {
-            let Some(e) = self.jobs.remove(&id) else {
-                continue;
-            };
-            self.index.remove(id, &e.job);
-            if let Some(key) = e.job.spec.as_ref().map(|s| &s.dedup_key) {
-                if self.dedup.get(key).is_some_and(|&(d, _)| d == id) {
-                    self.dedup.remove(key);
-                }
+            if let Some(e) = self.jobs.remove(&id) {
+                self.index.remove(id, &e.job);
             }
             self.retired_below = self.retired_below.max(id + 1);
+        }
+        for key in keys {
+            if self
+                .dedup
+                .get(&key)
+                .is_some_and(|&(d, _)| gone.contains(&d))
+            {
+                self.dedup.remove(&key);
+            }
         }
         step.writes.put_meta(RETIRED_BELOW, self.retired_below);
         tracing::info!(
@@ -71,12 +87,12 @@ impl Core {
         );
         // The deletes go after this turn's writes (the counter first), from
         // the retirer's thread.
-        let retirer = self.retirer.reserve(gone.len());
+        let retirer = self.retirer.reserve(&gone);
         step.after.push(Box::new(move |ok| {
             if ok {
                 retirer.send(gone);
             } else {
-                retirer.cancel(gone.len());
+                retirer.cancel(&gone);
             }
         }));
     }
