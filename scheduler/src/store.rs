@@ -327,8 +327,10 @@ impl Store {
 
     /// Loads the whole durable state (start-up).
     pub fn load(&self) -> Result<Snapshot, StoreError> {
-        let mut snap = Snapshot::default();
-        snap.indexed = self.db.get(meta_key(LIVE_INDEX))?.is_some();
+        let mut snap = Snapshot {
+            indexed: self.db.get(meta_key(LIVE_INDEX))?.is_some(),
+            ..Default::default()
+        };
         if snap.indexed {
             for item in self.db.scan_prefix([b'l']) {
                 let (k, _) = item?;

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// The devices each free agent holds now, as dispatch plans.
+type BusyDevices = HashMap<String, HashSet<devices::Held>>;
+
 /// How an attempt was lost, which decides what its retry uses up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Loss {
@@ -501,12 +504,7 @@ impl Core {
 
     /// Free agents with their free slots, least-loaded first (so work spreads
     /// over the fleet), and the devices each holds now.
-    fn free_agents(
-        &self,
-    ) -> (
-        Vec<(String, usize)>,
-        HashMap<String, HashSet<devices::Held>>,
-    ) {
+    fn free_agents(&self) -> (Vec<(String, usize)>, BusyDevices) {
         let mut free: Vec<(String, usize)> = self
             .agents
             .iter()
@@ -771,7 +769,7 @@ mod tests {
         BY_SCAN.set(by_scan);
         let mut rng = Lcg(seed);
         let mut h = Harness::new();
-        let mut conns = vec![
+        let mut conns = [
             h.register("a1", "cpu", 2),
             h.register("a2", "cpu", 1),
             {

@@ -86,6 +86,9 @@ struct Args {
     /// Finished jobs at the history scenario's largest level.
     #[arg(long, default_value_t = 1_000_000)]
     history_jobs: usize,
+    /// Keep the history scenario's store here (a new, empty directory) instead of a temporary one.
+    #[arg(long)]
+    history_dir: Option<PathBuf>,
 }
 
 /// Set once a scenario is over: agent streams breaking after that are expected.
