@@ -119,6 +119,7 @@ impl Core {
         let now = self.now;
         if !spec.dedup_key.is_empty() {
             self.dedup.insert(spec.dedup_key.clone(), (id, now));
+            self.dedup_order.push_back((now, spec.dedup_key.clone()));
             step.writes.put_dedup(&spec.dedup_key, id, now);
         }
         let (schedule, slot_ms) = origin.unwrap_or_default();

@@ -506,8 +506,10 @@ struct Core {
     sessions: HashMap<u64, String>,
     baselines: BaselineBook,
     schedules: BTreeMap<String, (pb::Schedule, CronSpec)>,
-    /// dedup key -> (job, submitted at)
+    /// dedup key -> (job, submitted at), for keys seen within the dedup window.
     dedup: HashMap<String, (u64, i64)>,
+    /// (submitted at, key) of `dedup`, oldest first: what the tick forgets.
+    dedup_order: std::collections::VecDeque<(i64, String)>,
     next_job: u64,
     next_epoch: u64,
     started_ms: i64,
@@ -550,6 +552,7 @@ impl Core {
             tokens: tokens::load_tokens(std::mem::take(&mut snap.tokens), &token_index),
             token_index,
             dedup: HashMap::new(),
+            dedup_order: std::collections::VecDeque::new(),
             next_job: 1,
             next_epoch: 1,
             started_ms,
@@ -676,9 +679,18 @@ impl Core {
                 .map(|s| &s.dedup_key)
                 .filter(|k| !k.is_empty())
             {
-                core.dedup.insert(key.clone(), (id, e.job.submitted_at_ms));
+                let at = e.job.submitted_at_ms;
+                core.dedup
+                    .entry(key.clone())
+                    .and_modify(|v| {
+                        if at > v.1 {
+                            *v = (id, at);
+                        }
+                    })
+                    .or_insert((id, at));
             }
         }
+        core.prune_dedup_at_load();
         for record in snap.schedules {
             match CronSpec::parse(&record.cron, &record.tz) {
                 Ok(spec) => {
@@ -746,6 +758,7 @@ impl Core {
             self.expire_queued(&mut step);
             self.fire_schedules(&mut step);
             self.retire_finished(&mut step);
+            self.prune_dedup();
         }
         if step.dispatch {
             self.dispatch(&mut step);

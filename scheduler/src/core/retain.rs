@@ -98,6 +98,39 @@ impl Core {
     }
 }
 
+impl Core {
+    /// On the tick: dedup keys older than the dedup window leave memory
+    /// (their store entries go with their job).
+    pub(super) fn prune_dedup(&mut self) {
+        let cutoff = self.now - self.cfg.dedup_window.as_millis() as i64;
+        while self
+            .dedup_order
+            .front()
+            .is_some_and(|(at, _)| *at <= cutoff)
+        {
+            let Some((at, key)) = self.dedup_order.pop_front() else {
+                break;
+            };
+            if self.dedup.get(&key).is_some_and(|&(_, a)| a == at) {
+                self.dedup.remove(&key);
+            }
+        }
+    }
+
+    /// At load: only the keys within the window stay, in `dedup_order`.
+    pub(super) fn prune_dedup_at_load(&mut self) {
+        let cutoff = self.now - self.cfg.dedup_window.as_millis() as i64;
+        self.dedup.retain(|_, &mut (_, at)| at > cutoff);
+        let mut order: Vec<(i64, String)> = self
+            .dedup
+            .iter()
+            .map(|(key, &(_, at))| (at, key.clone()))
+            .collect();
+        order.sort();
+        self.dedup_order = order.into();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::harness::*;
@@ -230,5 +263,35 @@ mod tests {
         h.heartbeat(&b, Vec::new());
         h.tick();
         assert!(h.jobs().is_empty(), "{:?}", h.jobs());
+    }
+
+    /// Dedup keys leave memory once their window has passed (a tick), also
+    /// those loaded at a start; inside the window they still dedup.
+    #[test]
+    fn dedup_keys_are_forgotten_after_their_window() {
+        let mut h = Harness::with(|c| c.dedup_window = Duration::from_secs(3600));
+        let mut s = spec();
+        s.dedup_key = "nightly".into();
+        let first = h.submit(s.clone()).unwrap();
+        h.advance(HOUR / 2);
+        let mut t = spec();
+        t.dedup_key = "other".into();
+        h.submit(t).unwrap();
+        h.reload();
+        assert_eq!(h.core().dedup.len(), 2);
+        assert!(h.submit(s.clone()).unwrap().deduplicated);
+        h.advance(HOUR / 2);
+        h.tick();
+        assert_eq!(h.core().dedup.len(), 1, "the first key's window has passed");
+        let again = h.submit(s).unwrap();
+        assert!(!again.deduplicated);
+        assert_ne!(again.id, first.id);
+        h.advance(2 * HOUR);
+        h.reload();
+        assert_eq!(
+            h.core().dedup.len(),
+            0,
+            "a start skips keys past their window"
+        );
     }
 }
