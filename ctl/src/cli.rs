@@ -67,8 +67,16 @@ pub enum Command {
         /// key=value (repeatable; all must match).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Only jobs this token name submitted.
+        #[arg(long)]
+        submitter: Option<String>,
+        /// Jobs per page (the scheduler returns at most 10000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Resume after the page that printed this cursor (older jobs).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// {"jobs": [...], "next_cursor": "..."}.
         #[arg(long)]
         json: bool,
     },

@@ -127,21 +127,34 @@ async fn run_command(cli: Cli) -> Result<i32, CtlError> {
             queue,
             state,
             labels,
+            submitter,
             limit,
+            cursor,
             json,
         } => {
-            let jobs = client
+            let page = client
                 .list_jobs(pb::ListJobsRequest {
                     queue: queue.unwrap_or_default(),
                     state: state.unwrap_or_default(),
                     labels,
                     limit,
+                    cursor: cursor.unwrap_or_default(),
+                    submitter: submitter.unwrap_or_default(),
                 })
                 .await?
-                .into_inner()
-                .jobs;
+                .into_inner();
+            let jobs = page.jobs;
+            if !page.next_cursor.is_empty() {
+                eprintln!(
+                    "more jobs: msctl list --cursor {} (with the same filters)",
+                    page.next_cursor
+                );
+            }
             if json {
-                print_json(&jobs.iter().map(render::job_json).collect());
+                print_json(&serde_json::json!({
+                    "jobs": jobs.iter().map(render::job_json).collect::<Vec<_>>(),
+                    "next_cursor": page.next_cursor,
+                }));
             } else {
                 let rows: Vec<Vec<String>> = jobs
                     .iter()

@@ -428,7 +428,10 @@ impl Fleet for Svc {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let mut jobs = report_jobs();
         jobs.push(job());
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_cursor: String::new(),
+        }))
     }
     async fn cancel_job(
         &self,

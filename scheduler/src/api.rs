@@ -169,11 +169,11 @@ impl Fleet for FleetService {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = bounded(req)?;
-        let jobs = self
-            .core
-            .call(|reply| Command::ListJobs { req, reply })
-            .await?;
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        Ok(Response::new(
+            self.core
+                .call(|reply| Command::ListJobs { req, reply })
+                .await?,
+        ))
     }
 
     async fn cancel_job(

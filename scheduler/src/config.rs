@@ -9,6 +9,9 @@ use std::time::Duration;
 /// The queues every scheduler has, with their aging interval.
 pub const BUILTIN_QUEUES: [&str; 4] = ["default", "nightly", "benchmark", "npu"];
 
+/// Default of [`Config::retain`]: 30 days.
+pub const DEFAULT_RETAIN: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Default of [`Config::max_log_bytes`]: 256 MiB.
 pub const DEFAULT_MAX_LOG_BYTES: u64 = 256 << 20;
 
@@ -41,6 +44,12 @@ pub struct Config {
     pub cache_bytes: u64,
     /// How long a submit's dedup key is remembered.
     pub dedup_window: Duration,
+    /// Finished jobs older than this (by their end) are deleted with their
+    /// events and test history, in the background; `None` keeps them forever.
+    pub retain: Option<Duration>,
+    /// Finished jobs the core keeps in memory beside the live ones; the rest
+    /// are read from the store when asked for.
+    pub finished_cache: usize,
     pub clock: Arc<dyn Clock>,
     /// Total log bytes one attempt may store; past it one marker event is
     /// appended and the rest of the attempt's output is dropped.
@@ -100,6 +109,8 @@ impl Config {
             default_expire_after: Duration::from_secs(24 * 3600),
             cache_bytes: 64 << 20,
             dedup_window: Duration::from_secs(24 * 3600),
+            retain: Some(DEFAULT_RETAIN),
+            finished_cache: 10_000,
             clock: Arc::new(SystemClock),
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             tls: None,

@@ -20,6 +20,7 @@ pub mod matching;
 pub mod metrics;
 pub mod queue;
 pub mod requirement;
+pub mod retention;
 pub mod schedule;
 pub mod server;
 pub mod shard;

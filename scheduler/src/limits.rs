@@ -235,6 +235,8 @@ bounded! {
     pb::ListJobsRequest => |r| {
         text("queue", &r.queue, MAX_NAME)?;
         text("state", &r.state, MAX_WORD)?;
+        text("cursor", &r.cursor, MAX_ID)?;
+        text("submitter", &r.submitter, MAX_NAME)?;
         list("label filters", &r.labels, MAX_LABELS, MAX_TEXT)
     };
     pb::ListAgentsRequest => |_r| Ok(());

@@ -56,6 +56,10 @@ struct Args {
     /// How long `submit --dedup-key` remembers a key.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     dedup_window: Duration,
+    /// Delete finished jobs (their events and test history with them) this
+    /// long after they ended, in the background; `off` keeps them forever.
+    #[arg(long, default_value = "30d", value_parser = parse_retain)]
+    retain: Retain,
     /// Serve TLS with this certificate chain (PEM). Needed on any address but loopback.
     #[arg(long, env = "MSCHED_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -178,6 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.default_timeout = args.default_timeout;
     cfg.default_agent_lost_retries = args.agent_lost_retries;
     cfg.dedup_window = args.dedup_window;
+    cfg.retain = args.retain.0;
     cfg.max_log_bytes = args.max_log_bytes;
     cfg.quarantine_after = args.quarantine_after;
     if let Some(path) = &args.clock_file {
@@ -282,4 +287,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     msched::serve(cfg, listener, http, shutdown).await?;
     Ok(())
+}
+
+/// `--retain`: a duration of at least a minute, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Retain(Option<Duration>);
+
+fn parse_retain(text: &str) -> Result<Retain, String> {
+    if text.trim() == "off" {
+        return Ok(Retain(None));
+    }
+    humantime::parse_duration(text.trim())
+        .ok()
+        .filter(|d| *d >= Duration::from_secs(60))
+        .map(|d| Retain(Some(d)))
+        .ok_or_else(|| "use a duration of at least 1m (e.g. 30d, 12h) or off".to_string())
 }

@@ -67,6 +67,40 @@ pub fn under_root(dir: &str, root: &str) -> bool {
     msfleet_proto::roots::is_under(dir, root)
 }
 
+/// The requirement class of a job: jobs with the same key get the same
+/// answer from [`fits`], `AgentEntry::accepts`, [`warm_for`] and the device
+/// allocation on every agent, so the pending queue groups them and dispatch
+/// asks once per class and agent. The key is the spec without what is the
+/// job's own and matches nothing (queue, priority, limits, names, labels, env
+/// values: the policy reads env names only); a field not listed here stays in
+/// the key, so a class is never too wide, at worst narrower than it could be.
+pub fn class_key(spec: &JobSpec) -> Vec<u8> {
+    use prost::Message;
+    let mut k = spec.clone();
+    k.queue.clear();
+    k.priority = 0;
+    k.timeout_ms = None;
+    k.retries = None;
+    k.agent_lost_retries = None;
+    k.expire_after_ms = None;
+    k.allow_unmatched = false;
+    k.labels.clear();
+    k.name.clear();
+    k.dedup_key.clear();
+    k.retry_failed = 0;
+    // Maps encode in no fixed order: their names go after, sorted.
+    let mut names: Vec<String> = std::mem::take(&mut k.env).into_keys().collect();
+    names.sort();
+    let mut secret: Vec<String> = std::mem::take(&mut k.secret_env).into_keys().collect();
+    secret.sort();
+    let mut key = k.encode_to_vec();
+    for name in names.iter().chain([&String::new()]).chain(&secret) {
+        key.push(0);
+        key.extend_from_slice(name.as_bytes());
+    }
+    key
+}
+
 /// True when an agent with these capabilities may run the job.
 pub fn fits(req: &Requirement, spec: &JobSpec, attrs: &Attributes, caps: &Capabilities) -> bool {
     if !req.matches(attrs)

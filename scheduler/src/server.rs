@@ -295,7 +295,7 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(no_delay(listener), shutdown);
     tokio::select! {
         served = serve => served?,
         () = grace_over => tracing::warn!(
@@ -308,4 +308,38 @@ pub async fn serve(
         source,
     })?;
     Ok(())
+}
+
+/// The accepted connections with Nagle's algorithm off. tonic sets
+/// TCP_NODELAY only on listeners it binds itself; without it a small reply
+/// (an Assignment, an ack) can wait out the peer's delayed ACK (40 ms).
+fn no_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+        Ok(conn)
+    })
+}
+
+#[cfg(test)]
+mod no_delay_tests {
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(super::no_delay(listener));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let conn = incoming.next().await.unwrap().unwrap();
+        assert!(
+            conn.nodelay().unwrap(),
+            "TCP_NODELAY on the accepted stream"
+        );
+    }
 }

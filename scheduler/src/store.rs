@@ -19,6 +19,9 @@
 //!   (protobuf): a credential's role and the SHA-256 of its secret, never the secret
 //! - `r` baseline key      -> `msfleet.v1.CaseRuns` (protobuf): every recent run of
 //!   a benchmark case, whatever its verdict (the dashboard's trends; bounded per key)
+//! - `l` job id            -> (): the job is live (not finished): what the start loads
+//! - `f` end ms, job id    -> (): the job finished then: retention's order
+//! - `d` dedup key         -> job id, submit ms: dedup keys, kept with their job
 //!
 //! Durability: [`Store::after_durable`] hands a callback to the flusher thread,
 //! which calls `Db::flush` once for every callback queued while it was busy and
@@ -70,7 +73,14 @@ pub type Durable = Box<dyn FnOnce(bool) + Send>;
 /// Everything loaded at start-up.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The live jobs (every job in a store written before the live index:
+    /// `indexed` is false then, and the core writes the index).
     pub jobs: Vec<Job>,
+    pub indexed: bool,
+    /// The highest job id ever stored.
+    pub last_job: u64,
+    /// dedup key -> (job, submitted at).
+    pub dedup: Vec<(String, u64, i64)>,
     pub attempts: Vec<(u64, AttemptRecord)>,
     pub pending: Vec<u64>,
     pub agents: Vec<Agent>,
@@ -178,6 +188,27 @@ impl WriteSet {
         self.writes == 0
     }
 
+    /// Marks job `id` live (loaded at start) or not.
+    pub fn set_live(&mut self, id: u64, live: bool) {
+        if live {
+            self.put(key(b'l', id), Vec::new());
+        } else {
+            self.batch.remove(key(b'l', id));
+            self.writes += 1;
+        }
+    }
+
+    /// Files finished job `id` under its end, for retention.
+    pub fn put_finished(&mut self, id: u64, ended_ms: i64) {
+        self.put(finished_key(ended_ms, id), Vec::new());
+    }
+
+    pub fn put_dedup(&mut self, dedup_key: &str, id: u64, submitted_ms: i64) {
+        let mut v = id.to_be_bytes().to_vec();
+        v.extend_from_slice(&submitted_ms.to_be_bytes());
+        self.put(dedup_key_of(dedup_key), v);
+    }
+
     fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
         self.batch.insert(k, v);
         self.writes += 1;
@@ -195,6 +226,21 @@ fn test_key(test_id: &str) -> Vec<u8> {
 fn token_key(agent: bool, name: &str) -> Vec<u8> {
     let mut k = vec![b't', if agent { b'a' } else { b'p' }];
     k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn finished_key(ended_ms: i64, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(b'f');
+    // Offset so that the order of the bytes is the order of the times.
+    k.extend_from_slice(&((ended_ms as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn dedup_key_of(dedup_key: &str) -> Vec<u8> {
+    let mut k = vec![b'd'];
+    k.extend_from_slice(dedup_key.as_bytes());
     k
 }
 
@@ -283,11 +329,36 @@ impl Store {
 
     /// Loads the whole durable state (start-up).
     pub fn load(&self) -> Result<Snapshot, StoreError> {
-        let mut snap = Snapshot::default();
-        for item in self.db.scan_prefix([b'j']) {
+        let mut snap = Snapshot {
+            indexed: self.db.get(meta_key(LIVE_INDEX))?.is_some(),
+            ..Default::default()
+        };
+        if snap.indexed {
+            for item in self.db.scan_prefix([b'l']) {
+                let (k, _) = item?;
+                if let Some(job) = self.job(id_of(&k)?)? {
+                    snap.jobs.push(job);
+                }
+            }
+        } else {
+            for item in self.db.scan_prefix([b'j']) {
+                let (k, v) = item?;
+                snap.jobs
+                    .push(Job::decode(&*v).map_err(|e| corrupt(&k, e))?);
+            }
+        }
+        if let Some(item) = self.db.scan_prefix([b'j']).next_back() {
+            snap.last_job = id_of(&item?.0)?;
+        }
+        for item in self.db.scan_prefix([b'd']) {
             let (k, v) = item?;
-            snap.jobs
-                .push(Job::decode(&*v).map_err(|e| corrupt(&k, e))?);
+            let (id, at) = v
+                .split_at_checked(8)
+                .ok_or_else(|| corrupt(&k, "short value"))?;
+            let id = u64::from_be_bytes(id.try_into().map_err(|e| corrupt(&k, e))?);
+            let at = i64::from_be_bytes(at.try_into().map_err(|e| corrupt(&k, e))?);
+            snap.dedup
+                .push((String::from_utf8_lossy(&k[1..]).into_owned(), id, at));
         }
         for item in self.db.scan_prefix([b'a']) {
             let (k, v) = item?;
@@ -370,6 +441,128 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+
+    /// Deletes a finished job's records (retention; blocking, call off the
+    /// core thread): the test-history entries its test events made, its
+    /// events, and its job record last, in batches of at most `chunk` keys,
+    /// so a crash midway leaves the job listed and a later pass finishes it.
+    /// Returns how many keys it deleted.
+    pub fn delete_job(&self, job: u64, chunk: usize) -> Result<usize, StoreError> {
+        let chunk = chunk.max(1);
+        let mut deleted = 0;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        let mut tests: std::collections::BTreeSet<String> = Default::default();
+        for item in self.db.scan_prefix(key(b'e', job)) {
+            let (k, v) = item?;
+            let event = JobEvent::decode(&*v).map_err(|e| corrupt(&k, e))?;
+            if let Some(msfleet_proto::job_event::Kind::Test(t)) = event.kind {
+                tests.insert(t.nodeid);
+            }
+        }
+        for test in &tests {
+            let mut prefix = test_key(test);
+            prefix.extend_from_slice(&job.to_be_bytes());
+            for item in self.db.scan_prefix(prefix) {
+                let (k, _) = item?;
+                batch.remove(k);
+                in_batch += 1;
+                if in_batch >= chunk {
+                    self.db.apply_batch(std::mem::take(&mut batch))?;
+                    deleted += in_batch;
+                    in_batch = 0;
+                }
+            }
+        }
+        for item in self.db.scan_prefix(key(b'e', job)) {
+            let (k, _) = item?;
+            batch.remove(k);
+            in_batch += 1;
+            if in_batch >= chunk {
+                self.db.apply_batch(std::mem::take(&mut batch))?;
+                deleted += in_batch;
+                in_batch = 0;
+            }
+        }
+        if let Some(j) = self.job(job)? {
+            batch.remove(finished_key(j.finished_at_ms, job));
+            in_batch += 1;
+            if let Some(d) = j
+                .spec
+                .as_ref()
+                .map(|s| &s.dedup_key)
+                .filter(|d| !d.is_empty())
+            {
+                let k = dedup_key_of(d);
+                // Only its own entry: a newer job may hold the key now.
+                let mine = self
+                    .db
+                    .get(&k)?
+                    .is_some_and(|v| v.get(..8) == Some(&job.to_be_bytes()[..]));
+                if mine {
+                    batch.remove(k);
+                    in_batch += 1;
+                }
+            }
+        }
+        for prefix in [b'a', b'p', b'l', b'j'] {
+            batch.remove(key(prefix, job));
+            in_batch += 1;
+        }
+        self.db.apply_batch(batch)?;
+        Ok(deleted + in_batch)
+    }
+
+    /// One stored job (a finished job that is not in the core's memory).
+    pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        let k = key(b'j', id);
+        self.db
+            .get(&k)?
+            .map(|v| Job::decode(&*v).map_err(|e| corrupt(&k, e)))
+            .transpose()
+    }
+
+    /// Ids of stored jobs below `before`, newest first, at most `n`.
+    pub fn job_ids_before(&self, before: u64, n: usize) -> Result<Vec<u64>, StoreError> {
+        self.db
+            .range(key(b'j', 0)..key(b'j', before))
+            .rev()
+            .take(n)
+            .map(|item| id_of(&item?.0))
+            .collect()
+    }
+
+    /// Jobs that finished before `cutoff_ms`, oldest first, at most `n`.
+    pub fn finished_before(&self, cutoff_ms: i64, n: usize) -> Result<Vec<u64>, StoreError> {
+        self.db
+            .range(finished_key(i64::MIN, 0)..finished_key(cutoff_ms, 0))
+            .take(n)
+            .map(|item| {
+                let (k, _) = item?;
+                k.get(9..17)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| corrupt(&k, "short key"))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Drops a meta entry (tests make an old store's layout with it).
+    pub fn remove_meta_for_test(&self, name: &str) {
+        self.db.remove(meta_key(name)).expect("remove meta");
+    }
+}
+
+/// The meta flag of a store whose live and finished indexes are written.
+pub const LIVE_INDEX: &str = "live_index";
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = vec![b'm'];
+    k.extend_from_slice(name.as_bytes());
+    k
 }
 
 fn corrupt(k: &[u8], e: impl std::fmt::Display) -> StoreError {

@@ -124,3 +124,61 @@ fn completions_and_the_man_page_need_no_scheduler() {
     );
     assert_eq!(out.code, 2, "an unknown shell is bad usage: {out}");
 }
+
+/// `msctl list --limit N` pages: the text listing hints at the next cursor on
+/// stderr, `--json` carries it as `next_cursor`, and walking the cursors
+/// shows every job once, newest first; a bad cursor is refused in one line.
+#[test]
+fn list_pages_with_a_cursor() {
+    let f = Fleet::new();
+    let mut made: Vec<String> = (0..5)
+        .map(|_| f.submit(&["pytest", "--dir", "/srv/x"]))
+        .collect();
+    made.reverse();
+    let first = f.ctl(&["list", "--limit", "2"]);
+    assert_eq!(first.code, 0, "{first}");
+    assert_eq!(
+        first
+            .stdout
+            .lines()
+            .filter(|l| l.contains("queued"))
+            .count(),
+        2,
+        "{first}"
+    );
+    let hint = first
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("more jobs: msctl list --cursor "))
+        .unwrap_or_else(|| panic!("a hint with the next cursor:\n{first}"));
+    let mut cursor = hint
+        .trim_start_matches("more jobs: msctl list --cursor ")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let mut seen: Vec<String> = first
+        .stdout
+        .lines()
+        .filter(|l| l.contains("queued"))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    while !cursor.is_empty() {
+        let page = f.ctl(&["list", "--limit", "2", "--cursor", &cursor, "--json"]);
+        assert_eq!(page.code, 0, "{page}");
+        let v = page.json();
+        seen.extend(
+            v["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string()),
+        );
+        cursor = v["next_cursor"].as_str().unwrap().to_string();
+    }
+    assert_eq!(seen, made, "every job once, newest first");
+    let bad = f.ctl(&["list", "--cursor", "yesterday"]);
+    assert_ne!(bad.code, 0, "{bad}");
+    assert!(bad.stderr.contains("bad cursor 'yesterday'"), "{bad}");
+    assert_eq!(bad.stderr.trim().lines().count(), 1, "one line: {bad}");
+}

@@ -709,3 +709,53 @@ fn a_fanout_parents_page_shows_the_tests_that_did_not_pass_everywhere() {
     );
     b.screenshot(&shots(), "schedules");
 }
+
+/// The jobs list pages with the core's cursor and filters by submitter;
+/// plain HTML, no browser needed.
+#[test]
+fn the_jobs_list_pages_with_a_cursor_and_filters_by_submitter() {
+    let f = Fleet::new();
+    let suite = f.write_suite("paged", &[("test_p.py", "def test_p():\n    pass\n")]);
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            f.submit(&[
+                "pytest",
+                "--dir",
+                suite.to_str().unwrap(),
+                "--allow-unmatched",
+            ])
+        })
+        .collect();
+    let admin = std::fs::read_to_string(admin_token_file(&f.addr()).unwrap()).unwrap();
+    let admin = admin.trim();
+    let http = &f.sched.http_addr;
+    let rows = |body: &str| -> Vec<String> {
+        body.split("<tr class=\"job\" data-id=\"")
+            .skip(1)
+            .filter_map(|r| r.split('"').next().map(str::to_string))
+            .collect()
+    };
+    let (code, first) = msfleet_tests::http_get(http, "/jobs?limit=2", Some(admin)).unwrap();
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(
+        rows(&first),
+        vec![ids[2].clone(), ids[1].clone()],
+        "newest first"
+    );
+    let next = first
+        .split("href=\"")
+        .filter_map(|h| h.split('"').next())
+        .find(|h| h.starts_with("/jobs?") && h.contains("cursor="))
+        .unwrap_or_else(|| panic!("an 'Older jobs' link with a cursor: {first}"))
+        .replace("&amp;", "&");
+    let (code, second) = msfleet_tests::http_get(http, &next, Some(admin)).unwrap();
+    assert_eq!(code, 200, "{second}");
+    assert_eq!(rows(&second), vec![ids[0].clone()], "the rest, once");
+    assert!(!second.contains("Older jobs"), "the last page: {second}");
+    let (_, none) =
+        msfleet_tests::http_get(http, "/jobs?submitter=nobody-at-all", Some(admin)).unwrap();
+    assert!(
+        rows(&none).is_empty() && none.contains("No job matches."),
+        "{none}"
+    );
+}

@@ -442,7 +442,7 @@ fn requirements_route_jobs_to_matching_agents_only() {
         "show --json warns about the requirement: {j:#}"
     );
     let queued = f.ctl(&["list", "--state", "queued", "--json"]).json();
-    let ids: Vec<&str> = queued
+    let ids: Vec<&str> = queued["jobs"]
         .as_array()
         .unwrap()
         .iter()
@@ -710,9 +710,7 @@ fn scheduler_kill9_loses_no_acknowledged_job_or_result() {
         || (acked_len() >= 5).then_some(()),
         || format!("{:?}", refused.lock().unwrap().last()),
     );
-    let running: Vec<String> = f
-        .ctl(&["list", "--state", "running", "--json"])
-        .json()
+    let running: Vec<String> = f.ctl(&["list", "--state", "running", "--json"]).json()["jobs"]
         .as_array()
         .unwrap()
         .iter()

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// The devices each free agent holds now, as dispatch plans.
+type BusyDevices = HashMap<String, HashSet<devices::Held>>;
+
 /// How an attempt was lost, which decides what its retry uses up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Loss {
@@ -486,6 +489,22 @@ impl Core {
     /// takes only its health checks). **Where devices are allocated**: the
     /// attempt's devices are chosen here and recorded with its lease.
     pub(super) fn dispatch(&mut self, step: &mut Step) {
+        #[cfg(test)]
+        let plan = if tests::BY_SCAN.get() {
+            self.plan_dispatch_by_scan()
+        } else {
+            self.plan_dispatch()
+        };
+        #[cfg(not(test))]
+        let plan = self.plan_dispatch();
+        for (id, agent, held) in plan {
+            self.assign(id, &agent, held, step);
+        }
+    }
+
+    /// Free agents with their free slots, least-loaded first (so work spreads
+    /// over the fleet), and the devices each holds now.
+    fn free_agents(&self) -> (Vec<(String, usize)>, BusyDevices) {
         let mut free: Vec<(String, usize)> = self
             .agents
             .iter()
@@ -496,15 +515,92 @@ impl Core {
                 (a.slots() > held).then(|| (n.clone(), a.slots() - held))
             })
             .collect();
-        if free.is_empty() || self.pending.is_empty() {
-            return;
-        }
-        // Least-loaded first, so work spreads over the fleet.
         free.sort_by_key(|(n, _)| self.leases.count_held_by(n));
-        let mut busy: HashMap<String, HashSet<devices::Held>> = free
+        let busy = free
             .iter()
             .map(|(n, _)| (n.clone(), self.busy_devices(n)))
             .collect();
+        (free, busy)
+    }
+
+    /// Which pending job goes to which free agent, with which devices: the
+    /// pending order's jobs one by one, each to a free agent warm for it
+    /// (environment, caches) that fits, else the first that fits. It does not
+    /// walk the queue: jobs of one requirement class share one verdict per
+    /// agent (`matching::class_key`), so it merges the classes' heads in the
+    /// pending order, and a class whose head found no agent is passed over
+    /// whole for the rest of the pass (free slots and devices only shrink
+    /// within it, so none of its later jobs could be placed either). The cost
+    /// is per assignment and class, not per pending job.
+    fn plan_dispatch(&self) -> Vec<(u64, String, Vec<devices::Held>)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let (mut free, mut busy) = self.free_agents();
+        let mut chosen = Vec::new();
+        if free.is_empty() || self.pending.is_empty() {
+            return chosen;
+        }
+        let mut heads: BinaryHeap<Reverse<(crate::queue::Place, crate::queue::Class)>> = self
+            .pending
+            .class_heads()
+            .into_iter()
+            .map(|(class, place)| Reverse((place, class)))
+            .collect();
+        // (class, agent) -> accepts && fits: the class's one verdict per agent.
+        let mut verdicts: HashMap<(crate::queue::Class, String), bool> = HashMap::new();
+        while let Some(Reverse((place, class))) = heads.pop() {
+            if free.is_empty() {
+                break;
+            }
+            let id = place.job();
+            let Some(e) = self.jobs.get(&id) else {
+                continue;
+            };
+            let Some(spec) = &e.job.spec else { continue };
+            let mut take = |n: &String| {
+                let a = &self.agents[n];
+                let fit = *verdicts
+                    .entry((class, n.clone()))
+                    .or_insert_with(|| a.accepts(spec) && fits(&e.req, spec, &a.attrs, a.caps()));
+                if !fit {
+                    return None;
+                }
+                let held = devices::allocate(spec, a.caps(), busy.get(n)?)?;
+                Some((n.clone(), held))
+            };
+            // Affinity, never pinning: a free agent warm for the job's
+            // environment and caches first, else the first that fits.
+            let pick = free
+                .iter()
+                .filter(|(n, _)| warm_for(spec, self.agents[n].caps()))
+                .find_map(|(n, _)| take(n))
+                .or_else(|| free.iter().find_map(|(n, _)| take(n)));
+            let Some((name, held)) = pick else {
+                // The class is blocked for the rest of this pass.
+                continue;
+            };
+            if let Some(b) = busy.get_mut(&name) {
+                b.extend(held.iter().cloned());
+            }
+            chosen.push((id, name.clone(), held));
+            if let Some(i) = free.iter().position(|(n, _)| *n == name) {
+                free[i].1 -= 1;
+                if free[i].1 == 0 {
+                    free.remove(i);
+                }
+            }
+            if let Some(next) = self.pending.next_in_class(class, place) {
+                heads.push(Reverse((next, class)));
+            }
+        }
+        chosen
+    }
+
+    /// The dispatch plan as a walk over every pending job: what
+    /// [`Core::plan_dispatch`] must equal (the tests compare them).
+    #[cfg(test)]
+    fn plan_dispatch_by_scan(&self) -> Vec<(u64, String, Vec<devices::Held>)> {
+        let (mut free, mut busy) = self.free_agents();
         let mut chosen = Vec::new();
         for id in self.pending.iter() {
             if free.is_empty() {
@@ -520,8 +616,6 @@ impl Core {
                 let held = devices::allocate(spec, a.caps(), busy.get(n)?)?;
                 Some((n.clone(), held))
             };
-            // Affinity, never pinning: a free agent warm for the job's
-            // environment and caches first, else the first that fits.
             let pick = free
                 .iter()
                 .filter(|(n, _)| warm_for(spec, self.agents[n].caps()))
@@ -540,9 +634,7 @@ impl Core {
                 }
             }
         }
-        for (id, agent, held) in chosen {
-            self.assign(id, &agent, held, step);
-        }
+        chosen
     }
 
     pub(super) fn assign(
@@ -644,6 +736,142 @@ mod tests {
 
     fn lease_3s(c: &mut crate::Config) {
         c.lease_timeout = Duration::from_secs(3);
+    }
+
+    thread_local! {
+        /// Dispatch walks every pending job (the reference the index must equal).
+        pub(super) static BY_SCAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A small deterministic generator, so both runs see the same scenario.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    fn gpu(i: u32, memory_mb: u64) -> msfleet_proto::Gpu {
+        msfleet_proto::Gpu {
+            index: i,
+            uuid: format!("GPU-{i}"),
+            memory_mb,
+            health: "ok".into(),
+            ..Default::default()
+        }
+    }
+
+    /// Every assignment of one seeded scenario (submits over priorities,
+    /// queues, requirement classes and devices; clock moves that age jobs;
+    /// attempts finishing and freeing slots), as (job, agent, devices) in
+    /// the order the agents got them.
+    fn assignment_log(seed: u64, by_scan: bool) -> Vec<(String, String, String)> {
+        BY_SCAN.set(by_scan);
+        let mut rng = Lcg(seed);
+        let mut h = Harness::new();
+        let mut conns = [
+            h.register("a1", "cpu", 2),
+            h.register("a2", "cpu", 1),
+            {
+                let mut c = caps("gpu", 3);
+                c.gpus = vec![gpu(0, 24576), gpu(1, 81920)];
+                h.register_as("g1", "g1-1", c, Vec::new()).unwrap()
+            },
+            {
+                let mut c = caps("cpu", 2);
+                c.labels.insert("pool".into(), "nightly".into());
+                h.register_as("n1", "n1-1", c, Vec::new()).unwrap()
+            },
+        ];
+        let names = ["a1", "a2", "g1", "n1"];
+        let mut log = Vec::new();
+        let mut running: Vec<(usize, AttemptRef)> = Vec::new();
+        let mut seen = |i: usize, got: Vec<msfleet_proto::Assignment>, running: &mut Vec<_>| {
+            for a in got {
+                log.push((
+                    a.job_id.clone(),
+                    names[i].to_string(),
+                    format!("{:?}", a.devices),
+                ));
+                running.push((i, a.attempt.unwrap()));
+            }
+        };
+        for _ in 0..120 {
+            match rng.below(10) {
+                0..=4 => {
+                    let mut s = spec();
+                    s.allow_unmatched = true;
+                    s.priority = [-2, 0, 0, 3, 10][rng.below(5) as usize];
+                    s.queue = ["default", "nightly", "benchmark"][rng.below(3) as usize].into();
+                    s.requirements = [
+                        "",
+                        "",
+                        "profile == \"cpu\"",
+                        "label.pool == \"nightly\"",
+                        "profile == \"gpu\"",
+                        "slots >= 3",
+                        "profile == \"tpu\"",
+                    ][rng.below(7) as usize]
+                        .into();
+                    s.gpus = [0, 0, 0, 1, 2][rng.below(5) as usize];
+                    if s.gpus == 1 && rng.below(2) == 0 {
+                        s.gpu_memory_bytes = Some(40 << 30);
+                    }
+                    s.labels.insert("n".into(), rng.below(1000).to_string());
+                    h.submit(s).expect("submit");
+                }
+                5..=6 => {
+                    h.advance(rng.below(200_000) as i64);
+                    // Heartbeats keep the agents and their attempts alive.
+                    for (i, c) in conns.iter().enumerate() {
+                        let mine = running
+                            .iter()
+                            .filter(|(j, _)| *j == i)
+                            .map(|(_, r)| r.clone())
+                            .collect();
+                        h.heartbeat(c, mine);
+                    }
+                }
+                7 => h.tick(),
+                _ => {
+                    if !running.is_empty() {
+                        let (i, r) = running.remove(rng.below(running.len() as u64) as usize);
+                        let outcome = [Outcome::Passed, Outcome::Failed][rng.below(2) as usize];
+                        h.update(&mut conns[i], &r, 1, started());
+                        let got = assignments_in(h.update(&mut conns[i], &r, 2, finished(outcome)));
+                        seen(i, got, &mut running);
+                    }
+                }
+            }
+            for (i, c) in conns.iter_mut().enumerate() {
+                let got = h.assignments(c);
+                seen(i, got, &mut running);
+            }
+        }
+        BY_SCAN.set(false);
+        log
+    }
+
+    /// The indexed dispatch hands out exactly what walking every pending job
+    /// did: the same jobs, to the same agents, with the same devices, in the
+    /// same order, across priorities, aging, queues, requirement classes and
+    /// device requests.
+    #[test]
+    fn indexed_dispatch_assigns_exactly_what_a_walk_of_the_queue_does() {
+        for seed in 1..=12u64 {
+            let indexed = assignment_log(seed, false);
+            let scanned = assignment_log(seed, true);
+            assert!(
+                indexed.len() > 10,
+                "seed {seed}: the scenario assigns work: {indexed:?}"
+            );
+            assert_eq!(indexed, scanned, "seed {seed}");
+        }
     }
 
     #[test]

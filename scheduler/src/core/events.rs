@@ -19,7 +19,7 @@ pub struct WatchHandle {
 }
 
 impl Core {
-    pub(super) fn watch(&self, id: &str) -> Result<WatchHandle, Status> {
+    pub(super) fn watch(&mut self, id: &str) -> Result<WatchHandle, Status> {
         let id = self.job_id(id)?;
         let e = &self.jobs[&id];
         let progress = match &e.progress {

@@ -229,6 +229,9 @@ impl World {
         let mut w = World {
             h: Harness::with(|c| {
                 c.lease_timeout = Duration::from_secs(3);
+                // Finished jobs leave memory at once: every read of one
+                // goes through the store.
+                c.finished_cache = 0;
             }),
             conns: (0..AGENTS).map(|_| None).collect(),
             instances: vec![1; AGENTS],
@@ -374,7 +377,12 @@ impl World {
             }
             Op::Cancel { job } => {
                 let id = self.jobs[job % self.jobs.len()].clone();
-                let before = self.h.core().jobs[&id.parse::<u64>().unwrap()].job.state();
+                let before = self
+                    .h
+                    .core()
+                    .job_record(id.parse::<u64>().unwrap())
+                    .expect("a made job is in memory or stored")
+                    .state();
                 let result = self.h.cancel(&id);
                 if before.is_terminal() {
                     prop_assert!(result.is_err(), "cancel of a {before:?} job accepted");
@@ -444,19 +452,20 @@ impl World {
 
     /// What a reload must preserve of each job.
     #[allow(clippy::type_complexity)]
+    /// Every job (in memory, else as stored: finished jobs need not be in memory).
     fn durable_view(&self) -> Vec<(u64, Job, Option<(u32, u64, String, u64)>)> {
-        self.h
-            .core()
-            .jobs
-            .iter()
-            .map(|(id, e)| {
-                (
-                    *id,
-                    e.job.clone(),
-                    e.attempt
-                        .as_ref()
-                        .map(|a| (a.attempt, a.epoch, a.agent.clone(), a.applied_seq)),
-                )
+        let core = self.h.core();
+        let mut ids: BTreeSet<u64> = core.jobs.keys().copied().collect();
+        ids.extend(core.store.job_ids_before(u64::MAX, usize::MAX).unwrap());
+        ids.into_iter()
+            .filter_map(|id| {
+                let job = core.job_record(id)?.into_owned();
+                let attempt = core.jobs.get(&id).and_then(|e| e.attempt.as_ref());
+                Some((
+                    id,
+                    job,
+                    attempt.map(|a| (a.attempt, a.epoch, a.agent.clone(), a.applied_seq)),
+                ))
             })
             .collect()
     }

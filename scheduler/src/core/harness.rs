@@ -196,8 +196,11 @@ impl Harness {
             limit: 10_000,
             ..Default::default()
         };
+        self.list(req).expect("list jobs").jobs
+    }
+
+    pub fn list(&mut self, req: pb::ListJobsRequest) -> Result<pb::ListJobsResponse, Status> {
         self.call(|reply| Command::ListJobs { req, reply })
-            .expect("list jobs")
     }
 
     /// The states a job's durable event log went through, in order.

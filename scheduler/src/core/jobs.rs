@@ -28,7 +28,7 @@ impl Core {
         }
         if let Some(&(id, at)) = self.dedup.get(&spec.dedup_key) {
             let window = self.cfg.dedup_window.as_millis() as i64;
-            if !spec.dedup_key.is_empty() && self.now - at < window && self.jobs.contains_key(&id) {
+            if !spec.dedup_key.is_empty() && self.now - at < window && self.ensure_loaded(id) {
                 let mut existing = self.view(id);
                 existing.deduplicated = true;
                 return Ok(existing);
@@ -119,6 +119,8 @@ impl Core {
         let now = self.now;
         if !spec.dedup_key.is_empty() {
             self.dedup.insert(spec.dedup_key.clone(), (id, now));
+            self.dedup_order.push_back((now, spec.dedup_key.clone()));
+            step.writes.put_dedup(&spec.dedup_key, id, now);
         }
         let (schedule, slot_ms) = origin.unwrap_or_default();
         let mut job = Job {
@@ -134,6 +136,7 @@ impl Core {
         };
         telemetry::link_job(&mut job, caller);
         let progress = Arc::new(watch::channel(Progress::default()).0);
+        self.index.add(id, &job);
         self.jobs.insert(
             id,
             JobEntry {
@@ -150,14 +153,28 @@ impl Core {
     /// Puts job `id` (new, or requeued after an attempt) in its queue's
     /// pending order, by the rank fixed at submit.
     pub(super) fn enqueue(&mut self, id: u64, step: &mut Step) {
-        let Some(spec) = self.jobs.get(&id).and_then(|e| e.job.spec.as_ref()) else {
+        self.push_pending(id);
+        step.dispatch = true;
+    }
+
+    /// Puts job `id` in the pending order and its indexes (its class, its
+    /// queue, its deadline while it never started). Also used by the load.
+    pub(super) fn push_pending(&mut self, id: u64) {
+        let Some(job) = self.jobs.get(&id).map(|e| &e.job) else {
             return;
         };
-        let (queue, priority) = (spec.queue.clone(), spec.priority);
-        let submitted = self.jobs[&id].job.submitted_at_ms;
-        self.pending
-            .push(id, &queue, priority, submitted, self.aging_ms(&queue));
-        step.dispatch = true;
+        let Some(spec) = job.spec.as_ref() else {
+            return;
+        };
+        let entry = crate::queue::Entry {
+            queue: &spec.queue,
+            priority: spec.priority,
+            submitted_ms: job.submitted_at_ms,
+            aging_ms: self.aging_ms(&spec.queue),
+            class: matching::class_key(spec),
+            deadline_ms: (job.attempts == 0).then(|| self.deadline(job)),
+        };
+        self.pending.push(id, entry);
     }
 
     /// Why no registered agent can run `spec`: the closest agents (fewest
@@ -230,17 +247,11 @@ impl Core {
     /// `no_resource` when no registered agent could run it at all.
     pub(super) fn expire_queued(&mut self, step: &mut Step) {
         let now = self.now;
-        let due: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|id| {
-                self.jobs
-                    .get(id)
-                    .is_some_and(|e| e.job.attempts == 0 && now >= self.deadline(&e.job))
-            })
-            .collect();
-        for id in due {
-            let e = &self.jobs[&id];
+        for id in self.pending.due(now) {
+            let Some(e) = self.jobs.get(&id) else {
+                self.pending.remove(id);
+                continue;
+            };
             let spec = e.job.spec.clone().unwrap_or_default();
             let waited = humantime::format_duration(Duration::from_millis(
                 (now - e.job.submitted_at_ms).max(0) as u64 / 1000 * 1000,
@@ -265,62 +276,23 @@ impl Core {
         }
     }
 
-    pub(super) fn job_id(&self, id: &str) -> Result<u64, Status> {
-        id.trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| self.jobs.contains_key(n))
-            .ok_or_else(|| Status::not_found(format!("no job with id '{}'", crate::clip(id))))
-    }
-
-    pub(super) fn list_jobs(&self, req: &pb::ListJobsRequest) -> Result<Vec<Job>, Status> {
-        let state = match req.state.as_str() {
-            "" => None,
-            s => Some(JobState::from_label(s).ok_or_else(|| {
-                let names: Vec<&str> = pb::ALL_STATES.iter().map(|s| s.label()).collect();
-                Status::invalid_argument(format!(
-                    "unknown state '{}' (states: {})",
-                    crate::clip(s),
-                    names.join(", ")
-                ))
-            })?),
-        };
-        if !req.queue.is_empty() && !self.cfg.queues.contains_key(&req.queue) {
-            return Err(Status::invalid_argument(format!(
-                "unknown queue '{}'",
-                crate::clip(&req.queue)
-            )));
+    /// The job named `id`, brought into memory if it is a finished one that
+    /// is only in the store.
+    pub(super) fn job_id(&mut self, id: &str) -> Result<u64, Status> {
+        let n = id.trim().parse::<u64>().ok();
+        if let Some(n) = n.filter(|&n| self.ensure_loaded(n)) {
+            return Ok(n);
         }
-        let mut labels = Vec::new();
-        for l in &req.labels {
-            let (k, v) = l.split_once('=').ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "label filter '{}' must look like key=value",
-                    crate::clip(l)
-                ))
-            })?;
-            labels.push((k, v));
-        }
-        let limit = match req.limit {
-            0 => 100,
-            n => n.min(10_000) as usize,
-        };
-        Ok(self
-            .jobs
-            .iter()
-            .rev()
-            .filter(|(_, e)| {
-                let spec = e.job.spec.as_ref();
-                state.is_none_or(|s| e.job.state() == s)
-                    && (req.queue.is_empty() || spec.is_some_and(|s| s.queue == req.queue))
-                    && labels.iter().all(|(k, v)| {
-                        spec.and_then(|s| s.labels.get(*k))
-                            .is_some_and(|have| have == v)
-                    })
-            })
-            .take(limit)
-            .map(|(&id, _)| self.view(id))
-            .collect())
+        Err(Status::not_found(match (n, self.cfg.retain) {
+            // Ids are handed out in order: a lower one existed, and only
+            // retention takes a job away.
+            (Some(n), Some(retain)) if n < self.retired_below => format!(
+                "no job with id '{n}': it finished more than {} ago and was deleted \
+                 (msched --retain)",
+                humantime::format_duration(retain)
+            ),
+            _ => format!("no job with id '{}'", crate::clip(id)),
+        }))
     }
 
     /// Cancels a job (and a parent's children). Submitters may cancel only
@@ -480,21 +452,6 @@ impl Core {
     }
 
     pub(super) fn queues(&self) -> Vec<pb::Queue> {
-        let mut running: BTreeMap<&str, u64> = BTreeMap::new();
-        for e in self.jobs.values().filter(|e| e.attempt.is_some()) {
-            if let Some(s) = &e.job.spec {
-                *running.entry(s.queue.as_str()).or_default() += 1;
-            }
-        }
-        // The oldest pending job of each queue, from the pending index alone.
-        let mut oldest: BTreeMap<&str, i64> = BTreeMap::new();
-        for id in self.pending.iter() {
-            if let Some(e) = self.jobs.get(&id) {
-                let queue = e.job.spec.as_ref().map_or("default", |s| s.queue.as_str());
-                let at = oldest.entry(queue).or_insert(i64::MAX);
-                *at = (*at).min(e.job.submitted_at_ms);
-            }
-        }
         self.cfg
             .queues
             .iter()
@@ -503,11 +460,13 @@ impl Core {
                 pb::Queue {
                     name: name.clone(),
                     pending: self.pending.pending_in(name),
-                    running: running.get(name.as_str()).copied().unwrap_or(0),
+                    running: self.index.count(name, JobState::Assigned)
+                        + self.index.count(name, JobState::Running),
                     aging_s: aging.as_secs(),
-                    oldest_pending_s: oldest
-                        .get(name.as_str())
-                        .map_or(0.0, |&at| (self.now - at).max(0) as f64 / 1000.0),
+                    oldest_pending_s: self
+                        .pending
+                        .oldest_in(name)
+                        .map_or(0.0, |at| (self.now - at).max(0) as f64 / 1000.0),
                     waits_last_hour: waits.count,
                     wait_p50_s: waits.p50_s,
                     wait_p95_s: waits.p95_s,
@@ -528,13 +487,16 @@ impl Core {
             return;
         };
         let was = e.job.state();
+        self.index.remove(id, &e.job);
         e.job.state = state as i32;
         e.job.reason = reason.to_string();
         if state.is_terminal() {
             e.job.finished_at_ms = self.now;
             step.telemetry(telemetry::job_span(&e.job));
             step.telemetry(telemetry::job_end(&e.job));
+            self.finished_cache.push_back(id);
         }
+        self.index.add(id, &e.job);
         if let Some(what) = state_observation(&e.job, was, e.attempt.as_ref().map(|a| a.attempt)) {
             step.observe(what);
         }

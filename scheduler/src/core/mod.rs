@@ -51,8 +51,10 @@ mod fuzz;
 #[cfg(test)]
 mod harness;
 mod health;
+mod index;
 mod jobs;
 mod parents;
+mod retain;
 mod schedules;
 mod tokens;
 mod waits;
@@ -229,7 +231,7 @@ pub enum Command {
     },
     ListJobs {
         req: pb::ListJobsRequest,
-        reply: Reply<Vec<Job>>,
+        reply: Reply<pb::ListJobsResponse>,
     },
     Cancel {
         id: String,
@@ -497,15 +499,29 @@ impl Step {
 struct Core {
     cfg: Arc<Config>,
     store: Store,
+    /// Deletes retired jobs' records in the background (after `store`: it
+    /// finishes its work when the core is dropped).
+    retirer: crate::retention::Retirer,
+    /// Every job retention deleted has an id below this.
+    retired_below: u64,
+    /// The live jobs, the finished children of live parents, and a cache of
+    /// other finished ones (`Config::finished_cache`); any other job is read
+    /// from the store when asked for (`ensure_loaded`, `job_record`).
     jobs: BTreeMap<u64, JobEntry>,
+    /// Finished jobs in memory, oldest first: what leaves it first.
+    finished_cache: std::collections::VecDeque<u64>,
+    /// Jobs by state, queue and submitter, and counts per queue and state.
+    index: index::JobIndex,
     pending: PendingQueue,
     leases: LeaseTable,
     agents: BTreeMap<String, AgentEntry>,
     sessions: HashMap<u64, String>,
     baselines: BaselineBook,
     schedules: BTreeMap<String, (pb::Schedule, CronSpec)>,
-    /// dedup key -> (job, submitted at)
+    /// dedup key -> (job, submitted at), for keys seen within the dedup window.
     dedup: HashMap<String, (u64, i64)>,
+    /// (submitted at, key) of `dedup`, oldest first: what the tick forgets.
+    dedup_order: std::collections::VecDeque<(i64, String)>,
     next_job: u64,
     next_epoch: u64,
     started_ms: i64,
@@ -534,10 +550,16 @@ impl Core {
         let mut snap = store.load()?;
         let case_runs = case_runs::CaseRunBook::load(store.load_case_runs()?);
         let started_ms = cfg.clock.now_ms();
+        let retirer = crate::retention::Retirer::start(store.clone())
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let mut core = Core {
             cfg,
             store,
+            retirer,
+            retired_below: 0,
             jobs: BTreeMap::new(),
+            finished_cache: std::collections::VecDeque::new(),
+            index: index::JobIndex::default(),
             pending: PendingQueue::default(),
             leases: LeaseTable::default(),
             agents: BTreeMap::new(),
@@ -547,6 +569,7 @@ impl Core {
             tokens: tokens::load_tokens(std::mem::take(&mut snap.tokens), &token_index),
             token_index,
             dedup: HashMap::new(),
+            dedup_order: std::collections::VecDeque::new(),
             next_job: 1,
             next_epoch: 1,
             started_ms,
@@ -559,36 +582,69 @@ impl Core {
             if name == NEXT_EPOCH {
                 core.next_epoch = core.next_epoch.max(value);
             }
+            if name == retain::RETIRED_BELOW {
+                // Ids are never reused, also when the newest jobs were retired.
+                core.retired_below = value;
+                core.next_job = core.next_job.max(value);
+            }
         }
+        // Only what is live is loaded (a store from before the live index
+        // is read whole once, and the index written).
+        core.next_job = core.next_job.max(snap.last_job + 1);
+        let mut migration = WriteSet::default();
         for job in snap.jobs {
             let Ok(id) = job.id.parse::<u64>() else {
                 tracing::warn!(id = %job.id, "skipping a stored job with a malformed id");
                 continue;
             };
-            let req = job
-                .spec
-                .as_ref()
-                .and_then(|s| Requirement::parse(&s.requirements).ok())
-                .unwrap_or_default();
-            let progress = (!job.state().is_terminal()).then(|| {
-                Arc::new(
-                    watch::channel(Progress {
-                        durable_seq: job.last_event_seq,
-                        done: false,
-                    })
-                    .0,
-                )
-            });
+            let finished = job.state().is_terminal();
+            if !snap.indexed {
+                migration.set_live(id, !finished);
+                if finished {
+                    migration.put_finished(id, job.finished_at_ms);
+                }
+                if let Some(key) = job
+                    .spec
+                    .as_ref()
+                    .map(|s| &s.dedup_key)
+                    .filter(|k| !k.is_empty())
+                {
+                    migration.put_dedup(key, id, job.submitted_at_ms);
+                }
+            }
             core.next_job = core.next_job.max(id + 1);
-            core.jobs.insert(
-                id,
-                JobEntry {
-                    job,
-                    req,
-                    attempt: None,
-                    progress,
-                },
+            core.insert_loaded(id, job);
+            if finished {
+                core.finished_cache.push_back(id);
+            }
+        }
+        if !snap.indexed {
+            migration.put_meta(crate::store::LIVE_INDEX, 1);
+            core.store.apply(migration)?;
+            tracing::info!(
+                jobs = core.jobs.len(),
+                "wrote the live and finished job indexes"
             );
+        }
+        // A live parent's finished children: its counts read them.
+        for parent in core.index.live_parents() {
+            let children: Vec<u64> = core.jobs[&parent]
+                .job
+                .children
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect();
+            for child in children {
+                if !core.jobs.contains_key(&child) {
+                    if let Some(job) = core.store.job(child)? {
+                        core.insert_loaded(child, job);
+                        core.finished_cache.push_back(child);
+                    }
+                }
+            }
+        }
+        for (key, id, at) in std::mem::take(&mut snap.dedup) {
+            core.dedup.insert(key, (id, at));
         }
         for (id, att) in snap.attempts {
             let Some(e) = core.jobs.get_mut(&id) else {
@@ -609,24 +665,20 @@ impl Core {
             e.attempt = Some(att);
         }
         let indexed: BTreeSet<u64> = snap.pending.into_iter().collect();
-        for (&id, e) in &core.jobs {
-            if e.job.state() != JobState::Queued || jobs::is_fanout_parent(&e.job) {
-                continue;
-            }
+        let queued: Vec<u64> = core
+            .jobs
+            .iter()
+            .filter(|(_, e)| e.job.state() == JobState::Queued && !jobs::is_fanout_parent(&e.job))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in queued {
             if !indexed.contains(&id) {
                 tracing::warn!(
                     job = id,
                     "queued job missing from the pending index; re-adding"
                 );
             }
-            let spec = e.job.spec.clone().unwrap_or_default();
-            core.pending.push(
-                id,
-                &spec.queue,
-                spec.priority,
-                e.job.submitted_at_ms,
-                core.aging_ms(&spec.queue),
-            );
+            core.push_pending(id);
         }
         for record in snap.agents {
             let attrs = matching::attributes(
@@ -646,9 +698,18 @@ impl Core {
                 .map(|s| &s.dedup_key)
                 .filter(|k| !k.is_empty())
             {
-                core.dedup.insert(key.clone(), (id, e.job.submitted_at_ms));
+                let at = e.job.submitted_at_ms;
+                core.dedup
+                    .entry(key.clone())
+                    .and_modify(|v| {
+                        if at > v.1 {
+                            *v = (id, at);
+                        }
+                    })
+                    .or_insert((id, at));
             }
         }
+        core.prune_dedup_at_load();
         for record in snap.schedules {
             match CronSpec::parse(&record.cron, &record.tz) {
                 Ok(spec) => {
@@ -659,6 +720,7 @@ impl Core {
                 }
             }
         }
+        core.evict_finished();
         tracing::info!(
             schedules = core.schedules.len(),
             jobs = core.jobs.len(),
@@ -714,6 +776,8 @@ impl Core {
             self.end_unrun_children(&mut step);
             self.expire_queued(&mut step);
             self.fire_schedules(&mut step);
+            self.retire_finished(&mut step);
+            self.prune_dedup();
         }
         if step.dispatch {
             self.dispatch(&mut step);
@@ -734,6 +798,11 @@ impl Core {
             let queue = e.job.spec.as_ref().map_or("default", |s| s.queue.as_str());
             step.writes
                 .set_pending(id, self.pending.contains(id).then_some(queue));
+            let finished = e.job.state().is_terminal();
+            step.writes.set_live(id, !finished);
+            if finished {
+                step.writes.put_finished(id, e.job.finished_at_ms);
+            }
         }
         if let Err(e) = self.store.apply(step.writes) {
             // Memory is now ahead of disk; the only safe move is to stop and
@@ -741,6 +810,8 @@ impl Core {
             tracing::error!(error = %e, "writing to the store failed; stopping");
             std::process::exit(70);
         }
+        // What is written can leave memory.
+        self.evict_finished();
         if !step.observed.is_empty() {
             let observed = std::mem::take(&mut step.observed);
             step.after.push(Box::new(move |ok| {
@@ -930,27 +1001,16 @@ impl Core {
             snap.queue_jobs.insert(queue.clone(), [0; 3]);
             snap.oldest_pending_s.insert(queue.clone(), 0.0);
         }
-        for (&id, e) in self
-            .jobs
-            .iter()
-            .filter(|(_, e)| !jobs::is_fanout_parent(&e.job))
-        {
-            let slot = match e.job.state() {
-                JobState::Queued => 0,
-                JobState::Assigned => 1,
-                JobState::Running => 2,
-                _ => continue,
-            };
-            let queue = e.job.spec.as_ref().map_or("default", |s| s.queue.as_str());
-            let Some(counts) = snap.queue_jobs.get_mut(queue) else {
-                continue;
-            };
-            counts[slot] += 1;
-            if slot == 0 && self.pending.contains(id) {
-                let age = (self.now - e.job.submitted_at_ms).max(0) as f64 / 1000.0;
-                if let Some(oldest) = snap.oldest_pending_s.get_mut(queue) {
-                    *oldest = oldest.max(age);
-                }
+        for (queue, counts) in snap.queue_jobs.iter_mut() {
+            for (slot, state) in [JobState::Queued, JobState::Assigned, JobState::Running]
+                .into_iter()
+                .enumerate()
+            {
+                counts[slot] = self.index.count(queue, state);
+            }
+            if let Some(at) = self.pending.oldest_in(queue) {
+                let age = (self.now - at).max(0) as f64 / 1000.0;
+                snap.oldest_pending_s.insert(queue.clone(), age);
             }
         }
         for (name, a) in &self.agents {

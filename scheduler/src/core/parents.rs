@@ -301,17 +301,27 @@ impl Core {
     /// reason, so the parent finishes (and a schedule's next slot can fire).
     pub(super) fn end_unrun_children(&mut self, step: &mut Step) {
         let now = self.now;
+        // The live parents past their deadline, then their children still
+        // pending (not a walk of the whole queue).
         let due: Vec<(u64, u64)> = self
-            .pending
-            .iter()
-            .filter_map(|id| {
-                let parent = self.jobs.get(&id)?.job.parent.parse::<u64>().ok()?;
+            .index
+            .live_parents()
+            .into_iter()
+            .filter_map(|parent| {
                 let p = &self.jobs.get(&parent)?.job;
                 let spec = p.spec.as_ref()?;
-                let deadline = self.deadline(p);
-                (!spec.fanout.is_empty() && !p.state().is_terminal() && now >= deadline)
-                    .then_some((id, parent))
+                let due =
+                    !spec.fanout.is_empty() && !p.state().is_terminal() && now >= self.deadline(p);
+                due.then(|| {
+                    p.children
+                        .iter()
+                        .filter_map(|c| c.parse::<u64>().ok())
+                        .filter(|c| self.pending.contains(*c))
+                        .map(move |c| (c, parent))
+                        .collect::<Vec<_>>()
+                })
             })
+            .flatten()
             .collect();
         for (child, parent) in due {
             let by_profile = self

@@ -124,9 +124,9 @@ impl Core {
             .last_job_id
             .parse::<u64>()
             .ok()
-            .and_then(|id| self.jobs.get(&id))
+            .and_then(|id| self.job_record(id))
         {
-            v.last_state = job.job.state().label().to_string();
+            v.last_state = job.state().label().to_string();
         }
         v
     }

@@ -356,6 +356,11 @@ pub struct JobsQuery {
     #[serde(default)]
     pub label: String,
     #[serde(default)]
+    pub submitter: String,
+    /// Where the page starts: the `next_cursor` of the page before.
+    #[serde(default)]
+    pub cursor: String,
+    #[serde(default)]
     pub limit: Option<u32>,
 }
 
@@ -373,21 +378,20 @@ async fn jobs(
             "" => vec![],
             l => vec![l.to_string()],
         },
-        // One more than shown: whether there is a next page.
-        limit: limit + 1,
+        submitter: q.submitter.trim().to_string(),
+        cursor: q.cursor.trim().to_string(),
+        limit,
     };
     crate::limits::Bounded::check(&req)?;
-    let mut jobs = core.call(|reply| Command::ListJobs { req, reply }).await?;
-    let more = jobs.len() > limit as usize;
-    jobs.truncate(limit as usize);
+    let page = core.call(|reply| Command::ListJobs { req, reply }).await?;
     let queues = core.call(|reply| Command::ListQueues { reply }).await?;
     let names: Vec<String> = queues.into_iter().map(|q| q.name).collect();
     Ok(html(pages::jobs(
         &frame(&state, &viewer),
-        &jobs,
+        &page.jobs,
         &q,
         limit,
-        more,
+        &page.next_cursor,
         &names,
     )))
 }
@@ -603,7 +607,7 @@ async fn schedules(State(state): State<HttpState>, Extension(viewer): Extension<
     Ok(html(pages::schedules(
         &frame(&state, &viewer),
         &schedules,
-        &recent,
+        &recent.jobs,
     )))
 }
 

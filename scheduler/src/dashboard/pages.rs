@@ -242,12 +242,15 @@ pub fn queues(frame: &Frame, queues: &[pb::Queue]) -> Markup {
     )
 }
 
-fn jobs_link(q: &JobsQuery, limit: u32) -> String {
+/// The next page of the jobs list: the same filters from `cursor` on.
+fn jobs_link(q: &JobsQuery, limit: u32, cursor: &str) -> String {
     let mut url = form_urlencoded::Serializer::new(String::new());
     for (k, v) in [
-        ("queue", &q.queue),
-        ("state", &q.state),
-        ("label", &q.label),
+        ("queue", q.queue.as_str()),
+        ("state", q.state.as_str()),
+        ("label", q.label.as_str()),
+        ("submitter", q.submitter.as_str()),
+        ("cursor", cursor),
     ] {
         if !v.is_empty() {
             url.append_pair(k, v);
@@ -275,7 +278,7 @@ pub fn jobs(
     jobs: &[pb::Job],
     q: &JobsQuery,
     limit: u32,
-    more: bool,
+    next_cursor: &str,
     queues: &[String],
 ) -> Markup {
     layout(
@@ -293,6 +296,7 @@ pub fn jobs(
                     @for s in pb::ALL_STATES { option value=(s.label()) selected[s.label() == q.state] { (s.label()) } }
                 } }
                 label { "Label " input name="label" placeholder="key=value" value=(q.label); }
+                label { "Submitter " input name="submitter" placeholder="name" value=(q.submitter); }
                 input type="hidden" name="limit" value=(limit);
                 button type="submit" { "Filter" }
             }
@@ -314,7 +318,7 @@ pub fn jobs(
                 } }
             } }
             @if jobs.is_empty() { p.empty { "No job matches." } }
-            @if more { p { a.more href=(jobs_link(q, (limit * 2).min(super::MAX_LIST))) { "Show more" } } }
+            @if !next_cursor.is_empty() { p { a.more href=(jobs_link(q, limit, next_cursor)) { "Older jobs" } } }
         },
     )
 }

@@ -957,7 +957,10 @@ impl Fleet {
     pub fn list(&self) -> Vec<Value> {
         let out = self.ctl(&["list", "--json", "--limit", "1000"]);
         assert_eq!(out.code, 0, "msctl list failed:\n{out}");
-        out.json().as_array().cloned().unwrap_or_default()
+        out.json()["jobs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("msctl list --json has no jobs array:\n{out}"))
     }
 
     /// The tails of every daemon log of this test.

@@ -11,6 +11,9 @@
 //! - `latency`: a fixed offered rate; submit -> assignment-received latency
 //!   (p50/p90/p99/max) measured with the submit time carried in a job label.
 //! - `idle`: N agents connected and heartbeating; scheduler RSS and CPU.
+//! - `backlog` (`backlog.rs`): dispatch latency with 100 .. 100,000 jobs pending.
+//! - `history` (`history.rs`): msched restart time and RSS with 0 .. 1,000,000
+//!   finished jobs in its store.
 //!
 //! Everything is bounded in count and time and talks to 127.0.0.1 only.
 
@@ -32,10 +35,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+mod backlog;
+mod history;
+
 #[derive(Parser, Debug)]
 #[command(name = "msfleet-load")]
 struct Args {
-    /// throughput, latency, idle or all.
+    /// throughput, latency, idle, backlog, history or all (all: the first three).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Simulated agents for throughput/latency.
@@ -74,6 +80,15 @@ struct Args {
     /// listener, no recorder (every metric is a no-op).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     metrics: String,
+    /// Probe jobs per level in the backlog scenario.
+    #[arg(long, default_value_t = 200)]
+    probes: usize,
+    /// Finished jobs at the history scenario's largest level.
+    #[arg(long, default_value_t = 1_000_000)]
+    history_jobs: usize,
+    /// Keep the history scenario's store here (a new, empty directory) instead of a temporary one.
+    #[arg(long)]
+    history_dir: Option<PathBuf>,
 }
 
 /// Set once a scenario is over: agent streams breaking after that are expected.
@@ -607,6 +622,14 @@ async fn main() -> Result<()> {
         idle(&args, &bin, &otlp).await?;
         ran = true;
     }
+    if args.scenario == "backlog" {
+        backlog::backlog(&args, &bin).await?;
+        ran = true;
+    }
+    if args.scenario == "history" {
+        history::history(&args, &bin).await?;
+        ran = true;
+    }
     if let Some(o) = &otlp {
         // msched's batches leave every 5 s and at its shutdown.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -617,7 +640,7 @@ async fn main() -> Result<()> {
     }
     if !ran {
         bail!(
-            "unknown scenario '{}': use throughput, latency, idle or all",
+            "unknown scenario '{}': use throughput, latency, idle, backlog, history or all",
             args.scenario
         );
     }

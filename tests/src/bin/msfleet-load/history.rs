@@ -1,0 +1,191 @@
+//! `history`: msched's restart time and RSS with 0, 100,000 and 1,000,000
+//! (`--history-jobs`) finished jobs in its store. The jobs are written
+//! straight into a stopped msched's store through its own store library (a
+//! job record, its three state events and its finished-index entry, as msched
+//! writes them), so a million take seconds, not hours of simulated runs. The
+//! goal is flat: a start loads only what is live. One figure per line.
+
+use super::*;
+use msched::store::{Store, WriteSet};
+
+/// Jobs per store batch while generating.
+const BATCH: usize = 10_000;
+
+/// Appends `n` finished jobs after id `from` (ids `from+1 ..= from+n`).
+fn generate(data: &std::path::Path, from: u64, n: usize) -> Result<()> {
+    let store = Store::open(data, 64 << 20).context("opening the stopped msched's store")?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut w = WriteSet::default();
+    for i in 1..=n as u64 {
+        let id = from + i;
+        let at = now - 60_000 + (i as i64 % 60_000);
+        let mut spec = spec(None);
+        spec.name = format!("history-{id}");
+        spec.queue = "default".into();
+        let job = pb::Job {
+            id: id.to_string(),
+            spec: Some(spec),
+            state: pb::JobState::Passed as i32,
+            reason: "passed".into(),
+            agent: "sim-00001".into(),
+            attempts: 1,
+            submitted_at_ms: at - 2_000,
+            started_at_ms: at - 1_000,
+            finished_at_ms: at,
+            last_event_seq: 3,
+            submitted_by: "history".into(),
+            tests: Some(pb::TestCounts {
+                total: 10,
+                passed: 10,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for (seq, state) in [
+            (1, pb::JobState::Queued),
+            (2, pb::JobState::Running),
+            (3, pb::JobState::Passed),
+        ] {
+            w.put_event(
+                id,
+                &pb::JobEvent {
+                    seq,
+                    time_ms: at,
+                    attempt: 1,
+                    kind: Some(pb::job_event::Kind::State(pb::StateChange {
+                        state: state as i32,
+                        reason: String::new(),
+                        agent: "sim-00001".into(),
+                    })),
+                },
+            );
+        }
+        w.put_job(id, &job);
+        w.set_live(id, false);
+        w.put_finished(id, at);
+        if (i as usize).is_multiple_of(BATCH) {
+            store.apply(std::mem::take(&mut w))?;
+        }
+    }
+    store.apply(w)?;
+    store.flush()?;
+    Ok(())
+}
+
+/// Starts msched on `data`, and returns (seconds to ready, RSS bytes once
+/// ready and settled), then stops it (SIGTERM, so the store closes).
+fn restart(bin: &PathBuf, data: &std::path::Path) -> Result<(f64, u64)> {
+    let ready = data.with_extension("ready");
+    let _ = std::fs::remove_file(&ready);
+    let t = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(["--http-listen", "off"])
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while std::fs::read_to_string(&ready).map_or(true, |r| r.is_empty()) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("msched did not become ready within 600 s");
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("msched exited during its start: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stop = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > stop {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // sled lets go of its lock a moment after the process is gone.
+    std::thread::sleep(Duration::from_millis(200));
+    Ok((secs, rss))
+}
+
+pub async fn history(args: &Args, bin: &PathBuf) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = match &args.history_dir {
+        Some(d) => d.join("data"),
+        None => dir.path().join("data"),
+    };
+    if data.exists() {
+        bail!(
+            "{} exists: give --history-dir a new, empty directory",
+            data.display()
+        );
+    }
+    let top = args.history_jobs.max(1);
+    let levels: Vec<usize> = [0, top / 10, top]
+        .into_iter()
+        .filter(|&n| n <= top)
+        .collect();
+    println!("== history: msched restart time and RSS with N finished jobs in its store");
+    // The first start makes the store and the admin token; it is not measured.
+    restart(bin, &data)?;
+    let mut stored = 0usize;
+    let mut figures = Vec::new();
+    for level in levels {
+        if level > stored {
+            let t = Instant::now();
+            generate(&data, stored as u64, level - stored)?;
+            println!(
+                "  history generated {} finished jobs in {:.1} s",
+                level - stored,
+                t.elapsed().as_secs_f64()
+            );
+            stored = level;
+        }
+        // The first start after the writes also replays sled's log; the
+        // second is a plain restart.
+        let (first, _) = restart(bin, &data)?;
+        let (secs, rss) = restart(bin, &data)?;
+        println!("  history {level} finished jobs: first start after writing {first:.3} s");
+        println!("  history {level} finished jobs: restart {secs:.3} s");
+        println!(
+            "  history {level} finished jobs: RSS {:.1} MiB",
+            rss as f64 / 1048576.0
+        );
+        figures.push((secs, rss));
+    }
+    if let (Some(first), Some(last)) = (figures.first(), figures.last()) {
+        println!(
+            "  history ratio restart at {top} / at 0: {:.2}",
+            last.0 / first.0.max(0.001)
+        );
+        println!(
+            "  history ratio RSS at {top} / at 0: {:.2}",
+            last.1 as f64 / (first.1.max(1)) as f64
+        );
+    }
+    Ok(())
+}
