@@ -167,6 +167,9 @@ async fn main() {
     }
 }
 
+/// Below this open-files limit msched says how many agents it can serve.
+const MIN_OPEN_FILES: u64 = 65_536;
+
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.lease_timeout <= args.heartbeat_interval {
         anyhow::bail!("--lease-timeout must be longer than --heartbeat-interval");
@@ -235,6 +238,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // One connection (one file descriptor) per agent session.
+    match msfleet_proto::open_files::raise_to_hard() {
+        Ok(l) if l.soft < MIN_OPEN_FILES => tracing::warn!(
+            limit = l.soft,
+            "the open-files limit caps the agents msched can serve near {}: raise it \
+             (LimitNOFILE= in the systemd unit, ulimit -Hn)",
+            l.soft.saturating_sub(64)
+        ),
+        Ok(l) => tracing::info!(limit = l.soft, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
