@@ -28,7 +28,9 @@ struct Args {
     /// How often agents heartbeat.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
-    /// After a restart, how long known agents get to reconnect (default: the lease timeout).
+    /// After a restart, how long known agents get to reconnect (default: the
+    /// lease timeout plus the longest reconnect backoff of an agent, 10 s: an
+    /// agent that was backing off comes back within that of msched listening).
     #[arg(long, value_parser = humantime::parse_duration)]
     restart_grace: Option<Duration>,
     /// Retries of an attempt lost with its agent (silent past its lease,
@@ -177,7 +179,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = msched::Config::new(&args.data_dir);
     cfg.lease_timeout = args.lease_timeout;
     cfg.heartbeat_interval = args.heartbeat_interval;
-    cfg.restart_grace = args.restart_grace.unwrap_or(args.lease_timeout);
+    cfg.restart_grace = args
+        .restart_grace
+        .unwrap_or(args.lease_timeout + msfleet_proto::backoff::BACKOFF_MAX);
     cfg.default_timeout = args.default_timeout;
     cfg.default_agent_lost_retries = args.agent_lost_retries;
     cfg.dedup_window = args.dedup_window;
