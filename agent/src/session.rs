@@ -12,6 +12,7 @@ use crate::attempt::{AttemptKey, AttemptSpec, LogBudget, StopReason, Updates, LO
 use crate::config::AgentConfig;
 use crate::runner;
 use msfleet_proto::agent_link_client::AgentLinkClient;
+use msfleet_proto::backoff::{reconnect_delay, Jitter};
 use msfleet_proto::client::ConnectError;
 use msfleet_proto::{
     agent_message, scheduler_message, task_update, AgentMessage, AttemptRef, Capabilities,
@@ -24,51 +25,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-
-/// HTTP/2 pings on the scheduler connection: a scheduler that stops
-/// answering (a dead host, a partition without a reset) is noticed within
-/// about their sum, and the agent reconnects.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Reconnect delays: exponential from [`BACKOFF_MIN`] to [`BACKOFF_MAX`],
-/// each drawn at random up to its bound (full jitter) so that a fleet whose
-/// scheduler restarts does not reconnect all at once.
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// The delay before reconnect number `failures` (0 for the first): at least
-/// [`BACKOFF_MIN`], at most `min(BACKOFF_MAX, BACKOFF_MIN * 2^failures)`,
-/// uniform in between as `random` (any u64) says.
-fn backoff_delay(failures: u32, random: u64) -> Duration {
-    let min = BACKOFF_MIN.as_millis() as u64;
-    let cap = min
-        .saturating_mul(1u64 << failures.min(20))
-        .min(BACKOFF_MAX.as_millis() as u64);
-    Duration::from_millis(min + random % (cap - min + 1))
-}
-
-/// A small xorshift generator for the jitter (no secrets depend on it),
-/// seeded from the clock and the process id.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Jitter {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Jitter((nanos ^ (u64::from(std::process::id()) << 32)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
 
 /// Why the agent stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +179,7 @@ impl Session {
                     if registered {
                         failures = 0;
                     }
-                    let backoff = backoff_delay(failures, jitter.next());
+                    let backoff = reconnect_delay(failures, jitter.draw());
                     failures = failures.saturating_add(1);
                     tracing::warn!(%why, retry_in = ?backoff, "scheduler connection lost");
                     backoff
@@ -281,10 +237,7 @@ impl Session {
     async fn connect_once(&mut self, shutdown: &mut watch::Receiver<bool>) -> Disconnect {
         let target = &self.cfg.target;
         let endpoint = match target.endpoint() {
-            Ok(e) => e
-                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-                .keep_alive_while_idle(true),
+            Ok(e) => msfleet_proto::client::agent_link(e),
             Err(e) => {
                 return Disconnect::Fatal(SessionError::BadAddress {
                     addr: self.cfg.scheduler.clone(),
@@ -986,32 +939,6 @@ mod tests {
         )
         .await;
         assert!(rx.recv().await.is_none());
-    }
-
-    #[test]
-    fn reconnect_delays_grow_from_200ms_to_10s_with_full_jitter() {
-        assert_eq!(backoff_delay(0, 0), BACKOFF_MIN);
-        assert_eq!(backoff_delay(0, u64::MAX), Duration::from_millis(200));
-        assert_eq!(
-            backoff_delay(1, 200),
-            Duration::from_millis(400),
-            "the bound"
-        );
-        assert_eq!(backoff_delay(3, 1_400), Duration::from_millis(1_600));
-        for failures in [6, 7, 40, u32::MAX] {
-            assert_eq!(backoff_delay(failures, 9_800), BACKOFF_MAX, "capped");
-            assert_eq!(backoff_delay(failures, 9_801), BACKOFF_MIN);
-        }
-        // Drawn delays spread over the range rather than all taking the bound.
-        let mut jitter = Jitter::new();
-        let drawn: Vec<Duration> = (0..200).map(|_| backoff_delay(10, jitter.next())).collect();
-        assert!(drawn
-            .iter()
-            .all(|d| (BACKOFF_MIN..=BACKOFF_MAX).contains(d)));
-        let distinct: std::collections::BTreeSet<_> = drawn.iter().collect();
-        assert!(distinct.len() > 100, "{} distinct delays", distinct.len());
-        assert!(drawn.iter().any(|d| *d < Duration::from_secs(3)));
-        assert!(drawn.iter().any(|d| *d > Duration::from_secs(7)));
     }
 
     #[test]

@@ -13,9 +13,11 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod backoff;
 pub mod bench;
 pub mod case;
 pub mod client;
+pub mod codec;
 pub mod devices;
 pub mod environment;
 #[cfg(any(test, feature = "fuzz"))]
@@ -25,6 +27,7 @@ mod fuzz_tests;
 pub mod matrix;
 pub mod memory;
 pub mod noise;
+pub mod open_files;
 pub mod policy;
 pub mod roots;
 pub mod secrets;

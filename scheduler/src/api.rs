@@ -511,6 +511,7 @@ impl AgentLink for AgentLinkService {
         };
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crate::core::agent_channel(crate::core::AGENT_QUEUE);
+        let heard = rx.heard();
         self.core
             .call(|reply| Command::Register {
                 session,
@@ -524,26 +525,16 @@ impl AgentLink for AgentLinkService {
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(msg)) => match msg.msg {
-                        // Awaiting room in the core slows this agent down
-                        // (h2 flow control) rather than queueing without end.
-                        Some(agent_message::Msg::Heartbeat(hb)) => match hb.check() {
-                            Ok(()) => core.send(Command::Heartbeat { session, hb }).await,
-                            Err(status) => tracing::warn!(session, %status, "ignoring a heartbeat"),
-                        },
-                        Some(agent_message::Msg::Update(update)) => {
-                            core.send(Command::Update { session, update }).await
+                    Ok(Some(msg)) => {
+                        if let Some(cmd) = session_command(session, msg, &heard) {
+                            // Awaiting room in the core slows this agent down
+                            // (h2 flow control) rather than queueing without
+                            // end. Boxed: the command (most of a KiB) and the
+                            // wait for room are not carried in this task's
+                            // future, which every idle session holds.
+                            Box::pin(core.send(cmd)).await;
                         }
-                        Some(agent_message::Msg::HealthReport(report)) => match report.check() {
-                            Ok(()) => core.send(Command::HealthReport { session, report }).await,
-                            Err(status) => {
-                                tracing::warn!(session, %status, "ignoring a health report")
-                            }
-                        },
-                        Some(agent_message::Msg::Register(_)) | None => {
-                            tracing::warn!(session, "ignoring a repeated or empty agent message")
-                        }
-                    },
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::info!(session, %status, "agent session ended");
@@ -567,5 +558,38 @@ impl AgentLink for AgentLinkService {
                 .call(|reply| Command::GetBaselines { req, agent, reply })
                 .await?,
         ))
+    }
+}
+
+/// What an agent's session message asks of the core, if anything: an idle
+/// agent's heartbeat (no attempts listed, not lost) only renews its lease
+/// through `heard`, read on the core's tick.
+fn session_command(
+    session: u64,
+    msg: pb::AgentMessage,
+    heard: &crate::core::Heard,
+) -> Option<Command> {
+    heard.note();
+    match msg.msg {
+        Some(agent_message::Msg::Heartbeat(hb)) => match hb.check() {
+            Ok(()) if hb.running.is_empty() && !heard.core_wants_heartbeat() => None,
+            Ok(()) => Some(Command::Heartbeat { session, hb }),
+            Err(status) => {
+                tracing::warn!(session, %status, "ignoring a heartbeat");
+                None
+            }
+        },
+        Some(agent_message::Msg::Update(update)) => Some(Command::Update { session, update }),
+        Some(agent_message::Msg::HealthReport(report)) => match report.check() {
+            Ok(()) => Some(Command::HealthReport { session, report }),
+            Err(status) => {
+                tracing::warn!(session, %status, "ignoring a health report");
+                None
+            }
+        },
+        Some(agent_message::Msg::Register(_)) | None => {
+            tracing::warn!(session, "ignoring a repeated or empty agent message");
+            None
+        }
     }
 }

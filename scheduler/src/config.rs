@@ -96,7 +96,8 @@ impl Config {
             data_dir: data_dir.into(),
             lease_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
-            restart_grace: Duration::from_secs(30),
+            // The lease timeout + an agent's longest reconnect backoff.
+            restart_grace: Duration::from_secs(30) + msfleet_proto::backoff::BACKOFF_MAX,
             default_timeout: Duration::from_secs(3600),
             default_retries: 2,
             default_agent_lost_retries: 5,

@@ -28,7 +28,9 @@ struct Args {
     /// How often agents heartbeat.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
-    /// After a restart, how long known agents get to reconnect (default: the lease timeout).
+    /// After a restart, how long known agents get to reconnect (default: the
+    /// lease timeout plus the longest reconnect backoff of an agent, 10 s: an
+    /// agent that was backing off comes back within that of msched listening).
     #[arg(long, value_parser = humantime::parse_duration)]
     restart_grace: Option<Duration>,
     /// Retries of an attempt lost with its agent (silent past its lease,
@@ -171,6 +173,9 @@ async fn main() {
     }
 }
 
+/// Below this open-files limit msched says how many agents it can serve.
+const MIN_OPEN_FILES: u64 = 65_536;
+
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.lease_timeout <= args.heartbeat_interval {
         anyhow::bail!("--lease-timeout must be longer than --heartbeat-interval");
@@ -178,7 +183,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = msched::Config::new(&args.data_dir);
     cfg.lease_timeout = args.lease_timeout;
     cfg.heartbeat_interval = args.heartbeat_interval;
-    cfg.restart_grace = args.restart_grace.unwrap_or(args.lease_timeout);
+    cfg.restart_grace = args
+        .restart_grace
+        .unwrap_or(args.lease_timeout + msfleet_proto::backoff::BACKOFF_MAX);
     cfg.default_timeout = args.default_timeout;
     cfg.default_agent_lost_retries = args.agent_lost_retries;
     cfg.dedup_window = args.dedup_window;
@@ -240,6 +247,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // One connection (one file descriptor) per agent session.
+    match msfleet_proto::open_files::raise_to_hard() {
+        Ok(l) if l.soft < MIN_OPEN_FILES => tracing::warn!(
+            limit = l.soft,
+            "the open-files limit caps the agents msched can serve near {}: raise it \
+             (LimitNOFILE= in the systemd unit, ulimit -Hn)",
+            l.soft.saturating_sub(64)
+        ),
+        Ok(l) => tracing::info!(limit = l.soft, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

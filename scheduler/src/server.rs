@@ -129,11 +129,22 @@ async fn blocking_store_step<T: Send + 'static>(
         .map_err(store_error)
 }
 
-/// HTTP/2 pings to every peer: a connection whose peer stops answering (a
-/// frozen or vanished agent host, a partition without a reset) is closed
-/// within about their sum, so its session ends in seconds.
-const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// HTTP/2 pings to a peer that sent nothing for a heartbeat interval and
+/// this much more: a connection whose peer stops answering (a frozen or
+/// vanished agent host, a partition without a reset) is closed within about
+/// heartbeat + slack + timeout, so its session ends in seconds. A live agent
+/// heartbeats within every interval (hyper pings only a connection it read
+/// nothing from), so 100,000 agents cost no pings from this side.
+const KEEPALIVE_SLACK: std::time::Duration = std::time::Duration::from_secs(2);
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// HTTP/2 flow-control windows per connection and per stream. Nearly every
+/// connection is one agent with one session stream: these bound what a
+/// connection may have in flight toward msched (hyper's defaults are 1 MiB
+/// per stream, on up to 100,000 connections), and an agent's result stream
+/// still moves megabytes a second at LAN round trips.
+const CONNECTION_WINDOW: u32 = 512 * 1024;
+const STREAM_WINDOW: u32 = 256 * 1024;
 
 /// Serves gRPC on `listener` (and, with `http`, the HTTP endpoints of
 /// [`crate::http`]) until `shutdown` resolves.
@@ -263,8 +274,10 @@ pub async fn serve(
         builder = builder.tls_config(config)?;
     }
     let serve = builder
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_interval(Some(cfg.heartbeat_interval + KEEPALIVE_SLACK))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
         .layer(AuthLayer::new(tokens))
         .add_service(
             health_service

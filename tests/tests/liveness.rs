@@ -359,3 +359,63 @@ fn forget_removes_a_gone_agent_and_fan_out_no_longer_lists_it() {
     assert_ne!(again.code, 0, "{again}");
     assert!(again.stderr.contains("no agent named 'g1'"), "{again}");
 }
+
+/// kill -9 of the scheduler under several agents, each running an attempt,
+/// and an outage long enough that the agents back off for seconds (their
+/// jittered backoff bounds reach 8-10 s): when msched is back every agent
+/// registers again and resumes its attempt; none is declared lost (the
+/// restart grace covers the longest backoff, not only the 3 s lease), and
+/// every job passes on its first attempt, on the agent it started on, with
+/// each test counted once.
+#[test]
+fn after_a_scheduler_kill9_every_agent_resumes_its_attempt_and_none_is_lost() {
+    const AGENTS: usize = 4;
+    const TESTS: u64 = 10;
+    let mut f = Fleet::new();
+    for i in 1..=AGENTS {
+        f.add_agent(&format!("w{i}"), &[], &[]);
+    }
+    let suite = s(&f.sleepy_suite("ten", TESTS as usize, 1.5));
+    let ids: Vec<String> = (0..AGENTS)
+        .map(|_| f.submit(&["pytest", "--dir", &suite]))
+        .collect();
+    let before: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            f.wait_job(id, "running with a result in", |j| {
+                j["state"] == "running" && count(j, "total") >= 1
+            })
+        })
+        .collect();
+    let on: std::collections::BTreeSet<&str> = before
+        .iter()
+        .map(|j| j["agent"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(on.len(), AGENTS, "one job per agent: {before:#?}");
+
+    f.sched.kill9();
+    std::thread::sleep(Duration::from_millis(5_000));
+    f.sched.restart();
+    wait_for(
+        Duration::from_secs(30),
+        "every agent back and busy with its attempt",
+        || {
+            let back = f
+                .agents_json()
+                .iter()
+                .filter(|a| a["connected"] == true && a["state"] == "busy")
+                .count();
+            (back == AGENTS).then_some(())
+        },
+        || format!("{:#?}", f.agents_json()),
+    );
+    for (id, started) in ids.iter().zip(&before) {
+        let j = f.wait_terminal(id);
+        assert_eq!(j["state"], "passed", "{j:#}");
+        assert_eq!(j["attempts"], 1, "job {id} was run again: {j:#}");
+        assert_eq!(j["agent"], started["agent"], "job {id} moved: {j:#}");
+        assert_eq!(j["agent_lost"], 0, "{j:#}");
+        assert_eq!(count(&j, "total"), TESTS, "{j:#}");
+        assert_eq!(count(&j, "passed"), TESTS, "{j:#}");
+    }
+}

@@ -14,6 +14,8 @@ pub(super) struct Session {
     /// How the session's agent proved its name (revoking a token ends only
     /// the sessions that came with one).
     pub(super) proof: AgentProof,
+    /// The session's [`super::Heard`] count when the core last read it.
+    pub(super) heard: u64,
 }
 
 pub(super) struct AgentEntry {
@@ -62,6 +64,18 @@ impl AgentEntry {
 }
 
 impl AgentEntry {
+    /// Renews `last_seen_ms` to `now` if the gRPC layer heard from the
+    /// session since the last look (heartbeats it did not pass on).
+    pub(super) fn refresh_heard(&mut self, now: i64) {
+        if let Some(s) = &mut self.session {
+            let heard = s.tx.heard();
+            if heard != s.heard {
+                s.heard = heard;
+                self.last_seen_ms = self.last_seen_ms.max(now);
+            }
+        }
+    }
+
     pub(super) fn caps(&self) -> &pb::Capabilities {
         static EMPTY: std::sync::OnceLock<pb::Capabilities> = std::sync::OnceLock::new();
         self.record
@@ -333,6 +347,12 @@ impl Core {
         }
         let attrs = matching::attributes(&name, &caps);
         let now = self.now;
+        // A known agent reconnecting as it was (after a scheduler restart,
+        // every agent) needs no durable write.
+        let changed = self
+            .agents
+            .get(&name)
+            .is_none_or(|a| a.record.capabilities.as_ref() != Some(&caps));
         let entry = self.agents.entry(name.clone()).or_insert_with(|| {
             AgentEntry::new(
                 Agent {
@@ -355,8 +375,11 @@ impl Core {
             tx: tx.clone(),
             leaving: false,
             proof: *proof,
+            heard: tx.heard(),
         });
-        step.writes.put_agent(&entry.record);
+        if changed {
+            step.writes.put_agent(&entry.record);
+        }
         self.sessions.insert(session, name.clone());
 
         let mut resumed = Vec::new();
@@ -490,6 +513,7 @@ impl Core {
             return;
         };
         if let Some(lost) = self.agents.get_mut(&name).and_then(|a| a.lost.take()) {
+            tx.want_heartbeats(false);
             let silent_ms = self.now - lost.silent_since_ms;
             tracing::info!(agent = %name, silent_ms, "a lost agent is back");
             step.dispatch = true;
@@ -515,6 +539,13 @@ impl Core {
     /// disconnect, so their leases run on and expire normally unless the
     /// agent reconnects and resumes, which it does at once.
     pub(super) fn end_slow_sessions(&mut self) {
+        // Every turn asks; only a new overflow (anywhere) is worth a pass
+        // over the agents.
+        let overflows = SLOW_SESSIONS.load(AtomicOrdering::Acquire);
+        if overflows == self.slow_sessions_seen {
+            return;
+        }
+        self.slow_sessions_seen = overflows;
         let slow: Vec<(u64, String)> = self
             .agents
             .iter()

@@ -440,6 +440,9 @@ impl Core {
         let now = self.now;
         let lease = self.cfg.lease_timeout.as_millis() as i64;
         let grace_end = self.started_ms + self.cfg.restart_grace.as_millis() as i64;
+        for a in self.agents.values_mut() {
+            a.refresh_heard(now);
+        }
         let expired: Vec<(String, Vec<u64>)> = self
             .agents
             .iter()
@@ -464,6 +467,10 @@ impl Core {
                 silent_since_ms: a.last_seen_ms,
                 why: format!("{how} past its {lease_s} s lease"),
             });
+            if let Some(s) = &a.session {
+                // Its next heartbeat, whatever it lists, reconciles it.
+                s.tx.want_heartbeats(true);
+            }
             tracing::warn!(agent = %name, silent_s, attempts = held.len(), "agent lost");
             step.observe(Observation::LeaseExpired);
             let why = format!("agent {name} lost: silent {silent_s:.1} s");
@@ -489,6 +496,11 @@ impl Core {
     /// takes only its health checks). **Where devices are allocated**: the
     /// attempt's devices are chosen here and recorded with its lease.
     pub(super) fn dispatch(&mut self, step: &mut Step) {
+        // Nothing to hand out: no pass over the agents (every registration
+        // asks for a dispatch; 100,000 of them after a restart).
+        if self.pending.is_empty() {
+            return;
+        }
         #[cfg(test)]
         let plan = if tests::BY_SCAN.get() {
             self.plan_dispatch_by_scan()
@@ -921,6 +933,38 @@ mod tests {
             .into_iter()
             .find(|a| a.name == name)
             .unwrap()
+    }
+
+    /// The gRPC layer keeps an idle agent's heartbeats from the core and only
+    /// counts them: the count renews the lease on the tick. Once the agent is
+    /// lost, the core asks for its next heartbeat, which reconciles it.
+    #[test]
+    fn heartbeats_kept_from_the_core_renew_the_lease_and_a_lost_agent_asks_for_the_next() {
+        let mut h = Harness::with(lease_3s);
+        let a = h.register("a1", "cpu", 1);
+        let heard = a.heard();
+        for _ in 0..5 {
+            h.advance(2_000);
+            heard.note();
+            h.tick();
+        }
+        let seen = agent(&mut h, "a1");
+        assert_eq!(
+            seen.state, "online",
+            "10 s of counted heartbeats, 3 s lease"
+        );
+        assert!(!heard.core_wants_heartbeat());
+        h.advance(3_100);
+        h.tick();
+        assert_eq!(agent(&mut h, "a1").state, "lost");
+        assert!(
+            heard.core_wants_heartbeat(),
+            "a lost agent's next heartbeat goes to the core"
+        );
+        heard.note();
+        h.heartbeat(&a, vec![]);
+        assert_eq!(agent(&mut h, "a1").state, "online");
+        assert!(!heard.core_wants_heartbeat());
     }
 
     /// The case: a frozen agent (connection open, nothing said) lost

@@ -63,6 +63,11 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The session's liveness handle, as the gRPC layer holds it.
+    pub fn heard(&self) -> super::Heard {
+        self.rx.heard()
+    }
+
     /// The status the core ended this session's stream with, skipping messages.
     pub fn next_status(&mut self) -> Option<Status> {
         loop {

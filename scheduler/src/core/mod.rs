@@ -33,7 +33,7 @@ use msfleet_proto::{
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread;
@@ -82,12 +82,27 @@ pub const AGENT_QUEUE: usize = 4096;
 
 type Outbound = Result<SchedulerMessage, Status>;
 
+/// What a session's queue holds: boxed, so an idle session's queue (its first
+/// block of 32 slots, allocated with the channel) is 32 pointers, not 32
+/// inline messages of most of a KiB each; 100,000 idle sessions hold ~2.6 GiB
+/// of address space less.
+type Queued = Result<Box<SchedulerMessage>, Box<Status>>;
+
+fn unbox(q: Queued) -> Outbound {
+    q.map(|m| *m).map_err(|s| *s)
+}
+
 /// How an agent's stream ends early: the status it ends with, and whether it
 /// ended because the agent fell [`AGENT_QUEUE`] messages behind.
 #[derive(Default)]
 struct StreamEnd {
     status: Mutex<Option<Status>>,
     overflowed: AtomicBool,
+    /// Messages the gRPC layer received on the session (see [`Heard`]).
+    heard: AtomicU64,
+    /// The core wants the agent's next heartbeat even if it lists nothing
+    /// (the agent is lost and a heartbeat reconciles it).
+    wants_heartbeat: AtomicBool,
 }
 
 impl StreamEnd {
@@ -101,17 +116,21 @@ impl StreamEnd {
     }
 }
 
+/// Session streams that overflowed so far, in this process: the core looks
+/// for slow sessions only when it grew ([`Core::end_slow_sessions`]).
+static SLOW_SESSIONS: AtomicU64 = AtomicU64::new(0);
+
 /// The outbound half of an agent's session stream: bounded, and never waited on.
 #[derive(Clone)]
 pub struct AgentTx {
-    tx: tmpsc::Sender<Outbound>,
+    tx: tmpsc::Sender<Queued>,
     end: Arc<StreamEnd>,
 }
 
 /// The inbound half: what the gRPC layer streams to the agent (and the
 /// harness reads).
 pub struct AgentRx {
-    rx: tmpsc::Receiver<Outbound>,
+    rx: tmpsc::Receiver<Queued>,
     end: Arc<StreamEnd>,
     done: bool,
 }
@@ -133,7 +152,38 @@ pub fn agent_channel(capacity: usize) -> (AgentTx, AgentRx) {
     )
 }
 
+/// The gRPC layer's side of a session's liveness. Every message the agent
+/// sends counts as hearing from it; the core reads the count on its tick and
+/// renews the agent's lease from it ([`Core::expire_leases`]). So a heartbeat
+/// that lists no attempts need not reach the core at all (at 100,000 agents
+/// every 10 s, 10,000 wake-ups of the core thread a second saved), unless
+/// the core asked for it ([`Heard::core_wants_heartbeat`]).
+#[derive(Clone)]
+pub struct Heard(Arc<StreamEnd>);
+
+impl Heard {
+    /// The agent sent something.
+    pub fn note(&self) {
+        self.0.heard.fetch_add(1, AtomicOrdering::Release);
+    }
+
+    /// Whether a heartbeat that lists no attempts must still go to the core.
+    pub fn core_wants_heartbeat(&self) -> bool {
+        self.0.wants_heartbeat.load(AtomicOrdering::Acquire)
+    }
+}
+
 impl AgentTx {
+    /// How many messages the gRPC layer has heard on this session.
+    fn heard(&self) -> u64 {
+        self.end.heard.load(AtomicOrdering::Acquire)
+    }
+
+    /// Asks for (or stops asking for) every heartbeat of this session.
+    fn want_heartbeats(&self, on: bool) {
+        self.end.wants_heartbeat.store(on, AtomicOrdering::Release);
+    }
+
     /// Queues `msg` without waiting. A full queue means the agent is not
     /// reading: the stream then ends with ResourceExhausted (ahead of what is
     /// queued), later messages are dropped, and the core ends the session on
@@ -142,8 +192,9 @@ impl AgentTx {
         if self.overflowed() {
             return;
         }
-        if let Err(tmpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(msg)) {
+        if let Err(tmpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(Box::new(msg))) {
             self.end.overflowed.store(true, AtomicOrdering::Release);
+            SLOW_SESSIONS.fetch_add(1, AtomicOrdering::Release);
             self.end.set(Status::resource_exhausted(format!(
                 "this agent read its session too slowly (over {} messages behind); reconnect",
                 self.tx.max_capacity()
@@ -153,8 +204,10 @@ impl AgentTx {
 
     /// Ends the stream with `status`, ahead of what is still queued if full.
     fn end(&self, status: Status) {
-        if let Err(tmpsc::error::TrySendError::Full(Err(status))) = self.tx.try_send(Err(status)) {
-            self.end.set(status);
+        if let Err(tmpsc::error::TrySendError::Full(Err(status))) =
+            self.tx.try_send(Err(Box::new(status)))
+        {
+            self.end.set(*status);
         }
     }
 
@@ -164,6 +217,11 @@ impl AgentTx {
 }
 
 impl AgentRx {
+    /// The liveness handle of this session, for the gRPC layer.
+    pub fn heard(&self) -> Heard {
+        Heard(self.end.clone())
+    }
+
     fn ended(&mut self, item: Option<Outbound>) -> Option<Outbound> {
         if self.done {
             return None;
@@ -185,7 +243,7 @@ impl AgentRx {
                 .ended(None)
                 .ok_or(tmpsc::error::TryRecvError::Disconnected);
         }
-        let item = self.rx.try_recv()?;
+        let item = unbox(self.rx.try_recv()?);
         self.ended(Some(item))
             .ok_or(tmpsc::error::TryRecvError::Disconnected)
     }
@@ -195,7 +253,7 @@ impl AgentRx {
         if self.done || self.end.status.lock().is_ok_and(|s| s.is_some()) {
             return self.ended(None);
         }
-        let item = self.rx.blocking_recv();
+        let item = self.rx.blocking_recv().map(unbox);
         self.ended(item)
     }
 }
@@ -208,7 +266,7 @@ impl futures::Stream for AgentRx {
             return Poll::Ready(self.ended(None));
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(item) => Poll::Ready(self.ended(item)),
+            Poll::Ready(item) => Poll::Ready(self.ended(item.map(unbox))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -537,6 +595,8 @@ struct Core {
     case_runs: case_runs::CaseRunBook,
     /// Queue waits of the last hour (the queue view's p50 / p95).
     waits: waits::WaitWindow,
+    /// [`SLOW_SESSIONS`] when the core last looked for slow sessions.
+    slow_sessions_seen: u64,
 }
 
 const NEXT_EPOCH: &str = "next_epoch";
@@ -577,6 +637,7 @@ impl Core {
             held_back: BTreeMap::new(),
             case_runs,
             waits: waits::WaitWindow::default(),
+            slow_sessions_seen: 0,
         };
         for (name, value) in snap.meta {
             if name == NEXT_EPOCH {

@@ -14,8 +14,16 @@
 //! - `backlog` (`backlog.rs`): dispatch latency with 100 .. 100,000 jobs pending.
 //! - `history` (`history.rs`): msched restart time and RSS with 0 .. 1,000,000
 //!   finished jobs in its store.
+//! - `scale` (`scale.rs`): 10,000 and 100,000 agents, one connection each,
+//!   heartbeating every 10 s; msched RSS and CPU per figure.
+//! - `restart` (`restart.rs`): kill -9 msched under 10,000 agents (1,000
+//!   running): time to full re-registration and resumption, peak reconnects.
 //!
-//! Everything is bounded in count and time and talks to 127.0.0.1 only.
+//! Everything is bounded in count and time and talks to loopback only.
+
+mod restart;
+mod scale;
+mod simagent;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -41,7 +49,7 @@ mod history;
 #[derive(Parser, Debug)]
 #[command(name = "msfleet-load")]
 struct Args {
-    /// throughput, latency, idle, backlog, history or all (all: the first three).
+    /// throughput, latency, idle or all (those three); backlog; history; scale; restart.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Simulated agents for throughput/latency.
@@ -65,6 +73,29 @@ struct Args {
     /// Seconds the idle scenario measures over.
     #[arg(long, default_value_t = 20)]
     idle_seconds: u64,
+    /// Fleet sizes of the scale scenario, comma-separated.
+    #[arg(long, default_value = "10000,100000")]
+    scale_agents: String,
+    /// Heartbeat interval of the scale scenario.
+    #[arg(long, default_value = "10s")]
+    scale_heartbeat: String,
+    /// Seconds the scale scenario measures over (per fleet size).
+    #[arg(long, default_value_t = 30)]
+    scale_seconds: u64,
+    /// Agents of the restart scenario.
+    #[arg(long, default_value_t = 10_000)]
+    restart_agents: usize,
+    /// Of them, agents running an attempt when msched is killed.
+    #[arg(long, default_value_t = 1_000)]
+    restart_running: usize,
+    /// Simulated agents per HTTP/2 connection in scale/restart (0: one each,
+    /// unless the open-files limit forces sharing).
+    #[arg(long, default_value_t = 0)]
+    per_connection: usize,
+    /// Loopback source addresses (127.0.0.1..=N) the scale/restart agents
+    /// connect from: each gives ~28,000 ephemeral ports.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
     /// Heartbeat interval given to msched.
     #[arg(long, default_value = "5s")]
     heartbeat: String,
@@ -106,7 +137,10 @@ struct Sched {
     addr: String,
     /// The bootstrap admin token msched wrote on its first start.
     admin: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// How it was started (binary, flags other than --listen), to start it again.
+    bin: PathBuf,
+    flags: Vec<String>,
 }
 
 type Fc = FleetClient<InterceptedService<Channel, Bearer>>;
@@ -122,61 +156,84 @@ fn fleet_client(ch: Channel, secret: &str) -> Result<Fc> {
 
 impl Sched {
     fn start(bin: &PathBuf, heartbeat: &str, otlp: Option<&str>, metrics: &str) -> Result<Sched> {
+        let mut flags: Vec<String> = otlp
+            .iter()
+            .flat_map(|url| ["--otlp-endpoint".to_string(), url.to_string()])
+            .collect();
+        flags.extend(
+            ["--heartbeat-interval", heartbeat, "--lease-timeout", "60s"].map(str::to_string),
+        );
+        flags.push("--http-listen".into());
+        flags.push(
+            if metrics == "on" {
+                "127.0.0.1:0"
+            } else {
+                "off"
+            }
+            .into(),
+        );
+        Sched::start_with(bin, flags)
+    }
+
+    /// Starts `bin` on a fresh data dir with `flags` (besides --listen,
+    /// --data-dir and --ready-file).
+    fn start_with(bin: &PathBuf, flags: Vec<String>) -> Result<Sched> {
         STOPPING.store(false, Ordering::Relaxed);
         let dir = tempfile::tempdir()?;
-        let ready = dir.path().join("addr");
-        let child = Command::new(bin)
-            .args(otlp.iter().flat_map(|url| ["--otlp-endpoint", url]))
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(["--heartbeat-interval", heartbeat, "--lease-timeout", "60s"])
-            .args([
-                "--http-listen",
-                if metrics == "on" {
-                    "127.0.0.1:0"
-                } else {
-                    "off"
-                },
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let child = spawn_msched(bin, &flags, "127.0.0.1:0", dir.path())?;
+        let mut sched = Sched {
+            child,
+            addr: String::new(),
+            admin: String::new(),
+            dir,
+            bin: bin.clone(),
+            flags,
+        };
+        let (addr, http) = sched.wait_ready()?;
+        sched.addr = format!("http://{addr}");
+        sched.admin = std::fs::read_to_string(sched.dir.path().join("data/admin.token"))
+            .context("reading msched's admin token")?
+            .trim()
+            .to_string();
+        if let Some(http) = http {
+            scrape_every_second(http);
+        }
+        Ok(sched)
+    }
+
+    /// Waits for the ready file: (gRPC address, HTTP address).
+    fn wait_ready(&self) -> Result<(String, Option<String>)> {
+        let ready = self.dir.path().join("addr");
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(r) = std::fs::read_to_string(&ready)
                 .ok()
                 .filter(|r| !r.is_empty())
             {
-                let a = r.lines().next().unwrap_or_default().to_string();
+                let addr = r.lines().next().unwrap_or_default().to_string();
                 let http = r
                     .lines()
                     .find_map(|l| l.strip_prefix("http "))
                     .map(str::to_string);
-                let admin = std::fs::read_to_string(dir.path().join("data/admin.token"))
-                    .context("reading msched's admin token")?
-                    .trim()
-                    .to_string();
-                if let Some(http) = http {
-                    scrape_every_second(http);
-                }
-                return Ok(Sched {
-                    child,
-                    addr: format!("http://{a}"),
-                    admin,
-                    _dir: dir,
-                });
+                return Ok((addr, http));
             }
             if Instant::now() > deadline {
                 bail!("msched did not become ready");
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// kill -9, then the same msched again on the same data dir and port;
+    /// returns once it is ready (the ready file written again).
+    fn kill9_and_restart(&mut self) -> Result<()> {
+        self.child.kill().context("kill -9 msched")?;
+        self.child.wait()?;
+        let _ = std::fs::remove_file(self.dir.path().join("addr"));
+        let listen = self.addr.trim_start_matches("http://").to_string();
+        self.child = spawn_msched(&self.bin, &self.flags, &listen, self.dir.path())?;
+        self.wait_ready()?;
+        Ok(())
     }
 
     fn pid(&self) -> u32 {
@@ -185,30 +242,89 @@ impl Sched {
 
     /// (RSS bytes, CPU seconds user+sys) from /proc.
     fn usage(&self) -> (u64, f64) {
-        let pid = self.pid();
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024;
-        let ticks = 100.0; // USER_HZ on Linux
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let after = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = after.split_whitespace().collect();
-                let ut: f64 = f.get(11)?.parse().ok()?;
-                let st: f64 = f.get(12)?.parse().ok()?;
-                Some((ut + st) / ticks)
-            })
-            .unwrap_or(0.0);
-        (rss, cpu)
+        proc_usage(&self.pid().to_string())
     }
+}
+
+/// (RSS bytes, CPU seconds user+sys) of process `pid` ("self" for this one).
+fn proc_usage(pid: &str) -> (u64, f64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ut: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((ut + st) / ticks)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
+}
+
+/// CPU seconds this load generator used so far.
+fn self_cpu_s() -> f64 {
+    proc_usage("self").1
+}
+
+/// File descriptors kept free of agent connections (msched's store, listeners, ...).
+const FD_RESERVE: u64 = 1024;
+
+/// How many simulated agents share one HTTP/2 connection: `asked` if given
+/// (and it fits), else 1 where the open-files limit allows one connection
+/// per agent (in this process and in msched), else the fewest that fit.
+fn agents_per_connection(agents: usize, asked: usize) -> Result<usize> {
+    let limit = msfleet_proto::open_files::limit()?.soft;
+    let room = limit.saturating_sub(FD_RESERVE).max(1) as usize;
+    let per = match asked {
+        0 => agents.div_ceil(room).max(1),
+        n => n,
+    };
+    if agents.div_ceil(per) > room {
+        bail!(
+            "{agents} agents at {per} per connection need {} connections, but the open-files \
+             limit is {limit}: raise it (ulimit -Hn) or pass a larger --per-connection",
+            agents.div_ceil(per)
+        );
+    }
+    if per > 1 {
+        eprintln!(
+            "msfleet-load: the open-files limit ({limit}) allows {room} connections: \
+             {per} simulated agents share each"
+        );
+    }
+    Ok(per)
+}
+
+fn spawn_msched(
+    bin: &PathBuf,
+    flags: &[String],
+    listen: &str,
+    dir: &std::path::Path,
+) -> Result<Child> {
+    Command::new(bin)
+        .args(flags)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .args(["--listen", listen, "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--ready-file")
+        .arg(dir.join("addr"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
 /// Scrapes msched's `/metrics` once a second (as a busy Prometheus would)
@@ -590,6 +706,10 @@ async fn idle(args: &Args, bin: &PathBuf, otlp: &Option<OtlpSink>) -> Result<()>
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // One file descriptor per simulated agent connection (msched, its child, inherits it).
+    if let Err(e) = msfleet_proto::open_files::raise_to_hard() {
+        eprintln!("msfleet-load: could not raise the open-files limit: {e}");
+    }
     let bin = match &args.msched {
         Some(b) => b.clone(),
         None => std::env::current_exe()?
@@ -630,6 +750,18 @@ async fn main() -> Result<()> {
         history::history(&args, &bin).await?;
         ran = true;
     }
+    // Not part of `all`: minutes long, and the fleet sizes want a quiet machine.
+    match args.scenario.as_str() {
+        "scale" => {
+            scale::run(&args, &bin).await?;
+            ran = true;
+        }
+        "restart" => {
+            restart::run(&args, &bin).await?;
+            ran = true;
+        }
+        _ => {}
+    }
     if let Some(o) = &otlp {
         // msched's batches leave every 5 s and at its shutdown.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -640,7 +772,7 @@ async fn main() -> Result<()> {
     }
     if !ran {
         bail!(
-            "unknown scenario '{}': use throughput, latency, idle, backlog, history or all",
+            "unknown scenario '{}': use throughput, latency, idle, all, backlog, history, scale or restart",
             args.scenario
         );
     }
