@@ -209,6 +209,12 @@ impl Updates {
                     t.nodeid = r.text(&t.nodeid);
                     t.longrepr = r.text(&t.longrepr);
                 }
+                task_update::Kind::Tests(batch) => {
+                    for t in &mut batch.results {
+                        t.nodeid = r.text(&t.nodeid);
+                        t.longrepr = r.text(&t.longrepr);
+                    }
+                }
                 task_update::Kind::Finished(f) => f.reason = r.text(&f.reason),
                 task_update::Kind::Case(c) => {
                     if let Some(e) = c.explanation.as_mut() {

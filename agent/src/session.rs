@@ -7,15 +7,21 @@
 //! reconnect the agent re-registers, names the attempts it still runs, and
 //! resends their outboxes in order; the scheduler applies each (attempt, seq)
 //! once. Attempts the scheduler no longer recognises are stopped and dropped.
+//!
+//! Test results are sent in batches (`TaskUpdate.tests`, [`ResultBatch`]):
+//! a result waits in its attempt's open batch until the batch is full (count
+//! or bytes), its first result is `max_delay` old, or another update of the
+//! attempt comes (which goes after it: order is kept). A batch is one update:
+//! one sequence number, one write and one Ack at the scheduler.
 
 use crate::attempt::{AttemptKey, AttemptSpec, LogBudget, StopReason, Updates, LOG_BUDGET};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ResultBatch};
 use crate::runner;
 use msfleet_proto::agent_link_client::AgentLinkClient;
 use msfleet_proto::client::ConnectError;
 use msfleet_proto::{
     agent_message, scheduler_message, task_update, AgentMessage, AttemptRef, Capabilities,
-    TaskUpdate,
+    TaskUpdate, TestResult, TestResults,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -101,6 +107,50 @@ struct Attempt {
     /// From the `Finished` update until the scheduler acknowledged it (durable): the
     /// attempt's "upload results" span, ended when the attempt is dropped.
     upload: Option<tracing::Span>,
+    /// Test results not yet numbered: they leave together as one update.
+    batch: OpenBatch,
+}
+
+/// An attempt's test results waiting to share one update.
+#[derive(Default)]
+struct OpenBatch {
+    results: Vec<TestResult>,
+    /// Encoded size of `results`.
+    bytes: usize,
+    /// When the batch must go: `max_delay` after its first result.
+    due: Option<tokio::time::Instant>,
+}
+
+impl OpenBatch {
+    /// Adds `t`; returns a full batch to send first (`t` would not fit in
+    /// it) and whether the batch holding `t` is now full too.
+    fn add(&mut self, t: TestResult, limits: &ResultBatch) -> (Option<TestResults>, bool) {
+        use prost::Message;
+        let len = t.encoded_len() + 4;
+        let before = if !self.results.is_empty() && self.bytes + len > limits.max_bytes {
+            self.take()
+        } else {
+            None
+        };
+        if self.results.is_empty() {
+            self.due = Some(tokio::time::Instant::now() + limits.max_delay);
+        }
+        self.results.push(t);
+        self.bytes += len;
+        let full = self.results.len() >= limits.max_results || self.bytes >= limits.max_bytes;
+        (before, full)
+    }
+
+    fn take(&mut self) -> Option<TestResults> {
+        self.due = None;
+        self.bytes = 0;
+        if self.results.is_empty() {
+            return None;
+        }
+        Some(TestResults {
+            results: std::mem::take(&mut self.results),
+        })
+    }
 }
 
 impl Drop for Attempt {
@@ -120,6 +170,7 @@ impl Attempt {
             logs: LogBudget::new(LOG_BUDGET),
             traceparent: String::new(),
             upload: None,
+            batch: OpenBatch::default(),
         }
     }
 
@@ -239,7 +290,7 @@ impl Session {
                 self.publish_metrics();
                 tokio::select! {
                     _ = &mut wait => break,
-                    Some((key, kind)) = self.updates_rx.recv() => { self.record(key, kind); }
+                    Some((key, kind)) = self.updates_rx.recv() => { self.take(key, kind); }
                     _ = shutdown.changed(), if !self.shutting_down => self.begin_shutdown(),
                 }
             }
@@ -377,6 +428,7 @@ impl Session {
                 return Disconnect::ShutDown;
             }
             self.publish_metrics();
+            let due = self.next_batch_due();
             tokio::select! {
                 // Read what the scheduler sent first: it ends a session that
                 // falls too far behind, and acks make room for more output.
@@ -398,7 +450,14 @@ impl Session {
                     Err(s) => return Disconnect::Retry(format!("session error: {s}"), true),
                 },
                 Some((key, kind)) = self.updates_rx.recv() => {
-                    if let Some(u) = self.record(key, kind) {
+                    for u in self.take(key, kind) {
+                        if out.send(update_msg(u)).await.is_err() {
+                            return Disconnect::Retry("the session closed".into(), true);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    for u in self.send_due_batches() {
                         if out.send(update_msg(u)).await.is_err() {
                             return Disconnect::Retry("the session closed".into(), true);
                         }
@@ -433,7 +492,58 @@ impl Session {
         }
     }
 
-    /// Numbers an update from a runner and keeps it until acknowledged.
+    /// An update from a runner: a test result joins its attempt's open
+    /// batch; anything else goes after that batch. Returns what to send now.
+    fn take(&mut self, key: AttemptKey, kind: task_update::Kind) -> Vec<TaskUpdate> {
+        let limits = self.cfg.result_batch;
+        let Some(a) = self.attempts.get_mut(&key) else {
+            return Vec::new(); // abandoned: drop
+        };
+        let mut ready = Vec::new();
+        match kind {
+            task_update::Kind::Test(t) => {
+                let (before, full) = a.batch.add(t, &limits);
+                ready.extend(before);
+                if full {
+                    ready.extend(a.batch.take());
+                }
+                ready
+                    .into_iter()
+                    .filter_map(|b| self.record(key.clone(), task_update::Kind::Tests(b)))
+                    .collect()
+            }
+            kind => {
+                let batch = a.batch.take();
+                let mut out: Vec<TaskUpdate> = batch
+                    .and_then(|b| self.record(key.clone(), task_update::Kind::Tests(b)))
+                    .into_iter()
+                    .collect();
+                out.extend(self.record(key, kind));
+                out
+            }
+        }
+    }
+
+    /// When the earliest open batch must go.
+    fn next_batch_due(&self) -> Option<tokio::time::Instant> {
+        self.attempts.values().filter_map(|a| a.batch.due).min()
+    }
+
+    /// Numbers and returns every open batch whose time has come.
+    fn send_due_batches(&mut self) -> Vec<TaskUpdate> {
+        let now = tokio::time::Instant::now();
+        let due: Vec<(AttemptKey, TestResults)> = self
+            .attempts
+            .iter_mut()
+            .filter(|(_, a)| a.batch.due.is_some_and(|d| d <= now))
+            .filter_map(|(k, a)| a.batch.take().map(|b| (k.clone(), b)))
+            .collect();
+        due.into_iter()
+            .filter_map(|(k, b)| self.record(k, task_update::Kind::Tests(b)))
+            .collect()
+    }
+
+    /// Numbers an update and keeps it until acknowledged.
     fn record(&mut self, key: AttemptKey, kind: task_update::Kind) -> Option<TaskUpdate> {
         let a = self.attempts.get_mut(&key)?; // abandoned: drop
         if a.finished_seq.is_some() {
@@ -737,6 +847,7 @@ mod tests {
             logs: LogBudget::new(LOG_BUDGET),
             traceparent: String::new(),
             upload: None,
+            batch: OpenBatch::default(),
         };
         for i in 1..=n {
             let kind = if i == n {
@@ -824,6 +935,7 @@ mod tests {
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
             probe_interval: crate::config::DEFAULT_PROBE_INTERVAL,
             min_disk_free_mb: crate::config::DEFAULT_MIN_DISK_FREE_MB,
+            result_batch: Default::default(),
             max_crash_restarts: 0,
             npu_smi: "npu-smi".into(),
             target: Default::default(),
@@ -1028,5 +1140,103 @@ mod tests {
         assert!(a.drop_refused(2).is_empty());
         assert!(a.drop_refused(3).is_empty());
         assert_eq!(a.unacked.len(), 3);
+    }
+
+    fn result(i: usize) -> task_update::Kind {
+        task_update::Kind::Test(TestResult {
+            nodeid: format!("tests/test_x.py::test_{i}"),
+            when: "call".into(),
+            outcome: "passed".into(),
+            ..Default::default()
+        })
+    }
+
+    fn batch_sizes(out: &[TaskUpdate]) -> Vec<(u64, usize)> {
+        out.iter()
+            .map(|u| match &u.kind {
+                Some(task_update::Kind::Tests(b)) => (u.seq, b.results.len()),
+                _ => (u.seq, 0),
+            })
+            .collect()
+    }
+
+    /// Test results leave in batches of at most `max_results`, numbered
+    /// one sequence number per batch, in order; the open batch goes ahead of
+    /// the attempt's next other update, and a batch that waited `max_delay`
+    /// goes on its own.
+    #[tokio::test]
+    async fn test_results_go_in_batches_by_count_time_and_before_other_updates() {
+        let work = tempfile::tempdir().unwrap();
+        let mut cfg = config(1, work.path());
+        cfg.result_batch.max_results = 3;
+        cfg.result_batch.max_delay = Duration::from_millis(50);
+        let mut s = Session::new(Arc::new(cfg), Capabilities::default());
+        let key: AttemptKey = ("1".into(), 1);
+        let (stop, _) = watch::channel(None);
+        let r = AttemptRef {
+            task_id: "1".into(),
+            attempt: 1,
+            epoch: 1,
+        };
+        s.attempts.insert(key.clone(), Attempt::new(r, stop));
+        let mut out = Vec::new();
+        for i in 0..7 {
+            out.extend(s.take(key.clone(), result(i)));
+        }
+        assert_eq!(batch_sizes(&out), vec![(1, 3), (2, 3)], "two full batches");
+        assert!(s.next_batch_due().is_some(), "one result waits");
+        assert!(s.send_due_batches().is_empty(), "not yet due");
+        tokio::time::sleep(s.cfg.result_batch.max_delay).await;
+        let late = s.send_due_batches();
+        assert_eq!(batch_sizes(&late), vec![(3, 1)], "due after max_delay");
+        assert_eq!(s.next_batch_due(), None);
+        out.extend(late);
+        out.extend(s.take(key.clone(), result(7)));
+        out.extend(s.take(
+            key.clone(),
+            task_update::Kind::Finished(msfleet_proto::Finished::default()),
+        ));
+        assert_eq!(
+            batch_sizes(&out),
+            vec![(1, 3), (2, 3), (3, 1), (4, 1), (5, 0)],
+            "the open batch goes before the Finished"
+        );
+        let ids: Vec<String> = out
+            .iter()
+            .filter_map(|u| match &u.kind {
+                Some(task_update::Kind::Tests(b)) => Some(b.results.iter()),
+                _ => None,
+            })
+            .flatten()
+            .map(|t| t.nodeid.clone())
+            .collect();
+        let want: Vec<String> = (0..8)
+            .map(|i| format!("tests/test_x.py::test_{i}"))
+            .collect();
+        assert_eq!(ids, want, "every result once, in order");
+        assert_eq!(s.attempts[&key].unacked.len(), 5, "all kept until acked");
+    }
+
+    /// A batch also goes once its bytes reach `max_bytes`; a result that
+    /// would not fit starts the next batch.
+    #[tokio::test]
+    async fn a_batch_goes_when_its_bytes_are_full() {
+        let limits = ResultBatch {
+            max_results: 100,
+            max_bytes: 1024,
+            max_delay: Duration::from_millis(5),
+        };
+        let mut b = OpenBatch::default();
+        let big = |c: char| TestResult {
+            nodeid: "t.py::big".into(),
+            longrepr: c.to_string().repeat(600),
+            ..Default::default()
+        };
+        assert_eq!(b.add(big('a'), &limits).0, None);
+        let (before, full) = b.add(big('b'), &limits);
+        assert_eq!(before.map(|b| b.results.len()), Some(1), "a went alone");
+        assert!(!full);
+        assert_eq!(b.results.len(), 1);
+        assert_eq!(b.results[0].longrepr.chars().next(), Some('b'));
     }
 }

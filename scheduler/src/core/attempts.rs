@@ -94,6 +94,15 @@ impl Core {
                     return reject(step, format!("test result refused: {}", s.message()), false);
                 }
             }
+            Some(task_update::Kind::Tests(batch)) => {
+                if let Err(s) = limits::test_results(batch) {
+                    return reject(
+                        step,
+                        format!("test results refused: {}", s.message()),
+                        false,
+                    );
+                }
+            }
             Some(task_update::Kind::Case(c)) => {
                 if let Err(s) = limits::case_result(c) {
                     return reject(step, format!("case result refused: {}", s.message()), false);
@@ -143,6 +152,12 @@ impl Core {
             }
             Some(task_update::Kind::Case(c)) => self.record_case(task, attempt, &name, c, step),
             Some(task_update::Kind::Test(t)) => self.record_test(task, attempt, &name, t, step),
+            // One update, one write, one Ack; each result its own event.
+            Some(task_update::Kind::Tests(batch)) => {
+                for t in batch.results {
+                    self.record_test(task, attempt, &name, t, step);
+                }
+            }
             Some(task_update::Kind::Environment(env)) => {
                 e.job.environment = Some(env.clone());
                 self.push_event(task, attempt, job_event::Kind::Environment(env), step);
@@ -1444,5 +1459,87 @@ mod tests {
             "{}",
             err.message()
         );
+    }
+
+    fn batch(results: Vec<msfleet_proto::TestResult>) -> msfleet_proto::task_update::Kind {
+        msfleet_proto::task_update::Kind::Tests(msfleet_proto::TestResults { results })
+    }
+
+    fn result(nodeid: &str, outcome: &str) -> msfleet_proto::TestResult {
+        msfleet_proto::TestResult {
+            nodeid: nodeid.into(),
+            when: "call".into(),
+            outcome: outcome.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A batch of results is one update: one Ack for its seq, and each
+    /// result its own event (gap-free seqs), counted and in the test history;
+    /// single-result updates still work beside it; a resend is re-acked and
+    /// changes nothing; a batch with one bad result is refused whole.
+    #[test]
+    fn a_batch_of_test_results_is_one_update_and_each_result_its_own_event() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        let results: Vec<_> = (0..100)
+            .map(|i| {
+                result(
+                    &format!("t.py::test_{i}"),
+                    if i % 10 == 0 { "failed" } else { "passed" },
+                )
+            })
+            .collect();
+        let msgs = h.update(&mut a, &r, 2, batch(results.clone()));
+        let acks: Vec<u64> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                Msg::Ack(a) => Some(a.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks, vec![2], "one ack for the batch");
+        let again = h.update(&mut a, &r, 2, batch(results));
+        assert!(
+            again.iter().any(|m| is_ack(m, 2)),
+            "a resend is acked again"
+        );
+        let msgs = h.update(&mut a, &r, 3, test_result("t.py::single", "skipped"));
+        assert!(msgs.iter().any(|m| is_ack(m, 3)));
+        let mut bad = vec![result("t.py::ok", "passed")];
+        bad.push(result(&"x".repeat(msfleet_proto::MAX_NODEID + 1), "passed"));
+        let msgs = h.update(&mut a, &r, 4, batch(bad));
+        let (why, abandon) = reject(&msgs).expect("refused");
+        assert!(why.contains("result 1") && why.contains("nodeid"), "{why}");
+        assert!(!abandon);
+        let msgs = h.update(&mut a, &r, 4, batch(Vec::new()));
+        assert!(reject(&msgs).is_some(), "an empty batch is refused");
+        h.update(&mut a, &r, 4, finished(Outcome::Failed));
+        let c = h.job(&job.id).tests.unwrap();
+        assert_eq!((c.total, c.passed, c.failed, c.skipped), (101, 90, 10, 1));
+        let events = h.events(&job.id);
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "gap-free"
+        );
+        let tests: Vec<String> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(msfleet_proto::job_event::Kind::Test(t)) => Some(t.nodeid.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tests.len(), 101, "each result an event, none twice");
+        assert_eq!(tests[0], "t.py::test_0");
+        assert_eq!(tests[100], "t.py::single");
+        let runs = h.core().store.test_history("t.py::test_10", "", 5).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].outcome, "failed");
+        assert_eq!(runs[0].job_id, job.id);
     }
 }
