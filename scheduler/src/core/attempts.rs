@@ -232,16 +232,6 @@ impl Core {
             .tests
             .get_or_insert_with(Default::default)
             .record_result(&t);
-        let run = pb::TestRun {
-            job_id: e.job.id.clone(),
-            time_ms: self.now,
-            profile,
-            agent: agent.to_string(),
-            attempt,
-            outcome: t.outcome.clone(),
-            duration_s: t.duration_s,
-            when: t.when.clone(),
-        };
         let test_id = t.nodeid.clone();
         let collected = t.outcome == "collected";
         // A passed subtest never changes its test's verdict: counted, shown
@@ -263,7 +253,8 @@ impl Core {
         if collected {
             step.collected.push((task, attempt, test_id));
         } else if history {
-            step.writes.put_test_run(&test_id, task, seq, &run);
+            step.writes
+                .put_test_run(&test_id, task, seq, &profile, agent);
         }
         if let Some((parent, ft)) = forward {
             self.push_event(parent, 0, job_event::Kind::Test(ft), step);
@@ -1541,5 +1532,70 @@ mod tests {
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].outcome, "failed");
         assert_eq!(runs[0].job_id, job.id);
+    }
+
+    fn dir_bytes(dir: &std::path::Path) -> u64 {
+        let mut total = 0;
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            total += if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            };
+        }
+        total
+    }
+
+    /// What a test result costs on disk (its event and its test history,
+    /// sled's overhead included): 20,000 results of a real-looking suite in
+    /// batches of 500, as the agent sends them. 1,075 bytes each with one key
+    /// per event and per history run (the layout before event blocks);
+    /// prints the figure. The history still answers per test, newest first.
+    #[test]
+    fn a_test_result_costs_tens_of_bytes_on_disk() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        h.core().store.flush().unwrap();
+        let before = dir_bytes(h.dir.path());
+        let n = 20_000;
+        let mut seq = 2;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+            let results = chunk
+                .iter()
+                .map(|i| msfleet_proto::TestResult {
+                    nodeid: format!(
+                        "tests/unit/test_module_{:03}.py::TestClass{}::test_case_{i}[param-{}]",
+                        i / 200,
+                        i % 7,
+                        i % 13
+                    ),
+                    when: "call".into(),
+                    outcome: if i % 50 == 0 { "failed" } else { "passed" }.into(),
+                    duration_s: 0.001 * (*i % 97) as f64,
+                    ..Default::default()
+                })
+                .collect();
+            let msgs = h.update(&mut a, &r, seq, batch(results));
+            assert!(msgs.iter().any(|m| is_ack(m, seq)));
+            seq += 1;
+        }
+        h.update(&mut a, &r, seq, finished(Outcome::Failed));
+        h.core().store.flush().unwrap();
+        let per_result = (dir_bytes(h.dir.path()).saturating_sub(before)) as f64 / n as f64;
+        println!("store bytes per test result: {per_result:.1}");
+        assert_eq!(h.job(&job.id).tests.unwrap().total, n as u64);
+        let id = "tests/unit/test_module_050.py::TestClass4::test_case_10000[param-3]";
+        let runs = h.core().store.test_history(id, "", 10).unwrap();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(
+            (runs[0].outcome.as_str(), runs[0].profile.as_str()),
+            ("failed", "cpu")
+        );
+        assert!((runs[0].duration_s - 0.001 * (10000 % 97) as f64).abs() < 1e-9);
+        assert!(per_result < 100.0, "{per_result:.1} bytes per result");
     }
 }
