@@ -11,6 +11,8 @@
 //! - `latency`: a fixed offered rate; submit -> assignment-received latency
 //!   (p50/p90/p99/max) measured with the submit time carried in a job label.
 //! - `idle`: N agents connected and heartbeating; scheduler RSS and CPU.
+//! - `ingest` ([`ingest`]): agents streaming test results; results/s durable,
+//!   msched CPU and store bytes per result, one result per update vs batches.
 //!
 //! Everything is bounded in count and time and talks to 127.0.0.1 only.
 
@@ -32,10 +34,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+mod ingest;
+
 #[derive(Parser, Debug)]
 #[command(name = "msfleet-load")]
 struct Args {
-    /// throughput, latency, idle or all.
+    /// throughput, latency, idle, ingest or all (all: the first three).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Simulated agents for throughput/latency.
@@ -74,10 +78,15 @@ struct Args {
     /// listener, no recorder (every metric is a no-op).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     metrics: String,
+    #[command(flatten)]
+    ingest: ingest::IngestArgs,
 }
 
 /// Set once a scenario is over: agent streams breaking after that are expected.
 static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Which scheduler of this process is the current one: a scraper of an
+/// earlier one (scenarios that start several in turn) stops.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -108,6 +117,7 @@ fn fleet_client(ch: Channel, secret: &str) -> Result<Fc> {
 impl Sched {
     fn start(bin: &PathBuf, heartbeat: &str, otlp: Option<&str>, metrics: &str) -> Result<Sched> {
         STOPPING.store(false, Ordering::Relaxed);
+        GENERATION.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::tempdir()?;
         let ready = dir.path().join("addr");
         let child = Command::new(bin)
@@ -200,7 +210,9 @@ impl Sched {
 /// until the scenario is over, so `--metrics on` counts rendering too.
 fn scrape_every_second(http: String) {
     std::thread::spawn(move || {
-        while !STOPPING.load(Ordering::Relaxed) {
+        let generation = GENERATION.load(Ordering::Relaxed);
+        while !STOPPING.load(Ordering::Relaxed) && GENERATION.load(Ordering::Relaxed) == generation
+        {
             match msfleet_tests::http_get(&http, "/metrics", None) {
                 Ok((200, _)) => {}
                 Ok((code, body)) => eprintln!("msfleet-load: /metrics answered {code}: {body}"),
@@ -607,6 +619,10 @@ async fn main() -> Result<()> {
         idle(&args, &bin, &otlp).await?;
         ran = true;
     }
+    if args.scenario == "ingest" {
+        ingest::ingest(&args, &bin).await?;
+        ran = true;
+    }
     if let Some(o) = &otlp {
         // msched's batches leave every 5 s and at its shutdown.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -617,7 +633,7 @@ async fn main() -> Result<()> {
     }
     if !ran {
         bail!(
-            "unknown scenario '{}': use throughput, latency, idle or all",
+            "unknown scenario '{}': use throughput, latency, idle, ingest or all",
             args.scenario
         );
     }
