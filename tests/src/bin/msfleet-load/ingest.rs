@@ -163,7 +163,7 @@ async fn stream_agent(
             tx.send(send(&attempt, next, kind)).await?;
             next += 1;
         }
-        if next == updates + 2 && acked >= updates + 1 {
+        if next == updates + 2 && acked > updates {
             let done = task_update::Kind::Finished(pb::Finished {
                 outcome: pb::Outcome::Failed as i32,
                 ..Default::default()
