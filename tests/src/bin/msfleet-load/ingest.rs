@@ -120,8 +120,18 @@ async fn stream_agent(
     let finished_seq = updates + 2;
     let (mut next, mut acked, mut sent_results) = (2u64, 0u64, 0usize);
     let (mut first_ns, mut attempt) = (0u64, None);
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let Some(msg) = inbound.message().await? else {
+        let msg = tokio::select! {
+            msg = inbound.message() => msg?,
+            _ = heartbeat.tick() => {
+                let running = attempt.iter().cloned().collect();
+                let hb = pb::Heartbeat { running };
+                tx.send(pb::AgentMessage { msg: Some(agent_message::Msg::Heartbeat(hb)) }).await?;
+                continue;
+            }
+        };
+        let Some(msg) = msg else {
             bail!("{name}: the scheduler closed the session");
         };
         match msg.msg {
@@ -206,12 +216,12 @@ async fn run_once(args: &Args, bin: &PathBuf, batch: usize) -> Result<Run> {
     let data = sched._dir.path().join("data");
     let bytes0 = dir_bytes(&data);
     let (_, cpu0) = sched.usage();
-    for _ in 0..a.ingest_agents {
-        admin
-            .submit(pb::SubmitRequest {
-                spec: Some(spec(None)),
-            })
-            .await?;
+    // One job pinned to each agent: an agent that finished early takes no
+    // second job (it has left).
+    for i in 0..a.ingest_agents {
+        let mut job = spec(None);
+        job.requirements = format!("agent.name==\"ing-{i:04}\"");
+        admin.submit(pb::SubmitRequest { spec: Some(job) }).await?;
     }
     let (mut first, mut last) = (u64::MAX, 0u64);
     for h in agents {
