@@ -14,7 +14,8 @@ pub struct IngestArgs {
     /// Test results per run of the ingest scenario, over all its agents.
     #[arg(long, default_value_t = 200_000)]
     pub ingest_results: usize,
-    /// Results per update in the batched run (the agent's --result-batch-max).
+    /// Results per update in the batched run (the agent's --result-batch-max);
+    /// 1 runs the single-result run only.
     #[arg(long, default_value_t = 512)]
     pub ingest_batch: usize,
     /// Simulated agents streaming at once (one job each).
@@ -258,10 +259,12 @@ async fn run_once(args: &Args, bin: &PathBuf, batch: usize) -> Result<Run> {
 
 pub async fn ingest(args: &Args, bin: &PathBuf) -> Result<()> {
     let a = &args.ingest;
-    let batch = a.ingest_batch.clamp(2, msfleet_proto::MAX_BATCH_RESULTS);
+    // 1: the single-result run only (what an msched before batches takes).
+    let batch = a.ingest_batch.clamp(1, msfleet_proto::MAX_BATCH_RESULTS);
+    let sizes: &[usize] = if batch == 1 { &[1] } else { &[1, batch] };
     let mut runs: BTreeMap<usize, Vec<Run>> = BTreeMap::new();
     for _ in 0..a.ingest_rounds.max(1) {
-        for b in [1, batch] {
+        for &b in sizes {
             runs.entry(b)
                 .or_default()
                 .push(run_once(args, bin, b).await?);
