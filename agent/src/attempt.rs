@@ -107,7 +107,12 @@ impl LogBudget {
         }
     }
 
-    fn take_now(&self) {
+    #[cfg(test)]
+    pub(crate) fn room_left(&self) -> usize {
+        self.room.available_permits()
+    }
+
+    pub(crate) fn take_now(&self) {
         match self.room.try_acquire() {
             Ok(p) => p.forget(),
             Err(_) => {

@@ -21,7 +21,7 @@ use msfleet_proto::agent_link_client::AgentLinkClient;
 use msfleet_proto::client::ConnectError;
 use msfleet_proto::{
     agent_message, scheduler_message, task_update, AgentMessage, AttemptRef, Capabilities,
-    TaskUpdate, TestResult, TestResults,
+    LogChunk, TaskUpdate, TestResult, TestResults,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -111,13 +111,16 @@ struct Attempt {
     batch: OpenBatch,
 }
 
-/// An attempt's test results waiting to share one update.
+/// An attempt's test results waiting to share one update, and its output
+/// waiting to share one log chunk (pytest writes a few bytes per test).
 #[derive(Default)]
 struct OpenBatch {
     results: Vec<TestResult>,
     /// Encoded size of `results`.
     bytes: usize,
-    /// When the batch must go: `max_delay` after its first result.
+    /// Output of one stream, at most `MAX_LOG_CHUNK` bytes.
+    log: Option<LogChunk>,
+    /// When what is open must go: `max_delay` after the first of it.
     due: Option<tokio::time::Instant>,
 }
 
@@ -132,7 +135,7 @@ impl OpenBatch {
         } else {
             None
         };
-        if self.results.is_empty() {
+        if self.due.is_none() {
             self.due = Some(tokio::time::Instant::now() + limits.max_delay);
         }
         self.results.push(t);
@@ -141,15 +144,43 @@ impl OpenBatch {
         (before, full)
     }
 
-    fn take(&mut self) -> Option<TestResults> {
-        self.due = None;
-        self.bytes = 0;
-        if self.results.is_empty() {
-            return None;
+    /// Adds a chunk of output: appended to the open chunk of the same
+    /// stream while that stays within `MAX_LOG_CHUNK` (`true`: merged), else
+    /// the open chunk is returned to send first and `chunk` opens the next.
+    fn add_log(&mut self, chunk: LogChunk, limits: &ResultBatch) -> (Option<LogChunk>, bool) {
+        if self.due.is_none() {
+            self.due = Some(tokio::time::Instant::now() + limits.max_delay);
         }
-        Some(TestResults {
-            results: std::mem::take(&mut self.results),
-        })
+        match &mut self.log {
+            Some(open)
+                if open.stream == chunk.stream
+                    && open.data.len() + chunk.data.len() <= msfleet_proto::MAX_LOG_CHUNK =>
+            {
+                open.data.extend_from_slice(&chunk.data);
+                (None, true)
+            }
+            _ => (self.log.replace(chunk), false),
+        }
+    }
+
+    fn take(&mut self) -> Option<TestResults> {
+        self.bytes = 0;
+        let results = std::mem::take(&mut self.results);
+        self.settle();
+        (!results.is_empty()).then_some(TestResults { results })
+    }
+
+    fn take_log(&mut self) -> Option<LogChunk> {
+        let log = self.log.take();
+        self.settle();
+        log
+    }
+
+    /// Nothing open, nothing due.
+    fn settle(&mut self) {
+        if self.results.is_empty() && self.log.is_none() {
+            self.due = None;
+        }
     }
 }
 
@@ -493,7 +524,9 @@ impl Session {
     }
 
     /// An update from a runner: a test result joins its attempt's open
-    /// batch; anything else goes after that batch. Returns what to send now.
+    /// batch, output its open log chunk (a merged chunk gives its
+    /// [`LogBudget`] room back at once: the open chunk holds one, within the
+    /// same bytes); anything else goes after both. Returns what to send now.
     fn take(&mut self, key: AttemptKey, kind: task_update::Kind) -> Vec<TaskUpdate> {
         let limits = self.cfg.result_batch;
         let Some(a) = self.attempts.get_mut(&key) else {
@@ -503,25 +536,28 @@ impl Session {
         match kind {
             task_update::Kind::Test(t) => {
                 let (before, full) = a.batch.add(t, &limits);
-                ready.extend(before);
+                ready.extend(before.map(task_update::Kind::Tests));
                 if full {
-                    ready.extend(a.batch.take());
+                    ready.extend(a.batch.take().map(task_update::Kind::Tests));
                 }
-                ready
-                    .into_iter()
-                    .filter_map(|b| self.record(key.clone(), task_update::Kind::Tests(b)))
-                    .collect()
+            }
+            task_update::Kind::Log(chunk) => {
+                let (before, merged) = a.batch.add_log(chunk, &limits);
+                if merged {
+                    a.logs.give_back();
+                }
+                ready.extend(before.map(task_update::Kind::Log));
             }
             kind => {
-                let batch = a.batch.take();
-                let mut out: Vec<TaskUpdate> = batch
-                    .and_then(|b| self.record(key.clone(), task_update::Kind::Tests(b)))
-                    .into_iter()
-                    .collect();
-                out.extend(self.record(key, kind));
-                out
+                ready.extend(a.batch.take_log().map(task_update::Kind::Log));
+                ready.extend(a.batch.take().map(task_update::Kind::Tests));
+                ready.push(kind);
             }
         }
+        ready
+            .into_iter()
+            .filter_map(|kind| self.record(key.clone(), kind))
+            .collect()
     }
 
     /// When the earliest open batch must go.
@@ -532,14 +568,23 @@ impl Session {
     /// Numbers and returns every open batch whose time has come.
     fn send_due_batches(&mut self) -> Vec<TaskUpdate> {
         let now = tokio::time::Instant::now();
-        let due: Vec<(AttemptKey, TestResults)> = self
-            .attempts
-            .iter_mut()
-            .filter(|(_, a)| a.batch.due.is_some_and(|d| d <= now))
-            .filter_map(|(k, a)| a.batch.take().map(|b| (k.clone(), b)))
-            .collect();
+        let mut due: Vec<(AttemptKey, task_update::Kind)> = Vec::new();
+        for (k, a) in self.attempts.iter_mut() {
+            if a.batch.due.is_some_and(|d| d <= now) {
+                due.extend(
+                    a.batch
+                        .take_log()
+                        .map(|l| (k.clone(), task_update::Kind::Log(l))),
+                );
+                due.extend(
+                    a.batch
+                        .take()
+                        .map(|b| (k.clone(), task_update::Kind::Tests(b))),
+                );
+            }
+        }
         due.into_iter()
-            .filter_map(|(k, b)| self.record(k, task_update::Kind::Tests(b)))
+            .filter_map(|(k, kind)| self.record(k, kind))
             .collect()
     }
 
@@ -1238,5 +1283,73 @@ mod tests {
         assert!(!full);
         assert_eq!(b.results.len(), 1);
         assert_eq!(b.results[0].longrepr.chars().next(), Some('b'));
+    }
+
+    /// pytest's few bytes of output per test are merged into one chunk per
+    /// stream (within MAX_LOG_CHUNK), which does not cut the result batch;
+    /// a merged chunk's budget room comes back at once; everything arrives once.
+    #[tokio::test]
+    async fn output_is_merged_into_chunks_beside_the_result_batch() {
+        let work = tempfile::tempdir().unwrap();
+        let mut s = Session::new(Arc::new(config(1, work.path())), Capabilities::default());
+        let key: AttemptKey = ("1".into(), 1);
+        let (stop, _) = watch::channel(None);
+        let r = AttemptRef {
+            task_id: "1".into(),
+            attempt: 1,
+            epoch: 1,
+        };
+        s.attempts.insert(key.clone(), Attempt::new(r, stop));
+        let budget = s.attempts[&key].logs.clone();
+        let dot = |stream: &str| {
+            task_update::Kind::Log(LogChunk {
+                stream: stream.into(),
+                data: b".".to_vec(),
+            })
+        };
+        let mut out = Vec::new();
+        for i in 0..100 {
+            budget.take_now();
+            out.extend(s.take(key.clone(), dot("stdout")));
+            out.extend(s.take(key.clone(), result(i)));
+        }
+        assert!(out.is_empty(), "nothing full yet: {:?}", batch_sizes(&out));
+        assert_eq!(
+            budget.room_left(),
+            LOG_BUDGET - 1,
+            "one open chunk holds room"
+        );
+        budget.take_now();
+        out.extend(s.take(key.clone(), dot("stderr")));
+        out.extend(s.take(
+            key.clone(),
+            task_update::Kind::Finished(msfleet_proto::Finished::default()),
+        ));
+        let kinds: Vec<(u64, String)> = out
+            .iter()
+            .map(|u| match &u.kind {
+                Some(task_update::Kind::Log(l)) => (
+                    u.seq,
+                    format!("{} {}", l.stream, String::from_utf8_lossy(&l.data).len()),
+                ),
+                Some(task_update::Kind::Tests(b)) => (u.seq, format!("tests {}", b.results.len())),
+                Some(task_update::Kind::Finished(_)) => (u.seq, "finished".into()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, "stdout 100".to_string()),
+                (2, "stderr 1".to_string()),
+                (3, "tests 100".to_string()),
+                (4, "finished".to_string()),
+            ]
+        );
+        let a = s.attempts.get_mut(&key).unwrap();
+        while !a.unacked.is_empty() {
+            a.pop_front();
+        }
+        assert_eq!(budget.room_left(), LOG_BUDGET, "all room back once acked");
     }
 }
