@@ -703,4 +703,64 @@ mod tests {
         };
         assert!(AgentConfig::resolve(FileConfig::default(), bad_addr).is_err());
     }
+
+    /// Result batching from the file or the flags (flags win), defaults
+    /// otherwise; values the scheduler would refuse are refused here, naming
+    /// the key.
+    #[test]
+    fn result_batching_is_configured_and_bounded() {
+        let file = || -> FileConfig {
+            toml::from_str("result_batch_max = 64\nresult_batch_delay = \"20ms\"").unwrap()
+        };
+        let cfg = AgentConfig::resolve(file(), Overrides::default()).unwrap();
+        assert_eq!(cfg.result_batch.max_results, 64);
+        assert_eq!(cfg.result_batch.max_delay, Duration::from_millis(20));
+        assert_eq!(cfg.result_batch.max_bytes, ResultBatch::default().max_bytes);
+        let flags = Overrides {
+            result_batch_max: Some(8),
+            result_batch_bytes: Some(4096),
+            ..Default::default()
+        };
+        let cfg = AgentConfig::resolve(file(), flags).unwrap();
+        assert_eq!(
+            (cfg.result_batch.max_results, cfg.result_batch.max_bytes),
+            (8, 4096)
+        );
+        for (flags, key) in [
+            (
+                Overrides {
+                    result_batch_max: Some(0),
+                    ..Default::default()
+                },
+                "result_batch_max",
+            ),
+            (
+                Overrides {
+                    result_batch_max: Some(msfleet_proto::MAX_BATCH_RESULTS + 1),
+                    ..Default::default()
+                },
+                "result_batch_max",
+            ),
+            (
+                Overrides {
+                    result_batch_bytes: Some(msfleet_proto::MAX_BATCH_BYTES + 1),
+                    ..Default::default()
+                },
+                "result_batch_bytes",
+            ),
+            (
+                Overrides {
+                    result_batch_delay: Some(Duration::from_secs(2)),
+                    ..Default::default()
+                },
+                "result_batch_delay",
+            ),
+        ] {
+            let e = AgentConfig::resolve(FileConfig::default(), flags).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let bad: FileConfig = toml::from_str("result_batch_delay = \"soon\"").unwrap();
+        let e = AgentConfig::resolve(bad, Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("result_batch_delay"), "{e}");
+    }
 }
