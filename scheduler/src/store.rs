@@ -605,7 +605,11 @@ impl Store {
                 continue;
             };
             let wanted: HashSet<u64> = rec.seqs.iter().copied().collect();
-            for ev in self.events(job, lo - 1, hi)?.into_iter().rev() {
+            for ev in self
+                .events(job, lo.saturating_sub(1), hi)?
+                .into_iter()
+                .rev()
+            {
                 if runs.len() >= limit {
                     break;
                 }
@@ -659,7 +663,11 @@ impl Store {
                 continue;
             };
             let wanted: HashSet<u64> = rec.seqs.iter().copied().collect();
-            for ev in self.events(id_of(&k)?, lo - 1, hi)?.into_iter().rev() {
+            for ev in self
+                .events(id_of(&k)?, lo.saturating_sub(1), hi)?
+                .into_iter()
+                .rev()
+            {
                 let Some(msfleet_proto::job_event::Kind::Test(t)) = ev.kind else {
                     continue;
                 };
