@@ -107,7 +107,12 @@ impl LogBudget {
         }
     }
 
-    fn take_now(&self) {
+    #[cfg(test)]
+    pub(crate) fn room_left(&self) -> usize {
+        self.room.available_permits()
+    }
+
+    pub(crate) fn take_now(&self) {
         match self.room.try_acquire() {
             Ok(p) => p.forget(),
             Err(_) => {
@@ -208,6 +213,12 @@ impl Updates {
                 task_update::Kind::Test(t) => {
                     t.nodeid = r.text(&t.nodeid);
                     t.longrepr = r.text(&t.longrepr);
+                }
+                task_update::Kind::Tests(batch) => {
+                    for t in &mut batch.results {
+                        t.nodeid = r.text(&t.nodeid);
+                        t.longrepr = r.text(&t.longrepr);
+                    }
                 }
                 task_update::Kind::Finished(f) => f.reason = r.text(&f.reason),
                 task_update::Kind::Case(c) => {

@@ -58,6 +58,12 @@ pub struct FileConfig {
     /// Disk free on the work dir below this (MiB) makes the host degraded
     /// (default 2048).
     pub min_disk_free_mb: Option<u64>,
+    /// Most test results sent in one update (default 512).
+    pub result_batch_max: Option<usize>,
+    /// Most bytes of test results in one update (default 262144).
+    pub result_batch_bytes: Option<usize>,
+    /// Longest a test result waits for more to share its update, e.g. "5ms" (the default).
+    pub result_batch_delay: Option<String>,
     /// File with this agent's join token (`msctl agent token create`).
     pub token_file: Option<PathBuf>,
     /// CA (PEM) that signed the scheduler's certificate (https:// addresses).
@@ -180,6 +186,8 @@ pub struct AgentConfig {
     pub probe_interval: Duration,
     /// Disk free on the work dir below this (MiB) makes the host degraded.
     pub min_disk_free_mb: u64,
+    /// How test results are grouped into updates (`crate::session`).
+    pub result_batch: ResultBatch,
     /// How to reach the scheduler: address, CA, client certificate.
     pub target: Target,
     /// The join token, sent with every call (its Debug never shows the secret).
@@ -206,11 +214,73 @@ pub struct Overrides {
     pub npu_smi: Option<PathBuf>,
     pub probe_interval: Option<Duration>,
     pub min_disk_free_mb: Option<u64>,
+    pub result_batch_max: Option<usize>,
+    pub result_batch_bytes: Option<usize>,
+    pub result_batch_delay: Option<Duration>,
     pub token_file: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub policy: PolicyFlags,
+}
+
+/// How the session groups an attempt's test results into one update
+/// (`TaskUpdate.tests`): a batch goes when it holds `max_results` results or
+/// `max_bytes` bytes, or `max_delay` after its first result, whichever comes
+/// first, and before any other update of the attempt (order is kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultBatch {
+    pub max_results: usize,
+    pub max_bytes: usize,
+    pub max_delay: Duration,
+}
+
+impl Default for ResultBatch {
+    fn default() -> Self {
+        ResultBatch {
+            max_results: 512,
+            max_bytes: 256 * 1024,
+            max_delay: Duration::from_millis(5),
+        }
+    }
+}
+
+impl ResultBatch {
+    /// Within what the scheduler takes: 1 to [`msfleet_proto::MAX_BATCH_RESULTS`]
+    /// results, 1 KiB to [`msfleet_proto::MAX_BATCH_BYTES`], a delay of at most 1s.
+    fn resolve(
+        max_results: Option<usize>,
+        max_bytes: Option<usize>,
+        delay: Option<Duration>,
+    ) -> Result<ResultBatch, ConfigError> {
+        let d = ResultBatch::default();
+        let b = ResultBatch {
+            max_results: max_results.unwrap_or(d.max_results),
+            max_bytes: max_bytes.unwrap_or(d.max_bytes),
+            max_delay: delay.unwrap_or(d.max_delay),
+        };
+        if !(1..=msfleet_proto::MAX_BATCH_RESULTS).contains(&b.max_results) {
+            return Err(ConfigError::Invalid(format!(
+                "result_batch_max {} is outside 1..={}",
+                b.max_results,
+                msfleet_proto::MAX_BATCH_RESULTS
+            )));
+        }
+        if !(1024..=msfleet_proto::MAX_BATCH_BYTES).contains(&b.max_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "result_batch_bytes {} is outside 1024..={}",
+                b.max_bytes,
+                msfleet_proto::MAX_BATCH_BYTES
+            )));
+        }
+        if b.max_delay > Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(format!(
+                "result_batch_delay {:?} is longer than 1s",
+                b.max_delay
+            )));
+        }
+        Ok(b)
+    }
 }
 
 impl AgentConfig {
@@ -292,6 +362,19 @@ impl AgentConfig {
                 "probe interval {probe_interval:?} is shorter than 1s"
             )));
         }
+        let result_batch_delay = match (flags.result_batch_delay, &file.result_batch_delay) {
+            (Some(d), _) => Some(d),
+            (None, Some(s)) => Some(
+                humantime::parse_duration(s)
+                    .map_err(|e| ConfigError::Invalid(format!("result_batch_delay '{s}': {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        let result_batch = ResultBatch::resolve(
+            flags.result_batch_max.or(file.result_batch_max),
+            flags.result_batch_bytes.or(file.result_batch_bytes),
+            result_batch_delay,
+        )?;
         let token = match flags.token_file.or(file.token_file) {
             Some(p) => Some(
                 msfleet_proto::client::read_token_file(&p)
@@ -363,6 +446,7 @@ impl AgentConfig {
                 .min_disk_free_mb
                 .or(file.min_disk_free_mb)
                 .unwrap_or(DEFAULT_MIN_DISK_FREE_MB),
+            result_batch,
             target,
             bearer,
             policy,
@@ -618,5 +702,65 @@ mod tests {
             ..Default::default()
         };
         assert!(AgentConfig::resolve(FileConfig::default(), bad_addr).is_err());
+    }
+
+    /// Result batching from the file or the flags (flags win), defaults
+    /// otherwise; values the scheduler would refuse are refused here, naming
+    /// the key.
+    #[test]
+    fn result_batching_is_configured_and_bounded() {
+        let file = || -> FileConfig {
+            toml::from_str("result_batch_max = 64\nresult_batch_delay = \"20ms\"").unwrap()
+        };
+        let cfg = AgentConfig::resolve(file(), Overrides::default()).unwrap();
+        assert_eq!(cfg.result_batch.max_results, 64);
+        assert_eq!(cfg.result_batch.max_delay, Duration::from_millis(20));
+        assert_eq!(cfg.result_batch.max_bytes, ResultBatch::default().max_bytes);
+        let flags = Overrides {
+            result_batch_max: Some(8),
+            result_batch_bytes: Some(4096),
+            ..Default::default()
+        };
+        let cfg = AgentConfig::resolve(file(), flags).unwrap();
+        assert_eq!(
+            (cfg.result_batch.max_results, cfg.result_batch.max_bytes),
+            (8, 4096)
+        );
+        for (flags, key) in [
+            (
+                Overrides {
+                    result_batch_max: Some(0),
+                    ..Default::default()
+                },
+                "result_batch_max",
+            ),
+            (
+                Overrides {
+                    result_batch_max: Some(msfleet_proto::MAX_BATCH_RESULTS + 1),
+                    ..Default::default()
+                },
+                "result_batch_max",
+            ),
+            (
+                Overrides {
+                    result_batch_bytes: Some(msfleet_proto::MAX_BATCH_BYTES + 1),
+                    ..Default::default()
+                },
+                "result_batch_bytes",
+            ),
+            (
+                Overrides {
+                    result_batch_delay: Some(Duration::from_secs(2)),
+                    ..Default::default()
+                },
+                "result_batch_delay",
+            ),
+        ] {
+            let e = AgentConfig::resolve(FileConfig::default(), flags).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let bad: FileConfig = toml::from_str("result_batch_delay = \"soon\"").unwrap();
+        let e = AgentConfig::resolve(bad, Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("result_batch_delay"), "{e}");
     }
 }

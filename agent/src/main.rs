@@ -71,6 +71,15 @@ struct Args {
     /// the scheduler quarantines it (default 2048).
     #[arg(long)]
     min_disk_free_mb: Option<u64>,
+    /// Most test results sent to the scheduler in one update (default 512, at most 4096).
+    #[arg(long)]
+    result_batch_max: Option<usize>,
+    /// Most bytes of test results in one update (default 262144, at most 4 MiB).
+    #[arg(long)]
+    result_batch_bytes: Option<usize>,
+    /// Longest a test result waits for others to share its update (default 5ms, at most 1s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    result_batch_delay: Option<Duration>,
     /// File with this agent's join token (`msctl agent token create NAME`).
     #[arg(long, env = "MSFLEET_AGENT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -183,6 +192,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             npu_smi: args.npu_smi,
             probe_interval: args.probe_interval,
             min_disk_free_mb: args.min_disk_free_mb,
+            result_batch_max: args.result_batch_max,
+            result_batch_bytes: args.result_batch_bytes,
+            result_batch_delay: args.result_batch_delay,
             token_file: args.token_file,
             ca: args.ca,
             tls_cert: args.tls_cert,

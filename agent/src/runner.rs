@@ -1171,6 +1171,7 @@ def test_param(p):
             npu_smi: "npu-smi".into(),
             probe_interval: crate::config::DEFAULT_PROBE_INTERVAL,
             min_disk_free_mb: crate::config::DEFAULT_MIN_DISK_FREE_MB,
+            result_batch: Default::default(),
             target: Default::default(),
             bearer: msfleet_proto::client::Bearer::new(None).unwrap(),
             policy: msfleet_proto::policy::defaults(),
@@ -1928,6 +1929,7 @@ def test_quotes_it():
             npu_smi: "npu-smi".into(),
             probe_interval: crate::config::DEFAULT_PROBE_INTERVAL,
             min_disk_free_mb: crate::config::DEFAULT_MIN_DISK_FREE_MB,
+            result_batch: Default::default(),
             policy: pb::AgentPolicy {
                 allow_bench_commands: vec!["python3".into()],
                 ..msfleet_proto::policy::defaults()

@@ -7,16 +7,22 @@
 //! reconnect the agent re-registers, names the attempts it still runs, and
 //! resends their outboxes in order; the scheduler applies each (attempt, seq)
 //! once. Attempts the scheduler no longer recognises are stopped and dropped.
+//!
+//! Test results are sent in batches (`TaskUpdate.tests`, [`ResultBatch`]):
+//! a result waits in its attempt's open batch until the batch is full (count
+//! or bytes), its first result is `max_delay` old, or another update of the
+//! attempt comes (which goes after it: order is kept). A batch is one update:
+//! one sequence number, one write and one Ack at the scheduler.
 
 use crate::attempt::{AttemptKey, AttemptSpec, LogBudget, StopReason, Updates, LOG_BUDGET};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ResultBatch};
 use crate::runner;
 use msfleet_proto::agent_link_client::AgentLinkClient;
 use msfleet_proto::backoff::{reconnect_delay, Jitter};
 use msfleet_proto::client::ConnectError;
 use msfleet_proto::{
     agent_message, scheduler_message, task_update, AgentMessage, AttemptRef, Capabilities,
-    TaskUpdate,
+    LogChunk, TaskUpdate, TestResult, TestResults,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -57,6 +63,81 @@ struct Attempt {
     /// From the `Finished` update until the scheduler acknowledged it (durable): the
     /// attempt's "upload results" span, ended when the attempt is dropped.
     upload: Option<tracing::Span>,
+    /// Test results not yet numbered: they leave together as one update.
+    batch: OpenBatch,
+}
+
+/// An attempt's test results waiting to share one update, and its output
+/// waiting to share one log chunk (pytest writes a few bytes per test).
+#[derive(Default)]
+struct OpenBatch {
+    results: Vec<TestResult>,
+    /// Encoded size of `results`.
+    bytes: usize,
+    /// Output of one stream, at most `MAX_LOG_CHUNK` bytes.
+    log: Option<LogChunk>,
+    /// When what is open must go: `max_delay` after the first of it.
+    due: Option<tokio::time::Instant>,
+}
+
+impl OpenBatch {
+    /// Adds `t`; returns a full batch to send first (`t` would not fit in
+    /// it) and whether the batch holding `t` is now full too.
+    fn add(&mut self, t: TestResult, limits: &ResultBatch) -> (Option<TestResults>, bool) {
+        use prost::Message;
+        let len = t.encoded_len() + 4;
+        let before = if !self.results.is_empty() && self.bytes + len > limits.max_bytes {
+            self.take()
+        } else {
+            None
+        };
+        if self.due.is_none() {
+            self.due = Some(tokio::time::Instant::now() + limits.max_delay);
+        }
+        self.results.push(t);
+        self.bytes += len;
+        let full = self.results.len() >= limits.max_results || self.bytes >= limits.max_bytes;
+        (before, full)
+    }
+
+    /// Adds a chunk of output: appended to the open chunk of the same
+    /// stream while that stays within `MAX_LOG_CHUNK` (`true`: merged), else
+    /// the open chunk is returned to send first and `chunk` opens the next.
+    fn add_log(&mut self, chunk: LogChunk, limits: &ResultBatch) -> (Option<LogChunk>, bool) {
+        if self.due.is_none() {
+            self.due = Some(tokio::time::Instant::now() + limits.max_delay);
+        }
+        match &mut self.log {
+            Some(open)
+                if open.stream == chunk.stream
+                    && open.data.len() + chunk.data.len() <= msfleet_proto::MAX_LOG_CHUNK =>
+            {
+                open.data.extend_from_slice(&chunk.data);
+                (None, true)
+            }
+            _ => (self.log.replace(chunk), false),
+        }
+    }
+
+    fn take(&mut self) -> Option<TestResults> {
+        self.bytes = 0;
+        let results = std::mem::take(&mut self.results);
+        self.settle();
+        (!results.is_empty()).then_some(TestResults { results })
+    }
+
+    fn take_log(&mut self) -> Option<LogChunk> {
+        let log = self.log.take();
+        self.settle();
+        log
+    }
+
+    /// Nothing open, nothing due.
+    fn settle(&mut self) {
+        if self.results.is_empty() && self.log.is_none() {
+            self.due = None;
+        }
+    }
 }
 
 impl Drop for Attempt {
@@ -76,6 +157,7 @@ impl Attempt {
             logs: LogBudget::new(LOG_BUDGET),
             traceparent: String::new(),
             upload: None,
+            batch: OpenBatch::default(),
         }
     }
 
@@ -195,7 +277,7 @@ impl Session {
                 self.publish_metrics();
                 tokio::select! {
                     _ = &mut wait => break,
-                    Some((key, kind)) = self.updates_rx.recv() => { self.record(key, kind); }
+                    Some((key, kind)) = self.updates_rx.recv() => { self.take(key, kind); }
                     _ = shutdown.changed(), if !self.shutting_down => self.begin_shutdown(),
                 }
             }
@@ -330,6 +412,7 @@ impl Session {
                 return Disconnect::ShutDown;
             }
             self.publish_metrics();
+            let due = self.next_batch_due();
             tokio::select! {
                 // Read what the scheduler sent first: it ends a session that
                 // falls too far behind, and acks make room for more output.
@@ -351,7 +434,14 @@ impl Session {
                     Err(s) => return Disconnect::Retry(format!("session error: {s}"), true),
                 },
                 Some((key, kind)) = self.updates_rx.recv() => {
-                    if let Some(u) = self.record(key, kind) {
+                    for u in self.take(key, kind) {
+                        if out.send(update_msg(u)).await.is_err() {
+                            return Disconnect::Retry("the session closed".into(), true);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    for u in self.send_due_batches() {
                         if out.send(update_msg(u)).await.is_err() {
                             return Disconnect::Retry("the session closed".into(), true);
                         }
@@ -386,7 +476,72 @@ impl Session {
         }
     }
 
-    /// Numbers an update from a runner and keeps it until acknowledged.
+    /// An update from a runner: a test result joins its attempt's open
+    /// batch, output its open log chunk (a merged chunk gives its
+    /// [`LogBudget`] room back at once: the open chunk holds one, within the
+    /// same bytes); anything else goes after both. Returns what to send now.
+    fn take(&mut self, key: AttemptKey, kind: task_update::Kind) -> Vec<TaskUpdate> {
+        let limits = self.cfg.result_batch;
+        let Some(a) = self.attempts.get_mut(&key) else {
+            return Vec::new(); // abandoned: drop
+        };
+        let mut ready = Vec::new();
+        match kind {
+            task_update::Kind::Test(t) => {
+                let (before, full) = a.batch.add(t, &limits);
+                ready.extend(before.map(task_update::Kind::Tests));
+                if full {
+                    ready.extend(a.batch.take().map(task_update::Kind::Tests));
+                }
+            }
+            task_update::Kind::Log(chunk) => {
+                let (before, merged) = a.batch.add_log(chunk, &limits);
+                if merged {
+                    a.logs.give_back();
+                }
+                ready.extend(before.map(task_update::Kind::Log));
+            }
+            kind => {
+                ready.extend(a.batch.take_log().map(task_update::Kind::Log));
+                ready.extend(a.batch.take().map(task_update::Kind::Tests));
+                ready.push(kind);
+            }
+        }
+        ready
+            .into_iter()
+            .filter_map(|kind| self.record(key.clone(), kind))
+            .collect()
+    }
+
+    /// When the earliest open batch must go.
+    fn next_batch_due(&self) -> Option<tokio::time::Instant> {
+        self.attempts.values().filter_map(|a| a.batch.due).min()
+    }
+
+    /// Numbers and returns every open batch whose time has come.
+    fn send_due_batches(&mut self) -> Vec<TaskUpdate> {
+        let now = tokio::time::Instant::now();
+        let mut due: Vec<(AttemptKey, task_update::Kind)> = Vec::new();
+        for (k, a) in self.attempts.iter_mut() {
+            if a.batch.due.is_some_and(|d| d <= now) {
+                due.extend(
+                    a.batch
+                        .take_log()
+                        .map(|l| (k.clone(), task_update::Kind::Log(l))),
+                );
+                due.extend(
+                    a.batch
+                        .take()
+                        .map(|b| (k.clone(), task_update::Kind::Tests(b))),
+                );
+            }
+        }
+        due.into_iter()
+            .filter_map(|(k, kind)| self.record(k, kind))
+            .collect()
+    }
+
+    /// Numbers an update and keeps it until acknowledged.
     fn record(&mut self, key: AttemptKey, kind: task_update::Kind) -> Option<TaskUpdate> {
         let a = self.attempts.get_mut(&key)?; // abandoned: drop
         if a.finished_seq.is_some() {
@@ -690,6 +845,7 @@ mod tests {
             logs: LogBudget::new(LOG_BUDGET),
             traceparent: String::new(),
             upload: None,
+            batch: OpenBatch::default(),
         };
         for i in 1..=n {
             let kind = if i == n {
@@ -777,6 +933,7 @@ mod tests {
             git_timeout: crate::config::DEFAULT_GIT_TIMEOUT,
             probe_interval: crate::config::DEFAULT_PROBE_INTERVAL,
             min_disk_free_mb: crate::config::DEFAULT_MIN_DISK_FREE_MB,
+            result_batch: Default::default(),
             max_crash_restarts: 0,
             npu_smi: "npu-smi".into(),
             target: Default::default(),
@@ -955,5 +1112,171 @@ mod tests {
         assert!(a.drop_refused(2).is_empty());
         assert!(a.drop_refused(3).is_empty());
         assert_eq!(a.unacked.len(), 3);
+    }
+
+    fn result(i: usize) -> task_update::Kind {
+        task_update::Kind::Test(TestResult {
+            nodeid: format!("tests/test_x.py::test_{i}"),
+            when: "call".into(),
+            outcome: "passed".into(),
+            ..Default::default()
+        })
+    }
+
+    fn batch_sizes(out: &[TaskUpdate]) -> Vec<(u64, usize)> {
+        out.iter()
+            .map(|u| match &u.kind {
+                Some(task_update::Kind::Tests(b)) => (u.seq, b.results.len()),
+                _ => (u.seq, 0),
+            })
+            .collect()
+    }
+
+    /// Test results leave in batches of at most `max_results`, numbered
+    /// one sequence number per batch, in order; the open batch goes ahead of
+    /// the attempt's next other update, and a batch that waited `max_delay`
+    /// goes on its own.
+    #[tokio::test]
+    async fn test_results_go_in_batches_by_count_time_and_before_other_updates() {
+        let work = tempfile::tempdir().unwrap();
+        let mut cfg = config(1, work.path());
+        cfg.result_batch.max_results = 3;
+        cfg.result_batch.max_delay = Duration::from_millis(50);
+        let mut s = Session::new(Arc::new(cfg), Capabilities::default());
+        let key: AttemptKey = ("1".into(), 1);
+        let (stop, _) = watch::channel(None);
+        let r = AttemptRef {
+            task_id: "1".into(),
+            attempt: 1,
+            epoch: 1,
+        };
+        s.attempts.insert(key.clone(), Attempt::new(r, stop));
+        let mut out = Vec::new();
+        for i in 0..7 {
+            out.extend(s.take(key.clone(), result(i)));
+        }
+        assert_eq!(batch_sizes(&out), vec![(1, 3), (2, 3)], "two full batches");
+        assert!(s.next_batch_due().is_some(), "one result waits");
+        assert!(s.send_due_batches().is_empty(), "not yet due");
+        tokio::time::sleep(s.cfg.result_batch.max_delay).await;
+        let late = s.send_due_batches();
+        assert_eq!(batch_sizes(&late), vec![(3, 1)], "due after max_delay");
+        assert_eq!(s.next_batch_due(), None);
+        out.extend(late);
+        out.extend(s.take(key.clone(), result(7)));
+        out.extend(s.take(
+            key.clone(),
+            task_update::Kind::Finished(msfleet_proto::Finished::default()),
+        ));
+        assert_eq!(
+            batch_sizes(&out),
+            vec![(1, 3), (2, 3), (3, 1), (4, 1), (5, 0)],
+            "the open batch goes before the Finished"
+        );
+        let ids: Vec<String> = out
+            .iter()
+            .filter_map(|u| match &u.kind {
+                Some(task_update::Kind::Tests(b)) => Some(b.results.iter()),
+                _ => None,
+            })
+            .flatten()
+            .map(|t| t.nodeid.clone())
+            .collect();
+        let want: Vec<String> = (0..8)
+            .map(|i| format!("tests/test_x.py::test_{i}"))
+            .collect();
+        assert_eq!(ids, want, "every result once, in order");
+        assert_eq!(s.attempts[&key].unacked.len(), 5, "all kept until acked");
+    }
+
+    /// A batch also goes once its bytes reach `max_bytes`; a result that
+    /// would not fit starts the next batch.
+    #[tokio::test]
+    async fn a_batch_goes_when_its_bytes_are_full() {
+        let limits = ResultBatch {
+            max_results: 100,
+            max_bytes: 1024,
+            max_delay: Duration::from_millis(5),
+        };
+        let mut b = OpenBatch::default();
+        let big = |c: char| TestResult {
+            nodeid: "t.py::big".into(),
+            longrepr: c.to_string().repeat(600),
+            ..Default::default()
+        };
+        assert_eq!(b.add(big('a'), &limits).0, None);
+        let (before, full) = b.add(big('b'), &limits);
+        assert_eq!(before.map(|b| b.results.len()), Some(1), "a went alone");
+        assert!(!full);
+        assert_eq!(b.results.len(), 1);
+        assert_eq!(b.results[0].longrepr.chars().next(), Some('b'));
+    }
+
+    /// pytest's few bytes of output per test are merged into one chunk per
+    /// stream (within MAX_LOG_CHUNK), which does not cut the result batch;
+    /// a merged chunk's budget room comes back at once; everything arrives once.
+    #[tokio::test]
+    async fn output_is_merged_into_chunks_beside_the_result_batch() {
+        let work = tempfile::tempdir().unwrap();
+        let mut s = Session::new(Arc::new(config(1, work.path())), Capabilities::default());
+        let key: AttemptKey = ("1".into(), 1);
+        let (stop, _) = watch::channel(None);
+        let r = AttemptRef {
+            task_id: "1".into(),
+            attempt: 1,
+            epoch: 1,
+        };
+        s.attempts.insert(key.clone(), Attempt::new(r, stop));
+        let budget = s.attempts[&key].logs.clone();
+        let dot = |stream: &str| {
+            task_update::Kind::Log(LogChunk {
+                stream: stream.into(),
+                data: b".".to_vec(),
+            })
+        };
+        let mut out = Vec::new();
+        for i in 0..100 {
+            budget.take_now();
+            out.extend(s.take(key.clone(), dot("stdout")));
+            out.extend(s.take(key.clone(), result(i)));
+        }
+        assert!(out.is_empty(), "nothing full yet: {:?}", batch_sizes(&out));
+        assert_eq!(
+            budget.room_left(),
+            LOG_BUDGET - 1,
+            "one open chunk holds room"
+        );
+        budget.take_now();
+        out.extend(s.take(key.clone(), dot("stderr")));
+        out.extend(s.take(
+            key.clone(),
+            task_update::Kind::Finished(msfleet_proto::Finished::default()),
+        ));
+        let kinds: Vec<(u64, String)> = out
+            .iter()
+            .map(|u| match &u.kind {
+                Some(task_update::Kind::Log(l)) => (
+                    u.seq,
+                    format!("{} {}", l.stream, String::from_utf8_lossy(&l.data).len()),
+                ),
+                Some(task_update::Kind::Tests(b)) => (u.seq, format!("tests {}", b.results.len())),
+                Some(task_update::Kind::Finished(_)) => (u.seq, "finished".into()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, "stdout 100".to_string()),
+                (2, "stderr 1".to_string()),
+                (3, "tests 100".to_string()),
+                (4, "finished".to_string()),
+            ]
+        );
+        let a = s.attempts.get_mut(&key).unwrap();
+        while !a.unacked.is_empty() {
+            a.pop_front();
+        }
+        assert_eq!(budget.room_left(), LOG_BUDGET, "all room back once acked");
     }
 }

@@ -68,6 +68,13 @@ pub fn cut_longrepr(text: String) -> String {
 /// Largest gRPC message either side decodes.
 pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
 
+/// Most test results in one `TaskUpdate.tests` batch.
+pub const MAX_BATCH_RESULTS: usize = 4096;
+/// Largest encoded `TestResults` batch the scheduler accepts: room for the
+/// largest single result (a [`MAX_LONGREPR`] text, a [`MAX_NODEID`] id and
+/// [`MAX_MARKERS`] markers) with the rest of the message well within [`MAX_MESSAGE`].
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 impl JobState {
     /// The lower-case name users see and type (`queued`, `timed_out`, ...).
     pub fn label(self) -> &'static str {

@@ -33,7 +33,7 @@ fn main() {
                     );
                     ws.put_event(
                         id,
-                        &JobEvent {
+                        JobEvent {
                             seq: 1,
                             ..Default::default()
                         },

@@ -201,6 +201,37 @@ pub fn test_result(t: &pb::TestResult) -> Result<(), Status> {
     list("test result markers", &t.markers, MAX_MARKERS, MAX_NAME)
 }
 
+/// A batch of test results (`TaskUpdate.tests`): refused whole when it is
+/// empty, holds over [`pb::MAX_BATCH_RESULTS`] results or
+/// [`pb::MAX_BATCH_BYTES`] encoded, or any result is over a limit (named by
+/// its place in the batch).
+pub fn test_results(batch: &pb::TestResults) -> Result<(), Status> {
+    use prost::Message;
+    if batch.results.is_empty() {
+        return Err(Status::invalid_argument("an empty batch of test results"));
+    }
+    if batch.results.len() > pb::MAX_BATCH_RESULTS {
+        return Err(Status::invalid_argument(format!(
+            "{} results in one batch; at most {} (send the rest in the next)",
+            batch.results.len(),
+            pb::MAX_BATCH_RESULTS
+        )));
+    }
+    let len = batch.encoded_len();
+    if len > pb::MAX_BATCH_BYTES {
+        return Err(too_long(
+            "test result batch (encoded)",
+            len,
+            pb::MAX_BATCH_BYTES,
+        ));
+    }
+    for (i, t) in batch.results.iter().enumerate() {
+        test_result(t)
+            .map_err(|s| Status::invalid_argument(format!("result {i}: {}", s.message())))?;
+    }
+    Ok(())
+}
+
 /// A benchmark case result an agent reports.
 pub fn case_result(c: &pb::CaseResult) -> Result<(), Status> {
     use prost::Message;

@@ -6,15 +6,24 @@
 //!
 //! Key layout (ids are big-endian so keys sort numerically):
 //! - `j` job id            -> `msfleet.v1.Job` (protobuf)
-//! - `e` job id, seq       -> `msfleet.v1.JobEvent` (protobuf)
+//! - `E` job id, last seq  -> an event block: the job's events of one write,
+//!   in order, as length-delimited `msfleet.v1.JobEvent`s, lz4-compressed when
+//!   that is smaller ([`encode_block`]). Written by this version.
+//! - `e` job id, seq       -> `msfleet.v1.JobEvent` (protobuf): one event per
+//!   key, as older versions wrote them; still read ([`Store::events`]).
 //! - `a` job id            -> [`AttemptRecord`] (JSON)
 //! - `p` job id            -> queue name: the pending index, small and separate from history
 //! - `g` agent name        -> `msfleet.v1.Agent` (protobuf, registration + admin state)
 //! - `m` name              -> u64 counters (next epoch)
 //! - `b` baseline key      -> `msfleet.v1.Baseline` (protobuf)
 //! - `s` schedule name     -> `msfleet.v1.Schedule` (protobuf)
-//! - `h` test id, 0, job id, seq -> `msfleet.v1.TestRun` (protobuf): every test
-//!   outcome, for `msctl test history` (the profile is in the value)
+//! - `H` job id, last seq  -> a test-history record of one write: the agent,
+//!   its profile, the seqs of the job's test-result events that are runs of
+//!   their test, and a Bloom filter of their node ids ([`encode_history`]), so
+//!   `msctl test history` reads only the event blocks that may hold the test.
+//!   Written by this version.
+//! - `h` test id, 0, job id, seq -> `msfleet.v1.TestRun` (protobuf): one key
+//!   per test outcome, as older versions wrote them; still read.
 //! - `t` kind (`a` agent / `p` people), name -> `msfleet.v1.StoredToken`
 //!   (protobuf): a credential's role and the SHA-256 of its secret, never the secret
 //! - `r` baseline key      -> `msfleet.v1.CaseRuns` (protobuf): every recent run of
@@ -31,6 +40,7 @@
 use msfleet_proto::{Agent, Baseline, Job, JobEvent, Schedule, StoredToken, TestRun};
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -95,6 +105,10 @@ pub struct Snapshot {
 pub struct WriteSet {
     batch: sled::Batch,
     writes: usize,
+    /// Events by job, in order: written as blocks when the set is applied.
+    events: BTreeMap<u64, Vec<JobEvent>>,
+    /// Runs of tests by (job, profile, agent): (event seq, node id).
+    history: BTreeMap<(u64, String, String), Vec<(u64, String)>>,
 }
 
 impl WriteSet {
@@ -102,10 +116,10 @@ impl WriteSet {
         self.put(key(b'j', id), job.encode_to_vec());
     }
 
-    pub fn put_event(&mut self, job: u64, event: &JobEvent) {
-        let mut k = key(b'e', job);
-        k.extend_from_slice(&event.seq.to_be_bytes());
-        self.put(k, event.encode_to_vec());
+    /// An event of `job`; events of one job must come in seq order.
+    pub fn put_event(&mut self, job: u64, event: JobEvent) {
+        self.events.entry(job).or_default().push(event);
+        self.writes += 1;
     }
 
     pub fn put_attempt(&mut self, job: u64, attempt: &AttemptRecord) {
@@ -142,11 +156,14 @@ impl WriteSet {
         self.writes += 1;
     }
 
-    pub fn put_test_run(&mut self, test_id: &str, job: u64, seq: u64, run: &TestRun) {
-        let mut k = test_key(test_id);
-        k.extend_from_slice(&job.to_be_bytes());
-        k.extend_from_slice(&seq.to_be_bytes());
-        self.put(k, run.encode_to_vec());
+    /// The test-result event `seq` of `job` (put in this set) is a run of
+    /// `test_id` on `agent` of `profile`, for its test history.
+    pub fn put_test_run(&mut self, test_id: &str, job: u64, seq: u64, profile: &str, agent: &str) {
+        self.history
+            .entry((job, profile.to_string(), agent.to_string()))
+            .or_default()
+            .push((seq, test_id.to_string()));
+        self.writes += 1;
     }
 
     pub fn put_schedule(&mut self, schedule: &Schedule) {
@@ -213,6 +230,205 @@ impl WriteSet {
         self.batch.insert(k, v);
         self.writes += 1;
     }
+
+    /// The sled batch: events as blocks of at most [`BLOCK_BYTES`] (one
+    /// event at least), test history as one record per (job, agent).
+    fn into_batch(mut self) -> sled::Batch {
+        for (job, events) in std::mem::take(&mut self.events) {
+            let mut block: Vec<u8> = Vec::new();
+            let mut last = 0;
+            for ev in events {
+                if !block.is_empty() && block.len() + ev.encoded_len() > BLOCK_BYTES {
+                    self.batch
+                        .insert(seq_key(b'E', job, last), encode_block(&block));
+                    block.clear();
+                }
+                last = ev.seq;
+                // Writing to a Vec cannot fail.
+                let _ = ev.encode_length_delimited(&mut block);
+            }
+            if !block.is_empty() {
+                self.batch
+                    .insert(seq_key(b'E', job, last), encode_block(&block));
+            }
+        }
+        for ((job, profile, agent), runs) in std::mem::take(&mut self.history) {
+            let last = runs.iter().map(|r| r.0).max().unwrap_or(0);
+            self.batch.insert(
+                seq_key(b'H', job, last),
+                encode_history(&profile, &agent, &runs),
+            );
+        }
+        self.batch
+    }
+}
+
+/// Raw bytes of events in one block, past which a new block starts.
+const BLOCK_BYTES: usize = 256 * 1024;
+/// Largest block a stored length may claim (a corrupt one is refused, not allocated).
+const MAX_BLOCK_BYTES: usize = 64 * 1024 * 1024;
+const RAW: u8 = 0;
+const LZ4: u8 = 1;
+
+/// `raw` (length-delimited events) as stored: lz4 when that is smaller.
+fn encode_block(raw: &[u8]) -> Vec<u8> {
+    let packed = lz4_flex::compress_prepend_size(raw);
+    let mut v = Vec::with_capacity(1 + packed.len().min(raw.len()));
+    if packed.len() < raw.len() {
+        v.push(LZ4);
+        v.extend_from_slice(&packed);
+    } else {
+        v.push(RAW);
+        v.extend_from_slice(raw);
+    }
+    v
+}
+
+fn decode_block(k: &[u8], v: &[u8]) -> Result<Vec<JobEvent>, StoreError> {
+    let raw = match v.split_first() {
+        Some((&RAW, rest)) => std::borrow::Cow::Borrowed(rest),
+        Some((&LZ4, rest)) => {
+            let claimed = rest
+                .get(..4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(usize::MAX, |b| u32::from_le_bytes(b) as usize);
+            if claimed > MAX_BLOCK_BYTES {
+                return Err(corrupt(k, format!("event block claims {claimed} bytes")));
+            }
+            std::borrow::Cow::Owned(
+                lz4_flex::decompress_size_prepended(rest).map_err(|e| corrupt(k, e))?,
+            )
+        }
+        _ => return Err(corrupt(k, "unknown event block format")),
+    };
+    let mut buf: &[u8] = &raw;
+    let mut events = Vec::new();
+    while !buf.is_empty() {
+        events.push(JobEvent::decode_length_delimited(&mut buf).map_err(|e| corrupt(k, e))?);
+    }
+    Ok(events)
+}
+
+/// FNV-1a, 64 bits: stable across builds, unlike std's hasher (it is on disk).
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A Bloom filter of node ids: 10 bits per id, 4 probes (about 1% false hits).
+struct Bloom<'a>(std::borrow::Cow<'a, [u8]>);
+
+impl Bloom<'_> {
+    const PROBES: u64 = 4;
+
+    fn of<'s>(ids: impl ExactSizeIterator<Item = &'s str>) -> Bloom<'static> {
+        let bytes = (ids.len() * 10).div_ceil(8).max(8);
+        let mut b = Bloom(std::borrow::Cow::Owned(vec![0u8; bytes]));
+        for id in ids {
+            for bit in b.bits(id) {
+                b.0.to_mut()[bit / 8] |= 1 << (bit % 8);
+            }
+        }
+        b
+    }
+
+    fn bits(&self, id: &str) -> impl Iterator<Item = usize> {
+        let h = fnv64(id.as_bytes());
+        let (h1, h2) = (h & 0xffff_ffff, (h >> 32) | 1);
+        let m = (self.0.len() * 8) as u64;
+        (0..Self::PROBES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
+    }
+
+    fn may_contain(&self, id: &str) -> bool {
+        self.bits(id).all(|bit| {
+            self.0
+                .get(bit / 8)
+                .is_some_and(|b| b & (1 << (bit % 8)) != 0)
+        })
+    }
+}
+
+fn put_varint(v: &mut Vec<u8>, n: u64) {
+    prost::encoding::encode_varint(n, v);
+}
+
+fn put_text(v: &mut Vec<u8>, s: &str) {
+    put_varint(v, s.len() as u64);
+    v.extend_from_slice(s.as_bytes());
+}
+
+/// A test-history record: version 1, profile, agent, the Bloom filter of
+/// the node ids, then the event seqs (ascending, as deltas).
+fn encode_history(profile: &str, agent: &str, runs: &[(u64, String)]) -> Vec<u8> {
+    let bloom = Bloom::of(runs.iter().map(|r| r.1.as_str()));
+    let mut v = vec![1u8];
+    put_text(&mut v, profile);
+    put_text(&mut v, agent);
+    put_varint(&mut v, bloom.0.len() as u64);
+    v.extend_from_slice(&bloom.0);
+    let mut seqs: Vec<u64> = runs.iter().map(|r| r.0).collect();
+    seqs.sort_unstable();
+    put_varint(&mut v, seqs.len() as u64);
+    let mut prev = 0;
+    for seq in seqs {
+        put_varint(&mut v, seq - prev);
+        prev = seq;
+    }
+    v
+}
+
+/// A decoded test-history record (borrowing the stored bytes).
+struct HistoryRecord<'a> {
+    profile: String,
+    agent: String,
+    bloom: Bloom<'a>,
+    seqs: Vec<u64>,
+}
+
+fn decode_history<'a>(k: &[u8], v: &'a [u8]) -> Result<HistoryRecord<'a>, StoreError> {
+    let bad = |what: &str| corrupt(k, format!("test-history record: {what}"));
+    let mut buf = v
+        .strip_prefix(&[1u8])
+        .ok_or_else(|| bad("unknown version"))?;
+    let varint =
+        |buf: &mut &'a [u8]| prost::encoding::decode_varint(buf).map_err(|_| bad("short varint"));
+    let take = |buf: &mut &'a [u8], n: u64| -> Result<&'a [u8], StoreError> {
+        let n = usize::try_from(n).map_err(|_| bad("length"))?;
+        if buf.len() < n {
+            return Err(bad("short"));
+        }
+        let (head, rest) = buf.split_at(n);
+        *buf = rest;
+        Ok(head)
+    };
+    let n = varint(&mut buf)?;
+    let profile = String::from_utf8_lossy(take(&mut buf, n)?).into_owned();
+    let n = varint(&mut buf)?;
+    let agent = String::from_utf8_lossy(take(&mut buf, n)?).into_owned();
+    let n = varint(&mut buf)?;
+    let bloom = Bloom(std::borrow::Cow::Borrowed(take(&mut buf, n)?));
+    let count = varint(&mut buf)?;
+    let mut seqs = Vec::with_capacity(count.min(1 << 16) as usize);
+    let mut seq = 0u64;
+    for _ in 0..count {
+        seq = seq
+            .checked_add(varint(&mut buf)?)
+            .ok_or_else(|| bad("seq"))?;
+        seqs.push(seq);
+    }
+    Ok(HistoryRecord {
+        profile,
+        agent,
+        bloom,
+        seqs,
+    })
+}
+
+fn seq_key(prefix: u8, job: u64, seq: u64) -> Vec<u8> {
+    let mut k = key(prefix, job);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
 }
 
 fn test_key(test_id: &str) -> Vec<u8> {
@@ -314,9 +530,9 @@ impl Store {
         if writes.is_empty() {
             return Ok(());
         }
-        self.db.apply_batch(writes.batch)?;
-        self.unflushed
-            .fetch_add(writes.writes as u64, Ordering::Relaxed);
+        let records = writes.writes as u64;
+        self.db.apply_batch(writes.into_batch())?;
+        self.unflushed.fetch_add(records, Ordering::Relaxed);
         Ok(())
     }
 
@@ -401,17 +617,145 @@ impl Store {
 
     /// Events of `job` with `after < seq <= upto`, in order (blocking: call off the async runtime).
     pub fn events(&self, job: u64, after: u64, upto: u64) -> Result<Vec<JobEvent>, StoreError> {
-        let mut from = key(b'e', job);
-        from.extend_from_slice(&(after.saturating_add(1)).to_be_bytes());
-        let mut to = key(b'e', job);
-        to.extend_from_slice(&upto.to_be_bytes());
-        self.db
-            .range(from..=to)
+        let first = after.saturating_add(1);
+        if first > upto {
+            return Ok(Vec::new());
+        }
+        // Older versions' one-event keys come first: they are all older.
+        let mut events = self
+            .db
+            .range(seq_key(b'e', job, first)..=seq_key(b'e', job, upto))
             .map(|item| {
                 let (k, v) = item?;
                 JobEvent::decode(&*v).map_err(|e| corrupt(&k, e))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        // Blocks are keyed by their last seq: the first one ending at or
+        // after `first` is the first that may hold it.
+        for item in self
+            .db
+            .range(seq_key(b'E', job, first)..=seq_key(b'E', job, u64::MAX))
+        {
+            let (k, v) = item?;
+            let block = decode_block(&k, &v)?;
+            let past = block.first().is_none_or(|e| e.seq > upto);
+            if past {
+                break;
+            }
+            let last = block.last().map_or(0, |e| e.seq);
+            events.extend(
+                block
+                    .into_iter()
+                    .filter(|e| e.seq >= first && e.seq <= upto),
+            );
+            if last >= upto {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    /// Runs of `test_id` in this version's history records, newest first, of
+    /// `profile` (any when empty), until `limit`.
+    fn history_runs(
+        &self,
+        test_id: &str,
+        profile: &str,
+        limit: usize,
+        runs: &mut Vec<TestRun>,
+    ) -> Result<(), StoreError> {
+        for item in self.db.scan_prefix([b'H']).rev() {
+            if runs.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let rec = decode_history(&k, &v)?;
+            if (!profile.is_empty() && rec.profile != profile) || !rec.bloom.may_contain(test_id) {
+                continue;
+            }
+            let job = id_of(&k)?;
+            let (Some(&lo), Some(&hi)) = (rec.seqs.first(), rec.seqs.last()) else {
+                continue;
+            };
+            let wanted: HashSet<u64> = rec.seqs.iter().copied().collect();
+            for ev in self
+                .events(job, lo.saturating_sub(1), hi)?
+                .into_iter()
+                .rev()
+            {
+                if runs.len() >= limit {
+                    break;
+                }
+                let Some(msfleet_proto::job_event::Kind::Test(t)) = ev.kind else {
+                    continue;
+                };
+                if t.nodeid == test_id && wanted.contains(&ev.seq) {
+                    runs.push(TestRun {
+                        job_id: job.to_string(),
+                        time_ms: ev.time_ms,
+                        profile: rec.profile.clone(),
+                        agent: rec.agent.clone(),
+                        attempt: ev.attempt,
+                        outcome: t.outcome,
+                        duration_s: t.duration_s,
+                        when: t.when,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest `call` duration of each of `ids` on `profile` (any when
+    /// empty), from the test history: one pass over at most `max_records`
+    /// history records, newest first, then older versions' keys for the ids
+    /// still unknown (blocking).
+    pub fn call_durations(
+        &self,
+        ids: &[String],
+        profile: &str,
+        max_records: usize,
+    ) -> Result<HashMap<String, f64>, StoreError> {
+        let mut want: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut found = HashMap::new();
+        for item in self.db.scan_prefix([b'H']).rev().take(max_records) {
+            if want.is_empty() {
+                break;
+            }
+            let (k, v) = item?;
+            let rec = decode_history(&k, &v)?;
+            if !profile.is_empty() && rec.profile != profile {
+                continue;
+            }
+            // Probing costs one hash per id: with more ids than the record
+            // holds, reading its events is cheaper.
+            if want.len() <= rec.seqs.len() && !want.iter().any(|id| rec.bloom.may_contain(id)) {
+                continue;
+            }
+            let (Some(&lo), Some(&hi)) = (rec.seqs.first(), rec.seqs.last()) else {
+                continue;
+            };
+            let wanted: HashSet<u64> = rec.seqs.iter().copied().collect();
+            for ev in self
+                .events(id_of(&k)?, lo.saturating_sub(1), hi)?
+                .into_iter()
+                .rev()
+            {
+                let Some(msfleet_proto::job_event::Kind::Test(t)) = ev.kind else {
+                    continue;
+                };
+                if t.when == "call" && wanted.contains(&ev.seq) && want.remove(t.nodeid.as_str()) {
+                    found.insert(t.nodeid, t.duration_s);
+                }
+            }
+        }
+        for id in want {
+            let old = self.old_history(id, profile, usize::MAX)?;
+            if let Some(run) = old.into_iter().find(|r| r.when == "call") {
+                found.insert(id.to_string(), run.duration_s);
+            }
+        }
+        Ok(found)
     }
 
     /// Recorded outcomes of one test, newest first, optionally of one profile
@@ -423,6 +767,25 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<TestRun>, StoreError> {
         let mut runs = Vec::new();
+        self.history_runs(test_id, profile, limit, &mut runs)?;
+        if runs.len() < limit {
+            let left = limit - runs.len();
+            runs.extend(self.old_history(test_id, profile, left)?);
+        }
+        Ok(runs)
+    }
+
+    /// Runs of `test_id` under older versions' one-key-per-run layout, newest first.
+    fn old_history(
+        &self,
+        test_id: &str,
+        profile: &str,
+        limit: usize,
+    ) -> Result<Vec<TestRun>, StoreError> {
+        let mut runs = Vec::new();
+        if limit == 0 {
+            return Ok(runs);
+        }
         for item in self.db.scan_prefix(test_key(test_id)).rev() {
             let (k, v) = item?;
             let run = TestRun::decode(&*v).map_err(|e| corrupt(&k, e))?;
@@ -452,6 +815,8 @@ impl Store {
         let mut deleted = 0;
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
+        // The older layout's history keys are found through the test ids of
+        // the job's one-key-per-event events.
         let mut tests: std::collections::BTreeSet<String> = Default::default();
         for item in self.db.scan_prefix(key(b'e', job)) {
             let (k, v) = item?;
@@ -460,9 +825,17 @@ impl Store {
                 tests.insert(t.nodeid);
             }
         }
-        for test in &tests {
+        let old_history = tests.iter().map(|test| {
             let mut prefix = test_key(test);
             prefix.extend_from_slice(&job.to_be_bytes());
+            prefix
+        });
+        // History before events: a crash midway leaves no history record
+        // pointing at events that are gone.
+        let prefixes: Vec<Vec<u8>> = old_history
+            .chain([key(b'H', job), key(b'E', job), key(b'e', job)])
+            .collect();
+        for prefix in prefixes {
             for item in self.db.scan_prefix(prefix) {
                 let (k, _) = item?;
                 batch.remove(k);
@@ -472,16 +845,6 @@ impl Store {
                     deleted += in_batch;
                     in_batch = 0;
                 }
-            }
-        }
-        for item in self.db.scan_prefix(key(b'e', job)) {
-            let (k, _) = item?;
-            batch.remove(k);
-            in_batch += 1;
-            if in_batch >= chunk {
-                self.db.apply_batch(std::mem::take(&mut batch))?;
-                deleted += in_batch;
-                in_batch = 0;
             }
         }
         if let Some(j) = self.job(job)? {
@@ -640,7 +1003,7 @@ mod tests {
             for seq in 1..=300u64 {
                 w.put_event(
                     7,
-                    &JobEvent {
+                    JobEvent {
                         seq,
                         ..Default::default()
                     },
@@ -670,5 +1033,140 @@ mod tests {
         let evs = store.events(7, 255, 300).unwrap();
         let seqs: Vec<u64> = evs.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (256..=300).collect::<Vec<_>>());
+    }
+
+    fn test_event(seq: u64, nodeid: &str, outcome: &str) -> JobEvent {
+        JobEvent {
+            seq,
+            time_ms: 1000 + seq as i64,
+            attempt: 1,
+            kind: Some(msfleet_proto::job_event::Kind::Test(
+                msfleet_proto::TestResult {
+                    nodeid: nodeid.into(),
+                    when: "call".into(),
+                    outcome: outcome.into(),
+                    duration_s: seq as f64,
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    fn durable(store: &Store) {
+        let (tx, rx) = mpsc::channel();
+        store.after_durable(Box::new(move |ok| tx.send(ok).unwrap()));
+        assert!(rx.recv().unwrap());
+    }
+
+    /// A store written by an older version (one key per event, one per
+    /// history run) keeps reading: a job's old events and its new event
+    /// blocks come back as one gap-free run, and a test's history joins the
+    /// old runs after the new ones, newest first.
+    #[test]
+    fn events_and_history_of_the_older_one_key_layout_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        // As the older version wrote them.
+        for seq in 1..=3u64 {
+            let ev = test_event(seq, "t.py::a", "passed");
+            store
+                .db
+                .insert(seq_key(b'e', 5, seq), ev.encode_to_vec())
+                .unwrap();
+            let mut k = test_key("t.py::a");
+            k.extend_from_slice(&5u64.to_be_bytes());
+            k.extend_from_slice(&seq.to_be_bytes());
+            let run = TestRun {
+                job_id: "5".into(),
+                time_ms: 1000 + seq as i64,
+                profile: "old".into(),
+                outcome: "passed".into(),
+                when: "call".into(),
+                duration_s: seq as f64,
+                ..Default::default()
+            };
+            store.db.insert(k, run.encode_to_vec()).unwrap();
+        }
+        // This version, in two writes (two blocks), one event over the block size.
+        let mut w = WriteSet::default();
+        w.put_event(5, test_event(4, "t.py::a", "failed"));
+        w.put_test_run("t.py::a", 5, 4, "new", "a1");
+        let mut big = test_event(5, "t.py::b", "failed");
+        if let Some(msfleet_proto::job_event::Kind::Test(t)) = big.kind.as_mut() {
+            t.longrepr = "x".repeat(BLOCK_BYTES + 10);
+        }
+        w.put_event(5, big);
+        w.put_test_run("t.py::b", 5, 5, "new", "a1");
+        store.apply(w).unwrap();
+        let mut w = WriteSet::default();
+        for seq in 6..=9 {
+            w.put_event(5, test_event(seq, "t.py::a", "passed"));
+            w.put_test_run("t.py::a", 5, seq, "new", "a1");
+        }
+        store.apply(w).unwrap();
+        durable(&store);
+        let all: Vec<u64> = store
+            .events(5, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(all, (1..=9).collect::<Vec<_>>());
+        for (after, upto) in [(0, 2), (2, 4), (3, 5), (4, 7), (7, 9), (8, 8), (9, 20)] {
+            let got: Vec<u64> = store
+                .events(5, after, upto)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            let want: Vec<u64> = (after + 1..=upto.min(9)).collect();
+            assert_eq!(got, want, "events({after}, {upto})");
+        }
+        let runs = store.test_history("t.py::a", "", 100).unwrap();
+        let seen: Vec<(String, f64)> = runs
+            .iter()
+            .map(|r| (r.profile.clone(), r.duration_s))
+            .collect();
+        let want: Vec<(String, f64)> = [9.0, 8.0, 7.0, 6.0, 4.0]
+            .iter()
+            .map(|d| ("new".to_string(), *d))
+            .chain([3.0, 2.0, 1.0].iter().map(|d| ("old".to_string(), *d)))
+            .collect();
+        assert_eq!(seen, want);
+        assert_eq!(runs[4].outcome, "failed");
+        assert_eq!(runs[0].agent, "a1");
+        assert_eq!(store.test_history("t.py::a", "old", 2).unwrap().len(), 2);
+        assert_eq!(store.test_history("t.py::a", "new", 100).unwrap().len(), 5);
+        assert_eq!(store.test_history("t.py::b", "", 10).unwrap().len(), 1);
+        assert!(store.test_history("t.py::zzz", "", 10).unwrap().is_empty());
+        let d = store
+            .call_durations(
+                &["t.py::a".into(), "t.py::b".into(), "t.py::c".into()],
+                "",
+                100,
+            )
+            .unwrap();
+        assert_eq!(d.get("t.py::a"), Some(&9.0));
+        assert_eq!(d.get("t.py::b"), Some(&5.0));
+        assert_eq!(d.get("t.py::c"), None);
+        let d = store
+            .call_durations(&["t.py::a".into()], "old", 100)
+            .unwrap();
+        assert_eq!(
+            d.get("t.py::a"),
+            Some(&3.0),
+            "old keys fill in what is missing"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_event_block_is_an_error_not_a_panic() {
+        let k = seq_key(b'E', 1, 1);
+        assert!(decode_block(&k, &[]).is_err());
+        assert!(decode_block(&k, &[9, 1, 2]).is_err());
+        assert!(decode_block(&k, &[LZ4, 0xff, 0xff, 0xff, 0xff, 1]).is_err());
+        assert!(decode_block(&k, &[RAW, 0x05, 1]).is_err());
+        assert!(decode_history(&k, &[1, 0x80]).is_err());
+        assert!(decode_history(&k, &[2]).is_err());
     }
 }

@@ -813,6 +813,99 @@ fn scheduler_kill9_loses_no_acknowledged_job_or_result() {
     );
 }
 
+/// The node ids of a watch's outcome lines ("PASSED t.py::x", ...), in order.
+fn shown_results(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let (word, rest) = l.split_once(' ')?;
+            ["PASSED", "FAILED", "SKIPPED", "XFAILED", "XPASSED", "ERROR"]
+                .contains(&word)
+                .then(|| {
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+        })
+        .collect()
+}
+
+/// kill -9 of the scheduler while an agent streams test results in batches:
+/// every result shown before the kill (shown only once durable, as its
+/// batch's Ack is sent) is there after the restart, the agent resends what
+/// was not acknowledged, and the job ends with pytest's own counts, each
+/// result once, in one attempt.
+#[test]
+fn scheduler_kill9_during_a_result_batch_loses_no_acknowledged_result() {
+    let mut f = Fleet::new();
+    f.add_agent("b1", &[], &["--result-batch-max", "50"]);
+    let mut files = Vec::new();
+    for m in 0..4 {
+        let mut src = String::from("import time, pytest\n");
+        src += "\n@pytest.mark.parametrize('i', range(400))\n";
+        src += "def test_step(i):\n    time.sleep(0.002)\n";
+        src += "    if i % 97 == 0:\n        assert i < 0\n";
+        src += "    if i % 89 == 0:\n        pytest.skip('not here')\n";
+        src += "\n@pytest.mark.xfail\ndef test_known():\n    assert False\n";
+        files.push((format!("test_many_{m}.py"), src));
+    }
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    let suite = f.write_suite("batches", &files);
+    let (pytest, _, summary) = pytest_directly(&suite, &[]);
+    let total: u64 = pytest.values().sum();
+    let id = f.submit(&["pytest", "--dir", &s(&suite)]);
+    let mut watch = Bg::spawn(ctl_cmd(&f.addr(), &["watch", &id]));
+    let mut before = Vec::new();
+    while shown_results(&before).len() < 300 {
+        let (_, line) = watch
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("too few results shown:\n{}", before.join("\n")));
+        before.push(line);
+    }
+    f.sched.kill9();
+    let shown = shown_results(&before);
+    assert!(
+        (shown.len() as u64) < total,
+        "the job must still stream when msched is killed ({} of {total} shown)",
+        shown.len()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    f.sched.restart();
+    let j = f.wait_terminal(&id);
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert_eq!(counts_of(&j), pytest, "vs pytest's '{summary}': {j:#}");
+    assert_eq!(count(&j, "total"), total, "{j:#}");
+    assert_eq!(j["attempts"], 1, "resumed, not re-run: {j:#}");
+    // Every result, each once; the ones shown before the kill among them.
+    let replay = f.ctl(&["watch", &id]);
+    let lines: Vec<String> = replay.stdout.lines().map(str::to_string).collect();
+    let all = shown_results(&lines);
+    assert_eq!(all.len() as u64, total, "one line per result:\n{replay}");
+    let unique: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "a result twice:\n{replay}");
+    for r in &shown {
+        assert!(
+            unique.contains(r),
+            "{r} was shown before the kill and is gone"
+        );
+    }
+    assert_eq!(
+        &all[..shown.len()],
+        &shown[..],
+        "the same results in the same order"
+    );
+    let (code, _) = watch.finish(Duration::from_secs(60));
+    assert_eq!(
+        code, 1,
+        "the watch across the restart ends with the job (failed)"
+    );
+}
+
 // ====================================================================== 8
 
 /// Bad input: exit code 2, a reason naming the problem, nothing changed.

@@ -97,6 +97,15 @@ impl Core {
                     return reject(step, format!("test result refused: {}", s.message()), false);
                 }
             }
+            Some(task_update::Kind::Tests(batch)) => {
+                if let Err(s) = limits::test_results(batch) {
+                    return reject(
+                        step,
+                        format!("test results refused: {}", s.message()),
+                        false,
+                    );
+                }
+            }
             Some(task_update::Kind::Case(c)) => {
                 if let Err(s) = limits::case_result(c) {
                     return reject(step, format!("case result refused: {}", s.message()), false);
@@ -146,6 +155,12 @@ impl Core {
             }
             Some(task_update::Kind::Case(c)) => self.record_case(task, attempt, &name, c, step),
             Some(task_update::Kind::Test(t)) => self.record_test(task, attempt, &name, t, step),
+            // One update, one write, one Ack; each result its own event.
+            Some(task_update::Kind::Tests(batch)) => {
+                for t in batch.results {
+                    self.record_test(task, attempt, &name, t, step);
+                }
+            }
             Some(task_update::Kind::Environment(env)) => {
                 e.job.environment = Some(env.clone());
                 self.push_event(task, attempt, job_event::Kind::Environment(env), step);
@@ -220,16 +235,6 @@ impl Core {
             .tests
             .get_or_insert_with(Default::default)
             .record_result(&t);
-        let run = pb::TestRun {
-            job_id: e.job.id.clone(),
-            time_ms: self.now,
-            profile,
-            agent: agent.to_string(),
-            attempt,
-            outcome: t.outcome.clone(),
-            duration_s: t.duration_s,
-            when: t.when.clone(),
-        };
         let test_id = t.nodeid.clone();
         let collected = t.outcome == "collected";
         // A passed subtest never changes its test's verdict: counted, shown
@@ -251,7 +256,8 @@ impl Core {
         if collected {
             step.collected.push((task, attempt, test_id));
         } else if history {
-            step.writes.put_test_run(&test_id, task, seq, &run);
+            step.writes
+                .put_test_run(&test_id, task, seq, &profile, agent);
         }
         if let Some((parent, ft)) = forward {
             self.push_event(parent, 0, job_event::Kind::Test(ft), step);
@@ -1721,5 +1727,152 @@ mod tests {
             "{}",
             err.message()
         );
+    }
+
+    fn batch(results: Vec<msfleet_proto::TestResult>) -> msfleet_proto::task_update::Kind {
+        msfleet_proto::task_update::Kind::Tests(msfleet_proto::TestResults { results })
+    }
+
+    fn result(nodeid: &str, outcome: &str) -> msfleet_proto::TestResult {
+        msfleet_proto::TestResult {
+            nodeid: nodeid.into(),
+            when: "call".into(),
+            outcome: outcome.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A batch of results is one update: one Ack for its seq, and each
+    /// result its own event (gap-free seqs), counted and in the test history;
+    /// single-result updates still work beside it; a resend is re-acked and
+    /// changes nothing; a batch with one bad result is refused whole.
+    #[test]
+    fn a_batch_of_test_results_is_one_update_and_each_result_its_own_event() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        let results: Vec<_> = (0..100)
+            .map(|i| {
+                result(
+                    &format!("t.py::test_{i}"),
+                    if i % 10 == 0 { "failed" } else { "passed" },
+                )
+            })
+            .collect();
+        let msgs = h.update(&mut a, &r, 2, batch(results.clone()));
+        let acks: Vec<u64> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                Msg::Ack(a) => Some(a.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks, vec![2], "one ack for the batch");
+        let again = h.update(&mut a, &r, 2, batch(results));
+        assert!(
+            again.iter().any(|m| is_ack(m, 2)),
+            "a resend is acked again"
+        );
+        let msgs = h.update(&mut a, &r, 3, test_result("t.py::single", "skipped"));
+        assert!(msgs.iter().any(|m| is_ack(m, 3)));
+        let mut bad = vec![result("t.py::ok", "passed")];
+        bad.push(result(&"x".repeat(msfleet_proto::MAX_NODEID + 1), "passed"));
+        let msgs = h.update(&mut a, &r, 4, batch(bad));
+        let (why, abandon) = reject(&msgs).expect("refused");
+        assert!(why.contains("result 1") && why.contains("nodeid"), "{why}");
+        assert!(!abandon);
+        let msgs = h.update(&mut a, &r, 4, batch(Vec::new()));
+        assert!(reject(&msgs).is_some(), "an empty batch is refused");
+        h.update(&mut a, &r, 4, finished(Outcome::Failed));
+        let c = h.job(&job.id).tests.unwrap();
+        assert_eq!((c.total, c.passed, c.failed, c.skipped), (101, 90, 10, 1));
+        let events = h.events(&job.id);
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "gap-free"
+        );
+        let tests: Vec<String> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(msfleet_proto::job_event::Kind::Test(t)) => Some(t.nodeid.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tests.len(), 101, "each result an event, none twice");
+        assert_eq!(tests[0], "t.py::test_0");
+        assert_eq!(tests[100], "t.py::single");
+        let runs = h.core().store.test_history("t.py::test_10", "", 5).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].outcome, "failed");
+        assert_eq!(runs[0].job_id, job.id);
+    }
+
+    fn dir_bytes(dir: &std::path::Path) -> u64 {
+        let mut total = 0;
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            total += if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            };
+        }
+        total
+    }
+
+    /// What a test result costs on disk (its event and its test history,
+    /// sled's overhead included): 20,000 results of a real-looking suite in
+    /// batches of 500, as the agent sends them. 1,075 bytes each with one key
+    /// per event and per history run (the layout before event blocks);
+    /// prints the figure. The history still answers per test, newest first.
+    #[test]
+    fn a_test_result_costs_tens_of_bytes_on_disk() {
+        let mut h = Harness::new();
+        let mut a = h.register("a1", "cpu", 1);
+        let job = h.submit(spec()).unwrap();
+        let r = h.assignments(&mut a)[0].attempt.clone().unwrap();
+        h.update(&mut a, &r, 1, started());
+        h.core().store.flush().unwrap();
+        let before = dir_bytes(h.dir.path());
+        let n = 20_000;
+        let mut seq = 2;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+            let results = chunk
+                .iter()
+                .map(|i| msfleet_proto::TestResult {
+                    nodeid: format!(
+                        "tests/unit/test_module_{:03}.py::TestClass{}::test_case_{i}[param-{}]",
+                        i / 200,
+                        i % 7,
+                        i % 13
+                    ),
+                    when: "call".into(),
+                    outcome: if i % 50 == 0 { "failed" } else { "passed" }.into(),
+                    duration_s: 0.001 * (*i % 97) as f64,
+                    ..Default::default()
+                })
+                .collect();
+            let msgs = h.update(&mut a, &r, seq, batch(results));
+            assert!(msgs.iter().any(|m| is_ack(m, seq)));
+            seq += 1;
+        }
+        h.update(&mut a, &r, seq, finished(Outcome::Failed));
+        h.core().store.flush().unwrap();
+        let per_result = (dir_bytes(h.dir.path()).saturating_sub(before)) as f64 / n as f64;
+        println!("store bytes per test result: {per_result:.1}");
+        assert_eq!(h.job(&job.id).tests.unwrap().total, n as u64);
+        let id = "tests/unit/test_module_050.py::TestClass4::test_case_10000[param-3]";
+        let runs = h.core().store.test_history(id, "", 10).unwrap();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(
+            (runs[0].outcome.as_str(), runs[0].profile.as_str()),
+            ("failed", "cpu")
+        );
+        assert!((runs[0].duration_s - 0.001 * (10000 % 97) as f64).abs() < 1e-9);
+        assert!(per_result < 100.0, "{per_result:.1} bytes per result");
     }
 }

@@ -50,7 +50,7 @@ impl Core {
         let seq = e.job.last_event_seq;
         step.writes.put_event(
             id,
-            &JobEvent {
+            JobEvent {
                 seq,
                 time_ms: self.now,
                 attempt,

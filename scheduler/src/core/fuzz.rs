@@ -55,6 +55,8 @@ enum KindPick {
     Started,
     Log(usize),
     Test(&'static str, &'static str, &'static str),
+    /// A batch of test results (`TaskUpdate.tests`); empty is refused.
+    Tests(Vec<(&'static str, &'static str, &'static str)>),
     /// Outcome, and whether the agent refused the assignment (no free slot).
     Finished(i32, bool),
     Case(&'static str),
@@ -155,7 +157,8 @@ fn kind_pick() -> impl Strategy<Value = KindPick> {
             Just(200_000),
         ]
         .prop_map(KindPick::Log),
-        4 => (nodeid, when, outcome).prop_map(|(n, w, o)| KindPick::Test(n, w, o)),
+        4 => (nodeid.clone(), when.clone(), outcome.clone()).prop_map(|(n, w, o)| KindPick::Test(n, w, o)),
+        2 => prop::collection::vec((nodeid, when, outcome), 0..6).prop_map(KindPick::Tests),
         2 => (0..8i32, prop::bool::weighted(0.25)).prop_map(|(o, r)| KindPick::Finished(o, r)),
         1 => prop::sample::select(&["case-a", "", "pass", "regression"][..]).prop_map(KindPick::Case),
     ]
@@ -350,6 +353,18 @@ impl World {
                             ..Default::default()
                         }))
                     }
+                    KindPick::Tests(results) => Some(task_update::Kind::Tests(pb::TestResults {
+                        results: results
+                            .iter()
+                            .map(|(nodeid, when, outcome)| pb::TestResult {
+                                nodeid: nodeid.to_string(),
+                                when: when.to_string(),
+                                outcome: outcome.to_string(),
+                                duration_s: 0.25,
+                                ..Default::default()
+                            })
+                            .collect(),
+                    })),
                     KindPick::Finished(o, refused) => {
                         Some(task_update::Kind::Finished(pb::Finished {
                             outcome: *o,

@@ -5,6 +5,10 @@
 
 use super::*;
 
+/// How many of the newest test-history records (one per agent per write,
+/// up to a few hundred results each) a shard split reads for durations.
+const SHARD_HISTORY_RECORDS: usize = 20_000;
+
 impl Core {
     /// Children are submitted in their parent's submitter's name.
     fn submitter(&self, parent: u64) -> String {
@@ -121,25 +125,28 @@ impl Core {
             .map(|c| c.job.agent.clone())
             .unwrap_or_default();
         let profile = agent_profile(&self.agents, &agent);
-        let call_duration = |runs: Vec<pb::TestRun>| {
-            runs.into_iter()
-                .find(|r| r.when == "call")
-                .map(|r| r.duration_s)
+        // One pass over the newest history records (bounded), not one
+        // search per test: this runs on the core thread.
+        let on_profile = self
+            .store
+            .call_durations(&ids, &profile, SHARD_HISTORY_RECORDS)
+            .unwrap_or_default();
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !on_profile.contains_key(*id))
+            .cloned()
+            .collect();
+        let anywhere = if missing.is_empty() {
+            Default::default()
+        } else {
+            self.store
+                .call_durations(&missing, "", SHARD_HISTORY_RECORDS)
+                .unwrap_or_default()
         };
         let known: Vec<(String, Option<f64>)> = ids
             .into_iter()
             .map(|id| {
-                let d = self
-                    .store
-                    .test_history(&id, &profile, 20)
-                    .ok()
-                    .and_then(call_duration)
-                    .or_else(|| {
-                        self.store
-                            .test_history(&id, "", 20)
-                            .ok()
-                            .and_then(call_duration)
-                    });
+                let d = on_profile.get(&id).or_else(|| anywhere.get(&id)).copied();
                 (id, d)
             })
             .collect();

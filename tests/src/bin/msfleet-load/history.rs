@@ -50,7 +50,7 @@ fn generate(data: &std::path::Path, from: u64, n: usize) -> Result<()> {
         ] {
             w.put_event(
                 id,
-                &pb::JobEvent {
+                pb::JobEvent {
                     seq,
                     time_ms: at,
                     attempt: 1,

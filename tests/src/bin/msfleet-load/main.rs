@@ -18,6 +18,8 @@
 //!   heartbeating every 10 s; msched RSS and CPU per figure.
 //! - `restart` (`restart.rs`): kill -9 msched under 10,000 agents (1,000
 //!   running): time to full re-registration and resumption, peak reconnects.
+//! - `ingest` ([`ingest`]): agents streaming test results; results/s durable,
+//!   msched CPU and store bytes per result, one result per update vs batches.
 //!
 //! Everything is bounded in count and time and talks to loopback only.
 
@@ -45,11 +47,12 @@ use tonic::transport::{Channel, Endpoint};
 
 mod backlog;
 mod history;
+mod ingest;
 
 #[derive(Parser, Debug)]
 #[command(name = "msfleet-load")]
 struct Args {
-    /// throughput, latency, idle or all (those three); backlog; history; scale; restart.
+    /// throughput, latency, idle or all (those three); ingest; backlog; history; scale; restart.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Simulated agents for throughput/latency.
@@ -120,10 +123,15 @@ struct Args {
     /// Keep the history scenario's store here (a new, empty directory) instead of a temporary one.
     #[arg(long)]
     history_dir: Option<PathBuf>,
+    #[command(flatten)]
+    ingest: ingest::IngestArgs,
 }
 
 /// Set once a scenario is over: agent streams breaking after that are expected.
 static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Which scheduler of this process is the current one: a scraper of an
+/// earlier one (scenarios that start several in turn) stops.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -179,6 +187,7 @@ impl Sched {
     /// --data-dir and --ready-file).
     fn start_with(bin: &PathBuf, flags: Vec<String>) -> Result<Sched> {
         STOPPING.store(false, Ordering::Relaxed);
+        GENERATION.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::tempdir()?;
         let child = spawn_msched(bin, &flags, "127.0.0.1:0", dir.path())?;
         let mut sched = Sched {
@@ -331,7 +340,9 @@ fn spawn_msched(
 /// until the scenario is over, so `--metrics on` counts rendering too.
 fn scrape_every_second(http: String) {
     std::thread::spawn(move || {
-        while !STOPPING.load(Ordering::Relaxed) {
+        let generation = GENERATION.load(Ordering::Relaxed);
+        while !STOPPING.load(Ordering::Relaxed) && GENERATION.load(Ordering::Relaxed) == generation
+        {
             match msfleet_tests::http_get(&http, "/metrics", None) {
                 Ok((200, _)) => {}
                 Ok((code, body)) => eprintln!("msfleet-load: /metrics answered {code}: {body}"),
@@ -762,6 +773,10 @@ async fn main() -> Result<()> {
         }
         _ => {}
     }
+    if args.scenario == "ingest" {
+        ingest::ingest(&args, &bin).await?;
+        ran = true;
+    }
     if let Some(o) = &otlp {
         // msched's batches leave every 5 s and at its shutdown.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -772,7 +787,7 @@ async fn main() -> Result<()> {
     }
     if !ran {
         bail!(
-            "unknown scenario '{}': use throughput, latency, idle, all, backlog, history, scale or restart",
+            "unknown scenario '{}': use throughput, latency, idle, all, ingest, backlog, history, scale or restart",
             args.scenario
         );
     }
