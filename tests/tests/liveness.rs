@@ -398,12 +398,12 @@ fn after_a_scheduler_kill9_every_agent_resumes_its_attempt_and_none_is_lost() {
     f.sched.restart();
     wait_for(
         Duration::from_secs(30),
-        "every agent back and busy with its attempt",
+        "every agent back (an attempt may finish while its agent backs off)",
         || {
             let back = f
                 .agents_json()
                 .iter()
-                .filter(|a| a["connected"] == true && a["state"] == "busy")
+                .filter(|a| a["connected"] == true)
                 .count();
             (back == AGENTS).then_some(())
         },
