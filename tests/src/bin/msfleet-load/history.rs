@@ -107,16 +107,7 @@ fn restart(bin: &PathBuf, data: &std::path::Path) -> Result<(f64, u64)> {
     }
     let secs = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(1));
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024;
+    let (rss, _) = crate::proc_usage(&child.id().to_string());
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
