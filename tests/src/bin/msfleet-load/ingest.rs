@@ -94,19 +94,11 @@ async fn stream_agent(
         .max_decoding_message_size(msfleet_proto::MAX_MESSAGE)
         .max_encoding_message_size(msfleet_proto::MAX_MESSAGE);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(window + 8);
-    tx.send(pb::AgentMessage {
-        msg: Some(agent_message::Msg::Register(pb::Register {
-            name: name.clone(),
-            instance_id: format!("{name}-{}", now_ns()),
-            capabilities: Some(pb::Capabilities {
-                slots: 1,
-                profile: "sim".into(),
-                labels: [("pool".to_string(), "load".to_string())].into(),
-                ..Default::default()
-            }),
-            resume: vec![],
-        })),
-    })
+    tx.send(crate::register(
+        &name,
+        &format!("{name}-{}", now_ns()),
+        vec![],
+    ))
     .await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
     let send =

@@ -255,6 +255,23 @@ impl Sched {
     }
 }
 
+/// A simulated agent's registration: one slot, profile `sim`, label `pool=load`.
+fn register(name: &str, instance: &str, resume: Vec<pb::AttemptRef>) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(agent_message::Msg::Register(pb::Register {
+            name: name.to_string(),
+            instance_id: instance.to_string(),
+            capabilities: Some(pb::Capabilities {
+                slots: 1,
+                profile: "sim".into(),
+                labels: [("pool".to_string(), "load".to_string())].into(),
+                ..Default::default()
+            }),
+            resume,
+        })),
+    }
+}
+
 /// (RSS bytes, CPU seconds user+sys) of process `pid` ("self" for this one).
 fn proc_usage(pid: &str) -> (u64, f64) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -389,20 +406,8 @@ async fn sim_agent(
         .max_decoding_message_size(msfleet_proto::MAX_MESSAGE)
         .max_encoding_message_size(msfleet_proto::MAX_MESSAGE);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
-    tx.send(pb::AgentMessage {
-        msg: Some(agent_message::Msg::Register(pb::Register {
-            name: name.clone(),
-            instance_id: format!("{name}-{}", now_ns()),
-            capabilities: Some(pb::Capabilities {
-                slots: 1,
-                profile: "sim".into(),
-                labels: [("pool".to_string(), "load".to_string())].into(),
-                ..Default::default()
-            }),
-            resume: vec![],
-        })),
-    })
-    .await?;
+    tx.send(register(&name, &format!("{name}-{}", now_ns()), vec![]))
+        .await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
     let mut hb_every = Duration::from_secs(5);
     let mut heartbeat = tokio::time::interval(hb_every);

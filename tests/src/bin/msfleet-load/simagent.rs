@@ -202,19 +202,7 @@ impl SimAgent {
             .max_decoding_message_size(msfleet_proto::MAX_MESSAGE)
             .max_encoding_message_size(msfleet_proto::MAX_MESSAGE);
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(8);
-        let register = pb::AgentMessage {
-            msg: Some(agent_message::Msg::Register(pb::Register {
-                name: self.name.clone(),
-                instance_id: instance.to_string(),
-                capabilities: Some(pb::Capabilities {
-                    slots: 1,
-                    profile: "sim".into(),
-                    labels: [("pool".to_string(), "load".to_string())].into(),
-                    ..Default::default()
-                }),
-                resume: held.clone(),
-            })),
-        };
+        let register = crate::register(&self.name, instance, held.clone());
         if tx.send(register).await.is_err() {
             return Ended::Failed;
         }
