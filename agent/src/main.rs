@@ -3,13 +3,10 @@
 use anyhow::Context;
 use clap::Parser;
 use msagent::config::{AgentConfig, FileConfig, Overrides};
+use msfleet_proto::telemetry::{init_logging, LogFormat};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::Layer;
 
 /// The msfleet agent: reports this host's hardware and runs the tests the scheduler assigns.
 #[derive(Parser, Debug)]
@@ -121,29 +118,6 @@ struct Args {
     policy: msagent::config::PolicyFlags,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// The one place msagent's tracing subscriber is built: the log layer (stderr, `text` or
-/// `json`, its own `RUST_LOG` filter, default `info`) and, when `telemetry` exports
-/// traces, the OpenTelemetry span layer beside it. The log filter is the log layer's own,
-/// so RUST_LOG=warn keeps the spans.
-fn init_logging(format: LogFormat, telemetry: Option<&msfleet_proto::telemetry::Telemetry>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let logs = match format {
-        LogFormat::Text => logs.boxed(),
-        LogFormat::Json => logs.json().flatten_event(true).boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
-        .with(telemetry.and_then(|t| t.layer()))
-        .init();
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -155,7 +129,7 @@ async fn main() {
                 std::process::exit(2);
             }
         };
-    init_logging(args.log_format, telemetry.as_ref());
+    init_logging(args.log_format, true, telemetry.as_ref());
     let result = run(args).await;
     if let Some(t) = telemetry {
         t.shutdown().await;

@@ -35,6 +35,38 @@ pub use tracing_opentelemetry::OpenTelemetrySpanExt;
 static TRACES: AtomicBool = AtomicBool::new(false);
 static METRICS: AtomicBool = AtomicBool::new(false);
 
+/// How a daemon writes its log lines (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The one place a daemon's tracing subscriber is built: the log layer (stderr, `text` or
+/// `json`, its own `RUST_LOG` filter, default `info`) and, when `telemetry` exports
+/// traces, the OpenTelemetry span layer beside it. The log filter is the log layer's own,
+/// so RUST_LOG=warn keeps the spans. `json_span`: JSON lines carry the current span's
+/// fields (msagent: an attempt's job and attempt); msched's lines do without.
+pub fn init_logging(format: LogFormat, json_span: bool, telemetry: Option<&Telemetry>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(json_span)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(telemetry.and_then(|t| t.layer()))
+        .init();
+}
+
 /// True once [`init`] set up trace export: callers skip building spans otherwise.
 pub fn enabled() -> bool {
     TRACES.load(Ordering::Relaxed)

@@ -2,12 +2,9 @@
 
 use anyhow::Context;
 use clap::Parser;
+use msfleet_proto::telemetry::{init_logging, LogFormat};
 use std::path::PathBuf;
 use std::time::Duration;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::Layer;
 
 /// The msfleet scheduler: durable job queues, leases and the gRPC API.
 #[derive(Parser, Debug)]
@@ -123,33 +120,6 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a positive size that fits"))
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// The one place msched's tracing subscriber is built: the log layer (stderr, `text` or
-/// `json`, its own `RUST_LOG` filter, default `info`) and, when `telemetry` exports
-/// traces, the OpenTelemetry span layer beside it. The log filter is the log layer's own,
-/// so RUST_LOG=warn keeps the spans.
-fn init_logging(format: LogFormat, telemetry: Option<&msfleet_proto::telemetry::Telemetry>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let logs = match format {
-        LogFormat::Text => logs.boxed(),
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
-        .with(telemetry.and_then(|t| t.layer()))
-        .init();
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -161,7 +131,7 @@ async fn main() {
                 std::process::exit(2);
             }
         };
-    init_logging(args.log_format, telemetry.as_ref());
+    init_logging(args.log_format, false, telemetry.as_ref());
     let result = run(args).await;
     if let Some(t) = telemetry {
         t.shutdown().await;
