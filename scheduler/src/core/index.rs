@@ -188,8 +188,7 @@ impl Core {
                 .0,
             )
         });
-        self.index.add(id, &job);
-        self.jobs.insert(
+        self.hold_job(
             id,
             JobEntry {
                 job,
@@ -198,6 +197,20 @@ impl Core {
                 progress,
             },
         );
+    }
+
+    /// A job enters memory, and its place in the indexes with it: the one
+    /// way into `jobs` (submit and loading).
+    pub(super) fn hold_job(&mut self, id: u64, entry: JobEntry) {
+        self.index.add(id, &entry.job);
+        self.jobs.insert(id, entry);
+    }
+
+    /// A job leaves memory and the indexes (cache eviction, retention).
+    pub(super) fn drop_job(&mut self, id: u64) {
+        if let Some(e) = self.jobs.remove(&id) {
+            self.index.remove(id, &e.job);
+        }
     }
 
     /// After a turn's writes: finished jobs past `Config::finished_cache` leave
@@ -229,9 +242,7 @@ impl Core {
                 self.finished_cache.push_back(id);
                 continue;
             }
-            if let Some(e) = self.jobs.remove(&id) {
-                self.index.remove(id, &e.job);
-            }
+            self.drop_job(id);
         }
     }
 

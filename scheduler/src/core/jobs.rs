@@ -136,8 +136,7 @@ impl Core {
         };
         telemetry::link_job(&mut job, caller);
         let progress = Arc::new(watch::channel(Progress::default()).0);
-        self.index.add(id, &job);
-        self.jobs.insert(
+        self.hold_job(
             id,
             JobEntry {
                 job,

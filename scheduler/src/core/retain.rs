@@ -65,9 +65,7 @@ impl Core {
             return;
         }
         for &id in &gone {
-            if let Some(e) = self.jobs.remove(&id) {
-                self.index.remove(id, &e.job);
-            }
+            self.drop_job(id);
             self.retired_below = self.retired_below.max(id + 1);
         }
         for key in keys {
