@@ -429,3 +429,107 @@ mod tests {
         );
     }
 }
+
+/// Fuzz target (`cargo test fuzz_dashboard`; cases from `MSFLEET_FUZZ_CASES`):
+/// what a browser or a script sends the dashboard before anyone is known —
+/// the query, the cookie, the bearer header, a login's `next`, a form's CSRF
+/// token — never panics, never lets a stranger in, and never keeps a token
+/// in the address it redirects to.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::auth::Role;
+    use msfleet_proto::fuzz::fuzz_config;
+    use proptest::prelude::*;
+
+    const VIEWER: &str = "msfleet_fuzz_viewer";
+
+    fn tokens() -> TokenIndex {
+        let tokens = TokenIndex::default();
+        tokens.insert(
+            auth::secret_hash(VIEWER),
+            Principal::Person {
+                name: "vera".into(),
+                role: Role::Viewer,
+            },
+        );
+        tokens
+    }
+
+    /// Query pairs, with `token` (bare, empty, encoded) among them often.
+    fn query() -> impl Strategy<Value = Vec<String>> {
+        let pair = prop_oneof![
+            Just("token".to_string()),
+            "token=[a-z_%+0-9]{0,12}",
+            "[a-z]{1,6}=[a-z0-9%+]{0,8}",
+            "[ -~]{0,12}",
+        ];
+        prop::collection::vec(pair, 0..6)
+    }
+
+    fn is_token_pair(pair: &str) -> bool {
+        pair == "token" || pair.starts_with("token=")
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config())]
+
+        #[test]
+        fn fuzz_dashboard_login_inputs(
+            path in "/[a-z/]{0,10}",
+            pairs in query(),
+            cookie in "[ -~]{0,300}",
+            bearer in "[ -~]{0,80}",
+            next in "\\PC{0,20}|[/\\\\][ -~]{0,12}",
+            csrf in "[0-9a-f]{64}|[ -~]{0,70}",
+        ) {
+            // `?token=`: taken out, whatever else the query holds.
+            let url = format!("{path}?{}", pairs.join("&"));
+            match take_token_param(&url) {
+                Some((_, rest)) => {
+                    prop_assert!(pairs.iter().any(|p| is_token_pair(p)), "{url}");
+                    prop_assert!(rest.starts_with(&path), "{url} -> {rest}");
+                    if let Some((_, q)) = rest.split_once('?') {
+                        prop_assert!(!q.split('&').any(is_token_pair), "{url} -> {rest}");
+                    }
+                }
+                None => prop_assert!(
+                    !pairs.iter().any(|p| is_token_pair(p)),
+                    "{url}: its token was not taken"
+                ),
+            }
+
+            // The cookie and the bearer header: only the known secret gets in.
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                headers.insert(header::COOKIE, v);
+                if let Some(secret) = cookie_secret(&headers) {
+                    prop_assert!(!secret.is_empty() && secret.len() <= MAX_SECRET);
+                    prop_assert!(!secret.contains(';'), "{cookie}");
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&bearer) {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            if let Ok(v) = viewer(&headers, &tokens()) {
+                prop_assert_eq!(v.secret.as_str(), VIEWER);
+            }
+
+            // A login's `next`: a path of this site, else the home page.
+            let to = local_target(&next);
+            prop_assert!(to == "/" || to == next);
+            prop_assert!(to.starts_with('/') && !to.starts_with("//") && !to.starts_with("/\\"));
+
+            // A cookie session's form: only its own CSRF token passes.
+            let key = CsrfKey::fixed(b"fuzz");
+            let session = Viewer {
+                who: Principal::Person { name: "vera".into(), role: Role::Admin },
+                via: Via::Cookie,
+                secret: VIEWER.into(),
+            };
+            let ok = key.check_post(&session, &HeaderMap::new(), &csrf).is_ok();
+            prop_assert_eq!(ok, csrf == key.token(&session), "{}", csrf);
+            prop_assert!(key.check_post(&session, &HeaderMap::new(), &key.token(&session)).is_ok());
+        }
+    }
+}
