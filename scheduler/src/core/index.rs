@@ -690,3 +690,109 @@ mod tests {
         assert_eq!(calls, 4, "10 jobs, 3 looked at per call");
     }
 }
+
+/// Fuzz target (`cargo test fuzz_list`; cases from `MSFLEET_FUZZ_CASES`):
+/// any `ListJobs` request that passes the API's bounds (`limits`) is answered
+/// with a page or an InvalidArgument with a short message, never a panic; a
+/// page holds at most its limit, newest first, only jobs that match its
+/// filters; and walking `next_cursor` from any page sees each job once.
+#[cfg(test)]
+mod fuzz {
+    use super::super::harness::*;
+    use super::{DEFAULT_PAGE, MAX_PAGE};
+    use crate::limits::Bounded;
+    use msfleet_proto::fuzz::{fuzz_config, MAX_ERROR_BYTES};
+    use msfleet_proto::{self as pb};
+    use proptest::prelude::*;
+
+    fn request() -> impl Strategy<Value = pb::ListJobsRequest> {
+        (
+            prop_oneof![Just(String::new()), Just("default".into()), "[ -~]{0,12}"],
+            prop_oneof![
+                Just(String::new()),
+                Just("queued".into()),
+                Just("running".into()),
+                Just("cancelled".into()),
+                "[ -~]{0,12}"
+            ],
+            prop::collection::vec(
+                prop_oneof![Just("team=ml".to_string()), "[ -~]{0,10}"],
+                0..3,
+            ),
+            prop_oneof![0..12u32, any::<u32>()],
+            prop_oneof![
+                Just(String::new()),
+                (0..12u64).prop_map(|n| n.to_string()),
+                "[ -~]{0,24}"
+            ],
+            prop_oneof![Just(String::new()), Just("fuzzer".into()), "[a-z]{0,6}"],
+        )
+            .prop_map(|(queue, state, labels, limit, cursor, submitter)| {
+                pb::ListJobsRequest {
+                    queue,
+                    state,
+                    labels,
+                    limit,
+                    cursor,
+                    submitter,
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config())]
+
+        #[test]
+        fn fuzz_list_jobs_requests(
+            jobs in 1..8usize,
+            cancel in prop::collection::vec(any::<bool>(), 8),
+            req in request(),
+        ) {
+            let mut h = Harness::new();
+            h.register("a1", "cpu", 1);
+            for (i, &cancelled) in cancel.iter().enumerate().take(jobs) {
+                let mut s = spec();
+                if i % 2 == 0 {
+                    s.labels.insert("team".into(), "ml".into());
+                }
+                let id = h.submit(s).map_err(|e| TestCaseError::fail(e.to_string()))?.id;
+                if cancelled {
+                    h.cancel(&id).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                }
+            }
+            if Bounded::check(&req).is_err() {
+                return Ok(());
+            }
+            let page = match h.list(req.clone()) {
+                Ok(p) => p,
+                Err(e) => {
+                    prop_assert_eq!(e.code(), tonic::Code::InvalidArgument);
+                    prop_assert!(e.message().len() <= MAX_ERROR_BYTES, "{}", e.message());
+                    return Ok(());
+                }
+            };
+            let limit = match req.limit {
+                0 => DEFAULT_PAGE,
+                n => (n as usize).min(MAX_PAGE),
+            };
+            prop_assert!(page.jobs.len() <= limit);
+            let ids: Vec<u64> = page.jobs.iter().map(|j| j.id.parse().unwrap_or(0)).collect();
+            prop_assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {:?}", ids);
+            for j in &page.jobs {
+                prop_assert!(req.state.is_empty() || j.state().label() == req.state);
+                prop_assert!(req.submitter.is_empty() || j.submitted_by == req.submitter);
+            }
+            // The rest of the walk: each job once, still newest first.
+            let mut seen = ids;
+            let mut next = page.next_cursor;
+            while !next.is_empty() {
+                let p = h
+                    .list(pb::ListJobsRequest { cursor: next, ..req.clone() })
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                seen.extend(p.jobs.iter().map(|j| j.id.parse::<u64>().unwrap_or(0)));
+                next = p.next_cursor;
+            }
+            prop_assert!(seen.windows(2).all(|w| w[0] > w[1]), "each once: {:?}", seen);
+        }
+    }
+}
