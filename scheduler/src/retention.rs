@@ -5,11 +5,27 @@
 //! this thread deletes each one's test history, events and record
 //! (`Store::delete_job`), never on the core thread. A crash before it is done
 //! leaves the job in the store: the next start loads it, and it is picked again.
+//!
+//! The same thread archives: a finished job [`ARCHIVE_AFTER_MS`] after its
+//! end moves from its own keys into its chunk of 64 (`Store::archive_finished`),
+//! so the store's key count, and with it sled's memory and open time, grows
+//! by a few keys per 64 old jobs. Deletes and archiving on one thread never
+//! rewrite a chunk at once.
 
+use crate::clock::Clock;
 use crate::store::Store;
 use std::collections::HashSet;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
+use std::time::Duration;
+
+/// How long after its end a finished job is archived (the core's cache of
+/// recent finished jobs is written to its own keys meanwhile).
+pub const ARCHIVE_AFTER_MS: i64 = 60_000;
+/// Jobs archived per pass at most; passes follow each other while full.
+const ARCHIVE_PASS: usize = 2048;
+/// How often the thread looks for jobs to archive when idle.
+const ARCHIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Keys deleted per sled batch.
 const CHUNK: usize = 4096;
@@ -29,23 +45,47 @@ pub struct Retirer {
 }
 
 impl Retirer {
-    pub fn start(store: Store) -> std::io::Result<Retirer> {
+    pub fn start(store: Store, clock: Arc<dyn Clock>) -> std::io::Result<Retirer> {
         let (tx, rx) = mpsc::channel::<Vec<u64>>();
         let in_flight: InFlight = Arc::default();
         let left = in_flight.clone();
         let thread = thread::Builder::new()
             .name("msched-retain".into())
             .spawn(move || {
-                while let Ok(ids) = rx.recv() {
-                    for id in ids {
-                        match store.delete_job(id, CHUNK) {
-                            Ok(keys) => tracing::debug!(job = id, keys, "retired"),
-                            Err(e) => {
-                                tracing::error!(job = id, error = %e, "deleting a retired job failed; the next start retries it")
+                let mut wait = ARCHIVE_EVERY;
+                loop {
+                    match rx.recv_timeout(wait) {
+                        Ok(ids) => {
+                            for id in ids {
+                                match store.delete_job(id, CHUNK) {
+                                    Ok(keys) => tracing::debug!(job = id, keys, "retired"),
+                                    Err(e) => {
+                                        tracing::error!(job = id, error = %e, "deleting a retired job failed; the next start retries it")
+                                    }
+                                }
+                                lock(&left).remove(&id);
                             }
                         }
-                        lock(&left).remove(&id);
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
+                    let cutoff = clock.now_ms().saturating_sub(ARCHIVE_AFTER_MS);
+                    wait = match store.archive_finished(cutoff, ARCHIVE_PASS) {
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::debug!(jobs = n, "archived finished jobs");
+                            }
+                            if n >= ARCHIVE_PASS {
+                                Duration::ZERO
+                            } else {
+                                ARCHIVE_EVERY
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "archiving finished jobs failed; they stay in their own keys");
+                            ARCHIVE_EVERY
+                        }
+                    };
                 }
             })?;
         Ok(Retirer {

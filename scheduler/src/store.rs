@@ -31,6 +31,15 @@
 //! - `l` job id            -> (): the job is live (not finished): what the start loads
 //! - `f` end ms, job id    -> (): the job finished then: retention's order
 //! - `d` dedup key         -> job id, submit ms: dedup keys, kept with their job
+//! - `J` chunk             -> the archive: finished jobs `chunk * 64 ..` `+ 63`, each
+//!   its record and (up to [`ARCHIVE_MAX_EVENT_BYTES`]) its events, in one
+//!   value ([`encode_chunk`]). A finished job starts in its own keys (`j`,
+//!   `E`, `f`); the retention thread moves it here a minute after its end
+//!   ([`Store::archive_finished`]), so a store holds a few keys per 64 old
+//!   jobs, not three per job: sled keeps a page-table entry per 16 keys in
+//!   memory and reads them all at open. Reads look in both places.
+//! - `F` min end ms, chunk  -> (): a chunk's earliest end: retention's order
+//!   for archived jobs
 //!
 //! Durability: [`Store::after_durable`] hands a callback to the flusher thread,
 //! which calls `Db::flush` once for every callback queued while it was busy and
@@ -43,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 
 /// What a storage failure looks like to the rest of the scheduler.
@@ -484,6 +493,13 @@ pub struct Store {
     flusher: mpsc::Sender<Durable>,
     /// Records applied since the flusher last started a flush.
     unflushed: Arc<AtomicU64>,
+    /// Held by [`Store::apply`] and by every archive chunk's
+    /// read-modify-write, so a job's loose keys are never moved into (or
+    /// out of) a chunk while the core writes them.
+    archive: Arc<Mutex<()>>,
+    /// The last archive chunk decoded (raw value, entries): reads of
+    /// neighbouring archived jobs decompress it once.
+    last_chunk: Arc<Mutex<Option<(sled::IVec, Arc<Vec<ChunkEntry>>)>>>,
     _thread: Arc<FlushThread>,
 }
 
@@ -521,6 +537,8 @@ impl Store {
             db,
             flusher: tx,
             unflushed,
+            archive: Arc::default(),
+            last_chunk: Arc::default(),
             _thread: Arc::new(FlushThread(Some(handle))),
         })
     }
@@ -531,7 +549,9 @@ impl Store {
             return Ok(());
         }
         let records = writes.writes as u64;
-        self.db.apply_batch(writes.into_batch())?;
+        let batch = writes.into_batch();
+        let _archive = self.archive_lock();
+        self.db.apply_batch(batch)?;
         self.unflushed.fetch_add(records, Ordering::Relaxed);
         Ok(())
     }
@@ -565,6 +585,12 @@ impl Store {
         }
         if let Some(item) = self.db.scan_prefix([b'j']).next_back() {
             snap.last_job = id_of(&item?.0)?;
+        }
+        if let Some(item) = self.db.scan_prefix([b'J']).next_back() {
+            let (k, v) = item?;
+            if let Some(e) = ChunkHead::decode(&k, &v)?.entries.last() {
+                snap.last_job = snap.last_job.max(e.id);
+            }
         }
         for item in self.db.scan_prefix([b'd']) {
             let (k, v) = item?;
@@ -621,6 +647,27 @@ impl Store {
         if first > upto {
             return Ok(Vec::new());
         }
+        // Loose keys first: a job only ever moves from them into its chunk
+        // (atomically), so reading in this order misses nothing.
+        let loose = self.loose_events(job, first, upto)?;
+        let Some(entry) = self.archived(job)? else {
+            return Ok(loose);
+        };
+        let archived = decode_events(&chunk_key(chunk_of(job)), &entry.events)?;
+        if archived.is_empty() {
+            return Ok(loose);
+        }
+        let mut all: BTreeMap<u64, JobEvent> = archived
+            .into_iter()
+            .filter(|e| e.seq >= first && e.seq <= upto)
+            .map(|e| (e.seq, e))
+            .collect();
+        all.extend(loose.into_iter().map(|e| (e.seq, e)));
+        Ok(all.into_values().collect())
+    }
+
+    /// Events of `job` in its own keys (`e`, `E`) with `first <= seq <= upto`.
+    fn loose_events(&self, job: u64, first: u64, upto: u64) -> Result<Vec<JobEvent>, StoreError> {
         // Older versions' one-event keys come first: they are all older.
         let mut events = self
             .db
@@ -816,11 +863,18 @@ impl Store {
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
         // The older layout's history keys are found through the test ids of
-        // the job's one-key-per-event events.
+        // the job's one-key-per-event events (in their keys, or archived).
         let mut tests: std::collections::BTreeSet<String> = Default::default();
+        let mut old_events = Vec::new();
         for item in self.db.scan_prefix(key(b'e', job)) {
             let (k, v) = item?;
-            let event = JobEvent::decode(&*v).map_err(|e| corrupt(&k, e))?;
+            old_events.push(JobEvent::decode(&*v).map_err(|e| corrupt(&k, e))?);
+        }
+        let archived = self.archived(job)?;
+        if let Some(entry) = &archived {
+            old_events.extend(decode_events(&chunk_key(chunk_of(job)), &entry.events)?);
+        }
+        for event in old_events {
             if let Some(msfleet_proto::job_event::Kind::Test(t)) = event.kind {
                 tests.insert(t.nodeid);
             }
@@ -872,42 +926,437 @@ impl Store {
             batch.remove(key(prefix, job));
             in_batch += 1;
         }
+        if archived.is_none() {
+            self.db.apply_batch(batch)?;
+            return Ok(deleted + in_batch);
+        }
+        // Its archived copy goes in the same last batch as its record.
+        let _archive = self.archive_lock();
+        let c = chunk_of(job);
+        let old = self.read_chunk(c)?;
+        let mut entries: Vec<ChunkEntry> = old.iter().flat_map(|o| o.iter().cloned()).collect();
+        entries.retain(|e| e.id != job);
+        self.put_chunk(&mut batch, c, old.as_deref().map(Vec::as_slice), &entries);
         self.db.apply_batch(batch)?;
-        Ok(deleted + in_batch)
+        Ok(deleted + in_batch + 1)
     }
 
     /// One stored job (a finished job that is not in the core's memory).
     pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         let k = key(b'j', id);
-        self.db
-            .get(&k)?
-            .map(|v| Job::decode(&*v).map_err(|e| corrupt(&k, e)))
-            .transpose()
+        // Its own key first (see `events`): also newer than an archived copy.
+        if let Some(v) = self.db.get(&k)? {
+            return Job::decode(&*v).map(Some).map_err(|e| corrupt(&k, e));
+        }
+        let Some(entry) = self.archived(id)? else {
+            return Ok(None);
+        };
+        Job::decode(&*entry.record)
+            .map(Some)
+            .map_err(|e| corrupt(&chunk_key(chunk_of(id)), e))
     }
 
     /// Ids of stored jobs below `before`, newest first, at most `n`.
     pub fn job_ids_before(&self, before: u64, n: usize) -> Result<Vec<u64>, StoreError> {
-        self.db
+        let mut ids = self
+            .db
             .range(key(b'j', 0)..key(b'j', before))
             .rev()
             .take(n)
             .map(|item| id_of(&item?.0))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        if before > 0 {
+            let mut archived = 0;
+            for item in self
+                .db
+                .range(chunk_key(0)..=chunk_key(chunk_of(before - 1)))
+                .rev()
+            {
+                if archived >= n {
+                    break;
+                }
+                let (k, v) = item?;
+                let head = ChunkHead::decode(&k, &v)?;
+                for e in head.entries.iter().rev().filter(|e| e.id < before) {
+                    ids.push(e.id);
+                    archived += 1;
+                }
+            }
+        }
+        // A job re-written after it was archived is in both places.
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        ids.truncate(n);
+        Ok(ids)
     }
 
     /// Jobs that finished before `cutoff_ms`, oldest first, at most `n`.
     pub fn finished_before(&self, cutoff_ms: i64, n: usize) -> Result<Vec<u64>, StoreError> {
-        self.db
+        let mut ended = self
+            .db
             .range(finished_key(i64::MIN, 0)..finished_key(cutoff_ms, 0))
             .take(n)
             .map(|item| {
                 let (k, _) = item?;
-                k.get(9..17)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| corrupt(&k, "short key"))
+                finished_of(&k)
+            })
+            .collect::<Result<Vec<(i64, u64)>, _>>()?;
+        // Archived jobs, by their chunks' earliest ends.
+        let mut archived = 0;
+        for item in self
+            .db
+            .range(chunk_index_key(i64::MIN, 0)..chunk_index_key(cutoff_ms, 0))
+        {
+            if archived >= n {
+                break;
+            }
+            let (k, _) = item?;
+            let (_, chunk) = finished_of(&k)?;
+            let Some(v) = self.db.get(chunk_key(chunk))? else {
+                continue;
+            };
+            let head = ChunkHead::decode(&chunk_key(chunk), &v)?;
+            for e in head.entries.iter().filter(|e| e.end_ms < cutoff_ms) {
+                ended.push((e.end_ms, e.id));
+                archived += 1;
+            }
+        }
+        ended.sort_unstable();
+        let mut seen = HashSet::new();
+        ended.retain(|&(_, id)| seen.insert(id));
+        ended.truncate(n);
+        Ok(ended.into_iter().map(|(_, id)| id).collect())
+    }
+}
+
+/// Finished jobs per archive chunk: ids `c * ARCHIVE_JOBS ..` share key `J c`.
+pub const ARCHIVE_JOBS: u64 = 64;
+/// A finished job's events up to this size (raw) are archived with its
+/// record; a larger job's events stay in their own keys (a few per job).
+pub const ARCHIVE_MAX_EVENT_BYTES: usize = 64 * 1024;
+/// The archive chunk format.
+const CHUNK_V1: u8 = 1;
+
+/// One archived job: its record and its events (length-delimited), as stored.
+#[derive(Debug, Clone)]
+struct ChunkEntry {
+    id: u64,
+    end_ms: i64,
+    record: Vec<u8>,
+    events: Vec<u8>,
+}
+
+/// What an archive chunk's uncompressed head says of one job.
+struct HeadEntry {
+    id: u64,
+    end_ms: i64,
+    record_len: usize,
+    events_len: usize,
+}
+
+/// A chunk's head (ids, ends, lengths) and its compressed body.
+struct ChunkHead<'a> {
+    entries: Vec<HeadEntry>,
+    body: &'a [u8],
+}
+
+fn chunk_of(id: u64) -> u64 {
+    id / ARCHIVE_JOBS
+}
+
+fn chunk_key(chunk: u64) -> Vec<u8> {
+    key(b'J', chunk)
+}
+
+/// `F` + the chunk's earliest end + chunk: sorts like `f` keys.
+fn chunk_index_key(min_end_ms: i64, chunk: u64) -> Vec<u8> {
+    let mut k = finished_key(min_end_ms, chunk);
+    k[0] = b'F';
+    k
+}
+
+/// (end ms, id) of an `f` key, (min end ms, chunk) of an `F` key.
+fn finished_of(k: &[u8]) -> Result<(i64, u64), StoreError> {
+    let end = k
+        .get(1..9)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| (u64::from_be_bytes(b) ^ (1 << 63)) as i64);
+    let id = k
+        .get(9..17)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes);
+    end.zip(id).ok_or_else(|| corrupt(k, "short key"))
+}
+
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+/// A chunk: version, count, per job (ascending ids) the id, end (zigzag),
+/// record and events lengths, then the records and events, in that order,
+/// lz4-compressed as one body.
+fn encode_chunk(entries: &[ChunkEntry]) -> Vec<u8> {
+    let mut v = vec![CHUNK_V1];
+    put_varint(&mut v, entries.len() as u64);
+    let mut body = Vec::new();
+    for e in entries {
+        put_varint(&mut v, e.id);
+        put_varint(&mut v, zigzag(e.end_ms));
+        put_varint(&mut v, e.record.len() as u64);
+        put_varint(&mut v, e.events.len() as u64);
+        body.extend_from_slice(&e.record);
+        body.extend_from_slice(&e.events);
+    }
+    v.extend_from_slice(&lz4_flex::compress_prepend_size(&body));
+    v
+}
+
+impl<'a> ChunkHead<'a> {
+    fn decode(k: &[u8], v: &'a [u8]) -> Result<ChunkHead<'a>, StoreError> {
+        let bad = |what: &str| corrupt(k, format!("archive chunk: {what}"));
+        let mut buf = v
+            .strip_prefix(&[CHUNK_V1])
+            .ok_or_else(|| bad("unknown version"))?;
+        let varint =
+            |buf: &mut &'a [u8]| prost::encoding::decode_varint(buf).map_err(|_| bad("short"));
+        let count = varint(&mut buf)?;
+        if count > ARCHIVE_JOBS {
+            return Err(bad("too many jobs"));
+        }
+        let mut entries = Vec::with_capacity(count as usize);
+        let mut total: usize = 0;
+        for _ in 0..count {
+            let id = varint(&mut buf)?;
+            let end_ms = unzigzag(varint(&mut buf)?);
+            let record_len = usize::try_from(varint(&mut buf)?).map_err(|_| bad("length"))?;
+            let events_len = usize::try_from(varint(&mut buf)?).map_err(|_| bad("length"))?;
+            total = total
+                .checked_add(record_len)
+                .and_then(|t| t.checked_add(events_len))
+                .filter(|&t| t <= MAX_BLOCK_BYTES)
+                .ok_or_else(|| bad("too large"))?;
+            entries.push(HeadEntry {
+                id,
+                end_ms,
+                record_len,
+                events_len,
+            });
+        }
+        let claimed = buf
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(|b| u32::from_le_bytes(b) as usize);
+        if claimed != Some(total) {
+            return Err(bad("body length"));
+        }
+        Ok(ChunkHead { entries, body: buf })
+    }
+
+    fn entries(&self, k: &[u8]) -> Result<Vec<ChunkEntry>, StoreError> {
+        let body = lz4_flex::decompress_size_prepended(self.body).map_err(|e| corrupt(k, e))?;
+        let mut at = 0;
+        let mut slice = |n: usize| {
+            let s = body.get(at..at + n).map(<[u8]>::to_vec);
+            at += n;
+            s.ok_or_else(|| corrupt(k, "archive chunk: short body"))
+        };
+        self.entries
+            .iter()
+            .map(|h| {
+                Ok(ChunkEntry {
+                    id: h.id,
+                    end_ms: h.end_ms,
+                    record: slice(h.record_len)?,
+                    events: slice(h.events_len)?,
+                })
             })
             .collect()
+    }
+}
+
+/// Length-delimited events, as a block's raw bytes or a chunk entry holds them.
+fn decode_events(k: &[u8], mut buf: &[u8]) -> Result<Vec<JobEvent>, StoreError> {
+    let mut events = Vec::new();
+    while !buf.is_empty() {
+        events.push(JobEvent::decode_length_delimited(&mut buf).map_err(|e| corrupt(k, e))?);
+    }
+    Ok(events)
+}
+
+impl Store {
+    fn archive_lock(&self) -> MutexGuard<'_, ()> {
+        self.archive.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Chunk `c`'s entries, if it exists (decoded once for neighbouring reads).
+    fn read_chunk(&self, c: u64) -> Result<Option<Arc<Vec<ChunkEntry>>>, StoreError> {
+        let k = chunk_key(c);
+        let Some(v) = self.db.get(&k)? else {
+            return Ok(None);
+        };
+        let mut last = self.last_chunk.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((raw, entries)) = last.as_ref() {
+            if *raw == v {
+                return Ok(Some(entries.clone()));
+            }
+        }
+        let entries = Arc::new(ChunkHead::decode(&k, &v)?.entries(&k)?);
+        *last = Some((v, entries.clone()));
+        Ok(Some(entries))
+    }
+
+    /// Job `id`'s archived copy, if it has one.
+    fn archived(&self, id: u64) -> Result<Option<ChunkEntry>, StoreError> {
+        let k = chunk_key(chunk_of(id));
+        let Some(v) = self.db.get(&k)? else {
+            return Ok(None);
+        };
+        // The head says whether the job is there without decompressing.
+        if !ChunkHead::decode(&k, &v)?
+            .entries
+            .iter()
+            .any(|e| e.id == id)
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .read_chunk(chunk_of(id))?
+            .and_then(|entries| entries.iter().find(|e| e.id == id).cloned()))
+    }
+
+    /// Writes chunk `c` as `entries` (sorted by id; none: the chunk goes),
+    /// with its `F` entry moved from `old`'s earliest end to the new one.
+    fn put_chunk(
+        &self,
+        batch: &mut sled::Batch,
+        c: u64,
+        old: Option<&[ChunkEntry]>,
+        entries: &[ChunkEntry],
+    ) {
+        let min_end = |es: &[ChunkEntry]| es.iter().map(|e| e.end_ms).min();
+        if let Some(end) = old.and_then(min_end) {
+            batch.remove(chunk_index_key(end, c));
+        }
+        match min_end(entries) {
+            Some(end) => {
+                batch.insert(chunk_key(c), encode_chunk(entries));
+                batch.insert(chunk_index_key(end, c), Vec::new());
+            }
+            None => batch.remove(chunk_key(c)),
+        }
+    }
+
+    /// Moves finished jobs that ended before `ended_before_ms` (at most
+    /// `max_jobs`, oldest first) from their own keys into their archive
+    /// chunks: record, events (when at most [`ARCHIVE_MAX_EVENT_BYTES`]) and
+    /// finished mark, one atomic batch per chunk (blocking: the retention
+    /// thread calls it). A job written again after it was archived (its own
+    /// keys back) is merged again: its newer record and events win.
+    /// Returns how many jobs it archived.
+    pub fn archive_finished(
+        &self,
+        ended_before_ms: i64,
+        max_jobs: usize,
+    ) -> Result<usize, StoreError> {
+        let mut by_chunk: BTreeMap<u64, Vec<(Vec<u8>, u64)>> = BTreeMap::new();
+        for item in self
+            .db
+            .range(finished_key(i64::MIN, 0)..finished_key(ended_before_ms, 0))
+            .take(max_jobs)
+        {
+            let (k, _) = item?;
+            let (_, id) = finished_of(&k)?;
+            by_chunk
+                .entry(chunk_of(id))
+                .or_default()
+                .push((k.to_vec(), id));
+        }
+        let mut archived = 0;
+        for (c, members) in by_chunk {
+            let _archive = self.archive_lock();
+            let old = self.read_chunk(c)?;
+            let mut entries: BTreeMap<u64, ChunkEntry> = old
+                .iter()
+                .flat_map(|o| o.iter().cloned())
+                .map(|e| (e.id, e))
+                .collect();
+            let mut batch = sled::Batch::default();
+            let mut changed = false;
+            for (finished, id) in members {
+                let jk = key(b'j', id);
+                let Some(record) = self.db.get(&jk)? else {
+                    // A mark left without its job.
+                    batch.remove(finished);
+                    changed = true;
+                    continue;
+                };
+                let job = Job::decode(&*record).map_err(|e| corrupt(&jk, e))?;
+                if !job.state().is_terminal() {
+                    continue;
+                }
+                let mut loose_keys = Vec::new();
+                let mut events: BTreeMap<u64, JobEvent> = BTreeMap::new();
+                if let Some(prev) = entries.get(&id) {
+                    for ev in decode_events(&chunk_key(c), &prev.events)? {
+                        events.insert(ev.seq, ev);
+                    }
+                }
+                for item in self.db.scan_prefix(key(b'e', id)) {
+                    let (k, v) = item?;
+                    let ev = JobEvent::decode(&*v).map_err(|e| corrupt(&k, e))?;
+                    events.insert(ev.seq, ev);
+                    loose_keys.push(k);
+                }
+                for item in self.db.scan_prefix(key(b'E', id)) {
+                    let (k, v) = item?;
+                    for ev in decode_block(&k, &v)? {
+                        events.insert(ev.seq, ev);
+                    }
+                    loose_keys.push(k);
+                }
+                let mut raw = Vec::new();
+                for ev in events.values() {
+                    // Writing to a Vec cannot fail.
+                    let _ = ev.encode_length_delimited(&mut raw);
+                }
+                let events = if raw.len() <= ARCHIVE_MAX_EVENT_BYTES {
+                    for k in loose_keys {
+                        batch.remove(k);
+                    }
+                    raw
+                } else {
+                    // Too large: its events stay (or start) in their own keys.
+                    entries
+                        .get(&id)
+                        .map(|e| e.events.clone())
+                        .unwrap_or_default()
+                };
+                entries.insert(
+                    id,
+                    ChunkEntry {
+                        id,
+                        end_ms: job.finished_at_ms,
+                        record: record.to_vec(),
+                        events,
+                    },
+                );
+                batch.remove(jk);
+                batch.remove(finished);
+                archived += 1;
+                changed = true;
+            }
+            if !changed {
+                continue;
+            }
+            let entries: Vec<ChunkEntry> = entries.into_values().collect();
+            self.put_chunk(&mut batch, c, old.as_deref().map(Vec::as_slice), &entries);
+            self.db.apply_batch(batch)?;
+        }
+        Ok(archived)
     }
 }
 
@@ -1157,6 +1606,189 @@ mod tests {
             Some(&3.0),
             "old keys fill in what is missing"
         );
+    }
+
+    fn finished_job(id: u64, end: i64) -> Job {
+        Job {
+            id: id.to_string(),
+            state: JobState::Passed as i32,
+            finished_at_ms: end,
+            submitted_at_ms: end - 10,
+            ..Default::default()
+        }
+    }
+
+    /// Everything a reader sees of the stored jobs `ids`.
+    fn seen(store: &Store, ids: &[u64]) -> Vec<(Option<Job>, Vec<JobEvent>)> {
+        ids.iter()
+            .map(|&id| {
+                (
+                    store.job(id).unwrap(),
+                    store.events(id, 0, u64::MAX).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn keys_with(store: &Store, prefix: u8) -> usize {
+        store.db.scan_prefix([prefix]).count()
+    }
+
+    /// Finished jobs written in their own keys (this version's blocks, the
+    /// older one-key-per-event layout, one job over the archive's event
+    /// size) read back the same once archived: record, events, listing,
+    /// retention's order, test history, the last id; their own keys are
+    /// gone but the large job's events. A job written again after it was
+    /// archived reads as the merge and is archived again; a retired
+    /// archived job is gone everywhere.
+    #[test]
+    fn archived_finished_jobs_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let ids: Vec<u64> = (60..=140).collect();
+        let mut w = WriteSet::default();
+        for &id in &ids {
+            w.put_job(id, &finished_job(id, 5_000 + (id as i64 % 7) * 100));
+            w.put_finished(id, 5_000 + (id as i64 % 7) * 100);
+            if id % 10 == 3 {
+                continue; // old layout, below
+            }
+            for seq in 1..=3 {
+                w.put_event(id, test_event(seq, &format!("t.py::{id}"), "passed"));
+                w.put_test_run(&format!("t.py::{id}"), id, seq, "p", "a1");
+            }
+        }
+        store.apply(w).unwrap();
+        for &id in ids.iter().filter(|&&id| id % 10 == 3) {
+            for seq in 1..=2u64 {
+                let ev = test_event(seq, "t.py::old", "failed");
+                store
+                    .db
+                    .insert(seq_key(b'e', id, seq), ev.encode_to_vec())
+                    .unwrap();
+            }
+        }
+        // A large job: its events stay in their own keys.
+        let mut w = WriteSet::default();
+        let mut big = test_event(4, "t.py::big", "failed");
+        if let Some(msfleet_proto::job_event::Kind::Test(t)) = big.kind.as_mut() {
+            t.longrepr = "y".repeat(ARCHIVE_MAX_EVENT_BYTES + 1);
+        }
+        w.put_event(100, big);
+        // A live job in a chunk's range is left alone.
+        let live = Job {
+            id: "141".into(),
+            state: JobState::Running as i32,
+            ..Default::default()
+        };
+        w.put_job(141, &live);
+        w.set_live(141, true);
+        store.apply(w).unwrap();
+        let mut all = ids.clone();
+        all.push(141);
+        let before = seen(&store, &all);
+        let listed = store.job_ids_before(u64::MAX, 1000).unwrap();
+        let page = store.job_ids_before(100, 10).unwrap();
+        let due = store.finished_before(5_300, 1000).unwrap();
+        let history = store.test_history("t.py::77", "", 10).unwrap();
+        assert_eq!(history.len(), 3);
+        assert_eq!(before[40].1.len(), 4, "job 100: 3 + the large event");
+
+        // Only what ended before the cutoff moves.
+        assert_eq!(store.archive_finished(5_100, 1000).unwrap(), 12);
+        assert_eq!(
+            store.archive_finished(i64::MAX, 1000).unwrap(),
+            ids.len() - 12
+        );
+        assert_eq!(store.archive_finished(i64::MAX, 1000).unwrap(), 0);
+        assert_eq!(seen(&store, &all), before);
+        assert_eq!(store.job_ids_before(u64::MAX, 1000).unwrap(), listed);
+        assert_eq!(store.job_ids_before(100, 10).unwrap(), page);
+        let mut due_after = store.finished_before(5_300, 1000).unwrap();
+        let mut due_sorted = due.clone();
+        due_sorted.sort_unstable();
+        due_after.sort_unstable();
+        assert_eq!(due_after, due_sorted, "the same jobs are due");
+        assert_eq!(store.test_history("t.py::77", "", 10).unwrap(), history);
+        assert_eq!(
+            keys_with(&store, b'j'),
+            1,
+            "only the live job keeps its record key"
+        );
+        assert_eq!(keys_with(&store, b'f'), 0);
+        assert_eq!(keys_with(&store, b'e'), 0);
+        assert_eq!(
+            keys_with(&store, b'E'),
+            2,
+            "the large job's two event blocks stay"
+        );
+        assert_eq!(keys_with(&store, b'J'), 3, "60..63, 64..127, 128..140");
+        assert_eq!(keys_with(&store, b'F'), 3);
+        store.db.remove(key(b'j', 141)).unwrap();
+        assert_eq!(store.load().unwrap().last_job, 140, "ids are never reused");
+
+        // Written again after archiving: the newer record and events win.
+        let mut w = WriteSet::default();
+        let mut again = finished_job(70, 5_000);
+        again.reason = "accepted".into();
+        w.put_job(70, &again);
+        w.put_finished(70, 5_000);
+        w.put_event(70, test_event(4, "t.py::70", "passed"));
+        store.apply(w).unwrap();
+        let merged = store.events(70, 0, u64::MAX).unwrap();
+        assert_eq!(
+            merged.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(store.job(70).unwrap().unwrap().reason, "accepted");
+        assert_eq!(store.job_ids_before(71, 1).unwrap(), [70], "listed once");
+        assert_eq!(store.archive_finished(i64::MAX, 1000).unwrap(), 1);
+        assert_eq!(store.events(70, 0, u64::MAX).unwrap(), merged);
+        assert_eq!(store.job(70).unwrap().unwrap().reason, "accepted");
+        assert_eq!(keys_with(&store, b'j'), 0);
+
+        // Retired: gone from its chunk, its history with it.
+        store.delete_job(77, 100).unwrap();
+        store.delete_job(100, 100).unwrap();
+        assert_eq!(store.job(77).unwrap(), None);
+        assert!(store.events(77, 0, u64::MAX).unwrap().is_empty());
+        assert!(store.events(100, 0, u64::MAX).unwrap().is_empty());
+        assert!(store.test_history("t.py::77", "", 10).unwrap().is_empty());
+        assert_eq!(keys_with(&store, b'E'), 0);
+        let left = store.job_ids_before(u64::MAX, 1000).unwrap();
+        assert_eq!(left.len(), ids.len() - 2);
+        assert!(!left.contains(&77) && !left.contains(&100));
+        assert!(!store.finished_before(i64::MAX, 1000).unwrap().contains(&77));
+        // A whole chunk retired leaves no key behind.
+        for id in 60..=63 {
+            store.delete_job(id, 100).unwrap();
+        }
+        assert_eq!(keys_with(&store, b'J'), 2);
+        assert_eq!(keys_with(&store, b'F'), 2);
+    }
+
+    #[test]
+    fn a_corrupt_archive_chunk_is_an_error_not_a_panic() {
+        let k = chunk_key(1);
+        let good = encode_chunk(&[ChunkEntry {
+            id: 64,
+            end_ms: -5,
+            record: vec![1, 2, 3],
+            events: vec![4],
+        }]);
+        let head = ChunkHead::decode(&k, &good).unwrap();
+        assert_eq!(head.entries[0].end_ms, -5);
+        assert_eq!(head.entries(&k).unwrap()[0].record, [1, 2, 3]);
+        for bad in [
+            &[][..],
+            &[9][..],
+            &[CHUNK_V1, 65][..],
+            &[CHUNK_V1, 1, 64, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 0][..],
+            &good[..good.len() - 1],
+        ] {
+            let decoded = ChunkHead::decode(&k, bad).and_then(|h| h.entries(&k));
+            assert!(decoded.is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -610,7 +610,7 @@ impl Core {
         let mut snap = store.load()?;
         let case_runs = case_runs::CaseRunBook::load(store.load_case_runs()?);
         let started_ms = cfg.clock.now_ms();
-        let retirer = crate::retention::Retirer::start(store.clone())
+        let retirer = crate::retention::Retirer::start(store.clone(), cfg.clock.clone())
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let mut core = Core {
             cfg,
