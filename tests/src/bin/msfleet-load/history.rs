@@ -2,10 +2,13 @@
 //! (`--history-jobs`) finished jobs in its store. The jobs are written
 //! straight into a stopped msched's store through its own store library (a
 //! job record, its three state events and its finished-index entry, as msched
-//! writes them), so a million take seconds, not hours of simulated runs. The
-//! goal is flat: a start loads only what is live. One figure per line.
+//! writes them, then archived into chunks of 64 as msched's retention thread
+//! does a minute after a job's end), so a million take seconds, not hours of
+//! simulated runs. The goal is flat: a start loads only what is live, and
+//! sled's own open cost follows the key count. One figure per line.
 
 use super::*;
+use msched::retention::ARCHIVE_AFTER_MS;
 use msched::store::{Store, WriteSet};
 
 /// Jobs per store batch while generating.
@@ -20,7 +23,8 @@ fn generate(data: &std::path::Path, from: u64, n: usize) -> Result<()> {
     let mut w = WriteSet::default();
     for i in 1..=n as u64 {
         let id = from + i;
-        let at = now - 60_000 + (i as i64 % 60_000);
+        // Ended an hour ago or so: past the archive's minute.
+        let at = now - 3_600_000 + (i as i64 % 60_000);
         let mut spec = spec(None);
         spec.name = format!("history-{id}");
         spec.queue = "default".into();
@@ -67,9 +71,11 @@ fn generate(data: &std::path::Path, from: u64, n: usize) -> Result<()> {
         w.put_finished(id, at);
         if (i as usize).is_multiple_of(BATCH) {
             store.apply(std::mem::take(&mut w))?;
+            store.archive_finished(now - ARCHIVE_AFTER_MS, BATCH)?;
         }
     }
     store.apply(w)?;
+    while store.archive_finished(now - ARCHIVE_AFTER_MS, BATCH)? > 0 {}
     store.flush()?;
     Ok(())
 }
