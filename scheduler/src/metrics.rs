@@ -27,6 +27,7 @@ pub const TEST_RESULTS: &str = "msfleet_test_results_total";
 pub const BENCH_VERDICTS: &str = "msfleet_bench_verdicts_total";
 pub const SCHEDULE_FIRES: &str = "msfleet_schedule_fires_total";
 pub const STORE_COMMIT: &str = "msfleet_store_commit_seconds";
+pub const JOBS_ARCHIVED: &str = "msfleet_store_jobs_archived_total";
 pub const STORE_COMMIT_BATCH: &str = "msfleet_store_commit_batch";
 pub const SUBMIT: &str = "msfleet_submit_seconds";
 
@@ -132,6 +133,10 @@ fn describe() {
         metrics::Unit::Seconds,
         "Duration of one group-commit flush of the store"
     );
+    describe_counter!(
+        JOBS_ARCHIVED,
+        "Finished jobs moved from their own keys into the store's archive chunks"
+    );
     describe_histogram!(
         STORE_COMMIT_BATCH,
         "Records written by one group-commit flush"
@@ -223,6 +228,11 @@ fn known_or_other(known: &[&str], value: &str) -> String {
     } else {
         "other".into()
     }
+}
+
+/// `jobs` finished jobs archived by one pass of the retention thread.
+pub fn jobs_archived(jobs: u64) {
+    counter!(JOBS_ARCHIVED).increment(jobs);
 }
 
 /// One group-commit flush of `records` records that took `seconds`.

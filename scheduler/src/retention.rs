@@ -73,6 +73,7 @@ impl Retirer {
                     wait = match store.archive_finished(cutoff, ARCHIVE_PASS) {
                         Ok(n) => {
                             if n > 0 {
+                                crate::metrics::jobs_archived(n as u64);
                                 tracing::debug!(jobs = n, "archived finished jobs");
                             }
                             if n >= ARCHIVE_PASS {
