@@ -30,7 +30,8 @@
 //!   a benchmark case, whatever its verdict (the dashboard's trends; bounded per key)
 //! - `l` job id            -> (): the job is live (not finished): what the start loads
 //! - `f` end ms, job id    -> (): the job finished then: retention's order
-//! - `d` dedup key         -> job id, submit ms: dedup keys, kept with their job
+//! - `d` dedup key         -> job id, submit ms: dedup keys within `--dedup-window`
+//!   (the core removes one when its window passes, so a start reads only those)
 //! - `J` chunk             -> the archive: finished jobs `chunk * 64 ..` `+ 63`, each
 //!   its record and (up to [`ARCHIVE_MAX_EVENT_BYTES`]) its events, in one
 //!   value ([`encode_chunk`]). A finished job starts in its own keys (`j`,
@@ -233,6 +234,12 @@ impl WriteSet {
         let mut v = id.to_be_bytes().to_vec();
         v.extend_from_slice(&submitted_ms.to_be_bytes());
         self.put(dedup_key_of(dedup_key), v);
+    }
+
+    /// Forgets a dedup key (its window has passed: it dedups nothing any more).
+    pub fn remove_dedup(&mut self, dedup_key: &str) {
+        self.batch.remove(dedup_key_of(dedup_key));
+        self.writes += 1;
     }
 
     fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {

@@ -770,7 +770,9 @@ impl Core {
                     .or_insert((id, at));
             }
         }
-        core.prune_dedup_at_load();
+        let mut forgotten = WriteSet::default();
+        core.prune_dedup_at_load(&mut forgotten);
+        core.store.apply(forgotten)?;
         for record in snap.schedules {
             match CronSpec::parse(&record.cron, &record.tz) {
                 Ok(spec) => {
@@ -838,7 +840,7 @@ impl Core {
             self.expire_queued(&mut step);
             self.fire_schedules(&mut step);
             self.retire_finished(&mut step);
-            self.prune_dedup();
+            self.prune_dedup(&mut step);
         }
         if step.dispatch {
             self.dispatch(&mut step);

@@ -97,9 +97,9 @@ impl Core {
 }
 
 impl Core {
-    /// On the tick: dedup keys older than the dedup window leave memory
-    /// (their store entries go with their job).
-    pub(super) fn prune_dedup(&mut self) {
+    /// On the tick: dedup keys older than the dedup window leave memory and
+    /// the store (so a start reads only the keys of the window).
+    pub(super) fn prune_dedup(&mut self, step: &mut Step) {
         let cutoff = self.now - self.cfg.dedup_window.as_millis() as i64;
         while self
             .dedup_order
@@ -111,14 +111,23 @@ impl Core {
             };
             if self.dedup.get(&key).is_some_and(|&(_, a)| a == at) {
                 self.dedup.remove(&key);
+                step.writes.remove_dedup(&key);
             }
         }
     }
 
-    /// At load: only the keys within the window stay, in `dedup_order`.
-    pub(super) fn prune_dedup_at_load(&mut self) {
+    /// At load: only the keys within the window stay, in `dedup_order`;
+    /// the others leave the store too (`w`: a store an older version wrote
+    /// keeps every key until its job is retired).
+    pub(super) fn prune_dedup_at_load(&mut self, w: &mut WriteSet) {
         let cutoff = self.now - self.cfg.dedup_window.as_millis() as i64;
-        self.dedup.retain(|_, &mut (_, at)| at > cutoff);
+        self.dedup.retain(|key, &mut (_, at)| {
+            let keep = at > cutoff;
+            if !keep {
+                w.remove_dedup(key);
+            }
+            keep
+        });
         let mut order: Vec<(i64, String)> = self
             .dedup
             .iter()
@@ -284,6 +293,8 @@ mod tests {
         let again = h.submit(s).unwrap();
         assert!(!again.deduplicated);
         assert_ne!(again.id, first.id);
+        let stored = |h: &Harness| h.core().store.load().unwrap().dedup.len();
+        assert_eq!(stored(&h), 2, "the store holds the keys of the window");
         h.advance(2 * HOUR);
         h.reload();
         assert_eq!(
@@ -291,5 +302,13 @@ mod tests {
             0,
             "a start skips keys past their window"
         );
+        assert_eq!(stored(&h), 0, "and leaves them out of the store");
+        let mut u = spec();
+        u.dedup_key = "third".into();
+        h.submit(u).unwrap();
+        assert_eq!(stored(&h), 1);
+        h.advance(2 * HOUR);
+        h.tick();
+        assert_eq!(stored(&h), 0, "a tick past its window removes it");
     }
 }
