@@ -506,7 +506,7 @@ pub struct Store {
     archive: Arc<Mutex<()>>,
     /// The last archive chunk decoded (raw value, entries): reads of
     /// neighbouring archived jobs decompress it once.
-    last_chunk: Arc<Mutex<Option<(sled::IVec, Arc<Vec<ChunkEntry>>)>>>,
+    last_chunk: Arc<Mutex<Option<DecodedChunk>>>,
     _thread: Arc<FlushThread>,
 }
 
@@ -1052,6 +1052,9 @@ struct ChunkEntry {
     record: Vec<u8>,
     events: Vec<u8>,
 }
+
+/// A chunk's stored value and its entries, decoded.
+type DecodedChunk = (sled::IVec, Arc<Vec<ChunkEntry>>);
 
 /// What an archive chunk's uncompressed head says of one job.
 struct HeadEntry {

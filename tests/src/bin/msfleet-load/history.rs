@@ -13,14 +13,18 @@ use msched::store::{Store, WriteSet};
 
 /// Jobs per store batch while generating.
 const BATCH: usize = 10_000;
+/// Plain restarts measured per level.
+const RESTARTS: usize = 5;
 
-/// Appends `n` finished jobs after id `from` (ids `from+1 ..= from+n`).
-fn generate(data: &std::path::Path, from: u64, n: usize) -> Result<()> {
+/// Appends `n` finished jobs after id `from` (ids `from+1 ..= from+n`);
+/// returns the seconds spent archiving them.
+fn generate(data: &std::path::Path, from: u64, n: usize) -> Result<f64> {
     let store = Store::open(data, 64 << 20).context("opening the stopped msched's store")?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let mut w = WriteSet::default();
+    let mut archiving = 0.0;
     for i in 1..=n as u64 {
         let id = from + i;
         // Ended an hour ago or so: past the archive's minute.
@@ -71,13 +75,17 @@ fn generate(data: &std::path::Path, from: u64, n: usize) -> Result<()> {
         w.put_finished(id, at);
         if (i as usize).is_multiple_of(BATCH) {
             store.apply(std::mem::take(&mut w))?;
+            let t = Instant::now();
             store.archive_finished(now - ARCHIVE_AFTER_MS, BATCH)?;
+            archiving += t.elapsed().as_secs_f64();
         }
     }
     store.apply(w)?;
+    let t = Instant::now();
     while store.archive_finished(now - ARCHIVE_AFTER_MS, BATCH)? > 0 {}
+    archiving += t.elapsed().as_secs_f64();
     store.flush()?;
-    Ok(())
+    Ok(archiving)
 }
 
 /// Starts msched on `data`, and returns (seconds to ready, RSS bytes once
@@ -154,20 +162,33 @@ pub async fn history(args: &Args, bin: &PathBuf) -> Result<()> {
     for level in levels {
         if level > stored {
             let t = Instant::now();
-            generate(&data, stored as u64, level - stored)?;
+            let archiving = generate(&data, stored as u64, level - stored)?;
             println!(
                 "  history generated {} finished jobs in {:.1} s",
                 level - stored,
                 t.elapsed().as_secs_f64()
+            );
+            println!(
+                "  history archived them (as msched's retention thread does) at {:.0} jobs/s",
+                (level - stored) as f64 / archiving.max(1e-9)
             );
             stored = level;
         }
         // The first start after the writes also replays sled's log; the
         // second is a plain restart.
         let (first, _) = restart(bin, &data)?;
-        let (secs, rss) = restart(bin, &data)?;
+        // Plain restarts: the median of a few (the machine is shared).
+        let mut runs = (0..RESTARTS)
+            .map(|_| restart(bin, &data))
+            .collect::<Result<Vec<_>>>()?;
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (secs, rss) = runs[runs.len() / 2];
         println!("  history {level} finished jobs: first start after writing {first:.3} s");
-        println!("  history {level} finished jobs: restart {secs:.3} s");
+        println!(
+            "  history {level} finished jobs: restart {secs:.3} s (median of {RESTARTS}; {:.3} .. {:.3})",
+            runs[0].0,
+            runs[runs.len() - 1].0
+        );
         println!(
             "  history {level} finished jobs: RSS {:.1} MiB",
             rss as f64 / 1048576.0
