@@ -5,7 +5,8 @@
 //! sequence of Register / Heartbeat / Update (any kind, real or made-up
 //! attempt refs, right or wrong sequence numbers, oversized logs) /
 //! Disconnected / Cancel / Submit / health reports (ok or degraded) / health
-//! checks / admin states / clock advance + tick / reload, one loop turn each,
+//! checks / admin states / clock advance + tick / reload / archive passes
+//! (finished jobs into the store's chunks), one loop turn each,
 //! and after every step checks:
 //!
 //! * each job's live attempt agrees with the lease table (so at most one live
@@ -17,7 +18,7 @@
 //! * test counts never decrease within an attempt;
 //! * every job's durable event seqs are exactly 1..=last_event_seq;
 //! * a refusal sent to an agent has a short message;
-//! * a reload of the store gives the same jobs.
+//! * a reload of the store, or an archive pass, gives the same jobs.
 
 use super::harness::*;
 use super::*;
@@ -107,6 +108,9 @@ enum Op {
         tick: bool,
     },
     Reload,
+    /// The retention thread's archive pass, over every finished job (also
+    /// those still in the core's memory, which may write them again).
+    Archive,
 }
 
 fn ref_pick() -> impl Strategy<Value = RefPick> {
@@ -188,6 +192,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (prop_oneof![Just(0i64), 1..2_000i64, 2_000..5_000i64], any::<bool>())
             .prop_map(|(ms, tick)| Op::Advance { ms, tick }),
         1 => Just(Op::Reload),
+        1 => Just(Op::Archive),
     ]
 }
 
@@ -450,6 +455,15 @@ impl World {
                 }
             }
             Op::Reload => self.reload()?,
+            Op::Archive => {
+                let before = self.durable_view();
+                self.h
+                    .core()
+                    .store
+                    .archive_finished(i64::MAX, usize::MAX)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(before, self.durable_view(), "archiving changed the jobs");
+            }
         }
         self.after_step()
     }
@@ -465,10 +479,10 @@ impl World {
         Ok(())
     }
 
-    /// What a reload must preserve of each job.
+    /// What a reload must preserve of each job: record, attempt, stored events.
     #[allow(clippy::type_complexity)]
     /// Every job (in memory, else as stored: finished jobs need not be in memory).
-    fn durable_view(&self) -> Vec<(u64, Job, Option<(u32, u64, String, u64)>)> {
+    fn durable_view(&self) -> Vec<(u64, Job, Option<(u32, u64, String, u64)>, Vec<JobEvent>)> {
         let core = self.h.core();
         let mut ids: BTreeSet<u64> = core.jobs.keys().copied().collect();
         ids.extend(core.store.job_ids_before(u64::MAX, usize::MAX).unwrap());
@@ -476,10 +490,12 @@ impl World {
             .filter_map(|id| {
                 let job = core.job_record(id)?.into_owned();
                 let attempt = core.jobs.get(&id).and_then(|e| e.attempt.as_ref());
+                let events = core.store.events(id, 0, u64::MAX).unwrap_or_default();
                 Some((
                     id,
                     job,
                     attempt.map(|a| (a.attempt, a.epoch, a.agent.clone(), a.applied_seq)),
+                    events,
                 ))
             })
             .collect()
