@@ -33,9 +33,9 @@
 //! - `d` dedup key         -> job id, submit ms: dedup keys within `--dedup-window`
 //!   (the core removes one when its window passes, so a start reads only those)
 //! - `J` chunk             -> the archive: finished jobs `chunk * 64 ..` `+ 63`, each
-//!   its record and (up to [`ARCHIVE_MAX_EVENT_BYTES`]) its events, in one
-//!   value ([`encode_chunk`]). A finished job starts in its own keys (`j`,
-//!   `E`, `f`); the retention thread moves it here a minute after its end
+//!   its record and (up to [`ARCHIVE_MAX_EVENT_BYTES`]) its events and
+//!   test-history records, in one value ([`encode_chunk`]). A finished job
+//!   starts in its own keys (`j`, `E`, `H`, `f`); the retention thread moves it here a minute after its end
 //!   ([`Store::archive_finished`]), so a store holds a few keys per 64 old
 //!   jobs, not three per job: sled keeps a page-table entry per 16 keys in
 //!   memory and reads them all at open. Reads look in both places.
@@ -718,16 +718,15 @@ impl Store {
         limit: usize,
         runs: &mut Vec<TestRun>,
     ) -> Result<(), StoreError> {
-        for item in self.db.scan_prefix([b'H']).rev() {
+        for item in self.history_walk() {
             if runs.len() >= limit {
                 break;
             }
-            let (k, v) = item?;
-            let rec = decode_history(&k, &v)?;
+            let (job, seq, v) = item?;
+            let rec = decode_history(&seq_key(b'H', job, seq), &v)?;
             if (!profile.is_empty() && rec.profile != profile) || !rec.bloom.may_contain(test_id) {
                 continue;
             }
-            let job = id_of(&k)?;
             let (Some(&lo), Some(&hi)) = (rec.seqs.first(), rec.seqs.last()) else {
                 continue;
             };
@@ -772,12 +771,12 @@ impl Store {
     ) -> Result<HashMap<String, f64>, StoreError> {
         let mut want: HashSet<&str> = ids.iter().map(String::as_str).collect();
         let mut found = HashMap::new();
-        for item in self.db.scan_prefix([b'H']).rev().take(max_records) {
+        for item in self.history_walk().take(max_records) {
             if want.is_empty() {
                 break;
             }
-            let (k, v) = item?;
-            let rec = decode_history(&k, &v)?;
+            let (job, seq, v) = item?;
+            let rec = decode_history(&seq_key(b'H', job, seq), &v)?;
             if !profile.is_empty() && rec.profile != profile {
                 continue;
             }
@@ -791,7 +790,7 @@ impl Store {
             };
             let wanted: HashSet<u64> = rec.seqs.iter().copied().collect();
             for ev in self
-                .events(id_of(&k)?, lo.saturating_sub(1), hi)?
+                .events(job, lo.saturating_sub(1), hi)?
                 .into_iter()
                 .rev()
             {
@@ -1044,13 +1043,15 @@ pub const ARCHIVE_MAX_EVENT_BYTES: usize = 64 * 1024;
 /// The archive chunk format.
 const CHUNK_V1: u8 = 1;
 
-/// One archived job: its record and its events (length-delimited), as stored.
+/// One archived job: its record, its events (length-delimited) and its
+/// test-history records (by last seq, as `H` keys held them), as stored.
 #[derive(Debug, Clone)]
 struct ChunkEntry {
     id: u64,
     end_ms: i64,
     record: Vec<u8>,
     events: Vec<u8>,
+    history: Vec<(u64, Vec<u8>)>,
 }
 
 /// A chunk's stored value and its entries, decoded.
@@ -1062,6 +1063,7 @@ struct HeadEntry {
     end_ms: i64,
     record_len: usize,
     events_len: usize,
+    history_len: usize,
 }
 
 /// A chunk's head (ids, ends, lengths) and its compressed body.
@@ -1106,20 +1108,51 @@ fn unzigzag(n: u64) -> i64 {
     ((n >> 1) as i64) ^ -((n & 1) as i64)
 }
 
+/// A job's test-history records in a chunk: (last seq, record length, record)...
+fn encode_chunk_history(history: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (seq, rec) in history {
+        put_varint(&mut v, *seq);
+        put_varint(&mut v, rec.len() as u64);
+        v.extend_from_slice(rec);
+    }
+    v
+}
+
+fn decode_chunk_history(k: &[u8], mut buf: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let bad = || corrupt(k, "archive chunk: test history");
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let seq = prost::encoding::decode_varint(&mut buf).map_err(|_| bad())?;
+        let n = prost::encoding::decode_varint(&mut buf).map_err(|_| bad())?;
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= buf.len())
+            .ok_or_else(bad)?;
+        let (rec, rest) = buf.split_at(n);
+        out.push((seq, rec.to_vec()));
+        buf = rest;
+    }
+    Ok(out)
+}
+
 /// A chunk: version, count, per job (ascending ids) the id, end (zigzag),
-/// record and events lengths, then the records and events, in that order,
-/// lz4-compressed as one body.
+/// record, events and test-history lengths, then the records, events and
+/// test histories, in that order, lz4-compressed as one body.
 fn encode_chunk(entries: &[ChunkEntry]) -> Vec<u8> {
     let mut v = vec![CHUNK_V1];
     put_varint(&mut v, entries.len() as u64);
     let mut body = Vec::new();
     for e in entries {
+        let history = encode_chunk_history(&e.history);
         put_varint(&mut v, e.id);
         put_varint(&mut v, zigzag(e.end_ms));
         put_varint(&mut v, e.record.len() as u64);
         put_varint(&mut v, e.events.len() as u64);
+        put_varint(&mut v, history.len() as u64);
         body.extend_from_slice(&e.record);
         body.extend_from_slice(&e.events);
+        body.extend_from_slice(&history);
     }
     v.extend_from_slice(&lz4_flex::compress_prepend_size(&body));
     v
@@ -1144,9 +1177,11 @@ impl<'a> ChunkHead<'a> {
             let end_ms = unzigzag(varint(&mut buf)?);
             let record_len = usize::try_from(varint(&mut buf)?).map_err(|_| bad("length"))?;
             let events_len = usize::try_from(varint(&mut buf)?).map_err(|_| bad("length"))?;
+            let history_len = usize::try_from(varint(&mut buf)?).map_err(|_| bad("length"))?;
             total = total
                 .checked_add(record_len)
                 .and_then(|t| t.checked_add(events_len))
+                .and_then(|t| t.checked_add(history_len))
                 .filter(|&t| t <= MAX_BLOCK_BYTES)
                 .ok_or_else(|| bad("too large"))?;
             entries.push(HeadEntry {
@@ -1154,6 +1189,7 @@ impl<'a> ChunkHead<'a> {
                 end_ms,
                 record_len,
                 events_len,
+                history_len,
             });
         }
         let claimed = buf
@@ -1182,6 +1218,7 @@ impl<'a> ChunkHead<'a> {
                     end_ms: h.end_ms,
                     record: slice(h.record_len)?,
                     events: slice(h.events_len)?,
+                    history: decode_chunk_history(k, &slice(h.history_len)?)?,
                 })
             })
             .collect()
@@ -1328,22 +1365,37 @@ impl Store {
                     }
                     loose_keys.push(k);
                 }
+                let mut history: BTreeMap<u64, Vec<u8>> = entries
+                    .get(&id)
+                    .map(|e| e.history.iter().cloned().collect())
+                    .unwrap_or_default();
+                for item in self.db.scan_prefix(key(b'H', id)) {
+                    let (k, v) = item?;
+                    let seq = k
+                        .get(9..17)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| corrupt(&k, "short key"))?;
+                    history.insert(seq, v.to_vec());
+                    loose_keys.push(k);
+                }
                 let mut raw = Vec::new();
                 for ev in events.values() {
                     // Writing to a Vec cannot fail.
                     let _ = ev.encode_length_delimited(&mut raw);
                 }
-                let events = if raw.len() <= ARCHIVE_MAX_EVENT_BYTES {
+                let (events, history) = if raw.len() <= ARCHIVE_MAX_EVENT_BYTES {
                     for k in loose_keys {
                         batch.remove(k);
                     }
-                    raw
+                    (raw, history.into_iter().collect())
                 } else {
-                    // Too large: its events stay (or start) in their own keys.
-                    entries
-                        .get(&id)
-                        .map(|e| e.events.clone())
-                        .unwrap_or_default()
+                    // Too large: its events and test history stay (or start) in their own keys.
+                    let prev = entries.get(&id);
+                    (
+                        prev.map(|e| e.events.clone()).unwrap_or_default(),
+                        prev.map(|e| e.history.clone()).unwrap_or_default(),
+                    )
                 };
                 entries.insert(
                     id,
@@ -1352,6 +1404,7 @@ impl Store {
                         end_ms: job.finished_at_ms,
                         record: record.to_vec(),
                         events,
+                        history,
                     },
                 );
                 batch.remove(jk);
@@ -1367,6 +1420,98 @@ impl Store {
             self.db.apply_batch(batch)?;
         }
         Ok(archived)
+    }
+}
+
+/// A test-history record: (job, last seq, record).
+type HistoryItem = (u64, u64, Vec<u8>);
+
+/// Test-history records newest first (by job, then last seq): the `H` keys
+/// and the archived ones, merged ([`Store::history_walk`]).
+struct HistoryWalk {
+    loose: std::iter::Peekable<std::iter::Rev<sled::Iter>>,
+    chunks: std::iter::Rev<sled::Iter>,
+    /// The current chunk's records, ascending: taken from the end.
+    archived: Vec<HistoryItem>,
+}
+
+fn job_and_seq(k: &[u8]) -> Result<(u64, u64), StoreError> {
+    let seq = k
+        .get(9..17)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt(k, "short key"))?;
+    Ok((id_of(k)?, seq))
+}
+
+impl HistoryWalk {
+    /// Loads the next chunk that holds test history, if `archived` is empty.
+    fn refill(&mut self) -> Result<(), StoreError> {
+        while self.archived.is_empty() {
+            let Some(item) = self.chunks.next() else {
+                return Ok(());
+            };
+            let (k, v) = item?;
+            let head = ChunkHead::decode(&k, &v)?;
+            if head.entries.iter().all(|e| e.history_len == 0) {
+                continue;
+            }
+            for e in head.entries(&k)? {
+                self.archived
+                    .extend(e.history.into_iter().map(|(seq, rec)| (e.id, seq, rec)));
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<Option<HistoryItem>, StoreError> {
+        self.refill()?;
+        let loose = match self.loose.peek() {
+            Some(Ok((k, _))) => Some(job_and_seq(k)?),
+            Some(Err(_)) => {
+                return match self.loose.next() {
+                    Some(Err(e)) => Err(e.into()),
+                    _ => Ok(None),
+                }
+            }
+            None => None,
+        };
+        let archived = self.archived.last().map(|&(job, seq, _)| (job, seq));
+        match (loose, archived) {
+            (None, None) => Ok(None),
+            (Some(l), a) if a.is_none_or(|a| l >= a) => {
+                if a == Some(l) {
+                    // In both places (written again after archiving): one.
+                    self.archived.pop();
+                }
+                let (_, v) = self
+                    .loose
+                    .next()
+                    .transpose()?
+                    .ok_or_else(|| corrupt(&[], "walk"))?;
+                Ok(Some((l.0, l.1, v.to_vec())))
+            }
+            _ => Ok(self.archived.pop()),
+        }
+    }
+}
+
+impl Iterator for HistoryWalk {
+    type Item = Result<HistoryItem, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step().transpose()
+    }
+}
+
+impl Store {
+    /// Every test-history record, newest first, loose and archived.
+    fn history_walk(&self) -> HistoryWalk {
+        HistoryWalk {
+            loose: self.db.scan_prefix([b'H']).rev().peekable(),
+            chunks: self.db.scan_prefix([b'J']).rev(),
+            archived: Vec::new(),
+        }
     }
 }
 
@@ -1663,9 +1808,10 @@ mod tests {
             if id % 10 == 3 {
                 continue; // old layout, below
             }
-            for seq in 1..=3 {
-                w.put_event(id, test_event(seq, &format!("t.py::{id}"), "passed"));
-                w.put_test_run(&format!("t.py::{id}"), id, seq, "p", "a1");
+            let mine = format!("t.py::{id}");
+            for (seq, test) in [(1, mine.as_str()), (2, "t.py::all"), (3, "t.py::all")] {
+                w.put_event(id, test_event(seq, test, "passed"));
+                w.put_test_run(test, id, seq, "p", "a1");
             }
         }
         store.apply(w).unwrap();
@@ -1701,11 +1847,20 @@ mod tests {
         let page = store.job_ids_before(100, 10).unwrap();
         let due = store.finished_before(5_300, 1000).unwrap();
         let history = store.test_history("t.py::77", "", 10).unwrap();
-        assert_eq!(history.len(), 3);
+        assert_eq!(history.len(), 1);
+        let shared = store.test_history("t.py::all", "", 1000).unwrap();
+        let with_blocks = ids.iter().filter(|&&id| id % 10 != 3).count();
+        assert_eq!(shared.len(), 2 * with_blocks);
+        let names: Vec<String> = ids.iter().map(|id| format!("t.py::{id}")).collect();
+        let durations = store.call_durations(&names, "", 1000).unwrap();
+        assert_eq!(durations.len(), with_blocks);
         assert_eq!(before[40].1.len(), 4, "job 100: 3 + the large event");
 
         // Only what ended before the cutoff moves.
         assert_eq!(store.archive_finished(5_100, 1000).unwrap(), 12);
+        // Some archived, some not: the history walk merges them in order.
+        assert_eq!(store.test_history("t.py::all", "", 1000).unwrap(), shared);
+        assert_eq!(store.test_history("t.py::all", "", 7).unwrap(), shared[..7]);
         assert_eq!(
             store.archive_finished(i64::MAX, 1000).unwrap(),
             ids.len() - 12
@@ -1720,6 +1875,13 @@ mod tests {
         due_after.sort_unstable();
         assert_eq!(due_after, due_sorted, "the same jobs are due");
         assert_eq!(store.test_history("t.py::77", "", 10).unwrap(), history);
+        assert_eq!(store.test_history("t.py::all", "", 1000).unwrap(), shared);
+        assert_eq!(store.call_durations(&names, "", 1000).unwrap(), durations);
+        assert_eq!(
+            keys_with(&store, b'H'),
+            1,
+            "the large job's history record stays"
+        );
         assert_eq!(
             keys_with(&store, b'j'),
             1,
@@ -1743,19 +1905,35 @@ mod tests {
         again.reason = "accepted".into();
         w.put_job(70, &again);
         w.put_finished(70, 5_000);
-        w.put_event(70, test_event(4, "t.py::70", "passed"));
+        w.put_event(70, test_event(4, "t.py::all", "failed"));
+        w.put_test_run("t.py::all", 70, 4, "p", "a1");
         store.apply(w).unwrap();
         let merged = store.events(70, 0, u64::MAX).unwrap();
         assert_eq!(
             merged.iter().map(|e| e.seq).collect::<Vec<_>>(),
             [1, 2, 3, 4]
         );
+        let runs_of_70 = |store: &Store| {
+            store
+                .test_history("t.py::all", "", 1000)
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.job_id == "70")
+                .count()
+        };
+        assert_eq!(
+            runs_of_70(&store),
+            3,
+            "loose and archived history of one job"
+        );
         assert_eq!(store.job(70).unwrap().unwrap().reason, "accepted");
         assert_eq!(store.job_ids_before(71, 1).unwrap(), [70], "listed once");
         assert_eq!(store.archive_finished(i64::MAX, 1000).unwrap(), 1);
         assert_eq!(store.events(70, 0, u64::MAX).unwrap(), merged);
         assert_eq!(store.job(70).unwrap().unwrap().reason, "accepted");
+        assert_eq!(runs_of_70(&store), 3);
         assert_eq!(keys_with(&store, b'j'), 0);
+        assert_eq!(keys_with(&store, b'H'), 1);
 
         // Retired: gone from its chunk, its history with it.
         store.delete_job(77, 100).unwrap();
@@ -1785,10 +1963,12 @@ mod tests {
             end_ms: -5,
             record: vec![1, 2, 3],
             events: vec![4],
+            history: vec![(7, vec![5, 6])],
         }]);
         let head = ChunkHead::decode(&k, &good).unwrap();
         assert_eq!(head.entries[0].end_ms, -5);
         assert_eq!(head.entries(&k).unwrap()[0].record, [1, 2, 3]);
+        assert_eq!(head.entries(&k).unwrap()[0].history, [(7, vec![5, 6])]);
         for bad in [
             &[][..],
             &[9][..],
