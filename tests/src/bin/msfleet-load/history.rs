@@ -1,7 +1,8 @@
 //! `history`: msched's restart time and RSS with 0, 100,000 and 1,000,000
 //! (`--history-jobs`) finished jobs in its store. The jobs are written
 //! straight into a stopped msched's store through its own store library (a
-//! job record, its three state events and its finished-index entry, as msched
+//! job record, its state events, 10 test results and their test-history
+//! record, and its finished-index entry, as msched
 //! writes them, then archived into chunks of 64 as msched's retention thread
 //! does a minute after a job's end), so a million take seconds, not hours of
 //! simulated runs. The goal is flat: a start loads only what is live, and
@@ -13,12 +14,14 @@ use msched::store::{Store, WriteSet};
 
 /// Jobs per store batch while generating.
 const BATCH: usize = 10_000;
+/// Test results per generated job (with their test-history record).
+const TESTS: u64 = 10;
 /// Plain restarts measured per level.
 const RESTARTS: usize = 5;
 
 /// Appends `n` finished jobs after id `from` (ids `from+1 ..= from+n`);
 /// returns the seconds spent archiving them.
-fn generate(data: &std::path::Path, from: u64, n: usize) -> Result<f64> {
+fn generate(data: &std::path::Path, from: u64, n: usize, archive: bool) -> Result<f64> {
     let store = Store::open(data, 64 << 20).context("opening the stopped msched's store")?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -42,31 +45,46 @@ fn generate(data: &std::path::Path, from: u64, n: usize) -> Result<f64> {
             submitted_at_ms: at - 2_000,
             started_at_ms: at - 1_000,
             finished_at_ms: at,
-            last_event_seq: 3,
+            last_event_seq: 3 + TESTS,
             submitted_by: "history".into(),
             tests: Some(pb::TestCounts {
-                total: 10,
-                passed: 10,
+                total: TESTS,
+                passed: TESTS,
                 ..Default::default()
             }),
             ..Default::default()
         };
-        for (seq, state) in [
-            (1, pb::JobState::Queued),
-            (2, pb::JobState::Running),
-            (3, pb::JobState::Passed),
-        ] {
+        let state = |state: pb::JobState| {
+            Some(pb::job_event::Kind::State(pb::StateChange {
+                state: state as i32,
+                reason: String::new(),
+                agent: "sim-00001".into(),
+            }))
+        };
+        let tests = (0..TESTS).map(|t| {
+            Some(pb::job_event::Kind::Test(pb::TestResult {
+                nodeid: format!("tests/test_history.py::test_{t}"),
+                when: "call".into(),
+                outcome: "passed".into(),
+                duration_s: 0.01,
+                ..Default::default()
+            }))
+        });
+        let kinds = [state(pb::JobState::Queued), state(pb::JobState::Running)]
+            .into_iter()
+            .chain(tests)
+            .chain([state(pb::JobState::Passed)]);
+        for (seq, kind) in (1..).zip(kinds) {
+            if let Some(pb::job_event::Kind::Test(t)) = &kind {
+                w.put_test_run(&t.nodeid, id, seq, "sim", "sim-00001");
+            }
             w.put_event(
                 id,
                 pb::JobEvent {
                     seq,
                     time_ms: at,
                     attempt: 1,
-                    kind: Some(pb::job_event::Kind::State(pb::StateChange {
-                        state: state as i32,
-                        reason: String::new(),
-                        agent: "sim-00001".into(),
-                    })),
+                    kind,
                 },
             );
         }
@@ -76,13 +94,15 @@ fn generate(data: &std::path::Path, from: u64, n: usize) -> Result<f64> {
         if (i as usize).is_multiple_of(BATCH) {
             store.apply(std::mem::take(&mut w))?;
             let t = Instant::now();
-            store.archive_finished(now - ARCHIVE_AFTER_MS, BATCH)?;
+            if archive {
+                store.archive_finished(now - ARCHIVE_AFTER_MS, BATCH)?;
+            }
             archiving += t.elapsed().as_secs_f64();
         }
     }
     store.apply(w)?;
     let t = Instant::now();
-    while store.archive_finished(now - ARCHIVE_AFTER_MS, BATCH)? > 0 {}
+    while archive && store.archive_finished(now - ARCHIVE_AFTER_MS, BATCH)? > 0 {}
     archiving += t.elapsed().as_secs_f64();
     store.flush()?;
     Ok(archiving)
@@ -162,16 +182,19 @@ pub async fn history(args: &Args, bin: &PathBuf) -> Result<()> {
     for level in levels {
         if level > stored {
             let t = Instant::now();
-            let archiving = generate(&data, stored as u64, level - stored)?;
+            let archive = !args.history_unarchived;
+            let archiving = generate(&data, stored as u64, level - stored, archive)?;
             println!(
                 "  history generated {} finished jobs in {:.1} s",
                 level - stored,
                 t.elapsed().as_secs_f64()
             );
-            println!(
-                "  history archived them (as msched's retention thread does) at {:.0} jobs/s",
-                (level - stored) as f64 / archiving.max(1e-9)
-            );
+            if archive {
+                println!(
+                    "  history archived them (as msched's retention thread does) at {:.0} jobs/s",
+                    (level - stored) as f64 / archiving.max(1e-9)
+                );
+            }
             stored = level;
         }
         // The first start after the writes also replays sled's log; the

@@ -123,6 +123,10 @@ struct Args {
     /// Keep the history scenario's store here (a new, empty directory) instead of a temporary one.
     #[arg(long)]
     history_dir: Option<PathBuf>,
+    /// Leave the history scenario's jobs in their own keys, as msched before
+    /// the archive did (with `--msched OLD`, that msched's figures).
+    #[arg(long)]
+    history_unarchived: bool,
     #[command(flatten)]
     ingest: ingest::IngestArgs,
 }
