@@ -56,14 +56,15 @@ impl Retirer {
                 loop {
                     match rx.recv_timeout(wait) {
                         Ok(ids) => {
-                            for id in ids {
-                                match store.delete_job(id, CHUNK) {
-                                    Ok(keys) => tracing::debug!(job = id, keys, "retired"),
-                                    Err(e) => {
-                                        tracing::error!(job = id, error = %e, "deleting a retired job failed; the next start retries it")
-                                    }
+                            match store.delete_jobs(&ids, CHUNK) {
+                                Ok(keys) => tracing::debug!(jobs = ids.len(), keys, "retired"),
+                                Err(e) => {
+                                    tracing::error!(jobs = ids.len(), error = %e, "deleting retired jobs failed; the next start retries them")
                                 }
-                                lock(&left).remove(&id);
+                            }
+                            let mut in_flight = lock(&left);
+                            for id in &ids {
+                                in_flight.remove(id);
                             }
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => {}

@@ -119,15 +119,20 @@ pub struct WriteSet {
     events: BTreeMap<u64, Vec<JobEvent>>,
     /// Runs of tests by (job, profile, agent): (event seq, node id).
     history: BTreeMap<(u64, String, String), Vec<(u64, String)>>,
+    /// Jobs whose record, events, test history or finished mark this set
+    /// writes: the keys the archive moves ([`Claims`]).
+    jobs: Vec<u64>,
 }
 
 impl WriteSet {
     pub fn put_job(&mut self, id: u64, job: &Job) {
+        self.jobs.push(id);
         self.put(key(b'j', id), job.encode_to_vec());
     }
 
     /// An event of `job`; events of one job must come in seq order.
     pub fn put_event(&mut self, job: u64, event: JobEvent) {
+        self.jobs.push(job);
         self.events.entry(job).or_default().push(event);
         self.writes += 1;
     }
@@ -169,6 +174,7 @@ impl WriteSet {
     /// The test-result event `seq` of `job` (put in this set) is a run of
     /// `test_id` on `agent` of `profile`, for its test history.
     pub fn put_test_run(&mut self, test_id: &str, job: u64, seq: u64, profile: &str, agent: &str) {
+        self.jobs.push(job);
         self.history
             .entry((job, profile.to_string(), agent.to_string()))
             .or_default()
@@ -227,6 +233,7 @@ impl WriteSet {
 
     /// Files finished job `id` under its end, for retention.
     pub fn put_finished(&mut self, id: u64, ended_ms: i64) {
+        self.jobs.push(id);
         self.put(finished_key(ended_ms, id), Vec::new());
     }
 
@@ -500,10 +507,9 @@ pub struct Store {
     flusher: mpsc::Sender<Durable>,
     /// Records applied since the flusher last started a flush.
     unflushed: Arc<AtomicU64>,
-    /// Held by [`Store::apply`] and by every archive chunk's
-    /// read-modify-write, so a job's loose keys are never moved into (or
-    /// out of) a chunk while the core writes them.
-    archive: Arc<Mutex<()>>,
+    /// The jobs an archive pass is moving now; [`Store::apply`] marks a
+    /// conflict when it writes one of them, and the pass drops its batch.
+    archive: Arc<Mutex<Claims>>,
     /// The last archive chunk decoded (raw value, entries): reads of
     /// neighbouring archived jobs decompress it once.
     last_chunk: Arc<Mutex<Option<DecodedChunk>>>,
@@ -551,14 +557,19 @@ impl Store {
     }
 
     /// Applies `writes` atomically (visible at once, durable after the next flush).
-    pub fn apply(&self, writes: WriteSet) -> Result<(), StoreError> {
+    pub fn apply(&self, mut writes: WriteSet) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
         }
         let records = writes.writes as u64;
+        let touched = std::mem::take(&mut writes.jobs);
         let batch = writes.into_batch();
-        let _archive = self.archive_lock();
+        let mut claims = self.archive_lock();
+        if !claims.jobs.is_empty() && touched.iter().any(|j| claims.jobs.contains(j)) {
+            claims.conflicted = true;
+        }
         self.db.apply_batch(batch)?;
+        drop(claims);
         self.unflushed.fetch_add(records, Ordering::Relaxed);
         Ok(())
     }
@@ -864,6 +875,46 @@ impl Store {
     /// so a crash midway leaves the job listed and a later pass finishes it.
     /// Returns how many keys it deleted.
     pub fn delete_job(&self, job: u64, chunk: usize) -> Result<usize, StoreError> {
+        self.delete_jobs(&[job], chunk)
+    }
+
+    /// [`Store::delete_job`] for each of `jobs`, each archive chunk they
+    /// are in rewritten once, after their own keys are gone (a crash
+    /// between leaves them archived: listed, and retired again later).
+    pub fn delete_jobs(&self, jobs: &[u64], chunk: usize) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        let mut archived: BTreeMap<u64, HashSet<u64>> = BTreeMap::new();
+        for &job in jobs {
+            match self.delete_loose(job, chunk) {
+                Ok((keys, in_chunk)) => {
+                    deleted += keys;
+                    if in_chunk {
+                        archived.entry(chunk_of(job)).or_default().insert(job);
+                    }
+                }
+                // One job's trouble does not keep the others.
+                Err(e) => {
+                    tracing::error!(job, error = %e, "deleting a retired job failed; the next start retries it")
+                }
+            }
+        }
+        for (c, gone) in archived {
+            let old = self.read_chunk(c)?;
+            let entries: Vec<ChunkEntry> = old
+                .iter()
+                .flat_map(|o| o.iter().filter(|e| !gone.contains(&e.id)).cloned())
+                .collect();
+            let mut batch = sled::Batch::default();
+            self.put_chunk(&mut batch, c, old.as_deref().map(Vec::as_slice), &entries);
+            // Only this thread writes chunks: no claim needed.
+            self.db.apply_batch(batch)?;
+            deleted += gone.len();
+        }
+        Ok(deleted)
+    }
+
+    /// A job's own keys gone; whether it has an archived copy to remove.
+    fn delete_loose(&self, job: u64, chunk: usize) -> Result<(usize, bool), StoreError> {
         let chunk = chunk.max(1);
         let mut deleted = 0;
         let mut batch = sled::Batch::default();
@@ -932,19 +983,8 @@ impl Store {
             batch.remove(key(prefix, job));
             in_batch += 1;
         }
-        if archived.is_none() {
-            self.db.apply_batch(batch)?;
-            return Ok(deleted + in_batch);
-        }
-        // Its archived copy goes in the same last batch as its record.
-        let _archive = self.archive_lock();
-        let c = chunk_of(job);
-        let old = self.read_chunk(c)?;
-        let mut entries: Vec<ChunkEntry> = old.iter().flat_map(|o| o.iter().cloned()).collect();
-        entries.retain(|e| e.id != job);
-        self.put_chunk(&mut batch, c, old.as_deref().map(Vec::as_slice), &entries);
         self.db.apply_batch(batch)?;
-        Ok(deleted + in_batch + 1)
+        Ok((deleted + in_batch, archived.is_some()))
     }
 
     /// One stored job (a finished job that is not in the core's memory).
@@ -1234,8 +1274,15 @@ fn decode_events(k: &[u8], mut buf: &[u8]) -> Result<Vec<JobEvent>, StoreError> 
     Ok(events)
 }
 
+/// The jobs an archive pass is moving, and whether one was written meanwhile.
+#[derive(Default)]
+struct Claims {
+    jobs: HashSet<u64>,
+    conflicted: bool,
+}
+
 impl Store {
-    fn archive_lock(&self) -> MutexGuard<'_, ()> {
+    fn archive_lock(&self) -> MutexGuard<'_, Claims> {
         self.archive.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -1303,11 +1350,23 @@ impl Store {
     /// finished mark, one atomic batch per chunk (blocking: the retention
     /// thread calls it). A job written again after it was archived (its own
     /// keys back) is merged again: its newer record and events win.
-    /// Returns how many jobs it archived.
+    /// Returns how many jobs it archived. A job the core writes while its
+    /// chunk is being made stays in its own keys until a later pass.
     pub fn archive_finished(
         &self,
         ended_before_ms: i64,
         max_jobs: usize,
+    ) -> Result<usize, StoreError> {
+        self.archive_pass(ended_before_ms, max_jobs, &mut || {})
+    }
+
+    /// [`Store::archive_finished`], calling `meanwhile` after a chunk is
+    /// read and made, before it is written (tests write there).
+    fn archive_pass(
+        &self,
+        ended_before_ms: i64,
+        max_jobs: usize,
+        meanwhile: &mut dyn FnMut(),
     ) -> Result<usize, StoreError> {
         let mut by_chunk: BTreeMap<u64, Vec<(Vec<u8>, u64)>> = BTreeMap::new();
         for item in self
@@ -1324,7 +1383,13 @@ impl Store {
         }
         let mut archived = 0;
         for (c, members) in by_chunk {
-            let _archive = self.archive_lock();
+            {
+                // Claimed before anything is read: a write after this is seen.
+                let mut claims = self.archive_lock();
+                claims.jobs = members.iter().map(|m| m.1).collect();
+                claims.conflicted = false;
+            }
+            let before = archived;
             let old = self.read_chunk(c)?;
             let mut entries: BTreeMap<u64, ChunkEntry> = old
                 .iter()
@@ -1412,11 +1477,17 @@ impl Store {
                 archived += 1;
                 changed = true;
             }
-            if !changed {
-                continue;
-            }
             let entries: Vec<ChunkEntry> = entries.into_values().collect();
             self.put_chunk(&mut batch, c, old.as_deref().map(Vec::as_slice), &entries);
+            meanwhile();
+            let mut claims = self.archive_lock();
+            let conflicted = std::mem::take(&mut claims.conflicted);
+            claims.jobs.clear();
+            if conflicted || !changed {
+                // Written meanwhile: they stay in their own keys until a later pass.
+                archived = before;
+                continue;
+            }
             self.db.apply_batch(batch)?;
         }
         Ok(archived)
@@ -1953,6 +2024,50 @@ mod tests {
         }
         assert_eq!(keys_with(&store, b'J'), 2);
         assert_eq!(keys_with(&store, b'F'), 2);
+    }
+
+    /// The core writing a job while the retention thread makes its chunk:
+    /// the chunk is not written (it would drop the new write), the job stays
+    /// in its own keys, whole, and a later pass archives it with the write.
+    #[test]
+    fn a_write_while_its_chunk_is_made_keeps_the_job_in_its_own_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut w = WriteSet::default();
+        for id in [1, 2] {
+            w.put_job(id, &finished_job(id, 1_000));
+            w.put_finished(id, 1_000);
+            w.put_event(id, test_event(1, "t.py::a", "passed"));
+        }
+        store.apply(w).unwrap();
+        let writer = store.clone();
+        let mut write = || {
+            let mut w = WriteSet::default();
+            w.put_event(2, test_event(2, "t.py::a", "failed"));
+            writer.apply(w).unwrap();
+        };
+        assert_eq!(store.archive_pass(i64::MAX, 100, &mut write).unwrap(), 0);
+        assert_eq!(keys_with(&store, b'J'), 0);
+        assert_eq!(keys_with(&store, b'j'), 2);
+        let seqs = |id| -> Vec<u64> {
+            store
+                .events(id, 0, u64::MAX)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        assert_eq!(seqs(2), [1, 2]);
+        // A write to another chunk's job does not get in the way.
+        let mut other = || {
+            let mut w = WriteSet::default();
+            w.put_event(64, test_event(1, "t.py::a", "passed"));
+            store.apply(w).unwrap();
+        };
+        assert_eq!(store.archive_pass(i64::MAX, 100, &mut other).unwrap(), 2);
+        assert_eq!(keys_with(&store, b'j'), 0);
+        assert_eq!(seqs(1), [1]);
+        assert_eq!(seqs(2), [1, 2]);
     }
 
     #[test]
