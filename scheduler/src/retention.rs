@@ -22,8 +22,12 @@ use std::time::Duration;
 /// How long after its end a finished job is archived (the core's cache of
 /// recent finished jobs is written to its own keys meanwhile).
 pub const ARCHIVE_AFTER_MS: i64 = 60_000;
-/// Jobs archived per pass at most; passes follow each other while full.
-const ARCHIVE_PASS: usize = 2048;
+/// Jobs archived per pass at most (a few chunks).
+const ARCHIVE_PASS: usize = 256;
+/// After a full pass the thread rests this many times as long as the pass
+/// took: archiving is background work and takes at most a quarter of a
+/// core from the core thread and the flusher, however far behind it is.
+const ARCHIVE_REST: u32 = 3;
 /// How often the thread looks for jobs to archive when idle.
 const ARCHIVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -71,6 +75,7 @@ impl Retirer {
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                     let cutoff = clock.now_ms().saturating_sub(ARCHIVE_AFTER_MS);
+                    let started = std::time::Instant::now();
                     wait = match store.archive_finished(cutoff, ARCHIVE_PASS) {
                         Ok(n) => {
                             if n > 0 {
@@ -78,7 +83,7 @@ impl Retirer {
                                 tracing::debug!(jobs = n, "archived finished jobs");
                             }
                             if n >= ARCHIVE_PASS {
-                                Duration::ZERO
+                                (started.elapsed() * ARCHIVE_REST).min(ARCHIVE_EVERY)
                             } else {
                                 ARCHIVE_EVERY
                             }
