@@ -10,7 +10,7 @@ use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Initial size of a stream's encode and decode buffer.
-pub const INITIAL_BUFFER: usize = 1024;
+pub const INITIAL_BUFFER: usize = 256;
 /// Encoded bytes after which a streaming response yields to the transport
 /// (tonic's default).
 pub const YIELD_THRESHOLD: usize = 32 * 1024;
