@@ -60,7 +60,7 @@ mod schedules;
 mod tokens;
 mod waits;
 
-use agents::{agent_profile, AgentEntry};
+use agents::{agent_profile, AgentEntry, Registry};
 pub use attempts::log_limit_marker;
 use attempts::{attempt_ref, Loss};
 pub use case_runs::Trend;
@@ -620,7 +620,7 @@ struct Core {
     index: index::JobIndex,
     pending: PendingQueue,
     leases: LeaseTable,
-    agents: BTreeMap<String, AgentEntry>,
+    agents: Registry,
     sessions: HashMap<u64, String>,
     baselines: BaselineBook,
     schedules: BTreeMap<String, (pb::Schedule, CronSpec)>,
