@@ -19,11 +19,40 @@ type Name = Cow<'static, str>;
 ///
 /// Every registered agent holds one: two vectors sorted by name (set once,
 /// looked up by binary search), not two B-trees whose nodes keep room for 11
-/// entries each (1 KiB an agent before, about half of it now).
+/// entries each, and a single string value without a vector of its own (1
+/// KiB an agent before, about a third of it now).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Attributes {
     nums: Vec<(Name, f64)>,
-    strs: Vec<(Name, Vec<String>)>,
+    strs: Vec<(Name, Values)>,
+}
+
+/// A string attribute's values: nearly always one, held without a vector.
+#[derive(Debug, Clone, PartialEq)]
+enum Values {
+    One(String),
+    /// Two or more, each once.
+    Many(Vec<String>),
+}
+
+impl Values {
+    fn as_slice(&self) -> &[String] {
+        match self {
+            Values::One(v) => std::slice::from_ref(v),
+            Values::Many(vs) => vs,
+        }
+    }
+
+    /// Adds `v` unless it is there already.
+    fn add(&mut self, v: String) {
+        if self.as_slice().contains(&v) {
+            return;
+        }
+        match self {
+            Values::One(first) => *self = Values::Many(vec![std::mem::take(first), v]),
+            Values::Many(vs) => vs.push(v),
+        }
+    }
 }
 
 /// Where `name` is among `entries` (sorted by name), or where it would go.
@@ -48,7 +77,7 @@ impl Attributes {
     /// Sets string attribute `name` to the single value `v`, replacing any
     /// previous values.
     pub fn set_str(&mut self, name: impl Into<Name>, v: impl Into<String>) {
-        put(&mut self.strs, name.into(), vec![v.into()]);
+        put(&mut self.strs, name.into(), Values::One(v.into()));
     }
 
     /// Adds `v` to the values of string attribute `name` (a duplicate value is
@@ -57,13 +86,8 @@ impl Attributes {
     pub fn add_str(&mut self, name: impl Into<Name>, v: impl Into<String>) {
         let (name, v) = (name.into(), v.into());
         match find(&self.strs, &name) {
-            Ok(i) => {
-                let values = &mut self.strs[i].1;
-                if !values.contains(&v) {
-                    values.push(v);
-                }
-            }
-            Err(i) => self.strs.insert(i, (name, vec![v])),
+            Ok(i) => self.strs[i].1.add(v),
+            Err(i) => self.strs.insert(i, (name, Values::One(v))),
         }
     }
 
@@ -93,7 +117,9 @@ impl Attributes {
         self.nums.shrink_to_fit();
         self.strs.shrink_to_fit();
         for (_, values) in &mut self.strs {
-            values.shrink_to_fit();
+            if let Values::Many(vs) = values {
+                vs.shrink_to_fit();
+            }
         }
     }
 }
