@@ -128,7 +128,7 @@ static SLOW_SESSIONS: AtomicU64 = AtomicU64::new(0);
 /// A `futures` channel rather than tokio's: tokio's allocates its first
 /// block of 32 slots and cache-padded counters with the channel (1 KiB), this
 /// one a node per queued message; every connected agent holds one, nearly
-/// always empty (80 MiB less at 100,000 agents). It is bounded here, by
+/// always empty (90 MiB less at 100,000 agents). It is bounded here, by
 /// `StreamEnd::queued`.
 #[derive(Clone)]
 pub struct AgentTx {
