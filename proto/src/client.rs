@@ -28,9 +28,11 @@ pub struct Target {
 /// answering (a dead host, a partition without a reset) is noticed within
 /// about their sum, and the agent reconnects (a scheduler that dies on a live
 /// host resets the connection: noticed at once). The scheduler sends an idle
-/// agent nothing, so each agent pings every interval: at 100,000 agents, 10 s
-/// is 10,000 pings a second for msched to answer.
-pub const AGENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// agent nothing, so each agent pings every interval, and msched answers each
+/// ping at about the CPU of a heartbeat: at 100,000 agents 20 s is 5,000
+/// pings a second (measured, `msfleet-load --scenario scale`: 10 s made
+/// pings half of an idle fleet's cost to msched).
+pub const AGENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const AGENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `endpoint` set up as an agent's session connection (keepalive pings, also

@@ -48,8 +48,9 @@ pub fn attributes(name: &str, caps: &Capabilities) -> Attributes {
         a.add_str("npu.cann", n.cann_version.clone());
     }
     for (k, v) in &caps.labels {
-        a.set_str(&format!("label.{k}"), v.clone());
+        a.set_str(format!("label.{k}"), v.clone());
     }
+    a.shrink_to_fit();
     a
 }
 

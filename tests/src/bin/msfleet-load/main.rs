@@ -26,6 +26,7 @@
 mod restart;
 mod scale;
 mod simagent;
+mod tls;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -85,6 +86,10 @@ struct Args {
     /// Seconds the scale scenario measures over (per fleet size).
     #[arg(long, default_value_t = 30)]
     scale_seconds: u64,
+    /// The scale scenario over TLS: msched serves a certificate (a new CA's,
+    /// made with openssl) and the agents connect with https.
+    #[arg(long)]
+    scale_tls: bool,
     /// Agents of the restart scenario.
     #[arg(long, default_value_t = 10_000)]
     restart_agents: usize,

@@ -23,7 +23,17 @@ pub async fn run(args: &Args, bin: &PathBuf) -> Result<()> {
     let mut sched = Sched::start_with(bin, flags)?;
     let stats = FleetStats::new(n);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    simagent::start_fleet(&sched, n, "rs", args.sources, per, stats.clone(), stop).await?;
+    simagent::start_fleet(
+        &sched,
+        n,
+        "rs",
+        args.sources,
+        per,
+        None,
+        stats.clone(),
+        stop,
+    )
+    .await?;
     wait("agents registered", Duration::from_secs(300), || {
         stats.registered_after(0) >= n
     })

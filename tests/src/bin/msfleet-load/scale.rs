@@ -23,7 +23,7 @@ pub async fn run(args: &Args, bin: &PathBuf) -> Result<()> {
 
 async fn one(args: &Args, bin: &PathBuf, n: usize) -> Result<()> {
     let per = crate::agents_per_connection(n, args.per_connection)?;
-    let flags = [
+    let mut flags = [
         "--heartbeat-interval",
         &args.scale_heartbeat,
         "--lease-timeout",
@@ -33,12 +33,31 @@ async fn one(args: &Args, bin: &PathBuf, n: usize) -> Result<()> {
     ]
     .map(str::to_string)
     .to_vec();
+    let certs = tempfile::tempdir()?;
+    let tls = args
+        .scale_tls
+        .then(|| crate::tls::make(certs.path()))
+        .transpose()?;
+    if let Some(t) = &tls {
+        flags.extend(t.flags.iter().cloned());
+    }
     let sched = Sched::start_with(bin, flags)?;
     let (rss0, _) = sched.usage();
     let stats = FleetStats::new(n);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let t = Instant::now();
-    simagent::start_fleet(&sched, n, "scale", args.sources, per, stats.clone(), stop).await?;
+    let client_tls = tls.map(|t| t.client);
+    simagent::start_fleet(
+        &sched,
+        n,
+        "scale",
+        args.sources,
+        per,
+        client_tls,
+        stats.clone(),
+        stop,
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     while stats.registered_after(0) < n {
         if Instant::now() > deadline {
@@ -67,14 +86,16 @@ async fn one(args: &Args, bin: &PathBuf, n: usize) -> Result<()> {
         .load(std::sync::atomic::Ordering::Relaxed)
         - ended0;
     let _ = stop_tx.send(true);
+    let conn = if args.scale_tls {
+        "TLS HTTP/2 connection"
+    } else {
+        "HTTP/2 connection"
+    };
     let how = if per == 1 {
-        format!(
-            "one HTTP/2 connection each, from {} source addresses",
-            args.sources
-        )
+        format!("one {conn} each, from {} source addresses", args.sources)
     } else {
         format!(
-            "{per} per HTTP/2 connection ({} connections: the open-files limit allows no more)",
+            "{per} per {conn} ({} connections: the open-files limit allows no more)",
             n.div_ceil(per)
         )
     };

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Width of one bucket of the connection-rate record.
 pub const BUCKET: Duration = Duration::from_millis(100);
@@ -110,6 +110,8 @@ pub struct Link {
     pub addr: String,
     /// Loopback source addresses to spread connections over (127.0.0.1..=N).
     pub sources: u8,
+    /// TLS (then `addr` is `https://`), or plain text.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Link {
@@ -117,10 +119,19 @@ impl Link {
     fn endpoint(&self, i: usize) -> Result<Endpoint> {
         let last = (i % usize::from(self.sources.max(1))) as u8 + 1;
         Ok(msfleet_proto::client::agent_link(
-            Endpoint::from_shared(self.addr.clone())?
-                .connect_timeout(Duration::from_secs(5))
+            self.admin_endpoint()?
                 .local_address(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))),
         ))
+    }
+
+    /// The scheduler's address, over TLS where the fleet uses it.
+    fn admin_endpoint(&self) -> Result<Endpoint> {
+        let endpoint =
+            Endpoint::from_shared(self.addr.clone())?.connect_timeout(Duration::from_secs(5));
+        Ok(match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone())?,
+            None => endpoint,
+        })
     }
 
     /// A channel for agent `i`'s next session: its own new connection, or
@@ -280,22 +291,29 @@ impl SimAgent {
 }
 
 /// Makes `n` agent tokens `{prefix}-NNNNNN` (64 requests in flight) and
-/// starts the agents; `per_connection` agents share one HTTP/2 connection.
+/// starts the agents; `per_connection` agents share one HTTP/2 connection;
+/// with `tls` every connection (the admin's too) is TLS.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_fleet(
     sched: &crate::Sched,
     n: usize,
     prefix: &str,
     sources: u8,
     per_connection: usize,
+    tls: Option<ClientTlsConfig>,
     stats: Arc<FleetStats>,
     stop: watch::Receiver<bool>,
 ) -> Result<()> {
     use futures::StreamExt;
-    let admin = crate::fleet_client(crate::channel(&sched.addr).await?, &sched.admin)?;
     let link = Link {
-        addr: sched.addr.clone(),
+        addr: match tls {
+            Some(_) => crate::tls::https(&sched.addr),
+            None => sched.addr.clone(),
+        },
         sources,
+        tls,
     };
+    let admin = crate::fleet_client(link.admin_endpoint()?.connect().await?, &sched.admin)?;
     let secrets: Vec<Result<(usize, String, String)>> = futures::stream::iter(0..n)
         .map(|i| {
             let mut admin = admin.clone();
