@@ -21,7 +21,7 @@ struct Args {
     /// Agent name (default: the hostname). Unique in the fleet.
     #[arg(long)]
     name: Option<String>,
-    /// Where checkouts, the plugin, sockets and artifacts go.
+    /// Where checkouts, the plugin and the runs' sockets and files go.
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// A label key=value (repeatable), e.g. --label pool=nightly.

@@ -25,14 +25,13 @@ use crate::contain::{Cell, OomKill};
 use msfleet_proto::LogChunk;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
 /// How long the output readers may lag behind the end of a run.
@@ -43,6 +42,44 @@ pub const READER_DRAIN: Duration = Duration::from_secs(5);
 /// `MSFLEET_RESULT_SOCKET`: pytest's result socket; `MSFLEET_METRICS`: a benchmark run's
 /// metrics file.
 const MARKER_VARS: [&str; 2] = ["MSFLEET_RESULT_SOCKET", "MSFLEET_METRICS"];
+
+/// How long a reader of a run's output (and of the pytest plugin's results) waits after a
+/// read that emptied its pipe or socket before it reads again: what the run writes meanwhile
+/// is read at once, one wake-up of the agent where there were many (pytest writes a
+/// progress character and the plugin a line per test). A result or a log chunk is seen at
+/// most this much later; the session batches them for longer anyway.
+pub const READ_PACE: Duration = Duration::from_millis(5);
+
+/// A blocking reader that, after a read that emptied its source (it returned less than
+/// asked), sleeps [`READ_PACE`] (or the pace given) before the next read. A full read is
+/// followed at once: a run that writes fast is never held back. While it sleeps, the
+/// writer's writes wake nobody.
+pub struct PacedReader<R> {
+    inner: R,
+    pace: Duration,
+    drained: bool,
+}
+
+impl<R: Read> PacedReader<R> {
+    pub fn new(inner: R, pace: Duration) -> Self {
+        PacedReader {
+            inner,
+            pace,
+            drained: false,
+        }
+    }
+}
+
+impl<R: Read> Read for PacedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if std::mem::take(&mut self.drained) {
+            std::thread::sleep(self.pace);
+        }
+        let n = self.inner.read(buf)?;
+        self.drained = n > 0 && n < buf.len();
+        Ok(n)
+    }
+}
 
 /// Sees every chunk of a run's output (`"stdout"` or `"stderr"`, bytes) before it is sent.
 pub type OutputHook = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
@@ -118,20 +155,21 @@ impl ProcessGroup {
     }
 
     /// Streams stdout and stderr into `tx` as log chunks (through `hook` first, if any) and
-    /// starts reaping the process.
+    /// starts reaping the process. Both pipes are read by one blocking thread, in the order
+    /// they became readable, paced ([`READ_PACE`]).
     pub fn start(mut self, tx: &Updates, hook: Option<OutputHook>) -> Running {
-        let mut readers = Vec::new();
-        let pipes: [(Option<OwnedFd>, &'static str); 2] = [
-            (self.child.stdout.take().map(OwnedFd::from), "stdout"),
-            (self.child.stderr.take().map(OwnedFd::from), "stderr"),
-        ];
-        for (fd, stream) in pipes {
-            let Some(fd) = fd else { continue };
-            match pipe::Receiver::from_owned_fd(fd) {
-                Ok(r) => readers.push(tokio::spawn(pump(r, stream, tx.clone(), hook.clone()))),
-                Err(e) => tracing::warn!(error = %e, stream, "cannot read the run's output"),
-            }
+        let mut pipes = Vec::new();
+        if let Some(fd) = self.child.stdout.take() {
+            pipes.push((std::fs::File::from(OwnedFd::from(fd)), "stdout"));
         }
+        if let Some(fd) = self.child.stderr.take() {
+            pipes.push((std::fs::File::from(OwnedFd::from(fd)), "stderr"));
+        }
+        let rt = tokio::runtime::Handle::current();
+        let (tx, hook) = (tx.clone(), hook.clone());
+        let readers = vec![tokio::task::spawn_blocking(move || {
+            pump(pipes, tx, hook, rt)
+        })];
         drop(self.child);
         let pid = self.pid;
         Running {
@@ -253,31 +291,84 @@ async fn terminate(
     }
 }
 
-/// Sends what `r` yields as log chunks of `stream`, showing each to `hook` first. The job's
-/// secret values are replaced by `[redacted]` on the way, also when a read ends inside one:
-/// the redactor keeps back a tail that could begin a secret until the next read (or the end).
-async fn pump(mut r: pipe::Receiver, stream: &'static str, tx: Updates, hook: Option<OutputHook>) {
+/// Sends what the pipes yield as log chunks of their stream, showing each to `hook` first. The
+/// job's secret values are replaced by `[redacted]` on the way, also when a read ends inside
+/// one: each stream's redactor keeps back a tail that could begin a secret until the next read
+/// (or the end). Runs on a blocking thread; `rt` is the runtime the log budget's waits run on.
+/// After a round of reads that emptied the pipes it sleeps [`READ_PACE`]: output written
+/// meanwhile waits in the pipe (a full read is followed at once).
+fn pump(
+    pipes: Vec<(std::fs::File, &'static str)>,
+    tx: Updates,
+    hook: Option<OutputHook>,
+    rt: tokio::runtime::Handle,
+) {
+    use std::os::fd::AsRawFd;
+    let mut open: Vec<(
+        std::fs::File,
+        &'static str,
+        msfleet_proto::secrets::Redactor,
+    )> = pipes
+        .into_iter()
+        .map(|(f, stream)| (f, stream, tx.redactor()))
+        .collect();
     let mut buf = vec![0u8; msfleet_proto::MAX_LOG_CHUNK];
-    let mut redactor = tx.redactor();
-    loop {
-        let (data, done) = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => (redactor.finish(), true),
-            Ok(n) => (redactor.push(&buf[..n]), false),
-        };
-        // Redaction can make a chunk longer than the limit. Each chunk waits
-        // for room in the attempt's log budget (the test blocks on its pipe).
-        for piece in data.chunks(msfleet_proto::MAX_LOG_CHUNK) {
-            if let Some(h) = &hook {
-                h(stream, piece);
-            }
-            tx.send_log(LogChunk {
-                stream: stream.into(),
-                data: piece.to_vec(),
-            })
-            .await;
+    let mut pace = false;
+    while !open.is_empty() {
+        if std::mem::take(&mut pace) {
+            std::thread::sleep(READ_PACE);
         }
-        if done {
-            return;
+        let mut fds: Vec<libc::pollfd> = open
+            .iter()
+            .map(|(f, _, _)| libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a live, writable array of `fds.len()` pollfd structs.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            // Interrupted, or out of memory for the moment: wait again.
+            pace = std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted;
+            continue;
+        }
+        pace = true;
+        let mut ended = Vec::new();
+        for (i, p) in fds.iter().enumerate() {
+            if p.revents == 0 {
+                continue;
+            }
+            let (f, stream, redactor) = &mut open[i];
+            let (data, done) = loop {
+                match f.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Ok(0) | Err(_) => break (redactor.finish(), true),
+                    Ok(n) => {
+                        if n == buf.len() {
+                            pace = false;
+                        }
+                        break (redactor.push(&buf[..n]), false);
+                    }
+                }
+            };
+            // Redaction can make a chunk longer than the limit. Each chunk waits
+            // for room in the attempt's log budget (the test blocks on its pipe).
+            for piece in data.chunks(msfleet_proto::MAX_LOG_CHUNK) {
+                if let Some(h) = &hook {
+                    h(stream, piece);
+                }
+                rt.block_on(tx.send_log(LogChunk {
+                    stream: (*stream).into(),
+                    data: piece.to_vec(),
+                }));
+            }
+            if done {
+                ended.push(i);
+            }
+        }
+        for i in ended.into_iter().rev() {
+            open.remove(i);
         }
     }
 }
@@ -350,6 +441,42 @@ fn kill_recorded(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What is written while the reader waits after a short read comes in one
+    /// read, no sooner than the pace; a full read is followed at once.
+    #[test]
+    fn a_paced_reader_reads_what_came_meanwhile_together() {
+        use std::io::Write;
+        let (mut w, r) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pace = Duration::from_millis(300);
+        let mut r = PacedReader::new(r, pace);
+        let mut buf = [0u8; 16];
+        w.write_all(b"a").unwrap();
+        let t = Instant::now();
+        assert_eq!(r.read(&mut buf).unwrap(), 1, "the first read is not paced");
+        assert!(t.elapsed() < pace);
+        let writer = std::thread::spawn(move || {
+            w.write_all(b"b").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            w.write_all(b"c").unwrap();
+            w
+        });
+        let n = r.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"bc");
+        assert!(t.elapsed() >= pace);
+        let mut w = writer.join().unwrap();
+        w.write_all(&[b'x'; 17]).unwrap();
+        assert_eq!(r.read(&mut buf).unwrap(), 16, "after the pace");
+        let t = Instant::now();
+        assert_eq!(
+            r.read(&mut buf).unwrap(),
+            1,
+            "a full read is followed at once"
+        );
+        assert!(t.elapsed() < pace);
+        drop(w);
+        assert_eq!(r.read(&mut buf).unwrap(), 0);
+    }
 
     fn spawn_group(marker: Option<&str>) -> std::process::Child {
         let mut cmd = std::process::Command::new("sleep");
