@@ -291,86 +291,195 @@ async fn terminate(
     }
 }
 
+/// A pipe of a run being read: its stream's name and redactor.
+type Pipe = (
+    std::fs::File,
+    &'static str,
+    msfleet_proto::secrets::Redactor,
+);
+
 /// Sends what the pipes yield as log chunks of their stream, showing each to `hook` first. The
 /// job's secret values are replaced by `[redacted]` on the way, also when a read ends inside
 /// one: each stream's redactor keeps back a tail that could begin a secret until the next read
 /// (or the end). Runs on a blocking thread; `rt` is the runtime the log budget's waits run on.
-/// After a round of reads that emptied the pipes it sleeps [`READ_PACE`]: output written
-/// meanwhile waits in the pipe (a full read is followed at once).
+///
+/// The pipes are read in the order they got data (epoll's ready list), as reading each write
+/// at once would. The first pipe (stdout: pytest's progress, a character per test) is paced:
+/// after a read that emptied it, it rests [`READ_PACE`] out of the epoll set (a full read is
+/// followed at once); when another pipe gets data meanwhile, what the resting one holds came
+/// first and is read first.
 fn pump(
     pipes: Vec<(std::fs::File, &'static str)>,
     tx: Updates,
     hook: Option<OutputHook>,
     rt: tokio::runtime::Handle,
 ) {
-    use std::os::fd::AsRawFd;
-    let mut open: Vec<(
-        std::fs::File,
-        &'static str,
-        msfleet_proto::secrets::Redactor,
-    )> = pipes
+    let mut open: Vec<Option<Pipe>> = pipes
         .into_iter()
-        .map(|(f, stream)| (f, stream, tx.redactor()))
+        .map(|(f, stream)| Some((f, stream, tx.redactor())))
         .collect();
+    let ep = match Epoll::new(&open) {
+        Ok(ep) => ep,
+        Err(e) => {
+            // Out of descriptors, say: each pipe on a thread of its own, unpaced.
+            tracing::warn!(error = %e, "cannot poll the run's output; reading it unpaced");
+            let (tx, hook, rt) = (&tx, &hook, &rt);
+            std::thread::scope(|threads| {
+                for p in open.iter_mut().flatten() {
+                    threads.spawn(move || {
+                        let mut buf = vec![0u8; msfleet_proto::MAX_LOG_CHUNK];
+                        while !read_once(p, tx, hook, rt, &mut buf).0 {}
+                    });
+                }
+            });
+            return;
+        }
+    };
     let mut buf = vec![0u8; msfleet_proto::MAX_LOG_CHUNK];
-    let mut pace = false;
-    while !open.is_empty() {
-        if std::mem::take(&mut pace) {
-            std::thread::sleep(READ_PACE);
-        }
-        let mut fds: Vec<libc::pollfd> = open
-            .iter()
-            .map(|(f, _, _)| libc::pollfd {
-                fd: f.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a live, writable array of `fds.len()` pollfd structs.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if r < 0 {
-            // Interrupted, or out of memory for the moment: wait again.
-            pace = std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted;
-            continue;
-        }
-        pace = true;
-        let mut ended = Vec::new();
-        for (i, p) in fds.iter().enumerate() {
-            if p.revents == 0 {
+    // Until when the first pipe rests.
+    let mut rest: Option<Instant> = None;
+    while open.iter().any(Option::is_some) {
+        let timeout = rest.map_or(-1, |t| {
+            let left = t.saturating_duration_since(Instant::now()).as_millis() + 1;
+            libc::c_int::try_from(left).unwrap_or(libc::c_int::MAX)
+        });
+        let mut order = match ep.wait(timeout) {
+            Ok(order) => order,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                std::thread::sleep(READ_PACE);
                 continue;
             }
-            let (f, stream, redactor) = &mut open[i];
-            let (data, done) = loop {
-                match f.read(&mut buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Ok(0) | Err(_) => break (redactor.finish(), true),
-                    Ok(n) => {
-                        if n == buf.len() {
-                            pace = false;
-                        }
-                        break (redactor.push(&buf[..n]), false);
-                    }
+        };
+        if rest.take().is_some() {
+            // The rest is over, or another pipe got data: what the first holds came first.
+            if let Some((f, _, _)) = &open[0] {
+                let _ = ep.ctl(libc::EPOLL_CTL_MOD, f, 0, libc::EPOLLIN as u32);
+                if !order.contains(&0) && has_data(f) {
+                    order.insert(0, 0);
                 }
-            };
-            // Redaction can make a chunk longer than the limit. Each chunk waits
-            // for room in the attempt's log budget (the test blocks on its pipe).
-            for piece in data.chunks(msfleet_proto::MAX_LOG_CHUNK) {
-                if let Some(h) = &hook {
-                    h(stream, piece);
-                }
-                rt.block_on(tx.send_log(LogChunk {
-                    stream: (*stream).into(),
-                    data: piece.to_vec(),
-                }));
-            }
-            if done {
-                ended.push(i);
             }
         }
-        for i in ended.into_iter().rev() {
-            open.remove(i);
+        for i in order {
+            let Some(p) = open[i].as_mut() else { continue };
+            let (ended, full) = read_once(p, &tx, &hook, &rt, &mut buf);
+            if ended {
+                // Closing it takes it out of the epoll set.
+                open[i] = None;
+            } else if i == 0 && !full && rest.is_none() {
+                rest = Some(Instant::now() + READ_PACE);
+                // Only its end (EPOLLHUP) is reported while it rests.
+                let _ = ep.ctl(libc::EPOLL_CTL_MOD, &p.0, 0, 0);
+            }
         }
     }
+}
+
+/// Reads `p` once and sends what it gave. Returns whether the pipe ended and whether the
+/// read filled `buf` (more may be waiting).
+fn read_once(
+    p: &mut Pipe,
+    tx: &Updates,
+    hook: &Option<OutputHook>,
+    rt: &tokio::runtime::Handle,
+    buf: &mut [u8],
+) -> (bool, bool) {
+    let (f, stream, redactor) = p;
+    let (data, ended, full) = loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(0) | Err(_) => break (redactor.finish(), true, false),
+            Ok(n) => break (redactor.push(&buf[..n]), false, n == buf.len()),
+        }
+    };
+    // Redaction can make a chunk longer than the limit. Each chunk waits
+    // for room in the attempt's log budget (the test blocks on its pipe).
+    for piece in data.chunks(msfleet_proto::MAX_LOG_CHUNK) {
+        if let Some(h) = hook {
+            h(stream, piece);
+        }
+        rt.block_on(tx.send_log(LogChunk {
+            stream: (*stream).into(),
+            data: piece.to_vec(),
+        }));
+    }
+    (ended, full)
+}
+
+/// An epoll set of a run's pipes, level-triggered, each known by its index.
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new(pipes: &[Option<Pipe>]) -> std::io::Result<Epoll> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a plain system call; it returns a new descriptor or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new, open descriptor that nothing else owns.
+        let ep = Epoll(unsafe { OwnedFd::from_raw_fd(fd) });
+        for (i, p) in pipes.iter().enumerate() {
+            if let Some((f, _, _)) = p {
+                ep.ctl(libc::EPOLL_CTL_ADD, f, i, libc::EPOLLIN as u32)?;
+            }
+        }
+        Ok(ep)
+    }
+
+    fn ctl(
+        &self,
+        op: libc::c_int,
+        f: &std::fs::File,
+        i: usize,
+        events: u32,
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut ev = libc::epoll_event {
+            events,
+            u64: i as u64,
+        };
+        // SAFETY: both descriptors are open and `ev` is a live event struct.
+        let r = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, f.as_raw_fd(), &mut ev) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The indices of the pipes with data (or at their end), in the order they got it.
+    fn wait(&self, timeout_ms: libc::c_int) -> std::io::Result<Vec<usize>> {
+        use std::os::fd::AsRawFd;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: `events` is live and writable for the length passed.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(events[..n as usize]
+            .iter()
+            .map(|e| e.u64 as usize)
+            .collect())
+    }
+}
+
+/// Whether a read of `f` would not block (data, or its end).
+fn has_data(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live, writable pollfd.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
 /// Kills the process groups of test runs that a previous agent process left
@@ -441,6 +550,41 @@ fn kill_recorded(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both streams' output comes in the order it was written, through stdout's pacing:
+    /// what stderr writes while stdout rests goes after what stdout held then, and before
+    /// what stdout writes later.
+    #[tokio::test]
+    async fn both_streams_keep_their_order_through_the_pacing() {
+        use msfleet_proto::task_update;
+        let (utx, mut urx) = tokio::sync::mpsc::unbounded_channel();
+        let tx = Updates::new(("1".into(), 1), utx);
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args([
+            "-c",
+            "printf a; sleep 0.001; printf b; printf c >&2; sleep 0.05; \
+             printf d >&2; printf e; sleep 0.05; printf f; printf g >&2",
+        ]);
+        let group = ProcessGroup::spawn(&mut cmd, "pump-order", None).unwrap();
+        let (_stop, mut stop) = tokio::sync::watch::channel(None);
+        let mut guard = Guard::new(
+            tokio::time::Instant::now() + Duration::from_secs(30),
+            &mut stop,
+        );
+        let mut exited = group
+            .start(&tx, None)
+            .wait(&mut guard, Duration::from_secs(1))
+            .await;
+        exited.drain().await;
+        drop(tx);
+        let mut text = String::new();
+        while let Some((_, kind)) = urx.recv().await {
+            if let task_update::Kind::Log(c) = kind {
+                text.push_str(&String::from_utf8_lossy(&c.data));
+            }
+        }
+        assert_eq!(text, "abcdefg");
+    }
 
     /// What is written while the reader waits after a short read comes in one
     /// read, no sooner than the pace; a full read is followed at once.
