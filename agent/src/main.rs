@@ -74,7 +74,7 @@ struct Args {
     /// Most bytes of test results in one update (default 262144, at most 4 MiB).
     #[arg(long)]
     result_batch_bytes: Option<usize>,
-    /// Longest a test result waits for others to share its update (default 5ms, at most 1s).
+    /// Longest a test result waits for others to share its update (default 20ms, at most 1s).
     #[arg(long, value_parser = humantime::parse_duration)]
     result_batch_delay: Option<Duration>,
     /// File with this agent's join token (`msctl agent token create NAME`).
