@@ -28,7 +28,8 @@ end of the session: collection reports go when collection is finished, and
 what is held goes at once on an internal error or a keyboard interrupt.
 If pytest dies of a signal while a test's result lines are held (a crash in
 its teardown), the agent sees the test started and not finished, and names
-it as the crashed test.
+it as the crashed test: the crash is its result (failed in its call), and
+its held call result is lost with the process.
 
 A subtest's report (pytest 9's ``subtests`` fixture, unittest's ``subTest``
 under pytest 9, the pytest-subtests plugin) carries its description, as
