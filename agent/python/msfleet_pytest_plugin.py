@@ -5,8 +5,7 @@ Loaded by the agent as ``python -m pytest -p msfleet_pytest_plugin ...`` with
 Without that variable the plugin does nothing, so loading it by hand is
 harmless.
 
-Protocol: one JSON object per line (UTF-8, ``\\n``-terminated), sent as soon
-as each result is known::
+Protocol: one JSON object per line (UTF-8, ``\\n``-terminated)::
 
     {"type": "test", "nodeid": "tests/test_a.py::test_x[1-2]",
      "when": "call", "outcome": "failed", "category": "failed",
@@ -20,6 +19,17 @@ pytest died of a signal)::
 
     {"type": "start", "nodeid": "tests/test_a.py::test_x[1-2]"}
     {"type": "finish", "nodeid": "tests/test_a.py::test_x[1-2]"}
+
+One write per test: a test's result lines and its finish line are held
+until the next test starts and go in the same write as that test's start
+line, which is on the socket before the test runs; the last test's go with
+the session line. Nothing is held past the start of the next test or the
+end of the session: collection reports go when collection is finished, and
+what is held goes at once on an internal error or a keyboard interrupt.
+If pytest dies of a signal while a test's result lines are held (a crash in
+its teardown), the agent sees the test started and not finished, and names
+it as the crashed test: the crash is its result (failed in its call), and
+its held call result is lost with the process.
 
 A subtest's report (pytest 9's ``subtests`` fixture, unittest's ``subTest``
 under pytest 9, the pytest-subtests plugin) carries its description, as
@@ -93,11 +103,37 @@ _CATEGORY_TO_OUTCOME = {
     "warning": None,
 }
 
+# The implementations of pytest_report_teststatus known to give a passed
+# setup or teardown report (without ``wasxfail``) no category: with only
+# these registered, such a report (two of every test) is dropped without
+# calling the hook. Any other implementation is asked, as the terminal
+# reporter asks it.
+_PLAIN_STATUS_MODULES = frozenset(
+    (
+        "_pytest.runner",  # "" for a passed setup/teardown
+        "_pytest.terminal",  # trylast: after runner
+        "_pytest.skipping",  # only with wasxfail
+        "_pytest.subtests",  # only the call phase
+        "pytest_rerunfailures",  # only outcome "rerun"
+    )
+)
+
 _PLUGIN_NAME = "msfleet-result-reporter"
 
 # Never die of SIGPIPE if the agent goes away (Python ignores SIGPIPE anyway,
 # unless something restored the default disposition).
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+
+# A JSON string literal of a str, as json.dumps(ensure_ascii=False) writes it
+# (the C encoder; a line is built from these and known literals).
+_json_str = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.encode_basestring
+
+_START_LINE = '{"type":"start","nodeid":%s}\n'
+_FINISH_LINE = '{"type":"finish","nodeid":%s}\n'
+_TEST_LINE = (
+    '{"type":"test","nodeid":%s,"when":%s,"outcome":%s,"category":%s,'
+    '"duration_s":%s,"longrepr":%s,"markers":%s%s}\n'
+)
 
 
 def _truncate(text):
@@ -119,6 +155,34 @@ def _marker_names(marks):
             seen.add(name)
             names.append(name)
     return names
+
+
+def _json_list(names):
+    return "[" + ",".join([_json_str(n) for n in names]) + "]"
+
+
+def _json_duration(duration):
+    """A duration as a JSON number (0.0 for what is not a finite number)."""
+    try:
+        value = float(duration) if duration is not None else 0.0
+    except (TypeError, ValueError):
+        return "0.0"
+    if value - value != 0.0:  # inf or nan
+        return "0.0"
+    return repr(value)
+
+
+def _test_line(nodeid_json, when, outcome, category, duration, longrepr, markers_json, subtest):
+    return _TEST_LINE % (
+        nodeid_json,
+        _json_str(when),
+        _json_str(outcome),
+        _json_str(category),
+        _json_duration(duration),
+        _json_str(longrepr),
+        markers_json,
+        "" if subtest is None else ',"subtest":' + _json_str(subtest),
+    )
 
 
 def _subtest_description(report):
@@ -164,6 +228,17 @@ def _category(config, report):
     return outcome
 
 
+def _plain_status(config):
+    """True when every pytest_report_teststatus implementation is one of
+    ``_PLAIN_STATUS_MODULES`` (see there)."""
+    try:
+        impls = config.pluginmanager.hook.pytest_report_teststatus.get_hookimpls()
+        modules = set(getattr(impl.plugin, "__name__", None) for impl in impls)
+    except Exception:
+        return False
+    return modules <= _PLAIN_STATUS_MODULES
+
+
 class MsfleetReporter:
     def __init__(self, config, sock, path):
         self.config = config
@@ -171,19 +246,31 @@ class MsfleetReporter:
         self._path = path
         self._lock = threading.Lock()
         self._broken = False
-        self._markers = {}  # nodeid -> [marker names]
+        # Lines not sent yet: the running test's results and its finish.
+        self._held = []
         self._registered_marks = None
         self._session_sent = False
+        # Whether a passed setup/teardown may skip the status hook; known
+        # once collection is finished (conftest plugins are loaded then).
+        self._plain_status = False
+        # The test being run (pytest_runtest_setup) and, once one of its
+        # reports is sent, its node id and marker names as JSON.
+        self._item = None
+        self._item_json = None
 
     # ------------------------------------------------------------ transport
-    def _send(self, obj):
-        if self._sock is None or self._broken:
-            return
-        line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
-        data = line.encode("utf-8", "replace")  # lone surrogates -> '?'
+    def _send(self, line, flush):
+        """Holds `line`; with `flush`, sends everything held in one write."""
         with self._lock:
-            if self._broken:
+            if self._sock is None or self._broken:
                 return
+            held = self._held
+            if line is not None:
+                held.append(line)
+            if not flush or not held:
+                return
+            self._held = []
+            data = "".join(held).encode("utf-8", "replace")  # lone surrogates -> '?'
             try:
                 self._sock.sendall(data, _SEND_FLAGS)
             except (OSError, ValueError) as exc:
@@ -197,7 +284,11 @@ class MsfleetReporter:
                 except Exception:
                     pass
 
+    def _flush(self):
+        self._send(None, True)
+
     def close(self):
+        self._flush()
         with self._lock:
             sock, self._sock = self._sock, None
         if sock is not None:
@@ -211,18 +302,7 @@ class MsfleetReporter:
                 pass
 
     # -------------------------------------------------------------- markers
-    def _remember(self, item):
-        try:
-            self._markers[item.nodeid] = _marker_names(item.iter_markers())
-        except Exception:
-            pass
-
-    def _markers_for(self, report):
-        names = self._markers.get(report.nodeid)
-        if names is not None:
-            return names
-        # No local item (xdist controller): recover marker names from the
-        # report's keywords, restricted to registered marker names.
+    def _registered(self):
         if self._registered_marks is None:
             regs = set()
             try:
@@ -233,17 +313,34 @@ class MsfleetReporter:
             except Exception:
                 pass
             self._registered_marks = regs
-        keywords = getattr(report, "keywords", None) or {}
-        return [k for k in keywords if k in self._registered_marks]
+        return self._registered_marks
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_itemcollected(self, item):
-        self._remember(item)
+    def _nodeid_and_markers(self, report):
+        """The report's node id and marker names, as JSON."""
+        nodeid = report.nodeid
+        cached = self._item_json
+        if cached is not None and cached[0] == nodeid:
+            return cached[1], cached[2]
+        item = self._item
+        if item is not None and item.nodeid == nodeid:
+            try:
+                names = _marker_names(item.iter_markers())
+            except Exception:
+                names = []
+            cached = (nodeid, _json_str(nodeid), _json_list(names))
+            self._item_json = cached
+            return cached[1], cached[2]
+        # No local item (a collect report, the xdist controller): recover
+        # marker names from the report's keywords, restricted to registered
+        # marker names.
+        keywords = getattr(report, "keywords", None) or {}
+        registered = self._registered()
+        return _json_str(nodeid), _json_list([k for k in keywords if k in registered])
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item):
-        # Refresh: pytest_collection_modifyitems may have added markers.
-        self._remember(item)
+        self._item = item
+        self._item_json = None
 
     # -------------------------------------------------------------- reports
     def _longrepr(self, report, outcome):
@@ -260,81 +357,92 @@ class MsfleetReporter:
         except Exception as exc:  # a broken repr must not lose the result
             return "<msfleet: unprintable longrepr: %r>" % (exc,)
 
-    def _emit(self, report, category, when):
+    def _emit(self, report, category, when, subtest):
         outcome = _CATEGORY_TO_OUTCOME.get(category, "other")
         if outcome is None:
             return
-        duration = getattr(report, "duration", None)
-        try:
-            duration = float(duration) if duration is not None else 0.0
-        except (TypeError, ValueError):
-            duration = 0.0
-        msg = {
-            "type": "test",
-            "nodeid": report.nodeid,
-            "when": when,
-            "outcome": outcome,
-            "category": category,
-            "duration_s": duration,
-            "longrepr": self._longrepr(report, outcome),
-            "markers": self._markers_for(report),
-        }
-        subtest = _subtest_description(report)
-        if subtest is not None:
-            msg["subtest"] = subtest
-        self._send(msg)
+        nodeid_json, markers_json = self._nodeid_and_markers(report)
+        line = _test_line(
+            nodeid_json,
+            when,
+            outcome,
+            category,
+            getattr(report, "duration", None),
+            self._longrepr(report, outcome),
+            markers_json,
+            subtest,
+        )
+        self._send(line, False)
 
     def pytest_runtest_logstart(self, nodeid, location):
-        self._send({"type": "start", "nodeid": nodeid})
+        # The previous test's results go with this start line, before this
+        # test runs.
+        self._send(_START_LINE % _json_str(nodeid), True)
 
     def pytest_runtest_logfinish(self, nodeid, location):
-        self._send({"type": "finish", "nodeid": nodeid})
+        self._send(_FINISH_LINE % _json_str(nodeid), False)
 
     def pytest_runtest_logreport(self, report):
         if not getattr(report, "count_towards_summary", True):
             return
+        when = report.when
+        if (
+            self._plain_status
+            and when != "call"
+            and report.passed
+            and not hasattr(report, "wasxfail")
+        ):
+            return  # category "": a passed setup or teardown is no result
         category = _category(self.config, report)
-        if category == "" and _subtest_description(report) is not None:
+        subtest = _subtest_description(report)
+        if category == "" and subtest is not None:
             # pytest 9 hides passed (and xfailed) subtests from its summary
             # unless verbose; they are counted all the same, as -v shows.
             if getattr(report, "wasxfail", None) is not None:
                 category = "xfailed"
             elif report.passed:
                 category = "subtests passed"
-        self._emit(report, category, report.when)
+        self._emit(report, category, when, subtest)
 
     def pytest_collectreport(self, report):
         # Same rule as TerminalReporter.pytest_collectreport.
         if not getattr(report, "count_towards_summary", True):
             return
         if report.failed:
-            self._emit(report, "error", "collect")
+            self._emit(report, "error", "collect", _subtest_description(report))
         elif report.skipped:
-            self._emit(report, "skipped", "collect")
+            self._emit(report, "skipped", "collect", _subtest_description(report))
 
-    # ----------------------------------------------------------- collect-only
+    # ------------------------------------------------------------ collection
     def pytest_collection_finish(self, session):
-        if os.environ.get(ENV_COLLECT) != "1":
-            return
-        for item in list(getattr(session, "items", None) or []):
-            try:
-                markers = _marker_names(item.iter_markers())
-            except Exception:
-                markers = []
-            self._send(
-                {
-                    "type": "test",
-                    "nodeid": item.nodeid,
-                    "when": "collect",
-                    "outcome": "collected",
-                    "category": "collected",
-                    "duration_s": 0.0,
-                    "longrepr": "",
-                    "markers": markers,
-                }
-            )
+        self._plain_status = _plain_status(self.config)
+        if os.environ.get(ENV_COLLECT) == "1":
+            for item in list(getattr(session, "items", None) or []):
+                try:
+                    markers = _marker_names(item.iter_markers())
+                except Exception:
+                    markers = []
+                line = _test_line(
+                    _json_str(item.nodeid),
+                    "collect",
+                    "collected",
+                    "collected",
+                    0.0,
+                    "",
+                    _json_list(markers),
+                    None,
+                )
+                self._send(line, False)
+        # Collection errors and skips, and the collected items, go now.
+        self._flush()
 
     # ------------------------------------------------------------- session
+    def pytest_internalerror(self, excrepr, excinfo):
+        self._flush()
+
+    def pytest_keyboard_interrupt(self, excinfo):
+        self._flush()
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session, exitstatus):
         status = getattr(session, "exitstatus", exitstatus)
@@ -342,13 +450,8 @@ class MsfleetReporter:
             status = int(status)
         except (TypeError, ValueError):
             status = int(exitstatus)
-        self._send(
-            {
-                "type": "session",
-                "exitstatus": status,
-                "collected": int(getattr(session, "testscollected", 0) or 0),
-            }
-        )
+        collected = int(getattr(session, "testscollected", 0) or 0)
+        self._send('{"type":"session","exitstatus":%d,"collected":%d}\n' % (status, collected), True)
         self._session_sent = True
         self.close()
 

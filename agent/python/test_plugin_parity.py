@@ -47,7 +47,9 @@ class ResultServer:
         self.close_immediately = close_immediately
         self.raw = b""
         self.lines = []  # (monotonic arrival time, line text)
+        self.chunks = []  # what each recv returned
         self.connections = 0
+        self.closed = False  # the connection reached its end
         self._srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._srv.bind(self.path)
         self._srv.listen(4)
@@ -84,12 +86,14 @@ class ResultServer:
                     if not chunk:
                         break
                     self.raw += chunk
+                    self.chunks.append(chunk)
                     buf += chunk
                     while b"\n" in buf:
                         line, buf = buf.split(b"\n", 1)
                         self.lines.append((time.monotonic(), line.decode("utf-8")))
                 if buf:
                     self.lines.append((time.monotonic(), buf.decode("utf-8")))
+            self.closed = True
 
     def messages(self):
         return [json.loads(text) for _, text in self.lines]
@@ -482,3 +486,81 @@ def test_unittest_subtest_parity(tmp_path):
     else:
         # pytest 8 has no subtest reports: the test itself fails.
         assert not any(m["outcome"] == "subpassed" for m in msgs), msgs
+
+
+PACED = """
+import time
+
+def test_a():
+    time.sleep(0.3)
+
+def test_b_fails():
+    time.sleep(0.3)
+    assert False
+
+def test_c():
+    time.sleep(0.3)
+"""
+
+
+def chunk_types(server):
+    """Each recv's lines as (type, last part of the node id)."""
+    out = []
+    for chunk in server.chunks:
+        assert chunk.endswith(b"\n"), chunk  # whole lines in each write
+        msgs = [json.loads(line) for line in chunk.decode("utf-8").splitlines()]
+        out.append([(m["type"], m.get("nodeid", "").split("::")[-1]) for m in msgs])
+    return out
+
+
+def test_one_write_per_test_with_the_next_start(tmp_path):
+    """A test's result and finish lines go in the same write as the next
+    test's start line (the last test's with the session line): one write per
+    test, each before the test it starts runs."""
+    (tmp_path / "test_paced.py").write_text(PACED)
+    with ResultServer() as server:
+        proc = run_pytest(str(tmp_path), socket_path=server.path)
+        assert_parity(proc, server)
+    assert chunk_types(server) == [
+        [("start", "test_a")],
+        [("test", "test_a"), ("finish", "test_a"), ("start", "test_b_fails")],
+        [("test", "test_b_fails"), ("finish", "test_b_fails"), ("start", "test_c")],
+        [("test", "test_c"), ("finish", "test_c"), ("session", "")],
+    ], server.chunks
+    # Each start arrived before its test ran (0.3 s each), not at the end.
+    starts = [t for t, text in server.lines if '"type":"start"' in text]
+    assert len(starts) == 3
+    assert starts[1] - starts[0] > 0.25 and starts[2] - starts[1] > 0.25, starts
+
+
+KILLED = """
+import os, signal
+
+def test_a():
+    pass
+
+def test_b_dies():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def test_c():
+    pass
+"""
+
+
+def test_a_test_that_kills_pytest_is_the_last_started(tmp_path):
+    """pytest killed in a test: the test's start line and every result
+    before it are on the socket (the agent names the crashed test from them)."""
+    (tmp_path / "test_killed.py").write_text(KILLED)
+    with ResultServer() as server:
+        proc = run_pytest(str(tmp_path), socket_path=server.path)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and server.connections and not server.closed:
+            time.sleep(0.02)
+        msgs = server.messages()
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+    assert [(m["type"], m["nodeid"].split("::")[-1], m.get("outcome")) for m in msgs] == [
+        ("start", "test_a", None),
+        ("test", "test_a", "passed"),
+        ("finish", "test_a", None),
+        ("start", "test_b_dies", None),
+    ], msgs

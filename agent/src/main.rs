@@ -21,7 +21,7 @@ struct Args {
     /// Agent name (default: the hostname). Unique in the fleet.
     #[arg(long)]
     name: Option<String>,
-    /// Where checkouts, the plugin, sockets and artifacts go.
+    /// Where checkouts, the plugin and the runs' sockets and files go.
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// A label key=value (repeatable), e.g. --label pool=nightly.
@@ -74,7 +74,7 @@ struct Args {
     /// Most bytes of test results in one update (default 262144, at most 4 MiB).
     #[arg(long)]
     result_batch_bytes: Option<usize>,
-    /// Longest a test result waits for others to share its update (default 5ms, at most 1s).
+    /// Longest a test result waits for others to share its update (default 20ms, at most 1s).
     #[arg(long, value_parser = humantime::parse_duration)]
     result_batch_delay: Option<Duration>,
     /// File with this agent's join token (`msctl agent token create NAME`).

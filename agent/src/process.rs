@@ -25,14 +25,13 @@ use crate::contain::{Cell, OomKill};
 use msfleet_proto::LogChunk;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
 /// How long the output readers may lag behind the end of a run.
@@ -43,6 +42,44 @@ pub const READER_DRAIN: Duration = Duration::from_secs(5);
 /// `MSFLEET_RESULT_SOCKET`: pytest's result socket; `MSFLEET_METRICS`: a benchmark run's
 /// metrics file.
 const MARKER_VARS: [&str; 2] = ["MSFLEET_RESULT_SOCKET", "MSFLEET_METRICS"];
+
+/// How long a reader of a run's output (and of the pytest plugin's results) waits after a
+/// read that emptied its pipe or socket before it reads again: what the run writes meanwhile
+/// is read at once, one wake-up of the agent where there were many (pytest writes a
+/// progress character and the plugin a line per test). A result or a log chunk is seen at
+/// most this much later; the session batches them for longer anyway.
+pub const READ_PACE: Duration = Duration::from_millis(5);
+
+/// A blocking reader that, after a read that emptied its source (it returned less than
+/// asked), sleeps [`READ_PACE`] (or the pace given) before the next read. A full read is
+/// followed at once: a run that writes fast is never held back. While it sleeps, the
+/// writer's writes wake nobody.
+pub struct PacedReader<R> {
+    inner: R,
+    pace: Duration,
+    drained: bool,
+}
+
+impl<R: Read> PacedReader<R> {
+    pub fn new(inner: R, pace: Duration) -> Self {
+        PacedReader {
+            inner,
+            pace,
+            drained: false,
+        }
+    }
+}
+
+impl<R: Read> Read for PacedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if std::mem::take(&mut self.drained) {
+            std::thread::sleep(self.pace);
+        }
+        let n = self.inner.read(buf)?;
+        self.drained = n > 0 && n < buf.len();
+        Ok(n)
+    }
+}
 
 /// Sees every chunk of a run's output (`"stdout"` or `"stderr"`, bytes) before it is sent.
 pub type OutputHook = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
@@ -118,20 +155,21 @@ impl ProcessGroup {
     }
 
     /// Streams stdout and stderr into `tx` as log chunks (through `hook` first, if any) and
-    /// starts reaping the process.
+    /// starts reaping the process. Both pipes are read by one blocking thread, in the order
+    /// they became readable, paced ([`READ_PACE`]).
     pub fn start(mut self, tx: &Updates, hook: Option<OutputHook>) -> Running {
-        let mut readers = Vec::new();
-        let pipes: [(Option<OwnedFd>, &'static str); 2] = [
-            (self.child.stdout.take().map(OwnedFd::from), "stdout"),
-            (self.child.stderr.take().map(OwnedFd::from), "stderr"),
-        ];
-        for (fd, stream) in pipes {
-            let Some(fd) = fd else { continue };
-            match pipe::Receiver::from_owned_fd(fd) {
-                Ok(r) => readers.push(tokio::spawn(pump(r, stream, tx.clone(), hook.clone()))),
-                Err(e) => tracing::warn!(error = %e, stream, "cannot read the run's output"),
-            }
+        let mut pipes = Vec::new();
+        if let Some(fd) = self.child.stdout.take() {
+            pipes.push((std::fs::File::from(OwnedFd::from(fd)), "stdout"));
         }
+        if let Some(fd) = self.child.stderr.take() {
+            pipes.push((std::fs::File::from(OwnedFd::from(fd)), "stderr"));
+        }
+        let rt = tokio::runtime::Handle::current();
+        let (tx, hook) = (tx.clone(), hook.clone());
+        let readers = vec![tokio::task::spawn_blocking(move || {
+            pump(pipes, tx, hook, rt)
+        })];
         drop(self.child);
         let pid = self.pid;
         Running {
@@ -253,33 +291,195 @@ async fn terminate(
     }
 }
 
-/// Sends what `r` yields as log chunks of `stream`, showing each to `hook` first. The job's
-/// secret values are replaced by `[redacted]` on the way, also when a read ends inside one:
-/// the redactor keeps back a tail that could begin a secret until the next read (or the end).
-async fn pump(mut r: pipe::Receiver, stream: &'static str, tx: Updates, hook: Option<OutputHook>) {
-    let mut buf = vec![0u8; msfleet_proto::MAX_LOG_CHUNK];
-    let mut redactor = tx.redactor();
-    loop {
-        let (data, done) = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => (redactor.finish(), true),
-            Ok(n) => (redactor.push(&buf[..n]), false),
-        };
-        // Redaction can make a chunk longer than the limit. Each chunk waits
-        // for room in the attempt's log budget (the test blocks on its pipe).
-        for piece in data.chunks(msfleet_proto::MAX_LOG_CHUNK) {
-            if let Some(h) = &hook {
-                h(stream, piece);
-            }
-            tx.send_log(LogChunk {
-                stream: stream.into(),
-                data: piece.to_vec(),
-            })
-            .await;
-        }
-        if done {
+/// A pipe of a run being read: its stream's name and redactor.
+type Pipe = (
+    std::fs::File,
+    &'static str,
+    msfleet_proto::secrets::Redactor,
+);
+
+/// Sends what the pipes yield as log chunks of their stream, showing each to `hook` first. The
+/// job's secret values are replaced by `[redacted]` on the way, also when a read ends inside
+/// one: each stream's redactor keeps back a tail that could begin a secret until the next read
+/// (or the end). Runs on a blocking thread; `rt` is the runtime the log budget's waits run on.
+///
+/// The pipes are read in the order they got data (epoll's ready list), as reading each write
+/// at once would. The first pipe (stdout: pytest's progress, a character per test) is paced:
+/// after a read that emptied it, it rests [`READ_PACE`] out of the epoll set (a full read is
+/// followed at once); when another pipe gets data meanwhile, what the resting one holds came
+/// first and is read first.
+fn pump(
+    pipes: Vec<(std::fs::File, &'static str)>,
+    tx: Updates,
+    hook: Option<OutputHook>,
+    rt: tokio::runtime::Handle,
+) {
+    let mut open: Vec<Option<Pipe>> = pipes
+        .into_iter()
+        .map(|(f, stream)| Some((f, stream, tx.redactor())))
+        .collect();
+    let ep = match Epoll::new(&open) {
+        Ok(ep) => ep,
+        Err(e) => {
+            // Out of descriptors, say: each pipe on a thread of its own, unpaced.
+            tracing::warn!(error = %e, "cannot poll the run's output; reading it unpaced");
+            let (tx, hook, rt) = (&tx, &hook, &rt);
+            std::thread::scope(|threads| {
+                for p in open.iter_mut().flatten() {
+                    threads.spawn(move || {
+                        let mut buf = vec![0u8; msfleet_proto::MAX_LOG_CHUNK];
+                        while !read_once(p, tx, hook, rt, &mut buf).0 {}
+                    });
+                }
+            });
             return;
         }
+    };
+    let mut buf = vec![0u8; msfleet_proto::MAX_LOG_CHUNK];
+    // Until when the first pipe rests.
+    let mut rest: Option<Instant> = None;
+    while open.iter().any(Option::is_some) {
+        let timeout = rest.map_or(-1, |t| {
+            let left = t.saturating_duration_since(Instant::now()).as_millis() + 1;
+            libc::c_int::try_from(left).unwrap_or(libc::c_int::MAX)
+        });
+        let mut order = match ep.wait(timeout) {
+            Ok(order) => order,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                std::thread::sleep(READ_PACE);
+                continue;
+            }
+        };
+        if rest.take().is_some() {
+            // The rest is over, or another pipe got data: what the first holds came first.
+            if let Some((f, _, _)) = &open[0] {
+                let _ = ep.ctl(libc::EPOLL_CTL_MOD, f, 0, libc::EPOLLIN as u32);
+                if !order.contains(&0) && has_data(f) {
+                    order.insert(0, 0);
+                }
+            }
+        }
+        for i in order {
+            let Some(p) = open[i].as_mut() else { continue };
+            let (ended, full) = read_once(p, &tx, &hook, &rt, &mut buf);
+            if ended {
+                // Closing it takes it out of the epoll set.
+                open[i] = None;
+            } else if i == 0 && !full && rest.is_none() {
+                rest = Some(Instant::now() + READ_PACE);
+                // Only its end (EPOLLHUP) is reported while it rests.
+                let _ = ep.ctl(libc::EPOLL_CTL_MOD, &p.0, 0, 0);
+            }
+        }
     }
+}
+
+/// Reads `p` once and sends what it gave. Returns whether the pipe ended and whether the
+/// read filled `buf` (more may be waiting).
+fn read_once(
+    p: &mut Pipe,
+    tx: &Updates,
+    hook: &Option<OutputHook>,
+    rt: &tokio::runtime::Handle,
+    buf: &mut [u8],
+) -> (bool, bool) {
+    let (f, stream, redactor) = p;
+    let (data, ended, full) = loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(0) | Err(_) => break (redactor.finish(), true, false),
+            Ok(n) => break (redactor.push(&buf[..n]), false, n == buf.len()),
+        }
+    };
+    // Redaction can make a chunk longer than the limit. Each chunk waits
+    // for room in the attempt's log budget (the test blocks on its pipe).
+    for piece in data.chunks(msfleet_proto::MAX_LOG_CHUNK) {
+        if let Some(h) = hook {
+            h(stream, piece);
+        }
+        rt.block_on(tx.send_log(LogChunk {
+            stream: (*stream).into(),
+            data: piece.to_vec(),
+        }));
+    }
+    (ended, full)
+}
+
+/// An epoll set of a run's pipes, level-triggered, each known by its index.
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new(pipes: &[Option<Pipe>]) -> std::io::Result<Epoll> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a plain system call; it returns a new descriptor or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new, open descriptor that nothing else owns.
+        let ep = Epoll(unsafe { OwnedFd::from_raw_fd(fd) });
+        for (i, p) in pipes.iter().enumerate() {
+            if let Some((f, _, _)) = p {
+                ep.ctl(libc::EPOLL_CTL_ADD, f, i, libc::EPOLLIN as u32)?;
+            }
+        }
+        Ok(ep)
+    }
+
+    fn ctl(
+        &self,
+        op: libc::c_int,
+        f: &std::fs::File,
+        i: usize,
+        events: u32,
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut ev = libc::epoll_event {
+            events,
+            u64: i as u64,
+        };
+        // SAFETY: both descriptors are open and `ev` is a live event struct.
+        let r = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, f.as_raw_fd(), &mut ev) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The indices of the pipes with data (or at their end), in the order they got it.
+    fn wait(&self, timeout_ms: libc::c_int) -> std::io::Result<Vec<usize>> {
+        use std::os::fd::AsRawFd;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: `events` is live and writable for the length passed.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(events[..n as usize]
+            .iter()
+            .map(|e| e.u64 as usize)
+            .collect())
+    }
+}
+
+/// Whether a read of `f` would not block (data, or its end).
+fn has_data(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live, writable pollfd.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
 /// Kills the process groups of test runs that a previous agent process left
@@ -350,6 +550,77 @@ fn kill_recorded(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both streams' output comes in the order it was written, through stdout's pacing:
+    /// what stderr writes while stdout rests goes after what stdout held then, and before
+    /// what stdout writes later.
+    #[tokio::test]
+    async fn both_streams_keep_their_order_through_the_pacing() {
+        use msfleet_proto::task_update;
+        let (utx, mut urx) = tokio::sync::mpsc::unbounded_channel();
+        let tx = Updates::new(("1".into(), 1), utx);
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args([
+            "-c",
+            "printf a; sleep 0.001; printf b; printf c >&2; sleep 0.05; \
+             printf d >&2; printf e; sleep 0.05; printf f; printf g >&2",
+        ]);
+        let group = ProcessGroup::spawn(&mut cmd, "pump-order", None).unwrap();
+        let (_stop, mut stop) = tokio::sync::watch::channel(None);
+        let mut guard = Guard::new(
+            tokio::time::Instant::now() + Duration::from_secs(30),
+            &mut stop,
+        );
+        let mut exited = group
+            .start(&tx, None)
+            .wait(&mut guard, Duration::from_secs(1))
+            .await;
+        exited.drain().await;
+        drop(tx);
+        let mut text = String::new();
+        while let Some((_, kind)) = urx.recv().await {
+            if let task_update::Kind::Log(c) = kind {
+                text.push_str(&String::from_utf8_lossy(&c.data));
+            }
+        }
+        assert_eq!(text, "abcdefg");
+    }
+
+    /// What is written while the reader waits after a short read comes in one
+    /// read, no sooner than the pace; a full read is followed at once.
+    #[test]
+    fn a_paced_reader_reads_what_came_meanwhile_together() {
+        use std::io::Write;
+        let (mut w, r) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pace = Duration::from_millis(300);
+        let mut r = PacedReader::new(r, pace);
+        let mut buf = [0u8; 16];
+        w.write_all(b"a").unwrap();
+        let t = Instant::now();
+        assert_eq!(r.read(&mut buf).unwrap(), 1, "the first read is not paced");
+        assert!(t.elapsed() < pace);
+        let writer = std::thread::spawn(move || {
+            w.write_all(b"b").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            w.write_all(b"c").unwrap();
+            w
+        });
+        let n = r.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"bc");
+        assert!(t.elapsed() >= pace);
+        let mut w = writer.join().unwrap();
+        w.write_all(&[b'x'; 17]).unwrap();
+        assert_eq!(r.read(&mut buf).unwrap(), 16, "after the pace");
+        let t = Instant::now();
+        assert_eq!(
+            r.read(&mut buf).unwrap(),
+            1,
+            "a full read is followed at once"
+        );
+        assert!(t.elapsed() < pace);
+        drop(w);
+        assert_eq!(r.read(&mut buf).unwrap(), 0);
+    }
 
     fn spawn_group(marker: Option<&str>) -> std::process::Child {
         let mut cmd = std::process::Command::new("sleep");

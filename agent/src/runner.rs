@@ -36,12 +36,12 @@ use crate::{policy, source};
 use msfleet_proto::{task_update, Finished, Outcome, Started, TestResult};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -85,7 +85,7 @@ pub async fn run(
     }
 }
 
-/// Names the attempt's files under the work dir (workspace, `.pgid`, socket, artifacts).
+/// Names the attempt's files under the work dir (workspace, `.pgid`, socket).
 pub fn slot_name(a: &AttemptSpec) -> String {
     format!("{}-{}", a.task_id, a.attempt)
 }
@@ -342,9 +342,7 @@ async fn run_pytest(
         tokio::fs::rename(&tmp, &plugin_path).await?;
     }
     let run_dir = cfg.work_dir.join("run");
-    let artifacts = cfg.work_dir.join("artifacts").join(slot);
     tokio::fs::create_dir_all(&run_dir).await?;
-    tokio::fs::create_dir_all(&artifacts).await?;
 
     // The plugin first, then the job's own PYTHONPATH (or else the agent's).
     let mut pythonpath = std::ffi::OsString::from(plugin_dir.as_os_str());
@@ -369,10 +367,11 @@ async fn run_pytest(
         timeout,
     };
 
-    let mut args: Vec<String> = vec![format!(
-        "--junitxml={}",
-        artifacts.join("junit.xml").display()
-    )];
+    // No --junitxml of the agent's own: pytest's JUnit writer costs ~90 us
+    // per test, as much as the whole fleet may add (issue 14); `msctl report
+    // --junit` writes JUnit XML from the stored results, and a job that wants
+    // pytest's own asks for it in its arguments (a path in its checkout).
+    let mut args: Vec<String> = Vec::new();
     let collect_only = a.spec.collect_only;
     let mut extra_env: Vec<(&str, std::ffi::OsString)> = Vec::new();
     if collect_only {
@@ -648,6 +647,7 @@ impl PytestRun<'_> {
         };
         let running = group.start(tx, Some(hook));
         let connected = Arc::new(AtomicBool::new(false));
+        let conn = ResultConn::default();
         // In the pytest span: a failing test is an event of it.
         let results = tokio::spawn(
             pump_results(
@@ -655,6 +655,7 @@ impl PytestRun<'_> {
                 (!rerun).then(|| tx.clone()),
                 tally.clone(),
                 connected.clone(),
+                conn.clone(),
             )
             .in_current_span(),
         );
@@ -673,6 +674,8 @@ impl PytestRun<'_> {
             .await
             .is_err()
         {
+            // Something still holds the plugin's end: stop reading.
+            conn.close();
             results.abort();
         }
         let _ = tokio::fs::remove_file(&sock_path).await;
@@ -792,28 +795,146 @@ fn classify_collect(status: ExitStatus, tally: &Tally) -> (Outcome, String) {
     classify(status, tally.errors)
 }
 
+/// The plugin's connection, once accepted, so that the run can end the
+/// reading when something still holds the plugin's end after pytest exited.
+#[derive(Clone, Default)]
+struct ResultConn(Arc<Mutex<Option<std::os::unix::net::UnixStream>>>);
+
+impl ResultConn {
+    fn set(&self, conn: std::os::unix::net::UnixStream) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+    }
+
+    /// A blocked read of the connection returns its end at once.
+    fn close(&self) {
+        if let Some(c) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The longest plugin line read (the plugin cuts a failure text at 64 KiB;
+/// a line as long as this is a broken plugin's): a longer one is skipped.
+const MAX_PLUGIN_LINE: usize = 16 << 20;
+
+/// One line of a plugin connection, read by [`read_line`].
+#[derive(Debug, PartialEq)]
+enum Line {
+    /// In the buffer, without its `\n` (the last may lack one).
+    Text,
+    /// Longer than the limit: skipped, up to its `\n`.
+    TooLong,
+    /// The connection ended.
+    End,
+}
+
+/// Reads the next `\n`-terminated line of `r` into `buf` (without the `\n`),
+/// holding at most `max` bytes of it.
+fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let (found, used) = {
+            let avail = match r.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if avail.is_empty() {
+                return Ok(match (too_long, buf.is_empty()) {
+                    (true, _) => Line::TooLong,
+                    (false, true) => Line::End,
+                    (false, false) => Line::Text,
+                });
+            }
+            let end = avail.iter().position(|&b| b == b'\n');
+            let part = &avail[..end.unwrap_or(avail.len())];
+            if !too_long {
+                buf.extend_from_slice(part);
+            }
+            (end.is_some(), part.len() + usize::from(end.is_some()))
+        };
+        r.consume(used);
+        if buf.len() > max {
+            too_long = true;
+            buf.clear();
+        }
+        if found {
+            return Ok(if too_long { Line::TooLong } else { Line::Text });
+        }
+    }
+}
+
 /// Reads the plugin's lines: every test result is tallied and, with `tx`,
-/// forwarded as it comes.
+/// forwarded as it comes. pytest connects once, at configure time; the
+/// connection is read on a blocking thread, paced
+/// ([`crate::process::PacedReader`]: the plugin writes once per test, and a
+/// wake-up of the agent per test would cost the test run).
 async fn pump_results(
     listener: UnixListener,
     tx: Option<Updates>,
     tally: Arc<Mutex<Tally>>,
     connected: Arc<AtomicBool>,
+    conn: ResultConn,
 ) {
-    // pytest connects once, at configure time; if it exits before, this task is aborted.
-    let Ok((conn, _)) = listener.accept().await else {
+    // If pytest exits before connecting, this task is aborted.
+    let Ok((stream, _)) = listener.accept().await else {
         return;
     };
     connected.store(true, Ordering::Release);
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the pytest plugin's connection");
+            return;
+        }
+    };
+    let reader = match stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.try_clone())
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the pytest plugin's connection");
+            return;
+        }
+    };
+    conn.set(stream);
+    let span = tracing::Span::current();
+    let read = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let paced = crate::process::PacedReader::new(reader, crate::process::READ_PACE);
+        read_results(
+            std::io::BufReader::with_capacity(64 * 1024, paced),
+            tx,
+            &tally,
+        )
+    });
+    let _ = read.await;
+}
+
+/// [`pump_results`]' reading, to the connection's end.
+fn read_results(mut r: impl BufRead, tx: Option<Updates>, tally: &Mutex<Tally>) {
     let rerun = tx.is_none();
     // The results of the running test, sent when it finishes (see `flush`).
     let mut held: Vec<(TestResult, bool)> = Vec::new();
     // pytest-rerunfailures: the last `rerun` report's text per test, for the
     // failure a later pass turns flaky.
     let mut reruns: HashMap<String, String> = HashMap::new();
-    let mut lines = BufReader::new(conn).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let msg: PluginMessage = match serde_json::from_str(&line) {
+    let mut line = Vec::new();
+    loop {
+        match read_line(&mut r, &mut line, MAX_PLUGIN_LINE) {
+            Ok(Line::Text) => {}
+            Ok(Line::TooLong) => {
+                tracing::warn!(
+                    limit = MAX_PLUGIN_LINE,
+                    "a line from the pytest plugin is too long: skipped"
+                );
+                continue;
+            }
+            Ok(Line::End) | Err(_) => break,
+        }
+        let msg: PluginMessage = match serde_json::from_slice(&line) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable line from the pytest plugin");
@@ -990,6 +1111,7 @@ mod bounded_tests {
             Some(Updates::new(("1".into(), 1), utx)),
             tally,
             Arc::new(AtomicBool::new(false)),
+            ResultConn::default(),
         ));
         let line = serde_json::json!({
             "type": "test",
@@ -1013,6 +1135,104 @@ mod bounded_tests {
         assert!(t.longrepr.ends_with("AssertionError: the end"));
         assert!(t.longrepr.contains("... [truncated by msfleet] ..."));
         assert_eq!(t.markers.len(), msfleet_proto::MAX_MARKERS);
+    }
+
+    /// Lines as the plugin writes them, one write holding several; a line
+    /// over the limit is skipped up to its end and the next is read.
+    #[test]
+    fn lines_are_read_whole_and_bounded() {
+        let data = b"{\"a\":1}\n0123456789abc\n{\"b\":2}\nlast";
+        let mut r = std::io::BufReader::with_capacity(4, &data[..]);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            let line = read_line(&mut r, &mut buf, 10).unwrap();
+            if line == Line::End {
+                break;
+            }
+            got.push((line, String::from_utf8(buf.clone()).unwrap()));
+        }
+        assert_eq!(
+            got,
+            [
+                (Line::Text, r#"{"a":1}"#.to_string()),
+                (Line::TooLong, String::new()),
+                (Line::Text, r#"{"b":2}"#.to_string()),
+                (Line::Text, "last".to_string()),
+            ]
+        );
+    }
+
+    /// The plugin's one write per test: a test's result and finish come with
+    /// the next test's start. The result is forwarded, and the test running
+    /// (the one a crash is blamed on) is the next one, not yet called.
+    #[tokio::test]
+    async fn a_result_written_with_the_next_start_is_sent_and_the_next_test_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (utx, mut urx) = tokio::sync::mpsc::unbounded_channel();
+        let tally: Arc<Mutex<Tally>> = Arc::new(Mutex::new(Default::default()));
+        let pump = tokio::spawn(pump_results(
+            listener,
+            Some(Updates::new(("1".into(), 1), utx)),
+            tally.clone(),
+            Arc::new(AtomicBool::new(false)),
+            ResultConn::default(),
+        ));
+        let mut conn = tokio::net::UnixStream::connect(&path).await.unwrap();
+        conn.write_all(b"{\"type\":\"start\",\"nodeid\":\"t.py::a\"}\n")
+            .await
+            .unwrap();
+        conn.write_all(concat!(
+            r#"{"type":"test","nodeid":"t.py::a","when":"call","outcome":"passed","category":"passed","duration_s":0.5,"longrepr":"","markers":["m"]}"#,
+            "\n",
+            r#"{"type":"finish","nodeid":"t.py::a"}"#,
+            "\n",
+            r#"{"type":"start","nodeid":"t.py::b"}"#,
+            "\n",
+        ).as_bytes())
+        .await
+        .unwrap();
+        let Some((_, task_update::Kind::Test(t))) = urx.recv().await else {
+            panic!("a test result");
+        };
+        assert_eq!(
+            (t.nodeid.as_str(), t.outcome.as_str()),
+            ("t.py::a", "passed")
+        );
+        assert_eq!(t.markers, ["m"]);
+        // pytest dies now, in b.
+        drop(conn);
+        pump.await.unwrap();
+        let t = tally.lock().unwrap();
+        assert_eq!(t.running, Some(("t.py::b".to_string(), false)));
+        assert_eq!(t.reported.len(), 1);
+    }
+
+    /// A stuck plugin connection (something still holds pytest's end) ends
+    /// when the run closes it.
+    #[tokio::test]
+    async fn a_held_connection_ends_when_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let conn = ResultConn::default();
+        let pump = tokio::spawn(pump_results(
+            listener,
+            None,
+            Arc::new(Mutex::new(Default::default())),
+            Arc::new(AtomicBool::new(false)),
+            conn.clone(),
+        ));
+        let _held = tokio::net::UnixStream::connect(&path).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!pump.is_finished());
+        conn.close();
+        tokio::time::timeout(Duration::from_secs(5), pump)
+            .await
+            .expect("the reading ends")
+            .unwrap();
     }
 }
 
