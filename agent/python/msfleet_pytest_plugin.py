@@ -20,16 +20,17 @@ pytest died of a signal)::
     {"type": "start", "nodeid": "tests/test_a.py::test_x[1-2]"}
     {"type": "finish", "nodeid": "tests/test_a.py::test_x[1-2]"}
 
-One write per test: a test's result lines and its finish line are held
-until the next test starts and go in the same write as that test's start
-line, which is on the socket before the test runs; the last test's go with
-the session line. Nothing is held past the start of the next test or the
-end of the session: collection reports go when collection is finished, and
-what is held goes at once on an internal error or a keyboard interrupt.
-If pytest dies of a signal while a test's result lines are held (a crash in
-its teardown), the agent sees the test started and not finished, and names
-it as the crashed test: the crash is its result (failed in its call), and
-its held call result is lost with the process.
+Two writes per test: a test's setup and call results are sent before its
+teardown runs; its teardown result and finish line are held until the next
+test starts and go in the same write as that test's start line, which is
+on the socket before the test runs; the last test's go with the session
+line. Nothing is held past the start of the test's teardown, the start of
+the next test or the end of the session: collection reports go when
+collection is finished, and what is held goes at once on an internal error
+or a keyboard interrupt. If pytest dies of a signal, the agent has every
+result before the crash: a crash in a test's call is its failed call, a
+crash in its teardown (a fixture's finalizer) an error in its teardown
+after its call's own result, as pytest counts them.
 
 A subtest's report (pytest 9's ``subtests`` fixture, unittest's ``subTest``
 under pytest 9, the pytest-subtests plugin) carries its description, as
@@ -341,6 +342,13 @@ class MsfleetReporter:
     def pytest_runtest_setup(self, item):
         self._item = item
         self._item_json = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item, nextitem):
+        # The call's result goes before teardown runs: pytest killed in a
+        # teardown (a fixture's finalizer) then leaves a passed call and a
+        # crashed teardown, as pytest would count them, not a failed call.
+        self._flush()
 
     # -------------------------------------------------------------- reports
     def _longrepr(self, report, outcome):

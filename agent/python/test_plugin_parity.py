@@ -490,6 +490,12 @@ def test_unittest_subtest_parity(tmp_path):
 
 PACED = """
 import time
+import pytest
+
+@pytest.fixture(autouse=True)
+def slow_teardown():
+    yield
+    time.sleep(0.3)
 
 def test_a():
     time.sleep(0.3)
@@ -513,24 +519,28 @@ def chunk_types(server):
     return out
 
 
-def test_one_write_per_test_with_the_next_start(tmp_path):
-    """A test's result and finish lines go in the same write as the next
-    test's start line (the last test's with the session line): one write per
-    test, each before the test it starts runs."""
+def test_two_writes_per_test_each_before_what_it_runs(tmp_path):
+    """A test's call result goes before its teardown runs; its finish line
+    goes in the same write as the next test's start line (the last test's
+    with the session line), before that test runs. Each test sleeps 0.3 s
+    in its call and in its teardown, so no two writes share a recv."""
     (tmp_path / "test_paced.py").write_text(PACED)
     with ResultServer() as server:
         proc = run_pytest(str(tmp_path), socket_path=server.path)
         assert_parity(proc, server)
     assert chunk_types(server) == [
         [("start", "test_a")],
-        [("test", "test_a"), ("finish", "test_a"), ("start", "test_b_fails")],
-        [("test", "test_b_fails"), ("finish", "test_b_fails"), ("start", "test_c")],
-        [("test", "test_c"), ("finish", "test_c"), ("session", "")],
+        [("test", "test_a")],
+        [("finish", "test_a"), ("start", "test_b_fails")],
+        [("test", "test_b_fails")],
+        [("finish", "test_b_fails"), ("start", "test_c")],
+        [("test", "test_c")],
+        [("finish", "test_c"), ("session", "")],
     ], server.chunks
-    # Each start arrived before its test ran (0.3 s each), not at the end.
+    # Each start arrived before its test ran, not at the end.
     starts = [t for t, text in server.lines if '"type":"start"' in text]
     assert len(starts) == 3
-    assert starts[1] - starts[0] > 0.25 and starts[2] - starts[1] > 0.25, starts
+    assert starts[1] - starts[0] > 0.5 and starts[2] - starts[1] > 0.5, starts
 
 
 KILLED = """
@@ -563,4 +573,44 @@ def test_a_test_that_kills_pytest_is_the_last_started(tmp_path):
         ("test", "test_a", "passed"),
         ("finish", "test_a", None),
         ("start", "test_b_dies", None),
+    ], msgs
+
+
+KILLED_IN_TEARDOWN = """
+import os, signal
+import pytest
+
+@pytest.fixture
+def dies_after():
+    yield
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def test_a():
+    pass
+
+def test_b_dies_in_teardown(dies_after):
+    pass
+
+def test_c():
+    pass
+"""
+
+
+def test_a_test_killed_in_its_teardown_has_sent_its_call_result(tmp_path):
+    """pytest killed in a test's teardown: the test's passed call is on the
+    socket (the agent counts the crash as a teardown error, not a failed call)."""
+    (tmp_path / "test_killed_teardown.py").write_text(KILLED_IN_TEARDOWN)
+    with ResultServer() as server:
+        proc = run_pytest(str(tmp_path), socket_path=server.path)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and server.connections and not server.closed:
+            time.sleep(0.02)
+        msgs = server.messages()
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+    assert [(m["type"], m["nodeid"].split("::")[-1], m.get("when"), m.get("outcome")) for m in msgs] == [
+        ("start", "test_a", None, None),
+        ("test", "test_a", "call", "passed"),
+        ("finish", "test_a", None, None),
+        ("start", "test_b_dies_in_teardown", None, None),
+        ("test", "test_b_dies_in_teardown", "call", "passed"),
     ], msgs

@@ -164,6 +164,46 @@ fn a_segfaulting_test_is_failed_by_name_and_the_tests_after_it_run() {
     );
 }
 
+/// A fixture's finalizer kills pytest with SIGSEGV after the test passed.
+const TEARDOWN_CRASH_SUITE: &str = r#"
+import os, signal
+import pytest
+
+@pytest.fixture
+def dies_after():
+    yield
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+def test_a():
+    pass
+
+def test_b(dies_after):
+    pass
+
+def test_c():
+    pass
+"#;
+
+/// Through the fleet: a crash in a test's teardown keeps its passed call and
+/// counts the crash as an error in its teardown (as pytest counts a failing
+/// teardown), not as a failed call; the test after it still runs.
+#[test]
+fn a_crash_in_a_teardown_is_an_error_after_the_passed_call() {
+    let mut f = Fleet::new();
+    f.add_agent("a1", &[], &[]);
+    let suite = f.write_suite("tdcrash", &[("test_td.py", TEARDOWN_CRASH_SUITE)]);
+    let id = f.submit(&["pytest", "--dir", &s(&suite), "--", "-p", "no:randomly"]);
+    let j = f.wait_terminal(&id);
+    assert_eq!(
+        j["reason"], "tests failed (pytest crashed in test_td.py::test_b (signal 11 (SIGSEGV)))",
+        "{j:#}"
+    );
+    assert_eq!(count(&j, "passed"), 3, "{j:#}");
+    assert_eq!(count(&j, "errors"), 1, "{j:#}");
+    assert_eq!(count(&j, "total"), 4, "{j:#}");
+    assert_eq!(count(&j, "failed"), 0, "{j:#}");
+}
+
 /// unittest's `subTest` and (pytest 9) the `subtests` fixture.
 const SUBTEST_SUITE: &str = r#"
 import unittest
