@@ -557,16 +557,22 @@ def test_c():
 """
 
 
-def test_a_test_that_kills_pytest_is_the_last_started(tmp_path):
-    """pytest killed in a test: the test's start line and every result
-    before it are on the socket (the agent names the crashed test from them)."""
-    (tmp_path / "test_killed.py").write_text(KILLED)
+def run_until_killed(tmp_path):
+    """Runs pytest on `tmp_path` that kills itself; its exit and every
+    message that reached the socket before it died."""
     with ResultServer() as server:
         proc = run_pytest(str(tmp_path), socket_path=server.path)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and server.connections and not server.closed:
             time.sleep(0.02)
-        msgs = server.messages()
+        return proc, server.messages()
+
+
+def test_a_test_that_kills_pytest_is_the_last_started(tmp_path):
+    """pytest killed in a test: the test's start line and every result
+    before it are on the socket (the agent names the crashed test from them)."""
+    (tmp_path / "test_killed.py").write_text(KILLED)
+    proc, msgs = run_until_killed(tmp_path)
     assert proc.returncode == -9, proc.stdout + proc.stderr
     assert [(m["type"], m["nodeid"].split("::")[-1], m.get("outcome")) for m in msgs] == [
         ("start", "test_a", None),
@@ -600,12 +606,7 @@ def test_a_test_killed_in_its_teardown_has_sent_its_call_result(tmp_path):
     """pytest killed in a test's teardown: the test's passed call is on the
     socket (the agent counts the crash as a teardown error, not a failed call)."""
     (tmp_path / "test_killed_teardown.py").write_text(KILLED_IN_TEARDOWN)
-    with ResultServer() as server:
-        proc = run_pytest(str(tmp_path), socket_path=server.path)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and server.connections and not server.closed:
-            time.sleep(0.02)
-        msgs = server.messages()
+    proc, msgs = run_until_killed(tmp_path)
     assert proc.returncode == -9, proc.stdout + proc.stderr
     assert [(m["type"], m["nodeid"].split("::")[-1], m.get("when"), m.get("outcome")) for m in msgs] == [
         ("start", "test_a", None, None),
