@@ -13,22 +13,34 @@ fn set_clock(path: &std::path::Path, ms: i64) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-#[test]
-fn a_retained_away_job_answers_not_found_naming_the_retention() {
-    let clock_dir = tempfile::tempdir().unwrap();
-    let clock = clock_dir.path().join("clock");
+/// A clock file set to now: its directory (kept while the test runs), its
+/// path and the time it says.
+fn clock_at_now() -> (tempfile::TempDir, std::path::PathBuf, i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
     set_clock(&clock, now);
+    (dir, clock, now)
+}
+
+/// msched's flags for reading time from `clock` and retaining an hour.
+fn retain_an_hour_by(clock: &std::path::Path) -> Vec<String> {
+    vec![
+        "--clock-file".into(),
+        clock.display().to_string(),
+        "--retain".into(),
+        "1h".into(),
+    ]
+}
+
+#[test]
+fn a_retained_away_job_answers_not_found_naming_the_retention() {
+    let (_clock_dir, clock, now) = clock_at_now();
     let f = Fleet::with_opts(SchedOpts {
-        extra: vec![
-            "--clock-file".into(),
-            clock.display().to_string(),
-            "--retain".into(),
-            "1h".into(),
-        ],
+        extra: retain_an_hour_by(&clock),
         ..Default::default()
     });
     let old = f.submit(&["pytest", "--dir", "/srv/x"]);
@@ -118,20 +130,9 @@ fn seen(f: &Fleet, ids: &[String]) -> Vec<String> {
 /// still deletes them on time.
 #[test]
 fn archived_jobs_read_the_same_after_a_kill_9_and_are_retired_on_time() {
-    let clock_dir = tempfile::tempdir().unwrap();
-    let clock = clock_dir.path().join("clock");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    set_clock(&clock, now);
+    let (_clock_dir, clock, now) = clock_at_now();
     let mut f = Fleet::with_opts(SchedOpts {
-        extra: vec![
-            "--clock-file".into(),
-            clock.display().to_string(),
-            "--retain".into(),
-            "1h".into(),
-        ],
+        extra: retain_an_hour_by(&clock),
         // The clock jumps by hours: leases must not expire meanwhile.
         lease_timeout: "10h".into(),
         ..Default::default()

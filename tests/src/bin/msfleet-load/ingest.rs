@@ -185,17 +185,7 @@ async fn run_once(args: &Args, bin: &PathBuf, batch: usize) -> Result<Run> {
     let per_agent = a.ingest_results.div_ceil(a.ingest_agents.max(1));
     let mut secrets = Vec::new();
     for i in 0..a.ingest_agents {
-        secrets.push(
-            admin
-                .create_token(pb::CreateTokenRequest {
-                    name: format!("ing-{i:04}"),
-                    role: "agent".into(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .secret,
-        );
+        secrets.push(crate::agent_secret(&mut admin, format!("ing-{i:04}")).await?);
     }
     let mut agents = Vec::new();
     for (i, secret) in secrets.into_iter().enumerate() {

@@ -163,6 +163,19 @@ struct Sched {
 type Fc = FleetClient<InterceptedService<Channel, Bearer>>;
 
 /// A Fleet client on `ch` that carries `secret`.
+/// Creates an agent token named `name` and returns its secret.
+async fn agent_secret(admin: &mut Fc, name: String) -> Result<String> {
+    Ok(admin
+        .create_token(pb::CreateTokenRequest {
+            name,
+            role: "agent".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .secret)
+}
+
 fn fleet_client(ch: Channel, secret: &str) -> Result<Fc> {
     Ok(
         FleetClient::with_interceptor(ch, Bearer::new(Some(secret))?)
@@ -483,15 +496,7 @@ async fn fleet(
         }
         let (c, o, s) = (ch.clone(), obs.clone(), stop.clone());
         let name = format!("{prefix}-{i:05}");
-        let secret = admin
-            .create_token(pb::CreateTokenRequest {
-                name: name.clone(),
-                role: "agent".into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .secret;
+        let secret = agent_secret(&mut admin, name.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = sim_agent(c, name.clone(), secret, o, s).await {
                 if !STOPPING.load(Ordering::Relaxed) {

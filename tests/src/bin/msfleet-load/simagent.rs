@@ -319,15 +319,7 @@ pub async fn start_fleet(
             let mut admin = admin.clone();
             let name = format!("{prefix}-{i:06}");
             async move {
-                let secret = admin
-                    .create_token(pb::CreateTokenRequest {
-                        name: name.clone(),
-                        role: "agent".into(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner()
-                    .secret;
+                let secret = crate::agent_secret(&mut admin, name.clone()).await?;
                 Ok((i, name, secret))
             }
         })
